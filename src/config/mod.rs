@@ -1,0 +1,194 @@
+//! Configuration: `portsentry.conf` as 1.2 wrote it, plus our additive keys.
+//!
+//! Two stages, as in ripgrep: [`parse`] turns text into raw `KEY -> (value, line)` entries
+//! close to the file, [`build`] turns those into a typed, immutable [`Config`]. A `Config` is
+//! a value: the daemon holds it in an `Arc` and a reload swaps in a whole new one.
+
+pub mod build;
+pub mod parse;
+pub mod ports;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::event::{Mode, Proto};
+
+pub use build::{build, load};
+pub use parse::{RawConfig, RawEntry, parse};
+
+/// Default location, as Debian installs it.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/portsentry/portsentry.conf";
+
+/// `BLOCK_TCP` / `BLOCK_UDP`: what to do once an alert crossed the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockLevel {
+    /// 0: log only.
+    LogOnly,
+    /// 1: run every responder.
+    All,
+    /// 2: run only `KILL_RUN_CMD` (and Lua responders).
+    RunCmdOnly,
+}
+
+/// One of the KILL_* templates, kept as written so macros can be substituted per alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// The value between the quotes, with `$TARGET$`-style macros still in it.
+    pub text: String,
+    /// Line of the config file it came from, for messages.
+    pub line: usize,
+}
+
+/// A problem that does not stop the config from loading (unknown key, command not found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// File the warning is about.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the warning is about the file as a whole.
+    pub line: usize,
+    /// Human-readable text.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+
+/// A malformed value or unreadable file: the config is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct ConfigError {
+    /// File the error is in.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the error is about the file as a whole (unreadable, missing).
+    pub line: usize,
+    /// What was found and what was expected, e.g. `TCP_PORTS: "80,x": 'x' is not a port number`.
+    pub message: String,
+}
+
+/// Every error found in one pass, so `--check-config` can print them all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The typed configuration. Paths are absolute or relative to the working directory, exactly
+/// as written; defaults are Debian 12's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    /// `TCP_PORTS`: trap ports for `-tcp` / `-stcp`.
+    pub tcp_ports: Vec<u16>,
+    /// `UDP_PORTS`: trap ports for `-udp` / `-sudp`.
+    pub udp_ports: Vec<u16>,
+    /// `ADVANCED_PORTS_TCP`: advanced mode watches 1..N-1.
+    pub advanced_ports_tcp: u16,
+    /// `ADVANCED_PORTS_UDP`.
+    pub advanced_ports_udp: u16,
+    /// `ADVANCED_EXCLUDE_TCP`: never watched in advanced mode.
+    pub advanced_exclude_tcp: Vec<u16>,
+    /// `ADVANCED_EXCLUDE_UDP`.
+    pub advanced_exclude_udp: Vec<u16>,
+    /// `IGNORE_FILE`: hosts never acted on.
+    pub ignore_file: PathBuf,
+    /// `HISTORY_FILE`: append-only record of blocks (fail2ban reads it).
+    pub history_file: PathBuf,
+    /// `BLOCKED_FILE`: the blocked set, persisted.
+    pub blocked_file: PathBuf,
+    /// `HOSTS_DENY_FILE` (ours): where `KILL_HOSTS_DENY` lines go.
+    pub hosts_deny_file: PathBuf,
+    /// `RESOLVE_HOST`: reverse-DNS the attacker for log lines.
+    pub resolve_host: bool,
+    /// `BLOCK_TCP`.
+    pub block_tcp: BlockLevel,
+    /// `BLOCK_UDP`.
+    pub block_udp: BlockLevel,
+    /// `KILL_ROUTE`: shell command, needs `$TARGET$`.
+    pub kill_route: Option<Template>,
+    /// `KILL_HOSTS_DENY`: line for hosts.deny, needs `$TARGET$`.
+    pub kill_hosts_deny: Option<Template>,
+    /// `KILL_RUN_CMD`: any shell command.
+    pub kill_run_cmd: Option<Template>,
+    /// `KILL_RUN_CMD_FIRST`: run the command before the other responders.
+    pub kill_run_cmd_first: bool,
+    /// `KILL_CMD_TIMEOUT` (ours): a responder command is killed after this long.
+    pub kill_cmd_timeout: Duration,
+    /// `SCAN_TRIGGER`: 0 and 1 fire on the first probe, N on the Nth distinct one.
+    pub scan_trigger: u32,
+    /// `SCAN_TRIGGER_WINDOW` (ours): probes older than this no longer count.
+    pub scan_trigger_window: Duration,
+    /// `SCAN_TRIGGER_TABLE_SIZE` (ours): sources tracked at once; the oldest is evicted.
+    pub scan_trigger_table_size: usize,
+    /// `PORT_BANNER`: written to the peer in classic modes, no newline added.
+    pub port_banner: Option<String>,
+    /// `PLUGIN_DIR` (ours): where Lua responders live.
+    pub plugin_dir: PathBuf,
+    /// `LUA_PATH_DIR` (ours): the Lua library plugins `require` (the repo's `lua/`).
+    pub lua_lib_dir: PathBuf,
+    /// `LUA_RESPONDERS` (ours): plugin names, run in this order.
+    pub lua_responders: Vec<String>,
+    /// `LUA_RESPONDERS_FIRST` (ours): run the plugins before the built-in responders.
+    pub lua_responders_first: bool,
+    /// Every key as written (upper-case name -> value), so plugins can read their own
+    /// settings (`NFTABLES_TIMEOUT`, …) without the core knowing them.
+    pub raw: BTreeMap<String, String>,
+    /// Non-fatal findings of the build, to be logged by whoever loaded the config.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// The block level that applies to a protocol.
+    pub fn block_level(&self, proto: Proto) -> BlockLevel {
+        match proto {
+            Proto::Tcp => self.block_tcp,
+            Proto::Udp => self.block_udp,
+        }
+    }
+
+    /// Trap ports of a classic or stealth mode's protocol.
+    pub fn trap_ports(&self, proto: Proto) -> &[u16] {
+        match proto {
+            Proto::Tcp => &self.tcp_ports,
+            Proto::Udp => &self.udp_ports,
+        }
+    }
+
+    /// Advanced-mode limit and excludes for a protocol.
+    pub fn advanced(&self, proto: Proto) -> (u16, &[u16]) {
+        match proto {
+            Proto::Tcp => (self.advanced_ports_tcp, &self.advanced_exclude_tcp),
+            Proto::Udp => (self.advanced_ports_udp, &self.advanced_exclude_udp),
+        }
+    }
+
+    /// The ports a mode watches before listeners are taken out (raw modes take those out
+    /// themselves, from the kernel's socket tables).
+    pub fn watched_ports(&self, mode: Mode) -> Vec<u16> {
+        match mode {
+            Mode::Tcp | Mode::Udp | Mode::Stcp | Mode::Sudp => {
+                self.trap_ports(mode.proto()).to_vec()
+            }
+            Mode::Atcp | Mode::Audp => {
+                let (limit, exclude) = self.advanced(mode.proto());
+                (1..limit).filter(|p| !exclude.contains(p)).collect()
+            }
+        }
+    }
+
+    /// A plugin setting by full key name (`NFTABLES_TIMEOUT`).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.raw.get(key).map(String::as_str)
+    }
+
+    /// Directory holding the config file, for files named relative to it.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+}

@@ -1,0 +1,40 @@
+//! Filters: between the sensors and the responders, in this order — ignore list,
+//! SCAN_TRIGGER state, already-blocked. Each one passes or drops a candidate alert.
+
+pub mod blocked;
+pub mod ignore;
+pub mod trigger;
+
+use crate::event::Alert;
+use crate::generation::Generation;
+
+/// Why a filter stopped a probe; counted and logged at debug level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The source is in the ignore file or is one of this host's own addresses.
+    Ignored,
+    /// The source has not yet probed enough distinct ports.
+    BelowTrigger,
+}
+
+/// A filter's decision on one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand the candidate to the next stage.
+    Pass,
+    /// Stop here.
+    Drop(DropReason),
+}
+
+/// One stage of the filter chain. Filters run on the pipeline thread, in order, and may
+/// annotate the candidate (trigger count, already blocked) as well as pass or drop it.
+pub trait Filter: Send {
+    /// Short name for logs and counters.
+    fn name(&self) -> &'static str;
+
+    /// Decides on one candidate; may fill in its fields.
+    fn inspect(&mut self, candidate: &mut Alert) -> Verdict;
+
+    /// Follows a new config generation, keeping whatever state should survive a reload.
+    fn reconfigure(&mut self, generation: &Generation);
+}

@@ -1,0 +1,19 @@
+//! PortSentry, rebuilt: detects port scans and blocks the scanner.
+//!
+//! The pipeline reads top to bottom: [`sensor`]s produce [`event::Hit`]s, [`pipeline`] runs
+//! them through the [`filter`]s and hands [`event::Alert`]s to the [`respond`]ers. The
+//! [`config`] arrives from the side as a whole new [`generation::Generation`].
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod filter;
+pub mod generation;
+pub mod history;
+pub mod local_addrs;
+pub mod logging;
+pub mod pipeline;
+pub mod report;
+pub mod respond;
+pub mod sensor;
