@@ -797,7 +797,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let seeds: [&[u8]; 6] = [SYN_V4, UDP_V4, SYN_V6, UDP_V6, SYN_V4_IP_OPTIONS, FRAG1_V4];
         let mut accepted = 0usize;
-        for i in 0..200_000 {
+        for i in 0..200_000u32 {
             let buf: Vec<u8> = if i.is_multiple_of(2) {
                 let len = (rng.next() % 120) as usize;
                 let mut v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
