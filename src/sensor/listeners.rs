@@ -1,1 +1,223 @@
-//! (in progress)
+//! Which ports have a real listener, from the kernel's socket tables
+//! (`/proc/net/{tcp,tcp6,udp,udp6}`).
+//!
+//! The raw sensors must not flag traffic to a port a real service answers on (1.2 found
+//! those once at start by trying to bind every port; we follow them as they come and go,
+//! without ever binding). The sensor re-reads the tables at most once per second, so a
+//! service started after the daemon is taken into account within a second.
+//!
+//! What counts as "has a listener":
+//! - TCP: a socket in state LISTEN (`0A`) on the port, on any local address. A port held
+//!   only by an outgoing or established connection is not a service: a SYN to it is a probe.
+//! - UDP: any socket bound to the port, connected or not. An unconnected bound socket is a
+//!   service; a connected one is a client (a resolver's query socket) waiting for answers to
+//!   that port, which must not be flagged either. Answers that arrive after such a socket
+//!   closed are handled by the sensor's answer rule, not here: client sockets normally use
+//!   ephemeral ports (32768-60999 on Linux), far above the advanced-mode limit.
+//!
+//! Listeners bound to one address (cupsd on 127.0.0.1:631) exclude the port on every
+//! address, as 1.2's bind test did: a port-level rule is also what the kernel prefilter can
+//! express.
+//!
+//! Parsing is pure ([`parse_table`]) and unit-tested on sample text; [`Listeners::read`] does
+//! the file reads.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// TCP state number of LISTEN in the kernel's tables.
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// One row of a `/proc/net/{tcp,udp}[6]` table: the fields the sensors need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketEntry {
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port (all zero for a listener or an unconnected UDP socket).
+    pub remote: SocketAddr,
+    /// Kernel socket state (`0A` = LISTEN for TCP, `07` = unconnected UDP).
+    pub state: u8,
+}
+
+/// The ports with a listener, per protocol, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// TCP ports with a socket in LISTEN.
+    pub tcp: BTreeSet<u16>,
+    /// UDP ports with any socket bound.
+    pub udp: BTreeSet<u16>,
+}
+
+impl Listeners {
+    /// Builds the sets from the text of the four tables (IPv4 and IPv6 each); pass `""` for a
+    /// table that does not exist (IPv6 disabled).
+    pub fn from_tables(tcp: &str, tcp6: &str, udp: &str, udp6: &str) -> Listeners {
+        let tcp = parse_table(tcp)
+            .chain(parse_table(tcp6))
+            .filter(|e| e.state == TCP_LISTEN)
+            .map(|e| e.local.port())
+            .collect();
+        let udp = parse_table(udp)
+            .chain(parse_table(udp6))
+            .map(|e| e.local.port())
+            .filter(|p| *p != 0)
+            .collect();
+        Listeners { tcp, udp }
+    }
+
+    /// Reads the tables of the calling thread's network namespace
+    /// (`/proc/thread-self/net`, so a thread that entered another namespace sees that one;
+    /// falls back to `/proc/net` on kernels without it).
+    pub fn read() -> io::Result<Listeners> {
+        let dir = proc_net_dir();
+        let tcp = read_table(&dir.join("tcp"))?;
+        let tcp6 = read_table(&dir.join("tcp6"))?;
+        let udp = read_table(&dir.join("udp"))?;
+        let udp6 = read_table(&dir.join("udp6"))?;
+        Ok(Listeners::from_tables(&tcp, &tcp6, &udp, &udp6))
+    }
+}
+
+fn proc_net_dir() -> PathBuf {
+    let thread = Path::new("/proc/thread-self/net");
+    if thread.is_dir() {
+        thread.to_path_buf()
+    } else {
+        PathBuf::from("/proc/net")
+    }
+}
+
+/// A missing table means the protocol family is absent (IPv6 disabled): no listeners.
+fn read_table(path: &Path) -> io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{}: cannot read socket table: {e}", path.display()),
+        )),
+    }
+}
+
+/// Parses the rows of one table (IPv4 or IPv6, told apart by the address width); the header
+/// line and any row that does not parse are skipped, so a kernel adding columns breaks
+/// nothing.
+pub fn parse_table(text: &str) -> impl Iterator<Item = SocketEntry> + '_ {
+    text.lines().filter_map(parse_row)
+}
+
+/// Parses one row: `sl: local rem st ...`.
+pub fn parse_row(line: &str) -> Option<SocketEntry> {
+    let mut fields = line.split_whitespace();
+    let sl = fields.next()?;
+    if !sl.ends_with(':') {
+        return None; // header line
+    }
+    let local = parse_endpoint(fields.next()?)?;
+    let remote = parse_endpoint(fields.next()?)?;
+    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+    Some(SocketEntry {
+        local,
+        remote,
+        state,
+    })
+}
+
+/// `0100007F:0016` or `00000000000000000000000001000000:0016`. The kernel prints each
+/// 32-bit word of the address as a native-endian number, the port in host order.
+fn parse_endpoint(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match addr.len() {
+        8 => {
+            let word = u32::from_str_radix(addr, 16).ok()?;
+            IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
+        }
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                let word = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured on a Debian 12 host: sshd on 22 (v4 and v6), cupsd on 127.0.0.1:631, an
+    // outgoing SSH connection from port 45678 (ESTABLISHED), a TIME_WAIT on 8080.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 18341 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 19822 1 0000000000000000 100 0 0 10 0
+   2: 0F02000A:B26E 0202000A:0016 01 00000000:00000000 02:000A3B7C 00000000  1000        0 55123 2 0000000000000000 20 4 29 10 -1
+   3: 0F02000A:1F90 0302000A:C350 06 00000000:00000000 03:00000F2A 00000000     0        0 0 3 0000000000000000
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 18343 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:0CEA 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20001 1 0000000000000000 100 0 0 10 0
+";
+    // chronyd on 127.0.0.1:323 and [::1]:323, dhclient on 68, a resolver's connected query
+    // socket from 41000 to 10.0.2.3:53.
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  105: 0100007F:0143 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 17310 2 0000000000000000 0
+  250: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 17211 2 0000000000000000 0
+  300: 0F02000A:A028 0302000A:0035 01 00000000:00000000 00:00000000 00000000   100        0 60001 2 0000000000000000 0
+";
+    const UDP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  105: 00000000000000000000000001000000:0143 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 17311 2 0000000000000000 0
+";
+
+    #[test]
+    fn tcp_listeners_are_the_listen_state_only() {
+        let l = Listeners::from_tables(TCP, TCP6, "", "");
+        // 22 (v4+v6), 631 (loopback only), 3306 (v6 loopback only); not 45678, not 8080.
+        assert_eq!(l.tcp.into_iter().collect::<Vec<_>>(), vec![22, 631, 3306]);
+    }
+
+    #[test]
+    fn udp_listeners_include_connected_client_sockets() {
+        let l = Listeners::from_tables("", "", UDP, UDP6);
+        assert_eq!(l.udp.into_iter().collect::<Vec<_>>(), vec![68, 323, 41000]);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn addresses_are_decoded_from_native_endian_words() {
+        let rows: Vec<_> = parse_table(TCP).collect();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[1].local, "127.0.0.1:631".parse().unwrap());
+        assert_eq!(rows[2].local, "10.0.2.15:45678".parse().unwrap());
+        assert_eq!(rows[2].remote, "10.0.2.2:22".parse().unwrap());
+        assert_eq!(rows[2].state, 1);
+        let rows6: Vec<_> = parse_table(TCP6).collect();
+        assert_eq!(rows6[1].local, "[::1]:3306".parse().unwrap());
+        assert_eq!(rows6[0].local, "[::]:22".parse().unwrap());
+    }
+
+    #[test]
+    fn header_and_garbage_rows_are_skipped() {
+        let text = "  sl  local_address rem_address   st\n   0: zz:0016 00000000:0000 0A\n   1: 00000000:0016\n\n   2: 00000000:0050 00000000:0000 0A 0:0\n   3: 0000:0051 00000000:0000 0A\n";
+        let rows: Vec<_> = parse_table(text).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].local.port(), 80);
+    }
+
+    #[test]
+    fn empty_tables_mean_no_listeners() {
+        assert_eq!(Listeners::from_tables("", "", "", ""), Listeners::default());
+    }
+
+    #[test]
+    fn reading_this_hosts_tables_works() {
+        // Whatever the host runs, the files parse and a missing IPv6 table is no error.
+        assert!(Listeners::read().is_ok());
+    }
+}
