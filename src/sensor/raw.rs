@@ -1,6 +1,417 @@
-//! Stealth (`-stcp`/`-sudp`) and advanced (`-atcp`/`-audp`) sensors: raw capture with an
-//! in-kernel prefilter.
-//! (in progress)
+//! Stealth (`-stcp`/`-sudp`) and advanced (`-atcp`/`-audp`) sensors: raw capture of the
+//! probes sent to this host, for IPv4 and IPv6, in one socket for all modes.
+//!
+//! How a packet travels:
+//! 1. The kernel runs the [`bpf`] prefilter: only packets addressed to this host that could
+//!    be probes to a watched port are copied to the daemon. Established TCP traffic (every
+//!    segment has ACK) never is, so bulk transfers cost the daemon nothing.
+//! 2. [`capture`] reads it with the kernel's checksum verdict.
+//! 3. [`classify`](crate::sensor::classify) names it (pure function).
+//! 4. [`watch`] decides whether it counts: sent to one of this host's addresses, to a
+//!    watched port with no listener, and not a UDP answer to one of our own queries.
+//! 5. A [`Hit`] goes to the [`HitSink`]; a full channel counts it as dropped and the sensor
+//!    logs the count every [`DROP_REPORT`]; it never blocks on the pipeline.
+//!
+//! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet); the
+//! prefilter is re-attached when they change or the config is reloaded, without reopening
+//! the socket.
+//!
+//! Duplicates: a frame that crosses a bridge or bond is seen once per device. A probe
+//! identical to one seen on another interface within [`DUPLICATE_WINDOW`] is dropped.
 
 pub mod bpf;
+pub mod capture;
 pub mod ports;
+pub mod watch;
+pub mod wording;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::config::Config;
+use crate::event::{Hit, Mode};
+use crate::sensor::classify::{self, ChecksumCheck};
+use crate::sensor::listeners::Listeners;
+use crate::sensor::{HitSink, Sensor, SensorControl};
+
+use self::bpf::{BuildError, Program};
+use self::capture::{Capture, Packet};
+use self::watch::{HostAddrs, Watch};
+
+/// How often listeners and host addresses are re-read: a service that starts or stops is
+/// taken into account within this long.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// How often dropped probes (pipeline behind, kernel buffer full) are reported, if any.
+pub const DROP_REPORT: Duration = Duration::from_secs(10);
+
+/// The longest the sensor waits before looking at its control channel.
+pub const CONTROL_TICK: Duration = Duration::from_millis(250);
+
+/// Packets read in one go before the sensor looks at its control channel again.
+pub const BATCH: usize = 256;
+
+/// Identical probes on two interfaces this close together are one probe.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(50);
+
+/// Why the raw sensor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RawSensorError {
+    /// Not root / no CAP_NET_RAW.
+    #[error(
+        "raw capture (-stcp/-sudp/-atcp/-audp) needs root (CAP_NET_RAW) to open an AF_PACKET socket: {0}"
+    )]
+    NotPermitted(#[source] io::Error),
+    /// The socket could not be opened or set up.
+    #[error("cannot open the AF_PACKET capture socket: {0}")]
+    Socket(#[source] io::Error),
+    /// A classic mode was handed to the raw sensor.
+    #[error("-{0} is not a raw-capture mode (the raw sensor serves -stcp, -sudp, -atcp, -audp)")]
+    NotRawMode(Mode),
+    /// No mode at all.
+    #[error("the raw sensor was given no mode")]
+    NoMode,
+    /// The kernel socket tables could not be read.
+    #[error("cannot read the listening sockets: {0}")]
+    Listeners(#[source] io::Error),
+    /// The interface addresses could not be read.
+    #[error("cannot list this host's addresses: {0}")]
+    Addrs(#[source] nix::Error),
+    /// The prefilter could not be built.
+    #[error(transparent)]
+    Filter(#[from] BuildError),
+}
+
+/// Counters of what the sensor saw, logged at debug level when it stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawStats {
+    /// Packets the prefilter let through.
+    pub packets: u64,
+    /// Packets that classified as probes.
+    pub probes: u64,
+    /// Probes that became hits (emitted or dropped by a full channel).
+    pub hits: u64,
+    /// Duplicates seen on a second interface.
+    pub duplicates: u64,
+}
+
+/// The raw sensor: one capture socket serving every raw mode of the process.
+pub struct RawSensor {
+    modes: Vec<Mode>,
+    config: Arc<Config>,
+    capture: Capture,
+    watch: Watch,
+    program: Program,
+    stats: RawStats,
+}
+
+impl std::fmt::Debug for RawSensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSensor")
+            .field("modes", &self.modes)
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawSensor {
+    /// Opens the capture socket with its prefilter for `modes` (raw modes only), reading
+    /// the current listeners and addresses, and logs the 1.2 start-up lines. Fails clearly
+    /// without root.
+    pub fn open(modes: &[Mode], config: Arc<Config>) -> Result<RawSensor, RawSensorError> {
+        if let Some(m) = modes.iter().find(|m| !m.is_raw()) {
+            return Err(RawSensorError::NotRawMode(*m));
+        }
+        if modes.is_empty() {
+            return Err(RawSensorError::NoMode);
+        }
+        let mut unique: Vec<Mode> = Vec::new();
+        for m in modes {
+            if !unique.contains(m) {
+                unique.push(*m);
+            }
+        }
+        let listeners = Listeners::read().map_err(RawSensorError::Listeners)?;
+        let addrs = HostAddrs::read().map_err(RawSensorError::Addrs)?;
+        let watch = Watch::new(&unique, &config, listeners, addrs);
+        let program = watch.program()?;
+        let capture = Capture::open(&program.sock_filters()).map_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                RawSensorError::NotPermitted(e)
+            } else {
+                RawSensorError::Socket(e)
+            }
+        })?;
+        for line in watch.startup_lines(&config) {
+            log::info!("{line}");
+        }
+        Ok(RawSensor {
+            modes: unique,
+            config,
+            capture,
+            watch,
+            program,
+            stats: RawStats::default(),
+        })
+    }
+
+    /// What the sensor watches right now (for tests and diagnostics).
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    fn modes_label(&self) -> String {
+        self.modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Re-attaches the prefilter if the watch sets changed it.
+    fn apply_filter(&mut self) {
+        match self.watch.program() {
+            Ok(p) if p != self.program => match self.capture.set_filter(&p.sock_filters()) {
+                Ok(()) => self.program = p,
+                Err(e) => log::error!(
+                    "adminalert: ERROR: cannot update the capture prefilter: {e}. Keeping the previous one"
+                ),
+            },
+            Ok(_) => {}
+            Err(e) => log::error!("adminalert: ERROR: {e}. Keeping the previous prefilter"),
+        }
+    }
+
+    fn refresh(&mut self) {
+        match Listeners::read() {
+            Ok(l) => {
+                for c in self.watch.set_listeners(l) {
+                    if c.appeared {
+                        log::info!("{}", wording::listener_appeared(c.proto, c.port));
+                    } else {
+                        log::info!("{}", wording::listener_gone(c.proto, c.port));
+                    }
+                }
+            }
+            Err(e) => log::warn!(
+                "{}",
+                wording::refresh_failed("the listening sockets", &e.to_string())
+            ),
+        }
+        match HostAddrs::read() {
+            Ok(a) => self.watch.set_addrs(a),
+            Err(e) => log::warn!(
+                "{}",
+                wording::refresh_failed("the host addresses", &e.to_string())
+            ),
+        }
+        self.apply_filter();
+    }
+
+    fn reconfigure(&mut self, config: Arc<Config>) {
+        if self.watch.reconfigure(&self.modes, &config) {
+            log::info!("{}", wording::reconfigured(&self.modes_label()));
+            for line in self.watch.startup_lines(&config) {
+                log::info!("{line}");
+            }
+        }
+        self.config = config;
+        self.apply_filter();
+    }
+
+    fn run_loop(&mut self, sink: &HitSink, control: &Receiver<SensorControl>) {
+        let mut recent = Recent::default();
+        let mut next_refresh = Instant::now() + REFRESH;
+        let mut next_report = Instant::now() + DROP_REPORT;
+        let mut reported_drops = sink.dropped();
+        let mut kernel_drops = 0u64;
+        loop {
+            loop {
+                match control.try_recv() {
+                    Ok(SensorControl::Reconfigure(c)) => self.reconfigure(c),
+                    Ok(SensorControl::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_refresh {
+                self.refresh();
+                next_refresh = now + REFRESH;
+            }
+            if now >= next_report {
+                if let Ok(n) = self.capture.kernel_drops() {
+                    kernel_drops += u64::from(n);
+                }
+                if kernel_drops > 0 {
+                    log::warn!(
+                        "{}",
+                        wording::kernel_dropped(kernel_drops, DROP_REPORT.as_secs())
+                    );
+                    kernel_drops = 0;
+                }
+                let dropped = sink.dropped();
+                if dropped > reported_drops {
+                    log::warn!(
+                        "{}",
+                        wording::probes_dropped(dropped - reported_drops, DROP_REPORT.as_secs())
+                    );
+                    reported_drops = dropped;
+                }
+                next_report = now + DROP_REPORT;
+            }
+            let wait = next_refresh
+                .saturating_duration_since(now)
+                .min(CONTROL_TICK);
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO);
+            let mut fds = [PollFd::new(self.capture.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("adminalert: ERROR: waiting on the capture socket: {e}");
+                    std::thread::sleep(CONTROL_TICK);
+                    continue;
+                }
+            }
+            for _ in 0..BATCH {
+                // A probe is judged against listeners at most one second old.
+                if Instant::now() >= next_refresh {
+                    self.refresh();
+                    next_refresh = Instant::now() + REFRESH;
+                }
+                match self.capture.recv() {
+                    Ok(Some(pkt)) => {
+                        handle(&pkt, &self.watch, &mut recent, &mut self.stats, sink);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::error!("adminalert: ERROR: reading the capture socket: {e}");
+                        std::thread::sleep(CONTROL_TICK);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns one captured packet into at most one hit.
+fn handle(
+    pkt: &Packet<'_>,
+    watch: &Watch,
+    recent: &mut Recent,
+    stats: &mut RawStats,
+    sink: &HitSink,
+) {
+    stats.packets += 1;
+    if pkt.truncated || pkt.pkttype != libc::PACKET_HOST {
+        return;
+    }
+    let check = if pkt.checksum_trusted {
+        ChecksumCheck::Trusted
+    } else {
+        ChecksumCheck::Verify
+    };
+    let Ok(probe) = classify::inspect(pkt.data, check) else {
+        return;
+    };
+    stats.probes += 1;
+    let Ok(mode) = watch.decide(&probe) else {
+        return;
+    };
+    if recent.is_duplicate(pkt.data, pkt.ifindex, Instant::now()) {
+        stats.duplicates += 1;
+        return;
+    }
+    stats.hits += 1;
+    sink.emit(Hit {
+        src: probe.src,
+        port: probe.dst_port,
+        mode,
+        kind: probe.kind,
+        ip_options: probe.ip_options,
+        time: SystemTime::now(),
+    });
+}
+
+/// The last few probes seen, to drop the copy of a frame that crossed a bridge or bond.
+#[derive(Default)]
+struct Recent {
+    slots: [(u64, i32, Option<Instant>); 16],
+    next: usize,
+}
+
+impl Recent {
+    fn is_duplicate(&mut self, data: &[u8], ifindex: i32, now: Instant) -> bool {
+        let mut h = DefaultHasher::new();
+        data.hash(&mut h);
+        let hash = h.finish();
+        let dup = self.slots.iter().any(|(sh, si, st)| {
+            *sh == hash
+                && *si != ifindex
+                && st.is_some_and(|t| now.saturating_duration_since(t) < DUPLICATE_WINDOW)
+        });
+        if !dup {
+            self.slots[self.next] = (hash, ifindex, Some(now));
+            self.next = (self.next + 1) % self.slots.len();
+        }
+        dup
+    }
+}
+
+impl Sensor for RawSensor {
+    fn name(&self) -> String {
+        format!("raw {}", self.modes_label())
+    }
+
+    fn modes(&self) -> Vec<Mode> {
+        self.modes.clone()
+    }
+
+    fn run(mut self: Box<Self>, sink: HitSink, control: Receiver<SensorControl>) {
+        self.run_loop(&sink, &control);
+        log::debug!(
+            "raw sensor ({}) stopped: {:?}, {} dropped by a full pipeline",
+            self.modes_label(),
+            self.stats,
+            sink.dropped()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_probe_on_a_second_interface_is_a_duplicate() {
+        let mut r = Recent::default();
+        let t = Instant::now();
+        assert!(!r.is_duplicate(b"probe", 2, t));
+        assert!(r.is_duplicate(b"probe", 3, t + Duration::from_millis(10)));
+        // A retransmission on the same interface is a new probe.
+        assert!(!r.is_duplicate(b"probe", 2, t + Duration::from_millis(20)));
+        // Too late to be the same frame.
+        assert!(!r.is_duplicate(b"probe", 4, t + Duration::from_millis(500)));
+        assert!(!r.is_duplicate(b"other", 3, t));
+    }
+
+    #[test]
+    fn classic_modes_are_refused() {
+        let c = Arc::new(crate::config::build::defaults(std::path::Path::new("x")));
+        assert!(matches!(
+            RawSensor::open(&[Mode::Atcp, Mode::Tcp], c.clone()),
+            Err(RawSensorError::NotRawMode(Mode::Tcp))
+        ));
+        assert!(matches!(
+            RawSensor::open(&[], c),
+            Err(RawSensorError::NoMode)
+        ));
+    }
+}
