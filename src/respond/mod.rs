@@ -1,14 +1,12 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`route`] (`KILL_ROUTE`), [`run_cmd`]
-//! (`KILL_RUN_CMD`); custom ones in Lua ([`lua`]). They run on the response thread, never on
+//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`); custom ones in Lua ([`lua`]). They run on the response thread, never on
 //! the detection path, and each reports what it did so that a block can later be undone.
 
 pub mod command;
 pub mod hosts_deny;
 pub mod lua;
-pub mod route;
-pub mod run_cmd;
+pub mod shell;
 
 use std::net::IpAddr;
 
