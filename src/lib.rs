@@ -13,6 +13,7 @@ pub mod generation;
 pub mod history;
 pub mod local_addrs;
 pub mod logging;
+pub mod daemon;
 pub mod pipeline;
 pub mod report;
 pub mod respond;

@@ -7,6 +7,7 @@ pub mod command;
 pub mod hosts_deny;
 pub mod lua;
 pub mod shell;
+pub mod stage;
 
 use std::net::IpAddr;
 
