@@ -54,10 +54,7 @@ pub fn build(raw: &RawConfig) -> Result<Config, ConfigErrors> {
     for e in &raw.entries {
         config.raw.insert(e.key.clone(), e.value.clone());
         if e.key == "KILL_RUN_CMD" {
-            config.kill_run_cmd = Some(Template {
-                text: e.value.clone(),
-                line: e.line,
-            });
+            config.kill_run_cmd = Some(Template { text: e.value.clone(), line: e.line });
         }
     }
     Ok(config)

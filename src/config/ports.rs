@@ -6,9 +6,6 @@ pub fn parse_port_list(text: &str) -> Result<Vec<u16>, String> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u16>()
-                .map_err(|_| format!("'{s}' is not a port number"))
-        })
+        .map(|s| s.parse::<u16>().map_err(|_| format!("'{s}' is not a port number")))
         .collect()
 }
