@@ -5,7 +5,7 @@
 //! socket is opened, and every socket is open before the daemon says it is active.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
@@ -112,10 +112,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         log::warn!("adminalert: WARNING: {w}");
     }
     let config = Arc::clone(&generation.config);
-    let registry: SharedRegistry = Arc::new(Mutex::new(
-        BlockRegistry::open(&config.blocked_file)
-            .with_context(|| format!("cannot open blocked file {}", config.blocked_file.display()))?,
-    ));
+    let registry: SharedRegistry = BlockRegistry::open(&config.blocked_file)
+        .with_context(|| format!("cannot open blocked file {}", config.blocked_file.display()))?
+        .into_shared();
     let history = History::open(&config.history_file)
         .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
 

@@ -215,10 +215,7 @@ impl FilterWorker {
                 // The blocked filter may have reserved this host; a lost alert must not leave
                 // it marked as blocked when nothing was done.
                 if reserved {
-                    self.registry
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .release(src);
+                    crate::filter::blocked::lock(&self.registry).release(src);
                 }
             }
         }

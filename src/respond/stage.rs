@@ -13,7 +13,7 @@ use super::shell::ShellResponder;
 use super::{Outcome, ResponseContext, Responder};
 use crate::config::{BlockLevel, Config};
 use crate::event::Alert;
-use crate::filter::blocked::{BlockRecord, SharedRegistry};
+use crate::filter::blocked::{self, BlockRecord, SharedRegistry};
 use crate::generation::Generation;
 use crate::history::{History, history_line};
 use crate::report;
@@ -146,7 +146,7 @@ impl ResponseStage {
                 }
             }
         }
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = blocked::lock(&self.registry);
         if actions.is_empty() {
             registry.release(ip);
             if !vetoed {
@@ -154,14 +154,7 @@ impl ResponseStage {
             }
             return;
         }
-        let record = BlockRecord {
-            ip,
-            time: alert.hit.time,
-            port: alert.hit.port,
-            proto,
-            mode: alert.hit.mode,
-            actions,
-        };
+        let record = BlockRecord::from_alert(alert, actions);
         if let Err(e) = registry.confirm(record, &resolved) {
             log::error!(
                 "adminalert: ERROR: cannot write blocked file {}: {e}",
