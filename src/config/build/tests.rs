@@ -770,3 +770,40 @@ fn shipped_config_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn shipped_ignore_files_hold_only_addresses_and_networks() {
+    for name in ["conf/portsentry.ignore", "conf/portsentry.ignore.static"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let ok =
+                entry.parse::<std::net::IpAddr>().is_ok() || entry.parse::<ipnet::IpNet>().is_ok();
+            assert!(ok, "{name}: {entry:?} is not an address or network");
+            entries.push(entry.to_owned());
+        }
+        assert_eq!(
+            entries,
+            vec!["127.0.0.1/32", "0.0.0.0", "::1", "::"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn shipped_default_file_selects_advanced_modes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/default-portsentry");
+    let raw = crate::config::parse::parse_bytes(&path, &std::fs::read(&path).unwrap()).unwrap();
+    let pairs: Vec<(&str, &str)> = raw
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(pairs, vec![("TCP_MODE", "atcp"), ("UDP_MODE", "audp")]);
+    assert!(raw.warnings.is_empty());
+}
