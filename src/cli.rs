@@ -276,9 +276,16 @@ mod tests {
         assert_eq!(modes_from_file(&f).unwrap(), vec![Mode::Atcp, Mode::Sudp]);
         std::fs::write(&f, "TCP_MODE=\"udp\"\n").unwrap();
         let err = modes_from_file(&f).unwrap_err();
-        assert!(err.ends_with(":1: TCP_MODE: \"udp\": expected tcp, stcp or atcp"), "{err}");
+        assert!(
+            err.ends_with(":1: TCP_MODE: \"udp\": expected tcp, stcp or atcp"),
+            "{err}"
+        );
         std::fs::write(&f, "# nothing\n").unwrap();
-        assert!(modes_from_file(&f).unwrap_err().contains("neither TCP_MODE nor UDP_MODE"));
+        assert!(
+            modes_from_file(&f)
+                .unwrap_err()
+                .contains("neither TCP_MODE nor UDP_MODE")
+        );
         assert!(
             modes_from_file(&dir.path().join("missing"))
                 .unwrap_err()

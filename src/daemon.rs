@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::config::ConfigWarning;
 use crate::event::Mode;
 use crate::filter::blocked::{BlockRegistry, SharedRegistry};
 use crate::filter::standard_chain;
@@ -69,9 +70,24 @@ fn open_sensors(modes: &[Mode], generation: &Generation) -> anyhow::Result<Vec<B
         sensors.push(Box::new(BoundSensor::open(&classic, &generation.config)?));
     }
     if !raw.is_empty() {
-        sensors.push(Box::new(RawSensor::open(&raw, Arc::clone(&generation.config))?));
+        sensors.push(Box::new(RawSensor::open(
+            &raw,
+            Arc::clone(&generation.config),
+        )?));
     }
     Ok(sensors)
+}
+
+/// Logs config warnings, leaving out those about modes that are not running (1.2 only
+/// spoke of ADVANCED_PORTS_* in advanced mode).
+fn log_warnings(warnings: &[ConfigWarning], modes: &[Mode]) {
+    let advanced = modes.iter().any(|m| matches!(m, Mode::Atcp | Mode::Audp));
+    for w in warnings {
+        if !advanced && w.message.starts_with("ADVANCED_PORTS_") {
+            continue;
+        }
+        log::warn!("adminalert: WARNING: {w}");
+    }
 }
 
 /// Bridges Unix signals into daemon requests.
@@ -108,9 +124,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     );
     let (generation, warnings) = Generation::load(1, &options.config_path)
         .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
-    for w in &warnings {
-        log::warn!("adminalert: WARNING: {w}");
-    }
+    log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
     let registry: SharedRegistry = BlockRegistry::open(&config.blocked_file)
         .with_context(|| format!("cannot open blocked file {}", config.blocked_file.display()))?
@@ -171,9 +185,7 @@ fn reload(
 ) {
     match Generation::load(current.number + 1, &options.config_path) {
         Ok((next, warnings)) => {
-            for w in &warnings {
-                log::warn!("adminalert: WARNING: {w}");
-            }
+            log_warnings(&warnings, &options.modes);
             for h in sensors {
                 let _ = h
                     .control

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, ConfigWarning};
 use crate::filter::ignore::IgnoreList;
-use crate::respond::{ResponseContext, Responder};
+use crate::respond::{Responder, ResponseContext};
 
 /// One consistent set of file-derived settings; the number goes up with every reload.
 #[derive(Debug, Clone)]

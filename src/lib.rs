@@ -7,13 +7,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod filter;
 pub mod generation;
 pub mod history;
 pub mod local_addrs;
 pub mod logging;
-pub mod daemon;
 pub mod pipeline;
 pub mod report;
 pub mod respond;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::hosts_deny::HostsDenyResponder;
 use super::shell::ShellResponder;
-use super::{Outcome, ResponseContext, Responder};
+use super::{Outcome, Responder, ResponseContext};
 use crate::config::{BlockLevel, Config};
 use crate::event::Alert;
 use crate::filter::blocked::{self, BlockRecord, SharedRegistry};

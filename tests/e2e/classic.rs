@@ -48,9 +48,22 @@ fn nmap_connect_scan_over_ipv4_is_logged_and_blocked_by_every_responder() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let mut d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", TCP_TRAPS, "--max-retries", "0", &lab.def4]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        TCP_TRAPS,
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
     let att = &lab.att4;
-    let line = d.expect_line(&format!("attackalert: Connect from host: {att}/{att} to TCP port: "), 20);
+    let line = d.expect_line(
+        &format!("attackalert: Connect from host: {att}/{att} to TCP port: "),
+        20,
+    );
     assert!(line.starts_with("attackalert: "), "{line}");
     d.expect_line(
         &format!("attackalert: Host {att} has been blocked via wrappers with string: \"ALL: {att} : DENY\""),
@@ -60,24 +73,49 @@ fn nmap_connect_scan_over_ipv4_is_logged_and_blocked_by_every_responder() {
         &format!("attackalert: Host {att} has been blocked via dropped route using command: \"/sbin/ip route add unreachable {att}\""),
         10,
     );
-    d.expect_line(&format!("attackalert: External command run for host: {att} using command: \"echo ran {att} "), 10);
+    d.expect_line(
+        &format!(
+            "attackalert: External command run for host: {att} using command: \"echo ran {att} "
+        ),
+        10,
+    );
     // Later probes of the same scan find the host already blocked.
-    d.expect_line(&format!("attackalert: Host: {att} is already blocked. Ignoring"), 10);
+    d.expect_line(
+        &format!("attackalert: Host: {att} is already blocked. Ignoring"),
+        10,
+    );
     assert_eq!(lab.read("hosts.deny"), format!("ALL: {att} : DENY\n"));
-    assert!(lab.def_routes().contains(&format!("unreachable {att}")), "{}", lab.def_routes());
+    assert!(
+        lab.def_routes().contains(&format!("unreachable {att}")),
+        "{}",
+        lab.def_routes()
+    );
     let cmd_out = lab.read("cmd.out");
-    assert!(cmd_out.starts_with(&format!("ran {att} ")) && cmd_out.trim_end().ends_with(" tcp tcp"), "{cmd_out}");
-    assert_eq!(cmd_out.lines().count(), 1, "one block, one command: {cmd_out}");
+    assert!(
+        cmd_out.starts_with(&format!("ran {att} ")) && cmd_out.trim_end().ends_with(" tcp tcp"),
+        "{cmd_out}"
+    );
+    assert_eq!(
+        cmd_out.lines().count(),
+        1,
+        "one block, one command: {cmd_out}"
+    );
     assert_history_line(&lab.read("portsentry.history"), att, "TCP");
     assert_eq!(lab.read("portsentry.history").lines().count(), 1);
-    assert!(lab.read("portsentry.blocked").contains(&format!("/{att} Port: ")));
+    assert!(
+        lab.read("portsentry.blocked")
+            .contains(&format!("/{att} Port: "))
+    );
     // The same lines reached syslog, as RFC 3164 daemon.notice from portsentry[pid].
     let syslog = d.syslog();
     let connect = syslog
         .iter()
         .find(|m| m.contains("attackalert: Connect from host:"))
         .unwrap_or_else(|| panic!("syslog got: {syslog:?}"));
-    assert!(connect.starts_with("<29>"), "facility daemon, level notice: {connect}");
+    assert!(
+        connect.starts_with("<29>"),
+        "facility daemon, level notice: {connect}"
+    );
     assert!(connect.contains(" portsentry["), "{connect}");
     d.stop();
     d.expect_line("adminalert: PortSentry is shutting down", 5);
@@ -88,11 +126,32 @@ fn nmap_connect_scan_over_ipv6_is_blocked_with_ipv6_route_and_history() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp", "-udp"]);
-    lab.attack(&["nmap", "-6", "-n", "-Pn", "-sT", "-p", TCP_TRAPS, "--max-retries", "0", &lab.def6]);
+    lab.attack(&[
+        "nmap",
+        "-6",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        TCP_TRAPS,
+        "--max-retries",
+        "0",
+        &lab.def6,
+    ]);
     let att = &lab.att6;
-    d.expect_line(&format!("attackalert: Connect from host: {att}/{att} to TCP port: "), 20);
-    d.expect_line(&format!("attackalert: Host {att} has been blocked via dropped route"), 10);
-    assert!(lab.def_routes().contains(&format!("unreachable {att}")), "{}", lab.def_routes());
+    d.expect_line(
+        &format!("attackalert: Connect from host: {att}/{att} to TCP port: "),
+        20,
+    );
+    d.expect_line(
+        &format!("attackalert: Host {att} has been blocked via dropped route"),
+        10,
+    );
+    assert!(
+        lab.def_routes().contains(&format!("unreachable {att}")),
+        "{}",
+        lab.def_routes()
+    );
     assert_eq!(lab.read("hosts.deny"), format!("ALL: {att} : DENY\n"));
     assert_history_line(&lab.read("portsentry.history"), att, "TCP");
 }
@@ -102,14 +161,47 @@ fn nmap_udp_scan_over_ipv4_and_ipv6_is_detected() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-udp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sU", "-p", UDP_TRAPS, "--max-retries", "1", &lab.def4]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sU",
+        "-p",
+        UDP_TRAPS,
+        "--max-retries",
+        "1",
+        &lab.def4,
+    ]);
     let att4 = &lab.att4;
-    d.expect_line(&format!("attackalert: Connect from host: {att4}/{att4} to UDP port: "), 20);
-    d.expect_line(&format!("attackalert: Host {att4} has been blocked via wrappers"), 10);
-    lab.attack(&["nmap", "-6", "-n", "-Pn", "-sU", "-p", UDP_TRAPS, "--max-retries", "1", &lab.def6]);
+    d.expect_line(
+        &format!("attackalert: Connect from host: {att4}/{att4} to UDP port: "),
+        20,
+    );
+    d.expect_line(
+        &format!("attackalert: Host {att4} has been blocked via wrappers"),
+        10,
+    );
+    lab.attack(&[
+        "nmap",
+        "-6",
+        "-n",
+        "-Pn",
+        "-sU",
+        "-p",
+        UDP_TRAPS,
+        "--max-retries",
+        "1",
+        &lab.def6,
+    ]);
     let att6 = &lab.att6;
-    d.expect_line(&format!("attackalert: Connect from host: {att6}/{att6} to UDP port: "), 20);
-    d.expect_line(&format!("attackalert: Host {att6} has been blocked via wrappers"), 10);
+    d.expect_line(
+        &format!("attackalert: Connect from host: {att6}/{att6} to UDP port: "),
+        20,
+    );
+    d.expect_line(
+        &format!("attackalert: Host {att6} has been blocked via wrappers"),
+        10,
+    );
     let history = lab.read("portsentry.history");
     assert_history_line(&history, att4, "UDP");
     assert_history_line(&history, att6, "UDP");
@@ -122,14 +214,42 @@ fn ignore_listed_scanner_is_never_blocked() {
     let lab = Lab::new();
     std::fs::write(
         lab.path("portsentry.ignore"),
-        format!("# the scanner, by its /24, masked as 1.2 did\n{}/24 # trailing comment\n", lab.att4.rsplit_once('.').unwrap().0.to_string() + ".77"),
+        format!(
+            "# the scanner, by its /24, masked as 1.2 did\n{}/24 # trailing comment\n",
+            lab.att4.rsplit_once('.').unwrap().0.to_string() + ".77"
+        ),
     )
     .unwrap();
-    std::fs::write(lab.path("portsentry.ignore.static"), format!("{}\n", lab.att6)).unwrap();
+    std::fs::write(
+        lab.path("portsentry.ignore.static"),
+        format!("{}\n", lab.att6),
+    )
+    .unwrap();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", TCP_TRAPS, "--max-retries", "0", &lab.def4]);
-    lab.attack(&["nmap", "-6", "-n", "-Pn", "-sT", "-p", TCP_TRAPS, "--max-retries", "0", &lab.def6]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        TCP_TRAPS,
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
+    lab.attack(&[
+        "nmap",
+        "-6",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        TCP_TRAPS,
+        "--max-retries",
+        "0",
+        &lab.def6,
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(d.count("attackalert:"), 0, "{:?}", d.lines());
     assert_eq!(lab.read("portsentry.history"), "");
@@ -142,16 +262,36 @@ fn scan_trigger_of_three_needs_three_distinct_ports() {
     let conf = blocking_config(&lab, "SCAN_TRIGGER=\"3\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
     let probe = |port: &str| {
-        lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", port, "--max-retries", "0", &lab.def4]);
+        lab.attack(&[
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sT",
+            "-p",
+            port,
+            "--max-retries",
+            "0",
+            &lab.def4,
+        ]);
     };
     probe("11");
     probe("11");
     probe("15");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(d.count("attackalert:"), 0, "two distinct ports must not fire: {:?}", d.lines());
+    assert_eq!(
+        d.count("attackalert:"),
+        0,
+        "two distinct ports must not fire: {:?}",
+        d.lines()
+    );
     probe("79");
     d.expect_line("to TCP port: 79", 10);
-    assert_eq!(d.count("attackalert: Connect from host:"), 1, "{:?}", d.lines());
+    assert_eq!(
+        d.count("attackalert: Connect from host:"),
+        1,
+        "{:?}",
+        d.lines()
+    );
 }
 
 #[test]
@@ -159,9 +299,22 @@ fn block_level_zero_logs_only_and_writes_no_history() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "BLOCK_TCP=\"0\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", "79", "--max-retries", "0", &lab.def4]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "79",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
     d.expect_line("to TCP port: 79", 20);
-    d.expect_line("attackalert: Ignoring TCP response per configuration file setting.", 5);
+    d.expect_line(
+        "attackalert: Ignoring TCP response per configuration file setting.",
+        5,
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(lab.read("portsentry.history"), "");
     assert_eq!(lab.read("hosts.deny"), "");
@@ -174,11 +327,24 @@ fn block_level_two_runs_only_the_external_command() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "BLOCK_TCP=\"2\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", "79", "--max-retries", "0", &lab.def4]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "79",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
     d.expect_line("attackalert: External command run for host:", 20);
     assert_eq!(lab.read("hosts.deny"), "");
     assert!(!lab.def_routes().contains("unreachable"));
-    assert_eq!(lab.read("cmd.out").trim(), format!("ran {} 79 tcp tcp", lab.att4));
+    assert_eq!(
+        lab.read("cmd.out").trim(),
+        format!("ran {} 79 tcp tcp", lab.att4)
+    );
     assert_history_line(&lab.read("portsentry.history"), &lab.att4, "TCP");
 }
 
@@ -190,10 +356,26 @@ fn failing_kill_route_is_logged_as_a_failure_not_a_success() {
         "KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$ dev nosuchdev0\"\nKILL_HOSTS_DENY=\"\"\nKILL_RUN_CMD=\"\"",
     );
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", "79", "--max-retries", "0", &lab.def4]);
-    let failure = d.expect_line(&format!("attackalert: ERROR: route failed for host: {}", lab.att4), 20);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "79",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
+    let failure = d.expect_line(
+        &format!("attackalert: ERROR: route failed for host: {}", lab.att4),
+        20,
+    );
     assert!(failure.contains("exit status"), "{failure}");
-    d.expect_line(&format!("attackalert: ERROR: Could not block host {} !!", lab.att4), 5);
+    d.expect_line(
+        &format!("attackalert: ERROR: Could not block host {} !!", lab.att4),
+        5,
+    );
     assert_eq!(d.count("has been blocked via dropped route"), 0);
     assert_eq!(lab.read("portsentry.history"), "");
 }
@@ -207,7 +389,11 @@ fn legitimate_connection_to_a_real_service_is_not_reported() {
     let url = format!("http://{}:8080/", lab.def4);
     let mut fetched = false;
     for _ in 0..50 {
-        let out = lab.attack(&["python3", "-c", &format!("import urllib.request;urllib.request.urlopen('{url}',timeout=2).read()")]);
+        let out = lab.attack(&[
+            "python3",
+            "-c",
+            &format!("import urllib.request;urllib.request.urlopen('{url}',timeout=2).read()"),
+        ]);
         if out.status.success() {
             fetched = true;
             break;
@@ -224,14 +410,44 @@ fn blocks_made_by_an_earlier_run_are_still_known_after_restart() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let mut d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", "79", "--max-retries", "0", &lab.def4]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "79",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
     d.expect_line("has been blocked via wrappers", 20);
     d.stop();
     // Lift the route so the scanner can reach us again; the blocked file still knows it.
     lab.defend(&["ip", "route", "del", "unreachable", &lab.att4]);
     let d2 = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&["nmap", "-n", "-Pn", "-sT", "-p", "11", "--max-retries", "0", &lab.def4]);
-    d2.expect_line(&format!("attackalert: Host: {} is already blocked. Ignoring", lab.att4), 20);
-    assert_eq!(lab.read("portsentry.history").lines().count(), 1, "history never truncated, no second block");
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "11",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
+    d2.expect_line(
+        &format!(
+            "attackalert: Host: {} is already blocked. Ignoring",
+            lab.att4
+        ),
+        20,
+    );
+    assert_eq!(
+        lab.read("portsentry.history").lines().count(),
+        1,
+        "history never truncated, no second block"
+    );
     assert_eq!(lab.read("hosts.deny").lines().count(), 1);
 }

@@ -16,8 +16,16 @@ fn check_config_names_file_line_and_problem_and_fails() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let name = conf.display().to_string();
-    assert!(err.contains(&format!("{name}:1: TCP_PORTS: \"1,abc\": 'abc' is not a port number")), "{err}");
-    assert!(err.contains(&format!("{name}:2: BLOCK_UDP")), "every error at once: {err}");
+    assert!(
+        err.contains(&format!(
+            "{name}:1: TCP_PORTS: \"1,abc\": 'abc' is not a port number"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{name}:2: BLOCK_UDP")),
+        "every error at once: {err}"
+    );
 }
 
 #[test]
@@ -29,7 +37,11 @@ fn check_config_accepts_the_shipped_config_shape() {
         .arg(&conf)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -40,7 +52,10 @@ fn bad_config_at_start_exits_non_zero_before_opening_any_port() {
     let status = d.wait_exit(20).expect("daemon exits");
     assert_eq!(status.code(), Some(1));
     let log = d.lines().join("\n");
-    assert!(log.contains(&format!("{}:2: SCAN_TRIGGER", conf.display())), "{log}");
+    assert!(
+        log.contains(&format!("{}:2: SCAN_TRIGGER", conf.display())),
+        "{log}"
+    );
     assert!(!log.contains("Going into listen mode"), "{log}");
     assert!(!log.contains("now active"), "{log}");
 }

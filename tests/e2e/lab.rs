@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,9 @@ impl Lab {
         sh(&["ip", "netns", "add", &lab.def]);
         sh(&["ip", "netns", "add", &lab.att]);
         let (vd, va) = (format!("vd{tag}"), format!("va{tag}"));
-        sh(&["ip", "link", "add", &vd, "type", "veth", "peer", "name", &va]);
+        sh(&[
+            "ip", "link", "add", &vd, "type", "veth", "peer", "name", &va,
+        ]);
         sh(&["ip", "link", "set", &vd, "netns", &lab.def]);
         sh(&["ip", "link", "set", &va, "netns", &lab.att]);
         for (ns, dev, a4, a6) in [
@@ -71,8 +73,27 @@ impl Lab {
             (&lab.att, &va, &lab.att4, &lab.att6),
         ] {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a4}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         lab
@@ -162,11 +183,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Processes still inside the namespaces die with them.
         for ns in [&self.def, &self.att] {
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
+            let _ = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -223,8 +247,9 @@ impl Daemon {
                         .lock()
                         .unwrap()
                         .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
                     {
                         if Arc::strong_count(&sink) == 1 {
                             return;
@@ -355,9 +380,4 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
-}
-
-/// True when `path` exists (small helper for readable asserts).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
