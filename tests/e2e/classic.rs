@@ -451,3 +451,47 @@ fn blocks_made_by_an_earlier_run_are_still_known_after_restart() {
     );
     assert_eq!(lab.read("hosts.deny").lines().count(), 1);
 }
+
+#[test]
+fn hanging_command_is_killed_at_the_timeout_and_the_daemon_goes_on() {
+    let lab = Lab::new();
+    let conf = blocking_config(
+        &lab,
+        "KILL_RUN_CMD=\"sleep 60\"\nKILL_CMD_TIMEOUT=\"1s\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"\"",
+    );
+    let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
+    lab.attack(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "79",
+        "--max-retries",
+        "0",
+        &lab.def4,
+    ]);
+    let failure = d.expect_line("attackalert: ERROR: run_cmd failed for host:", 20);
+    assert!(failure.contains("timed out after 1s"), "{failure}");
+    // Not blocked, so the next probe is acted on again: the daemon is still working.
+    lab.attack(&[
+        "nmap",
+        "-6",
+        "-n",
+        "-Pn",
+        "-sT",
+        "-p",
+        "11",
+        "--max-retries",
+        "0",
+        &lab.def6,
+    ]);
+    d.expect_line(
+        &format!(
+            "attackalert: Connect from host: {0}/{0} to TCP port: 11",
+            lab.att6
+        ),
+        20,
+    );
+    assert_eq!(lab.read("portsentry.history"), "");
+}
