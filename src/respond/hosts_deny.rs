@@ -78,33 +78,19 @@ impl Responder for HostsDenyResponder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::build::defaults;
-    use crate::event::{Alert, Hit, Mode, ProbeKind};
+    use crate::event::{Mode, ProbeKind};
+    use crate::respond::respond_once;
 
     #[test]
     fn line_is_appended_once_and_missing_newline_is_mended() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hosts.deny");
         std::fs::write(&file, "sshd: 10.0.0.1").unwrap();
-        let config = defaults(&dir.path().join("p.conf"));
-        let alert = Alert {
-            hit: Hit::now(
-                "10.77.1.2".parse().unwrap(),
-                1,
-                Mode::Tcp,
-                ProbeKind::Connect,
-            ),
-            count: 1,
-            already_blocked: false,
-        };
-        let ctx = ResponseContext {
-            alert: &alert,
-            resolved: "10.77.1.2",
-            config: &config,
-        };
         let mut r = HostsDenyResponder::new("ALL: $TARGET$ : DENY", file.clone());
-        assert!(matches!(r.respond(&ctx), Outcome::Done(_)));
-        assert!(matches!(r.respond(&ctx), Outcome::Done(_)));
+        for _ in 0..2 {
+            let outcome = respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect);
+            assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+        }
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
             "sshd: 10.0.0.1\nALL: 10.77.1.2 : DENY\n"
@@ -113,23 +99,8 @@ mod tests {
 
     #[test]
     fn unwritable_file_is_a_failure() {
-        let config = defaults(std::path::Path::new("p.conf"));
-        let alert = Alert {
-            hit: Hit::now(
-                "10.77.1.2".parse().unwrap(),
-                1,
-                Mode::Tcp,
-                ProbeKind::Connect,
-            ),
-            count: 1,
-            already_blocked: false,
-        };
-        let ctx = ResponseContext {
-            alert: &alert,
-            resolved: "10.77.1.2",
-            config: &config,
-        };
         let mut r = HostsDenyResponder::new("ALL: $TARGET$", "/nonexistent/dir/hosts.deny".into());
-        assert!(matches!(r.respond(&ctx), Outcome::Failed(_)));
+        let outcome = respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect);
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
     }
 }

@@ -65,3 +65,26 @@ pub trait Responder: Send {
     /// Applies the block for this alert.
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome;
 }
+
+/// Test support: runs a responder once for a probe from `src`, with default config.
+#[cfg(test)]
+pub(crate) fn respond_once(
+    responder: &mut dyn Responder,
+    src: &str,
+    port: u16,
+    mode: crate::event::Mode,
+    kind: crate::event::ProbeKind,
+) -> Outcome {
+    let config = crate::config::build::defaults(std::path::Path::new("portsentry.conf"));
+    let alert = Alert {
+        hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
+        count: 1,
+        already_blocked: false,
+    };
+    let ctx = ResponseContext {
+        alert: &alert,
+        resolved: src,
+        config: &config,
+    };
+    responder.respond(&ctx)
+}

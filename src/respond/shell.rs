@@ -61,22 +61,12 @@ impl Responder for ShellResponder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::build::defaults;
-    use crate::event::{Alert, Hit, Mode, ProbeKind};
+    use crate::event::{Mode, ProbeKind};
+    use crate::respond::respond_once;
 
     fn outcome(template: &str) -> Outcome {
-        let config = defaults(std::path::Path::new("p.conf"));
-        let alert = Alert {
-            hit: Hit::now("10.77.1.2".parse().unwrap(), 79, Mode::Atcp, ProbeKind::Syn),
-            count: 1,
-            already_blocked: false,
-        };
-        let ctx = ResponseContext {
-            alert: &alert,
-            resolved: "10.77.1.2",
-            config: &config,
-        };
-        ShellResponder::route(template, Duration::from_secs(5)).respond(&ctx)
+        let mut r = ShellResponder::route(template, Duration::from_secs(5));
+        respond_once(&mut r, "10.77.1.2", 79, Mode::Atcp, ProbeKind::Syn)
     }
 
     #[test]

@@ -48,17 +48,7 @@ fn nmap_connect_scan_over_ipv4_is_logged_and_blocked_by_every_responder() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let mut d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        TCP_TRAPS,
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", TCP_TRAPS, false);
     let att = &lab.att4;
     let line = d.expect_line(
         &format!("attackalert: Connect from host: {att}/{att} to TCP port: "),
@@ -126,18 +116,7 @@ fn nmap_connect_scan_over_ipv6_is_blocked_with_ipv6_route_and_history() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp", "-udp"]);
-    lab.attack(&[
-        "nmap",
-        "-6",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        TCP_TRAPS,
-        "--max-retries",
-        "0",
-        &lab.def6,
-    ]);
+    lab.scan("-sT", TCP_TRAPS, true);
     let att = &lab.att6;
     d.expect_line(
         &format!("attackalert: Connect from host: {att}/{att} to TCP port: "),
@@ -161,17 +140,7 @@ fn nmap_udp_scan_over_ipv4_and_ipv6_is_detected() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-udp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sU",
-        "-p",
-        UDP_TRAPS,
-        "--max-retries",
-        "1",
-        &lab.def4,
-    ]);
+    lab.scan("-sU", UDP_TRAPS, false);
     let att4 = &lab.att4;
     d.expect_line(
         &format!("attackalert: Connect from host: {att4}/{att4} to UDP port: "),
@@ -181,18 +150,7 @@ fn nmap_udp_scan_over_ipv4_and_ipv6_is_detected() {
         &format!("attackalert: Host {att4} has been blocked via wrappers"),
         10,
     );
-    lab.attack(&[
-        "nmap",
-        "-6",
-        "-n",
-        "-Pn",
-        "-sU",
-        "-p",
-        UDP_TRAPS,
-        "--max-retries",
-        "1",
-        &lab.def6,
-    ]);
+    lab.scan("-sU", UDP_TRAPS, true);
     let att6 = &lab.att6;
     d.expect_line(
         &format!("attackalert: Connect from host: {att6}/{att6} to UDP port: "),
@@ -227,29 +185,8 @@ fn ignore_listed_scanner_is_never_blocked() {
     .unwrap();
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        TCP_TRAPS,
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
-    lab.attack(&[
-        "nmap",
-        "-6",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        TCP_TRAPS,
-        "--max-retries",
-        "0",
-        &lab.def6,
-    ]);
+    lab.scan("-sT", TCP_TRAPS, false);
+    lab.scan("-sT", TCP_TRAPS, true);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(d.count("attackalert:"), 0, "{:?}", d.lines());
     assert_eq!(lab.read("portsentry.history"), "");
@@ -262,17 +199,7 @@ fn scan_trigger_of_three_needs_three_distinct_ports() {
     let conf = blocking_config(&lab, "SCAN_TRIGGER=\"3\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
     let probe = |port: &str| {
-        lab.attack(&[
-            "nmap",
-            "-n",
-            "-Pn",
-            "-sT",
-            "-p",
-            port,
-            "--max-retries",
-            "0",
-            &lab.def4,
-        ]);
+        lab.scan("-sT", port, false);
     };
     probe("11");
     probe("11");
@@ -299,17 +226,7 @@ fn block_level_zero_logs_only_and_writes_no_history() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "BLOCK_TCP=\"0\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "79",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "79", false);
     d.expect_line("to TCP port: 79", 20);
     d.expect_line(
         "attackalert: Ignoring TCP response per configuration file setting.",
@@ -327,17 +244,7 @@ fn block_level_two_runs_only_the_external_command() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "BLOCK_TCP=\"2\"");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "79",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "79", false);
     d.expect_line("attackalert: External command run for host:", 20);
     assert_eq!(lab.read("hosts.deny"), "");
     assert!(!lab.def_routes().contains("unreachable"));
@@ -356,17 +263,7 @@ fn failing_kill_route_is_logged_as_a_failure_not_a_success() {
         "KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$ dev nosuchdev0\"\nKILL_HOSTS_DENY=\"\"\nKILL_RUN_CMD=\"\"",
     );
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "79",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "79", false);
     let failure = d.expect_line(
         &format!("attackalert: ERROR: route failed for host: {}", lab.att4),
         20,
@@ -410,33 +307,13 @@ fn blocks_made_by_an_earlier_run_are_still_known_after_restart() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let mut d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "79",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "79", false);
     d.expect_line("has been blocked via wrappers", 20);
     d.stop();
     // Lift the route so the scanner can reach us again; the blocked file still knows it.
     lab.defend(&["ip", "route", "del", "unreachable", &lab.att4]);
     let d2 = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "11",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "11", false);
     d2.expect_line(
         &format!(
             "attackalert: Host: {} is already blocked. Ignoring",
@@ -460,32 +337,11 @@ fn hanging_command_is_killed_at_the_timeout_and_the_daemon_goes_on() {
         "KILL_RUN_CMD=\"sleep 60\"\nKILL_CMD_TIMEOUT=\"1s\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"\"",
     );
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
-    lab.attack(&[
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "79",
-        "--max-retries",
-        "0",
-        &lab.def4,
-    ]);
+    lab.scan("-sT", "79", false);
     let failure = d.expect_line("attackalert: ERROR: run_cmd failed for host:", 20);
     assert!(failure.contains("timed out after 1s"), "{failure}");
     // Not blocked, so the next probe is acted on again: the daemon is still working.
-    lab.attack(&[
-        "nmap",
-        "-6",
-        "-n",
-        "-Pn",
-        "-sT",
-        "-p",
-        "11",
-        "--max-retries",
-        "0",
-        &lab.def6,
-    ]);
+    lab.scan("-sT", "11", true);
     d.expect_line(
         &format!(
             "attackalert: Connect from host: {0}/{0} to TCP port: 11",

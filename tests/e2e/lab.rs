@@ -114,6 +114,27 @@ impl Lab {
             .expect("cannot run attacker command")
     }
 
+    /// Runs nmap from the attacker against the defender: `kind` is the scan flag (`-sT`,
+    /// `-sU`, `-sS`…), over IPv6 when `v6`. One try per probe keeps scans quick.
+    pub fn scan(&self, kind: &str, ports: &str, v6: bool) -> Output {
+        let target = if v6 { &self.def6 } else { &self.def4 };
+        let mut args = vec![
+            "nmap",
+            "-n",
+            "-Pn",
+            kind,
+            "-p",
+            ports,
+            "--max-retries",
+            "1",
+            target,
+        ];
+        if v6 {
+            args.insert(1, "-6");
+        }
+        self.attack(&args)
+    }
+
     /// Runs a program in the defender namespace (set-up and inspection).
     pub fn defend(&self, args: &[&str]) -> Output {
         let mut cmd = vec!["timeout", "60", "ip", "netns", "exec", &self.def];
