@@ -1,1 +1,232 @@
-//! (in progress)
+//! Wires sensors -> filters -> responders over crossbeam channels.
+//!
+//! Two threads: the *filter* thread takes hits from every sensor and runs the filter chain
+//! (cheap, in memory); the *response* thread takes the alerts that passed and does the slow
+//! part (DNS, commands, Lua). Sensors never block: their channel is bounded and a full channel
+//! counts a drop. A new config generation arrives on a control channel that beats data
+//! (`select_biased!`) and travels to the response thread in order with the alerts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
+
+use crate::event::{Alert, Hit};
+use crate::filter::blocked::SharedRegistry;
+use crate::filter::{DropReason, Filter, Verdict};
+use crate::generation::Generation;
+use crate::respond::stage::ResponseStage;
+use crate::sensor::HitSink;
+
+/// Probes buffered between the sensors and the filters.
+pub const HIT_QUEUE: usize = 16 * 1024;
+/// Alerts buffered between the filters and the responders.
+pub const ALERT_QUEUE: usize = 1024;
+/// How often drop counters are reported when they grew.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counters shared by the pipeline's threads; read by the daemon for status lines and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Probes that reached the filters.
+    pub hits: AtomicU64,
+    /// Probes dropped by the ignore filter.
+    pub ignored: AtomicU64,
+    /// Probes still below SCAN_TRIGGER.
+    pub below_trigger: AtomicU64,
+    /// Alerts handed to the response thread.
+    pub alerts: AtomicU64,
+    /// Alerts lost because the response thread was behind.
+    pub alerts_dropped: AtomicU64,
+}
+
+enum FilterMsg {
+    Reload(Generation),
+    Stop,
+}
+
+enum ResponseMsg {
+    Alert(Alert),
+    Reload(Generation),
+}
+
+/// The running pipeline. Dropping it without `stop` leaves its threads running until the
+/// sensors' senders are gone; call `stop` for an orderly end.
+pub struct Pipeline {
+    sink: HitSink,
+    control: Sender<FilterMsg>,
+    stats: Arc<Stats>,
+    filter_thread: Option<JoinHandle<()>>,
+    response_thread: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts both threads; the filters and the stage were built from the first generation.
+    pub fn start(
+        filters: Vec<Box<dyn Filter>>,
+        registry: SharedRegistry,
+        stage: ResponseStage,
+    ) -> std::io::Result<Pipeline> {
+        let (hit_tx, hit_rx) = bounded::<Hit>(HIT_QUEUE);
+        let (control_tx, control_rx) = unbounded::<FilterMsg>();
+        let (alert_tx, alert_rx) = bounded::<ResponseMsg>(ALERT_QUEUE);
+        let stats = Arc::new(Stats::default());
+        let sink = HitSink::new(hit_tx);
+
+        let response_thread = std::thread::Builder::new()
+            .name("respond".into())
+            .spawn(move || response_loop(stage, alert_rx))?;
+        let filter_stats = Arc::clone(&stats);
+        let filter_sink = sink.clone();
+        let filter_thread = std::thread::Builder::new()
+            .name("filter".into())
+            .spawn(move || {
+                let mut worker = FilterWorker {
+                    filters,
+                    registry,
+                    alerts: alert_tx,
+                    stats: filter_stats,
+                    sink: filter_sink,
+                };
+                worker.run(hit_rx, control_rx);
+            })?;
+        Ok(Pipeline {
+            sink,
+            control: control_tx,
+            stats,
+            filter_thread: Some(filter_thread),
+            response_thread: Some(response_thread),
+        })
+    }
+
+    /// Where sensors deliver probes.
+    pub fn sink(&self) -> HitSink {
+        self.sink.clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Swaps in a new generation: filters first (the very next probe sees it), then the
+    /// response stage, in order with the alerts already queued.
+    pub fn reload(&self, generation: Generation) {
+        let _ = self.control.send(FilterMsg::Reload(generation));
+    }
+
+    /// Stops both threads after the alerts already queued have been handled.
+    pub fn stop(mut self) {
+        let _ = self.control.send(FilterMsg::Stop);
+        if let Some(h) = self.filter_thread.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.response_thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct FilterWorker {
+    filters: Vec<Box<dyn Filter>>,
+    registry: SharedRegistry,
+    alerts: Sender<ResponseMsg>,
+    stats: Arc<Stats>,
+    sink: HitSink,
+}
+
+impl FilterWorker {
+    fn run(&mut self, hits: Receiver<Hit>, control: Receiver<FilterMsg>) {
+        let mut last_report = Instant::now();
+        let mut reported = (0u64, 0u64);
+        loop {
+            select_biased! {
+                recv(control) -> msg => match msg {
+                    Ok(FilterMsg::Reload(generation)) => {
+                        for f in &mut self.filters {
+                            f.reconfigure(&generation);
+                        }
+                        // Blocking send: a reload must not be lost behind a burst of alerts.
+                        let _ = self.alerts.send(ResponseMsg::Reload(generation));
+                    }
+                    Ok(FilterMsg::Stop) | Err(_) => return,
+                },
+                recv(hits) -> hit => match hit {
+                    Ok(hit) => self.inspect(hit),
+                    Err(_) => return,
+                },
+                default(DROP_REPORT_INTERVAL) => {}
+            }
+            if last_report.elapsed() >= DROP_REPORT_INTERVAL {
+                last_report = Instant::now();
+                let now = (
+                    self.sink.dropped(),
+                    self.stats.alerts_dropped.load(Ordering::Relaxed),
+                );
+                if now != reported {
+                    log::warn!(
+                        "adminalert: WARNING: pipeline behind: {} probes and {} alerts dropped since start",
+                        now.0,
+                        now.1
+                    );
+                    reported = now;
+                }
+            }
+        }
+    }
+
+    fn inspect(&mut self, hit: Hit) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        let mut candidate = Alert {
+            hit,
+            count: 0,
+            already_blocked: false,
+        };
+        for f in &mut self.filters {
+            match f.inspect(&mut candidate) {
+                Verdict::Pass => {}
+                Verdict::Drop(reason) => {
+                    let counter = match reason {
+                        DropReason::Ignored => &self.stats.ignored,
+                        DropReason::BelowTrigger => &self.stats.below_trigger,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        "{} dropped probe from {} to {} port {}: {reason:?}",
+                        f.name(),
+                        candidate.hit.src,
+                        candidate.hit.proto().upper(),
+                        candidate.hit.port
+                    );
+                    return;
+                }
+            }
+        }
+        let src = candidate.hit.src;
+        let reserved = !candidate.already_blocked;
+        match self.alerts.try_send(ResponseMsg::Alert(candidate)) {
+            Ok(()) => {
+                self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.alerts_dropped.fetch_add(1, Ordering::Relaxed);
+                // The blocked filter may have reserved this host; a lost alert must not leave
+                // it marked as blocked when nothing was done.
+                if reserved {
+                    crate::filter::blocked::lock(&self.registry).release(src);
+                }
+            }
+        }
+    }
+}
+
+fn response_loop(mut stage: ResponseStage, alerts: Receiver<ResponseMsg>) {
+    for msg in alerts {
+        match msg {
+            ResponseMsg::Alert(alert) => stage.handle(&alert),
+            ResponseMsg::Reload(generation) => stage.reconfigure(generation),
+        }
+    }
+}

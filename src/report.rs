@@ -1,1 +1,212 @@
-//! (in progress)
+//! The exact wording of every log line that outside tools parse (logwatch, fail2ban, admins'
+//! grep habits). 1.2's `attackalert:` / `adminalert:` lines are produced here and only here;
+//! lines that 1.2 never printed are additive and marked as ours in their doc comment.
+
+use std::net::IpAddr;
+
+use crate::event::{Alert, Mode, ProbeKind, Proto};
+
+/// `resolved/ip`, as 1.2 prints a host; with `RESOLVE_HOST=0` both halves are the IP.
+fn host_pair(resolved: &str, ip: IpAddr) -> String {
+    format!("{resolved}/{ip}")
+}
+
+/// The detection line for an alert (classic connect, or a raw probe named by its flags).
+pub fn detection(alert: &Alert, resolved: &str) -> String {
+    let hit = &alert.hit;
+    let host = host_pair(resolved, hit.src);
+    let proto = hit.proto().upper();
+    match hit.kind {
+        ProbeKind::Connect => {
+            format!(
+                "attackalert: Connect from host: {host} to TCP port: {}",
+                hit.port
+            )
+        }
+        ProbeKind::Udp if !hit.mode.is_raw() => {
+            format!(
+                "attackalert: Connect from host: {host} to UDP port: {}",
+                hit.port
+            )
+        }
+        kind => format!(
+            "attackalert: {} from host: {host} to {proto} port: {}",
+            kind.describe(),
+            hit.port
+        ),
+    }
+}
+
+/// 1.2's note that a raw IPv4 probe carried IP options.
+pub fn ip_options(alert: &Alert, resolved: &str) -> String {
+    format!(
+        "attackalert: Packet from host: {} to {} port: {} has IP options set (detection avoidance technique).",
+        host_pair(resolved, alert.hit.src),
+        alert.hit.proto().upper(),
+        alert.hit.port
+    )
+}
+
+/// 1.2's "already blocked" line; raw and classic modes worded it differently.
+pub fn already_blocked(alert: &Alert, resolved: &str) -> String {
+    if alert.hit.mode.is_raw() {
+        format!(
+            "attackalert: Host: {} is already blocked Ignoring",
+            host_pair(resolved, alert.hit.src)
+        )
+    } else {
+        format!(
+            "attackalert: Host: {} is already blocked. Ignoring",
+            alert.hit.src
+        )
+    }
+}
+
+/// `BLOCK_TCP="0"` / `BLOCK_UDP="0"`: detection only.
+pub fn ignoring_response(proto: Proto) -> String {
+    format!(
+        "attackalert: Ignoring {} response per configuration file setting.",
+        proto.upper()
+    )
+}
+
+/// `KILL_ROUTE` succeeded.
+pub fn blocked_via_route(ip: IpAddr, command: &str) -> String {
+    format!(
+        "attackalert: Host {ip} has been blocked via dropped route using command: \"{command}\""
+    )
+}
+
+/// `KILL_HOSTS_DENY` succeeded.
+pub fn blocked_via_wrappers(ip: IpAddr, line: &str) -> String {
+    format!("attackalert: Host {ip} has been blocked via wrappers with string: \"{line}\"")
+}
+
+/// `KILL_RUN_CMD` succeeded.
+pub fn external_command_run(ip: IpAddr, command: &str) -> String {
+    format!("attackalert: External command run for host: {ip} using command: \"{command}\"")
+}
+
+/// Ours: a responder failed (1.2 logged every command as a success).
+pub fn responder_failed(ip: IpAddr, responder: &str, why: &str) -> String {
+    format!("attackalert: ERROR: {responder} failed for host: {ip}: {why}")
+}
+
+/// 1.2's line when no responder managed to block.
+pub fn could_not_block(ip: IpAddr) -> String {
+    format!("attackalert: ERROR: Could not block host {ip} !!")
+}
+
+/// Ours: a custom responder vetoed the block.
+pub fn vetoed(ip: IpAddr, responder: &str, why: &str) -> String {
+    format!("attackalert: Host {ip} not blocked: vetoed by {responder}: {why}")
+}
+
+/// Start-up, once every sensor is open.
+pub fn active() -> &'static str {
+    "adminalert: PortSentry is now active and listening."
+}
+
+/// Shutdown.
+pub fn shutting_down() -> &'static str {
+    "adminalert: PortSentry is shutting down"
+}
+
+/// A classic trap port is listening.
+pub fn listen_mode(proto: Proto, port: u16) -> String {
+    format!(
+        "adminalert: Going into listen mode on {} port: {port}",
+        proto.upper()
+    )
+}
+
+/// A classic trap port is taken by another program; the others go on.
+pub fn bind_failed(proto: Proto, port: u16) -> String {
+    format!(
+        "adminalert: ERROR: could not bind {} socket: {port}. Attempting to continue",
+        proto.upper()
+    )
+}
+
+/// Ours: the version and modes, first line of a run.
+pub fn starting(version: &str, modes: &[Mode]) -> String {
+    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    format!(
+        "adminalert: PortSentry {version} is starting in mode(s): {}",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Hit;
+    use std::net::Ipv4Addr;
+
+    fn alert(mode: Mode, kind: ProbeKind) -> Alert {
+        Alert {
+            hit: Hit::now(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 6)), 135, mode, kind),
+            count: 1,
+            already_blocked: false,
+        }
+    }
+
+    #[test]
+    fn raw_syn_line_matches_1_2() {
+        let a = alert(Mode::Atcp, ProbeKind::Syn);
+        assert_eq!(
+            detection(&a, "10.9.8.6"),
+            "attackalert: TCP SYN/Normal scan from host: 10.9.8.6/10.9.8.6 to TCP port: 135"
+        );
+        assert_eq!(
+            already_blocked(&a, "10.9.8.6"),
+            "attackalert: Host: 10.9.8.6/10.9.8.6 is already blocked Ignoring"
+        );
+    }
+
+    #[test]
+    fn null_scan_has_no_stray_space() {
+        let a = alert(Mode::Stcp, ProbeKind::Null);
+        assert!(detection(&a, "x").starts_with("attackalert: TCP NULL scan from host: x/"));
+    }
+
+    #[test]
+    fn classic_lines_match_1_2() {
+        let a = alert(Mode::Tcp, ProbeKind::Connect);
+        assert_eq!(
+            detection(&a, "h.example"),
+            "attackalert: Connect from host: h.example/10.9.8.6 to TCP port: 135"
+        );
+        assert_eq!(
+            already_blocked(&a, "h.example"),
+            "attackalert: Host: 10.9.8.6 is already blocked. Ignoring"
+        );
+        let u = alert(Mode::Udp, ProbeKind::Udp);
+        assert_eq!(
+            detection(&u, "10.9.8.6"),
+            "attackalert: Connect from host: 10.9.8.6/10.9.8.6 to UDP port: 135"
+        );
+        let su = alert(Mode::Sudp, ProbeKind::Udp);
+        assert_eq!(
+            detection(&su, "10.9.8.6"),
+            "attackalert: UDP scan from host: 10.9.8.6/10.9.8.6 to UDP port: 135"
+        );
+    }
+
+    #[test]
+    fn responder_lines_match_1_2() {
+        let ip: IpAddr = "fd77::5".parse().unwrap();
+        assert_eq!(
+            blocked_via_wrappers(ip, "ALL: fd77::5 : DENY"),
+            "attackalert: Host fd77::5 has been blocked via wrappers with string: \"ALL: fd77::5 : DENY\""
+        );
+        assert_eq!(
+            ignoring_response(Proto::Udp),
+            "attackalert: Ignoring UDP response per configuration file setting."
+        );
+        assert_eq!(
+            listen_mode(Proto::Tcp, 1),
+            "adminalert: Going into listen mode on TCP port: 1"
+        );
+    }
+}

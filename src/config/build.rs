@@ -1,11 +1,196 @@
 //! Stage two: raw entries -> typed [`Config`], with every error named by file and line.
-//! (Implementation in progress.)
+//!
+//! Each known key is one entry of [`KEYS`]: its name, what it is for, and how its value is
+//! read, so the documentation and the tests of a key sit beside it (ripgrep's flag table).
+//!
+//! Reading is strict where 1.2 was lenient (1.2 read `SCAN_TRIGGER="1,abc"` as 0): a known key
+//! with a malformed value is an error, and every such error is collected in one pass so
+//! `--check-config` can show them all. An unknown key is only a warning (2.0 refused the
+//! file, breaking 1.2 configs), except that keys named after a Lua responder listed in
+//! `LUA_RESPONDERS` (`NFTABLES_TIMEOUT` for plugin `nftables`) are that plugin's settings.
+//!
+//! Durations (`KILL_CMD_TIMEOUT`, `SCAN_TRIGGER_WINDOW`) need a unit: `"30s"`, `"5m"`, `"1h"`,
+//! `"1h 30m"` (humantime syntax). A bare number is refused with a hint to add `s`, since
+//! guessing between seconds and minutes is how a one-hour window becomes a sixty-hour one.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{BlockLevel, Config, ConfigError, ConfigErrors, RawConfig, Template};
+use super::{
+    BlockLevel, Config, ConfigError, ConfigErrors, ConfigWarning, RawConfig, RawEntry, Template,
+};
+
+/// The macro a route or hosts.deny template must contain to name the attacker.
+const TARGET_MACRO: &str = "$TARGET$";
+
+/// Default for an absent `ADVANCED_PORTS_*`, as in 1.2.
+const DEFAULT_ADVANCED_PORTS: u16 = 1024;
+
+/// Reads one value into the config. `Err` is what is wrong and what was expected; pushed
+/// strings become warnings on the entry's line.
+type Setter = fn(&mut Config, &RawEntry, &mut Vec<String>) -> Result<(), String>;
+
+/// A key the daemon knows: the table that drives [`build`] and documents the file format.
+pub struct KeySpec {
+    /// Name as written in the file (upper case).
+    pub name: &'static str,
+    /// One line on what the key is for and what values it takes.
+    pub doc: &'static str,
+    set: Setter,
+}
+
+/// Every known key. 1.2 keys first, in the order of Debian's file, then ours.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "TCP_PORTS",
+        doc: "Trap ports for -tcp/-stcp: list of ports and ranges, e.g. \"1,11,512-515\".",
+        set: |c, e, _| port_list(&e.value).map(|v| c.tcp_ports = v),
+    },
+    KeySpec {
+        name: "UDP_PORTS",
+        doc: "Trap ports for -udp/-sudp: list of ports and ranges.",
+        set: |c, e, _| port_list(&e.value).map(|v| c.udp_ports = v),
+    },
+    KeySpec {
+        name: "ADVANCED_PORTS_TCP",
+        doc: "Advanced TCP mode watches ports 1 to N-1 (1-65535; absent: 1024).",
+        set: |c, e, _| advanced_limit(&e.value).map(|v| c.advanced_ports_tcp = v),
+    },
+    KeySpec {
+        name: "ADVANCED_PORTS_UDP",
+        doc: "Advanced UDP mode watches ports 1 to N-1 (1-65535; absent: 1024).",
+        set: |c, e, _| advanced_limit(&e.value).map(|v| c.advanced_ports_udp = v),
+    },
+    KeySpec {
+        name: "ADVANCED_EXCLUDE_TCP",
+        doc: "TCP ports advanced mode never watches (ident, NetBIOS): list of ports and ranges.",
+        set: |c, e, _| port_list(&e.value).map(|v| c.advanced_exclude_tcp = v),
+    },
+    KeySpec {
+        name: "ADVANCED_EXCLUDE_UDP",
+        doc: "UDP ports advanced mode never watches (RIP, NetBIOS, bootp): list of ports and ranges.",
+        set: |c, e, _| port_list(&e.value).map(|v| c.advanced_exclude_udp = v),
+    },
+    KeySpec {
+        name: "IGNORE_FILE",
+        doc: "File of addresses and networks never acted on.",
+        set: |c, e, _| path(&e.value).map(|v| c.ignore_file = v),
+    },
+    KeySpec {
+        name: "HISTORY_FILE",
+        doc: "Append-only record of blocks, one 1.2-format line each (fail2ban reads it).",
+        set: |c, e, _| path(&e.value).map(|v| c.history_file = v),
+    },
+    KeySpec {
+        name: "BLOCKED_FILE",
+        doc: "The set of blocked hosts, kept across restarts.",
+        set: |c, e, _| path(&e.value).map(|v| c.blocked_file = v),
+    },
+    KeySpec {
+        name: "RESOLVE_HOST",
+        doc: "\"1\": reverse-resolve attackers' names for log lines; \"0\": log addresses only.",
+        set: |c, e, _| flag(&e.value).map(|v| c.resolve_host = v),
+    },
+    KeySpec {
+        name: "BLOCK_UDP",
+        doc: "UDP alerts: \"0\" log only, \"1\" run every responder, \"2\" run KILL_RUN_CMD only.",
+        set: |c, e, _| block_level(&e.value).map(|v| c.block_udp = v),
+    },
+    KeySpec {
+        name: "BLOCK_TCP",
+        doc: "TCP alerts: \"0\" log only, \"1\" run every responder, \"2\" run KILL_RUN_CMD only.",
+        set: |c, e, _| block_level(&e.value).map(|v| c.block_tcp = v),
+    },
+    KeySpec {
+        name: "KILL_ROUTE",
+        doc: "Shell command that blocks $TARGET$ (route or firewall); empty or no $TARGET$: none.",
+        set: |c, e, w| {
+            c.kill_route = target_template(e, w);
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "KILL_HOSTS_DENY",
+        doc: "Line appended to HOSTS_DENY_FILE, must contain $TARGET$; empty: none.",
+        set: |c, e, w| {
+            c.kill_hosts_deny = target_template(e, w);
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "KILL_RUN_CMD",
+        doc: "Any shell command run on an alert ($TARGET$, $PORT$, $MODE$ substituted); empty: none.",
+        set: |c, e, _| {
+            c.kill_run_cmd = template(e);
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "KILL_RUN_CMD_FIRST",
+        doc: "\"1\": run KILL_RUN_CMD before the route and hosts.deny responders; \"0\": after.",
+        set: |c, e, _| flag(&e.value).map(|v| c.kill_run_cmd_first = v),
+    },
+    KeySpec {
+        name: "SCAN_TRIGGER",
+        doc: "Probes from one host tolerated before the alarm; 0 and 1 react to the first.",
+        set: |c, e, _| scan_trigger(&e.value).map(|v| c.scan_trigger = v),
+    },
+    KeySpec {
+        name: "PORT_BANNER",
+        doc: "Text sent to whoever connects in -tcp/-udp modes, no newline added; empty: none.",
+        set: |c, e, _| {
+            c.port_banner = (!e.value.is_empty()).then(|| e.value.clone());
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "HOSTS_DENY_FILE",
+        doc: "Where KILL_HOSTS_DENY lines go (default /etc/hosts.deny).",
+        set: |c, e, _| path(&e.value).map(|v| c.hosts_deny_file = v),
+    },
+    KeySpec {
+        name: "KILL_CMD_TIMEOUT",
+        doc: "A responder command still running after this long is killed, e.g. \"30s\".",
+        set: |c, e, _| duration(&e.value).map(|v| c.kill_cmd_timeout = v),
+    },
+    KeySpec {
+        name: "SCAN_TRIGGER_WINDOW",
+        doc: "Probes older than this no longer count towards SCAN_TRIGGER, e.g. \"1h\".",
+        set: |c, e, _| duration(&e.value).map(|v| c.scan_trigger_window = v),
+    },
+    KeySpec {
+        name: "SCAN_TRIGGER_TABLE_SIZE",
+        doc: "Sources tracked at once for SCAN_TRIGGER (1-10000000); the oldest is evicted.",
+        set: |c, e, _| table_size(&e.value).map(|v| c.scan_trigger_table_size = v),
+    },
+    KeySpec {
+        name: "PLUGIN_DIR",
+        doc: "Directory holding the Lua responders named in LUA_RESPONDERS.",
+        set: |c, e, _| path(&e.value).map(|v| c.plugin_dir = v),
+    },
+    KeySpec {
+        name: "LUA_PATH_DIR",
+        doc: "Directory of the Lua library every plugin can require.",
+        set: |c, e, _| path(&e.value).map(|v| c.lua_lib_dir = v),
+    },
+    KeySpec {
+        name: "LUA_RESPONDERS",
+        doc: "Lua responders to run, in order: comma list of plugin names; empty: none.",
+        set: |c, e, w| responder_names(&e.value, w).map(|v| c.lua_responders = v),
+    },
+    KeySpec {
+        name: "LUA_RESPONDERS_FIRST",
+        doc: "\"1\": run the Lua responders before the built-in ones; \"0\": after.",
+        set: |c, e, _| flag(&e.value).map(|v| c.lua_responders_first = v),
+    },
+];
+
+/// Looks a key up in [`KEYS`].
+pub fn key_spec(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
 
 /// Debian 12's defaults: what a key that is absent from the file means.
 pub fn defaults(path: &Path) -> Config {
@@ -19,8 +204,8 @@ pub fn defaults(path: &Path) -> Config {
             1, 7, 9, 69, 161, 162, 513, 635, 640, 641, 700, 37444, 34555, 31335, 32770, 32771,
             32772, 32773, 32774, 31337, 54321,
         ],
-        advanced_ports_tcp: 1024,
-        advanced_ports_udp: 1024,
+        advanced_ports_tcp: DEFAULT_ADVANCED_PORTS,
+        advanced_ports_udp: DEFAULT_ADVANCED_PORTS,
         advanced_exclude_tcp: vec![113, 139],
         advanced_exclude_udp: vec![520, 138, 137, 67],
         ignore_file: PathBuf::from("/etc/portsentry/portsentry.ignore"),
@@ -48,29 +233,327 @@ pub fn defaults(path: &Path) -> Config {
     }
 }
 
-/// Builds the typed config from raw entries.
+/// Builds the typed config from raw entries; `Err` holds every malformed value at once.
 pub fn build(raw: &RawConfig) -> Result<Config, ConfigErrors> {
-    let mut config = defaults(&raw.path);
-    for e in &raw.entries {
-        config.raw.insert(e.key.clone(), e.value.clone());
-        if e.key == "KILL_RUN_CMD" {
-            config.kill_run_cmd = Some(Template {
-                text: e.value.clone(),
-                line: e.line,
-            });
-        }
+    let (config, errors) = build_collect(raw);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
     }
-    Ok(config)
 }
 
-/// Reads, parses and builds a config file.
+/// Reads, parses and builds a config file, reporting syntax and value errors together.
+/// A missing or unreadable file is an error on line 0.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: 0,
-            message: format!("cannot read: {e}"),
+            message: format!("cannot read the configuration file: {e}"),
         }])
     })?;
-    build(&super::parse(path, &text)?)
+    let (raw, mut errors) = super::parse::parse_collect(path, &bytes);
+    let (config, build_errors) = build_collect(&raw);
+    errors.extend(build_errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| e.line);
+        Err(ConfigErrors(errors))
+    }
 }
+
+/// The build pass: the config as far as it could be read, and every error found.
+fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
+    let mut config = defaults(&raw.path);
+    config.warnings = raw.warnings.clone();
+    let mut errors = Vec::new();
+    let plugin_prefixes = plugin_prefixes(raw);
+    for entry in &raw.entries {
+        config.raw.insert(entry.key.clone(), entry.value.clone());
+        let warn = |config: &mut Config, message: String| {
+            config.warnings.push(ConfigWarning {
+                file: raw.path.clone(),
+                line: entry.line,
+                message,
+            });
+        };
+        match key_spec(&entry.key) {
+            Some(spec) => {
+                let mut notes = Vec::new();
+                if let Err(what) = (spec.set)(&mut config, entry, &mut notes) {
+                    errors.push(ConfigError {
+                        file: raw.path.clone(),
+                        line: entry.line,
+                        message: format!("{}: \"{}\": {what}", entry.key, entry.value),
+                    });
+                }
+                for note in notes {
+                    warn(&mut config, format!("{}: {note}", entry.key));
+                }
+            }
+            None if plugin_prefixes
+                .iter()
+                .any(|p| entry.key.starts_with(p.as_str())) => {}
+            None => {
+                let hint = key_spec(&entry.key.to_ascii_uppercase())
+                    .map(|k| format!(" (keys are upper case: did you mean {}?)", k.name))
+                    .unwrap_or_default();
+                warn(
+                    &mut config,
+                    format!("unknown key {}, ignored{hint}", entry.key),
+                );
+            }
+        }
+    }
+    for key in ["ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP"] {
+        if !raw.entries.iter().any(|e| e.key == key) {
+            config.warnings.push(ConfigWarning {
+                file: raw.path.clone(),
+                line: 0,
+                message: format!(
+                    "{key} not set, using the default {DEFAULT_ADVANCED_PORTS} \
+                     (advanced mode watches ports 1-{})",
+                    DEFAULT_ADVANCED_PORTS - 1
+                ),
+            });
+        }
+    }
+    (config, errors)
+}
+
+/// `NFTABLES_` for plugin `nftables`: the prefix of settings that belong to a listed Lua
+/// responder. A `-` in a plugin name becomes `_`, since keys cannot hold `-`.
+fn plugin_prefixes(raw: &RawConfig) -> Vec<String> {
+    let Some(entry) = raw.entries.iter().find(|e| e.key == "LUA_RESPONDERS") else {
+        return Vec::new();
+    };
+    entry
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|name| valid_plugin_name(name))
+        .map(|name| format!("{}_", name.to_ascii_uppercase().replace('-', "_")))
+        .collect()
+}
+
+/// Problems with the programs the KILL_ROUTE and KILL_RUN_CMD commands start, for
+/// `--check-config`: a typo in a path otherwise shows up only at the first attack.
+///
+/// Commands run through `/bin/sh -c` as 1.2's `system()` did, so only the first word of the
+/// first command is checked (after any `NAME=value` assignments); shell syntax, builtins and
+/// words holding a `$` cannot be judged and are skipped. A bare name is searched in `$PATH`
+/// and in the standard system directories (the daemon runs as root, whose path holds the
+/// `sbin` directories that a user's `$PATH` may lack).
+pub fn command_warnings(config: &Config) -> Vec<ConfigWarning> {
+    [
+        ("KILL_ROUTE", &config.kill_route),
+        ("KILL_RUN_CMD", &config.kill_run_cmd),
+    ]
+    .into_iter()
+    .filter_map(|(key, template)| {
+        let template = template.as_ref()?;
+        let program = first_program(&template.text)?;
+        let problem = program_problem(&program)?;
+        Some(ConfigWarning {
+            file: config.path.clone(),
+            line: template.line,
+            message: format!("{key}: program \"{program}\" {problem}"),
+        })
+    })
+    .collect()
+}
+
+/// Shell syntax and builtins: the first word is not a program we can look for.
+const SHELL_WORDS: &[&str] = &[
+    "if", "for", "while", "until", "case", "!", "{", "(", "[", "[[", ":", ".", "true", "false",
+    "echo", "printf", "test", "exec", "eval", "command", "cd", "set", "export", "source",
+];
+
+/// The program a shell command line starts, if it can be told without running a shell.
+fn first_program(command: &str) -> Option<String> {
+    let words = shell_words::split(command)
+        .unwrap_or_else(|_| command.split_whitespace().map(str::to_owned).collect());
+    let first = words.into_iter().find(|w| !is_assignment(w))?;
+    let syntax = first.starts_with('(') || first.starts_with('{') || first.contains('$');
+    (!syntax && !SHELL_WORDS.contains(&first.as_str())).then_some(first)
+}
+
+/// `NAME=value` before a command sets its environment; it is not the program.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
+    })
+}
+
+/// Why a program cannot run, or `None` when it looks fine.
+fn program_problem(program: &str) -> Option<&'static str> {
+    if program.contains('/') {
+        let path = Path::new(program);
+        if !path.exists() {
+            Some("does not exist")
+        } else if !is_executable(path) {
+            Some("is not an executable file")
+        } else {
+            None
+        }
+    } else {
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        let standard = [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ];
+        let found = std::env::split_paths(&path_var)
+            .chain(standard.iter().map(PathBuf::from))
+            .any(|dir| is_executable(&dir.join(program)));
+        (!found).then_some("not found on $PATH")
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+// ---- value readers: `Err` says what is wrong and what was expected ----
+
+fn port_list(value: &str) -> Result<Vec<u16>, String> {
+    super::ports::parse_port_list(value)
+}
+
+fn flag(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err("expected \"0\" (off) or \"1\" (on)".into()),
+    }
+}
+
+fn block_level(value: &str) -> Result<BlockLevel, String> {
+    match value.trim() {
+        "0" => Ok(BlockLevel::LogOnly),
+        "1" => Ok(BlockLevel::All),
+        "2" => Ok(BlockLevel::RunCmdOnly),
+        _ => Err(
+            "expected \"0\" (log only), \"1\" (run every responder) or \"2\" (run KILL_RUN_CMD only)"
+                .into(),
+        ),
+    }
+}
+
+/// A whole number in `min..=max`, digits only: no sign, no spaces inside, no trailing text.
+fn whole_number(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let text = value.trim();
+    let expected = format!("expected a whole number from {min} to {max}");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("not a whole number ({expected})"));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("out of range ({expected})")),
+    }
+}
+
+fn advanced_limit(value: &str) -> Result<u16, String> {
+    let n = whole_number(value, 1, 65535)?;
+    u16::try_from(n).map_err(|_| "out of range (expected a whole number from 1 to 65535)".into())
+}
+
+fn scan_trigger(value: &str) -> Result<u32, String> {
+    let n = whole_number(value, 0, u64::from(u32::MAX))?;
+    u32::try_from(n).map_err(|_| format!("out of range (expected at most {})", u32::MAX))
+}
+
+fn table_size(value: &str) -> Result<usize, String> {
+    let n = whole_number(value, 1, 10_000_000)?;
+    usize::try_from(n).map_err(|_| "out of range (expected 1 to 10000000)".into())
+}
+
+fn path(value: &str) -> Result<PathBuf, String> {
+    if value.trim().is_empty() {
+        Err("empty (expected a file or directory path)".into())
+    } else {
+        Ok(PathBuf::from(value))
+    }
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    let text = value.trim();
+    if text.is_empty() {
+        return Err("empty (expected a duration such as \"30s\", \"5m\" or \"1h\")".into());
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "a bare number has no unit: write \"{text}s\" for seconds (units: s, m, h, d)"
+        ));
+    }
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("not a duration ({e}); expected e.g. \"30s\", \"5m\" or \"1h\""))?;
+    if d.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(d)
+}
+
+fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn responder_names(value: &str, warnings: &mut Vec<String>) -> Result<Vec<String>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(
+                "empty entry in the list (two commas in a row, or a comma at an end)".into(),
+            );
+        }
+        if !valid_plugin_name(name) {
+            return Err(format!(
+                "'{name}' is not a plugin name (expected letters, digits, '_' and '-')"
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            warnings.push(format!("plugin '{name}' listed twice; it runs once"));
+        } else {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// KILL_RUN_CMD: anything, empty meaning none.
+fn template(entry: &RawEntry) -> Option<Template> {
+    (!entry.value.trim().is_empty()).then(|| Template {
+        text: entry.value.clone(),
+        line: entry.line,
+    })
+}
+
+/// KILL_ROUTE / KILL_HOSTS_DENY: without `$TARGET$` they would act on no host, so 1.2 skipped
+/// them; so do we, but say so.
+fn target_template(entry: &RawEntry, warnings: &mut Vec<String>) -> Option<Template> {
+    let template = template(entry)?;
+    if template.text.contains(TARGET_MACRO) {
+        Some(template)
+    } else {
+        warnings.push(format!(
+            "no {TARGET_MACRO} in the value, so it will be skipped"
+        ));
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

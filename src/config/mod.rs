@@ -63,7 +63,7 @@ impl std::fmt::Display for ConfigWarning {
 
 /// A malformed value or unreadable file: the config is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
+#[error("{}", ConfigWarning { file: file.clone(), line: *line, message: message.clone() })]
 pub struct ConfigError {
     /// File the error is in.
     pub file: PathBuf,

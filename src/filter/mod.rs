@@ -38,3 +38,18 @@ pub trait Filter: Send {
     /// Follows a new config generation, keeping whatever state should survive a reload.
     fn reconfigure(&mut self, generation: &Generation);
 }
+
+/// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked.
+pub fn standard_chain(
+    generation: &Generation,
+    registry: &blocked::SharedRegistry,
+) -> Vec<Box<dyn Filter>> {
+    vec![
+        Box::new(ignore::IgnoreFilter::new(generation)),
+        Box::new(trigger::TriggerFilter::new(&generation.config)),
+        Box::new(blocked::BlockedFilter::new(
+            std::sync::Arc::clone(registry),
+            generation,
+        )),
+    ]
+}

@@ -1,1 +1,650 @@
-//! (in progress)
+//! SCAN_TRIGGER: how many distinct probes a source may send before the alarm.
+//!
+//! 1.2 kept one ring of the last 50 hits from anyone, so fifty hits from others erased a slow
+//! scanner's count, and 2.0 counted per host forever. Here each source has its own state: the
+//! distinct (protocol, port) pairs it probed within `SCAN_TRIGGER_WINDOW`. `0` and `1` fire on
+//! the first probe, `N` on the Nth distinct one, as in 1.2's common cases.
+//!
+//! The table has a fixed capacity (`SCAN_TRIGGER_TABLE_SIZE`), as scanlogd's does: a flood of
+//! forged sources evicts the least recently seen ones and never grows memory. Each source keeps
+//! at most `max(SCAN_TRIGGER, 1)` probes, which is all the decision needs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::{DropReason, Filter, Verdict};
+use crate::config::Config;
+use crate::event::{Alert, Proto};
+use crate::generation::Generation;
+
+/// What the table concluded about one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// Distinct (protocol, port) probes from this source within the window, this one
+    /// included; capped at `max(SCAN_TRIGGER, 1)`.
+    pub count: u32,
+    /// The source has reached the trigger (now or earlier, within the window).
+    pub fired: bool,
+}
+
+/// One distinct probe and when it was last seen.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    proto: Proto,
+    port: u16,
+    seen: Instant,
+}
+
+/// Per-source state.
+#[derive(Debug)]
+struct Source {
+    /// Key of this source in `TriggerTable::by_age`.
+    touched: u64,
+    /// Last probe of any kind; a source silent for longer than the window starts afresh.
+    last_seen: Instant,
+    /// Distinct probes within the window, at most `needed()` of them.
+    probes: Vec<Probe>,
+    /// The trigger was reached; later probes pass until the source goes quiet for a window.
+    fired: bool,
+}
+
+/// Per-source SCAN_TRIGGER state with a fixed capacity and least-recently-seen eviction.
+/// Time is passed in, so the behaviour is deterministic under test.
+#[derive(Debug)]
+pub struct TriggerTable {
+    trigger: u32,
+    window: Duration,
+    capacity: usize,
+    sources: HashMap<IpAddr, Source>,
+    /// Sources by the tick of their last probe: the first entry is the one to evict. Every
+    /// probe moves its source to a new, unique tick, so this is an O(log n) LRU.
+    by_age: BTreeMap<u64, IpAddr>,
+    tick: u64,
+}
+
+impl TriggerTable {
+    /// A table for `SCAN_TRIGGER = trigger`, counting probes younger than `window` (zero means
+    /// probes never expire, only eviction forgets them) and tracking at most `capacity`
+    /// sources (at least one).
+    pub fn new(trigger: u32, window: Duration, capacity: usize) -> TriggerTable {
+        TriggerTable {
+            trigger,
+            window,
+            capacity: capacity.max(1),
+            sources: HashMap::new(),
+            by_age: BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// The table a config asks for.
+    pub fn from_config(config: &Config) -> TriggerTable {
+        TriggerTable::new(
+            config.scan_trigger,
+            config.scan_trigger_window,
+            config.scan_trigger_table_size,
+        )
+    }
+
+    /// Distinct probes a source must send to fire: 0 and 1 both mean the first.
+    fn needed(&self) -> usize {
+        usize::try_from(self.trigger.max(1)).unwrap_or(usize::MAX)
+    }
+
+    /// Records one probe from `src` at `now` and says whether the source has crossed the
+    /// trigger. An IPv4-mapped IPv6 source counts as its IPv4 address.
+    pub fn observe(&mut self, src: IpAddr, proto: Proto, port: u16, now: Instant) -> Observation {
+        let src = src.to_canonical();
+        self.tick += 1;
+        let tick = self.tick;
+        let needed = self.needed();
+        let window = self.window;
+        let expired =
+            |seen: Instant| !window.is_zero() && now.saturating_duration_since(seen) > window;
+
+        if let Some(s) = self.sources.get_mut(&src) {
+            self.by_age.remove(&s.touched);
+            self.by_age.insert(tick, src);
+            s.touched = tick;
+            if expired(s.last_seen) {
+                s.fired = false;
+                s.probes.clear();
+            } else {
+                s.probes.retain(|p| !expired(p.seen));
+            }
+            s.last_seen = now;
+            record_probe(s, proto, port, now, needed);
+            return Observation {
+                count: count_of(s),
+                fired: s.fired,
+            };
+        }
+
+        while self.sources.len() >= self.capacity {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        let mut s = Source {
+            touched: tick,
+            last_seen: now,
+            probes: Vec::with_capacity(needed.min(8)),
+            fired: false,
+        };
+        record_probe(&mut s, proto, port, now, needed);
+        let obs = Observation {
+            count: count_of(&s),
+            fired: s.fired,
+        };
+        self.by_age.insert(tick, src);
+        self.sources.insert(src, s);
+        obs
+    }
+
+    /// Changes the settings and keeps every source's probes: a reload does not reset a slow
+    /// scanner's count. A smaller capacity evicts the least recently seen sources; a smaller
+    /// trigger keeps each source's most recent probes.
+    pub fn reconfigure(&mut self, trigger: u32, window: Duration, capacity: usize) {
+        self.trigger = trigger;
+        self.window = window;
+        self.capacity = capacity.max(1);
+        while self.sources.len() > self.capacity {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        let needed = self.needed();
+        for s in self.sources.values_mut() {
+            if s.probes.len() > needed {
+                s.probes.sort_by_key(|p| std::cmp::Reverse(p.seen));
+                s.probes.truncate(needed);
+            }
+        }
+        if self.sources.capacity() > self.capacity.saturating_mul(2) {
+            self.sources.shrink_to(self.capacity);
+        }
+    }
+
+    /// Sources currently tracked; never above the capacity.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// True when no source is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// The most sources tracked at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether `src` is tracked (not yet evicted).
+    pub fn contains(&self, src: IpAddr) -> bool {
+        self.sources.contains_key(&src.to_canonical())
+    }
+
+    /// Drops the least recently seen source; false when the table is empty.
+    fn evict_oldest(&mut self) -> bool {
+        match self.by_age.pop_first() {
+            Some((_, ip)) => {
+                self.sources.remove(&ip);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn count_of(s: &Source) -> u32 {
+    u32::try_from(s.probes.len()).unwrap_or(u32::MAX)
+}
+
+/// Adds or refreshes one (proto, port) in a source's probes and fires when enough are held.
+/// A repeated port only refreshes its time. Once the set is full (the source has fired), a new
+/// port replaces the oldest one, so the set follows the scanner without growing.
+fn record_probe(s: &mut Source, proto: Proto, port: u16, now: Instant, needed: usize) {
+    if let Some(p) = s
+        .probes
+        .iter_mut()
+        .find(|p| p.port == port && p.proto == proto)
+    {
+        p.seen = now;
+    } else if s.probes.len() < needed {
+        s.probes.push(Probe {
+            proto,
+            port,
+            seen: now,
+        });
+    } else if let Some(oldest) = s.probes.iter_mut().min_by_key(|p| p.seen) {
+        *oldest = Probe {
+            proto,
+            port,
+            seen: now,
+        };
+    }
+    if s.probes.len() >= needed {
+        s.fired = true;
+    }
+}
+
+/// Second filter: counts each source's distinct probes and drops them until the trigger.
+#[derive(Debug)]
+pub struct TriggerFilter {
+    table: TriggerTable,
+}
+
+impl TriggerFilter {
+    /// A filter with the config's trigger, window and table size.
+    pub fn new(config: &Config) -> TriggerFilter {
+        TriggerFilter {
+            table: TriggerTable::from_config(config),
+        }
+    }
+
+    /// The decision, with the clock passed in: fills `count`, drops below the trigger.
+    pub fn inspect_at(&mut self, candidate: &mut Alert, now: Instant) -> Verdict {
+        let hit = &candidate.hit;
+        let obs = self.table.observe(hit.src, hit.proto(), hit.port, now);
+        candidate.count = obs.count;
+        if obs.fired {
+            Verdict::Pass
+        } else {
+            Verdict::Drop(DropReason::BelowTrigger)
+        }
+    }
+
+    /// The state, for status reports and tests.
+    pub fn table(&self) -> &TriggerTable {
+        &self.table
+    }
+}
+
+impl Filter for TriggerFilter {
+    fn name(&self) -> &'static str {
+        "trigger"
+    }
+
+    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
+        self.inspect_at(candidate, Instant::now())
+    }
+
+    fn reconfigure(&mut self, generation: &Generation) {
+        let c = &generation.config;
+        self.table.reconfigure(
+            c.scan_trigger,
+            c.scan_trigger_window,
+            c.scan_trigger_table_size,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Hit, Mode, ProbeKind};
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn secs(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn trigger_of_zero_fires_on_first_probe() {
+        let mut t = TriggerTable::new(0, HOUR, 10);
+        let o = t.observe(ip("10.0.0.1"), Proto::Tcp, 111, Instant::now());
+        assert_eq!(
+            o,
+            Observation {
+                count: 1,
+                fired: true
+            }
+        );
+    }
+
+    #[test]
+    fn trigger_of_one_fires_on_first_probe() {
+        let mut t = TriggerTable::new(1, HOUR, 10);
+        assert!(
+            t.observe(ip("10.0.0.1"), Proto::Udp, 7, Instant::now())
+                .fired
+        );
+    }
+
+    #[test]
+    fn trigger_of_three_fires_on_third_distinct_port() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, HOUR, 10);
+        let src = ip("10.0.0.1");
+        assert_eq!(
+            t.observe(src, Proto::Tcp, 1, t0),
+            Observation {
+                count: 1,
+                fired: false
+            }
+        );
+        assert_eq!(
+            t.observe(src, Proto::Tcp, 2, t0),
+            Observation {
+                count: 2,
+                fired: false
+            }
+        );
+        assert_eq!(
+            t.observe(src, Proto::Tcp, 3, t0),
+            Observation {
+                count: 3,
+                fired: true
+            }
+        );
+    }
+
+    #[test]
+    fn repeated_port_does_not_count() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10);
+        let src = ip("10.0.0.1");
+        for i in 0..5 {
+            let o = t.observe(src, Proto::Tcp, 111, secs(t0, i));
+            assert_eq!(
+                o,
+                Observation {
+                    count: 1,
+                    fired: false
+                }
+            );
+        }
+        assert!(t.observe(src, Proto::Tcp, 112, secs(t0, 6)).fired);
+    }
+
+    #[test]
+    fn same_port_on_other_protocol_is_distinct() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10);
+        let src = ip("10.0.0.1");
+        assert!(!t.observe(src, Proto::Tcp, 53, t0).fired);
+        assert!(t.observe(src, Proto::Udp, 53, t0).fired);
+    }
+
+    #[test]
+    fn sources_are_counted_separately() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10);
+        assert!(!t.observe(ip("10.0.0.1"), Proto::Tcp, 1, t0).fired);
+        assert!(!t.observe(ip("10.0.0.2"), Proto::Tcp, 2, t0).fired);
+        assert!(t.observe(ip("10.0.0.1"), Proto::Tcp, 3, t0).fired);
+    }
+
+    #[test]
+    fn ipv4_mapped_source_shares_state_with_ipv4() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10);
+        assert!(!t.observe(ip("10.0.0.1"), Proto::Tcp, 1, t0).fired);
+        assert!(t.observe(ip("::ffff:10.0.0.1"), Proto::Tcp, 2, t0).fired);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn probes_older_than_the_window_no_longer_count() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, Duration::from_secs(60), 10);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        t.observe(src, Proto::Tcp, 2, secs(t0, 30));
+        // Port 1 is 61 s old: it left the window, so this is the 2nd distinct probe.
+        let o = t.observe(src, Proto::Tcp, 3, secs(t0, 61));
+        assert_eq!(
+            o,
+            Observation {
+                count: 2,
+                fired: false
+            }
+        );
+        assert!(t.observe(src, Proto::Tcp, 4, secs(t0, 62)).fired);
+    }
+
+    #[test]
+    fn a_slow_scanner_within_the_window_is_caught() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, HOUR, 1000);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        // Others probing in between do not erase the count (1.2's ring of 50 did).
+        for i in 0..100u32 {
+            t.observe(
+                IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)),
+                Proto::Tcp,
+                1,
+                t0,
+            );
+        }
+        t.observe(src, Proto::Tcp, 2, secs(t0, 1200));
+        assert!(t.observe(src, Proto::Tcp, 3, secs(t0, 2400)).fired);
+    }
+
+    #[test]
+    fn fired_source_keeps_passing_until_quiet_for_a_window() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, Duration::from_secs(60), 10);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        assert!(t.observe(src, Proto::Tcp, 2, secs(t0, 1)).fired);
+        // Repeated and new ports after firing keep passing, every 50 s for a long time.
+        for i in 1..20u64 {
+            let o = t.observe(src, Proto::Tcp, 2 + (i as u16 % 2), secs(t0, 1 + 50 * i));
+            assert!(o.fired, "probe {i}");
+            assert!(o.count <= 2);
+        }
+        // Silent for more than the window: starts afresh.
+        let later = secs(t0, 1 + 50 * 19 + 61);
+        assert_eq!(
+            t.observe(src, Proto::Tcp, 9, later),
+            Observation {
+                count: 1,
+                fired: false
+            }
+        );
+    }
+
+    #[test]
+    fn zero_window_never_expires_probes() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, Duration::ZERO, 10);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        assert!(t.observe(src, Proto::Tcp, 2, secs(t0, 10 * 86400)).fired);
+    }
+
+    #[test]
+    fn full_table_evicts_the_least_recently_seen_source() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 3);
+        let (a, b, c, d) = (
+            ip("10.0.0.1"),
+            ip("10.0.0.2"),
+            ip("10.0.0.3"),
+            ip("10.0.0.4"),
+        );
+        t.observe(a, Proto::Tcp, 1, t0);
+        t.observe(b, Proto::Tcp, 1, t0);
+        t.observe(c, Proto::Tcp, 1, t0);
+        // `a` probes again: `b` is now the least recently seen.
+        t.observe(a, Proto::Tcp, 1, secs(t0, 1));
+        t.observe(d, Proto::Tcp, 1, secs(t0, 2));
+        assert_eq!(t.len(), 3);
+        assert!(t.contains(a) && t.contains(c) && t.contains(d));
+        assert!(!t.contains(b));
+        // `a` kept its count through the churn.
+        assert!(t.observe(a, Proto::Tcp, 2, secs(t0, 3)).fired);
+        // `b` starts afresh.
+        assert_eq!(
+            t.observe(b, Proto::Tcp, 2, secs(t0, 4)),
+            Observation {
+                count: 1,
+                fired: false
+            }
+        );
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_million_forged_sources() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, HOUR, 1000);
+        for i in 0..1_000_000u32 {
+            t.observe(
+                IpAddr::V4(Ipv4Addr::from(i)),
+                Proto::Tcp,
+                (i % 1024) as u16,
+                t0,
+            );
+            assert!(t.len() <= 1000);
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.by_age.len(), 1000);
+        assert!(t.sources.capacity() < 4096, "{}", t.sources.capacity());
+        // The survivors are the most recent ones.
+        assert!(t.contains(IpAddr::V4(Ipv4Addr::from(999_999))));
+        assert!(!t.contains(IpAddr::V4(Ipv4Addr::from(998_999))));
+    }
+
+    #[test]
+    fn ports_per_source_are_capped_at_the_trigger() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(4, HOUR, 10);
+        let src = ip("10.0.0.1");
+        for port in 1..=1000u16 {
+            t.observe(src, Proto::Tcp, port, t0);
+        }
+        let s = &t.sources[&src];
+        assert_eq!(s.probes.len(), 4);
+        assert!(s.probes.capacity() <= 8);
+    }
+
+    #[test]
+    fn reconfigure_keeps_counts() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, HOUR, 10);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        t.observe(src, Proto::Tcp, 2, t0);
+        t.reconfigure(4, HOUR, 10);
+        assert_eq!(
+            t.observe(src, Proto::Tcp, 3, t0),
+            Observation {
+                count: 3,
+                fired: false
+            }
+        );
+        assert!(t.observe(src, Proto::Tcp, 4, t0).fired);
+    }
+
+    #[test]
+    fn reconfigure_to_a_lower_trigger_fires_on_the_next_probe() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(5, HOUR, 10);
+        let src = ip("10.0.0.1");
+        for port in 1..=3 {
+            t.observe(src, Proto::Tcp, port, secs(t0, u64::from(port)));
+        }
+        t.reconfigure(2, HOUR, 10);
+        assert_eq!(
+            t.sources[&src].probes.len(),
+            2,
+            "kept the most recent probes"
+        );
+        assert!(t.observe(src, Proto::Tcp, 3, secs(t0, 4)).fired);
+    }
+
+    #[test]
+    fn shrinking_capacity_evicts_the_oldest() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10);
+        for i in 1..=5u8 {
+            t.observe(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
+                Proto::Tcp,
+                1,
+                secs(t0, u64::from(i)),
+            );
+        }
+        t.reconfigure(2, HOUR, 2);
+        assert_eq!(t.len(), 2);
+        assert!(t.contains(ip("10.0.0.4")) && t.contains(ip("10.0.0.5")));
+        assert!(t.observe(ip("10.0.0.5"), Proto::Tcp, 2, secs(t0, 6)).fired);
+        assert_eq!(t.len(), 2);
+    }
+
+    fn alert(src: &str, port: u16, mode: Mode) -> Alert {
+        Alert {
+            hit: Hit::now(ip(src), port, mode, ProbeKind::Syn),
+            count: 0,
+            already_blocked: false,
+        }
+    }
+
+    fn config(trigger: u32) -> Config {
+        let mut c = crate::config::build::defaults(Path::new("x.conf"));
+        c.scan_trigger = trigger;
+        c
+    }
+
+    #[test]
+    fn filter_drops_below_trigger_and_fills_count() {
+        let t0 = Instant::now();
+        let mut f = TriggerFilter::new(&config(2));
+        let mut a = alert("10.0.0.1", 1, Mode::Stcp);
+        assert_eq!(
+            f.inspect_at(&mut a, t0),
+            Verdict::Drop(DropReason::BelowTrigger)
+        );
+        assert_eq!(a.count, 1);
+        let mut b = alert("10.0.0.1", 2, Mode::Stcp);
+        assert_eq!(f.inspect_at(&mut b, t0), Verdict::Pass);
+        assert_eq!(b.count, 2);
+        // After firing, later probes keep passing so the daemon can say "already blocked".
+        let mut c = alert("10.0.0.1", 2, Mode::Stcp);
+        assert_eq!(f.inspect_at(&mut c, t0), Verdict::Pass);
+    }
+
+    #[test]
+    fn filter_counts_tcp_and_udp_modes_together() {
+        let t0 = Instant::now();
+        let mut f = TriggerFilter::new(&config(2));
+        let mut a = alert("10.0.0.1", 7, Mode::Audp);
+        assert_eq!(
+            f.inspect_at(&mut a, t0),
+            Verdict::Drop(DropReason::BelowTrigger)
+        );
+        let mut b = alert("10.0.0.1", 7, Mode::Atcp);
+        assert_eq!(f.inspect_at(&mut b, t0), Verdict::Pass);
+    }
+
+    #[test]
+    fn filter_reconfigure_keeps_counts() {
+        let t0 = Instant::now();
+        let mut f = TriggerFilter::new(&config(3));
+        f.inspect_at(&mut alert("10.0.0.1", 1, Mode::Stcp), t0);
+        f.inspect_at(&mut alert("10.0.0.1", 2, Mode::Stcp), t0);
+        let mut c = config(3);
+        c.scan_trigger_table_size = 5;
+        f.reconfigure(&Generation {
+            number: 2,
+            config: Arc::new(c),
+            ignore: Arc::default(),
+        });
+        assert_eq!(f.table().capacity(), 5);
+        let mut a = alert("10.0.0.1", 3, Mode::Stcp);
+        assert_eq!(f.inspect_at(&mut a, t0), Verdict::Pass);
+        assert_eq!(a.count, 3);
+    }
+}

@@ -1,14 +1,13 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`route`] (`KILL_ROUTE`), [`run_cmd`]
-//! (`KILL_RUN_CMD`); custom ones in Lua ([`lua`]). They run on the response thread, never on
+//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`); custom ones in Lua ([`lua`]). They run on the response thread, never on
 //! the detection path, and each reports what it did so that a block can later be undone.
 
 pub mod command;
 pub mod hosts_deny;
 pub mod lua;
-pub mod route;
-pub mod run_cmd;
+pub mod shell;
+pub mod stage;
 
 use std::net::IpAddr;
 
@@ -65,4 +64,27 @@ pub trait Responder: Send {
 
     /// Applies the block for this alert.
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome;
+}
+
+/// Test support: runs a responder once for a probe from `src`, with default config.
+#[cfg(test)]
+pub(crate) fn respond_once(
+    responder: &mut dyn Responder,
+    src: &str,
+    port: u16,
+    mode: crate::event::Mode,
+    kind: crate::event::ProbeKind,
+) -> Outcome {
+    let config = crate::config::build::defaults(std::path::Path::new("portsentry.conf"));
+    let alert = Alert {
+        hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
+        count: 1,
+        already_blocked: false,
+    };
+    let ctx = ResponseContext {
+        alert: &alert,
+        resolved: src,
+        config: &config,
+    };
+    responder.respond(&ctx)
 }

@@ -1,1 +1,409 @@
-//! (in progress)
+//! Classic `-tcp` / `-udp`: listen on every trap port, IPv4 and IPv6, from one poll loop.
+//!
+//! A completed TCP handshake proves the source address, which is why this mode stays useful
+//! next to raw capture. A trap port that another program holds is skipped with 1.2's line and
+//! the others go on. On reload the set of ports follows the config: new ports are opened,
+//! removed ones closed, unchanged listeners are kept open so no probe is missed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{HitSink, Sensor, SensorControl};
+use crate::config::Config;
+use crate::event::{Hit, Mode, ProbeKind, Proto};
+use crate::report;
+
+/// How often the loop looks at its control channel when no packet arrives.
+const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Failure to start the classic sensor.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundSensorError {
+    /// Every trap port of a mode was taken or refused: 1.2 shuts down in that case.
+    #[error("adminalert: ERROR: could not bind ANY {0} sockets. Shutting down.")]
+    NothingBound(&'static str),
+    /// The poll instance could not be created.
+    #[error("cannot create poll instance: {0}")]
+    Poll(std::io::Error),
+}
+
+enum Socketish {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+struct Listener {
+    mode: Mode,
+    port: u16,
+    socket: Socketish,
+}
+
+/// The classic sensor: every trap listener of `-tcp` and/or `-udp` in one poll loop.
+pub struct BoundSensor {
+    modes: Vec<Mode>,
+    poll: Poll,
+    listeners: BTreeMap<Token, Listener>,
+    next_token: usize,
+    banner: Option<Vec<u8>>,
+}
+
+/// Opens a listening socket for one port and family; `None` when the family is unavailable
+/// (IPv6 disabled) so that IPv4 still works.
+fn open_socket(proto: Proto, ip: IpAddr, port: u16) -> std::io::Result<Socket> {
+    let domain = if ip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let (ty, protocol) = match proto {
+        Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        Proto::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let socket = Socket::new(domain, ty, Some(protocol))?;
+    if ip.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if proto == Proto::Tcp {
+        // Lets a restarted daemon rebind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&SocketAddr::new(ip, port).into())?;
+    if proto == Proto::Tcp {
+        socket.listen(128)?;
+    }
+    Ok(socket)
+}
+
+impl BoundSensor {
+    /// Opens every trap port of the given classic modes. Fails only when a mode could bind
+    /// no port at all.
+    pub fn open(modes: &[Mode], config: &Config) -> Result<BoundSensor, BoundSensorError> {
+        let poll = Poll::new().map_err(BoundSensorError::Poll)?;
+        let mut sensor = BoundSensor {
+            modes: modes.iter().copied().filter(|m| !m.is_raw()).collect(),
+            poll,
+            listeners: BTreeMap::new(),
+            next_token: 0,
+            banner: None,
+        };
+        sensor.apply(config);
+        for mode in &sensor.modes {
+            if !sensor.listeners.values().any(|l| l.mode == *mode) {
+                return Err(BoundSensorError::NothingBound(mode.proto().upper()));
+            }
+        }
+        Ok(sensor)
+    }
+
+    /// Ports currently listened on, per mode (for tests and status).
+    pub fn bound_ports(&self, mode: Mode) -> BTreeSet<u16> {
+        self.listeners
+            .values()
+            .filter(|l| l.mode == mode)
+            .map(|l| l.port)
+            .collect()
+    }
+
+    /// Makes the open sockets match the config: opens what is new, closes what went away.
+    fn apply(&mut self, config: &Config) {
+        self.banner = config.port_banner.as_ref().map(|b| b.as_bytes().to_vec());
+        for mode in self.modes.clone() {
+            let wanted: BTreeSet<u16> = config.trap_ports(mode.proto()).iter().copied().collect();
+            let have = self.bound_ports(mode);
+            let stale: Vec<Token> = self
+                .listeners
+                .iter()
+                .filter(|(_, l)| l.mode == mode && !wanted.contains(&l.port))
+                .map(|(t, _)| *t)
+                .collect();
+            for token in stale {
+                if let Some(l) = self.listeners.remove(&token) {
+                    log::info!(
+                        "adminalert: No longer listening on {} port: {}",
+                        mode.proto().upper(),
+                        l.port
+                    );
+                    self.deregister(l);
+                }
+            }
+            for port in wanted.difference(&have) {
+                self.open_port(mode, *port);
+            }
+        }
+    }
+
+    fn deregister(&self, listener: Listener) {
+        let registry = self.poll.registry();
+        let _ = match listener.socket {
+            Socketish::Tcp(mut s) => registry.deregister(&mut s),
+            Socketish::Udp(mut s) => registry.deregister(&mut s),
+        };
+    }
+
+    fn open_port(&mut self, mode: Mode, port: u16) {
+        let proto = mode.proto();
+        log::info!("{}", report::listen_mode(proto, port));
+        let mut bound_any = false;
+        for ip in [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            match open_socket(proto, ip, port) {
+                Ok(socket) => {
+                    if self.register(mode, port, socket) {
+                        bound_any = true;
+                    }
+                }
+                Err(e) if ip.is_ipv6() && e.kind() != ErrorKind::AddrInUse => {
+                    log::debug!("no IPv6 listener on {} port {port}: {e}", proto.upper());
+                }
+                Err(e) => {
+                    log::debug!("bind {ip} {} port {port}: {e}", proto.upper());
+                }
+            }
+        }
+        if !bound_any {
+            log::info!("{}", report::bind_failed(proto, port));
+        }
+    }
+
+    fn register(&mut self, mode: Mode, port: u16, socket: Socket) -> bool {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let registry = self.poll.registry();
+        let socket = match mode.proto() {
+            Proto::Tcp => {
+                let mut l = TcpListener::from_std(socket.into());
+                if registry
+                    .register(&mut l, token, Interest::READABLE)
+                    .is_err()
+                {
+                    return false;
+                }
+                Socketish::Tcp(l)
+            }
+            Proto::Udp => {
+                let mut s = UdpSocket::from_std(socket.into());
+                if registry
+                    .register(&mut s, token, Interest::READABLE)
+                    .is_err()
+                {
+                    return false;
+                }
+                Socketish::Udp(s)
+            }
+        };
+        self.listeners
+            .insert(token, Listener { mode, port, socket });
+        true
+    }
+
+    /// Drains one ready socket: every pending connection or datagram becomes a hit.
+    fn drain(&self, token: Token, sink: &HitSink) {
+        let Some(listener) = self.listeners.get(&token) else {
+            return;
+        };
+        match &listener.socket {
+            Socketish::Tcp(l) => loop {
+                match l.accept() {
+                    Ok((mut stream, peer)) => {
+                        if let Some(banner) = &self.banner {
+                            // Best effort: the peer may already be gone.
+                            let _ = stream.write(banner);
+                        }
+                        drop(stream);
+                        sink.emit(Hit::now(
+                            peer.ip().to_canonical(),
+                            listener.port,
+                            listener.mode,
+                            ProbeKind::Connect,
+                        ));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::debug!("accept on TCP port {}: {e}", listener.port);
+                        break;
+                    }
+                }
+            },
+            Socketish::Udp(s) => {
+                let mut buf = [0u8; 1];
+                loop {
+                    match s.recv_from(&mut buf) {
+                        Ok((_, peer)) => {
+                            if let Some(banner) = &self.banner {
+                                let _ = s.send_to(banner, peer);
+                            }
+                            sink.emit(Hit::now(
+                                peer.ip().to_canonical(),
+                                listener.port,
+                                listener.mode,
+                                ProbeKind::Udp,
+                            ));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // ICMP errors from earlier banners surface here; not a probe.
+                            log::debug!("recv on UDP port {}: {e}", listener.port);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Sensor for BoundSensor {
+    fn name(&self) -> String {
+        "classic".to_string()
+    }
+
+    fn modes(&self) -> Vec<Mode> {
+        self.modes.clone()
+    }
+
+    fn run(mut self: Box<Self>, sink: HitSink, control: Receiver<SensorControl>) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            match control.try_recv() {
+                Ok(SensorControl::Reconfigure(config)) => self.apply(&config),
+                Ok(SensorControl::Stop) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(CONTROL_INTERVAL)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("adminalert: ERROR: poll failed: {e}");
+                    std::thread::sleep(CONTROL_INTERVAL);
+                }
+                continue;
+            }
+            for event in events.iter() {
+                self.drain(event.token(), &sink);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::build::defaults;
+    use std::net::{TcpStream, UdpSocket as StdUdp};
+
+    fn free_port(proto: Proto) -> u16 {
+        match proto {
+            Proto::Tcp => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap(),
+            Proto::Udp => StdUdp::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .unwrap(),
+        }
+    }
+
+    fn run_sensor(
+        sensor: BoundSensor,
+    ) -> (
+        crossbeam_channel::Receiver<Hit>,
+        crossbeam_channel::Sender<SensorControl>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let (ctx, crx) = crossbeam_channel::unbounded();
+        let sink = HitSink::new(tx);
+        let h = std::thread::spawn(move || Box::new(sensor).run(sink, crx));
+        (rx, ctx, h)
+    }
+
+    #[test]
+    fn tcp_connect_on_loopback_is_a_hit_and_gets_the_banner() {
+        let port = free_port(Proto::Tcp);
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.tcp_ports = vec![port];
+        config.port_banner = Some("GO AWAY".into());
+        let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+        let (rx, ctl, h) = run_sensor(sensor);
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        assert_eq!(got, "GO AWAY");
+        let hit = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(hit.port, port);
+        assert_eq!(hit.kind, ProbeKind::Connect);
+        assert_eq!(hit.src, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        ctl.send(SensorControl::Stop).unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn udp_datagram_over_ipv6_loopback_is_a_hit() {
+        let port = free_port(Proto::Udp);
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.udp_ports = vec![port];
+        let sensor = BoundSensor::open(&[Mode::Udp], &config).unwrap();
+        let (rx, ctl, h) = run_sensor(sensor);
+        let c = StdUdp::bind("[::1]:0").unwrap();
+        c.send_to(b"x", ("::1", port)).unwrap();
+        let hit = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (hit.port, hit.kind, hit.mode),
+            (port, ProbeKind::Udp, Mode::Udp)
+        );
+        assert_eq!(hit.src, "::1".parse::<IpAddr>().unwrap());
+        ctl.send(SensorControl::Stop).unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn port_in_use_is_skipped_and_the_others_go_on() {
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let free = free_port(Proto::Tcp);
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.tcp_ports = vec![taken_port, free];
+        let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+        assert!(sensor.bound_ports(Mode::Tcp).contains(&free));
+        // The IPv6 half of the taken port may bind; the IPv4 one cannot.
+        drop(taken);
+    }
+
+    #[test]
+    fn nothing_bound_is_fatal() {
+        let taken4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken4.local_addr().unwrap().port();
+        let _taken6 = std::net::TcpListener::bind(("::", port));
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.tcp_ports = vec![port];
+        let r = BoundSensor::open(&[Mode::Tcp], &config);
+        if _taken6.is_ok() {
+            assert!(matches!(r, Err(BoundSensorError::NothingBound("TCP"))));
+        }
+    }
+
+    #[test]
+    fn reconfigure_opens_new_ports_and_closes_removed_ones() {
+        let a = free_port(Proto::Tcp);
+        let b = free_port(Proto::Tcp);
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.tcp_ports = vec![a];
+        let mut sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+        config.tcp_ports = vec![b];
+        sensor.apply(&config);
+        assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([b]));
+        assert!(std::net::TcpListener::bind(("127.0.0.1", a)).is_ok());
+    }
+}

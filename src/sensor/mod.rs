@@ -75,3 +75,27 @@ pub trait Sensor: Send {
     /// Reads until `SensorControl::Stop` arrives or the control channel closes.
     fn run(self: Box<Self>, sink: HitSink, control: Receiver<SensorControl>);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ProbeKind;
+
+    #[test]
+    fn full_channel_counts_drops_instead_of_blocking() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let sink = HitSink::new(tx);
+        let hit = Hit::now(
+            "10.77.0.2".parse().unwrap(),
+            1,
+            Mode::Tcp,
+            ProbeKind::Connect,
+        );
+        assert!(sink.emit(hit.clone()));
+        assert!(sink.emit(hit.clone()));
+        assert!(!sink.emit(hit.clone()));
+        assert!(!sink.clone().emit(hit));
+        assert_eq!(sink.dropped(), 2);
+        assert_eq!(rx.len(), 2);
+    }
+}

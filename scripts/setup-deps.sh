@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing portsentry needs on Debian 12 (as root):
+# Debian packages, and a Rust toolchain through rustup when cargo is missing or too old.
+set -euo pipefail
+
+need_apt=()
+for pkg in build-essential pkg-config iproute2 nmap nftables iptables procps python3 \
+           netcat-openbsd ca-certificates curl kmod; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Debian 12's own rustc (1.63) is too old for this crate (edition 2024): use rustup's stable.
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1 || ! cargo --version | awk '{split($2,v,"."); exit !(v[1]>1 || v[2]>=85)}'; then
+  echo "setup: installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+cargo --version

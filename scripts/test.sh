@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit and end-to-end) on a fresh Debian 12, as root.
+# End-to-end tests create their own network namespaces; nothing touches the host's network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(id -u)" != 0 ]; then
+  echo "test: the end-to-end tests need root (network namespaces, raw sockets)" >&2
+  exit 1
+fi
+cargo build --all-targets --locked
+cargo test --locked --all-targets -- --test-threads=2

@@ -1,0 +1,809 @@
+//! Tests of the key table, one group per key, plus loading and command checks.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::config::parse;
+
+/// The two keys whose absence draws a warning, appended after the test's own lines so that
+/// line numbers in expected messages start at 1.
+const ADVANCED: &str = "ADVANCED_PORTS_TCP=\"1024\"\nADVANCED_PORTS_UDP=\"1024\"\n";
+
+fn try_build(text: &str) -> Result<Config, Vec<String>> {
+    let raw = parse(Path::new("portsentry.conf"), &format!("{text}{ADVANCED}"))
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    build(&raw).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+}
+
+/// Builds, insisting on no errors and no warnings.
+fn clean(text: &str) -> Config {
+    let config = try_build(text).unwrap_or_else(|e| panic!("unexpected errors: {e:?}"));
+    assert_eq!(warnings(&config), Vec::<String>::new());
+    config
+}
+
+/// Builds, insisting on no errors; warnings are the caller's business.
+fn built(text: &str) -> Config {
+    try_build(text).unwrap_or_else(|e| panic!("unexpected errors: {e:?}"))
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match try_build(text) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The single error a one-line config produces.
+fn error(text: &str) -> String {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    errs[0].clone()
+}
+
+fn warnings(config: &Config) -> Vec<String> {
+    config.warnings.iter().map(ToString::to_string).collect()
+}
+
+// ---- TCP_PORTS / UDP_PORTS ----
+
+#[test]
+fn tcp_ports_reads_list_and_ranges() {
+    assert_eq!(
+        clean("TCP_PORTS=\"1, 11,512-515\"\n").tcp_ports,
+        vec![1, 11, 512, 513, 514, 515]
+    );
+}
+
+#[test]
+fn tcp_ports_empty_means_no_ports() {
+    assert!(clean("TCP_PORTS=\"\"\n").tcp_ports.is_empty());
+}
+
+#[test]
+fn tcp_ports_over_a_hundred_are_all_kept() {
+    let list: Vec<String> = (2000..2150).map(|p| p.to_string()).collect();
+    let config = clean(&format!("TCP_PORTS=\"{}\"\n", list.join(",")));
+    assert_eq!(config.tcp_ports.len(), 150);
+}
+
+#[test]
+fn tcp_ports_malformed_forms_give_exact_errors() {
+    assert_eq!(
+        error("TCP_PORTS=\"80,x\"\n"),
+        "portsentry.conf:1: TCP_PORTS: \"80,x\": 'x' is not a port number"
+    );
+    assert_eq!(
+        error("TCP_PORTS=\"0\"\n"),
+        "portsentry.conf:1: TCP_PORTS: \"0\": '0' is out of range (ports are 1-65535)"
+    );
+    assert_eq!(
+        error("TCP_PORTS=\"70000\"\n"),
+        "portsentry.conf:1: TCP_PORTS: \"70000\": '70000' is out of range (ports are 1-65535)"
+    );
+    assert_eq!(
+        error("TCP_PORTS=\"515-512\"\n"),
+        "portsentry.conf:1: TCP_PORTS: \"515-512\": '515-512' is a reversed range (write 512-515)"
+    );
+    assert_eq!(
+        error("TCP_PORTS=\"1,,2\"\n"),
+        "portsentry.conf:1: TCP_PORTS: \"1,,2\": empty entry in the list \
+         (two commas in a row, or a comma at an end)"
+    );
+}
+
+#[test]
+fn udp_ports_reads_list_and_rejects_garbage() {
+    assert_eq!(clean("UDP_PORTS=\"7,9,7\"\n").udp_ports, vec![7, 9]);
+    assert_eq!(
+        error("UDP_PORTS=\"7;9\"\n"),
+        "portsentry.conf:1: UDP_PORTS: \"7;9\": '7;9' is not a port number"
+    );
+}
+
+// ---- ADVANCED_PORTS_* ----
+
+#[test]
+fn advanced_ports_read_limits() {
+    let c = try_build("ADVANCED_PORTS_TCP=\"2048\"\nADVANCED_PORTS_UDP=\"65535\"\n").unwrap();
+    assert_eq!((c.advanced_ports_tcp, c.advanced_ports_udp), (2048, 65535));
+}
+
+#[test]
+fn advanced_ports_malformed_forms_give_exact_errors() {
+    assert_eq!(
+        error("ADVANCED_PORTS_TCP=\"0\"\n"),
+        "portsentry.conf:1: ADVANCED_PORTS_TCP: \"0\": out of range \
+         (expected a whole number from 1 to 65535)"
+    );
+    assert_eq!(
+        error("ADVANCED_PORTS_UDP=\"65536\"\n"),
+        "portsentry.conf:1: ADVANCED_PORTS_UDP: \"65536\": out of range \
+         (expected a whole number from 1 to 65535)"
+    );
+    assert_eq!(
+        error("ADVANCED_PORTS_TCP=\"1,abc\"\n"),
+        "portsentry.conf:1: ADVANCED_PORTS_TCP: \"1,abc\": not a whole number \
+         (expected a whole number from 1 to 65535)"
+    );
+    assert_eq!(
+        error("ADVANCED_PORTS_TCP=\"\"\n"),
+        "portsentry.conf:1: ADVANCED_PORTS_TCP: \"\": not a whole number \
+         (expected a whole number from 1 to 65535)"
+    );
+}
+
+#[test]
+fn advanced_ports_absent_default_to_1024_with_a_warning() {
+    let raw = parse(Path::new("p.conf"), "ADVANCED_PORTS_UDP=\"512\"\n").unwrap();
+    let config = build(&raw).unwrap();
+    assert_eq!(
+        (config.advanced_ports_tcp, config.advanced_ports_udp),
+        (1024, 512)
+    );
+    assert_eq!(
+        warnings(&config),
+        vec![
+            "p.conf: ADVANCED_PORTS_TCP not set, using the default 1024 \
+              (advanced mode watches ports 1-1023)"
+        ]
+    );
+}
+
+// ---- ADVANCED_EXCLUDE_* ----
+
+#[test]
+fn advanced_excludes_read_lists() {
+    let c = clean("ADVANCED_EXCLUDE_TCP=\"113,135-139\"\nADVANCED_EXCLUDE_UDP=\"\"\n");
+    assert_eq!(c.advanced_exclude_tcp, vec![113, 135, 136, 137, 138, 139]);
+    assert!(c.advanced_exclude_udp.is_empty());
+    assert_eq!(
+        error("ADVANCED_EXCLUDE_UDP=\"520,x\"\n"),
+        "portsentry.conf:1: ADVANCED_EXCLUDE_UDP: \"520,x\": 'x' is not a port number"
+    );
+    assert_eq!(
+        error("ADVANCED_EXCLUDE_TCP=\"113,\"\n"),
+        "portsentry.conf:1: ADVANCED_EXCLUDE_TCP: \"113,\": empty entry in the list \
+         (two commas in a row, or a comma at an end)"
+    );
+}
+
+// ---- paths ----
+
+#[test]
+fn path_keys_take_the_value_as_written() {
+    let c = clean(
+        "IGNORE_FILE=\"/tmp/i\"\nHISTORY_FILE=\"h\"\nBLOCKED_FILE=\"/tmp/b\"\n\
+         HOSTS_DENY_FILE=\"/tmp/hosts.deny\"\nPLUGIN_DIR=\"/tmp/plugins\"\nLUA_PATH_DIR=\"/tmp/lua\"\n",
+    );
+    assert_eq!(c.ignore_file, Path::new("/tmp/i"));
+    assert_eq!(c.history_file, Path::new("h"));
+    assert_eq!(c.blocked_file, Path::new("/tmp/b"));
+    assert_eq!(c.hosts_deny_file, Path::new("/tmp/hosts.deny"));
+    assert_eq!(c.plugin_dir, Path::new("/tmp/plugins"));
+    assert_eq!(c.lua_lib_dir, Path::new("/tmp/lua"));
+}
+
+#[test]
+fn empty_path_is_an_error_for_every_path_key() {
+    for key in [
+        "IGNORE_FILE",
+        "HISTORY_FILE",
+        "BLOCKED_FILE",
+        "HOSTS_DENY_FILE",
+        "PLUGIN_DIR",
+        "LUA_PATH_DIR",
+    ] {
+        assert_eq!(
+            error(&format!("{key}=\"\"\n")),
+            format!("portsentry.conf:1: {key}: \"\": empty (expected a file or directory path)")
+        );
+        assert_eq!(
+            error(&format!("{key}=\"  \"\n")),
+            format!("portsentry.conf:1: {key}: \"  \": empty (expected a file or directory path)")
+        );
+    }
+}
+
+// ---- booleans ----
+
+#[test]
+fn flags_read_zero_and_one() {
+    let c = clean("RESOLVE_HOST = \"1\"\nKILL_RUN_CMD_FIRST=\"1\"\nLUA_RESPONDERS_FIRST=\"1\"\n");
+    assert!(c.resolve_host && c.kill_run_cmd_first && c.lua_responders_first);
+    let c = clean("RESOLVE_HOST=\"0\"\nKILL_RUN_CMD_FIRST=\"0\"\nLUA_RESPONDERS_FIRST=\"0\"\n");
+    assert!(!c.resolve_host && !c.kill_run_cmd_first && !c.lua_responders_first);
+}
+
+#[test]
+fn flags_refuse_anything_else() {
+    for key in ["RESOLVE_HOST", "KILL_RUN_CMD_FIRST", "LUA_RESPONDERS_FIRST"] {
+        for bad in ["yes", "", "2", "01"] {
+            assert_eq!(
+                error(&format!("{key}=\"{bad}\"\n")),
+                format!("portsentry.conf:1: {key}: \"{bad}\": expected \"0\" (off) or \"1\" (on)")
+            );
+        }
+    }
+}
+
+// ---- BLOCK_* ----
+
+#[test]
+fn block_levels_read_zero_one_two() {
+    let c = clean("BLOCK_TCP=\"1\"\nBLOCK_UDP=\"2\"\n");
+    assert_eq!(
+        (c.block_tcp, c.block_udp),
+        (BlockLevel::All, BlockLevel::RunCmdOnly)
+    );
+    let c = clean("BLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\"\n");
+    assert_eq!(
+        (c.block_tcp, c.block_udp),
+        (BlockLevel::LogOnly, BlockLevel::LogOnly)
+    );
+}
+
+#[test]
+fn block_levels_refuse_other_values() {
+    for key in ["BLOCK_TCP", "BLOCK_UDP"] {
+        for bad in ["3", "", "true", "-1"] {
+            assert_eq!(
+                error(&format!("{key}=\"{bad}\"\n")),
+                format!(
+                    "portsentry.conf:1: {key}: \"{bad}\": expected \"0\" (log only), \
+                     \"1\" (run every responder) or \"2\" (run KILL_RUN_CMD only)"
+                )
+            );
+        }
+    }
+}
+
+// ---- KILL_* ----
+
+#[test]
+fn kill_route_keeps_template_and_line() {
+    let c = clean("# c\nKILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n");
+    assert_eq!(
+        c.kill_route,
+        Some(Template {
+            text: "/sbin/ip route add unreachable $TARGET$".into(),
+            line: 2
+        })
+    );
+}
+
+#[test]
+fn kill_route_and_hosts_deny_without_target_are_skipped_with_a_warning() {
+    let c = built("KILL_ROUTE=\"/sbin/route add -host reject\"\nKILL_HOSTS_DENY=\"ALL: x\"\n");
+    assert_eq!(c.kill_route, None);
+    assert_eq!(c.kill_hosts_deny, None);
+    assert_eq!(
+        warnings(&c),
+        vec![
+            "portsentry.conf:1: KILL_ROUTE: no $TARGET$ in the value, so it will be skipped",
+            "portsentry.conf:2: KILL_HOSTS_DENY: no $TARGET$ in the value, so it will be skipped",
+        ]
+    );
+}
+
+#[test]
+fn empty_kill_values_mean_none() {
+    let c = clean("KILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\" \"\nKILL_RUN_CMD=\"\"\n");
+    assert_eq!(
+        (c.kill_route, c.kill_hosts_deny, c.kill_run_cmd),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn kill_hosts_deny_keeps_template() {
+    let c = clean("KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n");
+    assert_eq!(
+        c.kill_hosts_deny,
+        Some(Template {
+            text: "ALL: $TARGET$ : DENY".into(),
+            line: 1
+        })
+    );
+}
+
+#[test]
+fn kill_run_cmd_needs_no_target() {
+    let c = clean("KILL_RUN_CMD=\"/usr/local/bin/page-me $PORT$ $MODE$\"\n");
+    assert_eq!(
+        c.kill_run_cmd,
+        Some(Template {
+            text: "/usr/local/bin/page-me $PORT$ $MODE$".into(),
+            line: 1
+        })
+    );
+}
+
+// ---- SCAN_TRIGGER ----
+
+#[test]
+fn scan_trigger_reads_whole_numbers_from_zero() {
+    assert_eq!(clean("SCAN_TRIGGER=\"0\"\n").scan_trigger, 0);
+    assert_eq!(clean("SCAN_TRIGGER=\" 3 \"\n").scan_trigger, 3);
+    assert_eq!(
+        clean("SCAN_TRIGGER=\"4294967295\"\n").scan_trigger,
+        u32::MAX
+    );
+}
+
+#[test]
+fn scan_trigger_malformed_forms_give_exact_errors() {
+    for bad in ["-1", "1,abc", "", "2x"] {
+        assert_eq!(
+            error(&format!("SCAN_TRIGGER=\"{bad}\"\n")),
+            format!(
+                "portsentry.conf:1: SCAN_TRIGGER: \"{bad}\": not a whole number \
+                 (expected a whole number from 0 to 4294967295)"
+            )
+        );
+    }
+    assert_eq!(
+        error("SCAN_TRIGGER=\"4294967296\"\n"),
+        "portsentry.conf:1: SCAN_TRIGGER: \"4294967296\": out of range \
+         (expected a whole number from 0 to 4294967295)"
+    );
+}
+
+// ---- PORT_BANNER ----
+
+#[test]
+fn port_banner_is_kept_verbatim_and_empty_means_none() {
+    let c = clean("PORT_BANNER=\" ** GO AWAY ** \"\n");
+    assert_eq!(c.port_banner.as_deref(), Some(" ** GO AWAY ** "));
+    assert_eq!(clean("PORT_BANNER=\"\"\n").port_banner, None);
+}
+
+// ---- durations ----
+
+#[test]
+fn durations_take_humantime_units() {
+    let c = clean("KILL_CMD_TIMEOUT=\"45s\"\nSCAN_TRIGGER_WINDOW=\"1h 30m\"\n");
+    assert_eq!(c.kill_cmd_timeout, Duration::from_secs(45));
+    assert_eq!(c.scan_trigger_window, Duration::from_secs(5400));
+    assert_eq!(
+        clean("SCAN_TRIGGER_WINDOW=\"2d\"\n").scan_trigger_window,
+        Duration::from_secs(172_800)
+    );
+}
+
+#[test]
+fn duration_bare_number_is_refused_with_a_unit_hint() {
+    for key in ["KILL_CMD_TIMEOUT", "SCAN_TRIGGER_WINDOW"] {
+        assert_eq!(
+            error(&format!("{key}=\"30\"\n")),
+            format!(
+                "portsentry.conf:1: {key}: \"30\": a bare number has no unit: \
+                 write \"30s\" for seconds (units: s, m, h, d)"
+            )
+        );
+    }
+}
+
+#[test]
+fn duration_malformed_forms_give_exact_errors() {
+    assert_eq!(
+        error("KILL_CMD_TIMEOUT=\"0s\"\n"),
+        "portsentry.conf:1: KILL_CMD_TIMEOUT: \"0s\": must be longer than 0s"
+    );
+    assert_eq!(
+        error("KILL_CMD_TIMEOUT=\"\"\n"),
+        "portsentry.conf:1: KILL_CMD_TIMEOUT: \"\": empty \
+         (expected a duration such as \"30s\", \"5m\" or \"1h\")"
+    );
+    assert_eq!(
+        error("SCAN_TRIGGER_WINDOW=\"abc\"\n"),
+        "portsentry.conf:1: SCAN_TRIGGER_WINDOW: \"abc\": not a duration \
+         (expected number at 0); expected e.g. \"30s\", \"5m\" or \"1h\""
+    );
+    assert!(error("SCAN_TRIGGER_WINDOW=\"5 parsecs\"\n")
+        .starts_with("portsentry.conf:1: SCAN_TRIGGER_WINDOW: \"5 parsecs\": not a duration (unknown time unit \"parsecs\""));
+}
+
+// ---- SCAN_TRIGGER_TABLE_SIZE ----
+
+#[test]
+fn table_size_accepts_one_to_ten_million() {
+    assert_eq!(
+        clean("SCAN_TRIGGER_TABLE_SIZE=\"1\"\n").scan_trigger_table_size,
+        1
+    );
+    assert_eq!(
+        clean("SCAN_TRIGGER_TABLE_SIZE=\"10000000\"\n").scan_trigger_table_size,
+        10_000_000
+    );
+}
+
+#[test]
+fn table_size_malformed_forms_give_exact_errors() {
+    for bad in ["0", "10000001"] {
+        assert_eq!(
+            error(&format!("SCAN_TRIGGER_TABLE_SIZE=\"{bad}\"\n")),
+            format!(
+                "portsentry.conf:1: SCAN_TRIGGER_TABLE_SIZE: \"{bad}\": out of range \
+                 (expected a whole number from 1 to 10000000)"
+            )
+        );
+    }
+    assert_eq!(
+        error("SCAN_TRIGGER_TABLE_SIZE=\"64k\"\n"),
+        "portsentry.conf:1: SCAN_TRIGGER_TABLE_SIZE: \"64k\": not a whole number \
+         (expected a whole number from 1 to 10000000)"
+    );
+}
+
+// ---- LUA_RESPONDERS ----
+
+#[test]
+fn lua_responders_read_names_in_order() {
+    let c = clean("LUA_RESPONDERS=\"nftables, mail,json-log,x_2\"\n");
+    assert_eq!(
+        c.lua_responders,
+        vec!["nftables", "mail", "json-log", "x_2"]
+    );
+    assert!(clean("LUA_RESPONDERS=\"\"\n").lua_responders.is_empty());
+}
+
+#[test]
+fn lua_responders_malformed_forms_give_exact_errors() {
+    assert_eq!(
+        error("LUA_RESPONDERS=\"mail,,x\"\n"),
+        "portsentry.conf:1: LUA_RESPONDERS: \"mail,,x\": empty entry in the list \
+         (two commas in a row, or a comma at an end)"
+    );
+    assert_eq!(
+        error("LUA_RESPONDERS=\"../evil\"\n"),
+        "portsentry.conf:1: LUA_RESPONDERS: \"../evil\": '../evil' is not a plugin name \
+         (expected letters, digits, '_' and '-')"
+    );
+    assert_eq!(
+        error("LUA_RESPONDERS=\"mail nftables\"\n"),
+        "portsentry.conf:1: LUA_RESPONDERS: \"mail nftables\": 'mail nftables' is not a plugin \
+         name (expected letters, digits, '_' and '-')"
+    );
+}
+
+#[test]
+fn lua_responder_listed_twice_runs_once_with_a_warning() {
+    let c = built("LUA_RESPONDERS=\"mail,mail\"\n");
+    assert_eq!(c.lua_responders, vec!["mail"]);
+    assert_eq!(
+        warnings(&c),
+        vec!["portsentry.conf:1: LUA_RESPONDERS: plugin 'mail' listed twice; it runs once"]
+    );
+}
+
+// ---- unknown and plugin keys ----
+
+#[test]
+fn unknown_key_warns_with_its_line_and_is_kept_in_raw() {
+    let c = built("# c\nFOO=\"bar\"\n");
+    assert_eq!(
+        warnings(&c),
+        vec!["portsentry.conf:2: unknown key FOO, ignored"]
+    );
+    assert_eq!(c.setting("FOO"), Some("bar"));
+}
+
+#[test]
+fn lower_case_known_key_warns_with_a_hint() {
+    let c = built("tcp_ports=\"1\"\n");
+    assert_eq!(
+        warnings(&c),
+        vec![
+            "portsentry.conf:1: unknown key tcp_ports, ignored \
+              (keys are upper case: did you mean TCP_PORTS?)"
+        ]
+    );
+    assert_eq!(c.tcp_ports, defaults(Path::new("x")).tcp_ports);
+}
+
+#[test]
+fn plugin_prefixed_key_is_a_plugin_setting() {
+    let c = clean(
+        "NFTABLES_TIMEOUT=\"1h\"\nLUA_RESPONDERS=\"nftables,json-log\"\nJSON_LOG_FILE=\"/tmp/j\"\n",
+    );
+    assert_eq!(c.setting("NFTABLES_TIMEOUT"), Some("1h"));
+    assert_eq!(c.setting("JSON_LOG_FILE"), Some("/tmp/j"));
+}
+
+#[test]
+fn plugin_key_of_an_unlisted_plugin_is_unknown() {
+    let c = built("LUA_RESPONDERS=\"mail\"\nNFTABLES_TIMEOUT=\"1h\"\n");
+    assert_eq!(
+        warnings(&c),
+        vec!["portsentry.conf:2: unknown key NFTABLES_TIMEOUT, ignored"]
+    );
+    assert_eq!(c.setting("NFTABLES_TIMEOUT"), Some("1h"));
+}
+
+#[test]
+fn every_key_goes_into_raw() {
+    let c = clean("TCP_PORTS=\"1\"\nKILL_RUN_CMD=\"\"\n");
+    assert_eq!(c.setting("TCP_PORTS"), Some("1"));
+    assert_eq!(c.setting("KILL_RUN_CMD"), Some(""));
+    assert_eq!(c.setting("ADVANCED_PORTS_TCP"), Some("1024"));
+}
+
+// ---- whole-file behaviour ----
+
+#[test]
+fn all_errors_are_collected_in_one_pass() {
+    assert_eq!(
+        errors("TCP_PORTS=\"x\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"9\"\nSCAN_TRIGGER=\"a\"\n"),
+        vec![
+            "portsentry.conf:1: TCP_PORTS: \"x\": 'x' is not a port number",
+            "portsentry.conf:3: BLOCK_UDP: \"9\": expected \"0\" (log only), \
+             \"1\" (run every responder) or \"2\" (run KILL_RUN_CMD only)",
+            "portsentry.conf:4: SCAN_TRIGGER: \"a\": not a whole number \
+             (expected a whole number from 0 to 4294967295)",
+        ]
+    );
+}
+
+#[test]
+fn absent_keys_keep_debian_defaults() {
+    let c = clean("");
+    let d = defaults(Path::new("portsentry.conf"));
+    assert_eq!(c.tcp_ports, d.tcp_ports);
+    assert_eq!(c.block_tcp, BlockLevel::LogOnly);
+    assert_eq!(c.kill_cmd_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn every_table_key_builds_from_a_valid_value() {
+    let sample = |name: &str| match name {
+        "TCP_PORTS" | "UDP_PORTS" | "ADVANCED_EXCLUDE_TCP" | "ADVANCED_EXCLUDE_UDP" => "1,2-3",
+        "ADVANCED_PORTS_TCP" | "ADVANCED_PORTS_UDP" | "SCAN_TRIGGER_TABLE_SIZE" => "100",
+        "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
+        "BLOCK_TCP" | "BLOCK_UDP" => "2",
+        "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" => "x $TARGET$",
+        "KILL_CMD_TIMEOUT" | "SCAN_TRIGGER_WINDOW" => "5m",
+        "LUA_RESPONDERS" => "mail",
+        _ => "/some/path",
+    };
+    let text: String = KEYS
+        .iter()
+        .map(|k| format!("{}=\"{}\"\n", k.name, sample(k.name)))
+        .collect();
+    let raw = parse(Path::new("all.conf"), &text).unwrap();
+    let c = build(&raw).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.raw.len(), KEYS.len());
+    assert_eq!(c.scan_trigger_window, Duration::from_secs(300));
+    assert_eq!(c.block_udp, BlockLevel::RunCmdOnly);
+}
+
+#[test]
+fn key_table_has_unique_names_and_docs() {
+    for (i, k) in KEYS.iter().enumerate() {
+        assert!(!k.doc.is_empty(), "{} has no doc", k.name);
+        assert!(
+            KEYS[..i].iter().all(|o| o.name != k.name),
+            "{} twice",
+            k.name
+        );
+        assert_eq!(k.name, k.name.to_ascii_uppercase());
+    }
+    assert_eq!(KEYS.len(), 26);
+}
+
+// ---- load ----
+
+#[test]
+fn load_of_a_missing_file_is_an_error_on_line_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.conf");
+    let errs = load(&path).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 0);
+    assert_eq!(errs[0].file, path);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("cannot read the configuration file: No such file"),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn load_reports_syntax_and_value_errors_together_in_line_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.conf");
+    std::fs::write(
+        &path,
+        "BLOCK_TCP=\"7\"\r\nTCP_PORTS=1\r\nSCAN_TRIGGER=\"x\"",
+    )
+    .unwrap();
+    let errs: Vec<usize> = load(&path).unwrap_err().0.iter().map(|e| e.line).collect();
+    assert_eq!(errs, vec![1, 2, 3]);
+}
+
+#[test]
+fn load_reads_non_utf8_bytes_lossily() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.conf");
+    let mut bytes = b"# r\xe9glages\nBLOCK_TCP=\"1\"\n".to_vec();
+    bytes.extend_from_slice(ADVANCED.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let c = load(&path).unwrap();
+    assert_eq!(c.block_tcp, BlockLevel::All);
+    assert!(c.warnings.is_empty());
+}
+
+// ---- command_warnings ----
+
+fn command_config(route: &str, cmd: &str) -> Config {
+    built(&format!("KILL_ROUTE=\"{route}\"\nKILL_RUN_CMD=\"{cmd}\"\n"))
+}
+
+fn command_messages(config: &Config) -> Vec<String> {
+    command_warnings(config)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn command_warnings_flag_a_missing_program_with_line() {
+    let c = command_config(
+        "/nonexistent/route add $TARGET$",
+        "no-such-program-portsentry-test $TARGET$",
+    );
+    assert_eq!(
+        command_messages(&c),
+        vec![
+            "portsentry.conf:1: KILL_ROUTE: program \"/nonexistent/route\" does not exist",
+            "portsentry.conf:2: KILL_RUN_CMD: program \"no-such-program-portsentry-test\" \
+             not found on $PATH",
+        ]
+    );
+}
+
+#[test]
+fn command_warnings_accept_existing_programs() {
+    let c = command_config("/bin/sh -c 'echo $TARGET$'", "sh -c true");
+    assert_eq!(command_messages(&c), Vec::<String>::new());
+}
+
+#[test]
+fn command_warnings_flag_a_file_that_is_not_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let c = command_config("", &format!("{} $TARGET$", script.display()));
+    assert_eq!(
+        command_messages(&c),
+        vec![format!(
+            "portsentry.conf:2: KILL_RUN_CMD: program \"{}\" is not an executable file",
+            script.display()
+        )]
+    );
+}
+
+#[test]
+fn command_warnings_skip_shell_syntax_builtins_and_assignments() {
+    let c = command_config("(route -n | grep $TARGET$)", "echo $TARGET$ | /bin/cat");
+    assert!(command_warnings(&c).is_empty());
+    let c = command_config("LANG=C /nonexistent/x $TARGET$", "$HOME/bin/x");
+    assert_eq!(
+        command_messages(&c),
+        vec!["portsentry.conf:1: KILL_ROUTE: program \"/nonexistent/x\" does not exist"]
+    );
+}
+
+#[test]
+fn command_warnings_fall_back_to_whitespace_on_bad_quoting() {
+    let c = command_config("/nonexistent/y 'unclosed $TARGET$", "");
+    assert_eq!(
+        command_messages(&c),
+        vec!["portsentry.conf:1: KILL_ROUTE: program \"/nonexistent/y\" does not exist"]
+    );
+}
+
+#[test]
+fn command_warnings_ignore_hosts_deny_line() {
+    let c = built("KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n");
+    assert!(command_warnings(&c).is_empty());
+}
+
+// ---- the shipped file ----
+
+fn shipped_conf() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/portsentry.conf")
+}
+
+#[test]
+fn shipped_config_loads_without_errors_or_warnings() {
+    let c = load(&shipped_conf()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(warnings(&c), Vec::<String>::new());
+    assert_eq!(c.block_tcp, BlockLevel::All);
+    assert_eq!(c.block_udp, BlockLevel::All);
+    assert_eq!(
+        c.kill_route.as_ref().map(|t| t.text.as_str()),
+        Some("/sbin/ip route add unreachable $TARGET$")
+    );
+    assert_eq!(
+        c.kill_hosts_deny.as_ref().map(|t| t.text.as_str()),
+        Some("ALL: $TARGET$ : DENY")
+    );
+    assert_eq!(c.kill_run_cmd, None);
+    assert!(c.lua_responders.is_empty());
+    let d = defaults(&shipped_conf());
+    assert_eq!(c.tcp_ports, d.tcp_ports);
+    assert_eq!(c.udp_ports, d.udp_ports);
+    assert_eq!(c.advanced_exclude_tcp, d.advanced_exclude_tcp);
+    assert_eq!(c.advanced_exclude_udp, d.advanced_exclude_udp);
+    assert_eq!(c.plugin_dir, d.plugin_dir);
+    assert_eq!(c.lua_lib_dir, d.lua_lib_dir);
+}
+
+#[test]
+fn shipped_config_documents_every_key() {
+    let text = std::fs::read_to_string(shipped_conf()).unwrap();
+    // A setting line for the key, live or commented out (`KEY="..."`, `#KEY = "..."`).
+    let shown = |name: &str| {
+        text.lines().any(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    for key in KEYS {
+        assert!(shown(key.name), "{} not in conf/portsentry.conf", key.name);
+    }
+    for example in [
+        "NFTABLES_TIMEOUT",
+        "NFTABLES_TABLE",
+        "MAIL_TO",
+        "JSONLOG_FILE",
+    ] {
+        assert!(
+            text.contains(&format!("#{example}=")),
+            "{example} example missing"
+        );
+    }
+}
+
+#[test]
+fn shipped_ignore_files_hold_only_addresses_and_networks() {
+    for name in ["conf/portsentry.ignore", "conf/portsentry.ignore.static"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let ok =
+                entry.parse::<std::net::IpAddr>().is_ok() || entry.parse::<ipnet::IpNet>().is_ok();
+            assert!(ok, "{name}: {entry:?} is not an address or network");
+            entries.push(entry.to_owned());
+        }
+        assert_eq!(
+            entries,
+            vec!["127.0.0.1/32", "0.0.0.0", "::1", "::"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn shipped_default_file_selects_advanced_modes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/default-portsentry");
+    let raw = crate::config::parse::parse_bytes(&path, &std::fs::read(&path).unwrap()).unwrap();
+    let pairs: Vec<(&str, &str)> = raw
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(pairs, vec![("TCP_MODE", "atcp"), ("UDP_MODE", "audp")]);
+    assert!(raw.warnings.is_empty());
+}
