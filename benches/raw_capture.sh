@@ -93,6 +93,7 @@ EOF
 }
 
 start_receiver() { # $1 = tag
+  rm -f "$W/$1.log.sock" "$W/$1.count"
   python3 "$HERE/syslog_rx.py" "$W/$1.log.sock" "$W/$1.count" "SYN/Normal scan from host" &
   PIDS+=($!)
   RX_PID=$!
