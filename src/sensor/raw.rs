@@ -190,8 +190,13 @@ impl RawSensor {
 
     fn refresh(&mut self) {
         match Listeners::read() {
+            Ok(l) if l == *self.watch.listeners() => {}
             Ok(l) => {
-                for c in self.watch.set_listeners(l) {
+                // Only listeners change the prefilter here (addresses are checked in user
+                // space), so an unchanged snapshot costs no rebuild.
+                let changes = self.watch.set_listeners(l);
+                self.apply_filter();
+                for c in changes {
                     if c.appeared {
                         log::info!("{}", wording::listener_appeared(c.proto, c.port));
                     } else {
@@ -211,7 +216,6 @@ impl RawSensor {
                 wording::refresh_failed("the host addresses", &e.to_string())
             ),
         }
-        self.apply_filter();
     }
 
     fn reconfigure(&mut self, config: Arc<Config>) {

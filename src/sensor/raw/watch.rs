@@ -211,6 +211,11 @@ impl Watch {
         changes
     }
 
+    /// The listener snapshot in use.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
     /// Installs a fresh address snapshot.
     pub fn set_addrs(&mut self, addrs: HostAddrs) {
         self.addrs = addrs;
