@@ -213,6 +213,7 @@ RESULT=$ROOT/benches/raw_capture.results.md
   echo "Raw figures per run: bulk CPU ours [${BULK_CPU[ours]% }] 1.2 [${BULK_CPU[old]% }];"
   echo "SYN CPU ours [${SYN_CPU[ours]% }] 1.2 [${SYN_CPU[old]% }];"
   echo "lines ours [${SYN_EVENTS[ours]% }] 1.2 [${SYN_EVENTS[old]% }]; RSS ours [${RSS[ours]% }] 1.2 [${RSS[old]% }]."
+  cat "$HERE/notes.md"
 } > "$RESULT"
 cat "$RESULT"
 
