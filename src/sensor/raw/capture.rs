@@ -14,9 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
-/// Receive buffer asked for, so a burst of probes is not lost while the thread is busy;
-/// the kernel caps it at `net.core.rmem_max` (root can exceed that with SO_RCVBUFFORCE,
-/// which we do not use).
+/// Receive buffer asked for, so a burst of probes is not lost while the thread is busy
+/// (forced past `net.core.rmem_max` when running as root).
 pub const RECV_BUFFER: usize = 4 << 20;
 
 /// Largest packet read in full; bigger ones are reported truncated and dropped by the
@@ -79,7 +78,17 @@ impl Capture {
         // Outgoing packets are never probes: with this (Linux 4.20+) the kernel does not
         // even run the filter on them, so the host's own bulk sends cost nothing here.
         let _ = setsockopt_int(&sock, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-        let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+        // Root may exceed net.core.rmem_max (SO_RCVBUFFORCE); otherwise take what is allowed.
+        if setsockopt_int(
+            &sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            RECV_BUFFER as i32,
+        )
+        .is_err()
+        {
+            let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+        }
         sock.attach_filter(filter)?;
         let addr = libc::sockaddr_ll {
             sll_family: libc::AF_PACKET as u16,
