@@ -89,8 +89,27 @@ impl ResponseStage {
         }
     }
 
-    /// Follows a reload; the blocked set and the history file are kept.
+    /// Follows a reload; the blocked set is kept, and so is the history file unless the
+    /// reload names another `HISTORY_FILE` (the daemon opened that one before accepting the
+    /// reload, so this open is not expected to fail; if it does, the old file stays).
     pub fn reconfigure(&mut self, generation: Generation) {
+        let wanted = &generation.config.history_file;
+        if wanted != self.history.path() {
+            match History::open(wanted) {
+                Ok(history) => {
+                    log::info!(
+                        "adminalert: history file is now {} (was {})",
+                        wanted.display(),
+                        self.history.path().display()
+                    );
+                    self.history = history;
+                }
+                Err(e) => log::error!(
+                    "adminalert: ERROR: cannot open history file {e}; still writing {}",
+                    self.history.path().display()
+                ),
+            }
+        }
         self.generation = generation;
     }
 
@@ -166,7 +185,7 @@ impl ResponseStage {
         if let Err(e) = self.history.append(&line) {
             log::error!(
                 "adminalert: ERROR: cannot write history file {}: {e}",
-                config.history_file.display()
+                self.history.path().display()
             );
         }
     }
