@@ -157,10 +157,17 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         watcher: watcher.as_ref(),
         options,
     };
-    for request in &requests {
-        match request {
-            DaemonRequest::Stop => break,
-            DaemonRequest::Reload => reloader.reload(),
+    while let Ok(request) = requests.recv() {
+        if request == DaemonRequest::Stop {
+            break;
+        }
+        // Requests that queued up meanwhile (a burst of SIGHUPs, a save seen by the watcher
+        // while a SIGHUP was pending) are all answered by one reload: it reads the files as
+        // they are now. A stop among them still stops, after it.
+        let stop = requests.try_iter().any(|r| r == DaemonRequest::Stop);
+        reloader.reload();
+        if stop {
+            break;
         }
     }
 

@@ -24,7 +24,15 @@ pub struct Generation {
 pub type Loaded = (Generation, Vec<ConfigWarning>);
 
 impl Generation {
-    /// Reads and validates every file a generation is made of.
+    /// Reads and validates every file a generation is made of. This is the one place that
+    /// builds file-derived state (config, ignore list, and the Lua plugins when they land):
+    /// the daemon calls it off the detection path at start and on every reload, and swaps
+    /// the result in only when it returns `Ok`. Anything that can fail belongs here, as a
+    /// [`ConfigErrors`] naming file and line, so that a bad file refuses the reload instead
+    /// of half-applying it. It must not touch running state (sockets, the blocked set): a
+    /// refused generation is simply dropped. The files it reads are the ones
+    /// [`crate::config::watch::WatchSet::for_config`] watches; a new kind of source file
+    /// should be added there too.
     pub fn load(number: u64, config_path: &Path) -> Result<Loaded, ConfigErrors> {
         let config = crate::config::load(config_path)?;
         let ignore = IgnoreList::load(&config.ignore_file)?;

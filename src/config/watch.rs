@@ -618,6 +618,31 @@ mod tests {
     }
 
     #[test]
+    fn config_directory_removed_and_created_again_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = std::fs::canonicalize(dir.path()).unwrap().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("portsentry.conf"), "TCP_PORTS=\"1\"\n").unwrap();
+        let mut set = WatchSet::default();
+        set.add_file(&etc.join("portsentry.conf"));
+        let (tx, requests) = unbounded();
+        let _watcher = ConfigWatcher::start(set, tx, 1u8, FAST).unwrap();
+        std::fs::remove_dir_all(&etc).unwrap();
+        assert_eq!(requests.recv_timeout(Duration::from_secs(3)), Ok(1));
+        // Its parent is not watched: the periodic re-arm finds the new directory.
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("portsentry.conf"), "TCP_PORTS=\"2\"\n").unwrap();
+        assert_eq!(requests.recv_timeout(Duration::from_secs(3)), Ok(1));
+        while requests.recv_timeout(Duration::from_millis(500)).is_ok() {}
+        std::fs::write(etc.join("portsentry.conf"), "TCP_PORTS=\"3\"\n").unwrap();
+        assert_eq!(
+            requests.recv_timeout(Duration::from_secs(3)),
+            Ok(1),
+            "a write in the new directory is seen"
+        );
+    }
+
+    #[test]
     fn missing_lua_library_dir_is_picked_up_when_created() {
         let f = Fixture::new();
         std::fs::create_dir(f.path("lua")).unwrap();

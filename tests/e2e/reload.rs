@@ -196,6 +196,26 @@ fn scanner_added_to_ignore_file_is_ignored_from_the_next_probe() {
 }
 
 #[test]
+fn file_completed_100ms_after_a_half_write_is_not_reported_as_an_error() {
+    let lab = Lab::new();
+    let d = start(&lab, "TCP_PORTS=\"79\"");
+    let text = conf_text(&lab, "TCP_PORTS=\"79,1524\"");
+    // Cut inside the first value: on its own, this half is refused (no closing quote).
+    let (first, rest) = text.split_at(text.find("1524").expect("port"));
+    let mut f = std::fs::File::create(lab.path("portsentry.conf")).expect("create");
+    std::io::Write::write_all(&mut f, first.as_bytes()).expect("first half");
+    std::thread::sleep(Duration::from_millis(100));
+    std::io::Write::write_all(&mut f, rest.as_bytes()).expect("second half");
+    drop(f);
+    in_force(&d, 2);
+    connect_new_port(&lab, 1524);
+    // One reload, of the whole file: the half was never read.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.count("in force"), 1, "{:?}", d.lines());
+    assert_eq!(d.count("reload refused"), 0, "{:?}", d.lines());
+}
+
+#[test]
 fn broken_config_keeps_the_old_one_names_file_and_line_then_the_fix_applies() {
     let lab = Lab::new();
     let d = start(&lab, "TCP_PORTS=\"79\"");
