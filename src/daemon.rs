@@ -163,12 +163,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         }
         // Requests that queued up meanwhile (a burst of SIGHUPs, a save seen by the watcher
         // while a SIGHUP was pending) are all answered by one reload: it reads the files as
-        // they are now. A stop among them still stops, after it.
-        let stop = requests.try_iter().any(|r| r == DaemonRequest::Stop);
-        reloader.reload();
-        if stop {
+        // they are now. A stop among them wins.
+        if requests.try_iter().any(|r| r == DaemonRequest::Stop) {
             break;
         }
+        reloader.reload();
     }
 
     log::info!("{}", report::shutting_down());
