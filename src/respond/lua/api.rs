@@ -211,7 +211,7 @@ fn seconds_value(d: Duration) -> Value {
 
 fn exec_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Function> {
     let shared = Arc::clone(shared);
-    lua.create_function(move |lua, spec: Value| {
+    lua.create_function(move |lua, (spec, options): (Value, Value)| {
         let Value::Table(spec) = spec else {
             return Err(raise(
                 lua,
@@ -221,7 +221,21 @@ fn exec_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Function> {
                 ),
             ));
         };
-        let (mut req, check) = exec_request(&spec).map_err(|m| raise(lua, format!("portsentry.exec: {m}")))?;
+        let options = match options {
+            Value::Nil => None,
+            Value::Table(t) => Some(t),
+            other => {
+                return Err(raise(
+                    lua,
+                    format!(
+                        "portsentry.exec: options must be a table, got {}",
+                        type_name(&other)
+                    ),
+                ));
+            }
+        };
+        let (mut req, check) = exec_request(&spec, options.as_ref())
+            .map_err(|m| raise(lua, format!("portsentry.exec: {m}")))?;
         let remaining = shared.remaining();
         if remaining.is_zero() {
             return Err(shared.budget_error(&caller(lua)));
@@ -259,8 +273,9 @@ fn exec_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Function> {
     })
 }
 
-/// Reads `{argv..., timeout=, stdin=, netns=, check=}`; the bool is `check`.
-fn exec_request(spec: &Table) -> Result<(ExecRequest, bool), String> {
+/// Reads `{argv..., timeout=, stdin=, netns=, check=}` (options may also come in a second
+/// table, which wins); the bool is `check`.
+fn exec_request(spec: &Table, options: Option<&Table>) -> Result<(ExecRequest, bool), String> {
     let n = spec.raw_len();
     let mut argv = Vec::with_capacity(n);
     for i in 1..=n {
@@ -296,10 +311,18 @@ fn exec_request(spec: &Table) -> Result<(ExecRequest, bool), String> {
         netns: None,
     };
     let mut check = false;
-    for pair in spec.pairs::<Value, Value>() {
+    let from_spec = spec.pairs::<Value, Value>().map(|p| (p, true));
+    let from_options = options
+        .into_iter()
+        .flat_map(|t| t.pairs::<Value, Value>().map(|p| (p, false)));
+    for (pair, in_spec) in from_spec.chain(from_options) {
         let (k, v) = pair.map_err(|e| e.to_string())?;
         let key = match &k {
-            Value::Integer(i) if *i >= 1 && usize::try_from(*i).is_ok_and(|i| i <= n) => continue,
+            Value::Integer(i)
+                if in_spec && *i >= 1 && usize::try_from(*i).is_ok_and(|i| i <= n) =>
+            {
+                continue;
+            }
             Value::String(s) => s.to_string_lossy(),
             other => return Err(format!("unexpected key of type {}", type_name(other))),
         };

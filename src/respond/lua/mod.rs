@@ -558,23 +558,27 @@ fn block_outcome(plugin: &str, report: &CallReport) -> Outcome {
     let responder = format!("lua:{plugin}");
     match &report.outcome {
         CallOutcome::NoHandler => Outcome::Skipped(format!("{responder} has no block handler")),
-        CallOutcome::Done(detail) => {
-            let detail = detail.clone().unwrap_or_else(|| {
-                let cmds: Vec<&str> = report
-                    .trace
-                    .iter()
-                    .filter_map(|t| match t {
-                        TraceEntry::Exec(r) => Some(r.command.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                if cmds.is_empty() {
-                    "block handler ran".to_string()
-                } else {
-                    cmds.join("; ")
-                }
-            });
-            Outcome::Done(Action { responder, detail })
+        CallOutcome::Done(Some(detail)) => Outcome::Done(Action {
+            responder,
+            detail: detail.clone(),
+        }),
+        CallOutcome::Done(None) => {
+            let cmds: Vec<&str> = report
+                .trace
+                .iter()
+                .filter_map(|t| match t {
+                    TraceEntry::Exec(r) => Some(r.command.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if cmds.is_empty() {
+                Outcome::Skipped(format!("{responder}: the block handler took no action"))
+            } else {
+                Outcome::Done(Action {
+                    responder,
+                    detail: cmds.join("; "),
+                })
+            }
         }
         CallOutcome::Veto(reason) => Outcome::Veto(match reason {
             Some(r) => format!("{responder}: {r}"),

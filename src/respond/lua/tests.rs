@@ -161,9 +161,10 @@ fn returning_false_vetoes_with_the_given_reason() {
         block1(&plugins, &f.config, "10.0.0.1", 1),
         Outcome::Veto("lua:allow: gateway".into())
     );
+    // Not vetoed, and nothing done: skipped, so no action is recorded for it.
     assert!(matches!(
         block1(&plugins, &f.config, "10.0.0.2", 1),
-        Outcome::Done(_)
+        Outcome::Skipped(_)
     ));
 }
 
