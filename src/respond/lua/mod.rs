@@ -216,7 +216,14 @@ struct Handle {
     handled: Vec<EventName>,
     dropped: AtomicU64,
     budget: Duration,
+    /// Work items the owner thread has finished; it stops moving when the thread is stuck.
+    progress: Arc<AtomicU64>,
+    /// `progress` when a call last went unanswered (`NOT_STUCK` otherwise): while it has
+    /// not moved, later calls fail at once instead of each waiting the whole budget.
+    stuck_at: AtomicU64,
 }
+
+const NOT_STUCK: u64 = u64::MAX;
 
 impl Handle {
     fn handles(&self, ev: EventName) -> bool {
@@ -225,6 +232,16 @@ impl Handle {
 
     /// Sends one event and waits for its report, bounded by the budget (queue wait and run).
     fn call(&self, event: EventData) -> Result<CallReport, String> {
+        let stuck_at = self.stuck_at.load(Ordering::Relaxed);
+        if stuck_at != NOT_STUCK {
+            if self.progress.load(Ordering::Relaxed) == stuck_at {
+                return Err(format!(
+                    "lua:{}: still busy with an earlier event that never finished; not run",
+                    self.name
+                ));
+            }
+            self.stuck_at.store(NOT_STUCK, Ordering::Relaxed);
+        }
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         let work = Work::Event {
             event: Arc::new(event),
@@ -242,11 +259,15 @@ impl Handle {
         }
         let wait = self.budget * 2 + GRACE;
         rrx.recv_timeout(wait).map_err(|e| match e {
-            RecvTimeoutError::Timeout => format!(
-                "lua:{}: no answer within {} (stuck in a C function?)",
-                self.name,
-                humantime::format_duration(wait)
-            ),
+            RecvTimeoutError::Timeout => {
+                self.stuck_at
+                    .store(self.progress.load(Ordering::Relaxed), Ordering::Relaxed);
+                format!(
+                    "lua:{}: no answer within {} (stuck in a C function?)",
+                    self.name,
+                    humantime::format_duration(wait)
+                )
+            }
             RecvTimeoutError::Disconnected => {
                 format!(
                     "lua:{}: plugin thread stopped while handling the event",
@@ -270,6 +291,7 @@ struct Pending {
     ready: Receiver<Result<Vec<EventName>, LuaError>>,
     tx: Sender<Work>,
     budget: Duration,
+    progress: Arc<AtomicU64>,
 }
 
 /// Starts a plugin's owner thread, which builds the state and then serves its queue.
@@ -279,13 +301,15 @@ fn start(spec: PluginSpec) -> Result<Pending, LuaError> {
     let name = spec.name.clone();
     let file = spec.file.clone();
     let budget = spec.budget;
+    let progress = Arc::new(AtomicU64::new(0));
+    let owner_progress = Arc::clone(&progress);
     thread::Builder::new()
         .name(format!("lua:{name}"))
         .spawn(move || match PluginState::load(&spec) {
             Ok(state) => {
                 let _ = ready_tx.send(Ok(state.handled()));
                 drop(ready_tx);
-                serve(&state, &rx);
+                serve(&state, &rx, &owner_progress);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -303,6 +327,7 @@ fn start(spec: PluginSpec) -> Result<Pending, LuaError> {
         ready: ready_rx,
         tx,
         budget,
+        progress,
     })
 }
 
@@ -321,6 +346,8 @@ impl Pending {
                 handled,
                 dropped: AtomicU64::new(0),
                 budget: self.budget,
+                progress: self.progress,
+                stuck_at: AtomicU64::new(NOT_STUCK),
             }),
             Ok(Err(e)) => Err(e),
             Err(RecvTimeoutError::Timeout) => Err(fail(format!(
@@ -335,46 +362,52 @@ impl Pending {
 }
 
 /// The owner thread's loop: runs until every sender is gone and the queue is drained.
-fn serve(state: &PluginState, rx: &Receiver<Work>) {
+fn serve(state: &PluginState, rx: &Receiver<Work>, progress: &AtomicU64) {
     for work in rx.iter() {
-        match work {
-            Work::Event {
-                event,
-                reply,
-                start_by,
-            } => {
-                if let Some(deadline) = start_by
-                    && Instant::now() > deadline
-                {
-                    if let Some(r) = reply {
-                        let _ = r.send(CallReport {
-                            outcome: CallOutcome::Expired,
-                            trace: Vec::new(),
-                            elapsed: Duration::ZERO,
-                        });
-                    }
-                    continue;
+        serve_one(state, work);
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Handles one work item; a failed alert is logged here since nobody waits for it.
+fn serve_one(state: &PluginState, work: Work) {
+    match work {
+        Work::Event {
+            event,
+            reply,
+            start_by,
+        } => {
+            if let Some(deadline) = start_by
+                && Instant::now() > deadline
+            {
+                if let Some(r) = reply {
+                    let _ = r.send(CallReport {
+                        outcome: CallOutcome::Expired,
+                        trace: Vec::new(),
+                        elapsed: Duration::ZERO,
+                    });
                 }
-                let report = state.dispatch(&event);
-                match reply {
-                    Some(r) => {
-                        let _ = r.send(report);
-                    }
-                    None => {
-                        if let CallOutcome::Failed(e) = &report.outcome {
-                            log::warn!(
-                                target: "portsentry::lua",
-                                "{e} ({} handler skipped for {})",
-                                event.name.as_str(),
-                                event.ip
-                            );
-                        }
+                return;
+            }
+            let report = state.dispatch(&event);
+            match reply {
+                Some(r) => {
+                    let _ = r.send(report);
+                }
+                None => {
+                    if let CallOutcome::Failed(e) = &report.outcome {
+                        log::warn!(
+                            target: "portsentry::lua",
+                            "{e} ({} handler skipped for {})",
+                            event.name.as_str(),
+                            event.ip
+                        );
                     }
                 }
             }
-            Work::Flush(done) => {
-                let _ = done.send(());
-            }
+        }
+        Work::Flush(done) => {
+            let _ = done.send(());
         }
     }
 }

@@ -950,3 +950,36 @@ fn test_plugin_exit_codes_distinguish_load_and_handler_failures() {
     assert!(text.contains("raises.lua:1: nope"), "{text}");
     assert!(text.contains("UDP scan"), "{text}");
 }
+
+#[test]
+fn a_plugin_stuck_in_c_code_fails_later_calls_at_once() {
+    // An owner thread that never answers, as when a plugin hangs inside a C function.
+    let (tx, _rx_never_served) = crossbeam_channel::bounded(QUEUE_SIZE);
+    let h = Handle {
+        name: "stuck".into(),
+        tx,
+        handled: vec![EventName::Block],
+        dropped: AtomicU64::new(0),
+        budget: Duration::from_millis(20),
+        progress: Arc::new(AtomicU64::new(0)),
+        stuck_at: AtomicU64::new(NOT_STUCK),
+    };
+    let a = alert("192.0.2.7", 1);
+    let config = crate::config::build::defaults(std::path::Path::new("/nonexistent"));
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let ev = || EventData::from_context(EventName::Block, &ctx);
+    let first = h.call(ev()).expect_err("no answer");
+    assert!(first.contains("no answer within"), "{first}");
+    let started = Instant::now();
+    let second = h.call(ev()).expect_err("still stuck");
+    assert!(second.contains("still busy"), "{second}");
+    assert!(started.elapsed() < Duration::from_millis(50));
+    // Once the thread moves again, calls are sent as usual.
+    h.progress.fetch_add(1, Ordering::Relaxed);
+    let third = h.call(ev()).expect_err("still no answer");
+    assert!(third.contains("no answer within"), "{third}");
+}
