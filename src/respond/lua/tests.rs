@@ -983,3 +983,12 @@ fn a_plugin_stuck_in_c_code_fails_later_calls_at_once() {
     let third = h.call(ev()).expect_err("still no answer");
     assert!(third.contains("no answer within"), "{third}");
 }
+
+#[test]
+fn plugins_and_responders_can_move_to_the_pipeline_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<LuaPlugins>();
+    send::<LuaResponder>();
+    send_sync::<LuaError>();
+}
