@@ -14,7 +14,9 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 
 use super::event::EventName;
 use super::exec::{self, ExecRequest};
-use super::state::{Shared, TraceEntry, new_env, read_source};
+use super::state::{
+    MAX_APPEND_BYTES, MAX_LOG_LINES, Shared, TraceEntry, clip, new_env, read_source,
+};
 
 /// Registry slot of the plugin's settings table (also `portsentry.config`).
 pub(crate) const CONFIG_KEY: &str = "portsentry.config";
@@ -117,8 +119,18 @@ pub(crate) fn log_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Func
             "error" => log::Level::Error,
             _ => log::Level::Info,
         };
-        log::log!(target: "portsentry::lua", lvl, "lua:{}: {}", shared.plugin, message);
-        shared.record(TraceEntry::Log { level, message });
+        let n = shared.logged_so_far();
+        if n < MAX_LOG_LINES {
+            let message = clip(message, 4096);
+            log::log!(target: "portsentry::lua", lvl, "lua:{}: {}", shared.plugin, message);
+            shared.record(TraceEntry::Log { level, message });
+        } else if n == MAX_LOG_LINES {
+            log::warn!(
+                target: "portsentry::lua",
+                "lua:{}: more than {MAX_LOG_LINES} log lines in one event; the rest are dropped",
+                shared.plugin
+            );
+        }
         Ok(())
     })
 }
@@ -451,6 +463,14 @@ fn append_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<
         }
         let mut line = bytes.to_vec();
         line.push(b'\n');
+        if !shared.may_append(line.len()) {
+            return Err(raise(
+                lua,
+                format!(
+                    "portsentry.append_line: more than {MAX_APPEND_BYTES} bytes appended in one event"
+                ),
+            ));
+        }
         let written = std::fs::OpenOptions::new()
             .append(true)
             .create(true)

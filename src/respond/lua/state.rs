@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,18 @@ const HOOK_EVERY: u32 = 1000;
 
 /// Largest plugin or library file we read; a plugin is code, not data.
 const MAX_SOURCE: u64 = 1024 * 1024;
+
+/// Log lines one call may write; a plugin logging in a loop must not flood the log.
+pub(crate) const MAX_LOG_LINES: usize = 100;
+
+/// Bytes one call may append through `append_line`.
+pub(crate) const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Longest detail or veto reason kept from a handler's return value.
+const MAX_DETAIL: usize = 1000;
+
+/// Output kept per stream in the trace (the plugin itself gets up to 64 KiB).
+const TRACE_OUTPUT: usize = 4096;
 
 /// Registry slot of the `event name -> {handlers}` table.
 const HANDLERS_KEY: &str = "portsentry.handlers";
@@ -77,6 +89,8 @@ pub(crate) struct Shared {
     deadline: Mutex<Option<Instant>>,
     exceeded: AtomicBool,
     loading: AtomicBool,
+    logged: AtomicUsize,
+    appended: AtomicUsize,
     trace: Mutex<Vec<TraceEntry>>,
     chunks: Mutex<Vec<PathBuf>>,
 }
@@ -101,7 +115,11 @@ impl Shared {
     }
 
     /// Records what the plugin did.
-    pub fn record(&self, entry: TraceEntry) {
+    pub fn record(&self, mut entry: TraceEntry) {
+        if let TraceEntry::Exec(r) = &mut entry {
+            r.stdout = clip(std::mem::take(&mut r.stdout), TRACE_OUTPUT);
+            r.stderr = clip(std::mem::take(&mut r.stderr), TRACE_OUTPUT);
+        }
         let mut t = lock(&self.trace);
         // A plugin logging in a loop must not grow the trace without bound.
         if t.len() < 1000 {
@@ -128,7 +146,19 @@ impl Shared {
         lock(&self.chunks).push(path.to_path_buf());
     }
 
+    /// Counts a log line of the current call and returns how many came before it.
+    pub fn logged_so_far(&self) -> usize {
+        self.logged.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts bytes about to be appended by the current call; false past the per-call cap.
+    pub fn may_append(&self, bytes: usize) -> bool {
+        self.appended.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAX_APPEND_BYTES
+    }
+
     fn start_call(&self) {
+        self.logged.store(0, Ordering::Relaxed);
+        self.appended.store(0, Ordering::Relaxed);
         *lock(&self.deadline) = Some(Instant::now() + self.budget);
         self.exceeded.store(false, Ordering::Relaxed);
         lock(&self.trace).clear();
@@ -202,6 +232,8 @@ impl PluginState {
             deadline: Mutex::new(None),
             exceeded: AtomicBool::new(false),
             loading: AtomicBool::new(true),
+            logged: AtomicUsize::new(0),
+            appended: AtomicUsize::new(0),
             trace: Mutex::new(Vec::new()),
             chunks: Mutex::new(vec![spec.file.clone()]),
         });
@@ -296,12 +328,16 @@ impl PluginState {
                     match it.next() {
                         Some(Value::Boolean(false)) => {
                             let reason = match it.next() {
-                                Some(Value::String(s)) => Some(s.to_string_lossy()),
+                                Some(Value::String(s)) => {
+                                    Some(clip(s.to_string_lossy(), MAX_DETAIL))
+                                }
                                 _ => None,
                             };
                             return CallOutcome::Veto(reason);
                         }
-                        Some(Value::String(s)) => detail = Some(s.to_string_lossy()),
+                        Some(Value::String(s)) => {
+                            detail = Some(clip(s.to_string_lossy(), MAX_DETAIL))
+                        }
                         _ => {}
                     }
                 }
@@ -426,6 +462,19 @@ impl PluginState {
         }
         PathBuf::from(shown)
     }
+}
+
+/// Cuts text to at most `max` bytes, on a character boundary, marking the cut.
+pub(crate) fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Reads a Lua source file, refusing binary chunks and oversized files.

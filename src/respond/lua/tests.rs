@@ -992,3 +992,63 @@ fn plugins_and_responders_can_move_to_the_pipeline_threads() {
     send::<LuaResponder>();
     send_sync::<LuaError>();
 }
+
+#[test]
+fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 if ev.port == 1 then
+                   for i = 1, 10000 do portsentry.log.info("line %d", i) end
+                   return string.rep("d", 5000)
+                 end
+                 local line = string.rep("x", 60000)
+                 while true do portsentry.append_line(portsentry.config.file, line) end
+               end)"#,
+        )],
+        &[],
+    );
+    let log = f.path("big.log");
+    let mut config = f.config.clone();
+    config
+        .raw
+        .insert("P_FILE".into(), log.display().to_string());
+    let (_, h) = load_file(&f.plugin_file("p"), &config).expect("load");
+    let a = alert("192.0.2.7", 1);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let report = h
+        .call(EventData::from_context(EventName::Block, &ctx))
+        .expect("answer");
+    let logs = report
+        .trace
+        .iter()
+        .filter(|t| matches!(t, TraceEntry::Log { .. }))
+        .count();
+    assert_eq!(logs, state::MAX_LOG_LINES);
+    match block_outcome("p", &report) {
+        Outcome::Done(a) => assert!(a.detail.len() < 1100, "{}", a.detail.len()),
+        other => panic!("{other:?}"),
+    }
+    let a = alert("192.0.2.7", 2);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let report = h
+        .call(EventData::from_context(EventName::Block, &ctx))
+        .expect("answer");
+    match &report.outcome {
+        CallOutcome::Failed(e) => {
+            assert!(e.to_string().contains("bytes appended in one event"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let size = std::fs::metadata(&log).expect("log").len();
+    assert!(size <= state::MAX_APPEND_BYTES as u64, "{size}");
+}
