@@ -1052,3 +1052,16 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
     let size = std::fs::metadata(&log).expect("log").len();
     assert!(size <= state::MAX_APPEND_BYTES as u64, "{size}");
 }
+
+#[test]
+fn json_of_deep_or_cyclic_tables_fails_cleanly() {
+    let t = assert_escape_fails(
+        "    local t = {} local c = t\n    for i = 1, 100000 do c.x = {} c = c.x end\n    portsentry.json(t)",
+        &[],
+    );
+    assert!(t.contains("portsentry.json"), "{t}");
+    let t = assert_escape_fails("    local t = {} t.self = t\n    portsentry.json(t)", &[]);
+    assert!(t.contains("portsentry.json"), "{t}");
+    let t = assert_escape_fails("    portsentry.json({ f = print })", &[]);
+    assert!(t.contains("portsentry.json"), "{t}");
+}
