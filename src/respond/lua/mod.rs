@@ -32,7 +32,7 @@ use crate::respond::{Action, Outcome, Responder, ResponseContext};
 
 pub use event::{EventData, EventName};
 pub use state::{CallOutcome, CallReport, TraceEntry};
-pub use trial::test_plugin;
+pub use trial::{EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, test_plugin};
 
 use state::{PluginSpec, PluginState};
 
