@@ -4,3 +4,4 @@
 mod classic;
 mod config_errors;
 mod lab;
+mod lua;
