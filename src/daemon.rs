@@ -19,7 +19,7 @@ use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::event::Mode;
 use crate::filter::blocked::{BlockRegistry, SharedRegistry};
 use crate::filter::standard_chain;
-use crate::generation::Generation;
+use crate::generation::{Generation, PluginPolicy};
 use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::report;
@@ -124,8 +124,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         "{}",
         report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
-    let (generation, warnings) = Generation::load(1, &options.config_path)
-        .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
+    let (generation, warnings) =
+        Generation::load_with(1, &options.config_path, PluginPolicy::SkipBroken)
+            .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
     let registry: SharedRegistry = BlockRegistry::open(&config.blocked_file)

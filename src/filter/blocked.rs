@@ -440,11 +440,7 @@ mod tests {
         let mut c = crate::config::build::defaults(Path::new("x.conf"));
         c.block_tcp = block_tcp;
         c.block_udp = block_udp;
-        Generation {
-            number: 1,
-            config: Arc::new(c),
-            ignore: Arc::default(),
-        }
+        Generation::from_parts(1, c, Default::default())
     }
 
     const LINE_1_2: &str =

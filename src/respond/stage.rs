@@ -151,7 +151,15 @@ impl ResponseStage {
         let mut vetoed = false;
         for mut responder in chain {
             match responder.respond(&ctx) {
-                Outcome::Done(action) => actions.push(action),
+                Outcome::Done(action) => {
+                    if action.responder.starts_with("lua:") {
+                        log::info!(
+                            "{}",
+                            report::blocked_via_plugin(ip, &action.responder, &action.detail)
+                        );
+                    }
+                    actions.push(action);
+                }
                 Outcome::Skipped(why) => {
                     log::debug!("{} skipped for {ip}: {why}", responder.name());
                 }

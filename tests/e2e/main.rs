@@ -4,4 +4,5 @@
 mod classic;
 mod config_errors;
 mod lab;
+mod lua;
 mod reload;
