@@ -2,6 +2,8 @@
 //! changes: the config file, the ignore file and `portsentry.ignore.static` beside it, and the
 //! `*.lua` files of the plugin and Lua library directories.
 //!
+//! Lua directories are watched with their module subdirectories (a few levels deep).
+//!
 //! The watcher never reloads by itself: it sends the same request a SIGHUP sends, so there is
 //! one reload path. It watches *directories*, non-recursively, and filters events by path,
 //! because editors save by writing a temp file and renaming it over the old one (the old
@@ -22,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select_biased, unbounded};
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Config;
@@ -36,8 +38,13 @@ pub const QUIET_PERIOD: Duration = Duration::from_millis(200);
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 /// How often lost watches (a directory removed and created again) are looked for.
 pub const REARM_INTERVAL: Duration = Duration::from_secs(1);
+/// Subdirectory levels of a Lua directory that are watched (`a/b/c.lua` is two).
+const MAX_LUA_DEPTH: usize = 3;
+/// Lua directories watched at most, all levels and both Lua directories together.
+const MAX_LUA_DIRS: usize = 64;
 
-/// What a generation was built from: files, and directories whose `*.lua` files count.
+/// What a generation was built from: files, and directories whose `*.lua` files (also in
+/// module subdirectories) count.
 /// Paths are made absolute when added, so that a later change of working directory or a
 /// relative `-c` path cannot change what is watched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,14 +171,37 @@ impl Plan {
         for dir in &set.dirs {
             // The directory's own creation, removal or renaming, seen from its parent.
             plan.add_file(dir);
-            if let Ok(canonical) = std::fs::canonicalize(dir)
-                && let Some(id) = dir_id(&canonical)
-            {
-                plan.dirs.insert(canonical.clone(), id);
-                plan.lua_dirs.insert(canonical);
+            if let Ok(canonical) = std::fs::canonicalize(dir) {
+                plan.add_lua_tree(canonical, 0);
             }
         }
         plan
+    }
+
+    /// Watches a Lua directory and its subdirectories (`require "portsentry.addr"` reads
+    /// `portsentry/addr.lua`), each non-recursively, within bounds so that a plugin dir
+    /// pointed at `/` by mistake cannot exhaust the inotify watches.
+    fn add_lua_tree(&mut self, dir: PathBuf, depth: usize) {
+        let Some(id) = dir_id(&dir) else { return };
+        if self.lua_dirs.len() >= MAX_LUA_DIRS || !self.lua_dirs.insert(dir.clone()) {
+            return;
+        }
+        self.dirs.insert(dir.clone(), id);
+        if depth >= MAX_LUA_DEPTH {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut subdirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        subdirs.sort();
+        for sub in subdirs {
+            self.add_lua_tree(sub, depth + 1);
+        }
     }
 
     /// Watches the file's directory and names the file as events will.
@@ -207,8 +237,17 @@ impl Plan {
         event.paths.iter().any(|p| {
             self.files.contains(p)
                 || self.dirs.contains_key(p)
-                || (p.extension().is_some_and(|e| e == "lua")
-                    && p.parent().is_some_and(|d| self.lua_dirs.contains(d)))
+                || (p.parent().is_some_and(|d| self.lua_dirs.contains(d))
+                    && match p.extension() {
+                        Some(e) => e == "lua",
+                        // A module subdirectory coming, going or renamed.
+                        None => matches!(
+                            event.kind,
+                            EventKind::Create(CreateKind::Folder)
+                                | EventKind::Remove(RemoveKind::Folder)
+                                | EventKind::Modify(ModifyKind::Name(_))
+                        ),
+                    })
         })
     }
 }
@@ -649,6 +688,19 @@ mod tests {
         f.expect_request("the Lua library dir created");
         std::fs::write(f.path("lua/util.lua"), "return {}\n").unwrap();
         f.expect_request("a Lua library file");
+    }
+
+    #[test]
+    fn lua_module_subdirectories_are_watched() {
+        let f = Fixture::new();
+        std::fs::create_dir(f.path("lua")).unwrap();
+        f.expect_request("the Lua library dir created");
+        std::fs::create_dir(f.path("lua/portsentry")).unwrap();
+        f.expect_request("a module subdirectory created");
+        std::fs::write(f.path("lua/portsentry/addr.lua"), "return {}\n").unwrap();
+        f.expect_request("a module in a subdirectory");
+        std::fs::write(f.path("lua/portsentry/notes.txt"), "x\n").unwrap();
+        f.expect_quiet(400, "a non-Lua file in a subdirectory");
     }
 
     #[test]
