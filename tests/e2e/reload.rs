@@ -1,9 +1,5 @@
 //! Hot reload, end to end: the config file watcher and SIGHUP, one test per kind of edit.
 //! Every test edits files under a running daemon and checks what a scanner sees next.
-//!
-//! Not tested here yet: a broken Lua plugin keeping the previous version in force. That
-//! belongs with the Lua responders (their plugins load in `Generation::load`, so a plugin
-//! error refuses the reload like any config error); add it to this file when they land.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -349,4 +345,62 @@ fn history_and_blocked_files_follow_a_reload_keeping_the_blocked_set() {
     save_by_rename(&lab, &bad);
     let err = d.expect_line("adminalert: ERROR: reload refused:", RELOAD_SECS);
     assert!(err.contains(":4: HISTORY_FILE:"), "{err}");
+}
+
+#[test]
+fn broken_lua_plugin_keeps_the_previous_version_and_its_fix_applies() {
+    let lab = Lab::new();
+    let plugins = lab.path("plugins");
+    std::fs::create_dir(&plugins).expect("plugins dir");
+    let plugin = plugins.join("tag.lua");
+    let version = |v: &str| {
+        format!(
+            "portsentry.on('alert', function(ev)\n  \
+             portsentry.append_line(portsentry.config.file, '{v} ' .. ev.ip)\nend)\n"
+        )
+    };
+    std::fs::write(&plugin, version("v1")).expect("plugin");
+    let lua = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
+    let d = start(
+        &lab,
+        &format!(
+            "TCP_PORTS=\"79\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}\"\n\
+             LUA_RESPONDERS=\"tag\"\nTAG_FILE=\"{}\"",
+            plugins.display(),
+            lua.display(),
+            lab.path("tag.out").display()
+        ),
+    );
+    let tagged = |n: usize| {
+        for _ in 0..100 {
+            if lab.read("tag.out").lines().count() >= n {
+                return lab.read("tag.out");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tag.out: {:?}; log: {:?}", lab.read("tag.out"), d.lines());
+    };
+    assert!(connect(&lab, 79));
+    assert!(tagged(1).ends_with(&format!("v1 {}\n", lab.att4)));
+    // Vim-style save of a plugin with a syntax error on line 2.
+    let tmp = plugins.join(".tag.lua.swp");
+    std::fs::write(
+        &tmp,
+        "portsentry.on('alert', function(ev)\n  local = 1\nend)\n",
+    )
+    .expect("broken plugin");
+    std::fs::rename(&tmp, &plugin).expect("rename plugin");
+    let err = d.expect_line("adminalert: ERROR: reload refused:", RELOAD_SECS);
+    assert!(err.contains("tag.lua:2"), "{err}");
+    d.expect_line("keeping configuration generation 1", 5);
+    assert!(connect(&lab, 79));
+    assert!(
+        tagged(2).ends_with(&format!("v1 {}\n", lab.att4)),
+        "the previous plugin code still runs"
+    );
+    std::fs::write(&tmp, version("v3")).expect("fixed plugin");
+    std::fs::rename(&tmp, &plugin).expect("rename plugin");
+    in_force(&d, 2);
+    assert!(connect(&lab, 79));
+    assert!(tagged(3).ends_with(&format!("v3 {}\n", lab.att4)));
 }
