@@ -189,6 +189,53 @@ fn check_config(path: &Path) -> i32 {
     }
 }
 
+/// `--test-plugin`: the plugin runs with the settings of `-c` (or the defaults when that file
+/// does not exist, e.g. when trying a plugin from a checkout), and the report goes to stdout.
+fn test_plugin(plugin: &Path, args: &Args) -> i32 {
+    let Some(target) = args.target else {
+        eprintln!("portsentry: --test-plugin needs --target IP (e.g. --target 192.0.2.7)");
+        return EXIT_USAGE;
+    };
+    let mut config = if args.config.exists() {
+        match config::load(&args.config) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+                return EXIT_FAILURE;
+            }
+        }
+    } else {
+        eprintln!(
+            "note: {} not found, plugin settings are empty and defaults apply",
+            args.config.display()
+        );
+        config::build::defaults(&args.config)
+    };
+    // From a checkout the Lua library sits in ./lua rather than in LUA_PATH_DIR.
+    if !config.lua_lib_dir.is_dir() && Path::new("lua").is_dir() {
+        eprintln!(
+            "note: {} not found, using ./lua for the Lua library",
+            config.lua_lib_dir.display()
+        );
+        config.lua_lib_dir = PathBuf::from("lua");
+    }
+    let proto = if args.proto == "udp" {
+        crate::event::Proto::Udp
+    } else {
+        crate::event::Proto::Tcp
+    };
+    crate::respond::lua::test_plugin(
+        plugin,
+        target,
+        args.port,
+        proto,
+        &config,
+        &mut std::io::stdout().lock(),
+    )
+}
+
 /// Entry point of the binary; returns the exit code.
 pub fn main() -> i32 {
     let argv = rewrite_legacy_flags(std::env::args());
@@ -204,13 +251,7 @@ pub fn main() -> i32 {
         return check_config(&args.config);
     }
     if let Some(plugin) = &args.test_plugin {
-        return crate::respond::lua::cli_test_plugin(
-            plugin,
-            args.target,
-            args.port,
-            &args.proto,
-            &args.config,
-        );
+        return test_plugin(plugin, &args);
     }
     let modes = {
         let flagged = args.flagged_modes();

@@ -44,6 +44,8 @@ pub struct Stats {
 
 enum FilterMsg {
     Reload(Generation),
+    /// Answered once every message sent before it has been applied.
+    Sync(Sender<()>),
     Stop,
 }
 
@@ -117,6 +119,13 @@ impl Pipeline {
         let _ = self.control.send(FilterMsg::Reload(generation));
     }
 
+    /// Waits until the filter thread has applied every reload sent before (so the next probe
+    /// sees it); false when it did not answer within `timeout`.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (tx, rx) = bounded(1);
+        self.control.send(FilterMsg::Sync(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+    }
+
     /// Stops both threads after the alerts already queued have been handled.
     pub fn stop(mut self) {
         let _ = self.control.send(FilterMsg::Stop);
@@ -150,6 +159,9 @@ impl FilterWorker {
                         }
                         // Blocking send: a reload must not be lost behind a burst of alerts.
                         let _ = self.alerts.send(ResponseMsg::Reload(generation));
+                    }
+                    Ok(FilterMsg::Sync(done)) => {
+                        let _ = done.send(());
                     }
                     Ok(FilterMsg::Stop) | Err(_) => return,
                 },

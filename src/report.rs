@@ -87,6 +87,11 @@ pub fn external_command_run(ip: IpAddr, command: &str) -> String {
     format!("attackalert: External command run for host: {ip} using command: \"{command}\"")
 }
 
+/// Ours: a Lua responder blocked the host (built-in responders keep their 1.2 lines).
+pub fn blocked_via_plugin(ip: IpAddr, responder: &str, detail: &str) -> String {
+    format!("attackalert: Host {ip} has been blocked via {responder}: {detail}")
+}
+
 /// Ours: a responder failed (1.2 logged every command as a success).
 pub fn responder_failed(ip: IpAddr, responder: &str, why: &str) -> String {
     format!("attackalert: ERROR: {responder} failed for host: {ip}: {why}")

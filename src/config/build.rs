@@ -185,6 +185,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "\"1\": run the Lua responders before the built-in ones; \"0\": after.",
         set: |c, e, _| flag(&e.value).map(|v| c.lua_responders_first = v),
     },
+    KeySpec {
+        name: "LUA_CALL_TIMEOUT",
+        doc: "Time budget of one event in one Lua plugin, commands included, 10ms to 1h (default 10s).",
+        set: |_, e, _| lua_call_timeout(&e.value).map(|_| ()),
+    },
+    KeySpec {
+        name: "LUA_MEMORY_LIMIT",
+        doc: "Memory limit of one Lua plugin's state, e.g. \"32M\" (at least 1M).",
+        set: |_, e, _| lua_memory_limit(&e.value).map(|_| ()),
+    },
 ];
 
 /// Looks a key up in [`KEYS`].
@@ -501,8 +511,45 @@ fn duration(value: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn valid_plugin_name(name: &str) -> bool {
+/// `LUA_CALL_TIMEOUT`: a duration between 10 ms and 1 h. Shared with the Lua loader, which
+/// reads the value from `Config::raw`.
+pub fn lua_call_timeout(value: &str) -> Result<Duration, String> {
+    let d = duration(value)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err("expected between 10ms and 1h".into());
+    }
+    Ok(d)
+}
+
+/// `LUA_MEMORY_LIMIT`: a size of at least 1 MiB.
+pub fn lua_memory_limit(value: &str) -> Result<usize, String> {
+    match byte_size(value) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        Some(_) => Err("expected at least 1M".into()),
+        None => Err("expected a size like \"32M\", \"512K\" or a number of bytes".into()),
+    }
+}
+
+/// Parses `32M`, `32MiB`, `512K`, `1G` or a plain number of bytes.
+pub fn byte_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let n: usize = t[..digits].parse().ok()?;
+    let unit = t[digits..].trim().to_ascii_uppercase();
+    let mult: usize = match unit.as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Plugin names: file names without `.lua`, letters, digits, `_` and `-`.
+pub fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod parse;
 pub mod ports;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -173,6 +173,45 @@ impl BlockRegistry {
         })
     }
 
+    /// Follows a reload that names another `BLOCKED_FILE`: blocks listed there (by an
+    /// earlier run) join the set, blocks in memory that it lacks are appended to it (so a
+    /// restart with the new file still knows them), and new blocks go there from now on. The
+    /// in-memory set is never shrunk. On error nothing changes and the old file stays in use.
+    pub fn move_to(&mut self, path: &Path) -> io::Result<()> {
+        if path == self.path {
+            return Ok(());
+        }
+        let mut listed = Vec::new();
+        read_records(path, None, &mut |rec, _| listed.push(rec))?;
+        let mut file = open_append(path)?;
+        let known: std::collections::HashSet<IpAddr> = listed.iter().map(|r| r.ip).collect();
+        for rec in self.records() {
+            if !known.contains(&rec.ip) {
+                let ip = rec.ip.to_string();
+                let line = history_line(rec.time, &ip, rec.ip, rec.port, rec.proto);
+                append_line(&mut file, path, &line)?;
+            }
+        }
+        for rec in listed {
+            match self.hosts.entry(rec.ip) {
+                Entry::Occupied(mut o) => {
+                    if matches!(o.get(), HostState::Pending) {
+                        // Blocked by an earlier run: no need to block again.
+                        o.insert(HostState::Blocked(rec));
+                        self.blocked += 1;
+                    }
+                }
+                Entry::Vacant(v) => {
+                    v.insert(HostState::Blocked(rec));
+                    self.blocked += 1;
+                }
+            }
+        }
+        self.file = file;
+        self.path = path.to_path_buf();
+        Ok(())
+    }
+
     /// Wraps the registry for sharing between the pipeline and the responders.
     pub fn into_shared(self) -> SharedRegistry {
         Arc::new(Mutex::new(self))
@@ -401,11 +440,7 @@ mod tests {
         let mut c = crate::config::build::defaults(Path::new("x.conf"));
         c.block_tcp = block_tcp;
         c.block_udp = block_udp;
-        Generation {
-            number: 1,
-            config: Arc::new(c),
-            ignore: Arc::default(),
-        }
+        Generation::from_parts(1, c, Default::default())
     }
 
     const LINE_1_2: &str =
@@ -490,6 +525,52 @@ mod tests {
             before,
             "never truncated"
         );
+    }
+
+    #[test]
+    fn move_to_keeps_the_set_merges_the_new_file_and_copies_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let new = dir.path().join("new/blocked");
+        let mut reg = BlockRegistry::open(&old).unwrap();
+        reg.confirm(record("10.0.0.1", 1, Mode::Tcp), "10.0.0.1")
+            .unwrap();
+        {
+            let mut other = BlockRegistry::open(&new).unwrap();
+            other
+                .confirm(record("10.0.0.2", 2, Mode::Tcp), "10.0.0.2")
+                .unwrap();
+        }
+        assert!(reg.reserve(ip("10.0.0.3")));
+        reg.move_to(&new).unwrap();
+        assert_eq!(reg.path(), new.as_path());
+        assert!(reg.is_blocked(ip("10.0.0.1")), "the in-memory set is kept");
+        assert!(reg.is_blocked(ip("10.0.0.2")), "the new file's blocks join");
+        assert!(reg.is_pending(ip("10.0.0.3")));
+        assert_eq!(reg.len(), 2);
+        reg.confirm(record("10.0.0.3", 3, Mode::Tcp), "10.0.0.3")
+            .unwrap();
+        let text = std::fs::read_to_string(&new).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        for a in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            assert!(text.contains(&format!("/{a} Port: ")), "{a} in {text}");
+        }
+        assert_eq!(std::fs::read_to_string(&old).unwrap().lines().count(), 1);
+        drop(reg);
+        assert_eq!(BlockRegistry::open(&new).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn move_to_an_unusable_path_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let mut reg = BlockRegistry::open(&old).unwrap();
+        // A directory cannot be opened for appending.
+        assert!(reg.move_to(dir.path()).is_err());
+        assert_eq!(reg.path(), old.as_path());
+        reg.confirm(record("10.0.0.1", 1, Mode::Tcp), "10.0.0.1")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap().lines().count(), 1);
     }
 
     #[test]

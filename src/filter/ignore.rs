@@ -307,11 +307,7 @@ mod tests {
     }
 
     fn generation(list: IgnoreList) -> Generation {
-        Generation {
-            number: 1,
-            config: Arc::new(crate::config::build::defaults(Path::new("x.conf"))),
-            ignore: Arc::new(list),
-        }
+        Generation::from_parts(1, crate::config::build::defaults(Path::new("x.conf")), list)
     }
 
     #[test]

@@ -287,7 +287,6 @@ mod tests {
     use crate::event::{Hit, Mode, ProbeKind};
     use std::net::Ipv4Addr;
     use std::path::Path;
-    use std::sync::Arc;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -637,11 +636,7 @@ mod tests {
         f.inspect_at(&mut alert("10.0.0.1", 2, Mode::Stcp), t0);
         let mut c = config(3);
         c.scan_trigger_table_size = 5;
-        f.reconfigure(&Generation {
-            number: 2,
-            config: Arc::new(c),
-            ignore: Arc::default(),
-        });
+        f.reconfigure(&Generation::from_parts(2, c, Default::default()));
         assert_eq!(f.table().capacity(), 5);
         let mut a = alert("10.0.0.1", 3, Mode::Stcp);
         assert_eq!(f.inspect_at(&mut a, t0), Verdict::Pass);

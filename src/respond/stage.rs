@@ -89,8 +89,27 @@ impl ResponseStage {
         }
     }
 
-    /// Follows a reload; the blocked set and the history file are kept.
+    /// Follows a reload; the blocked set is kept, and so is the history file unless the
+    /// reload names another `HISTORY_FILE` (the daemon opened that one before accepting the
+    /// reload, so this open is not expected to fail; if it does, the old file stays).
     pub fn reconfigure(&mut self, generation: Generation) {
+        let wanted = &generation.config.history_file;
+        if wanted != self.history.path() {
+            match History::open(wanted) {
+                Ok(history) => {
+                    log::info!(
+                        "adminalert: history file is now {} (was {})",
+                        wanted.display(),
+                        self.history.path().display()
+                    );
+                    self.history = history;
+                }
+                Err(e) => log::error!(
+                    "adminalert: ERROR: cannot open history file {e}; still writing {}",
+                    self.history.path().display()
+                ),
+            }
+        }
         self.generation = generation;
     }
 
@@ -132,7 +151,15 @@ impl ResponseStage {
         let mut vetoed = false;
         for mut responder in chain {
             match responder.respond(&ctx) {
-                Outcome::Done(action) => actions.push(action),
+                Outcome::Done(action) => {
+                    if action.responder.starts_with("lua:") {
+                        log::info!(
+                            "{}",
+                            report::blocked_via_plugin(ip, &action.responder, &action.detail)
+                        );
+                    }
+                    actions.push(action);
+                }
                 Outcome::Skipped(why) => {
                     log::debug!("{} skipped for {ip}: {why}", responder.name());
                 }
@@ -166,7 +193,7 @@ impl ResponseStage {
         if let Err(e) = self.history.append(&line) {
             log::error!(
                 "adminalert: ERROR: cannot write history file {}: {e}",
-                config.history_file.display()
+                self.history.path().display()
             );
         }
     }

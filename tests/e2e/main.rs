@@ -4,3 +4,5 @@
 mod classic;
 mod config_errors;
 mod lab;
+mod lua;
+mod reload;

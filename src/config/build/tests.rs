@@ -563,7 +563,8 @@ fn every_table_key_builds_from_a_valid_value() {
         "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
         "BLOCK_TCP" | "BLOCK_UDP" => "2",
         "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" => "x $TARGET$",
-        "KILL_CMD_TIMEOUT" | "SCAN_TRIGGER_WINDOW" => "5m",
+        "KILL_CMD_TIMEOUT" | "SCAN_TRIGGER_WINDOW" | "LUA_CALL_TIMEOUT" => "5m",
+        "LUA_MEMORY_LIMIT" => "16M",
         "LUA_RESPONDERS" => "mail",
         _ => "/some/path",
     };
@@ -580,6 +581,26 @@ fn every_table_key_builds_from_a_valid_value() {
 }
 
 #[test]
+fn lua_limits_are_checked_with_their_line() {
+    let raw = parse(
+        Path::new("p.conf"),
+        "LUA_CALL_TIMEOUT=\"5ms\"\nLUA_MEMORY_LIMIT=\"lots\"\n",
+    )
+    .unwrap();
+    let errors = build(&raw).unwrap_err().0;
+    assert_eq!(
+        errors[0].to_string(),
+        "p.conf:1: LUA_CALL_TIMEOUT: \"5ms\": expected between 10ms and 1h"
+    );
+    assert!(
+        errors[1]
+            .to_string()
+            .starts_with("p.conf:2: LUA_MEMORY_LIMIT: \"lots\": expected a size")
+    );
+    assert_eq!(byte_size("512 KiB"), Some(512 << 10));
+}
+
+#[test]
 fn key_table_has_unique_names_and_docs() {
     for (i, k) in KEYS.iter().enumerate() {
         assert!(!k.doc.is_empty(), "{} has no doc", k.name);
@@ -590,7 +611,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 26);
+    assert_eq!(KEYS.len(), 28);
 }
 
 // ---- load ----

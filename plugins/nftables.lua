@@ -1,0 +1,67 @@
+-- nftables: blocks a host by adding it to a set of an inet table, IPv4 and IPv6.
+--
+-- On the first block it creates (or leaves as they are) the table, one set per family and
+-- a base chain with one drop rule per set. Elements expire in the kernel when
+-- NFTABLES_TIMEOUT is set. Settings (portsentry.conf):
+--   NFTABLES_TABLE="portsentry"   inet table
+--   NFTABLES_SET="blocked"        base name: sets blocked_v4 and blocked_v6
+--   NFTABLES_CHAIN="input"        base chain holding the drop rules
+--   NFTABLES_HOOK="input"         hook of that chain (input, forward, prerouting)
+--   NFTABLES_PRIORITY="-10"       its priority (before the usual filter chains)
+--   NFTABLES_VERDICT="drop"       drop or reject
+--   NFTABLES_TIMEOUT=""           e.g. "1h": blocked hosts are let in again after this
+--   NFTABLES_NFT="nft"            the nft program
+--   NFTABLES_NETNS=""             run nft in this network namespace (ip netns exec)
+local fw = require("portsentry.firewall")
+
+local cfg = portsentry.config
+local nft = cfg.nft or "nft"
+local tbl = cfg.table or "portsentry"
+local set = cfg.set or "blocked"
+local chain = cfg.chain or "input"
+local verdict = cfg.verdict or "drop"
+local opts = { netns = cfg.netns, timeout = "5s" }
+local checked = { netns = cfg.netns, timeout = "5s", check = true }
+
+if verdict ~= "drop" and verdict ~= "reject" then
+  error("NFTABLES_VERDICT must be drop or reject, not '" .. verdict .. "'")
+end
+local timeout = nil
+if cfg.timeout and cfg.timeout ~= "" then
+  timeout = fw.nft.duration(portsentry.duration(cfg.timeout))
+end
+-- Checks names, hook and priority now, so a bad setting fails when the plugin loads.
+local setup = fw.nft.setup_script {
+  table = tbl, set = set, chain = chain, hook = cfg.hook, priority = cfg.priority,
+}
+
+local ready = false
+
+local function ensure_ready()
+  if ready then return end
+  portsentry.exec({ nft, "-f", "-" }, { stdin = setup, netns = cfg.netns, check = true })
+  local listing = portsentry.exec(fw.nft.list_chain(nft, tbl, chain), checked).stdout
+  for _, family in ipairs({ "ipv4", "ipv6" }) do
+    local s = set .. (family == "ipv4" and "_v4" or "_v6")
+    if not listing:find(fw.nft.rule_text(s, family, verdict), 1, true) then
+      portsentry.exec(fw.nft.add_rule(nft, tbl, chain, s, family, verdict), checked)
+    end
+  end
+  ready = true
+end
+
+portsentry.on("block", function(ev)
+  ensure_ready()
+  local s = fw.nft.set_for(ev.ip, set)
+  local add = fw.nft.add_element(nft, tbl, s, ev.ip, timeout)
+  local r = portsentry.exec(add, opts)
+  if not r.ok then
+    -- Someone may have flushed the ruleset since: set up again once and retry.
+    ready = false
+    ensure_ready()
+    r = portsentry.exec(add, checked)
+  end
+  portsentry.log.info("%s added to inet %s %s%s", ev.ip, tbl, s,
+    timeout and (" for " .. timeout) or "")
+  return r.command
+end)

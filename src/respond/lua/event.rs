@@ -1,0 +1,121 @@
+//! The event a handler receives, as owned data that can cross to the owner thread and
+//! become a plain Lua table there.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mlua::{Lua, Table};
+
+use crate::event::{Mode, Proto};
+use crate::respond::ResponseContext;
+
+/// Events a plugin can register for with `portsentry.on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventName {
+    /// Every alert that crossed the trigger (notification; the return value is ignored).
+    Alert,
+    /// A host is being blocked (the plugin acts as a responder and may veto).
+    Block,
+}
+
+impl EventName {
+    /// Every event, in documentation order.
+    pub const ALL: [EventName; 2] = [EventName::Alert, EventName::Block];
+
+    /// The name used in `portsentry.on(name, fn)` and in the event's `event` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::Alert => "alert",
+            EventName::Block => "block",
+        }
+    }
+
+    /// Parses the name a plugin passed to `portsentry.on`.
+    pub fn from_name(name: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// One alert, as every plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData {
+    /// Which event this is.
+    pub name: EventName,
+    /// Source address (always an IP, never a name).
+    pub ip: IpAddr,
+    /// Destination port probed.
+    pub port: u16,
+    /// Protocol of the probe.
+    pub proto: Proto,
+    /// Sensor mode that saw it (`stcp`, …).
+    pub mode: Mode,
+    /// Scan description (`TCP SYN/Normal scan`, …).
+    pub kind: String,
+    /// Distinct probes from this source in the trigger window.
+    pub count: u32,
+    /// When the probe was seen.
+    pub time: SystemTime,
+    /// Reverse-DNS name when one was resolved.
+    pub host: Option<String>,
+    /// The source was already blocked.
+    pub already_blocked: bool,
+    /// IPv4 options were present.
+    pub ip_options: bool,
+}
+
+impl EventData {
+    /// Builds the event for an alert being handled by the responders.
+    pub fn from_context(name: EventName, ctx: &ResponseContext<'_>) -> EventData {
+        let hit = &ctx.alert.hit;
+        let ip_text = hit.src.to_string();
+        EventData {
+            name,
+            ip: hit.src,
+            port: hit.port,
+            proto: hit.proto(),
+            mode: hit.mode,
+            kind: hit.kind.describe(),
+            count: ctx.alert.count,
+            time: hit.time,
+            host: (!ctx.resolved.is_empty() && ctx.resolved != ip_text)
+                .then(|| ctx.resolved.to_string()),
+            already_blocked: ctx.alert.already_blocked,
+            ip_options: hit.ip_options,
+        }
+    }
+
+    /// The same event under another name (the block that follows an alert).
+    pub fn renamed(&self, name: EventName) -> EventData {
+        EventData {
+            name,
+            ..self.clone()
+        }
+    }
+
+    /// The table handlers receive. `config` is the plugin's settings table.
+    pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table()?;
+        t.raw_set("event", self.name.as_str())?;
+        t.raw_set("ip", self.ip.to_string())?;
+        t.raw_set("family", if self.ip.is_ipv4() { "ipv4" } else { "ipv6" })?;
+        t.raw_set("port", self.port)?;
+        t.raw_set("proto", self.proto.lower())?;
+        t.raw_set("mode", self.mode.as_str())?;
+        t.raw_set("kind", self.kind.as_str())?;
+        t.raw_set("count", self.count)?;
+        let secs = self
+            .time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        t.raw_set("time", i64::try_from(secs).unwrap_or(i64::MAX))?;
+        if let Some(h) = &self.host {
+            t.raw_set("host", h.as_str())?;
+        }
+        t.raw_set("already_blocked", self.already_blocked)?;
+        t.raw_set("ip_options", self.ip_options)?;
+        let config: Table = lua.named_registry_value(super::api::CONFIG_KEY)?;
+        t.raw_set("config", config)?;
+        Ok(t)
+    }
+}

@@ -1,0 +1,1067 @@
+//! Tests of the plugin API and of the sandbox: every escape fails cleanly, names its file
+//! and line, and the next event is still handled.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::event::{Alert, Hit, Mode, ProbeKind};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl Fixture {
+    fn new(plugins: &[(&str, &str)], settings: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugin_dir).expect("mkdir");
+        for (name, src) in plugins {
+            std::fs::write(plugin_dir.join(format!("{name}.lua")), src).expect("write plugin");
+        }
+        let mut config = crate::config::build::defaults(&dir.path().join("portsentry.conf"));
+        config.plugin_dir = plugin_dir;
+        config.lua_lib_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lua");
+        config.lua_responders = plugins.iter().map(|(n, _)| n.to_string()).collect();
+        config.raw.insert("LUA_CALL_TIMEOUT".into(), "300ms".into());
+        for (k, v) in settings {
+            config.raw.insert(k.to_string(), v.to_string());
+        }
+        Fixture { dir, config }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn plugin_file(&self, name: &str) -> PathBuf {
+        self.config.plugin_dir.join(format!("{name}.lua"))
+    }
+
+    fn load(&self) -> LuaPlugins {
+        match LuaPlugins::load(&self.config) {
+            Ok(p) => p,
+            Err(e) => panic!("load failed: {e}"),
+        }
+    }
+}
+
+fn alert(ip: &str, port: u16) -> Alert {
+    let ip: IpAddr = ip.parse().expect("ip");
+    Alert {
+        hit: Hit::now(ip, port, Mode::Stcp, ProbeKind::Syn),
+        count: 3,
+        already_blocked: false,
+    }
+}
+
+/// Runs every responder for one alert, as the pipeline would, and returns the outcomes.
+fn block(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) -> Vec<Outcome> {
+    let a = alert(ip, port);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: ip,
+        config,
+    };
+    plugins
+        .responders()
+        .iter_mut()
+        .map(|r| r.respond(&ctx))
+        .collect()
+}
+
+fn block1(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) -> Outcome {
+    block(plugins, config, ip, port).remove(0)
+}
+
+fn send_alert(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) {
+    let a = alert(ip, port);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: ip,
+        config,
+    };
+    plugins.on_alert(&ctx);
+}
+
+fn done_detail(o: &Outcome) -> &str {
+    match o {
+        Outcome::Done(a) => &a.detail,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+fn failed_text(o: &Outcome) -> &str {
+    match o {
+        Outcome::Failed(t) => t,
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- outcomes
+
+#[test]
+fn block_handler_string_becomes_the_action_detail() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev) return "blocked " .. ev.ip end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    match block1(&plugins, &f.config, "192.0.2.7", 31337) {
+        Outcome::Done(a) => {
+            assert_eq!(a.responder, "lua:p");
+            assert_eq!(a.detail, "blocked 192.0.2.7");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn block_without_detail_records_the_commands_run() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev) portsentry.exec{"true", ev.ip} end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let o = block1(&plugins, &f.config, "192.0.2.7", 1);
+    assert_eq!(done_detail(&o), "true 192.0.2.7");
+}
+
+#[test]
+fn plugin_without_block_handler_is_skipped() {
+    let f = Fixture::new(&[("p", r#"portsentry.on("alert", function() end)"#)], &[]);
+    let plugins = f.load();
+    assert!(matches!(
+        block1(&plugins, &f.config, "192.0.2.7", 1),
+        Outcome::Skipped(_)
+    ));
+}
+
+#[test]
+fn returning_false_vetoes_with_the_given_reason() {
+    let f = Fixture::new(
+        &[(
+            "allow",
+            r#"portsentry.on("block", function(ev)
+                 if ev.ip == "10.0.0.1" then return false, "gateway" end
+               end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    assert_eq!(
+        block1(&plugins, &f.config, "10.0.0.1", 1),
+        Outcome::Veto("lua:allow: gateway".into())
+    );
+    // Not vetoed, and nothing done: skipped, so no action is recorded for it.
+    assert!(matches!(
+        block1(&plugins, &f.config, "10.0.0.2", 1),
+        Outcome::Skipped(_)
+    ));
+}
+
+#[test]
+fn responders_follow_lua_responders_order() {
+    let f = Fixture::new(
+        &[
+            ("b", r#"portsentry.on("block", function() return "b" end)"#),
+            ("a", r#"portsentry.on("block", function() return "a" end)"#),
+        ],
+        &[],
+    );
+    let plugins = f.load();
+    let names: Vec<String> = plugins.responders().iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["lua:b", "lua:a"]);
+    let details: Vec<String> = block(&plugins, &f.config, "192.0.2.1", 1)
+        .iter()
+        .map(|o| done_detail(o).to_string())
+        .collect();
+    assert_eq!(details, ["b", "a"]);
+}
+
+#[test]
+fn raised_error_is_failed_with_plugin_file_and_line() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            "portsentry.on('block', function(ev)\n  local x = nil\n  return x.field\nend)\n",
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let text = failed_text(&block1(&plugins, &f.config, "192.0.2.7", 1)).to_string();
+    let want = format!("lua:p: {}:3:", f.plugin_file("p").display());
+    assert!(text.starts_with(&want), "{text}");
+    assert!(text.contains("attempt to index"), "{text}");
+}
+
+#[test]
+fn syntax_error_at_load_names_plugin_file_and_line() {
+    let f = Fixture::new(&[("p", "local a = 1\nlocal b = = 2\n")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert_eq!(err.plugin(), Some("p"));
+    assert_eq!(err.line(), Some(2));
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("lua:p: {}:2:", f.plugin_file("p").display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn runtime_error_at_load_names_the_line() {
+    let f = Fixture::new(&[("p", "\n\nerror('no TABLE setting')\n")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert_eq!(err.line(), Some(3));
+    assert!(err.to_string().contains("no TABLE setting"), "{err}");
+}
+
+#[test]
+fn missing_plugin_file_is_a_load_error() {
+    let mut f = Fixture::new(&[], &[]);
+    f.config.lua_responders = vec!["ghost".into()];
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(err.to_string().contains("ghost.lua"), "{err}");
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn plugin_names_cannot_climb_out_of_the_plugin_dir() {
+    let mut f = Fixture::new(&[], &[]);
+    f.config.lua_responders = vec!["../../etc/passwd".into()];
+    assert!(LuaPlugins::load(&f.config).is_err());
+}
+
+#[test]
+fn lenient_load_keeps_the_good_plugins_working() {
+    let f = Fixture::new(
+        &[
+            ("bad", "this is not lua"),
+            (
+                "good",
+                r#"portsentry.on("block", function() return "ok" end)"#,
+            ),
+        ],
+        &[],
+    );
+    let (plugins, errors) = LuaPlugins::load_lenient(&f.config).expect("settings ok");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].plugin(), Some("bad"));
+    let out = block(&plugins, &f.config, "192.0.2.1", 1);
+    assert!(failed_text(&out[0]).contains("plugin not loaded"));
+    assert_eq!(done_detail(&out[1]), "ok");
+}
+
+#[test]
+fn malformed_lua_limits_are_setting_errors() {
+    let f = Fixture::new(&[], &[("LUA_MEMORY_LIMIT", "lots")]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(matches!(err, LuaError::Setting { .. }), "{err:?}");
+    assert!(err.to_string().contains("LUA_MEMORY_LIMIT"));
+    let f = Fixture::new(&[], &[("LUA_CALL_TIMEOUT", "soon")]);
+    assert!(LuaPlugins::load(&f.config).is_err());
+    assert_eq!(build::byte_size("32M"), Some(32 << 20));
+    assert_eq!(build::byte_size("512 KiB"), Some(512 << 10));
+    assert_eq!(build::byte_size("4096"), Some(4096));
+    assert_eq!(build::byte_size("1T"), None);
+}
+
+// ---------------------------------------------------------------- sandbox escapes
+
+/// A plugin whose block handler runs `escape` on port 1 and answers "fine" otherwise, so
+/// each test can check that the next event is still handled.
+fn escape_fixture(escape: &str, settings: &[(&str, &str)]) -> Fixture {
+    let src = format!(
+        "portsentry.on('block', function(ev)\n  if ev.port == 1 then\n{escape}\n  end\n  return 'fine'\nend)\n"
+    );
+    Fixture::new(&[("esc", &src)], settings)
+}
+
+/// Runs the escape (must fail) then a normal event (must succeed); returns the failure text.
+fn assert_escape_fails(escape: &str, settings: &[(&str, &str)]) -> String {
+    let f = escape_fixture(escape, settings);
+    let plugins = f.load();
+    let started = Instant::now();
+    let first = block1(&plugins, &f.config, "192.0.2.7", 1);
+    let text = failed_text(&first).to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(text.starts_with("lua:esc: "), "{text}");
+    let second = block1(&plugins, &f.config, "192.0.2.8", 2);
+    assert_eq!(done_detail(&second), "fine", "next event after: {text}");
+    text
+}
+
+#[test]
+fn load_of_dumped_bytecode_fails_cleanly() {
+    let t = assert_escape_fails("    load(string.dump(function() end))()", &[]);
+    assert!(t.contains(":3:"), "{t}");
+}
+
+#[test]
+fn string_dump_is_gone_even_through_the_string_metatable() {
+    let t = assert_escape_fails("    local d = ('').dump; d(print)", &[]);
+    assert!(t.contains("attempt to call a nil value"), "{t}");
+    let t = assert_escape_fails("    getmetatable('').__index.dump(print)", &[]);
+    assert!(t.contains("attempt to call a nil value"), "{t}");
+}
+
+#[test]
+fn dofile_and_loadfile_are_gone() {
+    let t = assert_escape_fails("    dofile('/etc/shadow')", &[]);
+    assert!(t.contains("dofile"), "{t}");
+    let t = assert_escape_fails("    loadfile('/etc/shadow')()", &[]);
+    assert!(t.contains("loadfile"), "{t}");
+}
+
+#[test]
+fn os_execute_io_and_debug_are_gone() {
+    let t = assert_escape_fails("    os.execute('touch /tmp/portsentry-pwned')", &[]);
+    assert!(t.contains("execute"), "{t}");
+    assert_escape_fails("    io.open('/etc/shadow')", &[]);
+    assert_escape_fails("    debug.sethook()", &[]);
+    assert_escape_fails("    os.exit(1)", &[]);
+    assert_escape_fails("    os.getenv('HOME')", &[]);
+    assert_escape_fails("    package.loadlib('libc.so.6', 'system')", &[]);
+    assert_escape_fails("    require('os')", &[]);
+    assert_escape_fails("    require('../../../etc/passwd')", &[]);
+    assert!(!std::path::Path::new("/tmp/portsentry-pwned").exists());
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_budget() {
+    let t = assert_escape_fails("    while true do end", &[]);
+    assert!(t.contains("time budget"), "{t}");
+    assert!(t.contains(":3:"), "{t}");
+}
+
+#[test]
+fn loop_inside_a_coroutine_is_stopped() {
+    let t = assert_escape_fails(
+        "    local co = coroutine.wrap(function() while true do end end)\n    co()",
+        &[],
+    );
+    assert!(t.contains("time budget"), "{t}");
+}
+
+#[test]
+fn resuming_looping_coroutines_in_a_loop_is_stopped() {
+    let t = assert_escape_fails(
+        "    while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+        &[],
+    );
+    assert!(t.contains("time budget"), "{t}");
+}
+
+#[test]
+fn pcall_cannot_swallow_the_budget() {
+    let t = assert_escape_fails(
+        "    while true do pcall(function() while true do end end) end",
+        &[],
+    );
+    assert!(t.contains("time budget"), "{t}");
+    assert_escape_fails(
+        "    while true do xpcall(function() while true do end end, function() while true do end end) end",
+        &[],
+    );
+}
+
+#[test]
+fn memory_bomb_fails_and_memory_is_given_back() {
+    let t = assert_escape_fails(
+        "    local t = {}\n    while true do t[#t + 1] = string.rep('x', 65536) .. #t end",
+        &[("LUA_MEMORY_LIMIT", "8M")],
+    );
+    assert!(t.contains("out of memory"), "{t}");
+    let t = assert_escape_fails(
+        "    local s = string.rep('x', 1 << 40)",
+        &[("LUA_MEMORY_LIMIT", "8M")],
+    );
+    assert!(t.contains("lua:esc:"), "{t}");
+}
+
+#[test]
+fn memory_bomb_retried_under_pcall_ends_at_the_budget() {
+    let t = assert_escape_fails(
+        "    while true do pcall(function() local t = {} for i = 1, 1e9 do t[i] = i end end) end",
+        &[("LUA_MEMORY_LIMIT", "4M")],
+    );
+    assert!(t.contains("time budget"), "{t}");
+}
+
+#[test]
+fn collector_cannot_be_stopped() {
+    let t = assert_escape_fails("    collectgarbage('stop')", &[]);
+    assert!(t.contains("not available"), "{t}");
+}
+
+#[test]
+fn finalizers_are_refused_so_a_looping_gc_cannot_hang_the_plugin() {
+    // Lua runs __gc with hooks off: a looping finalizer could never be stopped.
+    let t = assert_escape_fails(
+        "    setmetatable({}, { __gc = function() while true do end end })\n    collectgarbage()",
+        &[],
+    );
+    assert!(t.contains("finalizers (__gc) are not available"), "{t}");
+    assert!(t.contains("esc.lua:3:"), "{t}");
+}
+
+#[test]
+fn metatables_of_error_objects_cannot_be_given_a_finalizer() {
+    assert_escape_fails(
+        "    local ok, e = pcall(portsentry.exec, 5)\n    local mt = getmetatable(e)\n    mt.__gc = function() while true do end end\n    e = nil\n    collectgarbage()\n    error('after')",
+        &[],
+    );
+}
+
+#[test]
+fn looping_tostring_of_an_error_value_is_stopped() {
+    assert_escape_fails(
+        "    error(setmetatable({}, { __tostring = function() while true do end end }))",
+        &[],
+    );
+}
+
+#[test]
+fn binary_chunk_plugin_file_is_refused() {
+    let f = Fixture::new(&[("p", "\x1bLua\x54\x00")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(err.to_string().contains("binary"), "{err}");
+}
+
+#[test]
+fn loop_at_load_time_is_a_load_error() {
+    let f = Fixture::new(&[("p", "\nwhile true do end\n")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(err.to_string().contains("time budget"), "{err}");
+    assert_eq!(err.line(), Some(2));
+}
+
+#[test]
+fn plugins_do_not_share_globals() {
+    let f = Fixture::new(
+        &[
+            (
+                "a",
+                "shared = 'from a'\nportsentry.on('block', function() return tostring(shared) end)",
+            ),
+            (
+                "b",
+                "portsentry.on('block', function() return tostring(shared) end)",
+            ),
+        ],
+        &[],
+    );
+    let plugins = f.load();
+    let out = block(&plugins, &f.config, "192.0.2.1", 1);
+    assert_eq!(done_detail(&out[0]), "from a");
+    assert_eq!(done_detail(&out[1]), "nil");
+}
+
+// ---------------------------------------------------------------- API
+
+#[test]
+fn event_table_carries_the_alert_and_the_plugin_config() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 return table.concat({ ev.event, ev.ip, ev.family, ev.port, ev.proto, ev.mode,
+                   ev.kind, ev.count, tostring(ev.time > 1600000000), tostring(ev.host),
+                   tostring(ev.already_blocked), ev.config.timeout }, "|")
+               end)"#,
+        )],
+        &[("P_TIMEOUT", "1h")],
+    );
+    let plugins = f.load();
+    let o = block1(&plugins, &f.config, "2001:db8::7", 31337);
+    assert_eq!(
+        done_detail(&o),
+        "block|2001:db8::7|ipv6|31337|tcp|stcp|TCP SYN/Normal scan|3|true|nil|false|1h"
+    );
+}
+
+#[test]
+fn resolved_host_is_in_the_event_when_known() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev) return ev.host end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let a = alert("192.0.2.7", 1);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "scanner.example",
+        config: &f.config,
+    };
+    let o = plugins.responders()[0].respond(&ctx);
+    assert_eq!(done_detail(&o), "scanner.example");
+}
+
+#[test]
+fn settings_are_read_by_short_name_full_name_or_table() {
+    let f = Fixture::new(
+        &[(
+            "nft-x",
+            r#"portsentry.on("block", function()
+                 return table.concat({ portsentry.config.timeout,
+                   portsentry.setting("TIMEOUT"), portsentry.setting("NFT_X_TIMEOUT"),
+                   portsentry.setting("missing", "dflt"), tostring(portsentry.setting("missing")),
+                   tostring(portsentry.config.other) }, ",")
+               end)"#,
+        )],
+        &[("NFT_X_TIMEOUT", "5m"), ("NFTX_OTHER", "not mine")],
+    );
+    let plugins = f.load();
+    assert_eq!(
+        done_detail(&block1(&plugins, &f.config, "192.0.2.1", 1)),
+        "5m,5m,5m,dflt,nil,nil"
+    );
+}
+
+#[test]
+fn exec_returns_status_and_output() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function()
+                 local r = portsentry.exec{"sh", "-c", "echo out; echo err >&2; exit 3"}
+                 return string.format("%s %d %q %q", tostring(r.ok), r.status, r.stdout, r.stderr)
+               end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    assert_eq!(
+        done_detail(&block1(&plugins, &f.config, "192.0.2.1", 1)),
+        "false 3 \"out\\\n\" \"err\\\n\""
+    );
+}
+
+#[test]
+fn exec_check_raises_with_the_callers_line() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            "portsentry.on('block', function()\n  portsentry.exec{'false', check = true}\nend)\n",
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let t = failed_text(&block1(&plugins, &f.config, "192.0.2.1", 1)).to_string();
+    assert!(t.contains("p.lua:2:"), "{t}");
+    assert!(t.contains("command `false` failed: exit 1"), "{t}");
+}
+
+#[test]
+fn exec_rejects_unknown_options_and_bad_arguments() {
+    for bad in [
+        "portsentry.exec{'true', timout = '1s'}",
+        "portsentry.exec{}",
+        "portsentry.exec('true')",
+        "portsentry.exec{'true', {}}",
+        "portsentry.exec{'true', netns = '../x'}",
+        "portsentry.exec{'true', timeout = 'soon'}",
+    ] {
+        let t = assert_escape_fails(&format!("    {bad}"), &[]);
+        assert!(t.contains("portsentry.exec"), "{bad}: {t}");
+        assert!(t.contains("esc.lua:3:"), "{bad}: {t}");
+    }
+}
+
+#[test]
+fn exec_timeout_is_capped_by_the_call_budget() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function()
+                 local r = portsentry.exec{"sleep", "10", timeout = "30s"}
+                 return tostring(r.timed_out)
+               end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let started = Instant::now();
+    let o = block1(&plugins, &f.config, "192.0.2.1", 1);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Either the handler saw the timeout, or the budget check after it fired.
+    match o {
+        Outcome::Done(a) => assert_eq!(a.detail, "true"),
+        Outcome::Failed(t) => assert!(t.contains("time budget"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exec_feeds_stdin() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function()
+                 return portsentry.exec{"tr", "a-z", "A-Z", stdin = "hello"}.stdout
+               end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    assert_eq!(
+        done_detail(&block1(&plugins, &f.config, "192.0.2.1", 1)),
+        "HELLO"
+    );
+}
+
+#[test]
+fn duration_now_and_json_helpers() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function()
+                 assert(portsentry.duration("1h 30m") == 5400)
+                 assert(portsentry.duration(2.5) == 2.5)
+                 assert(portsentry.duration("90") == 90)
+                 assert(not pcall(portsentry.duration, "soon"))
+                 assert(portsentry.now() > 1600000000)
+                 return portsentry.json({ b = 1, a = { "x", true }, c = "q\"" })
+               end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    assert_eq!(
+        done_detail(&block1(&plugins, &f.config, "192.0.2.1", 1)),
+        r#"{"a":["x",true],"b":1,"c":"q\""}"#
+    );
+}
+
+#[test]
+fn on_outside_loading_and_unknown_events_raise() {
+    let f = Fixture::new(&[("p", "portsentry.on('blok', function() end)")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(err.to_string().contains("unknown event 'blok'"), "{err}");
+    assert_eq!(err.line(), Some(1));
+    let t = assert_escape_fails("    portsentry.on('block', print)", &[]);
+    assert!(
+        t.contains("only be registered while the plugin loads"),
+        "{t}"
+    );
+}
+
+#[test]
+fn log_lines_and_print_are_traced() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 portsentry.log.info("blocking %s on port %d", ev.ip, ev.port)
+                 portsentry.log.warn("plain")
+                 print("a", 1, nil)
+               end)"#,
+        )],
+        &[],
+    );
+    let (name, h) = load_file(&f.plugin_file("p"), &f.config).expect("load");
+    assert_eq!(name, "p");
+    let a = alert("192.0.2.7", 31337);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &f.config,
+    };
+    let report = h
+        .call(EventData::from_context(EventName::Block, &ctx))
+        .expect("answer");
+    let logs: Vec<(String, String)> = report
+        .trace
+        .iter()
+        .filter_map(|t| match t {
+            TraceEntry::Log { level, message } => Some((level.clone(), message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            ("info".into(), "blocking 192.0.2.7 on port 31337".into()),
+            ("warn".into(), "plain".into()),
+            ("info".into(), "a\t1\tnil".into()),
+        ]
+    );
+}
+
+#[test]
+fn log_with_a_bad_format_points_at_the_caller() {
+    let t = assert_escape_fails("    portsentry.log.info('%d', 'x')", &[]);
+    assert!(t.contains("esc.lua:3:"), "{t}");
+}
+
+#[test]
+fn append_line_writes_only_to_configured_files() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("alert", function(ev)
+                 portsentry.append_line(portsentry.config.file, ev.ip .. " " .. ev.port)
+               end)
+               portsentry.on("block", function(ev)
+                 if ev.port == 1 then portsentry.append_line("/etc/passwd", "x") end
+                 if ev.port == 2 then portsentry.append_line(portsentry.config.file, "a\nb") end
+                 return "fine"
+               end)"#,
+        )],
+        &[],
+    );
+    let log = f.path("alerts.log");
+    let mut config = f.config.clone();
+    config
+        .raw
+        .insert("P_FILE".into(), log.display().to_string());
+    let plugins = LuaPlugins::load(&config).expect("load");
+    send_alert(&plugins, &config, "192.0.2.7", 31337);
+    send_alert(&plugins, &config, "2001:db8::1", 22);
+    assert!(plugins.flush(Duration::from_secs(5)));
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "192.0.2.7 31337\n2001:db8::1 22\n"
+    );
+    let t = failed_text(&block1(&plugins, &config, "192.0.2.7", 1)).to_string();
+    assert!(t.contains("not a file configured for this plugin"), "{t}");
+    let t = failed_text(&block1(&plugins, &config, "192.0.2.7", 2)).to_string();
+    assert!(t.contains("single line"), "{t}");
+}
+
+#[test]
+fn require_finds_library_and_plugin_dir_modules_with_their_own_env() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"local helper = require("helper")
+                   local again = require("helper")
+                   portsentry.on("block", function()
+                     return helper.greet() .. " " .. tostring(helper == again) .. " " .. tostring(leaked)
+                   end)"#,
+        )],
+        &[],
+    );
+    std::fs::write(
+        f.config.plugin_dir.join("helper.lua"),
+        "leaked = true\nlocal M = {}\nfunction M.greet() return 'hi' end\nreturn M\n",
+    )
+    .expect("write");
+    // `helper` is in LUA_RESPONDERS' directory but is not itself a responder.
+    let plugins = f.load();
+    assert_eq!(
+        done_detail(&block1(&plugins, &f.config, "192.0.2.1", 1)),
+        "hi true nil"
+    );
+}
+
+#[test]
+fn require_errors_name_the_module_file_and_line() {
+    let f = Fixture::new(&[("p", "require('broken')")], &[]);
+    std::fs::write(f.config.plugin_dir.join("broken.lua"), "\nlocal x = \n").expect("write");
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("broken.lua:"), "{text}");
+    let f = Fixture::new(&[("p", "\nrequire('nowhere')")], &[]);
+    let err = LuaPlugins::load(&f.config).expect_err("must fail");
+    assert!(
+        err.to_string().contains("module 'nowhere' not found"),
+        "{err}"
+    );
+    assert_eq!(err.line(), Some(2));
+}
+
+// ---------------------------------------------------------------- threads and queues
+
+#[test]
+fn on_alert_never_blocks_and_counts_drops() {
+    let f = Fixture::new(
+        &[(
+            "slow",
+            r#"portsentry.on("alert", function() portsentry.exec{"sleep", "0.2"} end)"#,
+        )],
+        &[("LUA_CALL_TIMEOUT", "2s")],
+    );
+    let plugins = f.load();
+    let started = Instant::now();
+    for i in 0..(QUEUE_SIZE + 50) {
+        send_alert(
+            &plugins,
+            &f.config,
+            "192.0.2.7",
+            u16::try_from(i % 1000).unwrap_or(1),
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(plugins.dropped() >= 40, "dropped {}", plugins.dropped());
+}
+
+#[test]
+fn dropping_the_handle_finishes_queued_work_then_the_thread_exits() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("alert", function(ev)
+                 portsentry.append_line(portsentry.config.file, tostring(ev.port))
+               end)"#,
+        )],
+        &[],
+    );
+    let log = f.path("out.log");
+    let mut config = f.config.clone();
+    config
+        .raw
+        .insert("P_FILE".into(), log.display().to_string());
+    let plugins = LuaPlugins::load(&config).expect("load");
+    for port in 1..=5 {
+        send_alert(&plugins, &config, "192.0.2.7", port);
+    }
+    drop(plugins);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text == "1\n2\n3\n4\n5\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "got {text:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn alert_failures_do_not_stop_later_alerts() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("alert", function(ev)
+                 if ev.port == 1 then while true do end end
+                 portsentry.append_line(portsentry.config.file, tostring(ev.port))
+               end)"#,
+        )],
+        &[],
+    );
+    let log = f.path("out.log");
+    let mut config = f.config.clone();
+    config
+        .raw
+        .insert("P_FILE".into(), log.display().to_string());
+    let plugins = LuaPlugins::load(&config).expect("load");
+    send_alert(&plugins, &config, "192.0.2.7", 1);
+    send_alert(&plugins, &config, "192.0.2.7", 2);
+    assert!(plugins.flush(Duration::from_secs(5)));
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "2\n");
+}
+
+// ---------------------------------------------------------------- --test-plugin
+
+#[test]
+fn test_plugin_reports_commands_logs_and_result() {
+    let f = Fixture::new(
+        &[(
+            "demo",
+            r#"portsentry.on("alert", function(ev) portsentry.log.info("saw %s", ev.ip) end)
+               portsentry.on("block", function(ev)
+                 portsentry.exec{"echo", "block", ev.ip}
+                 return "echoed " .. ev.ip
+               end)"#,
+        )],
+        &[("DEMO_COLOR", "blue")],
+    );
+    let mut out = Vec::new();
+    let code = test_plugin(
+        &f.plugin_file("demo"),
+        "192.0.2.7".parse().expect("ip"),
+        31337,
+        crate::event::Proto::Tcp,
+        &f.config,
+        &mut out,
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, trial::EXIT_OK, "{text}");
+    assert!(text.contains("DEMO_COLOR=\"blue\""), "{text}");
+    assert!(text.contains("handles: alert, block"), "{text}");
+    assert!(text.contains("log    info: saw 192.0.2.7"), "{text}");
+    assert!(
+        text.contains("exec   echo block 192.0.2.7 -> exit 0"),
+        "{text}"
+    );
+    assert!(text.contains("stdout: block 192.0.2.7"), "{text}");
+    assert!(
+        text.contains("result: done (lua:demo): echoed 192.0.2.7"),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_plugin_exit_codes_distinguish_load_and_handler_failures() {
+    let f = Fixture::new(
+        &[
+            ("broken", "local = 1"),
+            (
+                "raises",
+                "portsentry.on('block', function() error('nope') end)",
+            ),
+        ],
+        &[],
+    );
+    let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+    let mut out = Vec::new();
+    let code = test_plugin(
+        &f.plugin_file("broken"),
+        ip,
+        1,
+        crate::event::Proto::Udp,
+        &f.config,
+        &mut out,
+    );
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert_eq!(code, trial::EXIT_LOAD_FAILED, "{text}");
+    assert!(text.contains("broken.lua:1:"), "{text}");
+    let mut out = Vec::new();
+    let code = test_plugin(
+        &f.plugin_file("raises"),
+        ip,
+        1,
+        crate::event::Proto::Udp,
+        &f.config,
+        &mut out,
+    );
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert_eq!(code, trial::EXIT_HANDLER_FAILED, "{text}");
+    assert!(text.contains("raises.lua:1: nope"), "{text}");
+    assert!(text.contains("UDP scan"), "{text}");
+}
+
+#[test]
+fn a_plugin_stuck_in_c_code_fails_later_calls_at_once() {
+    // An owner thread that never answers, as when a plugin hangs inside a C function.
+    let (tx, _rx_never_served) = crossbeam_channel::bounded(QUEUE_SIZE);
+    let h = Handle {
+        name: "stuck".into(),
+        tx,
+        handled: vec![EventName::Block],
+        dropped: AtomicU64::new(0),
+        budget: Duration::from_millis(20),
+        progress: Arc::new(AtomicU64::new(0)),
+        stuck_at: AtomicU64::new(NOT_STUCK),
+    };
+    let a = alert("192.0.2.7", 1);
+    let config = crate::config::build::defaults(std::path::Path::new("/nonexistent"));
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let ev = || EventData::from_context(EventName::Block, &ctx);
+    let first = h.call(ev()).expect_err("no answer");
+    assert!(first.contains("no answer within"), "{first}");
+    let started = Instant::now();
+    let second = h.call(ev()).expect_err("still stuck");
+    assert!(second.contains("still busy"), "{second}");
+    assert!(started.elapsed() < Duration::from_millis(50));
+    // Once the thread moves again, calls are sent as usual.
+    h.progress.fetch_add(1, Ordering::Relaxed);
+    let third = h.call(ev()).expect_err("still no answer");
+    assert!(third.contains("no answer within"), "{third}");
+}
+
+#[test]
+fn plugins_and_responders_can_move_to_the_pipeline_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<LuaPlugins>();
+    send::<LuaResponder>();
+    send_sync::<LuaError>();
+}
+
+#[test]
+fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 if ev.port == 1 then
+                   for i = 1, 10000 do portsentry.log.info("line %d", i) end
+                   return string.rep("d", 5000)
+                 end
+                 local line = string.rep("x", 60000)
+                 while true do portsentry.append_line(portsentry.config.file, line) end
+               end)"#,
+        )],
+        &[],
+    );
+    let log = f.path("big.log");
+    let mut config = f.config.clone();
+    config
+        .raw
+        .insert("P_FILE".into(), log.display().to_string());
+    let (_, h) = load_file(&f.plugin_file("p"), &config).expect("load");
+    let a = alert("192.0.2.7", 1);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let report = h
+        .call(EventData::from_context(EventName::Block, &ctx))
+        .expect("answer");
+    let logs = report
+        .trace
+        .iter()
+        .filter(|t| matches!(t, TraceEntry::Log { .. }))
+        .count();
+    assert_eq!(logs, state::MAX_LOG_LINES);
+    match block_outcome("p", &report) {
+        Outcome::Done(a) => assert!(a.detail.len() < 1100, "{}", a.detail.len()),
+        other => panic!("{other:?}"),
+    }
+    let a = alert("192.0.2.7", 2);
+    let ctx = ResponseContext {
+        alert: &a,
+        resolved: "192.0.2.7",
+        config: &config,
+    };
+    let report = h
+        .call(EventData::from_context(EventName::Block, &ctx))
+        .expect("answer");
+    match &report.outcome {
+        CallOutcome::Failed(e) => {
+            assert!(e.to_string().contains("bytes appended in one event"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let size = std::fs::metadata(&log).expect("log").len();
+    assert!(size <= state::MAX_APPEND_BYTES as u64, "{size}");
+}
+
+#[test]
+fn json_of_deep_or_cyclic_tables_fails_cleanly() {
+    let t = assert_escape_fails(
+        "    local t = {} local c = t\n    for i = 1, 100000 do c.x = {} c = c.x end\n    portsentry.json(t)",
+        &[],
+    );
+    assert!(t.contains("portsentry.json"), "{t}");
+    let t = assert_escape_fails("    local t = {} t.self = t\n    portsentry.json(t)", &[]);
+    assert!(t.contains("portsentry.json"), "{t}");
+    let t = assert_escape_fails("    portsentry.json({ f = print })", &[]);
+    assert!(t.contains("portsentry.json"), "{t}");
+}

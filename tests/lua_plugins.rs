@@ -1,0 +1,526 @@
+//! The Lua library (`lua/`) and the shipped plugins (`plugins/`), tested the way
+//! `portsentry --test-plugin` and the daemon's responders run them. The firewall plugins
+//! work on real nftables / iptables rules inside network namespaces these tests create and
+//! delete; the host's own rules are never touched.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use portsentry::config::Config;
+use portsentry::event::{Alert, Hit, Mode, ProbeKind, Proto};
+use portsentry::respond::lua::{LuaPlugins, test_plugin};
+use portsentry::respond::{Outcome, ResponseContext};
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A config as the daemon would build it, with the repo's plugins and Lua library.
+fn config(dir: &Path, responders: &[&str], settings: &[(&str, &str)]) -> Config {
+    let mut c = portsentry::config::build::defaults(&dir.join("portsentry.conf"));
+    c.plugin_dir = repo("plugins");
+    c.lua_lib_dir = repo("lua");
+    c.lua_responders = responders.iter().map(|s| s.to_string()).collect();
+    for (k, v) in settings {
+        c.raw.insert(k.to_string(), v.to_string());
+    }
+    c
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Runs `--test-plugin` and returns (exit code, report).
+fn try_plugin(plugin: &Path, target: &str, config: &Config) -> (i32, String) {
+    let mut out = Vec::new();
+    let code = test_plugin(plugin, ip(target), 31337, Proto::Tcp, config, &mut out);
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs the responders of `plugins` for one alert, as the pipeline does.
+fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) -> Vec<Outcome> {
+    let alert = Alert {
+        hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
+        count: 1,
+        already_blocked: false,
+    };
+    let ctx = ResponseContext {
+        alert: &alert,
+        resolved,
+        config,
+    };
+    plugins.on_alert(&ctx);
+    plugins
+        .responders()
+        .iter_mut()
+        .map(|r| r.respond(&ctx))
+        .collect()
+}
+
+/// A network namespace owned by one test, deleted on drop (even when the test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// None (and a note) when namespaces cannot be created here, e.g. not running as root.
+    fn create(tag: &str) -> Option<Netns> {
+        let name = format!("ps-lua-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        match Command::new("ip").args(["netns", "add", &name]).output() {
+            Ok(o) if o.status.success() => Some(Netns { name }),
+            Ok(o) => {
+                eprintln!(
+                    "skipping: ip netns add failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping: cannot run ip: {e}");
+                None
+            }
+        }
+    }
+
+    /// Runs a command inside the namespace.
+    fn run(&self, argv: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn stdout(&self, argv: &[&str]) -> String {
+        let o = self.run(argv);
+        assert!(
+            o.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+// ------------------------------------------------------------------ the library
+
+#[test]
+fn lua_library_passes_its_lua_tests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &[], &[]);
+    let (code, report) = try_plugin(&repo("tests/lua_library.lua"), "192.0.2.7", &c);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("library ok"), "{report}");
+}
+
+// ------------------------------------------------------------------ nftables
+
+#[test]
+fn nftables_plugin_puts_ipv4_and_ipv6_into_real_sets_with_a_timeout() {
+    let Some(ns) = Netns::create("nft") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &["nftables"],
+        &[("NFTABLES_NETNS", &ns.name), ("NFTABLES_TIMEOUT", "1h")],
+    );
+    let plugin = repo("plugins/nftables.lua");
+
+    let (code, report) = try_plugin(&plugin, "192.0.2.7", &c);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("nft add element inet portsentry blocked_v4 { 192.0.2.7 timeout 1h }"),
+        "{report}"
+    );
+    let set4 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    assert!(set4.contains("192.0.2.7"), "{set4}");
+    assert!(set4.contains("expires"), "{set4}");
+
+    let (code, report) = try_plugin(&plugin, "2001:db8::7", &c);
+    assert_eq!(code, 0, "{report}");
+    let set6 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    assert!(set6.contains("2001:db8::7"), "{set6}");
+
+    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    assert!(chain.contains("hook input priority"), "{chain}");
+    assert_eq!(
+        chain.matches("ip saddr @blocked_v4 drop").count(),
+        1,
+        "{chain}"
+    );
+    assert_eq!(
+        chain.matches("ip6 saddr @blocked_v6 drop").count(),
+        1,
+        "{chain}"
+    );
+}
+
+#[test]
+fn nftables_responder_is_idempotent_and_recovers_from_a_flushed_ruleset() {
+    let Some(ns) = Netns::create("nft2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["nftables"], &[("NFTABLES_NETNS", &ns.name)]);
+    let plugins = LuaPlugins::load(&c).expect("nftables loads");
+
+    for _ in 0..2 {
+        match &respond(&plugins, &c, "192.0.2.7", "192.0.2.7")[0] {
+            Outcome::Done(a) => {
+                assert_eq!(a.responder, "lua:nftables");
+                assert_eq!(
+                    a.detail,
+                    format!(
+                        "ip netns exec {} nft add element inet portsentry blocked_v4 {{ 192.0.2.7 }}",
+                        ns.name
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
+
+    // Someone flushes the ruleset: the next block sets everything up again.
+    ns.stdout(&["nft", "flush", "ruleset"]);
+    let out = respond(&plugins, &c, "192.0.2.8", "192.0.2.8");
+    assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
+    let set4 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    assert!(set4.contains("192.0.2.8"), "{set4}");
+    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
+}
+
+#[test]
+fn nftables_plugin_refuses_bad_settings_when_it_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (key, value) in [
+        ("NFTABLES_TABLE", "x; flush ruleset"),
+        ("NFTABLES_VERDICT", "accept"),
+        ("NFTABLES_TIMEOUT", "a while"),
+    ] {
+        let c = config(dir.path(), &["nftables"], &[(key, value)]);
+        let err = LuaPlugins::load(&c).expect_err("bad setting must fail");
+        assert_eq!(err.plugin(), Some("nftables"), "{err}");
+        assert!(err.line().is_some(), "{err}");
+    }
+}
+
+#[test]
+fn nftables_failure_is_reported_with_the_plugin_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &["nftables"],
+        &[("NFTABLES_NFT", "/nonexistent/nft")],
+    );
+    let (code, report) = try_plugin(&repo("plugins/nftables.lua"), "192.0.2.7", &c);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("result: FAILED: lua:nftables:"), "{report}");
+    assert!(report.contains("nftables.lua:"), "{report}");
+    assert!(report.contains("not started"), "{report}");
+}
+
+// ------------------------------------------------------------------ iptables
+
+#[test]
+fn iptables_plugin_adds_one_rule_per_host_in_a_netns() {
+    let Some(ns) = Netns::create("ipt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &ns.name)]);
+    let plugin = repo("plugins/iptables.lua");
+
+    for _ in 0..2 {
+        let (code, report) = try_plugin(&plugin, "192.0.2.7", &c);
+        assert_eq!(code, 0, "{report}");
+    }
+    let rules = ns.stdout(&["iptables", "-w", "-S", "portsentry"]);
+    assert_eq!(
+        rules
+            .matches("-A portsentry -s 192.0.2.7/32 -j DROP")
+            .count(),
+        1,
+        "{rules}"
+    );
+    let input = ns.stdout(&["iptables", "-w", "-S", "INPUT"]);
+    assert_eq!(input.matches("-j portsentry").count(), 1, "{input}");
+
+    let (code, report) = try_plugin(&plugin, "2001:db8::7", &c);
+    assert_eq!(code, 0, "{report}");
+    let rules6 = ns.stdout(&["ip6tables", "-w", "-S", "portsentry"]);
+    assert!(
+        rules6.contains("-A portsentry -s 2001:db8::7/128 -j DROP"),
+        "{rules6}"
+    );
+}
+
+#[test]
+fn iptables_responder_recreates_a_deleted_chain() {
+    let Some(ns) = Netns::create("ipt2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &ns.name)]);
+    let plugins = LuaPlugins::load(&c).expect("iptables loads");
+    assert!(matches!(
+        respond(&plugins, &c, "192.0.2.7", "192.0.2.7")[0],
+        Outcome::Done(_)
+    ));
+    ns.stdout(&["iptables", "-w", "-F"]);
+    ns.stdout(&["iptables", "-w", "-X", "portsentry"]);
+    let out = respond(&plugins, &c, "192.0.2.9", "192.0.2.9");
+    match &out[0] {
+        Outcome::Done(a) => assert!(
+            a.detail
+                .ends_with("iptables -w -A portsentry -s 192.0.2.9 -j DROP"),
+            "{a:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let rules = ns.stdout(&["iptables", "-w", "-S", "portsentry"]);
+    assert!(rules.contains("-s 192.0.2.9/32 -j DROP"), "{rules}");
+}
+
+// ------------------------------------------------------------------ mail
+
+/// A fake sendmail that appends its arguments and message to `out`.
+fn fake_sendmail(dir: &Path, out: &Path) -> PathBuf {
+    let script = dir.join("sendmail");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"ARGS: $*\" >> '{0}'\ncat >> '{0}'\necho '-----' >> '{0}'\n",
+            out.display()
+        ),
+    )
+    .expect("write fake sendmail");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+#[test]
+fn mail_plugin_sends_through_sendmail_and_rate_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let sendmail = fake_sendmail(dir.path(), &spool);
+    let sendmail_text = sendmail.display().to_string();
+    let c = config(
+        dir.path(),
+        &["mail"],
+        &[
+            ("MAIL_TO", "admin@example.org"),
+            ("MAIL_SENDMAIL", &sendmail_text),
+            ("MAIL_MAX", "2"),
+            ("MAIL_PER", "1h"),
+        ],
+    );
+    let plugins = LuaPlugins::load(&c).expect("mail loads");
+    let mut details = Vec::new();
+    for target in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        match &respond(&plugins, &c, target, target)[0] {
+            Outcome::Done(a) => details.push(a.detail.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(details[0], "mailed admin@example.org");
+    assert_eq!(details[1], "mailed admin@example.org");
+    assert!(
+        details[2].starts_with("held back by the rate limit"),
+        "{details:?}"
+    );
+    let text = std::fs::read_to_string(&spool).expect("spool");
+    assert_eq!(text.matches("ARGS: -t -oi").count(), 2, "{text}");
+    assert!(text.contains("To: admin@example.org"), "{text}");
+    assert!(
+        text.contains("Subject: portsentry: 192.0.2.1 blocked (TCP SYN/Normal scan to tcp/31337)"),
+        "{text}"
+    );
+    assert!(!text.contains("192.0.2.3"), "{text}");
+}
+
+#[test]
+fn mail_subject_cannot_inject_headers_through_the_resolved_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let sendmail = fake_sendmail(dir.path(), &spool);
+    let sendmail_text = sendmail.display().to_string();
+    let c = config(
+        dir.path(),
+        &["mail"],
+        &[
+            ("MAIL_TO", "admin@example.org"),
+            ("MAIL_SENDMAIL", &sendmail_text),
+            ("MAIL_SUBJECT", "scan from {host}"),
+        ],
+    );
+    let plugins = LuaPlugins::load(&c).expect("mail loads");
+    let out = respond(
+        &plugins,
+        &c,
+        "192.0.2.1",
+        "evil.example\r\nBcc: victim@example.org",
+    );
+    assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
+    let text = std::fs::read_to_string(&spool).expect("spool");
+    let headers = text.split("\n\n").next().unwrap_or_default();
+    assert!(!headers.contains("\nBcc:"), "{text}");
+    assert!(!text.contains('\r'), "{text}");
+    assert!(
+        text.contains("Subject: scan from evil.example  Bcc: victim@example.org\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mail_plugin_without_recipient_fails_to_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["mail"], &[]);
+    let err = LuaPlugins::load(&c).expect_err("MAIL_TO is required");
+    assert!(err.to_string().contains("MAIL_TO"), "{err}");
+}
+
+#[test]
+fn mail_failure_of_sendmail_is_a_failed_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &["mail"],
+        &[("MAIL_TO", "root"), ("MAIL_SENDMAIL", "/bin/false")],
+    );
+    let (code, report) = try_plugin(&repo("plugins/mail.lua"), "192.0.2.7", &c);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("command `/bin/false -t -oi` failed: exit 1"),
+        "{report}"
+    );
+}
+
+// ------------------------------------------------------------------ jsonlog
+
+#[test]
+fn jsonlog_plugin_writes_one_json_line_per_alert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.json");
+    let log_text = log.display().to_string();
+    let c = config(
+        dir.path(),
+        &["jsonlog"],
+        &[
+            ("JSONLOG_FILE", &log_text),
+            ("JSONLOG_EVENTS", "alert,block"),
+        ],
+    );
+    let plugins = LuaPlugins::load(&c).expect("jsonlog loads");
+    let out = respond(&plugins, &c, "192.0.2.7", "scanner.example");
+    assert_eq!(
+        out,
+        [Outcome::Done(portsentry::respond::Action {
+            responder: "lua:jsonlog".into(),
+            detail: format!("logged to {log_text}"),
+        })]
+    );
+    respond(&plugins, &c, "2001:db8::7", "2001:db8::7");
+    assert!(plugins.flush(std::time::Duration::from_secs(5)));
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let alerts: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "alert").collect();
+    assert_eq!(alerts.len(), 2);
+    let first = alerts
+        .iter()
+        .find(|l| l["ip"] == "192.0.2.7")
+        .expect("alert for 192.0.2.7");
+    assert_eq!(first["family"], "ipv4");
+    assert_eq!(first["port"], 31337);
+    assert_eq!(first["proto"], "tcp");
+    assert_eq!(first["mode"], "stcp");
+    assert_eq!(first["kind"], "TCP SYN/Normal scan");
+    assert_eq!(first["host"], "scanner.example");
+    assert!(
+        first["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["ip"] == "2001:db8::7" && l["family"] == "ipv6" && l.get("host").is_none()),
+        "{text}"
+    );
+}
+
+#[test]
+fn jsonlog_requires_its_file_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["jsonlog"], &[]);
+    let err = LuaPlugins::load(&c).expect_err("JSONLOG_FILE is required");
+    assert!(err.to_string().contains("JSONLOG_FILE"), "{err}");
+}
+
+// ------------------------------------------------------------------ allowlist (veto)
+
+#[test]
+fn allowlist_vetoes_listed_hosts_and_passes_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.json");
+    let log_text = log.display().to_string();
+    let c = config(
+        dir.path(),
+        &["allowlist", "jsonlog"],
+        &[
+            ("ALLOWLIST_NETS", "192.0.2.1, 10.0.0.0/8 2001:db8::/32"),
+            ("JSONLOG_FILE", &log_text),
+            ("JSONLOG_EVENTS", "block"),
+        ],
+    );
+    let plugins = LuaPlugins::load(&c).expect("plugins load");
+    let out = respond(&plugins, &c, "10.1.2.3", "10.1.2.3");
+    assert_eq!(
+        out[0],
+        Outcome::Veto("lua:allowlist: 10.1.2.3 is in the allow-list (10.0.0.0/8)".into())
+    );
+    let out = respond(&plugins, &c, "2001:db8::5", "2001:db8::5");
+    assert!(matches!(out[0], Outcome::Veto(_)), "{out:?}");
+    let out = respond(&plugins, &c, "192.0.2.99", "192.0.2.99");
+    assert!(matches!(out[0], Outcome::Skipped(_)), "{out:?}");
+    assert!(matches!(out[1], Outcome::Done(_)), "{out:?}");
+
+    let (code, report) = try_plugin(&repo("plugins/allowlist.lua"), "192.0.2.1", &c);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("result: veto: lua:allowlist: 192.0.2.1 is in the allow-list"),
+        "{report}"
+    );
+}
+
+#[test]
+fn allowlist_with_a_bad_network_fails_to_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &["allowlist"],
+        &[("ALLOWLIST_NETS", "10.0.0.0/99")],
+    );
+    let err = LuaPlugins::load(&c).expect_err("bad network");
+    assert!(err.to_string().contains("ALLOWLIST_NETS"), "{err}");
+}
