@@ -17,6 +17,7 @@ use crate::event::{Alert, Hit};
 use crate::filter::blocked::SharedRegistry;
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
+use crate::report;
 use crate::respond::stage::ResponseStage;
 use crate::sensor::HitSink;
 
@@ -177,14 +178,14 @@ impl FilterWorker {
                     self.sink.dropped(),
                     self.stats.alerts_dropped.load(Ordering::Relaxed),
                 );
-                if now != reported {
-                    log::warn!(
-                        "adminalert: WARNING: pipeline behind: {} probes and {} alerts dropped since start",
-                        now.0,
-                        now.1
-                    );
-                    reported = now;
+                let secs = DROP_REPORT_INTERVAL.as_secs();
+                if now.0 > reported.0 {
+                    log::warn!("{}", report::probes_dropped(now.0 - reported.0, secs));
                 }
+                if now.1 > reported.1 {
+                    log::warn!("{}", report::alerts_dropped(now.1 - reported.1, secs));
+                }
+                reported = now;
             }
         }
     }

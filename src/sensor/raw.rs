@@ -23,7 +23,6 @@ pub mod bpf;
 pub mod capture;
 pub mod ports;
 pub mod watch;
-pub mod wording;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -36,6 +35,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::Config;
 use crate::event::{Hit, Mode};
+use crate::report;
 use crate::sensor::classify::{self, ChecksumCheck};
 use crate::sensor::listeners::Listeners;
 use crate::sensor::{HitSink, Sensor, SensorControl};
@@ -198,29 +198,29 @@ impl RawSensor {
                 self.apply_filter();
                 for c in changes {
                     if c.appeared {
-                        log::info!("{}", wording::listener_appeared(c.proto, c.port));
+                        log::info!("{}", report::listener_appeared(c.proto, c.port));
                     } else {
-                        log::info!("{}", wording::listener_gone(c.proto, c.port));
+                        log::info!("{}", report::listener_gone(c.proto, c.port));
                     }
                 }
             }
             Err(e) => log::warn!(
                 "{}",
-                wording::refresh_failed("the listening sockets", &e.to_string())
+                report::refresh_failed("the listening sockets", &e.to_string())
             ),
         }
         match HostAddrs::read() {
             Ok(a) => self.watch.set_addrs(a),
             Err(e) => log::warn!(
                 "{}",
-                wording::refresh_failed("the host addresses", &e.to_string())
+                report::refresh_failed("the host addresses", &e.to_string())
             ),
         }
     }
 
     fn reconfigure(&mut self, config: Arc<Config>) {
         if self.watch.reconfigure(&self.modes, &config) {
-            log::info!("{}", wording::reconfigured(&self.modes_label()));
+            log::info!("{}", report::reconfigured(&self.modes_label()));
             for line in self.watch.startup_lines(&config) {
                 log::info!("{line}");
             }
@@ -233,7 +233,6 @@ impl RawSensor {
         let mut recent = Recent::default();
         let mut next_refresh = Instant::now() + REFRESH;
         let mut next_report = Instant::now() + DROP_REPORT;
-        let mut reported_drops = sink.dropped();
         let mut kernel_drops = 0u64;
         loop {
             loop {
@@ -255,17 +254,9 @@ impl RawSensor {
                 if kernel_drops > 0 {
                     log::warn!(
                         "{}",
-                        wording::kernel_dropped(kernel_drops, DROP_REPORT.as_secs())
+                        report::kernel_dropped(kernel_drops, DROP_REPORT.as_secs())
                     );
                     kernel_drops = 0;
-                }
-                let dropped = sink.dropped();
-                if dropped > reported_drops {
-                    log::warn!(
-                        "{}",
-                        wording::probes_dropped(dropped - reported_drops, DROP_REPORT.as_secs())
-                    );
-                    reported_drops = dropped;
                 }
                 next_report = now + DROP_REPORT;
             }

@@ -12,7 +12,7 @@ use crate::sensor::listeners::Listeners;
 
 use super::bpf::{self, BuildError, Program};
 use super::ports::PortSet;
-use super::wording;
+use crate::report;
 
 /// UDP source ports of services whose answers come back to this host's clients: DNS (53),
 /// DHCP server (67), Kerberos (88), NTP (123), NetBIOS name/datagram (137, 138), SNMP agent
@@ -273,26 +273,26 @@ impl Watch {
             match mode {
                 Mode::Stcp | Mode::Sudp => {
                     for p in config.trap_ports(proto) {
-                        out.push(wording::stealth_listen(proto, *p));
+                        out.push(report::stealth_listen(proto, *p));
                         if listening.contains(p) {
-                            out.push(wording::stealth_port_in_use(*p));
+                            out.push(report::stealth_port_in_use(*p));
                         }
                     }
                 }
                 Mode::Atcp | Mode::Audp => {
                     let (limit, exclude) = config.advanced(proto);
-                    out.push(wording::advanced_monitor_first(limit));
+                    out.push(report::advanced_monitor_first(limit));
                     if exclude.is_empty() {
-                        out.push(wording::advanced_exclude_none());
+                        out.push(report::advanced_exclude_none());
                     }
                     for p in exclude {
-                        out.push(wording::advanced_exclude(*p));
+                        out.push(report::advanced_exclude(*p));
                     }
                     for p in listening.iter().filter(|p| **p < limit) {
-                        out.push(wording::advanced_ignored(proto, *p));
+                        out.push(report::advanced_ignored(proto, *p));
                     }
                     for p in exclude {
-                        out.push(wording::advanced_ignored(proto, *p));
+                        out.push(report::advanced_ignored(proto, *p));
                     }
                 }
                 Mode::Tcp | Mode::Udp => {}
