@@ -4,15 +4,13 @@
 //! foreground (systemd's journal picks it up). Without a syslog socket (containers, CI) the
 //! stderr appender still comes up and the daemon carries on.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Record};
 use log4rs::append::Append;
-use log4rs::append::console::{ConsoleAppender, Target};
 use log4rs::config::{Appender, Config, Root};
-use log4rs::encode::pattern::PatternEncoder;
-use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
 /// Where log lines go; built from the command line.
 #[derive(Debug, Clone)]
@@ -28,11 +26,48 @@ pub struct LogSettings {
 /// Default syslog socket on Linux.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
-/// A log4rs appender that speaks RFC 3164 to the local syslog socket, as 1.2's `syslog()`
-/// calls did. log4rs ships none, and `log4rs-syslog` only fits log4rs 0.8.
+/// Writes each record to stderr as one line in one `write(2)`: log4rs's console appender
+/// writes the message and the newline separately, which doubles the system calls on the
+/// response thread during a flood.
+#[derive(Debug)]
+struct StderrAppender;
+
+impl Append for StderrAppender {
+    fn append(&self, record: &Record) -> anyhow::Result<()> {
+        use std::io::Write;
+        let line = format!("{}\n", record.args());
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(())
+    }
+
+    fn flush(&self) {}
+}
+
+/// RFC 3164 priority: facility daemon (3) times 8 plus the severity.
+fn priority(level: Level) -> u8 {
+    let severity = match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 5,
+        Level::Debug | Level::Trace => 7,
+    };
+    3 * 8 + severity
+}
+
+/// A log4rs appender that speaks to the local syslog socket as glibc's `syslog()` (and so
+/// 1.2) did: `<PRI>Mmm dd hh:mm:ss portsentry[PID]: message`, local time, facility daemon.
+/// log4rs ships none, and `log4rs-syslog` only fits log4rs 0.8. The timestamp is formatted
+/// once per second, so a flood of alerts costs one `send(2)` per line and little else.
 struct SyslogAppender {
     path: PathBuf,
-    logger: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
+    pid: u32,
+    state: Mutex<SyslogState>,
+}
+
+struct SyslogState {
+    socket: Option<UnixDatagram>,
+    stamp_second: i64,
+    stamp: String,
 }
 
 impl std::fmt::Debug for SyslogAppender {
@@ -44,43 +79,39 @@ impl std::fmt::Debug for SyslogAppender {
 }
 
 impl SyslogAppender {
-    fn connect(path: &Path) -> syslog::Result<Logger<LoggerBackend, Formatter3164>> {
-        let formatter = Formatter3164 {
-            facility: Facility::LOG_DAEMON,
-            hostname: None,
-            process: "portsentry".to_string(),
-            pid: std::process::id(),
-        };
-        syslog::unix_custom(formatter, path)
-    }
-
-    fn send(
-        logger: &mut Logger<LoggerBackend, Formatter3164>,
-        level: Level,
-        msg: &str,
-    ) -> syslog::Result<()> {
-        match level {
-            Level::Error => logger.err(msg),
-            Level::Warn => logger.warning(msg),
-            Level::Info => logger.notice(msg),
-            Level::Debug | Level::Trace => logger.debug(msg),
-        }
+    fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect(path)?;
+        Ok(socket)
     }
 }
 
 impl Append for SyslogAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        let msg = record.args().to_string();
-        let mut guard = self.logger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = chrono::Local::now();
+        if now.timestamp() != state.stamp_second {
+            state.stamp_second = now.timestamp();
+            state.stamp = now.format("%b %e %H:%M:%S").to_string();
+        }
+        let line = format!(
+            "<{}>{} portsentry[{}]: {}",
+            priority(record.level()),
+            state.stamp,
+            self.pid,
+            record.args()
+        );
         // syslogd may have restarted since the last line: reconnect once and retry.
-        if let Some(logger) = guard.as_mut()
-            && Self::send(logger, record.level(), &msg).is_ok()
+        if let Some(socket) = &state.socket
+            && socket.send(line.as_bytes()).is_ok()
         {
             return Ok(());
         }
-        *guard = Self::connect(&self.path).ok();
-        if let Some(logger) = guard.as_mut() {
-            Self::send(logger, record.level(), &msg).map_err(|e| anyhow::anyhow!("syslog: {e}"))?;
+        state.socket = Self::connect(&self.path).ok();
+        if let Some(socket) = &state.socket {
+            socket
+                .send(line.as_bytes())
+                .map_err(|e| anyhow::anyhow!("syslog {}: {e}", self.path.display()))?;
         }
         Ok(())
     }
@@ -100,19 +131,20 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
     let mut root = Root::builder();
     let mut note = None;
     if settings.stderr {
-        let console = ConsoleAppender::builder()
-            .target(Target::Stderr)
-            .encoder(Box::new(PatternEncoder::new("{m}{n}")))
-            .build();
-        builder = builder.appender(Appender::builder().build("stderr", Box::new(console)));
+        builder = builder.appender(Appender::builder().build("stderr", Box::new(StderrAppender)));
         root = root.appender("stderr");
     }
     if let Some(path) = &settings.syslog_socket {
         match SyslogAppender::connect(path) {
-            Ok(logger) => {
+            Ok(socket) => {
                 let appender = SyslogAppender {
                     path: path.clone(),
-                    logger: Mutex::new(Some(logger)),
+                    pid: std::process::id(),
+                    state: Mutex::new(SyslogState {
+                        socket: Some(socket),
+                        stamp_second: i64::MIN,
+                        stamp: String::new(),
+                    }),
                 };
                 builder = builder.appender(Appender::builder().build("syslog", Box::new(appender)));
                 root = root.appender("syslog");
@@ -128,4 +160,44 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
     let config = builder.build(root.build(level))?;
     log4rs::init_config(config)?;
     Ok(note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_line_is_what_glibc_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let appender = SyslogAppender {
+            path: path.clone(),
+            pid: 4242,
+            state: Mutex::new(SyslogState {
+                socket: Some(SyslogAppender::connect(&path).unwrap()),
+                stamp_second: i64::MIN,
+                stamp: String::new(),
+            }),
+        };
+        let record = Record::builder()
+            .level(Level::Info)
+            .args(format_args!(
+                "adminalert: PortSentry is now active and listening."
+            ))
+            .build();
+        appender.append(&record).unwrap();
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // <29> = daemon.notice; then "Mmm dd hh:mm:ss" (day space-padded), 15 characters.
+        assert!(got.starts_with("<29>"), "{got}");
+        assert_eq!(
+            &got[4 + 15..],
+            " portsentry[4242]: adminalert: PortSentry is now active and listening."
+        );
+        assert_eq!(&got[4 + 3..4 + 4], " ");
+        assert_eq!(&got[4 + 9..4 + 10], ":");
+        assert_eq!(priority(Level::Error), 27);
+    }
 }

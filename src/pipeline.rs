@@ -23,8 +23,9 @@ use crate::sensor::HitSink;
 
 /// Probes buffered between the sensors and the filters.
 pub const HIT_QUEUE: usize = 16 * 1024;
-/// Alerts buffered between the filters and the responders.
-pub const ALERT_QUEUE: usize = 1024;
+/// Alerts buffered between the filters and the responders: enough to absorb a burst of
+/// 100k probes/s from forged sources while the response thread writes their log lines.
+pub const ALERT_QUEUE: usize = 16 * 1024;
 /// How often drop counters are reported when they grew.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
