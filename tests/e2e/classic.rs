@@ -284,20 +284,8 @@ fn legitimate_connection_to_a_real_service_is_not_reported() {
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp", "-udp"]);
     let _service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "8080"]);
     let url = format!("http://{}:8080/", lab.def4);
-    let mut fetched = false;
-    for _ in 0..50 {
-        let out = lab.attack(&[
-            "python3",
-            "-c",
-            &format!("import urllib.request;urllib.request.urlopen('{url}',timeout=2).read()"),
-        ]);
-        if out.status.success() {
-            fetched = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(fetched, "the real service answered");
+    lab.wait_tcp_listener(8080);
+    assert!(lab.fetch(&url), "the real service answered");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(d.count("attackalert:"), 0, "{:?}", d.lines());
 }

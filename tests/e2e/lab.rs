@@ -2,12 +2,17 @@
 //! addresses that exist only there (10.77.N.0/24, fd77:N::/64), and the real daemon binary
 //! started inside the defender. Everything is torn down on drop, also when a test fails.
 
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
@@ -18,6 +23,11 @@ pub fn sh(args: &[&str]) -> Output {
         .args(&args[1..])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    succeeded(args, out)
+}
+
+/// Returns the output of `args`, or panics with it when the command failed.
+fn succeeded(args: &[&str], out: Output) -> Output {
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -25,6 +35,106 @@ pub fn sh(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Adds an IPv4 /24 and an IPv6 /64 address to `dev` in `ns` (no duplicate address
+/// detection: the address is usable at once).
+fn add_addrs(ns: &str, dev: &str, a4: &str, a6: &str) {
+    for (addr, extra) in [
+        (format!("{a4}/24"), None),
+        (format!("{a6}/64"), Some("nodad")),
+    ] {
+        let mut args = vec!["ip", "-n", ns, "addr", "add", &addr, "dev", dev];
+        args.extend(extra);
+        sh(&args);
+    }
+}
+
+/// Runs `f` on a new thread inside the named network namespace (setns affects only that
+/// thread).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: a valid namespace fd; setns changes only the calling thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// The repository's copy of `rel` (plugins, Lua library, test scripts).
+pub fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Writes an executable fake `sendmail` into `dir` that appends its arguments and the
+/// message to a spool file; returns (script, spool).
+pub fn fake_sendmail(dir: &Path) -> (PathBuf, PathBuf) {
+    let script = dir.join("sendmail");
+    let spool = dir.join("spool");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"ARGS: $*\" >> '{0}'\ncat >> '{0}'\necho '-----' >> '{0}'\n",
+            spool.display()
+        ),
+    )
+    .expect("write fake sendmail");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (script, spool)
+}
+
+/// A dual-stack TCP service in the defender namespace (a thread of the test) that echoes
+/// what each client sends until the guard drops.
+pub struct EchoService {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EchoService {
+    fn start(lab: &Lab, port: u16) -> EchoService {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = lab.in_def(move || {
+            let l = TcpListener::bind(("::", port)).expect("bind service"); // dual stack
+            l.set_nonblocking(true).unwrap();
+            let _ = tx.send(());
+            while !flag.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok(n) = c.read(&mut buf) {
+                            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("service up");
+        EchoService {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for EchoService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Two namespaces and a temp dir for the daemon's files.
@@ -41,6 +151,10 @@ pub struct Lab {
     pub def6: String,
     /// Attacker IPv6 address.
     pub att6: String,
+    /// The attacker's end of the veth (for `nmap -e` with a spoofed `-S` source).
+    pub att_dev: String,
+    /// The third octet of the IPv4 net and the second group of the IPv6 one.
+    net: u32,
     /// Temp dir holding config, history, hosts.deny, syslog socket.
     pub dir: tempfile::TempDir,
 }
@@ -48,9 +162,15 @@ pub struct Lab {
 impl Lab {
     /// Creates the namespaces and the link between them.
     pub fn new() -> Lab {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the end-to-end tests need root (network namespaces, raw sockets); \
+             CI runs them as root after scripts/setup-deps.sh"
+        );
         let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}x{n}", std::process::id() % 100_000);
         let net = (std::process::id() % 200 + n) % 250 + 1;
+        let (vd, va) = (format!("vd{tag}"), format!("va{tag}"));
         let lab = Lab {
             def: format!("psd{tag}"),
             att: format!("psa{tag}"),
@@ -58,11 +178,12 @@ impl Lab {
             att4: format!("10.77.{net}.2"),
             def6: format!("fd77:{net}::1"),
             att6: format!("fd77:{net}::2"),
+            att_dev: va.clone(),
+            net,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         sh(&["ip", "netns", "add", &lab.def]);
         sh(&["ip", "netns", "add", &lab.att]);
-        let (vd, va) = (format!("vd{tag}"), format!("va{tag}"));
         sh(&[
             "ip", "link", "add", &vd, "type", "veth", "peer", "name", &va,
         ]);
@@ -73,30 +194,21 @@ impl Lab {
             (&lab.att, &va, &lab.att4, &lab.att6),
         ] {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a4}/24"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{a6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
+            add_addrs(ns, dev, a4, a6);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         lab
+    }
+
+    /// Gives the attacker one more address of each family (`10.77.N.host`, `fd77:N::host`,
+    /// host 3 and up), so that each scan of a test can come from its own source: the
+    /// daemon then blocks, logs and records each one separately. Returns (IPv4, IPv6).
+    pub fn add_attacker_addrs(&self, host: u8) -> (String, String) {
+        assert!(host > 2, "hosts 1 and 2 are the lab's own addresses");
+        let a4 = format!("10.77.{}.{host}", self.net);
+        let a6 = format!("fd77:{}::{host}", self.net);
+        add_addrs(&self.att, &self.att_dev, &a4, &a6);
+        (a4, a6)
     }
 
     /// A path inside the lab's temp dir.
@@ -114,25 +226,168 @@ impl Lab {
             .expect("cannot run attacker command")
     }
 
+    /// Runs nmap in the attacker namespace with `args` after the options every test wants
+    /// (no DNS, no ping, one retry, aggressive timing: scans stay quick), and returns its
+    /// output; panics with nmap's message when it fails.
+    pub fn nmap(&self, args: &[&str]) -> Output {
+        let mut all = vec!["nmap", "-n", "-Pn", "--max-retries", "1", "-T4"];
+        all.extend_from_slice(args);
+        succeeded(&all, self.attack(&all))
+    }
+
     /// Runs nmap from the attacker against the defender: `kind` is the scan flag (`-sT`,
-    /// `-sU`, `-sS`…), over IPv6 when `v6`. One try per probe keeps scans quick.
+    /// `-sU`, `-sS`…), over IPv6 when `v6`.
     pub fn scan(&self, kind: &str, ports: &str, v6: bool) -> Output {
-        let target = if v6 { &self.def6 } else { &self.def4 };
-        let mut args = vec![
-            "nmap",
-            "-n",
-            "-Pn",
-            kind,
-            "-p",
-            ports,
-            "--max-retries",
-            "1",
-            target,
-        ];
         if v6 {
-            args.insert(1, "-6");
+            self.nmap(&["-6", kind, "-p", ports, &self.def6])
+        } else {
+            self.nmap(&[kind, "-p", ports, &self.def4])
         }
-        self.attack(&args)
+    }
+
+    /// True when an HTTP GET of `url` from the attacker namespace succeeds (2 s timeout).
+    pub fn fetch(&self, url: &str) -> bool {
+        self.attack(&[
+            "python3",
+            "-c",
+            &format!("import urllib.request;urllib.request.urlopen('{url}',timeout=2).read()"),
+        ])
+        .status
+        .success()
+    }
+
+    /// Runs `f` on a new thread that entered the defender namespace (in-process sensors,
+    /// sockets); the test's own threads stay where they are.
+    pub fn in_def<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        in_netns(&self.def, f)
+    }
+
+    /// Runs `f` on a new thread that entered the attacker namespace.
+    pub fn in_att<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        in_netns(&self.att, f)
+    }
+
+    /// A TCP service in the attacker namespace on `port` that echoes one 4-byte message of
+    /// one connection, then ends; returns once it listens.
+    pub fn attacker_echo_once(&self, port: u16) -> JoinHandle<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let peer = self.in_att(move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind the attacker's service");
+            let _ = tx.send(());
+            let (mut c, _) = l.accept().expect("accept");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).expect("read");
+            c.write_all(&buf).expect("write");
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the attacker's service is up");
+        peer
+    }
+
+    /// A slow "DNS server" on UDP port 53 in the attacker namespace: answers one query
+    /// `delay` late, then ends; returns once it is bound. The thread yields the query's
+    /// source.
+    pub fn attacker_dns_answering_late(&self, delay: Duration) -> JoinHandle<SocketAddr> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let server = self.in_att(move || {
+            let s = UdpSocket::bind(("0.0.0.0", 53)).expect("bind 53");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = tx.send(());
+            let mut buf = [0u8; 512];
+            let (n, from) = s.recv_from(&mut buf).expect("a query");
+            std::thread::sleep(delay);
+            s.send_to(&buf[..n], from).expect("answer");
+            from
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the DNS server is up");
+        server
+    }
+
+    /// The defender's own TCP traffic: a connection from local port `from_port` to the
+    /// attacker's `echo_port` (one message echoed), and a connection attempt to the
+    /// attacker's closed `closed_port` (answered by a RST).
+    pub fn defender_connects_out(&self, from_port: u16, echo_port: u16, closed_port: u16) {
+        let (def4, att4) = (self.addr(&self.def4), self.addr(&self.att4));
+        self.in_def(move || {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            sock.set_reuse_address(true).unwrap();
+            sock.bind(&SocketAddr::new(def4, from_port).into())
+                .expect("bind the local port");
+            let peer = SocketAddr::new(att4, echo_port);
+            sock.connect_timeout(&peer.into(), Duration::from_secs(5))
+                .expect("connect to the attacker's service");
+            let mut c: TcpStream = sock.into();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).expect("echo");
+            let closed = SocketAddr::new(att4, closed_port);
+            assert!(TcpStream::connect_timeout(&closed, Duration::from_secs(5)).is_err());
+        })
+        .join()
+        .expect("the defender's client");
+    }
+
+    /// The defender sends a DNS query to the attacker from local UDP port `from_port`
+    /// (0: ephemeral) and closes the socket at once, so that the answer finds no socket.
+    pub fn defender_queries_dns(&self, from_port: u16) {
+        let (def4, att4) = (self.addr(&self.def4), self.addr(&self.att4));
+        self.in_def(move || {
+            let q = UdpSocket::bind((def4, from_port)).expect("bind the query socket");
+            q.send_to(b"query", (att4, 53)).expect("send the query");
+        })
+        .join()
+        .expect("the defender's query");
+    }
+
+    /// One of the lab's address strings, parsed.
+    pub fn addr(&self, text: &str) -> IpAddr {
+        text.parse()
+            .unwrap_or_else(|e| panic!("lab address {text}: {e}"))
+    }
+
+    /// Starts an [`EchoService`] on `port` in the defender namespace; returns once it listens.
+    pub fn defender_echo_service(&self, port: u16) -> EchoService {
+        EchoService::start(self, port)
+    }
+
+    /// Connects from the attacker namespace to `addr`, sends a word and reads it back.
+    pub fn echo_from_attacker(&self, addr: SocketAddr) {
+        self.in_att(move || {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.write_all(b"hello").unwrap();
+            let mut back = [0u8; 5];
+            c.read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("echo from {addr}: {e}"));
+            assert_eq!(&back, b"hello");
+        })
+        .join()
+        .expect("attacker client");
+    }
+
+    /// Waits (5 s at most) until a TCP socket listens on `port` in the defender namespace,
+    /// so that a service started in the background is really up before the test goes on.
+    pub fn wait_tcp_listener(&self, port: u16) {
+        let filter = format!("sport = :{port}");
+        for _ in 0..100 {
+            let out = self.defend(&["ss", "-Hltn", &filter]);
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nothing listens on TCP port {port} in the defender namespace after 5 s");
     }
 
     /// Runs a program in the defender namespace (set-up and inspection).
@@ -143,6 +398,13 @@ impl Lab {
             .args(&cmd[1..])
             .output()
             .expect("cannot run defender command")
+    }
+
+    /// Runs a program in the defender namespace and returns its stdout; panics with its
+    /// stderr when it fails (inspection of rules and sets).
+    pub fn defend_stdout(&self, args: &[&str]) -> String {
+        let out = succeeded(args, self.defend(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Starts a background program in the defender namespace, killed when the guard drops.

@@ -2,18 +2,9 @@
 //! set / iptables chain inside the defender namespace, a veto stops the built-in route, and
 //! `--test-plugin` tries each shipped plugin.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::lab::{Daemon, Lab, binary};
-
-fn repo(dir: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(dir)
-        .display()
-        .to_string()
-}
+use crate::lab::{Daemon, Lab, binary, fake_sendmail, repo};
 
 fn lua_config(lab: &Lab, extra: &str) -> String {
     lab.write_config(&format!(
@@ -24,8 +15,8 @@ fn lua_config(lab: &Lab, extra: &str) -> String {
          LUA_PATH_DIR=\"{lua}\"\n\
          KILL_HOSTS_DENY=\"\"\n\
          KILL_ROUTE=\"\"\n",
-        plugins = repo("plugins"),
-        lua = repo("lua"),
+        plugins = repo("plugins").display(),
+        lua = repo("lua").display(),
     ))
     .display()
     .to_string()
@@ -33,14 +24,7 @@ fn lua_config(lab: &Lab, extra: &str) -> String {
 
 /// True when an HTTP fetch from the attacker to the defender's service succeeds.
 fn attacker_reaches_service(lab: &Lab) -> bool {
-    let url = format!("http://{}:8080/", lab.def4);
-    lab.attack(&[
-        "python3",
-        "-c",
-        &format!("import urllib.request;urllib.request.urlopen('{url}',timeout=1).read()"),
-    ])
-    .status
-    .success()
+    lab.fetch(&format!("http://{}:8080/", lab.def4))
 }
 
 fn wait_for_service(lab: &Lab) {
@@ -164,7 +148,7 @@ fn broken_plugin_at_start_is_reported_and_the_other_responders_work() {
          LUA_RESPONDERS=\"broken\"\nKILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n\
          KILL_HOSTS_DENY=\"\"",
         plugins.display(),
-        repo("lua")
+        repo("lua").display()
     ));
     let d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
     let warning = d.expect_line("plugin not loaded, running without it", 5);
@@ -182,7 +166,7 @@ fn try_plugin(lab: &Lab, plugin: &str, settings: &str) -> (i32, String) {
         "-c",
         &conf,
         "--test-plugin",
-        &format!("{}/{plugin}.lua", repo("plugins")),
+        &repo(&format!("plugins/{plugin}.lua")).display().to_string(),
         "--target",
         "192.0.2.7",
         "--port",
@@ -229,18 +213,7 @@ fn test_plugin_runs_each_shipped_plugin_without_an_attack() {
     assert_eq!(event["ip"], "192.0.2.7");
     assert_eq!(event["port"], 31337);
 
-    let sendmail = lab.path("sendmail");
-    let mailbox = lab.path("mailbox");
-    std::fs::write(
-        &sendmail,
-        format!("#!/bin/sh\ncat > {}\n", mailbox.display()),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&sendmail)
-        .status()
-        .unwrap();
+    let (sendmail, mailbox) = fake_sendmail(lab.dir.path());
     let (code, out) = try_plugin(
         &lab,
         "mail",

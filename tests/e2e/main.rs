@@ -1,8 +1,13 @@
 //! End-to-end tests: the real daemon binary in network namespaces made by each test, real
-//! scanners (nmap) in an attacker namespace beside it. Needs root, iproute2 and nmap.
+//! scanners (nmap) in an attacker namespace beside it; and the sensors and Lua responders
+//! driven in-process against the same lab. Needs root, iproute2, nftables, iptables,
+//! python3 and nmap (scripts/setup-deps.sh): a test whose prerequisite is missing fails.
 
 mod classic;
 mod config_errors;
 mod lab;
 mod lua;
+mod lua_plugins;
+mod raw;
+mod raw_sensor;
 mod reload;

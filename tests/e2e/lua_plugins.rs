@@ -1,21 +1,18 @@
 //! The Lua library (`lua/`) and the shipped plugins (`plugins/`), tested the way
 //! `portsentry --test-plugin` and the daemon's responders run them. The firewall plugins
 //! work on real nftables / iptables rules inside network namespaces these tests create and
-//! delete; the host's own rules are never touched.
+//! delete; the host's own rules are never touched. The responders run in this process; only
+//! the firewall commands enter the lab's defender namespace.
 
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use portsentry::config::Config;
 use portsentry::event::{Alert, Hit, Mode, ProbeKind, Proto};
-use portsentry::respond::lua::{LuaPlugins, test_plugin};
+use portsentry::respond::lua::{LuaError, LuaPlugins, test_plugin};
 use portsentry::respond::{Outcome, ResponseContext};
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+use crate::lab::{Lab, fake_sendmail, repo};
 
 /// A config as the daemon would build it, with the repo's plugins and Lua library.
 fn config(dir: &Path, responders: &[&str], settings: &[(&str, &str)]) -> Config {
@@ -31,6 +28,13 @@ fn config(dir: &Path, responders: &[&str], settings: &[(&str, &str)]) -> Config 
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
+}
+
+/// Loads `responders` with `settings` as the daemon would, expecting it to fail.
+fn load_error(responders: &[&str], settings: &[(&str, &str)]) -> LuaError {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), responders, settings);
+    LuaPlugins::load(&c).expect_err("the plugin must refuse to load")
 }
 
 /// Runs `--test-plugin` and returns (exit code, report).
@@ -60,60 +64,6 @@ fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) 
         .collect()
 }
 
-/// A network namespace owned by one test, deleted on drop (even when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// None (and a note) when namespaces cannot be created here, e.g. not running as root.
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("ps-lua-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => Some(Netns { name }),
-            Ok(o) => {
-                eprintln!(
-                    "skipping: ip netns add failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping: cannot run ip: {e}");
-                None
-            }
-        }
-    }
-
-    /// Runs a command inside the namespace.
-    fn run(&self, argv: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .output()
-            .expect("ip netns exec")
-    }
-
-    fn stdout(&self, argv: &[&str]) -> String {
-        let o = self.run(argv);
-        assert!(
-            o.status.success(),
-            "{argv:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 // ------------------------------------------------------------------ the library
 
 #[test]
@@ -129,14 +79,12 @@ fn lua_library_passes_its_lua_tests() {
 
 #[test]
 fn nftables_plugin_puts_ipv4_and_ipv6_into_real_sets_with_a_timeout() {
-    let Some(ns) = Netns::create("nft") else {
-        return;
-    };
+    let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let c = config(
         dir.path(),
         &["nftables"],
-        &[("NFTABLES_NETNS", &ns.name), ("NFTABLES_TIMEOUT", "1h")],
+        &[("NFTABLES_NETNS", &lab.def), ("NFTABLES_TIMEOUT", "1h")],
     );
     let plugin = repo("plugins/nftables.lua");
 
@@ -146,16 +94,16 @@ fn nftables_plugin_puts_ipv4_and_ipv6_into_real_sets_with_a_timeout() {
         report.contains("nft add element inet portsentry blocked_v4 { 192.0.2.7 timeout 1h }"),
         "{report}"
     );
-    let set4 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
     assert!(set4.contains("192.0.2.7"), "{set4}");
     assert!(set4.contains("expires"), "{set4}");
 
     let (code, report) = try_plugin(&plugin, "2001:db8::7", &c);
     assert_eq!(code, 0, "{report}");
-    let set6 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
     assert!(set6.contains("2001:db8::7"), "{set6}");
 
-    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
     assert!(chain.contains("hook input priority"), "{chain}");
     assert_eq!(
         chain.matches("ip saddr @blocked_v4 drop").count(),
@@ -171,11 +119,9 @@ fn nftables_plugin_puts_ipv4_and_ipv6_into_real_sets_with_a_timeout() {
 
 #[test]
 fn nftables_responder_is_idempotent_and_recovers_from_a_flushed_ruleset() {
-    let Some(ns) = Netns::create("nft2") else {
-        return;
-    };
+    let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &["nftables"], &[("NFTABLES_NETNS", &ns.name)]);
+    let c = config(dir.path(), &["nftables"], &[("NFTABLES_NETNS", &lab.def)]);
     let plugins = LuaPlugins::load(&c).expect("nftables loads");
 
     for _ in 0..2 {
@@ -186,36 +132,34 @@ fn nftables_responder_is_idempotent_and_recovers_from_a_flushed_ruleset() {
                     a.detail,
                     format!(
                         "ip netns exec {} nft add element inet portsentry blocked_v4 {{ 192.0.2.7 }}",
-                        ns.name
+                        lab.def
                     )
                 );
             }
             other => panic!("{other:?}"),
         }
     }
-    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
     assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
 
     // Someone flushes the ruleset: the next block sets everything up again.
-    ns.stdout(&["nft", "flush", "ruleset"]);
+    lab.defend_stdout(&["nft", "flush", "ruleset"]);
     let out = respond(&plugins, &c, "192.0.2.8", "192.0.2.8");
     assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
-    let set4 = ns.stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
     assert!(set4.contains("192.0.2.8"), "{set4}");
-    let chain = ns.stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
     assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
 }
 
 #[test]
 fn nftables_plugin_refuses_bad_settings_when_it_loads() {
-    let dir = tempfile::tempdir().expect("tempdir");
     for (key, value) in [
         ("NFTABLES_TABLE", "x; flush ruleset"),
         ("NFTABLES_VERDICT", "accept"),
         ("NFTABLES_TIMEOUT", "a while"),
     ] {
-        let c = config(dir.path(), &["nftables"], &[(key, value)]);
-        let err = LuaPlugins::load(&c).expect_err("bad setting must fail");
+        let err = load_error(&["nftables"], &[(key, value)]);
         assert_eq!(err.plugin(), Some("nftables"), "{err}");
         assert!(err.line().is_some(), "{err}");
     }
@@ -240,18 +184,16 @@ fn nftables_failure_is_reported_with_the_plugin_line() {
 
 #[test]
 fn iptables_plugin_adds_one_rule_per_host_in_a_netns() {
-    let Some(ns) = Netns::create("ipt") else {
-        return;
-    };
+    let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &ns.name)]);
+    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &lab.def)]);
     let plugin = repo("plugins/iptables.lua");
 
     for _ in 0..2 {
         let (code, report) = try_plugin(&plugin, "192.0.2.7", &c);
         assert_eq!(code, 0, "{report}");
     }
-    let rules = ns.stdout(&["iptables", "-w", "-S", "portsentry"]);
+    let rules = lab.defend_stdout(&["iptables", "-w", "-S", "portsentry"]);
     assert_eq!(
         rules
             .matches("-A portsentry -s 192.0.2.7/32 -j DROP")
@@ -259,12 +201,12 @@ fn iptables_plugin_adds_one_rule_per_host_in_a_netns() {
         1,
         "{rules}"
     );
-    let input = ns.stdout(&["iptables", "-w", "-S", "INPUT"]);
+    let input = lab.defend_stdout(&["iptables", "-w", "-S", "INPUT"]);
     assert_eq!(input.matches("-j portsentry").count(), 1, "{input}");
 
     let (code, report) = try_plugin(&plugin, "2001:db8::7", &c);
     assert_eq!(code, 0, "{report}");
-    let rules6 = ns.stdout(&["ip6tables", "-w", "-S", "portsentry"]);
+    let rules6 = lab.defend_stdout(&["ip6tables", "-w", "-S", "portsentry"]);
     assert!(
         rules6.contains("-A portsentry -s 2001:db8::7/128 -j DROP"),
         "{rules6}"
@@ -273,18 +215,16 @@ fn iptables_plugin_adds_one_rule_per_host_in_a_netns() {
 
 #[test]
 fn iptables_responder_recreates_a_deleted_chain() {
-    let Some(ns) = Netns::create("ipt2") else {
-        return;
-    };
+    let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &ns.name)]);
+    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &lab.def)]);
     let plugins = LuaPlugins::load(&c).expect("iptables loads");
     assert!(matches!(
         respond(&plugins, &c, "192.0.2.7", "192.0.2.7")[0],
         Outcome::Done(_)
     ));
-    ns.stdout(&["iptables", "-w", "-F"]);
-    ns.stdout(&["iptables", "-w", "-X", "portsentry"]);
+    lab.defend_stdout(&["iptables", "-w", "-F"]);
+    lab.defend_stdout(&["iptables", "-w", "-X", "portsentry"]);
     let out = respond(&plugins, &c, "192.0.2.9", "192.0.2.9");
     match &out[0] {
         Outcome::Done(a) => assert!(
@@ -294,43 +234,28 @@ fn iptables_responder_recreates_a_deleted_chain() {
         ),
         other => panic!("{other:?}"),
     }
-    let rules = ns.stdout(&["iptables", "-w", "-S", "portsentry"]);
+    let rules = lab.defend_stdout(&["iptables", "-w", "-S", "portsentry"]);
     assert!(rules.contains("-s 192.0.2.9/32 -j DROP"), "{rules}");
 }
 
 // ------------------------------------------------------------------ mail
 
-/// A fake sendmail that appends its arguments and message to `out`.
-fn fake_sendmail(dir: &Path, out: &Path) -> PathBuf {
-    let script = dir.join("sendmail");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"ARGS: $*\" >> '{0}'\ncat >> '{0}'\necho '-----' >> '{0}'\n",
-            out.display()
-        ),
-    )
-    .expect("write fake sendmail");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    script
+/// The mail plugin's config with a fake sendmail; returns it and the file the fake fills.
+fn mail_config(dir: &Path, settings: &[(&str, &str)]) -> (Config, PathBuf) {
+    let (sendmail, spool) = fake_sendmail(dir);
+    let sendmail = sendmail.display().to_string();
+    let mut all = vec![
+        ("MAIL_TO", "admin@example.org"),
+        ("MAIL_SENDMAIL", sendmail.as_str()),
+    ];
+    all.extend_from_slice(settings);
+    (config(dir, &["mail"], &all), spool)
 }
 
 #[test]
 fn mail_plugin_sends_through_sendmail_and_rate_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spool = dir.path().join("spool");
-    let sendmail = fake_sendmail(dir.path(), &spool);
-    let sendmail_text = sendmail.display().to_string();
-    let c = config(
-        dir.path(),
-        &["mail"],
-        &[
-            ("MAIL_TO", "admin@example.org"),
-            ("MAIL_SENDMAIL", &sendmail_text),
-            ("MAIL_MAX", "2"),
-            ("MAIL_PER", "1h"),
-        ],
-    );
+    let (c, spool) = mail_config(dir.path(), &[("MAIL_MAX", "2"), ("MAIL_PER", "1h")]);
     let plugins = LuaPlugins::load(&c).expect("mail loads");
     let mut details = Vec::new();
     for target in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
@@ -358,18 +283,7 @@ fn mail_plugin_sends_through_sendmail_and_rate_limits() {
 #[test]
 fn mail_subject_cannot_inject_headers_through_the_resolved_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spool = dir.path().join("spool");
-    let sendmail = fake_sendmail(dir.path(), &spool);
-    let sendmail_text = sendmail.display().to_string();
-    let c = config(
-        dir.path(),
-        &["mail"],
-        &[
-            ("MAIL_TO", "admin@example.org"),
-            ("MAIL_SENDMAIL", &sendmail_text),
-            ("MAIL_SUBJECT", "scan from {host}"),
-        ],
-    );
+    let (c, spool) = mail_config(dir.path(), &[("MAIL_SUBJECT", "scan from {host}")]);
     let plugins = LuaPlugins::load(&c).expect("mail loads");
     let out = respond(
         &plugins,
@@ -390,9 +304,7 @@ fn mail_subject_cannot_inject_headers_through_the_resolved_name() {
 
 #[test]
 fn mail_plugin_without_recipient_fails_to_load() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &["mail"], &[]);
-    let err = LuaPlugins::load(&c).expect_err("MAIL_TO is required");
+    let err = load_error(&["mail"], &[]);
     assert!(err.to_string().contains("MAIL_TO"), "{err}");
 }
 
@@ -471,9 +383,7 @@ fn jsonlog_plugin_writes_one_json_line_per_alert() {
 
 #[test]
 fn jsonlog_requires_its_file_setting() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &["jsonlog"], &[]);
-    let err = LuaPlugins::load(&c).expect_err("JSONLOG_FILE is required");
+    let err = load_error(&["jsonlog"], &[]);
     assert!(err.to_string().contains("JSONLOG_FILE"), "{err}");
 }
 
@@ -515,12 +425,6 @@ fn allowlist_vetoes_listed_hosts_and_passes_the_others() {
 
 #[test]
 fn allowlist_with_a_bad_network_fails_to_load() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(
-        dir.path(),
-        &["allowlist"],
-        &[("ALLOWLIST_NETS", "10.0.0.0/99")],
-    );
-    let err = LuaPlugins::load(&c).expect_err("bad network");
+    let err = load_error(&["allowlist"], &[("ALLOWLIST_NETS", "10.0.0.0/99")]);
     assert!(err.to_string().contains("ALLOWLIST_NETS"), "{err}");
 }
