@@ -29,21 +29,9 @@ const CONNECT_PAUSE: Duration = Duration::from_millis(1);
 const RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 fn conf_text(lab: &Lab, ports: &str) -> String {
-    format!(
-        "TCP_PORTS=\"{ports}\"\n\
-         IGNORE_FILE=\"{ignore}\"\n\
-         HISTORY_FILE=\"{history}\"\n\
-         BLOCKED_FILE=\"{blocked}\"\n\
-         HOSTS_DENY_FILE=\"{deny}\"\n\
-         RESOLVE_HOST=\"0\"\n\
-         SCAN_TRIGGER=\"0\"\n\
-         BLOCK_TCP=\"0\"\n\
-         BLOCK_UDP=\"0\"\n",
-        ignore = lab.path("portsentry.ignore").display(),
-        history = lab.path("portsentry.history").display(),
-        blocked = lab.path("portsentry.blocked").display(),
-        deny = lab.path("hosts.deny").display(),
-    )
+    lab.config_text(&format!(
+        "TCP_PORTS=\"{ports}\"\nBLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\""
+    ))
 }
 
 /// Vim-style save; returns the instant of the rename.

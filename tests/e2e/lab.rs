@@ -431,11 +431,10 @@ impl Lab {
         )
     }
 
-    /// Writes the daemon's config with the lab's file paths plus the given extra lines.
-    /// The extra lines come first so that they win (first occurrence of a key wins).
-    pub fn write_config(&self, extra: &str) -> PathBuf {
-        let conf = self.path("portsentry.conf");
-        let text = format!(
+    /// A config with the lab's file paths after the given extra lines; the extra lines come
+    /// first so that they win (the first occurrence of a key wins).
+    pub fn config_text(&self, extra: &str) -> String {
+        format!(
             "{extra}\n\
              IGNORE_FILE=\"{ignore}\"\n\
              HISTORY_FILE=\"{history}\"\n\
@@ -447,8 +446,14 @@ impl Lab {
             history = self.path("portsentry.history").display(),
             blocked = self.path("portsentry.blocked").display(),
             deny = self.path("hosts.deny").display(),
-        );
-        std::fs::write(&conf, text).expect("write config");
+        )
+    }
+
+    /// Writes [`Lab::config_text`] as the lab's `portsentry.conf` (and an ignore file if
+    /// there is none yet).
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let conf = self.path("portsentry.conf");
+        std::fs::write(&conf, self.config_text(extra)).expect("write config");
         if !self.path("portsentry.ignore").exists() {
             std::fs::write(self.path("portsentry.ignore"), "127.0.0.1/32\n0.0.0.0\n")
                 .expect("write ignore");

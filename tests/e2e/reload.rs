@@ -11,21 +11,7 @@ const RELOAD_SECS: u64 = 5;
 
 /// The lab's config text: the lab's paths, logging only unless `extra` says otherwise.
 fn conf_text(lab: &Lab, extra: &str) -> String {
-    format!(
-        "{extra}\n\
-         IGNORE_FILE=\"{ignore}\"\n\
-         HISTORY_FILE=\"{history}\"\n\
-         BLOCKED_FILE=\"{blocked}\"\n\
-         HOSTS_DENY_FILE=\"{deny}\"\n\
-         RESOLVE_HOST=\"0\"\n\
-         SCAN_TRIGGER=\"0\"\n\
-         BLOCK_TCP=\"0\"\n\
-         BLOCK_UDP=\"0\"\n",
-        ignore = lab.path("portsentry.ignore").display(),
-        history = lab.path("portsentry.history").display(),
-        blocked = lab.path("portsentry.blocked").display(),
-        deny = lab.path("hosts.deny").display(),
-    )
+    lab.config_text(&format!("{extra}\nBLOCK_TCP=\"0\"\nBLOCK_UDP=\"0\""))
 }
 
 /// Writes the config in place (truncate and write the same inode), as `echo >` or an
