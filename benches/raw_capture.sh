@@ -5,8 +5,11 @@
 #   (a) CPU seconds of the daemon while BULK_MB MiB of bulk TCP flow to a real service,
 #       in MSS-sized segments
 #   (b) CPU seconds and detection lines logged for PROBES spoofed-source SYN probes
-#       (BLOCK_TCP=0, sent at RATE per second), counted until the log goes quiet
-#   (c) peak RSS (VmHWM) of the daemon over the run
+#       (BLOCK_TCP=0), counted until the log goes quiet, at two rates: RATE per second
+#       (the CPU comparison with 1.2) and HIGH_RATE per second (does every probe get
+#       logged?), each with a freshly started daemon; the achieved send rate, and our
+#       daemon's own drop reports (probes, alerts, kernel capture drops) from its stderr
+#   (c) peak RSS (VmHWM) of the daemon over the run (highest of the two daemons)
 #
 # Medians of RUNS runs are written to benches/raw_capture.results.md and into the
 # "raw capture" section of BENCHMARKS.md.
@@ -15,18 +18,31 @@
 # a fixed config path and always logs to /dev/log, so it runs in a private mount namespace
 # with an overlay on /etc (its config written to the overlay's upper dir) and a private
 # /dev whose `log` is the benchmark's syslog receiver: nothing on the host is touched.
-# Ours logs to its own receiver socket (--syslog-socket), so both pay for syslog alike.
+# Ours logs to its own receiver socket (--syslog-socket), so both pay for syslog alike;
+# ours also writes every line to stderr (a file here), which 1.2 does not do.
 #
-# Needs root, python3, iproute2, util-linux (unshare), and network access to Debian's
-# archive (for the .deb). Usage: benches/raw_capture.sh  (env: RUNS BULK_MB PROBES RATE GSO)
+# The probes come from examples/synflood.rs and the syslog receivers are
+# examples/syslog_count.rs (Python could send only 30-70k probes/s here, and a slow
+# receiver slows the daemon, whose syslog sends block when the receiver's queue is full).
+# Both receivers run in the defender namespace, where net.unix.max_dgram_qlen is set to
+# 512 (systemd's sysctl.d default; the kernel's default of 10 makes a syslog sender wait
+# per line). The sysctl is per network namespace: the host's value is not touched.
+#
+# Needs root, python3, iproute2, util-linux (unshare), cargo, and network access to
+# Debian's archive (for the .deb). Usage: benches/raw_capture.sh
+# (env: RUNS BULK_MB PROBES RATE HIGH_RATE HIGH_PROBES OLD_HIGH GSO)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 BULK_MB=${BULK_MB:-2048}
 PROBES=${PROBES:-100000}
 RATE=${RATE:-10000}
+HIGH_RATE=${HIGH_RATE:-100000}
+HIGH_PROBES=${HIGH_PROBES:-$PROBES}
+OLD_HIGH=${OLD_HIGH:-1} # also flood 1.2 at HIGH_RATE (cheap: it loses most and finishes)
 QUIET_SECS=${QUIET_SECS:-3}
 MAX_WAIT=${MAX_WAIT:-60}
+DROP_REPORT_SECS=11 # src/sensor/raw.rs DROP_REPORT and src/pipeline.rs DROP_REPORT_INTERVAL, + 1
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/benches/raw_capture
@@ -49,9 +65,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building our daemon (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+echo "== building our daemon and the benchmark's tools (release)"
+(cd "$ROOT" && cargo build --release --quiet --bins --example synflood --example syslog_count)
 OURS=$ROOT/target/release/portsentry
+SYNFLOOD=$ROOT/target/release/examples/synflood
+SYSLOG_COUNT=$ROOT/target/release/examples/syslog_count
+OURS_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then OURS_REV="$OURS_REV+changes"; fi
 
 echo "== fetching Debian's portsentry 1.2"
 (cd "$W" && apt-get download -q portsentry >/dev/null 2>&1) || {
@@ -72,29 +92,38 @@ if [ "${GSO:-0}" = 0 ]; then ip -n "$ATT" link set va gso_max_size 1500; fi
 # Spoofed sources live in 10.78.0.0/16: route them back to the attacker so that 1.2's raw
 # socket (after routing, rp_filter) sees them as well as our capture (before routing).
 ip -n "$DEF" route add 10.78.0.0/16 via $ATT4
+# systemd's default queue length for Unix datagram sockets; set in the defender namespace
+# only, before its receivers are created (a socket takes the value at creation).
+ip netns exec "$DEF" sysctl -q -w net.unix.max_dgram_qlen=512
 
+# Config and ignore file in $W/<tag>-etc, the files the daemon writes in $W/<tag>-var, as
+# Debian lays them out (/etc/portsentry, /var/lib/portsentry): ours watches its config's
+# directory for changes, and a history file written beside the config would wake the
+# watcher on every logged probe.
 write_conf() { # $1 = file, $2 = tag
   cat > "$1" <<EOF
 ADVANCED_PORTS_TCP="1024"
 ADVANCED_PORTS_UDP="1024"
 ADVANCED_EXCLUDE_TCP="113,139"
 ADVANCED_EXCLUDE_UDP="520,138,137,67"
-IGNORE_FILE="$W/$2.ignore"
-HISTORY_FILE="$W/$2.history"
-BLOCKED_FILE="$W/$2.blocked"
-HOSTS_DENY_FILE="$W/$2.hosts.deny"
+IGNORE_FILE="$W/$2-etc/portsentry.ignore"
+HISTORY_FILE="$W/$2-var/portsentry.history"
+BLOCKED_FILE="$W/$2-var/portsentry.blocked"
+HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
 RESOLVE_HOST="0"
 BLOCK_TCP="0"
 BLOCK_UDP="0"
 SCAN_TRIGGER="0"
 EOF
-  echo "127.0.0.1/32" > "$W/$2.ignore"
-  rm -f "$W/$2.history" "$W/$2".blocked*
+  echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
+  rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
 }
 
+PATTERN="SYN/Normal scan from host"
+
 start_receiver() { # $1 = tag
-  rm -f "$W/$1.log.sock" "$W/$1.count"
-  python3 "$HERE/syslog_rx.py" "$W/$1.log.sock" "$W/$1.count" "SYN/Normal scan from host" &
+  rm -f "$W/$1.log.sock" "$W/$1.count" "$W/$1.other"
+  ip netns exec "$DEF" "$SYSLOG_COUNT" "$W/$1.log.sock" "$W/$1.count" "$PATTERN" "$W/$1.other" &
   PIDS+=($!)
   RX_PID=$!
   for _ in $(seq 50); do [ -S "$W/$1.log.sock" ] && break; sleep 0.1; done
@@ -103,11 +132,12 @@ start_receiver() { # $1 = tag
 # Starts a daemon in the defender namespace and sets DAEMON_PID.
 start_daemon() { # $1 = ours|old
   local tag=$1
-  write_conf "$W/$tag.conf" "$tag"
+  mkdir -p "$W/$tag-etc"
+  write_conf "$W/$tag-etc/portsentry.conf" "$tag"
   start_receiver "$tag"
   if [ "$tag" = ours ]; then
-    ip netns exec "$DEF" "$OURS" -atcp -c "$W/ours.conf" --syslog-socket "$W/ours.log.sock" \
-      --quiet </dev/null >/dev/null 2>&1 &
+    ip netns exec "$DEF" "$OURS" -atcp -c "$W/ours-etc/portsentry.conf" --syslog-socket "$W/ours.log.sock" \
+      </dev/null >/dev/null 2>"$W/ours.stderr" &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
   else
@@ -120,7 +150,7 @@ start_daemon() { # $1 = ours|old
       touch /dev/log; mount --bind '$W/old.log.sock' /dev/log
       mount -t overlay overlay -o lowerdir=/etc,upperdir='$W/etc-up',workdir='$W/etc-work' /etc
       mkdir -p /etc/portsentry
-      cp '$W/old.conf' /etc/portsentry/portsentry.conf
+      cp '$W/old-etc/portsentry.conf' /etc/portsentry/portsentry.conf
       exec '$OLD' -atcp" </dev/null >/dev/null 2>&1
     # 1.2 daemonizes: find the process left in the namespace.
     DAEMON_PID=""
@@ -150,7 +180,7 @@ TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 peak_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 secs() { awk -v t="$1" -v k="$TCK" 'BEGIN {printf "%.2f", t / k}'; }
-count() { cat "$W/$1.count" 2>/dev/null || echo 0; }
+count() { awk '{print $1}' "$W/$1.count" 2>/dev/null || echo 0; }
 
 # Waits until the receiver's count stops moving for QUIET_SECS (or MAX_WAIT).
 wait_quiet() { # $1 = tag
@@ -167,7 +197,63 @@ ip netns exec "$DEF" python3 "$HERE/sink.py" 5001 &
 PIDS+=($!)
 sleep 0.5
 
-declare -A BULK_CPU SYN_CPU SYN_EVENTS RSS
+declare -A BULK_CPU SYN_CPU SYN_EVENTS SYN_RATE HI_CPU HI_EVENTS HI_RATE RSS
+declare -A DROP_PROBES DROP_ALERTS DROP_KERNEL ERR_LINES HI_ERR_LINES SYN_IN HI_IN
+CSUM=0
+
+# Sums the counts of one kind of drop report in our daemon's stderr.
+drops() { # $1 = probes|alerts|kernel
+  case $1 in
+    probes) { grep -o '[0-9]* probes dropped' "$W/ours.stderr" || true; } | awk '{s += $1} END {print s + 0}' ;;
+    alerts) { grep -o '[0-9]* alerts dropped' "$W/ours.stderr" || true; } | awk '{s += $1} END {print s + 0}' ;;
+    kernel) { grep -o 'kernel dropped [0-9]*' "$W/ours.stderr" || true; } | awk '{s += $3} END {print s + 0}' ;;
+  esac
+}
+# Detection lines our daemon wrote to stderr (to check that the receiver missed none).
+err_lines() { grep -c "$PATTERN" "$W/ours.stderr" || true; }
+
+# CPU ticks per thread of the daemon, one "name<TAB>ticks" line each, sorted by name.
+thread_ticks() { # $1 = pid
+  for t in /proc/"$1"/task/*; do
+    printf '%s\t%s\n' "$(cat "$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
+  done 2>/dev/null | LC_ALL=C sort
+}
+
+# A TCP counter of the defender namespace's stack (/proc/net/snmp), e.g. InSegs.
+tcp_mib() { # $1 = name
+  ip netns exec "$DEF" awk -v k="$1" '$1 == "Tcp:" { if (!n) { for (i = 2; i <= NF; i++) h[$i] = i; n = 1 } else print $h[k] }' /proc/net/snmp
+}
+
+# Floods the running daemon, waits for its log to go quiet; sets F_SECS F_RATE F_CPU F_EV,
+# and F_IN: the segments the defender's TCP stack received meanwhile (the probes that
+# reached the defender; AF_PACKET sees each before IP does), F_CSUM: checksum errors.
+flood() { # $1 = tag, $2 = probes, $3 = rate
+  local t0 t1 out in0 cs0 th0 start
+  in0=$(tcp_mib InSegs); cs0=$(tcp_mib InCsumErrors)
+  th0=$(thread_ticks "$DAEMON_PID")
+  t0=$(cpu_ticks "$DAEMON_PID")
+  start=$(date +%s.%N)
+  out=$(ip netns exec "$ATT" "$SYNFLOOD" "$2" "$3" $DEF4)
+  wait_quiet "$1"
+  t1=$(cpu_ticks "$DAEMON_PID")
+  # Where the daemon's CPU went, per thread (only threads that used some), and when the
+  # last detection line arrived, counted from the flood's start.
+  F_THREADS=$(LC_ALL=C join -t $'\t' <(echo "$th0") <(thread_ticks "$DAEMON_PID") |
+    awk -F'\t' -v k="$TCK" '$3 > $2 {printf "%s%s %.2fs", sep, $1, ($3 - $2) / k; sep = ", "}')
+  F_LAST=$(awk -v s="$start" '{printf "%.2f", ($3 > 0) ? $3 - s : 0}' "$W/$1.count")
+  F_SECS=${out% *}; F_RATE=${out#* }
+  F_CPU=$(secs $((t1 - t0)))
+  F_EV=$(count "$1")
+  F_IN=$(($(tcp_mib InSegs) - in0)); F_CSUM=$(($(tcp_mib InCsumErrors) - cs0))
+  if [ "$1" = ours ]; then
+    # Our daemon reports drops every DROP_REPORT_SECS (from its start): let it report
+    # the flood's before it is stopped.
+    sleep "$DROP_REPORT_SECS"
+  fi
+}
+
+max() { [ "$1" -ge "$2" ] && echo "$1" || echo "$2"; }
+
 for run in $(seq "$RUNS"); do
   for tag in ours old; do
     echo "== run $run: $tag"
@@ -177,16 +263,33 @@ for run in $(seq "$RUNS"); do
     t1=$(cpu_ticks "$DAEMON_PID")
     BULK_CPU[$tag]+="$(secs $((t1 - t0))) "
     echo "   bulk ${BULK_MB} MiB in ${took}s: daemon CPU $(secs $((t1 - t0)))s"
-    t0=$(cpu_ticks "$DAEMON_PID")
-    sent=$(ip netns exec "$ATT" python3 "$HERE/synflood.py" "$PROBES" "$RATE" $DEF4)
-    wait_quiet "$tag"
-    t1=$(cpu_ticks "$DAEMON_PID")
-    ev=$(count "$tag")
-    SYN_CPU[$tag]+="$(secs $((t1 - t0))) "
-    SYN_EVENTS[$tag]+="$ev "
+    flood "$tag" "$PROBES" "$RATE"
+    SYN_CPU[$tag]+="$F_CPU "; SYN_EVENTS[$tag]+="$F_EV "; SYN_RATE[$tag]+="$F_RATE "; SYN_IN[$tag]+="$F_IN "; CSUM=$((CSUM + F_CSUM))
     rss=$(peak_kib "$DAEMON_PID")
-    RSS[$tag]+="$rss "
-    echo "   $PROBES SYNs in ${sent}s: daemon CPU $(secs $((t1 - t0)))s, $ev detection lines, peak RSS ${rss} KiB"
+    echo "   $PROBES SYNs in ${F_SECS}s (${F_RATE}/s): daemon CPU ${F_CPU}s, $F_EV detection lines, peak RSS ${rss} KiB; $F_IN segments reached the defender ($F_CSUM bad checksums)"
+    echo "   last line $F_LAST s after the flood started; CPU by thread: $F_THREADS"
+    if [ "$tag" = ours ]; then
+      ERR_LINES[$tag]+="$(err_lines) "
+      echo "   stderr: $(err_lines) detection lines;" \
+        "drops reported: probes $(drops probes), alerts $(drops alerts), kernel $(drops kernel)"
+    fi
+    stop_daemon
+    if [ "$tag" = old ] && [ "$OLD_HIGH" != 1 ]; then RSS[$tag]+="$rss "; continue; fi
+    start_daemon "$tag"
+    flood "$tag" "$HIGH_PROBES" "$HIGH_RATE"
+    HI_CPU[$tag]+="$F_CPU "; HI_EVENTS[$tag]+="$F_EV "; HI_RATE[$tag]+="$F_RATE "; HI_IN[$tag]+="$F_IN "; CSUM=$((CSUM + F_CSUM))
+    rss2=$(peak_kib "$DAEMON_PID")
+    RSS[$tag]+="$(max "$rss" "$rss2") "
+    echo "   $HIGH_PROBES SYNs in ${F_SECS}s (${F_RATE}/s): daemon CPU ${F_CPU}s, $F_EV detection lines, peak RSS ${rss2} KiB; $F_IN segments reached the defender ($F_CSUM bad checksums)"
+    echo "   last line $F_LAST s after the flood started; CPU by thread: $F_THREADS"
+    if [ "$tag" = ours ]; then
+      HI_ERR_LINES[$tag]+="$(err_lines) "
+      DROP_PROBES[$tag]+="$(drops probes) "; DROP_ALERTS[$tag]+="$(drops alerts) "
+      DROP_KERNEL[$tag]+="$(drops kernel) "
+      echo "   stderr: $(err_lines) detection lines;" \
+        "drops reported: probes $(drops probes), alerts $(drops alerts), kernel $(drops kernel)"
+      grep -i dropped "$W/ours.stderr" | sed 's/^/   | /' || true
+    fi
     stop_daemon
   done
 done
@@ -196,23 +299,46 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 KERNEL=$(uname -r)
 CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 RESULT=$ROOT/benches/raw_capture.results.md
+m() { echo "$1" | median; }
+l() { echo "$1" | sed 's/ *$//'; } # a per-run list, without its trailing space
+if [ "$OLD_HIGH" = 1 ]; then
+  OLD_HI_RATE=$(m "${HI_RATE[old]}"); OLD_HI_CPU=$(m "${HI_CPU[old]}"); OLD_HI_EV=$(m "${HI_EVENTS[old]}"); OLD_HI_IN=$(m "${HI_IN[old]}")
+else
+  OLD_HI_RATE="not run"; OLD_HI_CPU="not run"; OLD_HI_EV="not run"; OLD_HI_IN="not run"
+fi
 {
   echo "## Raw capture: -atcp against PortSentry $OLD_VERSION"
   echo
-  echo "Command (root): \`benches/raw_capture.sh\` (env RUNS, BULK_MB, PROBES, RATE, GSO). Generated on $(date -u +%Y-%m-%d) (kernel $KERNEL, $CPU, $(nproc) cores)."
+  echo "Command (root): \`RUNS=$RUNS BULK_MB=$BULK_MB PROBES=$PROBES RATE=$RATE HIGH_RATE=$HIGH_RATE HIGH_PROBES=$HIGH_PROBES benches/raw_capture.sh\`"
+  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU, $(nproc) cores)."
   echo "Medians of $RUNS runs; both daemons alone in a defender network namespace, traffic from"
   echo "a second namespace over a veth pair; CPU = user + system time of the daemon process."
+  echo "Probes from \`examples/synflood.rs\`, syslog counted by \`examples/syslog_count.rs\` in the"
+  echo "defender namespace with net.unix.max_dgram_qlen=512 (systemd's default, set for that"
+  echo "namespace only); ours also writes each line to stderr (a file), 1.2 logs to syslog only."
   echo
   echo "| measure | ours | 1.2 |"
   echo "|---|---|---|"
-  echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(echo "${BULK_CPU[ours]}" | median) | $(echo "${BULK_CPU[old]}" | median) |"
-  echo "| (b) CPU s for $PROBES spoofed-source SYNs at $RATE/s (BLOCK_TCP=0) | $(echo "${SYN_CPU[ours]}" | median) | $(echo "${SYN_CPU[old]}" | median) |"
-  echo "| (b) detection lines logged for those $PROBES SYNs | $(echo "${SYN_EVENTS[ours]}" | median) | $(echo "${SYN_EVENTS[old]}" | median) |"
-  echo "| (c) peak RSS, KiB | $(echo "${RSS[ours]}" | median) | $(echo "${RSS[old]}" | median) |"
+  echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(m "${BULK_CPU[ours]}") | $(m "${BULK_CPU[old]}") |"
+  echo "| (b) $PROBES spoofed-source SYNs at $RATE/s (BLOCK_TCP=0): send rate achieved, /s | $(m "${SYN_RATE[ours]}") | $(m "${SYN_RATE[old]}") |"
+  echo "| (b) ... probes that reached the defender's TCP stack | $(m "${SYN_IN[ours]}") | $(m "${SYN_IN[old]}") |"
+  echo "| (b) ... daemon CPU s | $(m "${SYN_CPU[ours]}") | $(m "${SYN_CPU[old]}") |"
+  echo "| (b) ... detection lines logged | $(m "${SYN_EVENTS[ours]}") | $(m "${SYN_EVENTS[old]}") |"
+  echo "| (b) $HIGH_PROBES spoofed-source SYNs at $HIGH_RATE/s: send rate achieved, /s | $(m "${HI_RATE[ours]}") | $OLD_HI_RATE |"
+  echo "| (b) ... probes that reached the defender's TCP stack | $(m "${HI_IN[ours]}") | $OLD_HI_IN |"
+  echo "| (b) ... daemon CPU s | $(m "${HI_CPU[ours]}") | $OLD_HI_CPU |"
+  echo "| (b) ... detection lines logged | $(m "${HI_EVENTS[ours]}") | $OLD_HI_EV |"
+  echo "| (b) ... drops the daemon reported: probes (sensor to filter) / alerts (filter to responders) / kernel capture | $(m "${DROP_PROBES[ours]}") / $(m "${DROP_ALERTS[ours]}") / $(m "${DROP_KERNEL[ours]}") | (none reported) |"
+  echo "| (c) peak RSS, KiB | $(m "${RSS[ours]}") | $(m "${RSS[old]}") |"
   echo
-  echo "Raw figures per run: bulk CPU ours [${BULK_CPU[ours]% }] 1.2 [${BULK_CPU[old]% }];"
-  echo "SYN CPU ours [${SYN_CPU[ours]% }] 1.2 [${SYN_CPU[old]% }];"
-  echo "lines ours [${SYN_EVENTS[ours]% }] 1.2 [${SYN_EVENTS[old]% }]; RSS ours [${RSS[ours]% }] 1.2 [${RSS[old]% }]."
+  echo "Raw figures per run: bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
+  echo "at $RATE/s: rate ours [$(l "${SYN_RATE[ours]:-}")] 1.2 [$(l "${SYN_RATE[old]:-}")], CPU ours [$(l "${SYN_CPU[ours]:-}")] 1.2 [$(l "${SYN_CPU[old]:-}")],"
+  echo "lines ours [$(l "${SYN_EVENTS[ours]:-}")] (stderr [$(l "${ERR_LINES[ours]:-}")]) 1.2 [$(l "${SYN_EVENTS[old]:-}")];"
+  echo "at $HIGH_RATE/s: rate ours [$(l "${HI_RATE[ours]:-}")] 1.2 [$(l "${HI_RATE[old]:-}")], CPU ours [$(l "${HI_CPU[ours]:-}")] 1.2 [$(l "${HI_CPU[old]:-}")],"
+  echo "lines ours [$(l "${HI_EVENTS[ours]:-}")] (stderr [$(l "${HI_ERR_LINES[ours]:-}")]) 1.2 [$(l "${HI_EVENTS[old]:-}")],"
+  echo "drops ours probes [$(l "${DROP_PROBES[ours]:-}")] alerts [$(l "${DROP_ALERTS[ours]:-}")] kernel [$(l "${DROP_KERNEL[ours]:-}")];"
+  echo "reached the defender at $RATE/s ours [$(l "${SYN_IN[ours]:-}")] 1.2 [$(l "${SYN_IN[old]:-}")], at $HIGH_RATE/s ours [$(l "${HI_IN[ours]:-}")] 1.2 [$(l "${HI_IN[old]:-}")]"
+  echo "(TCP InSegs, $CSUM with a bad checksum in all runs); RSS ours [$(l "${RSS[ours]:-}")] 1.2 [$(l "${RSS[old]:-}")]."
   cat "$HERE/notes.md"
 } > "$RESULT"
 cat "$RESULT"
