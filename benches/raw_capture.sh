@@ -5,11 +5,13 @@
 #   (a) CPU seconds of the daemon while BULK_MB MiB of bulk TCP flow to a real service,
 #       in MSS-sized segments
 #   (b) CPU seconds and detection lines logged for PROBES spoofed-source SYN probes
-#       (BLOCK_TCP=0), counted until the log goes quiet, at two rates: RATE per second
-#       (the CPU comparison with 1.2) and HIGH_RATE per second (does every probe get
-#       logged?), each with a freshly started daemon; the achieved send rate, and our
-#       daemon's own drop reports (probes, alerts, kernel capture drops) from its stderr
-#   (c) peak RSS (VmHWM) of the daemon over the run (highest of the two daemons)
+#       (BLOCK_TCP=0), counted until the log goes quiet, at RATE per second (the CPU
+#       comparison with 1.2), then HIGH_PROBES at HIGH_RATE per second (does every probe
+#       get logged?), and for ours HIGH_PROBES at HIGH_RATE again with every line also
+#       copied to stderr; each with a freshly started daemon. Also the achieved send rate,
+#       the probes that reached the defender's stack, CPU per daemon thread, and our
+#       daemon's own drop reports (probes, alerts, kernel capture drops)
+#   (c) peak RSS (VmHWM) of the daemon over the run (highest of the run's daemons)
 #
 # Medians of RUNS runs are written to benches/raw_capture.results.md and into the
 # "raw capture" section of BENCHMARKS.md.
@@ -18,8 +20,8 @@
 # a fixed config path and always logs to /dev/log, so it runs in a private mount namespace
 # with an overlay on /etc (its config written to the overlay's upper dir) and a private
 # /dev whose `log` is the benchmark's syslog receiver: nothing on the host is touched.
-# Ours logs to its own receiver socket (--syslog-socket), so both pay for syslog alike;
-# ours also writes every line to stderr (a file here), which 1.2 does not do.
+# Ours logs to its own receiver socket (--syslog-socket) with --quiet, so both pay for
+# syslog alike and nothing else (except in the stderr block).
 #
 # The probes come from examples/synflood.rs and the syslog receivers are
 # examples/syslog_count.rs (Python could send only 30-70k probes/s here, and a slow
@@ -129,15 +131,18 @@ start_receiver() { # $1 = tag
   for _ in $(seq 50); do [ -S "$W/$1.log.sock" ] && break; sleep 0.1; done
 }
 
-# Starts a daemon in the defender namespace and sets DAEMON_PID.
-start_daemon() { # $1 = ours|old
-  local tag=$1
+# Starts a daemon in the defender namespace and sets DAEMON_PID. Ours runs with --quiet
+# (syslog only, as 1.2 logs) unless $2 = stderr: then it also copies each line to stderr,
+# which goes to $W/ours.stderr.
+start_daemon() { # $1 = ours|old, $2 = quiet|stderr (ours only)
+  local tag=$1 quiet=--quiet
   mkdir -p "$W/$tag-etc"
   write_conf "$W/$tag-etc/portsentry.conf" "$tag"
   start_receiver "$tag"
   if [ "$tag" = ours ]; then
+    [ "${2:-quiet}" = stderr ] && quiet=
     ip netns exec "$DEF" "$OURS" -atcp -c "$W/ours-etc/portsentry.conf" --syslog-socket "$W/ours.log.sock" \
-      </dev/null >/dev/null 2>"$W/ours.stderr" &
+      $quiet </dev/null >/dev/null 2>"$W/ours.stderr" &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
   else
@@ -197,20 +202,20 @@ ip netns exec "$DEF" python3 "$HERE/sink.py" 5001 &
 PIDS+=($!)
 sleep 0.5
 
-declare -A BULK_CPU SYN_CPU SYN_EVENTS SYN_RATE HI_CPU HI_EVENTS HI_RATE RSS
-declare -A DROP_PROBES DROP_ALERTS DROP_KERNEL ERR_LINES HI_ERR_LINES SYN_IN HI_IN
+# Figures per run, keyed "tag phase" (phases: cmp = RATE, hi = HIGH_RATE, hierr = HIGH_RATE
+# with ours copying its lines to stderr), each a space-separated list over the runs.
+declare -A BULK_CPU CPU LINES SENT_RATE REACHED ERRL DROP_P DROP_A DROP_K RSS
 CSUM=0
 
-# Sums the counts of one kind of drop report in our daemon's stderr.
-drops() { # $1 = probes|alerts|kernel
+# Sums the counts of one kind of our daemon's drop reports in a log file: the syslog
+# receiver's file of non-detection lines, or the daemon's stderr.
+drops() { # $1 = probes|alerts|kernel, $2 = file
   case $1 in
-    probes) { grep -o '[0-9]* probes dropped' "$W/ours.stderr" || true; } | awk '{s += $1} END {print s + 0}' ;;
-    alerts) { grep -o '[0-9]* alerts dropped' "$W/ours.stderr" || true; } | awk '{s += $1} END {print s + 0}' ;;
-    kernel) { grep -o 'kernel dropped [0-9]*' "$W/ours.stderr" || true; } | awk '{s += $3} END {print s + 0}' ;;
+    probes) { grep -o '[0-9]* probes dropped' "$2" || true; } | awk '{s += $1} END {print s + 0}' ;;
+    alerts) { grep -o '[0-9]* alerts dropped' "$2" || true; } | awk '{s += $1} END {print s + 0}' ;;
+    kernel) { grep -o 'kernel dropped [0-9]*' "$2" || true; } | awk '{s += $3} END {print s + 0}' ;;
   esac
 }
-# Detection lines our daemon wrote to stderr (to check that the receiver missed none).
-err_lines() { grep -c "$PATTERN" "$W/ours.stderr" || true; }
 
 # CPU ticks per thread of the daemon, one "name<TAB>ticks" line each, sorted by name.
 thread_ticks() { # $1 = pid
@@ -224,35 +229,47 @@ tcp_mib() { # $1 = name
   ip netns exec "$DEF" awk -v k="$1" '$1 == "Tcp:" { if (!n) { for (i = 2; i <= NF; i++) h[$i] = i; n = 1 } else print $h[k] }' /proc/net/snmp
 }
 
-# Floods the running daemon, waits for its log to go quiet; sets F_SECS F_RATE F_CPU F_EV,
-# and F_IN: the segments the defender's TCP stack received meanwhile (the probes that
-# reached the defender; AF_PACKET sees each before IP does), F_CSUM: checksum errors.
-flood() { # $1 = tag, $2 = probes, $3 = rate
-  local t0 t1 out in0 cs0 th0 start
+# Floods the running daemon with $3 probes at $4/s, waits for its log to go quiet, records
+# the figures under "$1 $2" and prints them. "Reached" counts the segments the defender's
+# TCP stack received meanwhile (AF_PACKET sees each before IP does); bad checksums too.
+flood() { # $1 = tag, $2 = phase, $3 = probes, $4 = rate
+  local tag=$1 key="$1 $2" t0 t1 out in0 cs0 th0 start threads last cpu ev reached csum
   in0=$(tcp_mib InSegs); cs0=$(tcp_mib InCsumErrors)
   th0=$(thread_ticks "$DAEMON_PID")
   t0=$(cpu_ticks "$DAEMON_PID")
   start=$(date +%s.%N)
-  out=$(ip netns exec "$ATT" "$SYNFLOOD" "$2" "$3" $DEF4)
-  wait_quiet "$1"
+  out=$(ip netns exec "$ATT" "$SYNFLOOD" "$3" "$4" $DEF4)
+  wait_quiet "$tag"
   t1=$(cpu_ticks "$DAEMON_PID")
-  # Where the daemon's CPU went, per thread (only threads that used some), and when the
-  # last detection line arrived, counted from the flood's start.
-  F_THREADS=$(LC_ALL=C join -t $'\t' <(echo "$th0") <(thread_ticks "$DAEMON_PID") |
+  # Where the daemon's CPU went, per thread (threads that used some), and when the last
+  # detection line arrived, counted from the flood's start.
+  threads=$(LC_ALL=C join -t $'\t' <(echo "$th0") <(thread_ticks "$DAEMON_PID") |
     awk -F'\t' -v k="$TCK" '$3 > $2 {printf "%s%s %.2fs", sep, $1, ($3 - $2) / k; sep = ", "}')
-  F_LAST=$(awk -v s="$start" '{printf "%.2f", ($3 > 0) ? $3 - s : 0}' "$W/$1.count")
-  F_SECS=${out% *}; F_RATE=${out#* }
-  F_CPU=$(secs $((t1 - t0)))
-  F_EV=$(count "$1")
-  F_IN=$(($(tcp_mib InSegs) - in0)); F_CSUM=$(($(tcp_mib InCsumErrors) - cs0))
-  if [ "$1" = ours ]; then
-    # Our daemon reports drops every DROP_REPORT_SECS (from its start): let it report
-    # the flood's before it is stopped.
+  last=$(awk -v s="$start" '{printf "%.2f", ($3 > 0) ? $3 - s : 0}' "$W/$tag.count")
+  cpu=$(secs $((t1 - t0))); ev=$(count "$tag")
+  reached=$(($(tcp_mib InSegs) - in0)); csum=$(($(tcp_mib InCsumErrors) - cs0))
+  CSUM=$((CSUM + csum))
+  CPU[$key]+="$cpu "; LINES[$key]+="$ev "; SENT_RATE[$key]+="${out#* } "; REACHED[$key]+="$reached "
+  echo "   [$2] $3 SYNs sent in ${out% *} s (${out#* }/s), $reached reached the defender ($csum bad checksums)"
+  echo "   [$2] daemon CPU ${cpu} s, $ev detection lines, the last ${last} s after the flood started"
+  echo "   [$2] CPU by thread: $threads"
+  if [ "$tag" = ours ]; then
+    # Our daemon reports drops every DROP_REPORT_SECS (from its start): let it report the
+    # flood's before it is stopped. Its reports reach syslog whether or not it is --quiet.
     sleep "$DROP_REPORT_SECS"
+    local f="$W/ours.other" p a k
+    p=$(drops probes "$f"); a=$(drops alerts "$f"); k=$(drops kernel "$f")
+    DROP_P[$key]+="$p "; DROP_A[$key]+="$a "; DROP_K[$key]+="$k "
+    echo "   [$2] drops reported: probes (sensor to filter) $p, alerts (filter to responders) $a, kernel capture $k"
+    grep -h dropped "$f" | sed 's/^/   | /' || true
+    if [ "$2" = hierr ]; then
+      local e; e=$(grep -c "$PATTERN" "$W/ours.stderr" || true)
+      ERRL[$key]+="$e "
+      echo "   [$2] stderr: $e detection lines (receiver: $ev); drops there: probes" \
+        "$(drops probes "$W/ours.stderr"), alerts $(drops alerts "$W/ours.stderr"), kernel $(drops kernel "$W/ours.stderr")"
+    fi
   fi
 }
-
-max() { [ "$1" -ge "$2" ] && echo "$1" || echo "$2"; }
 
 for run in $(seq "$RUNS"); do
   for tag in ours old; do
@@ -263,82 +280,73 @@ for run in $(seq "$RUNS"); do
     t1=$(cpu_ticks "$DAEMON_PID")
     BULK_CPU[$tag]+="$(secs $((t1 - t0))) "
     echo "   bulk ${BULK_MB} MiB in ${took}s: daemon CPU $(secs $((t1 - t0)))s"
-    flood "$tag" "$PROBES" "$RATE"
-    SYN_CPU[$tag]+="$F_CPU "; SYN_EVENTS[$tag]+="$F_EV "; SYN_RATE[$tag]+="$F_RATE "; SYN_IN[$tag]+="$F_IN "; CSUM=$((CSUM + F_CSUM))
-    rss=$(peak_kib "$DAEMON_PID")
-    echo "   $PROBES SYNs in ${F_SECS}s (${F_RATE}/s): daemon CPU ${F_CPU}s, $F_EV detection lines, peak RSS ${rss} KiB; $F_IN segments reached the defender ($F_CSUM bad checksums)"
-    echo "   last line $F_LAST s after the flood started; CPU by thread: $F_THREADS"
-    if [ "$tag" = ours ]; then
-      ERR_LINES[$tag]+="$(err_lines) "
-      echo "   stderr: $(err_lines) detection lines;" \
-        "drops reported: probes $(drops probes), alerts $(drops alerts), kernel $(drops kernel)"
-    fi
+    flood "$tag" cmp "$PROBES" "$RATE"
+    peak=$(peak_kib "$DAEMON_PID")
     stop_daemon
-    if [ "$tag" = old ] && [ "$OLD_HIGH" != 1 ]; then RSS[$tag]+="$rss "; continue; fi
-    start_daemon "$tag"
-    flood "$tag" "$HIGH_PROBES" "$HIGH_RATE"
-    HI_CPU[$tag]+="$F_CPU "; HI_EVENTS[$tag]+="$F_EV "; HI_RATE[$tag]+="$F_RATE "; HI_IN[$tag]+="$F_IN "; CSUM=$((CSUM + F_CSUM))
-    rss2=$(peak_kib "$DAEMON_PID")
-    RSS[$tag]+="$(max "$rss" "$rss2") "
-    echo "   $HIGH_PROBES SYNs in ${F_SECS}s (${F_RATE}/s): daemon CPU ${F_CPU}s, $F_EV detection lines, peak RSS ${rss2} KiB; $F_IN segments reached the defender ($F_CSUM bad checksums)"
-    echo "   last line $F_LAST s after the flood started; CPU by thread: $F_THREADS"
-    if [ "$tag" = ours ]; then
-      HI_ERR_LINES[$tag]+="$(err_lines) "
-      DROP_PROBES[$tag]+="$(drops probes) "; DROP_ALERTS[$tag]+="$(drops alerts) "
-      DROP_KERNEL[$tag]+="$(drops kernel) "
-      echo "   stderr: $(err_lines) detection lines;" \
-        "drops reported: probes $(drops probes), alerts $(drops alerts), kernel $(drops kernel)"
-      grep -i dropped "$W/ours.stderr" | sed 's/^/   | /' || true
-    fi
-    stop_daemon
+    phases="hi"
+    [ "$tag" = ours ] && phases="hi hierr"
+    [ "$tag" = old ] && [ "$OLD_HIGH" != 1 ] && phases=""
+    for phase in $phases; do
+      start_daemon "$tag" "$([ "$phase" = hierr ] && echo stderr || echo quiet)"
+      flood "$tag" "$phase" "$HIGH_PROBES" "$HIGH_RATE"
+      p=$(peak_kib "$DAEMON_PID"); [ "$p" -gt "$peak" ] && peak=$p
+      stop_daemon
+    done
+    RSS[$tag]+="$peak "
+    echo "   peak RSS of the run's daemons: $peak KiB"
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+m() { local v; v=$(echo "${1:-}" | median); echo "${v:-not run}"; }
+l() { echo "${1:-}" | sed 's/ *$//'; } # a per-run list, without its trailing space
 
 KERNEL=$(uname -r)
-CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
+CPU_MODEL=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 RESULT=$ROOT/benches/raw_capture.results.md
-m() { echo "$1" | median; }
-l() { echo "$1" | sed 's/ *$//'; } # a per-run list, without its trailing space
-if [ "$OLD_HIGH" = 1 ]; then
-  OLD_HI_RATE=$(m "${HI_RATE[old]}"); OLD_HI_CPU=$(m "${HI_CPU[old]}"); OLD_HI_EV=$(m "${HI_EVENTS[old]}"); OLD_HI_IN=$(m "${HI_IN[old]}")
-else
-  OLD_HI_RATE="not run"; OLD_HI_CPU="not run"; OLD_HI_EV="not run"; OLD_HI_IN="not run"
-fi
+O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
 {
   echo "## Raw capture: -atcp against PortSentry $OLD_VERSION"
   echo
   echo "Command (root): \`RUNS=$RUNS BULK_MB=$BULK_MB PROBES=$PROBES RATE=$RATE HIGH_RATE=$HIGH_RATE HIGH_PROBES=$HIGH_PROBES benches/raw_capture.sh\`"
-  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU, $(nproc) cores)."
+  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU_MODEL, $(nproc) cores)."
   echo "Medians of $RUNS runs; both daemons alone in a defender network namespace, traffic from"
   echo "a second namespace over a veth pair; CPU = user + system time of the daemon process."
-  echo "Probes from \`examples/synflood.rs\`, syslog counted by \`examples/syslog_count.rs\` in the"
+  echo "Probes from \`examples/synflood.rs\`; syslog counted by \`examples/syslog_count.rs\` in the"
   echo "defender namespace with net.unix.max_dgram_qlen=512 (systemd's default, set for that"
-  echo "namespace only); ours also writes each line to stderr (a file), 1.2 logs to syslog only."
+  echo "namespace only). Both daemons log to syslog only (ours with \`--quiet\`), except in the"
+  echo "last block, where ours also copies every line to stderr (a file). Each block of (b) is"
+  echo "a freshly started daemon. Each detected probe gives one counted \"SYN/Normal scan\" line"
+  echo "and one \"Ignoring TCP response per configuration file setting.\" line (both daemons)."
   echo
   echo "| measure | ours | 1.2 |"
   echo "|---|---|---|"
-  echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(m "${BULK_CPU[ours]}") | $(m "${BULK_CPU[old]}") |"
-  echo "| (b) $PROBES spoofed-source SYNs at $RATE/s (BLOCK_TCP=0): send rate achieved, /s | $(m "${SYN_RATE[ours]}") | $(m "${SYN_RATE[old]}") |"
-  echo "| (b) ... probes that reached the defender's TCP stack | $(m "${SYN_IN[ours]}") | $(m "${SYN_IN[old]}") |"
-  echo "| (b) ... daemon CPU s | $(m "${SYN_CPU[ours]}") | $(m "${SYN_CPU[old]}") |"
-  echo "| (b) ... detection lines logged | $(m "${SYN_EVENTS[ours]}") | $(m "${SYN_EVENTS[old]}") |"
-  echo "| (b) $HIGH_PROBES spoofed-source SYNs at $HIGH_RATE/s: send rate achieved, /s | $(m "${HI_RATE[ours]}") | $OLD_HI_RATE |"
-  echo "| (b) ... probes that reached the defender's TCP stack | $(m "${HI_IN[ours]}") | $OLD_HI_IN |"
-  echo "| (b) ... daemon CPU s | $(m "${HI_CPU[ours]}") | $OLD_HI_CPU |"
-  echo "| (b) ... detection lines logged | $(m "${HI_EVENTS[ours]}") | $OLD_HI_EV |"
-  echo "| (b) ... drops the daemon reported: probes (sensor to filter) / alerts (filter to responders) / kernel capture | $(m "${DROP_PROBES[ours]}") / $(m "${DROP_ALERTS[ours]}") / $(m "${DROP_KERNEL[ours]}") | (none reported) |"
-  echo "| (c) peak RSS, KiB | $(m "${RSS[ours]}") | $(m "${RSS[old]}") |"
+  echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(m "${BULK_CPU[ours]:-}") | $(m "${BULK_CPU[old]:-}") |"
+  echo "| (b) $PROBES forged-source SYNs at $RATE/s (BLOCK_TCP=0): achieved send rate, /s | $(m "${SENT_RATE[$O]:-}") | $(m "${SENT_RATE[$X]:-}") |"
+  echo "| ... daemon CPU s | $(m "${CPU[$O]:-}") | $(m "${CPU[$X]:-}") |"
+  echo "| ... detection lines logged | $(m "${LINES[$O]:-}") | $(m "${LINES[$X]:-}") |"
+  echo "| (b) $HIGH_PROBES forged-source SYNs at $HIGH_RATE/s: achieved send rate, /s | $(m "${SENT_RATE[$OH]:-}") | $(m "${SENT_RATE[$XH]:-}") |"
+  echo "| ... daemon CPU s | $(m "${CPU[$OH]:-}") | $(m "${CPU[$XH]:-}") |"
+  echo "| ... detection lines logged | $(m "${LINES[$OH]:-}") | $(m "${LINES[$XH]:-}") |"
+  echo "| ... drops ours reported: probes (sensor to filter) / alerts (filter to responders) / kernel capture | $(m "${DROP_P[$OH]:-}") / $(m "${DROP_A[$OH]:-}") / $(m "${DROP_K[$OH]:-}") | (no such report) |"
+  echo "| (b) the same, ours also copying each line to stderr: achieved send rate, /s | $(m "${SENT_RATE[$OE]:-}") | |"
+  echo "| ... daemon CPU s | $(m "${CPU[$OE]:-}") | |"
+  echo "| ... detection lines logged (syslog receiver / stderr) | $(m "${LINES[$OE]:-}") / $(m "${ERRL[$OE]:-}") | |"
+  echo "| ... drops ours reported: probes / alerts / kernel capture | $(m "${DROP_P[$OE]:-}") / $(m "${DROP_A[$OE]:-}") / $(m "${DROP_K[$OE]:-}") | |"
+  echo "| (c) peak RSS, KiB (highest of the run's daemons) | $(m "${RSS[ours]:-}") | $(m "${RSS[old]:-}") |"
   echo
-  echo "Raw figures per run: bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
-  echo "at $RATE/s: rate ours [$(l "${SYN_RATE[ours]:-}")] 1.2 [$(l "${SYN_RATE[old]:-}")], CPU ours [$(l "${SYN_CPU[ours]:-}")] 1.2 [$(l "${SYN_CPU[old]:-}")],"
-  echo "lines ours [$(l "${SYN_EVENTS[ours]:-}")] (stderr [$(l "${ERR_LINES[ours]:-}")]) 1.2 [$(l "${SYN_EVENTS[old]:-}")];"
-  echo "at $HIGH_RATE/s: rate ours [$(l "${HI_RATE[ours]:-}")] 1.2 [$(l "${HI_RATE[old]:-}")], CPU ours [$(l "${HI_CPU[ours]:-}")] 1.2 [$(l "${HI_CPU[old]:-}")],"
-  echo "lines ours [$(l "${HI_EVENTS[ours]:-}")] (stderr [$(l "${HI_ERR_LINES[ours]:-}")]) 1.2 [$(l "${HI_EVENTS[old]:-}")],"
-  echo "drops ours probes [$(l "${DROP_PROBES[ours]:-}")] alerts [$(l "${DROP_ALERTS[ours]:-}")] kernel [$(l "${DROP_KERNEL[ours]:-}")];"
-  echo "reached the defender at $RATE/s ours [$(l "${SYN_IN[ours]:-}")] 1.2 [$(l "${SYN_IN[old]:-}")], at $HIGH_RATE/s ours [$(l "${HI_IN[ours]:-}")] 1.2 [$(l "${HI_IN[old]:-}")]"
-  echo "(TCP InSegs, $CSUM with a bad checksum in all runs); RSS ours [$(l "${RSS[ours]:-}")] 1.2 [$(l "${RSS[old]:-}")]."
+  echo "Raw figures per run (cmp: $RATE/s, hi: $HIGH_RATE/s, hierr: $HIGH_RATE/s with stderr; old = 1.2):"
+  echo "bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
+  for k in "$O" "$X" "$OH" "$XH" "$OE"; do
+    [ -n "${CPU[$k]:-}" ] || continue
+    line="$k: rate [$(l "${SENT_RATE[$k]}")], reached [$(l "${REACHED[$k]}")], CPU [$(l "${CPU[$k]}")], lines [$(l "${LINES[$k]}")]"
+    if [ "${k%% *}" = ours ]; then
+      line+=", drops probes [$(l "${DROP_P[$k]}")] alerts [$(l "${DROP_A[$k]}")] kernel [$(l "${DROP_K[$k]}")]"
+      if [ -n "${ERRL[$k]:-}" ]; then line+=", stderr lines [$(l "${ERRL[$k]}")]"; fi
+    fi
+    echo "$line;"
+  done
+  echo "RSS ours [$(l "${RSS[ours]:-}")] 1.2 [$(l "${RSS[old]:-}")]; probes with a bad TCP checksum, all runs: $CSUM."
   cat "$HERE/notes.md"
 } > "$RESULT"
 cat "$RESULT"
