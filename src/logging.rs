@@ -4,6 +4,7 @@
 //! foreground (systemd's journal picks it up). Without a syslog socket (containers, CI) the
 //! stderr appender still comes up and the daemon carries on.
 
+use std::cell::Cell;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,21 +27,69 @@ pub struct LogSettings {
 /// Default syslog socket on Linux.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
-/// Writes each record to stderr as one line in one `write(2)`: log4rs's console appender
-/// writes the message and the newline separately, which doubles the system calls on the
-/// response thread during a flood.
-#[derive(Debug)]
-struct StderrAppender;
+thread_local! {
+    /// Set while this thread runs inside [`batched`]: its stderr lines wait in the buffer.
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Largest stderr batch kept before it is written out anyway.
+const STDERR_BATCH: usize = 64 * 1024;
+
+/// Runs `f` with the stderr lines this thread logs gathered and written in one go at the
+/// end (or every 64 KiB). The response thread drains a burst of alerts this way: during a
+/// forged flood one `write(2)` per batch instead of one per line keeps it ahead of the
+/// queue. Syslog lines are still sent one by one, as they are logged.
+pub fn batched<R>(f: impl FnOnce() -> R) -> R {
+    BATCHING.set(true);
+    let result = f();
+    BATCHING.set(false);
+    log::logger().flush();
+    result
+}
+
+/// Writes pending stderr lines now (before slow work inside a [`batched`] run, so that an
+/// admin watching the log is not kept waiting by a responder).
+pub fn flush() {
+    log::logger().flush();
+}
+
+/// Writes each record to stderr as one line: at once, or at the end of a [`batched`] run.
+/// (log4rs's console appender writes message and newline separately and flushes each.)
+#[derive(Debug, Default)]
+struct StderrAppender {
+    pending: Mutex<Vec<u8>>,
+}
+
+impl StderrAppender {
+    fn write_out(pending: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let result = std::io::stderr().lock().write_all(pending);
+        pending.clear();
+        result
+    }
+}
 
 impl Append for StderrAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        use std::io::Write;
-        let line = format!("{}\n", record.args());
-        std::io::stderr().lock().write_all(line.as_bytes())?;
+        use std::fmt::Write;
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut line = String::new();
+        let _ = writeln!(line, "{}", record.args());
+        // Lines of other threads go after what is pending, so the order is kept.
+        pending.extend_from_slice(line.as_bytes());
+        if !BATCHING.get() || pending.len() >= STDERR_BATCH {
+            Self::write_out(&mut pending)?;
+        }
         Ok(())
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = Self::write_out(&mut pending);
+    }
 }
 
 /// RFC 3164 priority: facility daemon (3) times 8 plus the severity.
@@ -131,7 +180,8 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
     let mut root = Root::builder();
     let mut note = None;
     if settings.stderr {
-        builder = builder.appender(Appender::builder().build("stderr", Box::new(StderrAppender)));
+        builder =
+            builder.appender(Appender::builder().build("stderr", Box::<StderrAppender>::default()));
         root = root.appender("stderr");
     }
     if let Some(path) = &settings.syslog_socket {

@@ -17,6 +17,7 @@ use crate::event::{Alert, Hit};
 use crate::filter::blocked::SharedRegistry;
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
+use crate::logging;
 use crate::report;
 use crate::respond::stage::ResponseStage;
 use crate::sensor::HitSink;
@@ -140,6 +141,44 @@ impl Pipeline {
     }
 }
 
+/// Reports probes and alerts dropped since the last report, at most every
+/// [`DROP_REPORT_INTERVAL`] and once more at the end.
+struct DropReport {
+    reported: (u64, u64),
+    since: Instant,
+}
+
+impl DropReport {
+    fn new(now: Instant) -> DropReport {
+        DropReport {
+            reported: (0, 0),
+            since: now,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= DROP_REPORT_INTERVAL
+    }
+
+    /// Logs what grew since the last report; returns the lines, for tests.
+    fn report(&mut self, counts: (u64, u64), now: Instant) -> Vec<String> {
+        let secs = now.duration_since(self.since).as_secs().max(1);
+        let mut lines = Vec::new();
+        if counts.0 > self.reported.0 {
+            lines.push(report::probes_dropped(counts.0 - self.reported.0, secs));
+        }
+        if counts.1 > self.reported.1 {
+            lines.push(report::alerts_dropped(counts.1 - self.reported.1, secs));
+        }
+        for line in &lines {
+            log::warn!("{line}");
+        }
+        self.reported = counts;
+        self.since = now;
+        lines
+    }
+}
+
 struct FilterWorker {
     filters: Vec<Box<dyn Filter>>,
     registry: SharedRegistry,
@@ -150,8 +189,7 @@ struct FilterWorker {
 
 impl FilterWorker {
     fn run(&mut self, hits: Receiver<Hit>, control: Receiver<FilterMsg>) {
-        let mut last_report = Instant::now();
-        let mut reported = (0u64, 0u64);
+        let mut drops = DropReport::new(Instant::now());
         loop {
             select_biased! {
                 recv(control) -> msg => match msg {
@@ -165,30 +203,27 @@ impl FilterWorker {
                     Ok(FilterMsg::Sync(done)) => {
                         let _ = done.send(());
                     }
-                    Ok(FilterMsg::Stop) | Err(_) => return,
+                    Ok(FilterMsg::Stop) | Err(_) => break,
                 },
                 recv(hits) -> hit => match hit {
                     Ok(hit) => self.inspect(hit),
-                    Err(_) => return,
+                    Err(_) => break,
                 },
                 default(DROP_REPORT_INTERVAL) => {}
             }
-            if last_report.elapsed() >= DROP_REPORT_INTERVAL {
-                last_report = Instant::now();
-                let now = (
-                    self.sink.dropped(),
-                    self.stats.alerts_dropped.load(Ordering::Relaxed),
-                );
-                let secs = DROP_REPORT_INTERVAL.as_secs();
-                if now.0 > reported.0 {
-                    log::warn!("{}", report::probes_dropped(now.0 - reported.0, secs));
-                }
-                if now.1 > reported.1 {
-                    log::warn!("{}", report::alerts_dropped(now.1 - reported.1, secs));
-                }
-                reported = now;
+            if drops.due(Instant::now()) {
+                drops.report(self.drop_counts(), Instant::now());
             }
         }
+        // Drops of the last seconds are reported too, not lost with the daemon.
+        drops.report(self.drop_counts(), Instant::now());
+    }
+
+    fn drop_counts(&self) -> (u64, u64) {
+        (
+            self.sink.dropped(),
+            self.stats.alerts_dropped.load(Ordering::Relaxed),
+        )
     }
 
     fn inspect(&mut self, hit: Hit) {
@@ -236,11 +271,47 @@ impl FilterWorker {
     }
 }
 
+/// Alerts handled in one stderr batch at most (see [`logging::batched`]).
+const RESPONSE_BATCH: usize = 512;
+
 fn response_loop(mut stage: ResponseStage, alerts: Receiver<ResponseMsg>) {
-    for msg in alerts {
-        match msg {
-            ResponseMsg::Alert(alert) => stage.handle(&alert),
-            ResponseMsg::Reload(generation) => stage.reconfigure(generation),
-        }
+    let mut handle = |msg: ResponseMsg| match msg {
+        ResponseMsg::Alert(alert) => stage.handle(&alert),
+        ResponseMsg::Reload(generation) => stage.reconfigure(generation),
+    };
+    while let Ok(first) = alerts.recv() {
+        logging::batched(|| {
+            handle(first);
+            for _ in 1..RESPONSE_BATCH {
+                match alerts.try_recv() {
+                    Ok(msg) => handle(msg),
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_reported_once_per_interval_and_at_the_end() {
+        let t0 = Instant::now();
+        let mut r = DropReport::new(t0);
+        assert!(!r.due(t0 + Duration::from_secs(9)));
+        assert!(r.due(t0 + DROP_REPORT_INTERVAL));
+        assert!(r.report((0, 0), t0 + DROP_REPORT_INTERVAL).is_empty());
+        let t1 = t0 + DROP_REPORT_INTERVAL;
+        assert_eq!(
+            r.report((7, 2), t1 + Duration::from_secs(3)),
+            vec![report::probes_dropped(7, 3), report::alerts_dropped(2, 3)]
+        );
+        // Only what grew since is reported next time.
+        assert_eq!(
+            r.report((7, 5), t1 + Duration::from_secs(13)),
+            vec![report::alerts_dropped(3, 10)]
+        );
     }
 }

@@ -146,6 +146,8 @@ impl ResponseStage {
             log::info!("{}", report::ignoring_response(proto));
             return;
         }
+        // Commands and Lua may take seconds: the lines logged so far go out first.
+        crate::logging::flush();
         let chain = responder_chain(&config, level, self.generation.lua_responders());
         let mut actions = Vec::new();
         let mut vetoed = false;
