@@ -5,10 +5,11 @@
 //! Slow work (reverse DNS, commands, Lua) happens here so that sensors and filters never
 //! wait on it.
 
-use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::hosts_deny::HostsDenyResponder;
+use super::resolve::{Resolver, system_lookup};
 use super::shell::ShellResponder;
 use super::{Outcome, Responder, ResponseContext};
 use crate::config::{BlockLevel, Config};
@@ -24,14 +25,7 @@ pub struct ResponseStage {
     generation: Generation,
     registry: SharedRegistry,
     history: History,
-}
-
-/// Reverse DNS for log lines only (`RESOLVE_HOST=1`); falls back to the IP.
-fn resolve(ip: IpAddr) -> String {
-    match dns_lookup::lookup_addr(&ip) {
-        Ok(name) if !name.is_empty() => name,
-        _ => ip.to_string(),
-    }
+    resolver: Resolver,
 }
 
 /// The responders for one block level, in 1.2's order: hosts.deny, route, command — the
@@ -79,6 +73,9 @@ pub fn responder_chain(
     }
 }
 
+/// Longest wait for a reverse-DNS answer before the IP is logged instead.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
 impl ResponseStage {
     /// A stage for the first generation.
     pub fn new(generation: Generation, registry: SharedRegistry, history: History) -> Self {
@@ -86,6 +83,7 @@ impl ResponseStage {
             generation,
             registry,
             history,
+            resolver: Resolver::new(system_lookup, RESOLVE_WAIT),
         }
     }
 
@@ -122,7 +120,7 @@ impl ResponseStage {
         let config = self.config();
         let ip = alert.hit.src;
         let resolved = if config.resolve_host {
-            resolve(ip)
+            self.resolver.name(ip)
         } else {
             ip.to_string()
         };

@@ -339,3 +339,18 @@ fn hanging_command_is_killed_at_the_timeout_and_the_daemon_goes_on() {
     );
     assert_eq!(lab.read("portsentry.history"), "");
 }
+
+#[test]
+fn resolve_host_without_a_reachable_dns_logs_the_ip_promptly() {
+    let lab = Lab::new();
+    let conf = blocking_config(&lab, "RESOLVE_HOST=\"1\"\nBLOCK_TCP=\"0\"");
+    let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
+    let start = std::time::Instant::now();
+    lab.scan("-sT", "79", false);
+    let att = &lab.att4;
+    d.expect_line(
+        &format!("attackalert: Connect from host: {att}/{att} to TCP port: 79"),
+        10,
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(8));
+}
