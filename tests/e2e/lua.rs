@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::lab::{Daemon, Lab, binary, fake_sendmail, repo};
+use crate::lab::{ChildGuard, Daemon, Lab, binary, fake_sendmail, repo};
 
 fn lua_config(lab: &Lab, extra: &str) -> String {
     lab.write_config(&format!(
@@ -37,21 +37,28 @@ fn wait_for_service(lab: &Lab) {
     panic!("the defender's service never answered");
 }
 
-#[test]
-fn scan_puts_the_scanner_into_a_real_nftables_set_and_its_next_connection_is_dropped() {
-    let lab = Lab::new();
-    let conf = lua_config(&lab, "LUA_RESPONDERS=\"nftables\"");
-    let _service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "8080"]);
-    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
-    wait_for_service(&lab);
+/// A classic-mode daemon with one firewall plugin and a real service on port 8080 that the
+/// attacker can reach; then a connect scan from the attacker (IPv4), blocked by the plugin.
+fn scanned_with_plugin(lab: &Lab, plugin: &str) -> (Daemon, ChildGuard) {
+    let conf = lua_config(lab, &format!("LUA_RESPONDERS=\"{plugin}\""));
+    let service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "8080"]);
+    let d = Daemon::start(lab, &["-c", &conf, "-tcp"]);
+    wait_for_service(lab);
     lab.scan("-sT", "79", false);
     d.expect_line(
         &format!(
-            "attackalert: Host {} has been blocked via lua:nftables",
+            "attackalert: Host {} has been blocked via lua:{plugin}",
             lab.att4
         ),
         20,
     );
+    (d, service)
+}
+
+#[test]
+fn scan_puts_the_scanner_into_a_real_nftables_set_and_its_next_connection_is_dropped() {
+    let lab = Lab::new();
+    let (d, _service) = scanned_with_plugin(&lab, "nftables");
     let set = lab.defend(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
     let listing = String::from_utf8_lossy(&set.stdout);
     assert!(listing.contains(&lab.att4), "{listing}");
@@ -74,18 +81,7 @@ fn scan_puts_the_scanner_into_a_real_nftables_set_and_its_next_connection_is_dro
 #[test]
 fn scan_puts_the_scanner_into_an_iptables_chain() {
     let lab = Lab::new();
-    let conf = lua_config(&lab, "LUA_RESPONDERS=\"iptables\"");
-    let _service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "8080"]);
-    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
-    wait_for_service(&lab);
-    lab.scan("-sT", "79", false);
-    d.expect_line(
-        &format!(
-            "attackalert: Host {} has been blocked via lua:iptables",
-            lab.att4
-        ),
-        20,
-    );
+    let (_d, _service) = scanned_with_plugin(&lab, "iptables");
     let rules = lab.defend(&["iptables", "-S", "portsentry"]);
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(rules.contains(&format!("-s {}/32", lab.att4)), "{rules}");
