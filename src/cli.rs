@@ -253,19 +253,17 @@ pub fn main() -> i32 {
     if let Some(plugin) = &args.test_plugin {
         return test_plugin(plugin, &args);
     }
-    let modes = {
-        let flagged = args.flagged_modes();
-        if flagged.is_empty() {
-            match modes_from_file(&args.modes_file) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("portsentry: {e}");
-                    return EXIT_USAGE;
-                }
+    let flagged = args.flagged_modes();
+    let modes_file = flagged.is_empty().then(|| args.modes_file.clone());
+    let modes = match &modes_file {
+        None => flagged,
+        Some(path) => match modes_from_file(path) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("portsentry: {e}");
+                return EXIT_USAGE;
             }
-        } else {
-            flagged
-        }
+        },
     };
     let settings = LogSettings {
         stderr: !args.quiet,
@@ -282,6 +280,7 @@ pub fn main() -> i32 {
     }
     let options = RunOptions {
         modes,
+        modes_file,
         config_path: args.config,
     };
     match daemon::run(&options) {

@@ -33,6 +33,9 @@ use crate::sensor::{HitSink, Sensor, SensorControl};
 pub struct RunOptions {
     /// The modes to run, at least one.
     pub modes: Vec<Mode>,
+    /// Where the modes came from when no mode flag was given (`/etc/default/portsentry`):
+    /// a reload says so when that file now asks for other modes, which needs a restart.
+    pub modes_file: Option<PathBuf>,
     /// `portsentry.conf`.
     pub config_path: PathBuf,
 }
@@ -233,6 +236,7 @@ impl Reloader<'_> {
         match next {
             Ok((next, warnings)) => {
                 log_warnings(&warnings, &self.options.modes);
+                self.report_mode_change();
                 self.swap(next);
                 log::info!(
                     "adminalert: configuration reloaded, generation {} in force ({} ms)",
@@ -256,6 +260,22 @@ impl Reloader<'_> {
                     );
                 }
             }
+        }
+    }
+
+    /// Modes are fixed at start: when the modes file now names others, say that a restart
+    /// is needed (the rest of the reload still applies).
+    fn report_mode_change(&self) {
+        let Some(path) = &self.options.modes_file else {
+            return;
+        };
+        match crate::cli::modes_from_file(path) {
+            Ok(modes) if modes == self.options.modes => {}
+            Ok(modes) => log::warn!(
+                "{}",
+                report::modes_need_restart(path, &modes, &self.options.modes)
+            ),
+            Err(e) => log::warn!("adminalert: WARNING: {e}; modes unchanged"),
         }
     }
 

@@ -133,12 +133,30 @@ pub fn bind_failed(proto: Proto, port: u16) -> String {
     )
 }
 
+/// Modes as a comma-separated list of their 1.2 names.
+fn mode_list(modes: &[Mode]) -> String {
+    modes
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Ours: the version and modes, first line of a run.
 pub fn starting(version: &str, modes: &[Mode]) -> String {
-    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
     format!(
         "adminalert: PortSentry {version} is starting in mode(s): {}",
-        names.join(", ")
+        mode_list(modes)
+    )
+}
+
+/// Ours: on reload, the modes file names other modes than those running.
+pub fn modes_need_restart(file: &std::path::Path, wanted: &[Mode], running: &[Mode]) -> String {
+    format!(
+        "adminalert: WARNING: {} now asks for mode(s) {}: modes change only with a restart; still running {}",
+        file.display(),
+        mode_list(wanted),
+        mode_list(running)
     )
 }
 

@@ -390,3 +390,35 @@ fn broken_lua_plugin_keeps_the_previous_version_and_its_fix_applies() {
     assert!(connect(&lab, 79));
     assert!(tagged(3).ends_with(&format!("v3 {}\n", lab.att4)));
 }
+
+#[test]
+fn modes_file_asking_for_other_modes_is_reported_as_needing_a_restart() {
+    let lab = Lab::new();
+    std::fs::write(lab.path("portsentry.ignore"), "127.0.0.1/32\n").expect("ignore");
+    let conf = write_in_place(&lab, "TCP_PORTS=\"79\"");
+    let modes = lab.path("default-portsentry");
+    std::fs::write(&modes, "TCP_MODE=\"tcp\"\n").expect("modes file");
+    let d = Daemon::start(
+        &lab,
+        &[
+            "-c",
+            &conf.display().to_string(),
+            "--modes-file",
+            &modes.display().to_string(),
+        ],
+    );
+    d.expect_line("is starting in mode(s): tcp", 5);
+    std::fs::write(&modes, "TCP_MODE=\"atcp\"\nUDP_MODE=\"audp\"\n").expect("modes file");
+    d.signal("HUP");
+    in_force(&d, 2);
+    d.expect_line(
+        &format!(
+            "adminalert: WARNING: {} now asks for mode(s) atcp, audp: modes change only with a restart; still running tcp",
+            modes.display()
+        ),
+        5,
+    );
+    // The running mode goes on.
+    assert!(connect(&lab, 79));
+    d.expect_line(&detection(&lab, 79), 10);
+}
