@@ -322,21 +322,27 @@ fn hanging_command_is_killed_at_the_timeout_and_the_daemon_goes_on() {
     let lab = Lab::new();
     let conf = blocking_config(
         &lab,
-        "KILL_RUN_CMD=\"sleep 60\"\nKILL_CMD_TIMEOUT=\"1s\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"\"",
+        "KILL_RUN_CMD=\"sleep 60\"\nKILL_CMD_TIMEOUT=\"3s\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"\"",
     );
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
     lab.scan("-sT", "79", false);
-    let failure = d.expect_line("attackalert: ERROR: run_cmd failed for host:", 20);
-    assert!(failure.contains("timed out after 1s"), "{failure}");
-    // Not blocked, so the next probe is acted on again: the daemon is still working.
+    d.expect_line("to TCP port: 79", 10);
+    // While that command hangs, another scanner is still reported at once.
     lab.scan("-sT", "11", true);
     d.expect_line(
         &format!(
             "attackalert: Connect from host: {0}/{0} to TCP port: 11",
             lab.att6
         ),
-        20,
+        2,
     );
+    assert_eq!(
+        d.count("failed for host"),
+        0,
+        "the first command still runs"
+    );
+    let failure = d.expect_line("attackalert: ERROR: run_cmd failed for host:", 20);
+    assert!(failure.contains("timed out after 3s"), "{failure}");
     assert_eq!(lab.read("portsentry.history"), "");
 }
 
