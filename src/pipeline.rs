@@ -1,8 +1,9 @@
 //! Wires sensors -> filters -> responders over crossbeam channels.
 //!
 //! Two threads: the *filter* thread takes hits from every sensor and runs the filter chain
-//! (cheap, in memory); the *response* thread takes the alerts that passed and does the slow
-//! part (DNS, commands, Lua). Sensors never block: their channel is bounded and a full channel
+//! (cheap, in memory); the *response* thread takes the alerts that passed, logs them and
+//! hands the hosts to block to the response stage's own block thread (commands, Lua; see
+//! [`crate::respond::stage`]). Sensors never block: their channel is bounded and a full channel
 //! counts a drop. A new config generation arrives on a control channel that beats data
 //! (`select_biased!`) and travels to the response thread in order with the alerts.
 
