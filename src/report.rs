@@ -2,6 +2,7 @@
 //! grep habits). 1.2's `attackalert:` / `adminalert:` lines are produced here and only here;
 //! lines that 1.2 never printed are additive and marked as ours in their doc comment.
 
+use std::fmt::Display;
 use std::net::IpAddr;
 
 use crate::event::{Alert, Mode, ProbeKind, Proto};
@@ -71,39 +72,39 @@ pub fn ignoring_response(proto: Proto) -> String {
 }
 
 /// `KILL_ROUTE` succeeded.
-pub fn blocked_via_route(ip: IpAddr, command: &str) -> String {
+pub fn blocked_via_route(ip: impl Display, command: &str) -> String {
     format!(
         "attackalert: Host {ip} has been blocked via dropped route using command: \"{command}\""
     )
 }
 
 /// `KILL_HOSTS_DENY` succeeded.
-pub fn blocked_via_wrappers(ip: IpAddr, line: &str) -> String {
+pub fn blocked_via_wrappers(ip: impl Display, line: &str) -> String {
     format!("attackalert: Host {ip} has been blocked via wrappers with string: \"{line}\"")
 }
 
 /// `KILL_RUN_CMD` succeeded.
-pub fn external_command_run(ip: IpAddr, command: &str) -> String {
+pub fn external_command_run(ip: impl Display, command: &str) -> String {
     format!("attackalert: External command run for host: {ip} using command: \"{command}\"")
 }
 
 /// Ours: a Lua responder blocked the host (built-in responders keep their 1.2 lines).
-pub fn blocked_via_plugin(ip: IpAddr, responder: &str, detail: &str) -> String {
+pub fn blocked_via_plugin(ip: impl Display, responder: &str, detail: &str) -> String {
     format!("attackalert: Host {ip} has been blocked via {responder}: {detail}")
 }
 
 /// Ours: a responder failed (1.2 logged every command as a success).
-pub fn responder_failed(ip: IpAddr, responder: &str, why: &str) -> String {
+pub fn responder_failed(ip: impl Display, responder: &str, why: &str) -> String {
     format!("attackalert: ERROR: {responder} failed for host: {ip}: {why}")
 }
 
 /// 1.2's line when no responder managed to block.
-pub fn could_not_block(ip: IpAddr) -> String {
+pub fn could_not_block(ip: impl Display) -> String {
     format!("attackalert: ERROR: Could not block host {ip} !!")
 }
 
 /// Ours: a custom responder vetoed the block.
-pub fn vetoed(ip: IpAddr, responder: &str, why: &str) -> String {
+pub fn vetoed(ip: impl Display, responder: &str, why: &str) -> String {
     format!("attackalert: Host {ip} not blocked: vetoed by {responder}: {why}")
 }
 

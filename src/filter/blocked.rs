@@ -424,6 +424,7 @@ mod tests {
             actions: vec![Action {
                 responder: "route".into(),
                 detail: format!("/sbin/route add -host {addr} reject"),
+                undo: Default::default(),
             }],
         }
     }

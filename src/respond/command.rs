@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
-use crate::event::Alert;
+use crate::respond::ResponseContext;
 
 /// PATH given to responder commands: the environment is cleared so that nothing from the
 /// daemon's start-up shell leaks into firewall commands.
@@ -22,10 +22,12 @@ pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const OUTPUT_LIMIT: usize = 4096;
 
 /// Replaces `$TARGET$`, `$PORT$`, `$MODE$` (1.2 meanings) and `$PROTO$` (ours). The target is
-/// always the IP literal, never a resolved name, so no shell metacharacter can come from it.
-pub fn expand_macros(template: &str, alert: &Alert) -> String {
+/// always the IP literal (or `addr/len` for a network), never a resolved name, so no shell
+/// metacharacter can come from it.
+pub fn expand_macros(template: &str, ctx: &ResponseContext<'_>) -> String {
+    let alert = ctx.alert;
     template
-        .replace("$TARGET$", &alert.hit.src.to_string())
+        .replace("$TARGET$", &ctx.target_text())
         .replace("$PORT$", &alert.hit.port.to_string())
         .replace("$MODE$", alert.hit.mode.as_str())
         .replace("$PROTO$", alert.hit.proto().lower())
@@ -170,7 +172,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> CommandReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Hit, Mode, ProbeKind};
+    use crate::event::{Alert, Hit, Mode, ProbeKind};
 
     fn alert() -> Alert {
         Alert {
@@ -187,8 +189,12 @@ mod tests {
 
     #[test]
     fn macros_are_replaced_with_1_2_meanings() {
+        let config = crate::config::build::defaults(std::path::Path::new("p.conf"));
         assert_eq!(
-            expand_macros("x $TARGET$ $PORT$ $MODE$ $PROTO$ $TARGET$", &alert()),
+            expand_macros(
+                "x $TARGET$ $PORT$ $MODE$ $PROTO$ $TARGET$",
+                &ResponseContext::for_alert(&alert(), "fd77::9", &config)
+            ),
             "x fd77::9 31337 sudp udp fd77::9"
         );
     }

@@ -56,10 +56,10 @@ impl Responder for HostsDenyResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let line = expand_macros(&self.template, ctx.alert);
+        let line = expand_macros(&self.template, ctx);
         match self.append(&line) {
             Ok(written) => {
-                log::info!("{}", report::blocked_via_wrappers(ctx.target(), &line));
+                log::info!("{}", report::blocked_via_wrappers(ctx.target_text(), &line));
                 let note = if written {
                     ""
                 } else {
@@ -68,6 +68,7 @@ impl Responder for HostsDenyResponder {
                 Outcome::Done(Action {
                     responder: self.name(),
                     detail: format!("{}: {line}{note}", self.file.display()),
+                    undo: Default::default(),
                 })
             }
             Err(e) => Outcome::Failed(format!("cannot append to {}: {e}", self.file.display())),

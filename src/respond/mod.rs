@@ -11,27 +11,58 @@ pub mod shell;
 pub mod stage;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::block::Target;
 use crate::config::Config;
 use crate::event::Alert;
 
-/// Everything a responder may need about one alert.
+/// Everything a responder may need about one block (or, for Lua `alert` handlers, one
+/// alert).
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseContext<'a> {
-    /// The alert being acted on.
+    /// The alert being acted on: the probe behind a scan block, a stand-in (port 0) for a
+    /// block made by hand or restored from the journal.
     pub alert: &'a Alert,
+    /// Who is blocked: the alert's source, or a network for blocks made by hand.
+    pub target: Target,
     /// Reverse-DNS name when `RESOLVE_HOST=1` found one, else the IP as text.
     pub resolved: &'a str,
     /// The config generation in force.
     pub config: &'a Config,
+    /// When the block ends (`None`: permanent), so that a responder can give the kernel the
+    /// same timeout.
+    pub until: Option<SystemTime>,
+    /// The block is re-applied after a restart, not new: notifications may stay quiet.
+    pub restored: bool,
 }
 
-impl ResponseContext<'_> {
-    /// The attacker's address: always an IP literal, never a resolved name.
-    pub fn target(&self) -> IpAddr {
-        self.alert.hit.src
+impl<'a> ResponseContext<'a> {
+    /// The context of a new, permanent block of the alert's source (Lua `alert` handlers,
+    /// tests).
+    pub fn for_alert(alert: &'a Alert, resolved: &'a str, config: &'a Config) -> Self {
+        ResponseContext {
+            alert,
+            target: crate::block::host_target(alert.hit.src),
+            resolved,
+            config,
+            until: None,
+            restored: false,
+        }
+    }
+
+    /// The attacker's address: always an IP literal, never a resolved name (the network
+    /// address for a network block).
+    pub fn target_ip(&self) -> IpAddr {
+        self.target.addr()
+    }
+
+    /// `$TARGET$`: the bare address of a host, `addr/len` of a network.
+    pub fn target_text(&self) -> String {
+        crate::block::target_text(&self.target)
     }
 }
 
@@ -42,6 +73,47 @@ pub struct Action {
     pub responder: String,
     /// What was applied: the command line run, the line appended, …
     pub detail: String,
+    /// How to take it back, decided when it was done (so a later config edit cannot change
+    /// what an expiry removes).
+    #[serde(default)]
+    pub undo: Undo,
+}
+
+/// How an [`Action`] is undone; stored in the journal with the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Undo {
+    /// It cannot be undone (no `UNKILL_RUN_CMD`, a notification…); the text says why.
+    Impossible {
+        /// Why, for the log line at expiry and for `--check-config`.
+        why: String,
+    },
+    /// A shell command, run with `KILL_CMD_TIMEOUT` (`ip route del …`).
+    Command {
+        /// The command line, macros already substituted.
+        command: String,
+    },
+    /// Remove exactly this line from this file (hosts.deny), other lines untouched.
+    RemoveLine {
+        /// The file the line was appended to.
+        file: PathBuf,
+        /// The line as written, without its newline.
+        line: String,
+    },
+    /// The plugin's `unblock` handler.
+    Lua {
+        /// Plugin name (without `lua:`).
+        plugin: String,
+    },
+}
+
+impl Default for Undo {
+    /// Records written before undo existed.
+    fn default() -> Self {
+        Undo::Impossible {
+            why: "recorded without a way to undo it".into(),
+        }
+    }
 }
 
 /// A responder's result for one alert.
@@ -82,10 +154,5 @@ pub(crate) fn respond_once(
         count: 1,
         already_blocked: false,
     };
-    let ctx = ResponseContext {
-        alert: &alert,
-        resolved: src,
-        config: &config,
-    };
-    responder.respond(&ctx)
+    responder.respond(&ResponseContext::for_alert(&alert, src, &config))
 }

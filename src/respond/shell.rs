@@ -1,6 +1,5 @@
 //! `KILL_ROUTE` and `KILL_RUN_CMD`: shell commands with macros, run with a timeout.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use super::command::{expand_macros, run_shell};
@@ -13,7 +12,7 @@ pub struct ShellResponder {
     name: &'static str,
     template: String,
     timeout: Duration,
-    success_line: fn(IpAddr, &str) -> String,
+    success_line: fn(String, &str) -> String,
 }
 
 impl ShellResponder {
@@ -44,13 +43,14 @@ impl Responder for ShellResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let command = expand_macros(&self.template, ctx.alert);
+        let command = expand_macros(&self.template, ctx);
         let result = run_shell(&command, self.timeout);
         if result.success() {
-            log::info!("{}", (self.success_line)(ctx.target(), &command));
+            log::info!("{}", (self.success_line)(ctx.target_text(), &command));
             Outcome::Done(Action {
                 responder: self.name(),
                 detail: command,
+                undo: Default::default(),
             })
         } else {
             Outcome::Failed(format!("command \"{command}\": {}", result.failure_text()))
@@ -75,7 +75,8 @@ mod tests {
             outcome("true $TARGET$ $PORT$ $MODE$"),
             Outcome::Done(Action {
                 responder: "route".into(),
-                detail: "true 10.77.1.2 79 atcp".into()
+                detail: "true 10.77.1.2 79 atcp".into(),
+                undo: Default::default(),
             })
         );
     }

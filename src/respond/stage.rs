@@ -158,11 +158,7 @@ impl ResponseStage {
         if alert.hit.ip_options {
             log::info!("{}", report::ip_options(alert, &resolved));
         }
-        let ctx = ResponseContext {
-            alert,
-            resolved: &resolved,
-            config: &config,
-        };
+        let ctx = ResponseContext::for_alert(alert, &resolved, &config);
         self.generation.notify_alert(&ctx);
         if alert.already_blocked {
             log::info!("{}", report::already_blocked(alert, &resolved));
@@ -247,11 +243,7 @@ impl Blocker {
         let alert = &job.alert;
         let ip = alert.hit.src;
         let proto = alert.hit.proto();
-        let ctx = ResponseContext {
-            alert,
-            resolved: &job.resolved,
-            config,
-        };
+        let ctx = ResponseContext::for_alert(alert, &job.resolved, config);
         let level = config.block_level(proto);
         let chain = responder_chain(config, level, job.generation.lua_responders());
         let mut actions = Vec::new();

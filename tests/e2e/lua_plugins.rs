@@ -51,11 +51,7 @@ fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) 
         count: 1,
         already_blocked: false,
     };
-    let ctx = ResponseContext {
-        alert: &alert,
-        resolved,
-        config,
-    };
+    let ctx = ResponseContext::for_alert(&alert, resolved, config);
     plugins.on_alert(&ctx);
     plugins
         .responders()
@@ -346,6 +342,7 @@ fn jsonlog_plugin_writes_one_json_line_per_alert() {
         [Outcome::Done(portsentry::respond::Action {
             responder: "lua:jsonlog".into(),
             detail: format!("logged to {log_text}"),
+            undo: Default::default(),
         })]
     );
     respond(&plugins, &c, "2001:db8::7", "2001:db8::7");

@@ -484,7 +484,7 @@ impl LuaPlugins {
                             target: "portsentry::lua",
                             "lua:{}: busy, alert for {} dropped ({n} dropped so far)",
                             h.name,
-                            ctx.target()
+                            ctx.target_text()
                         );
                     }
                 }
@@ -553,6 +553,7 @@ fn block_outcome(plugin: &str, report: &CallReport) -> Outcome {
         CallOutcome::Done(Some(detail)) => Outcome::Done(Action {
             responder,
             detail: detail.clone(),
+            undo: Default::default(),
         }),
         CallOutcome::Done(None) => {
             let cmds: Vec<&str> = report
@@ -569,6 +570,7 @@ fn block_outcome(plugin: &str, report: &CallReport) -> Outcome {
                 Outcome::Done(Action {
                     responder,
                     detail: cmds.join("; "),
+                    undo: Default::default(),
                 })
             }
         }

@@ -60,11 +60,7 @@ fn alert(ip: &str, port: u16) -> Alert {
 /// Runs every responder for one alert, as the pipeline would, and returns the outcomes.
 fn block(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) -> Vec<Outcome> {
     let a = alert(ip, port);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: ip,
-        config,
-    };
+    let ctx = ResponseContext::for_alert(&a, ip, config);
     plugins
         .responders()
         .iter_mut()
@@ -78,11 +74,7 @@ fn block1(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) -> Outcome
 
 fn send_alert(plugins: &LuaPlugins, config: &Config, ip: &str, port: u16) {
     let a = alert(ip, port);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: ip,
-        config,
-    };
+    let ctx = ResponseContext::for_alert(&a, ip, config);
     plugins.on_alert(&ctx);
 }
 
@@ -503,11 +495,7 @@ fn resolved_host_is_in_the_event_when_known() {
     );
     let plugins = f.load();
     let a = alert("192.0.2.7", 1);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: "scanner.example",
-        config: &f.config,
-    };
+    let ctx = ResponseContext::for_alert(&a, "scanner.example", &f.config);
     let o = plugins.responders()[0].respond(&ctx);
     assert_eq!(done_detail(&o), "scanner.example");
 }
@@ -677,11 +665,7 @@ fn log_lines_and_print_are_traced() {
     let (name, h) = load_file(&f.plugin_file("p"), &f.config).expect("load");
     assert_eq!(name, "p");
     let a = alert("192.0.2.7", 31337);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: "192.0.2.7",
-        config: &f.config,
-    };
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
     let report = h
         .call(EventData::from_context(EventName::Block, &ctx))
         .expect("answer");
@@ -966,11 +950,7 @@ fn a_plugin_stuck_in_c_code_fails_later_calls_at_once() {
     };
     let a = alert("192.0.2.7", 1);
     let config = crate::config::build::defaults(std::path::Path::new("/nonexistent"));
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: "192.0.2.7",
-        config: &config,
-    };
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &config);
     let ev = || EventData::from_context(EventName::Block, &ctx);
     let first = h.call(ev()).expect_err("no answer");
     assert!(first.contains("no answer within"), "{first}");
@@ -1016,11 +996,7 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
         .insert("P_FILE".into(), log.display().to_string());
     let (_, h) = load_file(&f.plugin_file("p"), &config).expect("load");
     let a = alert("192.0.2.7", 1);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: "192.0.2.7",
-        config: &config,
-    };
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &config);
     let report = h
         .call(EventData::from_context(EventName::Block, &ctx))
         .expect("answer");
@@ -1035,11 +1011,7 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
         other => panic!("{other:?}"),
     }
     let a = alert("192.0.2.7", 2);
-    let ctx = ResponseContext {
-        alert: &a,
-        resolved: "192.0.2.7",
-        config: &config,
-    };
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &config);
     let report = h
         .call(EventData::from_context(EventName::Block, &ctx))
         .expect("answer");
