@@ -323,6 +323,7 @@ fn check_config(path: &Path) -> i32 {
             for w in warnings
                 .iter()
                 .chain(config::build::command_warnings(&generation.config).iter())
+                .chain(generation.lua.undo_warnings(&generation.config).iter())
             {
                 eprintln!("warning: {w}");
             }

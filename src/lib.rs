@@ -5,6 +5,7 @@
 //! [`config`] arrives from the side as a whole new [`generation::Generation`].
 #![deny(missing_docs)]
 
+pub mod announce;
 pub mod block;
 pub mod cli;
 pub mod config;
