@@ -65,11 +65,19 @@ pub fn already_blocked(alert: &Alert, resolved: &str) -> String {
 
 /// Ours: a probe from a host whose block is being applied (or lifted) right now; no second
 /// block is started.
+/// Worded like 1.2's "already blocked" line of the same mode, so a grep for one finds both.
 pub fn block_in_progress(alert: &Alert, resolved: &str) -> String {
-    format!(
-        "attackalert: Host: {} block in progress. Ignoring",
-        host_pair(resolved, alert.hit.src)
-    )
+    if alert.hit.mode.is_raw() {
+        format!(
+            "attackalert: Host: {} block in progress Ignoring",
+            host_pair(resolved, alert.hit.src)
+        )
+    } else {
+        format!(
+            "attackalert: Host: {} block in progress. Ignoring",
+            alert.hit.src
+        )
+    }
 }
 
 /// Ours: a block was not even tried (the responders are swamped); nothing was recorded, so

@@ -139,6 +139,15 @@ impl BlockManager {
     /// while the daemon was down are undone, the others re-applied. The view holds every
     /// active block before this returns.
     pub fn start(generation: Generation, history: History) -> anyhow::Result<BlockManager> {
+        BlockManager::start_with(generation, history, MAX_WAITING)
+    }
+
+    /// [`BlockManager::start`] with another limit of blocks waiting for a worker (tests).
+    fn start_with(
+        generation: Generation,
+        history: History,
+        max_waiting: usize,
+    ) -> anyhow::Result<BlockManager> {
         use anyhow::Context;
         let config = Arc::clone(&generation.config);
         let state_file = &config.block_state_file;
@@ -187,6 +196,7 @@ impl BlockManager {
             counters: Arc::clone(&counters),
             pool,
             waiting: VecDeque::new(),
+            max_waiting,
             in_flight: 0,
             next_id: 0,
             batches: HashMap::new(),
@@ -349,6 +359,7 @@ struct Manager {
     counters: Arc<BlockCounters>,
     pool: Pool,
     waiting: VecDeque<Job>,
+    max_waiting: usize,
     in_flight: usize,
     next_id: u64,
     batches: HashMap<u64, Batch>,
@@ -553,7 +564,7 @@ impl Manager {
 
     fn start_scan_block(&mut self, target: Target, req: BlockRequest) {
         let who = target_text(&target);
-        if self.waiting.len() >= MAX_WAITING {
+        if self.waiting.len() >= self.max_waiting {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "{}",
@@ -608,6 +619,7 @@ impl Manager {
             generation: self.generation.clone(),
         })));
         self.hosts.insert(target, Host::Applying(applying));
+        self.pump();
     }
 
     fn block_by_hand(
@@ -1251,5 +1263,110 @@ fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) 
         },
         count: 0,
         already_blocked: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Template;
+
+    fn request(ip: &str) -> BlockRequest {
+        BlockRequest {
+            alert: Alert {
+                hit: Hit::now(ip.parse().unwrap(), 79, Mode::Tcp, ProbeKind::Connect),
+                count: 1,
+                already_blocked: false,
+            },
+            resolved: ip.to_string(),
+        }
+    }
+
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_dropped_block_leaves_nothing_behind_and_the_next_probe_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::build::defaults(&dir.path().join("p.conf"));
+        config.block_tcp = BlockLevel::RunCmdOnly;
+        config.kill_run_cmd = Some(Template {
+            text: "sleep 1".into(),
+            line: 1,
+        });
+        config.history_file = dir.path().join("history");
+        config.blocked_file = dir.path().join("blocked");
+        config.block_state_file = dir.path().join("state");
+        let history = History::open(&config.history_file).unwrap();
+        let generation = Generation::from_parts(1, config, Default::default());
+        let manager = BlockManager::start_with(generation, history, 1).unwrap();
+        let requester = manager.requester();
+        let counters = manager.counters();
+        let view = manager.view();
+        // 8 workers busy for a second, one block waiting, the tenth dropped.
+        let hosts: Vec<String> = (1..=10).map(|h| format!("10.77.9.{h}")).collect();
+        for h in &hosts {
+            assert!(requester.request(request(h)));
+        }
+        assert!(wait_for(|| counters.dropped.load(Ordering::Relaxed) == 1));
+        let dropped = &hosts[9];
+        assert!(wait_for(|| view.len() == 9), "the others are blocked");
+        assert!(!view.is_blocked(dropped.parse().unwrap()));
+        // Nothing was reserved for it: its next probe starts a block of its own.
+        assert!(requester.request(request(dropped)));
+        assert!(wait_for(|| view.is_blocked(dropped.parse().unwrap())));
+        assert_eq!(counters.made.load(Ordering::Relaxed), 10);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
+        let listed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = std::sync::Arc::clone(&listed);
+        manager.list(move |blocks| *l2.lock().unwrap() = blocks);
+        assert!(wait_for(|| listed.lock().unwrap().len() == 10));
+        manager.stop();
+        let history = std::fs::read_to_string(dir.path().join("history")).unwrap();
+        assert_eq!(history.lines().count(), 10, "{history}");
+    }
+
+    #[test]
+    fn a_stop_waits_for_the_blocks_in_hand_and_journals_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::build::defaults(&dir.path().join("p.conf"));
+        config.block_tcp = BlockLevel::RunCmdOnly;
+        config.kill_run_cmd = Some(Template {
+            text: "sleep 0.5".into(),
+            line: 1,
+        });
+        config.history_file = dir.path().join("history");
+        config.blocked_file = dir.path().join("blocked");
+        config.block_state_file = dir.path().join("state");
+        let history = History::open(&config.history_file).unwrap();
+        let generation = Generation::from_parts(1, config, Default::default());
+        let manager = BlockManager::start(generation, history).unwrap();
+        let requester = manager.requester();
+        for h in ["10.77.8.1", "fd77:8::1"] {
+            assert!(requester.request(request(h)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        manager.stop();
+        let (_, replay) = Journal::open(&dir.path().join("state")).unwrap();
+        assert_eq!(
+            replay.active.len(),
+            2,
+            "both blocks journaled before the stop ended"
+        );
+        let history = std::fs::read_to_string(dir.path().join("history")).unwrap();
+        assert_eq!(history.lines().count(), 2);
+        let blocked = std::fs::read_to_string(dir.path().join("blocked")).unwrap();
+        assert!(
+            blocked.contains("/fd77:8::1 Port: 79 TCP Blocked"),
+            "{blocked}"
+        );
     }
 }
