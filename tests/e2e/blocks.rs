@@ -95,6 +95,10 @@ fn block_expires_from_route_table_and_hosts_deny_and_a_second_offence_lasts_twic
         "only our line removed"
     );
     assert!(list(&lab).is_empty());
+    // The memory of the offence survives a restart.
+    let mut d = d;
+    d.stop();
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
     // The scanner comes back: twice as long.
     assert!(
         lab.connect_from(&att, 111),
