@@ -226,6 +226,7 @@ impl FilterWorker {
             hit,
             count: 0,
             already_blocked: false,
+            actionable: true,
         };
         for f in &mut self.filters {
             match f.inspect(&mut candidate) {

@@ -341,6 +341,7 @@ mod tests {
             hit: Hit::now(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 6)), 135, mode, kind),
             count: 1,
             already_blocked: false,
+            actionable: true,
         }
     }
 

@@ -1263,6 +1263,7 @@ fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) 
         },
         count: 0,
         already_blocked: false,
+        actionable: true,
     }
 }
 
@@ -1277,6 +1278,7 @@ mod tests {
                 hit: Hit::now(ip.parse().unwrap(), 79, Mode::Tcp, ProbeKind::Connect),
                 count: 1,
                 already_blocked: false,
+                actionable: true,
             },
             resolved: ip.to_string(),
         }

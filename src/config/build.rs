@@ -253,6 +253,47 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "FORGEABLE_SCAN_TRIGGER",
+        doc: "Distinct ports a source must probe before forgeable evidence (a raw segment, any \
+              UDP datagram) blocks it, whatever SCAN_TRIGGER says (1-65535, default 3).",
+        set: |c, e, _| {
+            whole_number(&e.value, 1, 65535)
+                .map(|v| c.forgeable_scan_trigger = u32::try_from(v).unwrap_or(3))
+        },
+    },
+    KeySpec {
+        name: "FORGEABLE_BLOCK_TIMEOUT",
+        doc: "How long a first block on forgeable evidence lasts (default 1h, escalating like \
+              any block); \"0\": as BLOCK_TIMEOUT.",
+        set: |c, e, _| optional_duration(&e.value).map(|v| c.forgeable_block_timeout = v),
+    },
+    KeySpec {
+        name: "BLOCK_RATE_LIMIT",
+        doc: "New blocks a minute at most (token bucket; default 60; \"0\": no limit). When \
+              short, the best evidence is served first.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000)
+                .map(|v| c.block_rate_limit = u32::try_from(v).unwrap_or(60))
+        },
+    },
+    KeySpec {
+        name: "MAX_ACTIVE_BLOCKS",
+        doc: "Blocks in force at most (default 10000; \"0\": no limit).",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 10_000_000)
+                .map(|v| c.max_active_blocks = usize::try_from(v).unwrap_or(10_000))
+        },
+    },
+    KeySpec {
+        name: "LOG_RATE_LIMIT",
+        doc: "Detection lines a second at most for probes that are not acted on (default 200; \
+              \"0\": no limit); the rest are counted in a summary every 10 s.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000)
+                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(200))
+        },
+    },
+    KeySpec {
         name: "BLOCK_STATE_FILE",
         doc: "Journal of the blocks in force (JSON lines), so they expire and undo across restarts.",
         set: |c, e, _| path(&e.value).map(|v| c.block_state_file = v),
@@ -303,6 +344,11 @@ pub fn defaults(path: &Path) -> Config {
         block_timeout_factor: 2.0,
         block_timeout_max: DEFAULT_BLOCK_TIMEOUT_MAX,
         block_timeout_jitter: Duration::ZERO,
+        forgeable_scan_trigger: 3,
+        forgeable_block_timeout: Some(Duration::from_secs(3600)),
+        block_rate_limit: 60,
+        max_active_blocks: 10_000,
+        log_rate_limit: 200,
         block_state_file: PathBuf::from("/var/lib/portsentry/portsentry.state"),
         control_socket: PathBuf::from("/run/portsentry/portsentry.sock"),
         scan_trigger: 0,

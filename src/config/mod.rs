@@ -138,6 +138,17 @@ pub struct Config {
     /// `BLOCK_TIMEOUT_JITTER` (ours): up to this much is added at random to each block, so
     /// that a botnet cannot time its return to the second.
     pub block_timeout_jitter: Duration,
+    /// `FORGEABLE_SCAN_TRIGGER` (ours): distinct ports before forgeable evidence blocks.
+    pub forgeable_scan_trigger: u32,
+    /// `FORGEABLE_BLOCK_TIMEOUT` (ours): first-block duration on forgeable evidence; `None`:
+    /// as `BLOCK_TIMEOUT`.
+    pub forgeable_block_timeout: Option<Duration>,
+    /// `BLOCK_RATE_LIMIT` (ours): new blocks a minute; 0: no limit.
+    pub block_rate_limit: u32,
+    /// `MAX_ACTIVE_BLOCKS` (ours): blocks in force at most; 0: no limit.
+    pub max_active_blocks: usize,
+    /// `LOG_RATE_LIMIT` (ours): detection lines a second for probes not acted on; 0: no limit.
+    pub log_rate_limit: u32,
     /// `BLOCK_STATE_FILE` (ours): the JSON-lines journal of blocks, so expiry and undo
     /// survive restarts.
     pub block_state_file: PathBuf,

@@ -156,6 +156,7 @@ pub(crate) fn respond_once(
         hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     responder.respond(&ResponseContext::for_alert(&alert, src, &config))
 }

@@ -294,6 +294,7 @@ fn undo(job: &UndoJob) -> JobResult {
         },
         count: 0,
         already_blocked: true,
+        actionable: true,
     };
     let who = target_text(&record.target);
     let config = &job.generation.config;

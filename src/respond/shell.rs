@@ -135,6 +135,7 @@ mod tests {
             ),
             count: 1,
             already_blocked: false,
+            actionable: true,
         };
         match r.respond(&ResponseContext::for_alert(&alert, "10.77.1.2", &config)) {
             Outcome::Done(a) => a.undo,

@@ -143,6 +143,7 @@ mod tests {
             ),
             count: 1,
             already_blocked: false,
+            actionable: true,
         };
         let ctx = ResponseContext::for_alert(&alert, "10.77.1.2", &config);
         let action = Action {

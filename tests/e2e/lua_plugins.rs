@@ -51,6 +51,7 @@ fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) 
         hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     let ctx = ResponseContext::for_alert(&alert, resolved, config);
     plugins.on_alert(&ctx);
@@ -188,6 +189,7 @@ fn unblock(
         hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     let ctx = ResponseContext::for_alert(&alert, target, config);
     plugins.unblock(plugin, &ctx, UnblockReason::Expired)
@@ -249,6 +251,7 @@ fn nftables_element_timeout_follows_the_block_time_left() {
         hit: Hit::now(ip("192.0.2.7"), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     let mut ctx = ResponseContext::for_alert(&alert, "192.0.2.7", &c);
     ctx.until = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(5400));
@@ -419,6 +422,7 @@ fn mail_plugin_stays_quiet_for_restored_blocks() {
         hit: Hit::now(ip("192.0.2.1"), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     let mut ctx = ResponseContext::for_alert(&alert, "192.0.2.1", &c);
     ctx.restored = true;

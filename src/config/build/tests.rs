@@ -758,7 +758,13 @@ fn absent_keys_keep_debian_defaults() {
 fn every_table_key_builds_from_a_valid_value() {
     let sample = |name: &str| match name {
         "TCP_PORTS" | "UDP_PORTS" | "ADVANCED_EXCLUDE_TCP" | "ADVANCED_EXCLUDE_UDP" => "1,2-3",
-        "ADVANCED_PORTS_TCP" | "ADVANCED_PORTS_UDP" | "SCAN_TRIGGER_TABLE_SIZE" => "100",
+        "ADVANCED_PORTS_TCP"
+        | "ADVANCED_PORTS_UDP"
+        | "SCAN_TRIGGER_TABLE_SIZE"
+        | "BLOCK_RATE_LIMIT"
+        | "MAX_ACTIVE_BLOCKS"
+        | "LOG_RATE_LIMIT" => "100",
+        "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
         "BLOCK_TCP" | "BLOCK_UDP" => "2",
         "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" | "UNKILL_ROUTE" | "UNKILL_RUN_CMD" => {
@@ -769,7 +775,8 @@ fn every_table_key_builds_from_a_valid_value() {
         | "LUA_CALL_TIMEOUT"
         | "BLOCK_TIMEOUT"
         | "BLOCK_TIMEOUT_MAX"
-        | "BLOCK_TIMEOUT_JITTER" => "5m",
+        | "BLOCK_TIMEOUT_JITTER"
+        | "FORGEABLE_BLOCK_TIMEOUT" => "5m",
         "BLOCK_TIMEOUT_FACTOR" => "1.5",
         "LUA_MEMORY_LIMIT" => "16M",
         "LUA_RESPONDERS" => "mail",
@@ -818,7 +825,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 36);
+    assert_eq!(KEYS.len(), 41);
 }
 
 // ---- load ----
@@ -1126,4 +1133,50 @@ fn shipped_default_file_selects_advanced_modes() {
         .collect();
     assert_eq!(pairs, vec![("TCP_MODE", "atcp"), ("UDP_MODE", "audp")]);
     assert!(raw.warnings.is_empty());
+}
+
+#[test]
+fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
+    let c = build(&parse(Path::new("p.conf"), "").unwrap()).unwrap();
+    assert_eq!(c.forgeable_scan_trigger, 3);
+    assert_eq!(c.forgeable_block_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(c.block_rate_limit, 60);
+    assert_eq!(c.max_active_blocks, 10_000);
+    assert_eq!(c.log_rate_limit, 200);
+    let c = build(
+        &parse(
+            Path::new("p.conf"),
+            "FORGEABLE_BLOCK_TIMEOUT=\"0\"\nBLOCK_RATE_LIMIT=\"0\"\nFORGEABLE_SCAN_TRIGGER=\"1\"\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.forgeable_block_timeout, None, "0: as BLOCK_TIMEOUT");
+    assert_eq!(c.block_rate_limit, 0, "0: no limit");
+    assert_eq!(c.forgeable_scan_trigger, 1);
+    let errors = build(
+        &parse(
+            Path::new("p.conf"),
+            "FORGEABLE_SCAN_TRIGGER=\"0\"\nBLOCK_RATE_LIMIT=\"-1\"\nLOG_RATE_LIMIT=\"lots\"\n",
+        )
+        .unwrap(),
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("p.conf:1: FORGEABLE_SCAN_TRIGGER: \"0\": out of range")
+    );
+    assert!(
+        errors[1]
+            .to_string()
+            .starts_with("p.conf:2: BLOCK_RATE_LIMIT: \"-1\": not a whole number")
+    );
+    assert!(
+        errors[2]
+            .to_string()
+            .starts_with("p.conf:3: LOG_RATE_LIMIT:")
+    );
 }

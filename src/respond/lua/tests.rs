@@ -55,6 +55,7 @@ fn alert(ip: &str, port: u16) -> Alert {
         hit: Hit::now(ip, port, Mode::Stcp, ProbeKind::Syn),
         count: 3,
         already_blocked: false,
+        actionable: true,
     }
 }
 
