@@ -54,10 +54,17 @@ impl Announcer {
         if alert.hit.ip_options {
             log::info!("{}", report::ip_options(alert, &resolved));
         }
-        self.generation
-            .notify_alert(&ResponseContext::for_alert(alert, &resolved, &config));
+        // Below the forgeable trigger an alert is logged (within the budget) but neither
+        // acted on nor handed to the plugins, whose "alert" event means one that may block.
+        if alert.actionable {
+            self.generation
+                .notify_alert(&ResponseContext::for_alert(alert, &resolved, &config));
+        }
         if alert.already_blocked {
             log::info!("{}", report::already_blocked(alert, &resolved));
+            return;
+        }
+        if !alert.actionable {
             return;
         }
         let proto = alert.hit.proto();

@@ -147,7 +147,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let blocks = BlockManager::start(generation.clone(), history)?;
     let filters = standard_chain(&generation, &blocks.view());
     let announcer = Announcer::new(generation.clone(), blocks.requester());
-    let pipeline = Pipeline::start(filters, announcer).context("cannot start pipeline threads")?;
+    let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
+        .context("cannot start pipeline threads")?;
 
     let (requests_tx, requests) = unbounded();
     watch_signals(requests_tx.clone())?;

@@ -43,6 +43,8 @@ pub struct Stats {
     pub alerts: AtomicU64,
     /// Alerts lost because the response thread was behind.
     pub alerts_dropped: AtomicU64,
+    /// Probes not acted on whose line did not fit in `LOG_RATE_LIMIT` (summarised).
+    pub not_logged: AtomicU64,
 }
 
 enum FilterMsg {
@@ -68,8 +70,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts both threads; the filters and the stage were built from the first generation.
-    pub fn start(filters: Vec<Box<dyn Filter>>, stage: Announcer) -> std::io::Result<Pipeline> {
+    /// Starts both threads; the filters and the stage were built from the first generation,
+    /// `log_rate_limit` is its `LOG_RATE_LIMIT`.
+    pub fn start(
+        filters: Vec<Box<dyn Filter>>,
+        stage: Announcer,
+        log_rate_limit: u32,
+    ) -> std::io::Result<Pipeline> {
         let (hit_tx, hit_rx) = bounded::<Hit>(HIT_QUEUE);
         let (control_tx, control_rx) = unbounded::<FilterMsg>();
         let (alert_tx, alert_rx) = bounded::<ResponseMsg>(ALERT_QUEUE);
@@ -86,6 +93,7 @@ impl Pipeline {
             .spawn(move || {
                 let mut worker = FilterWorker {
                     filters,
+                    budget: LogBudget::new(log_rate_limit, Instant::now()),
                     alerts: alert_tx,
                     stats: filter_stats,
                     sink: filter_sink,
@@ -174,8 +182,89 @@ impl DropReport {
     }
 }
 
+/// Sources remembered per summary interval at most, for the "from N sources" count.
+const SUMMARY_SOURCES: usize = 100_000;
+
+/// The log budget (`LOG_RATE_LIMIT`) for probes that are not acted on: a token bucket of
+/// detection lines a second, and the counts of the summary line. During a flood of forged
+/// one-packet sources the log stays readable, and the announcing thread's queue is kept for
+/// the alerts that matter.
+struct LogBudget {
+    rate: u32,
+    tokens: f64,
+    refilled: Instant,
+    probes: u64,
+    logged: u64,
+    sources: std::collections::HashSet<std::net::IpAddr>,
+    capped: bool,
+    since: Instant,
+}
+
+impl LogBudget {
+    fn new(rate: u32, now: Instant) -> LogBudget {
+        LogBudget {
+            rate,
+            tokens: f64::from(rate),
+            refilled: now,
+            probes: 0,
+            logged: 0,
+            sources: std::collections::HashSet::new(),
+            capped: false,
+            since: now,
+        }
+    }
+
+    /// Counts a probe not acted on; true when its line fits in the budget.
+    fn admit(&mut self, src: std::net::IpAddr, now: Instant) -> bool {
+        self.probes += 1;
+        if self.sources.len() < SUMMARY_SOURCES {
+            self.sources.insert(src.to_canonical());
+        } else if !self.sources.contains(&src.to_canonical()) {
+            self.capped = true;
+        }
+        let ok = if self.rate == 0 {
+            true
+        } else {
+            let rate = f64::from(self.rate);
+            let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * rate).min(rate);
+            self.refilled = now;
+            if self.tokens >= 1.0 {
+                self.tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        };
+        self.logged += u64::from(ok);
+        ok
+    }
+
+    /// The summary of the interval, if any probe was not acted on; starts the next one.
+    fn summary(&mut self, now: Instant) -> Option<String> {
+        let secs = now.duration_since(self.since).as_secs().max(1);
+        self.since = now;
+        if self.probes == 0 {
+            return None;
+        }
+        let line = report::not_acted_on(
+            self.probes,
+            self.sources.len() as u64,
+            self.capped,
+            self.logged,
+            secs,
+        );
+        self.probes = 0;
+        self.logged = 0;
+        self.sources.clear();
+        self.capped = false;
+        Some(line)
+    }
+}
+
 struct FilterWorker {
     filters: Vec<Box<dyn Filter>>,
+    budget: LogBudget,
     alerts: Sender<ResponseMsg>,
     stats: Arc<Stats>,
     sink: HitSink,
@@ -188,6 +277,7 @@ impl FilterWorker {
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(FilterMsg::Reload(generation)) => {
+                        self.budget.rate = generation.config.log_rate_limit;
                         for f in &mut self.filters {
                             f.reconfigure(&generation);
                         }
@@ -207,10 +297,18 @@ impl FilterWorker {
             }
             if drops.due(Instant::now()) {
                 drops.report(self.drop_counts(), Instant::now());
+                self.summarize();
             }
         }
         // Drops of the last seconds are reported too, not lost with the daemon.
         drops.report(self.drop_counts(), Instant::now());
+        self.summarize();
+    }
+
+    fn summarize(&mut self) {
+        if let Some(line) = self.budget.summary(Instant::now()) {
+            log::info!("{line}");
+        }
     }
 
     fn drop_counts(&self) -> (u64, u64) {
@@ -248,6 +346,11 @@ impl FilterWorker {
                 }
             }
         }
+        // Probes not acted on are logged within the budget only; the rest are summarised.
+        if !candidate.actionable && !self.budget.admit(candidate.hit.src, Instant::now()) {
+            self.stats.not_logged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // A lost alert reserved nothing: the host's next probe is judged afresh.
         match self.alerts.try_send(ResponseMsg::Alert(candidate)) {
             Ok(()) => {
@@ -284,6 +387,43 @@ fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_budget_admits_its_rate_and_summarises_the_rest() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(100, t0);
+        let admitted = (0..1000u32)
+            .filter(|i| {
+                let ip = std::net::IpAddr::from([10, 78, (i / 256) as u8, (i % 256) as u8]);
+                b.admit(ip, t0)
+            })
+            .count();
+        assert_eq!(admitted, 100, "the burst is the rate");
+        // Half a second later, half the rate again.
+        let later = t0 + Duration::from_millis(500);
+        let more = (0..1000)
+            .filter(|_| b.admit("10.79.0.1".parse().unwrap(), later))
+            .count();
+        assert_eq!(more, 50);
+        let line = b.summary(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            line,
+            report::not_acted_on(2000, 1001, false, 150, 10),
+            "{line}"
+        );
+        assert!(
+            b.summary(t0 + Duration::from_secs(20)).is_none(),
+            "quiet: no line"
+        );
+        // No limit: everything is logged, still counted.
+        let mut free = LogBudget::new(0, t0);
+        assert!((0..500).all(|_| free.admit("10.0.0.1".parse().unwrap(), t0)));
+        assert!(
+            free.summary(t0)
+                .unwrap()
+                .contains("500 probes from 1 sources")
+        );
+    }
 
     #[test]
     fn drops_are_reported_once_per_interval_and_at_the_end() {

@@ -323,6 +323,43 @@ pub fn probes_dropped(count: u64, seconds: u64) -> String {
     )
 }
 
+/// `27480` as `27,480`: summary lines are read by people counting orders of magnitude.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Ours: probes below the forgeable trigger in the last interval (only some logged, within
+/// `LOG_RATE_LIMIT`). `sources` is a lower bound when `capped`.
+pub fn not_acted_on(probes: u64, sources: u64, capped: bool, logged: u64, seconds: u64) -> String {
+    format!(
+        "adminalert: {} probes from {}{} sources not acted on in the last {seconds} s: below the \
+         trigger ({} of them logged)",
+        thousands(probes),
+        if capped { "more than " } else { "" },
+        thousands(sources),
+        thousands(logged)
+    )
+}
+
+/// Ours: scan blocks held back by `BLOCK_RATE_LIMIT` / `MAX_ACTIVE_BLOCKS` in the last
+/// interval; the best of them are blocked as the budget allows.
+pub fn blocks_deferred(sources: u64, seconds: u64, waiting: usize, why: &str) -> String {
+    format!(
+        "adminalert: {} sources not blocked in the last {seconds} s: {why}; {} waiting, the best \
+         evidence first",
+        thousands(sources),
+        thousands(waiting as u64)
+    )
+}
+
 /// Ours: alerts lost because the responders were behind.
 pub fn alerts_dropped(count: u64, seconds: u64) -> String {
     format!(
@@ -343,6 +380,19 @@ mod tests {
             already_blocked: false,
             actionable: true,
         }
+    }
+
+    #[test]
+    fn summary_numbers_have_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(27480), "27,480");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(
+            not_acted_on(27480, 27476, false, 2000, 10),
+            "adminalert: 27,480 probes from 27,476 sources not acted on in the last 10 s: below \
+             the trigger (2,000 of them logged)"
+        );
     }
 
     #[test]

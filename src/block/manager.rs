@@ -44,6 +44,10 @@ const BLOCKED_FILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest block with an end (a `--for 1000y` is taken as this): its end must stay a time
 /// the journal can write.
 const LONGEST: Duration = Duration::from_secs(100 * 365 * 86400);
+/// Scan blocks held back by the rate limit at most; beyond, the weakest evidence gives way.
+const DEFERRED_CAP: usize = 10_000;
+/// How often the summary of held-back blocks is logged.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Messages handled between two journal commits at most.
 const BATCH: usize = 512;
 
@@ -186,6 +190,12 @@ impl BlockManager {
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let mut manager = Manager {
             policy: DurationPolicy::from_config(&config),
+            forgeable_policy: forgeable_policy(&config),
+            rate: RateLimit::new(config.block_rate_limit),
+            deferred: HashMap::new(),
+            deferred_recently: 0,
+            deferred_why: String::new(),
+            summary_since: Instant::now(),
             generation,
             hosts: HashMap::new(),
             expiries: BinaryHeap::new(),
@@ -347,9 +357,81 @@ enum Effect {
     Reply(Box<dyn FnOnce() + Send>),
 }
 
+/// `BLOCK_RATE_LIMIT`: new scan blocks a minute, as a token bucket that starts full.
+#[derive(Debug)]
+struct RateLimit {
+    per_minute: u32,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    fn new(per_minute: u32) -> RateLimit {
+        RateLimit {
+            per_minute,
+            tokens: f64::from(per_minute),
+            refilled: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(self.per_minute));
+        self.refilled = now;
+    }
+
+    /// Whether a block may start now (taking a token); always with no limit.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Until the next token, when there is a limit.
+    fn next_token(&self) -> Option<Duration> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let missing = (1.0 - self.tokens).max(0.0);
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        Some(Duration::from_secs_f64(missing / per_sec).max(Duration::from_millis(5)))
+    }
+}
+
+/// A scan block held back by the budget, ranked by its evidence.
+struct Deferred {
+    request: BlockRequest,
+    proven: bool,
+    count: u32,
+    since: Instant,
+}
+
+impl Deferred {
+    /// Proven first, then the most distinct ports, then the earliest.
+    fn rank(&self) -> (bool, u32, Reverse<Instant>) {
+        (self.proven, self.count, Reverse(self.since))
+    }
+}
+
 struct Manager {
     generation: Generation,
     policy: DurationPolicy,
+    /// Durations of blocks made on forgeable evidence (`FORGEABLE_BLOCK_TIMEOUT`).
+    forgeable_policy: DurationPolicy,
+    rate: RateLimit,
+    deferred: HashMap<Target, Deferred>,
+    /// Sources held back since the last summary, and why the last one was.
+    deferred_recently: u64,
+    deferred_why: String,
+    summary_since: Instant,
     hosts: HashMap<Target, Host>,
     expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
     offences: HashMap<Target, Offence>,
@@ -420,6 +502,8 @@ impl Manager {
                 handled += 1;
             }
             self.expire_due(SystemTime::now());
+            self.serve_deferred(Instant::now());
+            self.summarize(Instant::now());
             self.pump();
             self.commit();
             self.write_blocked_file(false);
@@ -441,6 +525,14 @@ impl Manager {
             let since = self.blocked_file_written.map(|t| t.elapsed());
             wake = wake
                 .min(BLOCKED_FILE_INTERVAL.saturating_sub(since.unwrap_or(BLOCKED_FILE_INTERVAL)));
+        }
+        if !self.deferred.is_empty()
+            && let Some(next) = self.rate.next_token()
+        {
+            wake = wake.min(next);
+        }
+        if self.deferred_recently > 0 {
+            wake = wake.min(SUMMARY_INTERVAL.saturating_sub(self.summary_since.elapsed()));
         }
         if self.stopping {
             wake = wake.min(Duration::from_millis(50));
@@ -515,6 +607,10 @@ impl Manager {
             );
         }
         self.policy = DurationPolicy::from_config(new);
+        self.forgeable_policy = forgeable_policy(new);
+        if new.block_rate_limit != self.rate.per_minute {
+            self.rate = RateLimit::new(new.block_rate_limit);
+        }
         self.generation = generation;
         if moved {
             self.blocked_file_dirty = true;
@@ -558,7 +654,128 @@ impl Manager {
                     *reblock = Some(req);
                 }
             }
-            None => self.start_scan_block(target, req),
+            None => self.admit_scan_block(target, req),
+        }
+    }
+
+    /// Starts a scan block if the budget allows (`BLOCK_RATE_LIMIT`, `MAX_ACTIVE_BLOCKS`),
+    /// otherwise holds it back, ranked by evidence, to be served as the budget refills.
+    fn admit_scan_block(&mut self, target: Target, req: BlockRequest) {
+        let proven = req.alert.hit.kind.is_proven();
+        let count = req.alert.count;
+        if let Some(d) = self.deferred.get_mut(&target) {
+            // Held back already: its evidence grows, its place in the line with it.
+            d.proven |= proven;
+            d.count = d.count.max(count);
+            d.request = req;
+            return;
+        }
+        let now = Instant::now();
+        if self.deferred.is_empty() {
+            if let Err(why) = self.budget_allows(now) {
+                self.defer(target, req, why);
+                return;
+            }
+            self.start_scan_block(target, req);
+        } else {
+            // Others wait already: join the line, the best goes first.
+            let why = self.deferred_why.clone();
+            self.defer(target, req, why);
+            self.serve_deferred(now);
+        }
+    }
+
+    /// Whether one more scan block may start now (takes a rate token when it may).
+    fn budget_allows(&mut self, now: Instant) -> Result<(), String> {
+        let max = self.generation.config.max_active_blocks;
+        if max > 0 && self.hosts.len() >= max {
+            return Err(format!("MAX_ACTIVE_BLOCKS ({max}) reached"));
+        }
+        if !self.rate.take(now) {
+            return Err(format!(
+                "BLOCK_RATE_LIMIT ({} a minute) reached",
+                self.rate.per_minute
+            ));
+        }
+        Ok(())
+    }
+
+    fn defer(&mut self, target: Target, req: BlockRequest, why: String) {
+        let d = Deferred {
+            proven: req.alert.hit.kind.is_proven(),
+            count: req.alert.count,
+            request: req,
+            since: Instant::now(),
+        };
+        self.deferred_recently += 1;
+        self.deferred_why = why;
+        if self.deferred.len() >= DEFERRED_CAP {
+            let worst = self
+                .deferred
+                .iter()
+                .min_by_key(|(_, d)| d.rank())
+                .map(|(t, w)| (*t, w.rank()));
+            match worst {
+                Some((t, rank)) if rank < d.rank() => {
+                    self.deferred.remove(&t);
+                }
+                _ => return,
+            }
+        }
+        self.deferred.insert(target, d);
+    }
+
+    /// Starts the best held-back blocks the budget allows; forgets those older than the
+    /// trigger window (a scanner that kept going has sent newer probes meanwhile).
+    fn serve_deferred(&mut self, now: Instant) {
+        if self.deferred.is_empty() || self.stopping {
+            return;
+        }
+        let window = self.generation.config.scan_trigger_window;
+        if !window.is_zero() {
+            self.deferred
+                .retain(|_, d| now.saturating_duration_since(d.since) <= window);
+        }
+        while !self.deferred.is_empty() {
+            if let Err(why) = self.budget_allows(now) {
+                self.deferred_why = why;
+                break;
+            }
+            let Some(best) = self
+                .deferred
+                .iter()
+                .max_by_key(|(_, d)| d.rank())
+                .map(|(t, _)| *t)
+            else {
+                break;
+            };
+            if let Some(d) = self.deferred.remove(&best) {
+                if self.hosts.contains_key(&best) {
+                    continue;
+                }
+                self.start_scan_block(best, d.request);
+            }
+        }
+    }
+
+    /// The summary line of held-back blocks, once per interval while there are any.
+    fn summarize(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.summary_since) < SUMMARY_INTERVAL {
+            return;
+        }
+        let secs = now.saturating_duration_since(self.summary_since).as_secs();
+        self.summary_since = now;
+        if self.deferred_recently > 0 {
+            log::warn!(
+                "{}",
+                report::blocks_deferred(
+                    self.deferred_recently,
+                    secs,
+                    self.deferred.len(),
+                    &self.deferred_why
+                )
+            );
+            self.deferred_recently = 0;
         }
     }
 
@@ -576,11 +793,16 @@ impl Manager {
         let past = self.past(&target, now);
         let hit = &req.alert.hit;
         let level = self.generation.config.block_level(hit.proto());
+        let policy = if hit.kind.is_proven() {
+            &self.policy
+        } else {
+            &self.forgeable_policy
+        };
         let applying = Applying {
             job: 0,
             origin: Origin::Scan,
             offences: past.map_or(0, |p| p.offences) + 1,
-            duration: self.policy.next_with_jitter(past),
+            duration: policy.next_with_jitter(past),
             trigger: Some(Trigger {
                 port: hit.port,
                 proto: hit.proto(),
@@ -646,6 +868,13 @@ impl Manager {
             };
             if let Some(why) = self.protected(&target, &local) {
                 batch.outcomes.push(refuse(why));
+                continue;
+            }
+            let max = self.generation.config.max_active_blocks;
+            if max > 0 && self.hosts.len() >= max {
+                batch.outcomes.push(refuse(format!(
+                    "refused: MAX_ACTIVE_BLOCKS ({max}) reached"
+                )));
                 continue;
             }
             match self.hosts.get(&target) {
@@ -1233,6 +1462,15 @@ impl Manager {
         }
         self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
+    }
+}
+
+/// Durations of blocks made on forgeable evidence: `FORGEABLE_BLOCK_TIMEOUT` as the first
+/// block, or `BLOCK_TIMEOUT` when it is `0`; growing like any block.
+fn forgeable_policy(config: &crate::config::Config) -> DurationPolicy {
+    DurationPolicy {
+        base: config.forgeable_block_timeout.or(config.block_timeout),
+        ..DurationPolicy::from_config(config)
     }
 }
 

@@ -5,9 +5,15 @@
 //! distinct (protocol, port) pairs it probed within `SCAN_TRIGGER_WINDOW`. `0` and `1` fire on
 //! the first probe, `N` on the Nth distinct one, as in 1.2's common cases.
 //!
+//! Evidence has a weight: only a completed handshake proves the source. A source whose probes
+//! are all forgeable (raw segments, UDP datagrams) reaches the log threshold at
+//! `SCAN_TRIGGER` as in 1.2, but may be *acted on* only once it has probed
+//! `max(SCAN_TRIGGER, FORGEABLE_SCAN_TRIGGER)` distinct ports: one forged packet "from" the
+//! gateway can no longer blackhole it, and a flood of one-packet forged sources blocks nobody.
+//!
 //! The table has a fixed capacity (`SCAN_TRIGGER_TABLE_SIZE`), as scanlogd's does: a flood of
 //! forged sources evicts the least recently seen ones and never grows memory. Each source keeps
-//! at most `max(SCAN_TRIGGER, 1)` probes, which is all the decision needs.
+//! at most as many probes as the higher threshold, which is all the decision needs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -26,6 +32,9 @@ pub struct Observation {
     pub count: u32,
     /// The source has reached the trigger (now or earlier, within the window).
     pub fired: bool,
+    /// The evidence is enough to act on: the trigger for a source that proved itself, the
+    /// forgeable trigger otherwise.
+    pub actionable: bool,
 }
 
 /// One distinct probe and when it was last seen.
@@ -47,6 +56,10 @@ struct Source {
     probes: Vec<Probe>,
     /// The trigger was reached; later probes pass until the source goes quiet for a window.
     fired: bool,
+    /// The actionable threshold was reached (sticky like `fired`).
+    actionable: bool,
+    /// A completed handshake came from this source: it is not forged.
+    proven: bool,
 }
 
 /// Per-source SCAN_TRIGGER state with a fixed capacity and least-recently-seen eviction.
@@ -54,6 +67,8 @@ struct Source {
 #[derive(Debug)]
 pub struct TriggerTable {
     trigger: u32,
+    /// `FORGEABLE_SCAN_TRIGGER` (0: as `trigger`).
+    forgeable: u32,
     window: Duration,
     capacity: usize,
     sources: HashMap<IpAddr, Source>,
@@ -70,12 +85,19 @@ impl TriggerTable {
     pub fn new(trigger: u32, window: Duration, capacity: usize) -> TriggerTable {
         TriggerTable {
             trigger,
+            forgeable: 0,
             window,
             capacity: capacity.max(1),
             sources: HashMap::new(),
             by_age: BTreeMap::new(),
             tick: 0,
         }
+    }
+
+    /// The same table with a forgeable-evidence trigger (`FORGEABLE_SCAN_TRIGGER`).
+    pub fn with_forgeable(mut self, forgeable: u32) -> TriggerTable {
+        self.forgeable = forgeable;
+        self
     }
 
     /// The table a config asks for.
@@ -85,20 +107,47 @@ impl TriggerTable {
             config.scan_trigger_window,
             config.scan_trigger_table_size,
         )
+        .with_forgeable(config.forgeable_scan_trigger)
     }
 
     /// Distinct probes a source must send to fire: 0 and 1 both mean the first.
-    fn needed(&self) -> usize {
+    fn log_needed(&self) -> usize {
         usize::try_from(self.trigger.max(1)).unwrap_or(usize::MAX)
     }
 
-    /// Records one probe from `src` at `now` and says whether the source has crossed the
-    /// trigger. An IPv4-mapped IPv6 source counts as its IPv4 address.
+    /// Distinct probes before forgeable evidence may be acted on: never fewer than the
+    /// trigger itself.
+    fn forgeable_needed(&self) -> usize {
+        usize::try_from(self.forgeable.max(self.trigger).max(1)).unwrap_or(usize::MAX)
+    }
+
+    /// Probes kept per source: enough for the higher threshold.
+    fn needed(&self) -> usize {
+        self.log_needed().max(self.forgeable_needed())
+    }
+
+    /// Records one proven probe (a completed handshake) from `src` at `now`; see
+    /// [`TriggerTable::observe_evidence`].
     pub fn observe(&mut self, src: IpAddr, proto: Proto, port: u16, now: Instant) -> Observation {
+        self.observe_evidence(src, proto, port, true, now)
+    }
+
+    /// Records one probe from `src` at `now` and says whether the source has crossed the
+    /// trigger, and whether its evidence is enough to act on (`proven`: this probe was a
+    /// completed handshake). An IPv4-mapped IPv6 source counts as its IPv4 address.
+    pub fn observe_evidence(
+        &mut self,
+        src: IpAddr,
+        proto: Proto,
+        port: u16,
+        proven: bool,
+        now: Instant,
+    ) -> Observation {
         let src = src.to_canonical();
         self.tick += 1;
         let tick = self.tick;
         let needed = self.needed();
+        let (log_needed, forgeable_needed) = (self.log_needed(), self.forgeable_needed());
         let window = self.window;
         let expired =
             |seen: Instant| !window.is_zero() && now.saturating_duration_since(seen) > window;
@@ -109,16 +158,15 @@ impl TriggerTable {
             s.touched = tick;
             if expired(s.last_seen) {
                 s.fired = false;
+                s.actionable = false;
+                s.proven = false;
                 s.probes.clear();
             } else {
                 s.probes.retain(|p| !expired(p.seen));
             }
             s.last_seen = now;
             record_probe(s, proto, port, now, needed);
-            return Observation {
-                count: count_of(s),
-                fired: s.fired,
-            };
+            return judge(s, proven, log_needed, forgeable_needed);
         }
 
         while self.sources.len() >= self.capacity {
@@ -131,12 +179,11 @@ impl TriggerTable {
             last_seen: now,
             probes: Vec::with_capacity(needed.min(8)),
             fired: false,
+            actionable: false,
+            proven: false,
         };
         record_probe(&mut s, proto, port, now, needed);
-        let obs = Observation {
-            count: count_of(&s),
-            fired: s.fired,
-        };
+        let obs = judge(&mut s, proven, log_needed, forgeable_needed);
         self.by_age.insert(tick, src);
         self.sources.insert(src, s);
         obs
@@ -147,6 +194,23 @@ impl TriggerTable {
     /// trigger keeps each source's most recent probes.
     pub fn reconfigure(&mut self, trigger: u32, window: Duration, capacity: usize) {
         self.trigger = trigger;
+        self.reconfigure_tail(window, capacity);
+    }
+
+    /// [`TriggerTable::reconfigure`] with the forgeable trigger too.
+    pub fn reconfigure_evidence(
+        &mut self,
+        trigger: u32,
+        forgeable: u32,
+        window: Duration,
+        capacity: usize,
+    ) {
+        self.trigger = trigger;
+        self.forgeable = forgeable;
+        self.reconfigure_tail(window, capacity);
+    }
+
+    fn reconfigure_tail(&mut self, window: Duration, capacity: usize) {
         self.window = window;
         self.capacity = capacity.max(1);
         while self.sources.len() > self.capacity {
@@ -202,9 +266,31 @@ fn count_of(s: &Source) -> u32 {
     u32::try_from(s.probes.len()).unwrap_or(u32::MAX)
 }
 
-/// Adds or refreshes one (proto, port) in a source's probes and fires when enough are held.
-/// A repeated port only refreshes its time. Once the set is full (the source has fired), a new
-/// port replaces the oldest one, so the set follows the scanner without growing.
+/// Marks the thresholds a source has reached (sticky until it goes quiet for a window).
+fn judge(s: &mut Source, proven: bool, log_needed: usize, forgeable_needed: usize) -> Observation {
+    s.proven |= proven;
+    let held = s.probes.len();
+    if held >= log_needed {
+        s.fired = true;
+    }
+    let act_needed = if s.proven {
+        log_needed
+    } else {
+        forgeable_needed
+    };
+    if s.fired && held >= act_needed {
+        s.actionable = true;
+    }
+    Observation {
+        count: count_of(s),
+        fired: s.fired,
+        actionable: s.actionable,
+    }
+}
+
+/// Adds or refreshes one (proto, port) in a source's probes. A repeated port only refreshes
+/// its time. Once the set is full, a new port replaces the oldest one, so the set follows the
+/// scanner without growing.
 fn record_probe(s: &mut Source, proto: Proto, port: u16, now: Instant, needed: usize) {
     if let Some(p) = s
         .probes
@@ -225,9 +311,6 @@ fn record_probe(s: &mut Source, proto: Proto, port: u16, now: Instant, needed: u
             seen: now,
         };
     }
-    if s.probes.len() >= needed {
-        s.fired = true;
-    }
 }
 
 /// Second filter: counts each source's distinct probes and drops them until the trigger.
@@ -244,11 +327,16 @@ impl TriggerFilter {
         }
     }
 
-    /// The decision, with the clock passed in: fills `count`, drops below the trigger.
+    /// The decision, with the clock passed in: fills `count` and `actionable`, drops below
+    /// the trigger.
     pub fn inspect_at(&mut self, candidate: &mut Alert, now: Instant) -> Verdict {
         let hit = &candidate.hit;
-        let obs = self.table.observe(hit.src, hit.proto(), hit.port, now);
+        let proven = hit.kind.is_proven();
+        let obs = self
+            .table
+            .observe_evidence(hit.src, hit.proto(), hit.port, proven, now);
         candidate.count = obs.count;
+        candidate.actionable = obs.actionable;
         if obs.fired {
             Verdict::Pass
         } else {
@@ -273,8 +361,9 @@ impl Filter for TriggerFilter {
 
     fn reconfigure(&mut self, generation: &Generation) {
         let c = &generation.config;
-        self.table.reconfigure(
+        self.table.reconfigure_evidence(
             c.scan_trigger,
+            c.forgeable_scan_trigger,
             c.scan_trigger_window,
             c.scan_trigger_table_size,
         );
@@ -306,7 +395,8 @@ mod tests {
             o,
             Observation {
                 count: 1,
-                fired: true
+                fired: true,
+                actionable: true
             }
         );
     }
@@ -329,21 +419,24 @@ mod tests {
             t.observe(src, Proto::Tcp, 1, t0),
             Observation {
                 count: 1,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
         assert_eq!(
             t.observe(src, Proto::Tcp, 2, t0),
             Observation {
                 count: 2,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
         assert_eq!(
             t.observe(src, Proto::Tcp, 3, t0),
             Observation {
                 count: 3,
-                fired: true
+                fired: true,
+                actionable: true
             }
         );
     }
@@ -359,7 +452,8 @@ mod tests {
                 o,
                 Observation {
                     count: 1,
-                    fired: false
+                    fired: false,
+                    actionable: false
                 }
             );
         }
@@ -406,7 +500,8 @@ mod tests {
             o,
             Observation {
                 count: 2,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
         assert!(t.observe(src, Proto::Tcp, 4, secs(t0, 62)).fired);
@@ -450,7 +545,8 @@ mod tests {
             t.observe(src, Proto::Tcp, 9, later),
             Observation {
                 count: 1,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
     }
@@ -490,7 +586,8 @@ mod tests {
             t.observe(b, Proto::Tcp, 2, secs(t0, 4)),
             Observation {
                 count: 1,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
     }
@@ -541,7 +638,8 @@ mod tests {
             t.observe(src, Proto::Tcp, 3, t0),
             Observation {
                 count: 3,
-                fired: false
+                fired: false,
+                actionable: false
             }
         );
         assert!(t.observe(src, Proto::Tcp, 4, t0).fired);
@@ -642,5 +740,82 @@ mod tests {
         let mut a = alert("10.0.0.1", 3, Mode::Stcp);
         assert_eq!(f.inspect_at(&mut a, t0), Verdict::Pass);
         assert_eq!(a.count, 3);
+    }
+
+    #[test]
+    fn forgeable_evidence_is_logged_at_the_trigger_but_acted_on_at_the_forgeable_trigger() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(0, HOUR, 10).with_forgeable(3);
+        let src = ip("10.0.0.1");
+        let o = t.observe_evidence(src, Proto::Tcp, 1, false, t0);
+        assert!(o.fired && !o.actionable, "{o:?}");
+        assert!(
+            !t.observe_evidence(src, Proto::Tcp, 1, false, t0).actionable,
+            "same port"
+        );
+        assert!(!t.observe_evidence(src, Proto::Udp, 2, false, t0).actionable);
+        let o = t.observe_evidence(src, Proto::Tcp, 3, false, t0);
+        assert_eq!(
+            o,
+            Observation {
+                count: 3,
+                fired: true,
+                actionable: true
+            }
+        );
+        // Another source's one forged packet stays below.
+        assert!(
+            !t.observe_evidence(ip("10.0.0.2"), Proto::Tcp, 9, false, t0)
+                .actionable
+        );
+    }
+
+    #[test]
+    fn a_handshake_proves_the_source_and_acts_at_the_1_2_trigger() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(0, HOUR, 10).with_forgeable(3);
+        assert!(
+            t.observe_evidence(ip("10.0.0.1"), Proto::Tcp, 1, true, t0)
+                .actionable
+        );
+        // A source that proved itself is judged by the 1.2 trigger for its raw probes too.
+        let src = ip("10.0.0.2");
+        assert!(!t.observe_evidence(src, Proto::Tcp, 1, false, t0).actionable);
+        assert!(t.observe_evidence(src, Proto::Tcp, 2, true, t0).actionable);
+        assert!(t.observe_evidence(src, Proto::Tcp, 3, false, t0).actionable);
+    }
+
+    #[test]
+    fn the_forgeable_trigger_is_never_below_scan_trigger() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(5, HOUR, 10).with_forgeable(3);
+        let src = ip("10.0.0.1");
+        for port in 1..=4 {
+            let o = t.observe_evidence(src, Proto::Tcp, port, false, t0);
+            assert!(!o.fired && !o.actionable, "{port}: {o:?}");
+        }
+        let o = t.observe_evidence(src, Proto::Tcp, 5, false, t0);
+        assert!(o.fired && o.actionable);
+    }
+
+    #[test]
+    fn filter_marks_raw_probes_below_the_forgeable_trigger_as_not_actionable() {
+        let mut config = crate::config::build::defaults(Path::new("p.conf"));
+        config.scan_trigger = 0;
+        config.forgeable_scan_trigger = 2;
+        let mut f = TriggerFilter::new(&config);
+        let t0 = Instant::now();
+        let alert = |port, kind| Alert {
+            hit: Hit::now(ip("10.0.0.9"), port, Mode::Stcp, kind),
+            count: 0,
+            already_blocked: false,
+            actionable: true,
+        };
+        let mut first = alert(1, ProbeKind::Syn);
+        assert_eq!(f.inspect_at(&mut first, t0), Verdict::Pass);
+        assert!(!first.actionable);
+        let mut second = alert(2, ProbeKind::Fin);
+        assert_eq!(f.inspect_at(&mut second, t0), Verdict::Pass);
+        assert!(second.actionable);
     }
 }

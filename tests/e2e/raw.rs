@@ -10,7 +10,10 @@ use crate::lab::{Daemon, Lab};
 
 /// Config lines for a daemon whose built-in responders really block: the route goes into
 /// the defender namespace, hosts.deny into the lab's file.
-const BLOCKING: &str = "BLOCK_TCP=\"1\"\n\
+/// 1.2's behaviour: a raw probe blocks on its first packet (`FORGEABLE_SCAN_TRIGGER="1"`, the
+/// admin's explicit choice; the default waits for three ports, see tests/e2e/forged.rs).
+const BLOCKING: &str = "FORGEABLE_SCAN_TRIGGER=\"1\"\n\
+                        BLOCK_TCP=\"1\"\n\
                         BLOCK_UDP=\"1\"\n\
                         KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n\
                         KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n";
@@ -208,6 +211,7 @@ fn stcp_daemon_blocks_the_scanner_and_then_reports_it_as_already_blocked() {
     let conf = conf_arg(
         &lab,
         "TCP_PORTS=\"1,79,111\"\n\
+         FORGEABLE_SCAN_TRIGGER=\"1\"\n\
          BLOCK_TCP=\"1\"\n\
          KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n",
     );
