@@ -406,18 +406,35 @@ impl RateLimit {
     }
 }
 
+/// Distinct ports remembered per held-back source at most (enough to rank scanners).
+const DEFERRED_PORTS: usize = 1024;
+
 /// A scan block held back by the budget, ranked by its evidence.
 struct Deferred {
     request: BlockRequest,
     proven: bool,
-    count: u32,
+    /// Distinct ports the trigger had counted when it was held back.
+    counted: u32,
+    /// Distinct (protocol, port) probes seen since, the first one included.
+    ports: std::collections::HashSet<(Proto, u16)>,
     since: Instant,
 }
 
 impl Deferred {
     /// Proven first, then the most distinct ports, then the earliest.
-    fn rank(&self) -> (bool, u32, Reverse<Instant>) {
-        (self.proven, self.count, Reverse(self.since))
+    fn rank(&self) -> (bool, usize, Reverse<Instant>) {
+        let ports = self.counted as usize + self.ports.len().saturating_sub(1);
+        (self.proven, ports, Reverse(self.since))
+    }
+
+    /// Adds the evidence of one more request for the same source.
+    fn add(&mut self, req: BlockRequest) {
+        let hit = &req.alert.hit;
+        self.proven |= hit.kind.is_proven();
+        if self.ports.len() < DEFERRED_PORTS {
+            self.ports.insert((hit.proto(), hit.port));
+        }
+        self.request = req;
     }
 }
 
@@ -661,13 +678,9 @@ impl Manager {
     /// Starts a scan block if the budget allows (`BLOCK_RATE_LIMIT`, `MAX_ACTIVE_BLOCKS`),
     /// otherwise holds it back, ranked by evidence, to be served as the budget refills.
     fn admit_scan_block(&mut self, target: Target, req: BlockRequest) {
-        let proven = req.alert.hit.kind.is_proven();
-        let count = req.alert.count;
         if let Some(d) = self.deferred.get_mut(&target) {
             // Held back already: its evidence grows, its place in the line with it.
-            d.proven |= proven;
-            d.count = d.count.max(count);
-            d.request = req;
+            d.add(req);
             return;
         }
         let now = Instant::now();
@@ -701,9 +714,11 @@ impl Manager {
     }
 
     fn defer(&mut self, target: Target, req: BlockRequest, why: String) {
+        let hit = &req.alert.hit;
         let d = Deferred {
-            proven: req.alert.hit.kind.is_proven(),
-            count: req.alert.count,
+            proven: hit.kind.is_proven(),
+            counted: req.alert.count,
+            ports: std::collections::HashSet::from([(hit.proto(), hit.port)]),
             request: req,
             since: Instant::now(),
         };

@@ -6,6 +6,7 @@
 mod blocks;
 mod classic;
 mod config_errors;
+mod forged;
 mod lab;
 mod lua;
 mod lua_plugins;

@@ -1,0 +1,194 @@
+//! Forged sources cannot turn the daemon against its owner, nor hide a real scanner: a flood
+//! of one-packet forged sources blocks nobody while a real scan inside it is blocked, the log
+//! stays bounded, and forged multi-port scans are blocked at most `BLOCK_RATE_LIMIT` a
+//! minute, the best evidence first. Raw mode (`-atcp`), default evidence rules.
+
+use std::time::{Duration, Instant};
+
+use crate::lab::{Daemon, Lab};
+
+/// Sends TCP SYNs from forged IPv4 sources to `dst` from inside the attacker namespace: for
+/// each `(source, ports)` one SYN per port. Raw socket, correct checksums.
+const FORGE: &str = r#"
+import socket, struct, sys, random
+dst = sys.argv[1]
+plan = [(s.split(':')[0], [int(p) for p in s.split(':')[1].split(',')]) for s in sys.argv[2:]]
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+d = socket.inet_aton(dst)
+for src, ports in plan:
+    s = socket.inet_aton(src)
+    for port in ports:
+        sport = random.randint(1024, 65000)
+        tcp = struct.pack('!HHIIBBHHH', sport, port, random.getrandbits(32), 0, 5 << 4, 0x02, 1024, 0, 0)
+        tcp = tcp[:16] + struct.pack('!H', csum(s + d + struct.pack('!BBH', 0, 6, len(tcp)) + tcp)) + tcp[18:]
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, random.getrandbits(16), 0, 64, 6, 0, s, d)
+        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+        r.sendto(ip + tcp, (dst, 0))
+"#;
+
+fn forge(lab: &Lab, plan: &[String]) {
+    let mut args = vec!["python3", "-c", FORGE, lab.def4.as_str()];
+    args.extend(plan.iter().map(String::as_str));
+    let out = lab.attack(&args);
+    assert!(out.status.success(), "forge: {out:?}");
+}
+
+fn unreachable_routes(lab: &Lab) -> Vec<String> {
+    lab.def_routes()
+        .lines()
+        .filter(|l| l.starts_with("unreachable "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn blocking_config(lab: &Lab, extra: &str) -> String {
+    lab.write_config(&format!(
+        "{extra}\n\
+         ADVANCED_PORTS_TCP=\"1024\"\n\
+         ADVANCED_EXCLUDE_TCP=\"113,139\"\n\
+         BLOCK_TCP=\"1\"\n\
+         BLOCK_UDP=\"1\"\n\
+         KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n"
+    ))
+    .display()
+    .to_string()
+}
+
+#[test]
+fn a_forged_flood_blocks_no_source_while_a_real_scan_inside_it_is_blocked() {
+    let lab = Lab::new();
+    let conf = blocking_config(&lab, "LOG_RATE_LIMIT=\"100\"");
+    let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
+    // hping3 --rand-source: every SYN from another address of the whole IPv4 space, all to
+    // port 23 of the defender (the defender has no route back to them: nothing leaves the
+    // lab).
+    let flood = {
+        let att = lab.att.clone();
+        let def4 = lab.def4.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("timeout")
+                .args(["60", "ip", "netns", "exec", &att])
+                .args([
+                    "hping3",
+                    "--rand-source",
+                    "-S",
+                    "-p",
+                    "23",
+                    "-i",
+                    "u100",
+                    "-c",
+                    "20000",
+                    "-q",
+                ])
+                .arg(&def4)
+                .output()
+                .expect("hping3")
+        })
+    };
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(800));
+    // The real scanner, 1 s into a 2.5 s flood of one-packet forged sources.
+    lab.nmap(&["-sS", "-p", "20-30", &lab.def4]);
+    let out = flood.join().expect("flood thread");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("20000 packets transmitted")
+            || String::from_utf8_lossy(&out.stderr).contains("20000 packets transmitted"),
+        "hping3: {out:?}"
+    );
+    let flood_time = started.elapsed();
+    let att = &lab.att4;
+    let blocked = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        unreachable_routes(&lab)
+            .iter()
+            .any(|r| r.starts_with(&format!("unreachable {att} ")))
+    });
+    assert!(
+        blocked,
+        "the real scanner is blocked: {:?}",
+        unreachable_routes(&lab)
+    );
+    assert_eq!(
+        unreachable_routes(&lab).len(),
+        1,
+        "no forged source blocked: {:?}",
+        unreachable_routes(&lab)
+    );
+    let history = lab.read("portsentry.history");
+    assert_eq!(history.lines().count(), 1, "{history}");
+    assert!(history.contains(&format!("/{att} Port: ")), "{history}");
+    // The log stays bounded: lines of probes not acted on fit in LOG_RATE_LIMIT, and the
+    // rest is summed up.
+    let summary = (0..150).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        d.lines()
+            .into_iter()
+            .find(|l| l.contains("sources not acted on in the last"))
+    });
+    let summary = summary.unwrap_or_else(|| panic!("no summary line: {:?}", d.lines().len()));
+    assert!(summary.contains("below the trigger"), "{summary}");
+    let forged_lines = d
+        .syslog()
+        .iter()
+        .filter(|l| l.contains("SYN/Normal scan from host: ") && l.contains("to TCP port: 23"))
+        .count();
+    let budget = 100 + (flood_time.as_secs_f64() * 100.0) as usize + 100;
+    assert!(
+        forged_lines > 0 && forged_lines <= budget,
+        "{forged_lines} lines for forged sources, budget {budget}"
+    );
+    // Every probe of the real scanner got its own line.
+    let mine = d
+        .syslog()
+        .iter()
+        .filter(|l| l.contains(&format!("SYN/Normal scan from host: {att}/{att}")))
+        .count();
+    assert!(mine >= 3, "{mine}");
+}
+
+#[test]
+fn forged_multi_port_scans_are_blocked_at_the_rate_limit_best_evidence_first() {
+    let lab = Lab::new();
+    let conf = blocking_config(&lab, "BLOCK_RATE_LIMIT=\"10\"\nLOG_RATE_LIMIT=\"0\"");
+    let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
+    // 500 forged sources × 5 ports, then one that probes 9 ports.
+    let plan: Vec<String> = (0..500)
+        .map(|i| format!("10.79.{}.{}:21,22,23,25,80", i / 250, i % 250 + 1))
+        .collect();
+    forge(&lab, &plan);
+    let best = "10.79.9.9";
+    forge(&lab, &[format!("{best}:1,2,3,4,5,6,7,8,9")]);
+    // The bucket starts full: 10 blocks at once, then one every 6 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let routes = unreachable_routes(&lab);
+    assert_eq!(routes.len(), 10, "{routes:?}");
+    let summary = (0..150).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        d.lines()
+            .into_iter()
+            .find(|l| l.contains("sources not blocked in the last"))
+    });
+    let summary = summary.unwrap_or_else(|| panic!("no summary: {:?}", d.lines().len()));
+    assert!(
+        summary.contains("BLOCK_RATE_LIMIT (10 a minute)"),
+        "{summary}"
+    );
+    // The next token goes to the best evidence, not to the next in line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unreachable_routes(&lab).len() < 11 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let routes = unreachable_routes(&lab);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.starts_with(&format!("unreachable {best} "))),
+        "the 9-port source got the 11th block: {routes:?}"
+    );
+    assert!(routes.len() <= 12, "{routes:?}");
+}
