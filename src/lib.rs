@@ -18,6 +18,7 @@ pub mod history;
 pub mod local_addrs;
 pub mod logging;
 pub mod pipeline;
+pub mod record;
 pub mod report;
 pub mod respond;
 pub mod sensor;

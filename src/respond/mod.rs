@@ -14,14 +14,11 @@ pub mod shell;
 pub mod undo;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
-use crate::block::Target;
 use crate::config::Config;
 use crate::event::Alert;
+pub use crate::record::{Action, Target, Undo};
 
 /// Everything a responder may need about one block (or, for Lua `alert` handlers, one
 /// alert).
@@ -49,7 +46,7 @@ impl<'a> ResponseContext<'a> {
     pub fn for_alert(alert: &'a Alert, resolved: &'a str, config: &'a Config) -> Self {
         ResponseContext {
             alert,
-            target: crate::block::host_target(alert.hit.src),
+            target: crate::record::host_target(alert.hit.src),
             resolved,
             config,
             until: None,
@@ -65,56 +62,25 @@ impl<'a> ResponseContext<'a> {
 
     /// `$TARGET$`: the bare address of a host, `addr/len` of a network.
     pub fn target_text(&self) -> String {
-        crate::block::target_text(&self.target)
+        crate::record::target_text(&self.target)
     }
 }
 
-/// What a responder did, kept in the block record so that expiry or `unblock` can undo it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Action {
-    /// Responder name (`hosts_deny`, `route`, `run_cmd`, `lua:nftables`, …).
-    pub responder: String,
-    /// What was applied: the command line run, the line appended, …
-    pub detail: String,
-    /// How to take it back, decided when it was done (so a later config edit cannot change
-    /// what an expiry removes).
-    #[serde(default)]
-    pub undo: Undo,
+/// Why a block ends; Lua `unblock` handlers see it as `ev.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnblockReason {
+    /// Its `BLOCK_TIMEOUT` ran out.
+    Expired,
+    /// An operator lifted it (`portsentry unblock`).
+    Unblock,
 }
 
-/// How an [`Action`] is undone; stored in the journal with the action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Undo {
-    /// It cannot be undone (no `UNKILL_RUN_CMD`, a notification…); the text says why.
-    Impossible {
-        /// Why, for the log line at expiry and for `--check-config`.
-        why: String,
-    },
-    /// A shell command, run with `KILL_CMD_TIMEOUT` (`ip route del …`).
-    Command {
-        /// The command line, macros already substituted.
-        command: String,
-    },
-    /// Remove exactly this line from this file (hosts.deny), other lines untouched.
-    RemoveLine {
-        /// The file the line was appended to.
-        file: PathBuf,
-        /// The line as written, without its newline.
-        line: String,
-    },
-    /// The plugin's `unblock` handler.
-    Lua {
-        /// Plugin name (without `lua:`).
-        plugin: String,
-    },
-}
-
-impl Default for Undo {
-    /// Records written before undo existed.
-    fn default() -> Self {
-        Undo::Impossible {
-            why: "recorded without a way to undo it".into(),
+impl UnblockReason {
+    /// `"expired"` / `"unblock"`, the text of `ev.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnblockReason::Expired => "expired",
+            UnblockReason::Unblock => "unblock",
         }
     }
 }

@@ -14,10 +14,10 @@ use super::hosts_deny::HostsDenyResponder;
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
-use crate::block::{BlockRecord, Target, target_text};
 use crate::config::{BlockLevel, Config};
 use crate::event::Alert;
 use crate::generation::Generation;
+use crate::record::{BlockRecord, Target, target_text};
 use crate::report;
 
 /// Workers running responders at once: enough that a few hanging commands leave the others

@@ -11,24 +11,7 @@ use super::hosts_deny::{Removal, remove_line};
 use super::lua::LuaPlugins;
 use super::{Action, ResponseContext, Undo};
 
-/// Why a block ends; Lua `unblock` handlers see it as `ev.reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UnblockReason {
-    /// Its `BLOCK_TIMEOUT` ran out.
-    Expired,
-    /// An operator lifted it (`portsentry unblock`).
-    Unblock,
-}
-
-impl UnblockReason {
-    /// `"expired"` / `"unblock"`, the text of `ev.reason`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnblockReason::Expired => "expired",
-            UnblockReason::Unblock => "unblock",
-        }
-    }
-}
+pub use super::UnblockReason;
 
 /// How undoing one action ended; the texts are for the manager's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]

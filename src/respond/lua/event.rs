@@ -5,10 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, Table};
 
-use crate::block::{Target, target_text};
 use crate::event::{Mode, Proto};
+use crate::record::{Target, target_text};
 use crate::respond::ResponseContext;
-use crate::respond::undo::UnblockReason;
+use crate::respond::UnblockReason;
 
 /// Events a plugin can register for with `portsentry.on`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 
 use crate::config::build::{self, valid_plugin_name};
 use crate::config::{Config, ConfigWarning};
-use crate::respond::undo::UnblockReason;
+use crate::respond::UnblockReason;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
 pub use event::{EventData, EventName};
@@ -351,7 +351,7 @@ fn serve_one(state: &PluginState, work: Work) {
                             target: "portsentry::lua",
                             "{e} ({} handler skipped for {})",
                             event.name.as_str(),
-                            crate::block::target_text(&event.target)
+                            crate::record::target_text(&event.target)
                         );
                     }
                 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::event::{Alert, Hit, Mode, ProbeKind};
-use crate::respond::undo::UnblockReason;
+use crate::respond::UnblockReason;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -1210,7 +1210,7 @@ fn network_targets_reach_plugins_as_cidr_text() {
     let plugins = f.load();
     let a = alert("192.0.2.7", 0);
     let mut ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
-    ctx.target = crate::block::parse_target("192.0.2.0/24").unwrap();
+    ctx.target = crate::record::parse_target("192.0.2.0/24").unwrap();
     plugins
         .unblock("p", &ctx, UnblockReason::Unblock)
         .expect("unblocked");

@@ -130,7 +130,7 @@ fn run(
     };
     let alert = EventData {
         name: EventName::Alert,
-        target: crate::block::host_target(target),
+        target: crate::record::host_target(target),
         port,
         proto,
         mode,
