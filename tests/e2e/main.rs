@@ -9,6 +9,7 @@ mod config_errors;
 mod lab;
 mod lua;
 mod lua_plugins;
+mod protect;
 mod raw;
 mod raw_sensor;
 mod reload;
