@@ -23,6 +23,7 @@ use crate::control::protocol::{
 };
 use crate::control::server::ControlServer;
 use crate::event::Mode;
+use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
 use crate::generation::{Generation, PluginPolicy};
 use crate::history::History;
@@ -145,7 +146,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let sensors = open_sensors(&options.modes, &generation)?;
     // The manager restores the journal's blocks before the first probe is judged.
     let blocks = BlockManager::start(generation.clone(), history)?;
-    let filters = standard_chain(&generation, &blocks.view());
+    // Protection is read before the first probe is judged.
+    let protector =
+        Protector::start(&config).context("cannot start the protected-address thread")?;
+    let filters = standard_chain(&generation, &blocks.view(), &protector.view());
     let announcer = Announcer::new(generation.clone(), blocks.requester());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
@@ -165,6 +169,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         pipeline: &pipeline,
         sensors: &handles,
         blocks: &blocks,
+        protector: &protector,
         watcher: watcher.as_ref(),
         options,
     };
@@ -206,6 +211,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         let _ = h.thread.join();
     }
     pipeline.stop();
+    protector.stop();
     blocks.stop();
     Ok(())
 }
@@ -333,6 +339,7 @@ struct Reloader<'a> {
     pipeline: &'a Pipeline,
     sensors: &'a [SensorHandle],
     blocks: &'a BlockManager,
+    protector: &'a Protector,
     watcher: Option<&'a ConfigWatcher>,
     options: &'a RunOptions,
 }
@@ -443,6 +450,7 @@ impl Reloader<'_> {
     /// filters hold it, so that "in force" is true for the next probe.
     fn swap(&mut self, next: Generation) {
         self.blocks.reconfigure(next.clone());
+        self.protector.reconfigure(&next.config);
         for h in self.sensors {
             let _ = h
                 .control

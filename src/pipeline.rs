@@ -39,6 +39,8 @@ pub struct Stats {
     pub ignored: AtomicU64,
     /// Probes still below SCAN_TRIGGER.
     pub below_trigger: AtomicU64,
+    /// Probes from protected addresses (gateways, nameservers, established peers).
+    pub protected: AtomicU64,
     /// Alerts handed to the response thread.
     pub alerts: AtomicU64,
     /// Alerts lost because the response thread was behind.
@@ -333,6 +335,7 @@ impl FilterWorker {
                     let counter = match reason {
                         DropReason::Ignored => &self.stats.ignored,
                         DropReason::BelowTrigger => &self.stats.below_trigger,
+                        DropReason::Protected => &self.stats.protected,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     log::debug!(

@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::net::IpAddr;
 
 use crate::event::{Alert, Mode, ProbeKind, Proto};
+use crate::filter::protect::Reason;
 
 /// `resolved/ip`, as 1.2 prints a host; with `RESOLVE_HOST=0` both halves are the IP.
 fn host_pair(resolved: &str, ip: IpAddr) -> String {
@@ -367,6 +368,76 @@ pub fn alerts_dropped(count: u64, seconds: u64) -> String {
     )
 }
 
+// ---- protected addresses ----
+/// Ours: why an address is protected, as the protected line words it.
+fn protection_reason(reason: Reason) -> String {
+    match reason {
+        Reason::DefaultGateway => "default gateway".to_string(),
+        Reason::Router => "gateway of a route".to_string(),
+        Reason::Resolver => "nameserver".to_string(),
+        Reason::Established { port } => format!("established session to TCP port {port}"),
+    }
+}
+
+/// Ours: a probe from a protected address was not acted on (logged once per address per
+/// hour, so a forged flood "from" the gateway costs one line).
+pub fn protected(alert: &Alert, reason: Reason) -> String {
+    let hit = &alert.hit;
+    format!(
+        "attackalert: Host {} is protected ({}) and will not be blocked: {} to {} port {}",
+        hit.src.to_canonical(),
+        protection_reason(reason),
+        hit.kind.describe(),
+        hit.proto().upper(),
+        hit.port
+    )
+}
+
+/// `a, b` or `none`.
+fn address_list(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "none".to_string();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Ours: the gateways and nameservers now protected, at start and whenever they change
+/// (peers of established sessions change too often to be listed).
+pub fn protected_addresses(
+    default_gateways: &[IpAddr],
+    routers: &[IpAddr],
+    nameservers: &[IpAddr],
+) -> String {
+    format!(
+        "adminalert: Protected addresses, never blocked: default gateway(s): {}; other \
+         gateway(s): {}; nameserver(s): {}",
+        address_list(default_gateways),
+        address_list(routers),
+        address_list(nameservers)
+    )
+}
+
+/// Ours: `RESOLV_CONF` does not exist (yet): no nameserver is protected until it does.
+pub fn resolv_conf_missing(path: &std::path::Path) -> String {
+    format!(
+        "adminalert: WARNING: {} not found: no nameserver is protected until it exists",
+        path.display()
+    )
+}
+
+/// Ours: more peers of established sessions than the table holds; the rest are not
+/// protected until room frees up.
+pub fn established_peers_full(capacity: usize) -> String {
+    format!(
+        "adminalert: WARNING: more than {capacity} peers of established sessions; the others \
+         are not protected until sessions end"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +505,36 @@ mod tests {
         assert_eq!(
             detection(&su, "10.9.8.6"),
             "attackalert: UDP scan from host: 10.9.8.6/10.9.8.6 to UDP port: 135"
+        );
+    }
+
+    #[test]
+    fn protected_line_names_host_reason_and_probe() {
+        let a = alert(Mode::Stcp, ProbeKind::Syn);
+        assert_eq!(
+            protected(&a, Reason::DefaultGateway),
+            "attackalert: Host 10.9.8.6 is protected (default gateway) and will not be blocked: \
+             TCP SYN/Normal scan to TCP port 135"
+        );
+        assert!(
+            protected(&a, Reason::Established { port: 22 })
+                .contains("(established session to TCP port 22)")
+        );
+        let u = alert(Mode::Sudp, ProbeKind::Udp);
+        assert!(
+            protected(&u, Reason::Resolver)
+                .ends_with("(nameserver) and will not be blocked: UDP scan to UDP port 135")
+        );
+    }
+
+    #[test]
+    fn protected_addresses_line_lists_each_kind() {
+        let gw: IpAddr = "10.77.1.1".parse().unwrap();
+        let ns: IpAddr = "fd77::53".parse().unwrap();
+        assert_eq!(
+            protected_addresses(&[gw], &[], &[gw, ns]),
+            "adminalert: Protected addresses, never blocked: default gateway(s): 10.77.1.1; \
+             other gateway(s): none; nameserver(s): 10.77.1.1, fd77::53"
         );
     }
 

@@ -165,6 +165,27 @@ pub const KEYS: &[KeySpec] = &[
         set: |c, e, _| kill_cmd_timeout(&e.value).map(|v| c.kill_cmd_timeout = v),
     },
     KeySpec {
+        name: "PROTECT_GATEWAYS",
+        doc: "\"1\": never block a gateway of the routing table, whatever a probe says; \"0\": off.",
+        set: |c, e, _| flag(&e.value).map(|v| c.protect_gateways = v),
+    },
+    KeySpec {
+        name: "PROTECT_RESOLVERS",
+        doc: "\"1\": never block a nameserver listed in RESOLV_CONF; \"0\": off.",
+        set: |c, e, _| flag(&e.value).map(|v| c.protect_resolvers = v),
+    },
+    KeySpec {
+        name: "PROTECT_ESTABLISHED",
+        doc: "\"1\": never block the peer of an established session to a local service that is \
+              older than the probe; \"0\": off.",
+        set: |c, e, _| flag(&e.value).map(|v| c.protect_established = v),
+    },
+    KeySpec {
+        name: "RESOLV_CONF",
+        doc: "File whose nameservers PROTECT_RESOLVERS protects, followed on change.",
+        set: |c, e, _| path(&e.value).map(|v| c.resolv_conf = v),
+    },
+    KeySpec {
         name: "SCAN_TRIGGER_WINDOW",
         doc: "Probes older than this no longer count towards SCAN_TRIGGER, e.g. \"1h\".",
         set: |c, e, _| duration(&e.value).map(|v| c.scan_trigger_window = v),
@@ -338,6 +359,10 @@ pub fn defaults(path: &Path) -> Config {
         kill_run_cmd: None,
         kill_run_cmd_first: false,
         kill_cmd_timeout: Duration::from_secs(30),
+        protect_gateways: true,
+        protect_resolvers: true,
+        protect_established: true,
+        resolv_conf: PathBuf::from("/etc/resolv.conf"),
         unkill_route: None,
         unkill_run_cmd: None,
         block_timeout: None,

@@ -122,6 +122,17 @@ pub struct Config {
     pub kill_run_cmd_first: bool,
     /// `KILL_CMD_TIMEOUT` (ours): a responder command is killed after this long.
     pub kill_cmd_timeout: Duration,
+    /// `PROTECT_GATEWAYS` (ours): the routing table's gateways are never blocked, so a
+    /// forged probe cannot cut the host off its network.
+    pub protect_gateways: bool,
+    /// `PROTECT_RESOLVERS` (ours): the nameservers of `RESOLV_CONF` are never blocked, so a
+    /// forged probe cannot take name resolution away.
+    pub protect_resolvers: bool,
+    /// `PROTECT_ESTABLISHED` (ours): a peer of an established session to a local service,
+    /// older than the probe, is never blocked, so a forged SYN cannot cut an admin's session.
+    pub protect_established: bool,
+    /// `RESOLV_CONF` (ours): where the nameservers `PROTECT_RESOLVERS` protects are listed.
+    pub resolv_conf: PathBuf,
     /// `UNKILL_ROUTE` (ours): undoes `KILL_ROUTE` when a block expires or is lifted; when
     /// absent, derived from a `KILL_ROUTE` whose undo is known (`ip route add` -> `del`);
     /// `None`: what `KILL_ROUTE` did stays.

@@ -1,8 +1,9 @@
-//! Filters: between the sensors and the responders, in this order — ignore list,
-//! SCAN_TRIGGER state, already-blocked. Each one passes or drops a candidate alert.
+//! Filters: between the sensors and the responders, in this order — ignore list, protected
+//! addresses, SCAN_TRIGGER state, already-blocked. Each one passes or drops a candidate alert.
 
 pub mod blocked;
 pub mod ignore;
+pub mod protect;
 pub mod trigger;
 
 use crate::event::Alert;
@@ -15,6 +16,8 @@ pub enum DropReason {
     Ignored,
     /// The source has not yet probed enough distinct ports.
     BelowTrigger,
+    /// The source is a protected address (gateway, nameserver, established peer).
+    Protected,
 }
 
 /// A filter's decision on one candidate.
@@ -39,13 +42,16 @@ pub trait Filter: Send {
     fn reconfigure(&mut self, generation: &Generation);
 }
 
-/// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked.
+/// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked; protected
+/// addresses right after the ignore list, so that their probes count towards nothing.
 pub fn standard_chain(
     generation: &Generation,
     view: &crate::block::view::BlockView,
+    protected: &protect::ProtectView,
 ) -> Vec<Box<dyn Filter>> {
     vec![
         Box::new(ignore::IgnoreFilter::new(generation)),
+        Box::new(protect::ProtectFilter::new(protected.clone())),
         Box::new(trigger::TriggerFilter::new(&generation.config)),
         Box::new(blocked::BlockedFilter::new(view.clone())),
     ]

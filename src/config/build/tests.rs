@@ -223,7 +223,14 @@ fn flags_read_zero_and_one() {
 
 #[test]
 fn flags_refuse_anything_else() {
-    for key in ["RESOLVE_HOST", "KILL_RUN_CMD_FIRST", "LUA_RESPONDERS_FIRST"] {
+    for key in [
+        "RESOLVE_HOST",
+        "KILL_RUN_CMD_FIRST",
+        "LUA_RESPONDERS_FIRST",
+        "PROTECT_GATEWAYS",
+        "PROTECT_RESOLVERS",
+        "PROTECT_ESTABLISHED",
+    ] {
         for bad in ["yes", "", "2", "01"] {
             assert_eq!(
                 error(&format!("{key}=\"{bad}\"\n")),
@@ -231,6 +238,39 @@ fn flags_refuse_anything_else() {
             );
         }
     }
+}
+
+// ---- PROTECT_* and RESOLV_CONF ----
+
+#[test]
+fn protections_are_on_by_default_and_resolv_conf_is_the_systems() {
+    let c = clean("");
+    assert!(c.protect_gateways && c.protect_resolvers && c.protect_established);
+    assert_eq!(c.resolv_conf, Path::new("/etc/resolv.conf"));
+}
+
+#[test]
+fn each_protection_turns_off_alone() {
+    let c = clean("PROTECT_GATEWAYS=\"0\"\n");
+    assert!(!c.protect_gateways && c.protect_resolvers && c.protect_established);
+    let c = clean("PROTECT_RESOLVERS=\"0\"\n");
+    assert!(c.protect_gateways && !c.protect_resolvers && c.protect_established);
+    let c = clean("PROTECT_ESTABLISHED = \"0\"\n");
+    assert!(c.protect_gateways && c.protect_resolvers && !c.protect_established);
+    let c = clean("PROTECT_GATEWAYS=\"1\"\nPROTECT_RESOLVERS=\"1\"\nPROTECT_ESTABLISHED=\"1\"\n");
+    assert!(c.protect_gateways && c.protect_resolvers && c.protect_established);
+}
+
+#[test]
+fn resolv_conf_takes_a_path_and_refuses_an_empty_one() {
+    assert_eq!(
+        clean("RESOLV_CONF=\"/run/systemd/resolve/resolv.conf\"\n").resolv_conf,
+        Path::new("/run/systemd/resolve/resolv.conf")
+    );
+    assert_eq!(
+        error("RESOLV_CONF=\" \"\n"),
+        "portsentry.conf:1: RESOLV_CONF: \" \": empty (expected a file or directory path)"
+    );
 }
 
 // ---- BLOCK_* ----
@@ -780,6 +820,7 @@ fn every_table_key_builds_from_a_valid_value() {
         "BLOCK_TIMEOUT_FACTOR" => "1.5",
         "LUA_MEMORY_LIMIT" => "16M",
         "LUA_RESPONDERS" => "mail",
+        "PROTECT_GATEWAYS" | "PROTECT_RESOLVERS" | "PROTECT_ESTABLISHED" => "0",
         _ => "/some/path",
     };
     let text: String = KEYS
@@ -825,7 +866,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 41);
+    assert_eq!(KEYS.len(), 45);
 }
 
 // ---- load ----

@@ -1,0 +1,71 @@
+//! One netlink dump: send a request with `NLM_F_DUMP`, hand each answer to the caller as it
+//! is parsed, stop at `NLMSG_DONE`. Shared by the route and the socket readers so that
+//! neither walks netlink headers by hand.
+
+use std::io;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
+use netlink_sys::{Socket, SocketAddr};
+
+/// Longest wait for one datagram of a dump: the kernel answers at once, so a wait this long
+/// means something is wrong and the caller keeps its previous view.
+const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Receive buffer: larger than any datagram the kernel builds for a dump (it caps them at
+/// 32 KiB), so no answer is truncated.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// Sends `request` as a dump on a new socket of `protocol` (in the calling thread's network
+/// namespace) and calls `each` with every answer until the kernel says it is done. A netlink
+/// error, a malformed answer or a timeout is an error; what `each` saw until then stays seen,
+/// so callers build their result aside and use it only on `Ok`.
+pub(super) fn dump<T>(protocol: isize, request: T, mut each: impl FnMut(T)) -> io::Result<()>
+where
+    T: NetlinkSerializable + NetlinkDeserializable,
+{
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket2::SockRef::from(&socket).set_read_timeout(Some(RECV_TIMEOUT))?;
+
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let mut out = vec![0u8; message.buffer_len()];
+    message.serialize(&mut out);
+    socket.send(&out, 0)?;
+
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        let mut datagram = buf.get(..n).unwrap_or_default();
+        if datagram.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "netlink: empty datagram in a dump",
+            ));
+        }
+        while !datagram.is_empty() {
+            let answer = NetlinkMessage::<T>::deserialize(datagram)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+            let len = answer.header.length as usize;
+            match answer.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(inner) => each(inner),
+                _ => {}
+            }
+            // Messages are 4-byte aligned; a zero length would loop for ever.
+            if len == 0 {
+                break;
+            }
+            datagram = datagram.get((len + 3) & !3..).unwrap_or_default();
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Gateways of the routing table, read through rtnetlink: the next hop (`via`) of every
+//! default route and of every other route, IPv4 and IPv6, in every table (policy routing
+//! puts default routes outside `main`), single or multipath, `via inet6` included.
+//!
+//! Routes using nexthop objects (`ip nexthop`, `RTA_NH_ID`) carry no gateway in the route
+//! itself and are not seen here.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_sys::Socket;
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+/// The gateways of one read of the routing table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gateways {
+    /// Next hops of default routes (`0.0.0.0/0`, `::/0`).
+    pub default: BTreeSet<IpAddr>,
+    /// Next hops of other routes that are not also default gateways.
+    pub routers: BTreeSet<IpAddr>,
+}
+
+impl Gateways {
+    /// Whether no gateway is known.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_empty() && self.routers.is_empty()
+    }
+}
+
+/// Dumps every route of the calling thread's network namespace and returns its gateways.
+pub fn read() -> io::Result<Gateways> {
+    let mut routes = Vec::new();
+    super::netlink::dump(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+        |answer| {
+            if let RouteNetlinkMessage::NewRoute(route) = answer {
+                routes.push(route);
+            }
+        },
+    )?;
+    Ok(gateways_of(&routes))
+}
+
+/// The gateways of a list of routes (pure: the parsed dump in, the sets out).
+pub fn gateways_of<'a>(routes: impl IntoIterator<Item = &'a RouteMessage>) -> Gateways {
+    let mut gateways = Gateways::default();
+    for route in routes {
+        let set = if route.header.destination_prefix_length == 0 {
+            &mut gateways.default
+        } else {
+            &mut gateways.routers
+        };
+        next_hops(&route.attributes, set);
+    }
+    let default = &gateways.default;
+    gateways.routers.retain(|ip| !default.contains(ip));
+    gateways
+}
+
+/// Adds the gateways named by a route's attributes (or a multipath next hop's) to `set`.
+fn next_hops(attributes: &[RouteAttribute], set: &mut BTreeSet<IpAddr>) {
+    for attribute in attributes {
+        let ip = match attribute {
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => IpAddr::V4(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => IpAddr::V6(*a),
+            RouteAttribute::Via(RouteVia::Inet(a)) => IpAddr::V4(*a),
+            RouteAttribute::Via(RouteVia::Inet6(a)) => IpAddr::V6(*a),
+            RouteAttribute::MultiPath(hops) => {
+                for hop in hops {
+                    next_hops(&hop.attributes, set);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let ip = ip.to_canonical();
+        if !ip.is_unspecified() {
+            set.insert(ip);
+        }
+    }
+}
+
+/// Kernel notifications of route changes, so a new default route is protected within a
+/// fraction of a second instead of at the next periodic read.
+pub struct RouteWatch {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl RouteWatch {
+    /// Subscribes to the IPv4 and IPv6 route groups of the calling thread's namespace.
+    pub fn open() -> io::Result<RouteWatch> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(libc::RTNLGRP_IPV4_ROUTE)?;
+        socket.add_membership(libc::RTNLGRP_IPV6_ROUTE)?;
+        socket.set_non_blocking(true)?;
+        Ok(RouteWatch {
+            socket,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Drains the notifications queued since the last call; true when there was any (or
+    /// when some were lost because the queue overflowed: the table must be read again).
+    pub fn changed(&mut self) -> bool {
+        let mut any = false;
+        // Bounded: a route storm is answered by one re-read, not by draining for ever.
+        for _ in 0..1024 {
+            match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(_) => any = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ENOBUFS (overflow) and anything else: read the table to be sure.
+                Err(_) => {
+                    any = true;
+                    break;
+                }
+            }
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::protect::test_netns::NetNs;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
+        addrs.iter().map(|a| ip(a)).collect()
+    }
+
+    #[test]
+    fn gateways_of_the_kernel_table_in_a_private_namespace() {
+        let Some(ns) = NetNs::with_link("routes") else {
+            return;
+        };
+        ns.ip(&["route", "add", "default", "via", "10.77.251.254"]);
+        ns.ip(&["route", "add", "10.77.252.0/24", "via", "10.77.251.253"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "10.77.253.0/24",
+            "nexthop",
+            "via",
+            "10.77.251.10",
+            "nexthop",
+            "via",
+            "10.77.251.11",
+        ]);
+        // A default route of another table (policy routing) counts too.
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.77.251.252",
+            "table",
+            "100",
+        ]);
+        ns.ip(&["-6", "route", "add", "default", "via", "fd77:251::fe"]);
+        ns.ip(&["-6", "route", "add", "fd77:252::/64", "via", "fd77:251::fd"]);
+        // The route a block adds, and a plain on-link route: no gateway.
+        ns.ip(&["route", "add", "unreachable", "10.77.254.9"]);
+        let g = ns.run(read).expect("route dump");
+        assert_eq!(
+            g.default,
+            set(&["10.77.251.254", "10.77.251.252", "fd77:251::fe"])
+        );
+        assert_eq!(
+            g.routers,
+            set(&[
+                "10.77.251.253",
+                "10.77.251.10",
+                "10.77.251.11",
+                "fd77:251::fd"
+            ])
+        );
+    }
+
+    #[test]
+    fn a_namespace_without_routes_has_no_gateways() {
+        let Some(ns) = NetNs::new("noroutes") else {
+            return;
+        };
+        assert!(ns.run(read).expect("route dump").is_empty());
+    }
+
+    #[test]
+    fn watch_sees_a_route_change() {
+        let Some(ns) = NetNs::with_link("watch") else {
+            return;
+        };
+        let mut watch = ns.run(RouteWatch::open).expect("subscribe");
+        assert!(!watch.changed(), "nothing happened yet");
+        ns.ip(&["route", "add", "default", "via", "10.77.251.254"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !watch.changed() {
+            assert!(std::time::Instant::now() < deadline, "no notification");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!watch.changed(), "drained");
+    }
+
+    #[test]
+    fn a_gateway_that_is_also_default_is_listed_once_as_default() {
+        use netlink_packet_route::route::RouteNextHop;
+        let mut default = RouteMessage::default();
+        default
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.77.1.1".parse().unwrap(),
+            )));
+        let mut other = RouteMessage::default();
+        other.header.destination_prefix_length = 24;
+        let mut hop = RouteNextHop::default();
+        hop.attributes.push(RouteAttribute::Via(RouteVia::Inet6(
+            "fe80::1".parse().unwrap(),
+        )));
+        hop.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.77.1.1".parse().unwrap(),
+            )));
+        other.attributes.push(RouteAttribute::MultiPath(vec![hop]));
+        let g = gateways_of([&default, &other]);
+        assert_eq!(g.default, set(&["10.77.1.1"]));
+        assert_eq!(g.routers, set(&["fe80::1"]));
+    }
+}
