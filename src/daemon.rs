@@ -144,11 +144,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
 
     let sensors = open_sensors(&options.modes, &generation)?;
-    // The manager restores the journal's blocks before the first probe is judged.
-    let blocks = BlockManager::start(generation.clone(), history)?;
-    // Protection is read before the first probe is judged.
+    // Protection is read before the first probe is judged (and before any block by hand).
     let protector =
         Protector::start(&config).context("cannot start the protected-address thread")?;
+    // The manager restores the journal's blocks before the first probe is judged.
+    let blocks = BlockManager::start(generation.clone(), history, protector.view())?;
     let filters = standard_chain(&generation, &blocks.view(), &protector.view());
     let announcer = Announcer::new(generation.clone(), blocks.requester());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)

@@ -370,7 +370,8 @@ pub fn alerts_dropped(count: u64, seconds: u64) -> String {
 
 // ---- protected addresses ----
 /// Ours: why an address is protected, as the protected line words it.
-fn protection_reason(reason: Reason) -> String {
+/// Why an address is protected, in words (`default gateway`, `nameserver`, …).
+pub fn protection_reason(reason: Reason) -> String {
     match reason {
         Reason::DefaultGateway => "default gateway".to_string(),
         Reason::Router => "gateway of a route".to_string(),

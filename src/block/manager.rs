@@ -26,6 +26,7 @@ use super::view::BlockView;
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
 use crate::config::BlockLevel;
 use crate::event::{Alert, Hit, Mode, ProbeKind, Proto};
+use crate::filter::protect::ProtectView;
 use crate::generation::Generation;
 use crate::history::{History, history_line};
 use crate::report;
@@ -142,14 +143,21 @@ impl BlockManager {
     /// starts the workers and the manager thread, and begins restoring: blocks that expired
     /// while the daemon was down are undone, the others re-applied. The view holds every
     /// active block before this returns.
-    pub fn start(generation: Generation, history: History) -> anyhow::Result<BlockManager> {
-        BlockManager::start_with(generation, history, MAX_WAITING)
+    /// `protect`: the protected addresses (gateways, resolvers, sessions) that blocks made by
+    /// hand must not cover either.
+    pub fn start(
+        generation: Generation,
+        history: History,
+        protect: ProtectView,
+    ) -> anyhow::Result<BlockManager> {
+        BlockManager::start_with(generation, history, protect, MAX_WAITING)
     }
 
     /// [`BlockManager::start`] with another limit of blocks waiting for a worker (tests).
     fn start_with(
         generation: Generation,
         history: History,
+        protect: ProtectView,
         max_waiting: usize,
     ) -> anyhow::Result<BlockManager> {
         use anyhow::Context;
@@ -189,6 +197,7 @@ impl BlockManager {
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let mut manager = Manager {
+            protect,
             policy: DurationPolicy::from_config(&config),
             forgeable_policy: forgeable_policy(&config),
             rate: RateLimit::new(config.block_rate_limit),
@@ -439,6 +448,8 @@ impl Deferred {
 }
 
 struct Manager {
+    /// Addresses never blocked by hand or by a fleet either.
+    protect: ProtectView,
     generation: Generation,
     policy: DurationPolicy,
     /// Durations of blocks made on forgeable evidence (`FORGEABLE_BLOCK_TIMEOUT`).
@@ -946,6 +957,12 @@ impl Manager {
         }
         if let Some(ip) = local.iter().find(|ip| target.contains(ip)) {
             return Some(format!("refused: {ip} is this host's own address"));
+        }
+        if let Some((ip, reason)) = self.protect.snapshot().protected_in(target) {
+            return Some(format!(
+                "refused: {ip} is protected ({})",
+                report::protection_reason(reason)
+            ));
         }
         let ignore = &self.generation.ignore;
         if let Some(entry) = ignore
@@ -1562,7 +1579,7 @@ mod tests {
         config.block_state_file = dir.path().join("state");
         let history = History::open(&config.history_file).unwrap();
         let generation = Generation::from_parts(1, config, Default::default());
-        let manager = BlockManager::start_with(generation, history, 1).unwrap();
+        let manager = BlockManager::start_with(generation, history, ProtectView::new(), 1).unwrap();
         let requester = manager.requester();
         let counters = manager.counters();
         let view = manager.view();
@@ -1603,7 +1620,7 @@ mod tests {
         config.block_state_file = dir.path().join("state");
         let history = History::open(&config.history_file).unwrap();
         let generation = Generation::from_parts(1, config, Default::default());
-        let manager = BlockManager::start(generation, history).unwrap();
+        let manager = BlockManager::start(generation, history, ProtectView::new()).unwrap();
         let requester = manager.requester();
         for h in ["10.77.8.1", "fd77:8::1"] {
             assert!(requester.request(request(h)));

@@ -102,6 +102,29 @@ impl Snapshot {
             .filter(|p| at > p.first_seen)
             .map(|p| Reason::Established { port: p.port })
     }
+
+    /// A protected address inside `net`, if any (blocks of whole networks made by hand or
+    /// pulled from a fleet must not cover the gateway either); sessions count whatever
+    /// their age, since a network block would cut them now.
+    pub fn protected_in(&self, net: &ipnet::IpNet) -> Option<(IpAddr, Reason)> {
+        let inside = |ip: &IpAddr| net.contains(ip);
+        self.gateways
+            .iter()
+            .find(|(ip, _)| inside(ip))
+            .map(|(ip, r)| (*ip, *r))
+            .or_else(|| {
+                self.resolvers
+                    .iter()
+                    .find(|ip| inside(ip))
+                    .map(|ip| (*ip, Reason::Resolver))
+            })
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .find(|(ip, _)| inside(ip))
+                    .map(|(ip, p)| (*ip, Reason::Established { port: p.port }))
+            })
+    }
 }
 
 /// Read side of the protected addresses; cheap to clone. Readers see the latest snapshot
@@ -470,6 +493,30 @@ mod tests {
                 .map(|&(a, port, first_seen)| (ip(a), Peer { port, first_seen }))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_network_block_covering_a_protected_address_is_named() {
+        let t = SystemTime::now();
+        let s = Snapshot::new(
+            &gateways(&["10.77.1.1"], &[]),
+            &[ip("fd77:1::53")],
+            peers(&[("10.77.2.20", 22, t)]),
+        );
+        let net = |t: &str| t.parse::<ipnet::IpNet>().unwrap();
+        assert_eq!(
+            s.protected_in(&net("10.77.1.0/24")),
+            Some((ip("10.77.1.1"), Reason::DefaultGateway))
+        );
+        assert_eq!(
+            s.protected_in(&net("fd77:1::/64")),
+            Some((ip("fd77:1::53"), Reason::Resolver))
+        );
+        assert_eq!(
+            s.protected_in(&net("10.77.2.20/32")),
+            Some((ip("10.77.2.20"), Reason::Established { port: 22 }))
+        );
+        assert_eq!(s.protected_in(&net("10.77.3.0/24")), None);
     }
 
     #[test]
