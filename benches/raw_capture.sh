@@ -12,6 +12,13 @@
 #       the probes that reached the defender's stack, CPU per daemon thread, and our
 #       daemon's own drop reports (probes, alerts, kernel capture drops)
 #   (c) peak RSS (VmHWM) of the daemon over the run (highest of the run's daemons)
+#   (d) a real scan inside a forged flood, blocking on (BLOCK_TCP=1, KILL_ROUTE adds an
+#       unreachable route): `hping3 --rand-source -S -p 23` for FLOOD_SECS seconds (every SYN
+#       from another address of the whole IPv4 space), and 1.5 s in an `nmap -sS` of 100
+#       ports from the attacker's real address. Recorded: whether the real scanner was
+#       blocked, how many forged sources were blocked, log lines written, daemon CPU. Ours
+#       runs with the shipped evidence rules (FORGEABLE_SCAN_TRIGGER=3, BLOCK_RATE_LIMIT=60,
+#       LOG_RATE_LIMIT=200); 1.2 with SCAN_TRIGGER=0, as shipped.
 #
 # Medians of RUNS runs are written to benches/raw_capture.results.md and into the
 # "raw capture" section of BENCHMARKS.md.
@@ -41,6 +48,7 @@ PROBES=${PROBES:-100000}
 RATE=${RATE:-10000}
 HIGH_RATE=${HIGH_RATE:-100000}
 HIGH_PROBES=${HIGH_PROBES:-$PROBES}
+FLOOD_SECS=${FLOOD_SECS:-5}
 OLD_HIGH=${OLD_HIGH:-1} # also flood 1.2 at HIGH_RATE (cheap: it loses most and finishes)
 QUIET_SECS=${QUIET_SECS:-3}
 MAX_WAIT=${MAX_WAIT:-60}
@@ -102,7 +110,9 @@ ip netns exec "$DEF" sysctl -q -w net.unix.max_dgram_qlen=512
 # Debian lays them out (/etc/portsentry, /var/lib/portsentry): ours watches its config's
 # directory for changes, and a history file written beside the config would wake the
 # watcher on every logged probe.
-write_conf() { # $1 = file, $2 = tag
+write_conf() { # $1 = file, $2 = tag, $3 = block (optional: blocking on, for (d))
+  local block_tcp=0
+  [ "${3:-}" = block ] && block_tcp=1
   cat > "$1" <<EOF
 ADVANCED_PORTS_TCP="1024"
 ADVANCED_PORTS_UDP="1024"
@@ -115,8 +125,10 @@ HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
 BLOCK_STATE_FILE="$W/$2-var/portsentry.state"
 CONTROL_SOCKET="$W/$2-var/portsentry.sock"
 RESOLVE_HOST="0"
-BLOCK_TCP="0"
+BLOCK_TCP="$block_tcp"
 BLOCK_UDP="0"
+KILL_ROUTE="/sbin/ip route add unreachable \$TARGET\$"
+KILL_HOSTS_DENY=""
 SCAN_TRIGGER="0"
 EOF
   echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
@@ -136,10 +148,10 @@ start_receiver() { # $1 = tag
 # Starts a daemon in the defender namespace and sets DAEMON_PID. Ours runs with --quiet
 # (syslog only, as 1.2 logs) unless $2 = stderr: then it also copies each line to stderr,
 # which goes to $W/ours.stderr.
-start_daemon() { # $1 = ours|old, $2 = quiet|stderr (ours only)
+start_daemon() { # $1 = ours|old, $2 = quiet|stderr (ours only), $3 = block (optional)
   local tag=$1 quiet=--quiet
   mkdir -p "$W/$tag-etc"
-  write_conf "$W/$tag-etc/portsentry.conf" "$tag"
+  write_conf "$W/$tag-etc/portsentry.conf" "$tag" "${3:-}"
   start_receiver "$tag"
   if [ "$tag" = ours ]; then
     [ "${2:-quiet}" = stderr ] && quiet=
@@ -273,6 +285,37 @@ flood() { # $1 = tag, $2 = phase, $3 = probes, $4 = rate
   fi
 }
 
+# (d): a real scan inside a forged flood, blocking on. Records under the tag.
+declare -A SCAN_BLOCKED FORGED_BLOCKED SCAN_LINES SCAN_CPU SCAN_SENT
+scan_in_flood() { # $1 = ours|old
+  local tag=$1 t0 t1 routes real forged lines hp
+  ip -n "$DEF" route flush type unreachable 2>/dev/null || true
+  start_daemon "$tag" quiet block
+  t0=$(cpu_ticks "$DAEMON_PID")
+  ip netns exec "$ATT" timeout $((FLOOD_SECS + 5)) hping3 --rand-source -S -p 23 -i u100 -q $DEF4 \
+    >"$W/hping.out" 2>&1 &
+  hp=$!
+  sleep 1.5
+  ip netns exec "$ATT" nmap -n -Pn -T4 --max-retries 1 -sS -p 1-100 $DEF4 >/dev/null 2>&1 || true
+  sleep "$(awk -v f="$FLOOD_SECS" 'BEGIN {print (f > 1.5) ? f - 1.5 : 0}')"
+  kill -INT "$hp" 2>/dev/null || true
+  wait "$hp" 2>/dev/null || true
+  wait_quiet "$tag"
+  sleep 3 # blocks of the last probes
+  t1=$(cpu_ticks "$DAEMON_PID")
+  routes=$(ip -n "$DEF" route show type unreachable)
+  real=$(echo "$routes" | grep -c "^unreachable $ATT4 " || true)
+  forged=$(echo "$routes" | grep -v "^unreachable $ATT4 " | grep -c "^unreachable" || true)
+  lines=$(( $(count "$tag") + $(wc -l < "$W/$tag.other" 2>/dev/null || echo 0) ))
+  SCAN_BLOCKED[$tag]+="$real "; FORGED_BLOCKED[$tag]+="$forged "; SCAN_LINES[$tag]+="$lines "
+  SCAN_CPU[$tag]+="$(secs $((t1 - t0))) "
+  SCAN_SENT[$tag]+="$(grep -o '[0-9]* packets transmitted' "$W/hping.out" | awk '{print $1}') "
+  echo "   [scan] real scanner blocked: $real; forged sources blocked: $forged; log lines: $lines;" \
+    "daemon CPU $(secs $((t1 - t0))) s; $(grep -o '[0-9]* packets transmitted' "$W/hping.out" || echo '? packets')"
+  stop_daemon
+  ip -n "$DEF" route flush type unreachable 2>/dev/null || true
+}
+
 for run in $(seq "$RUNS"); do
   for tag in ours old; do
     echo "== run $run: $tag"
@@ -296,6 +339,7 @@ for run in $(seq "$RUNS"); do
     done
     RSS[$tag]+="$peak "
     echo "   peak RSS of the run's daemons: $peak KiB"
+    scan_in_flood "$tag"
   done
 done
 
@@ -336,6 +380,11 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "| ... detection lines logged (syslog receiver / stderr) | $(m "${LINES[$OE]:-}") / $(m "${ERRL[$OE]:-}") | |"
   echo "| ... drops ours reported: probes / alerts / kernel capture | $(m "${DROP_P[$OE]:-}") / $(m "${DROP_A[$OE]:-}") / $(m "${DROP_K[$OE]:-}") | |"
   echo "| (c) peak RSS, KiB (highest of the run's daemons) | $(m "${RSS[ours]:-}") | $(m "${RSS[old]:-}") |"
+  echo "| (d) nmap -sS of 100 ports inside a ${FLOOD_SECS} s hping3 --rand-source SYN flood (BLOCK_TCP=1): SYNs of the flood | $(m "${SCAN_SENT[ours]:-}") | $(m "${SCAN_SENT[old]:-}") |"
+  echo "| ... real scanner blocked (1 = yes) | $(m "${SCAN_BLOCKED[ours]:-}") | $(m "${SCAN_BLOCKED[old]:-}") |"
+  echo "| ... forged sources blocked | $(m "${FORGED_BLOCKED[ours]:-}") | $(m "${FORGED_BLOCKED[old]:-}") |"
+  echo "| ... log lines written | $(m "${SCAN_LINES[ours]:-}") | $(m "${SCAN_LINES[old]:-}") |"
+  echo "| ... daemon CPU s | $(m "${SCAN_CPU[ours]:-}") | $(m "${SCAN_CPU[old]:-}") |"
   echo
   echo "Raw figures per run (cmp: $RATE/s, hi: $HIGH_RATE/s, hierr: $HIGH_RATE/s with stderr; old = 1.2):"
   echo "bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
@@ -349,6 +398,7 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
     echo "$line;"
   done
   echo "RSS ours [$(l "${RSS[ours]:-}")] 1.2 [$(l "${RSS[old]:-}")]; probes with a bad TCP checksum, all runs: $CSUM."
+  echo "(d) real scanner blocked ours [$(l "${SCAN_BLOCKED[ours]:-}")] 1.2 [$(l "${SCAN_BLOCKED[old]:-}")]; forged sources blocked ours [$(l "${FORGED_BLOCKED[ours]:-}")] 1.2 [$(l "${FORGED_BLOCKED[old]:-}")]; log lines ours [$(l "${SCAN_LINES[ours]:-}")] 1.2 [$(l "${SCAN_LINES[old]:-}")]; CPU ours [$(l "${SCAN_CPU[ours]:-}")] 1.2 [$(l "${SCAN_CPU[old]:-}")]."
   cat "$HERE/notes.md"
 } > "$RESULT"
 cat "$RESULT"
