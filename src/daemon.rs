@@ -18,6 +18,7 @@ use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
+use crate::control::notify;
 use crate::control::protocol::{
     ControlCall, Counters, ReloadInfo, Request, Response, StatusReport, TargetResult,
 };
@@ -26,6 +27,7 @@ use crate::event::Mode;
 use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
 use crate::generation::{Generation, PluginPolicy};
+use crate::heartbeat;
 use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::report;
@@ -64,9 +66,13 @@ struct SensorHandle {
 fn spawn_sensor(sensor: Box<dyn Sensor>, sink: HitSink) -> anyhow::Result<SensorHandle> {
     let (control, rx) = unbounded();
     let name = sensor.name();
+    let thread_name = format!("sensor {name}");
     let thread = std::thread::Builder::new()
-        .name(format!("sensor {name}"))
-        .spawn(move || sensor.run(sink, rx))
+        .name(thread_name.clone())
+        .spawn(move || {
+            let _enrolled = heartbeat::enroll(&thread_name, heartbeat::Kind::Loop);
+            sensor.run(sink, rx)
+        })
         .with_context(|| format!("cannot start sensor thread {name}"))?;
     Ok(SensorHandle { control, thread })
 }
@@ -162,6 +168,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         handles.push(spawn_sensor(sensor, pipeline.sink())?);
     }
     log::info!("{}", report::active());
+    notify::ready(&notify::in_force(generation.number, &options.modes));
+    let watchdog = notify::Watchdog::start();
 
     let mut reloader = Reloader {
         current: generation,
@@ -198,6 +206,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
 
     log::info!("{}", report::shutting_down());
+    notify::stopping();
+    if let Some(w) = watchdog {
+        w.stop();
+    }
     if let Some(c) = control {
         c.stop();
     }
@@ -349,7 +361,10 @@ impl Reloader<'_> {
     /// otherwise the generation in force stays and the errors name file and line. Never
     /// ends the daemon.
     fn reload(&mut self) -> Result<u64, Vec<String>> {
+        notify::reloading();
         let result = self.try_reload();
+        let modes = &self.options.modes;
+        notify::ready(&notify::after_reload(&result, modes, self.current.number));
         self.last_reload = Some(ReloadInfo {
             at: SystemTime::now(),
             ok: result.is_ok(),

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod event;
 pub mod filter;
 pub mod generation;
+pub mod heartbeat;
 pub mod history;
 pub mod local_addrs;
 pub mod logging;

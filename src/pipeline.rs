@@ -12,12 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select_biased, unbounded,
+};
 
 use crate::announce::Announcer;
 use crate::event::{Alert, Hit};
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
+use crate::heartbeat::{self, Kind};
 use crate::logging;
 use crate::report;
 use crate::sensor::HitSink;
@@ -85,14 +88,19 @@ impl Pipeline {
         let stats = Arc::new(Stats::default());
         let sink = HitSink::new(hit_tx);
 
-        let response_thread = std::thread::Builder::new()
-            .name("respond".into())
-            .spawn(move || response_loop(stage, alert_rx))?;
+        let response_thread =
+            std::thread::Builder::new()
+                .name("respond".into())
+                .spawn(move || {
+                    let _enrolled = heartbeat::enroll("announce", Kind::Loop);
+                    response_loop(stage, alert_rx)
+                })?;
         let filter_stats = Arc::clone(&stats);
         let filter_sink = sink.clone();
         let filter_thread = std::thread::Builder::new()
             .name("filter".into())
             .spawn(move || {
+                let _enrolled = heartbeat::enroll("filter", Kind::Loop);
                 let mut worker = FilterWorker {
                     filters,
                     budget: LogBudget::new(log_rate_limit, Instant::now()),
@@ -276,6 +284,7 @@ impl FilterWorker {
     fn run(&mut self, hits: Receiver<Hit>, control: Receiver<FilterMsg>) {
         let mut drops = DropReport::new(Instant::now());
         loop {
+            heartbeat::beat();
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(FilterMsg::Reload(generation)) => {
@@ -295,7 +304,7 @@ impl FilterWorker {
                     Ok(hit) => self.inspect(hit),
                     Err(_) => break,
                 },
-                default(DROP_REPORT_INTERVAL) => {}
+                default(heartbeat::INTERVAL) => {}
             }
             if drops.due(Instant::now()) {
                 drops.report(self.drop_counts(), Instant::now());
@@ -374,10 +383,18 @@ fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
         ResponseMsg::Alert(alert) => stage.handle(&alert),
         ResponseMsg::Reload(generation) => stage.reconfigure(generation),
     };
-    while let Ok(first) = alerts.recv() {
+    loop {
+        heartbeat::beat();
+        let first = match alerts.recv_timeout(heartbeat::INTERVAL) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         logging::batched(|| {
             handle(first);
             for _ in 1..RESPONSE_BATCH {
+                // A reverse-DNS wait per alert adds up: beat for each one.
+                heartbeat::beat();
                 match alerts.try_recv() {
                     Ok(msg) => handle(msg),
                     Err(_) => break,

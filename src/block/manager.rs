@@ -28,6 +28,7 @@ use crate::config::BlockLevel;
 use crate::event::{Alert, Hit, Mode, ProbeKind, Proto};
 use crate::filter::protect::ProtectView;
 use crate::generation::Generation;
+use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
 use crate::report;
 use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
@@ -230,7 +231,10 @@ impl BlockManager {
         manager.restore(active, SystemTime::now());
         let thread = std::thread::Builder::new()
             .name("block".into())
-            .spawn(move || manager.run(&control_rx, &requests_rx, &results_rx))
+            .spawn(move || {
+                let _enrolled = heartbeat::enroll("block", Kind::Loop);
+                manager.run(&control_rx, &requests_rx, &results_rx)
+            })
             .context("cannot start the block manager thread")?;
         Ok(BlockManager {
             control,
@@ -501,6 +505,7 @@ impl Manager {
         results: &Receiver<JobResult>,
     ) {
         loop {
+            heartbeat::beat();
             // Work restored or queued before the first message starts at once.
             self.pump();
             let timeout = self.next_wake(SystemTime::now());
@@ -543,9 +548,10 @@ impl Manager {
         crate::logging::flush();
     }
 
-    /// Until the next expiry or `BLOCKED_FILE` rewrite, at most a minute.
+    /// Until the next expiry or `BLOCKED_FILE` rewrite, at most a heartbeat interval (an
+    /// idle manager still shows the watchdog it is alive).
     fn next_wake(&self, now: SystemTime) -> Duration {
-        let mut wake = Duration::from_secs(60);
+        let mut wake = heartbeat::INTERVAL;
         if let Some(Reverse((at, _))) = self.expiries.peek() {
             wake = wake.min(at.duration_since(now).unwrap_or_default());
         }

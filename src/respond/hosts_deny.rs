@@ -110,6 +110,11 @@ pub enum Removal {
 /// were. The new content is written to a temporary file beside the real one (a symlink is
 /// followed to it), given the original's mode and owner, synced, then renamed over it: a
 /// crash leaves the old file or the new one, never half of one.
+///
+/// Where that cannot be done because the file is writable but its directory is not — the
+/// systemd unit's `ProtectSystem=strict` with `ReadWritePaths=/etc/hosts.deny` makes `/etc`
+/// read-only and the file a bind mount, which nothing can be renamed over — the file is
+/// rewritten in place instead (see [`rewrite_in_place`]).
 pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
     let _edit = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let real = match std::fs::canonicalize(file) {
@@ -134,8 +139,46 @@ pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
     Ok(Removal::Removed(removed))
 }
 
-/// Atomically replaces `path`'s contents, keeping its permissions and owner.
+/// Replaces `path`'s contents, keeping its permissions and owner: atomically by rename, or in
+/// place when the directory refuses the temporary file or the rename.
 fn replace_contents(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    match replace_by_rename(path, contents) {
+        Err(e) if directory_refuses(&e) => {
+            log::debug!(
+                "cannot replace {} by rename ({e}); rewriting it in place",
+                path.display()
+            );
+            rewrite_in_place(path, contents)
+        }
+        other => other,
+    }
+}
+
+/// Errors that mean "this directory takes no new file or no rename over this one" (read-only
+/// file system, a bind-mounted file, no write permission on the directory), so that the file
+/// itself may still be writable.
+fn directory_refuses(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EROFS | libc::EBUSY | libc::EXDEV | libc::EACCES | libc::EPERM)
+    )
+}
+
+/// Rewrites `path` through the same inode: owner, mode and any bind mount on it stay as they
+/// are. Not atomic, so only the fallback: the new content is never longer than the old (lines
+/// are only taken out), it is written from the start and the file then cut to its length, and
+/// the time in between is one write. A crash there can leave a stale tail of old lines, never
+/// an empty file.
+fn rewrite_in_place(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(contents, 0)?;
+    f.set_len(contents.len() as u64)?;
+    f.sync_all()
+}
+
+/// Atomically replaces `path`'s contents by renaming a new file over it.
+fn replace_by_rename(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -274,6 +317,35 @@ mod tests {
             assert_eq!((meta.uid(), meta.gid()), (1, 2));
         }
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "a\nb\n");
+    }
+
+    #[test]
+    fn in_place_rewrite_keeps_the_inode_and_cuts_the_old_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(&file, "a\nALL: x\nb\n").unwrap();
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        rewrite_in_place(&file, b"a\nb\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "a\nb\n");
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn read_only_directory_and_bind_mounts_fall_back_to_the_in_place_rewrite() {
+        for errno in [
+            libc::EROFS,
+            libc::EBUSY,
+            libc::EXDEV,
+            libc::EACCES,
+            libc::EPERM,
+        ] {
+            assert!(directory_refuses(&std::io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ENOSPC, libc::EIO, libc::ENOENT] {
+            assert!(!directory_refuses(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! [`JobResult`] back; the manager decides what that means.
 
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
@@ -17,12 +17,30 @@ use super::{Action, Outcome, Responder, ResponseContext};
 use crate::config::{BlockLevel, Config};
 use crate::event::Alert;
 use crate::generation::Generation;
+use crate::heartbeat::{self, Kind};
 use crate::record::{BlockRecord, Target, target_text};
 use crate::report;
 
 /// Workers running responders at once: enough that a few hanging commands leave the others
 /// free, few enough that a burst of blocks cannot fork hundreds of processes.
 pub const WORKERS: usize = 8;
+
+/// Slack on top of a responder step's own limit before the watchdog counts the worker stuck:
+/// a command is killed at `KILL_CMD_TIMEOUT`, then reaped and its output collected (200 ms).
+const STEP_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long one responder step may keep a worker before it counts as stuck
+/// ([`crate::heartbeat`]): commands are killed at `KILL_CMD_TIMEOUT`, a Lua call gives up
+/// after its own budget, and a file edit (hosts.deny) is held to `KILL_CMD_TIMEOUT` too —
+/// a local file that does not answer within it is a hung file system.
+pub fn step_limit(config: &Config, responder: &str) -> Duration {
+    let own = if responder.starts_with("lua:") {
+        super::lua::longest_call(config)
+    } else {
+        config.kill_cmd_timeout
+    };
+    own + STEP_MARGIN
+}
 
 /// Apply a block.
 pub struct ApplyJob {
@@ -160,8 +178,10 @@ impl Pool {
             let results = results.clone();
             match std::thread::Builder::new()
                 .name(format!("respond-{n}"))
-                .spawn(move || work(&rx, &results))
-            {
+                .spawn(move || {
+                    let _enrolled = heartbeat::enroll(&format!("respond-{n}"), Kind::Worker);
+                    work(&rx, &results)
+                }) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
                     log::error!("adminalert: ERROR: cannot start responder thread {n}: {e}");
@@ -206,6 +226,7 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>) {
             Job::Apply(job) => apply(&job),
             Job::Undo(job) => undo(&job),
         };
+        heartbeat::idle();
         crate::logging::flush();
         if results.send(result).is_err() {
             return;
@@ -235,6 +256,7 @@ fn apply(job: &ApplyJob) -> JobResult {
     let mut failures = 0;
     let mut vetoed = false;
     for mut responder in chain {
+        heartbeat::busy(step_limit(config, &responder.name()));
         match responder.respond(&ctx) {
             Outcome::Done(action) => {
                 if action.responder.starts_with("lua:") {
@@ -311,6 +333,7 @@ fn undo(job: &UndoJob) -> JobResult {
         .iter()
         .rev()
         .map(|action| {
+            heartbeat::busy(step_limit(config, &action.responder));
             let outcome = undo_action(
                 action,
                 &ctx,

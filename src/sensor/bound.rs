@@ -277,6 +277,7 @@ impl Sensor for BoundSensor {
     fn run(mut self: Box<Self>, sink: HitSink, control: Receiver<SensorControl>) {
         let mut events = Events::with_capacity(256);
         loop {
+            crate::heartbeat::beat();
             match control.try_recv() {
                 Ok(SensorControl::Reconfigure(config)) => self.apply(&config),
                 Ok(SensorControl::Stop) | Err(TryRecvError::Disconnected) => return,

@@ -235,6 +235,7 @@ impl RawSensor {
         let mut next_report = Instant::now() + DROP_REPORT;
         let mut kernel_drops = 0u64;
         loop {
+            crate::heartbeat::beat();
             loop {
                 match control.try_recv() {
                     Ok(SensorControl::Reconfigure(c)) => self.reconfigure(c),

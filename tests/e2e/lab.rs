@@ -574,6 +574,13 @@ impl Daemon {
 
     /// Starts without waiting for the active line.
     pub fn spawn(lab: &Lab, args: &[&str]) -> Daemon {
+        Daemon::spawn_with(lab, &[], &[], args)
+    }
+
+    /// Starts with extra environment variables (`NOTIFY_SOCKET`…) and with the daemon
+    /// command put after `wrapper` (e.g. `unshare --mount sh -c '…; exec "$@"' sh`), without
+    /// waiting for the active line.
+    pub fn spawn_with(lab: &Lab, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let sock_path = lab.path("log.sock");
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).expect("bind syslog socket");
@@ -602,8 +609,11 @@ impl Daemon {
             }
         });
         let mut child = Command::new("timeout")
-            .args(["300", "ip", "netns", "exec", &lab.def, binary()])
+            .arg("300")
+            .args(wrapper)
+            .args(["ip", "netns", "exec", &lab.def, binary()])
             .args(args)
+            .envs(env.iter().copied())
             .arg("--syslog-socket")
             .arg(&sock_path)
             .stdin(Stdio::null())

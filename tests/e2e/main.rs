@@ -1,7 +1,8 @@
 //! End-to-end tests: the real daemon binary in network namespaces made by each test, real
 //! scanners (nmap) in an attacker namespace beside it; and the sensors and Lua responders
 //! driven in-process against the same lab. Needs root, iproute2, nftables, iptables,
-//! python3 and nmap (scripts/setup-deps.sh): a test whose prerequisite is missing fails.
+//! python3, nmap and systemd's `systemd-analyze` (scripts/setup-deps.sh): a test whose
+//! prerequisite is missing fails.
 
 mod blocks;
 mod classic;
@@ -14,3 +15,4 @@ mod protect;
 mod raw;
 mod raw_sensor;
 mod reload;
+mod systemd;

@@ -135,6 +135,14 @@ fn limits(config: &Config) -> Result<(Duration, usize), LuaError> {
     Ok((budget, memory))
 }
 
+/// The longest one call of a Lua responder or `unblock` handler can keep the calling worker:
+/// the wait for room in the plugin's queue, then for its report (`Handle::call`). The
+/// watchdog's limit for a Lua step ([`crate::respond::pool::step_limit`]).
+pub fn longest_call(config: &Config) -> Duration {
+    let budget = limits(config).map_or(DEFAULT_CALL_TIMEOUT, |(budget, _)| budget);
+    budget * 3 + GRACE
+}
+
 /// The spec of the plugin `name` as the daemon loads it: `PLUGIN_DIR/name.lua`, with the Lua
 /// library and the plugin directory on the module path.
 fn daemon_spec(config: &Config, name: &str, budget: Duration, memory: usize) -> PluginSpec {
