@@ -18,11 +18,13 @@ use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
+use crate::control::metrics::{MetricsServer, Sources};
 use crate::control::protocol::{
     ControlCall, Counters, ReloadInfo, Request, Response, StatusReport, TargetResult,
 };
 use crate::control::server::ControlServer;
 use crate::event::Mode;
+use crate::event_log::{Event, EventLog};
 use crate::filter::standard_chain;
 use crate::generation::{Generation, PluginPolicy};
 use crate::history::History;
@@ -143,12 +145,16 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
 
     let sensors = open_sensors(&options.modes, &generation)?;
+    let events = EventLog::start(&config).context("cannot start the event log thread")?;
     // The manager restores the journal's blocks before the first probe is judged.
-    let blocks = BlockManager::start(generation.clone(), history)?;
+    let blocks = BlockManager::start_with_events(generation.clone(), history, events.sink())?;
     let filters = standard_chain(&generation, &blocks.view());
-    let announcer = Announcer::new(generation.clone(), blocks.requester());
+    let announcer =
+        Announcer::new(generation.clone(), blocks.requester()).with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
+    let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
+    metrics.follow(config.metrics_listen);
 
     let (requests_tx, requests) = unbounded();
     watch_signals(requests_tx.clone())?;
@@ -167,6 +173,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         blocks: &blocks,
         watcher: watcher.as_ref(),
         options,
+        events: &events,
+        metrics: &metrics,
     };
     let started = SystemTime::now();
     loop {
@@ -196,6 +204,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     if let Some(c) = control {
         c.stop();
     }
+    metrics.stop();
     if let Some(w) = watcher {
         w.stop();
     }
@@ -207,6 +216,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     pipeline.stop();
     blocks.stop();
+    events.stop();
     Ok(())
 }
 
@@ -335,6 +345,8 @@ struct Reloader<'a> {
     blocks: &'a BlockManager,
     watcher: Option<&'a ConfigWatcher>,
     options: &'a RunOptions,
+    events: &'a EventLog,
+    metrics: &'a MetricsServer,
 }
 
 impl Reloader<'_> {
@@ -348,6 +360,13 @@ impl Reloader<'_> {
             ok: result.is_ok(),
             errors: result.clone().err().unwrap_or_default(),
         });
+        // Reopened at every reload, taken or not: logrotate moves the file, then sends SIGHUP.
+        self.events.follow(&self.current.config);
+        self.events
+            .send(Event::reload(&result, self.current.number));
+        let listen = self.current.config.metrics_listen;
+        self.metrics
+            .reloaded(result.is_ok(), self.current.number, listen);
         result
     }
 

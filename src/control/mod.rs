@@ -4,10 +4,12 @@
 //! The [`server`] never touches daemon state itself: it turns each request into a
 //! [`protocol::ControlCall`] for the daemon's main loop and relays the answer. The
 //! [`client`] is what the CLI subcommands use, through [`commands`] (what each subcommand
-//! checks, sends and prints). [`protocol`] is the wire format both sides share.
+//! checks, sends and prints). [`protocol`] is the wire format both sides share. [`metrics`]
+//! serves the daemon's counters to Prometheus over HTTP (`METRICS_LISTEN`).
 
 pub mod client;
 pub mod commands;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 
