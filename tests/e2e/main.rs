@@ -10,6 +10,7 @@ mod forged;
 mod lab;
 mod lua;
 mod lua_plugins;
+mod metrics;
 mod raw;
 mod raw_sensor;
 mod reload;
