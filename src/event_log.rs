@@ -263,7 +263,7 @@ pub struct EventCounters {
     pub rate_limited: AtomicU64,
     /// Events dropped because the writer's queue was full.
     pub queue_full: AtomicU64,
-    /// Lines the file refused (disk full, file gone read-only).
+    /// Lines the file refused (disk full, file gone read-only, or it could not be opened).
     pub write_errors: AtomicU64,
 }
 
@@ -572,6 +572,8 @@ impl Writer {
 
     fn write(&mut self, event: &Event) {
         let Some(file) = self.file.as_mut() else {
+            // EVENT_LOG is set but could not be opened: lost, and counted as such.
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
         if matches!(event.kind, EventKind::Alert(_)) && !self.budget.admit(Instant::now()) {

@@ -257,7 +257,7 @@ impl Collector for Collect {
             ),
             (
                 "portsentry_event_write_errors",
-                "Lines EVENT_LOG refused (disk full, read-only)",
+                "Events EVENT_LOG could not take (disk full, read-only, not opened)",
                 load(&events.write_errors),
             ),
             (
