@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::block::manager::{BlockRequest, BlockRequester};
 use crate::config::BlockLevel;
 use crate::event::Alert;
+use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
 use crate::report;
 use crate::respond::ResponseContext;
@@ -24,6 +25,7 @@ pub struct Announcer {
     generation: Generation,
     resolver: Resolver,
     blocks: BlockRequester,
+    events: EventSink,
 }
 
 impl Announcer {
@@ -33,7 +35,15 @@ impl Announcer {
             generation,
             resolver: Resolver::new(system_lookup, RESOLVE_WAIT),
             blocks,
+            events: EventSink::off(),
         }
+    }
+
+    /// Also writes an `alert` event of every alert it handles (`EVENT_LOG`); those below the
+    /// trigger reach it only within the log budget, as their syslog lines do.
+    pub fn with_events(mut self, events: EventSink) -> Announcer {
+        self.events = events;
+        self
     }
 
     /// Follows a reload.
@@ -51,6 +61,9 @@ impl Announcer {
             ip.to_string()
         };
         log::info!("{}", report::detection(alert, &resolved));
+        if self.events.enabled() {
+            self.events.send(Event::alert(alert, &resolved));
+        }
         if alert.hit.ip_options {
             log::info!("{}", report::ip_options(alert, &resolved));
         }

@@ -18,12 +18,14 @@ use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
+use crate::control::metrics::{MetricsServer, Sources};
 use crate::control::notify;
 use crate::control::protocol::{
     ControlCall, Counters, ReloadInfo, Request, Response, StatusReport, TargetResult,
 };
 use crate::control::server::ControlServer;
 use crate::event::Mode;
+use crate::event_log::{Event, EventLog};
 use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
 use crate::generation::{Generation, PluginPolicy};
@@ -150,15 +152,24 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
 
     let sensors = open_sensors(&options.modes, &generation)?;
+    let events = EventLog::start(&config).context("cannot start the event log thread")?;
     // Protection is read before the first probe is judged (and before any block by hand).
     let protector =
         Protector::start(&config).context("cannot start the protected-address thread")?;
     // The manager restores the journal's blocks before the first probe is judged.
-    let blocks = BlockManager::start(generation.clone(), history, protector.view())?;
+    let blocks = BlockManager::start_with_events(
+        generation.clone(),
+        history,
+        protector.view(),
+        events.sink(),
+    )?;
     let filters = standard_chain(&generation, &blocks.view(), &protector.view());
-    let announcer = Announcer::new(generation.clone(), blocks.requester());
+    let announcer =
+        Announcer::new(generation.clone(), blocks.requester()).with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
+    let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
+    metrics.follow(config.metrics_listen);
 
     let (requests_tx, requests) = unbounded();
     watch_signals(requests_tx.clone())?;
@@ -180,6 +191,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         protector: &protector,
         watcher: watcher.as_ref(),
         options,
+        events: &events,
+        metrics: &metrics,
     };
     let started = SystemTime::now();
     loop {
@@ -213,6 +226,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     if let Some(c) = control {
         c.stop();
     }
+    metrics.stop();
     if let Some(w) = watcher {
         w.stop();
     }
@@ -225,6 +239,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     pipeline.stop();
     protector.stop();
     blocks.stop();
+    events.stop();
     Ok(())
 }
 
@@ -354,6 +369,8 @@ struct Reloader<'a> {
     protector: &'a Protector,
     watcher: Option<&'a ConfigWatcher>,
     options: &'a RunOptions,
+    events: &'a EventLog,
+    metrics: &'a MetricsServer,
 }
 
 impl Reloader<'_> {
@@ -370,6 +387,13 @@ impl Reloader<'_> {
             ok: result.is_ok(),
             errors: result.clone().err().unwrap_or_default(),
         });
+        // Reopened at every reload, taken or not: logrotate moves the file, then sends SIGHUP.
+        self.events.follow(&self.current.config);
+        self.events
+            .send(Event::reload(&result, self.current.number));
+        let listen = self.current.config.metrics_listen;
+        self.metrics
+            .reloaded(result.is_ok(), self.current.number, listen);
         result
     }
 

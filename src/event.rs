@@ -64,6 +64,19 @@ impl Mode {
         Mode::Audp,
     ];
 
+    /// Position in [`Mode::ALL`]: per-mode counters are arrays indexed by it, so counting a
+    /// probe by mode costs one atomic add.
+    pub fn index(self) -> usize {
+        match self {
+            Mode::Tcp => 0,
+            Mode::Udp => 1,
+            Mode::Stcp => 2,
+            Mode::Sudp => 3,
+            Mode::Atcp => 4,
+            Mode::Audp => 5,
+        }
+    }
+
     /// The 1.2 spelling (`tcp`, `stcp`, …): the flag without its dash and the `$MODE$` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,8 +236,9 @@ mod tests {
 
     #[test]
     fn mode_names_round_trip_with_the_1_2_flags() {
-        for m in Mode::ALL {
+        for (i, m) in Mode::ALL.into_iter().enumerate() {
             assert_eq!(Mode::from_name(m.as_str()), Some(m));
+            assert_eq!(m.index(), i, "index is the position in ALL");
         }
         assert_eq!(Mode::from_name("stealth"), None);
     }

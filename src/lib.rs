@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod event;
+pub mod event_log;
 pub mod filter;
 pub mod generation;
 pub mod heartbeat;

@@ -38,6 +38,9 @@ const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Stats {
     /// Probes that reached the filters.
     pub hits: AtomicU64,
+    /// The same probes by the sensor mode that saw them, indexed by [`crate::event::Mode::index`]
+    /// (the metrics' `mode` label).
+    pub hits_by_mode: [AtomicU64; crate::event::Mode::ALL.len()],
     /// Probes dropped by the ignore filter.
     pub ignored: AtomicU64,
     /// Probes still below SCAN_TRIGGER.
@@ -331,6 +334,7 @@ impl FilterWorker {
 
     fn inspect(&mut self, hit: Hit) {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.stats.hits_by_mode[hit.mode.index()].fetch_add(1, Ordering::Relaxed);
         let mut candidate = Alert {
             hit,
             count: 0,

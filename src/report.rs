@@ -361,6 +361,24 @@ pub fn blocks_deferred(sources: u64, seconds: u64, waiting: usize, why: &str) ->
     )
 }
 
+/// Ours: events not written to `EVENT_LOG` in the last interval: alert events over
+/// `EVENT_LOG_RATE_LIMIT`, and events the writer's queue had no room for.
+pub fn events_not_written(
+    path: &std::path::Path,
+    over_rate: u64,
+    queue_full: u64,
+    seconds: u64,
+) -> String {
+    format!(
+        "adminalert: WARNING: {} events not written to {} in the last {seconds} s ({} alert \
+         events over EVENT_LOG_RATE_LIMIT, {} because the writer was behind)",
+        thousands(over_rate + queue_full),
+        path.display(),
+        thousands(over_rate),
+        thousands(queue_full)
+    )
+}
+
 /// Ours: alerts lost because the responders were behind.
 pub fn alerts_dropped(count: u64, seconds: u64) -> String {
     format!(

@@ -26,6 +26,7 @@ use super::view::BlockView;
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
 use crate::config::BlockLevel;
 use crate::event::{Alert, Hit, Mode, ProbeKind, Proto};
+use crate::event_log::{Event, EventSink};
 use crate::filter::protect::ProtectView;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
@@ -68,6 +69,8 @@ pub struct BlockCounters {
     pub dropped: AtomicU64,
     /// Responder runs that failed (apply or undo).
     pub responder_failures: AtomicU64,
+    /// How long the responder pool's jobs and responders take.
+    pub timings: Arc<crate::respond::pool::Timings>,
 }
 
 /// One scan's request to block its source.
@@ -151,7 +154,18 @@ impl BlockManager {
         history: History,
         protect: ProtectView,
     ) -> anyhow::Result<BlockManager> {
-        BlockManager::start_with(generation, history, protect, MAX_WAITING)
+        BlockManager::start_with(generation, history, protect, MAX_WAITING, EventSink::off())
+    }
+
+    /// [`BlockManager::start`], also writing a `block` / `unblock` event (`EVENT_LOG`) once
+    /// each is journaled.
+    pub fn start_with_events(
+        generation: Generation,
+        history: History,
+        protect: ProtectView,
+        events: EventSink,
+    ) -> anyhow::Result<BlockManager> {
+        BlockManager::start_with(generation, history, protect, MAX_WAITING, events)
     }
 
     /// [`BlockManager::start`] with another limit of blocks waiting for a worker (tests).
@@ -160,6 +174,7 @@ impl BlockManager {
         history: History,
         protect: ProtectView,
         max_waiting: usize,
+        events: EventSink,
     ) -> anyhow::Result<BlockManager> {
         use anyhow::Context;
         let config = Arc::clone(&generation.config);
@@ -194,7 +209,10 @@ impl BlockManager {
         let (results_tx, results_rx) = unbounded();
         let pool = Pool::start(WORKERS, results_tx).context("cannot start responder threads")?;
         let view = BlockView::new();
-        let counters = Arc::new(BlockCounters::default());
+        let counters = Arc::new(BlockCounters {
+            timings: pool.timings(),
+            ..BlockCounters::default()
+        });
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let mut manager = Manager {
@@ -227,6 +245,7 @@ impl BlockManager {
             blocked_file_written: None,
             stopping: false,
             restore: RestoreProgress::default(),
+            events,
         };
         manager.restore(active, SystemTime::now());
         let thread = std::thread::Builder::new()
@@ -368,6 +387,7 @@ enum Effect {
     Warn(String),
     History(String),
     Reply(Box<dyn FnOnce() + Send>),
+    Event(Box<Event>),
 }
 
 /// `BLOCK_RATE_LIMIT`: new scan blocks a minute, as a token bucket that starts full.
@@ -486,6 +506,8 @@ struct Manager {
     blocked_file_written: Option<Instant>,
     stopping: bool,
     restore: RestoreProgress,
+    /// `EVENT_LOG`: block and unblock events, sent once journaled.
+    events: EventSink,
 }
 
 /// Re-applies still running since start, for the line that says when all are back.
@@ -1250,6 +1272,10 @@ impl Manager {
                     .collect::<Vec<_>>()
                     .join(", ");
                 self.finish_batch(a.batch, &who, true, format!("blocked via {detail}"));
+                if self.events.enabled() {
+                    self.effects
+                        .push(Effect::Event(Box::new(Event::block(&record))));
+                }
                 self.activate(record);
             }
             Some(Host::Active {
@@ -1268,6 +1294,10 @@ impl Manager {
                     self.remember(&record, now);
                     self.effects
                         .push(Effect::Warn(report::restore_failed(&who)));
+                    if self.events.enabled() {
+                        let event = Event::unblock(&record, UnblockReason::Released, now, &[]);
+                        self.effects.push(Effect::Event(Box::new(event)));
+                    }
                     self.blocked_file_dirty = true;
                     return;
                 }
@@ -1417,6 +1447,10 @@ impl Manager {
             }
         };
         self.effects.push(Effect::Info(line));
+        if self.events.enabled() {
+            let event = Event::unblock(&record, why, now, &outcomes);
+            self.effects.push(Effect::Event(Box::new(event)));
+        }
         if let Some(reply) = reply {
             self.effects
                 .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
@@ -1456,6 +1490,7 @@ impl Manager {
                     }
                 }
                 Effect::Reply(reply) => reply(),
+                Effect::Event(event) => self.events.send(*event),
             }
         }
         let live = self.records().count();
@@ -1585,7 +1620,9 @@ mod tests {
         config.block_state_file = dir.path().join("state");
         let history = History::open(&config.history_file).unwrap();
         let generation = Generation::from_parts(1, config, Default::default());
-        let manager = BlockManager::start_with(generation, history, ProtectView::new(), 1).unwrap();
+        let manager =
+            BlockManager::start_with(generation, history, ProtectView::new(), 1, EventSink::off())
+                .unwrap();
         let requester = manager.requester();
         let counters = manager.counters();
         let view = manager.view();

@@ -34,6 +34,9 @@ const DEFAULT_ADVANCED_PORTS: u16 = 1024;
 /// `BLOCK_TIMEOUT_MAX` default: a week.
 const DEFAULT_BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// `EVENT_LOG_RATE_LIMIT` default: alert events a second.
+const DEFAULT_EVENT_LOG_RATE_LIMIT: u32 = 500;
+
 /// `KILL_CMD_TIMEOUT` minimum: a shorter one kills even `ip route add` on a busy host.
 const MIN_KILL_CMD_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -315,6 +318,31 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "METRICS_LISTEN",
+        doc: "Address and port where GET /metrics serves Prometheus metrics, e.g. \
+              \"127.0.0.1:9736\" or \"[::1]:9736\"; empty: no metrics server.",
+        set: |c, e, _| metrics_listen(&e.value).map(|v| c.metrics_listen = v),
+    },
+    KeySpec {
+        name: "EVENT_LOG",
+        doc: "File that gets one JSON object a line per alert, block, unblock and reload, for \
+              log shippers; empty: none.",
+        set: |c, e, _| {
+            c.event_log = (!e.value.trim().is_empty()).then(|| PathBuf::from(&e.value));
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "EVENT_LOG_RATE_LIMIT",
+        doc: "Alert events a second at most in EVENT_LOG (default 500; \"0\": no limit); the \
+              rest are counted and summarised every 10 s.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000).map(|v| {
+                c.event_log_rate_limit = u32::try_from(v).unwrap_or(DEFAULT_EVENT_LOG_RATE_LIMIT)
+            })
+        },
+    },
+    KeySpec {
         name: "BLOCK_STATE_FILE",
         doc: "Journal of the blocks in force (JSON lines), so they expire and undo across restarts.",
         set: |c, e, _| path(&e.value).map(|v| c.block_state_file = v),
@@ -374,6 +402,9 @@ pub fn defaults(path: &Path) -> Config {
         block_rate_limit: 60,
         max_active_blocks: 10_000,
         log_rate_limit: 200,
+        metrics_listen: None,
+        event_log: None,
+        event_log_rate_limit: DEFAULT_EVENT_LOG_RATE_LIMIT,
         block_state_file: PathBuf::from("/var/lib/portsentry/portsentry.state"),
         control_socket: PathBuf::from("/run/portsentry/portsentry.sock"),
         scan_trigger: 0,
@@ -746,6 +777,23 @@ fn optional_duration(value: &str) -> Result<Option<Duration>, String> {
         Err(_) if humantime::parse_duration(text).is_ok_and(|d| d.is_zero()) => Ok(None),
         other => other.map(Some),
     }
+}
+
+/// `METRICS_LISTEN`: an IP address and a port (`127.0.0.1:9736`, `[::1]:9736`); empty: off.
+/// No host names: the address must not depend on DNS at start.
+fn metrics_listen(value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let text = value.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let expected = "expected an IP address and a port, e.g. \"127.0.0.1:9736\" or \"[::1]:9736\"";
+    let addr: std::net::SocketAddr = text
+        .parse()
+        .map_err(|_| format!("not an address and port ({expected})"))?;
+    if addr.port() == 0 {
+        return Err(format!("port 0 is not a fixed port ({expected})"));
+    }
+    Ok(Some(addr))
 }
 
 fn kill_cmd_timeout(value: &str) -> Result<Duration, String> {

@@ -160,6 +160,14 @@ pub struct Config {
     pub max_active_blocks: usize,
     /// `LOG_RATE_LIMIT` (ours): detection lines a second for probes not acted on; 0: no limit.
     pub log_rate_limit: u32,
+    /// `METRICS_LISTEN` (ours): where `GET /metrics` is served (Prometheus text format);
+    /// `None`: no metrics server.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `EVENT_LOG` (ours): the JSON-lines file of alerts, blocks, unblocks and reloads that
+    /// log shippers read; `None`: not written.
+    pub event_log: Option<PathBuf>,
+    /// `EVENT_LOG_RATE_LIMIT` (ours): alert events a second at most; 0: no limit.
+    pub event_log_rate_limit: u32,
     /// `BLOCK_STATE_FILE` (ours): the JSON-lines journal of blocks, so expiry and undo
     /// survive restarts.
     pub block_state_file: PathBuf,

@@ -5,10 +5,12 @@
 //! [`protocol::ControlCall`] for the daemon's main loop and relays the answer. The
 //! [`client`] is what the CLI subcommands use, through [`commands`] (what each subcommand
 //! checks, sends and prints). [`protocol`] is the wire format both sides share. [`notify`]
-//! tells systemd the daemon's state (`Type=notify`, watchdog).
+//! tells systemd the daemon's state (`Type=notify`, watchdog). [`metrics`] serves the
+//! daemon's counters to Prometheus over HTTP (`METRICS_LISTEN`).
 
 pub mod client;
 pub mod commands;
+pub mod metrics;
 pub mod notify;
 pub mod protocol;
 pub mod server;

@@ -5,8 +5,11 @@
 //! The pool owns no block state: it takes a [`Job`], runs the responders, and sends a
 //! [`JobResult`] back; the manager decides what that means.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
@@ -40,6 +43,123 @@ pub fn step_limit(config: &Config, responder: &str) -> Duration {
         config.kill_cmd_timeout
     };
     own + STEP_MARGIN
+}
+
+/// Upper bounds, in seconds, of the buckets responder times are counted in: from a
+/// hosts.deny line (a millisecond) to a command killed at the default `KILL_CMD_TIMEOUT`.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+/// Responder names timed separately at most; the rest share `other`, so that plugins named
+/// anew at every reload cannot grow the table without end.
+const MAX_TIMED_RESPONDERS: usize = 64;
+
+/// A histogram of durations kept in atomics: the workers count, the metrics read at scrape
+/// time, and neither waits for the other.
+#[derive(Debug, Default)]
+pub struct Durations {
+    /// Counts per bucket of [`DURATION_BUCKETS`], plus one past the last bound.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// What a [`Durations`] held at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationSnapshot {
+    /// (upper bound in seconds, count in that bucket alone), the last bound infinite.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of every duration, in seconds.
+    pub sum: f64,
+    /// How many durations were counted.
+    pub count: u64,
+}
+
+impl Durations {
+    /// Counts one duration.
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The counts now; the total is the sum of the buckets, so the two always agree.
+    pub fn snapshot(&self) -> DurationSnapshot {
+        let bounds = DURATION_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        DurationSnapshot {
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// Which way a responder ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    /// Applying a block.
+    Apply,
+    /// Undoing one.
+    Undo,
+}
+
+impl Op {
+    /// Lower-case name, the metrics' `op` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Apply => "apply",
+            Op::Undo => "undo",
+        }
+    }
+}
+
+/// How long the pool's work takes: whole apply jobs, and each responder run, so that a slow
+/// command or plugin shows up in the metrics before it shows up as a timeout.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// Every apply job, all its responders together.
+    pub apply_jobs: Durations,
+    responders: Mutex<BTreeMap<(String, Op), Arc<Durations>>>,
+}
+
+impl Timings {
+    /// Counts one run of one responder.
+    pub fn record_responder(&self, responder: &str, op: Op, d: Duration) {
+        let durations = {
+            let mut map = self
+                .responders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let key = (responder.to_string(), op);
+            let key = if map.contains_key(&key) || map.len() < MAX_TIMED_RESPONDERS {
+                key
+            } else {
+                ("other".to_string(), op)
+            };
+            Arc::clone(map.entry(key).or_default())
+        };
+        durations.record(d);
+    }
+
+    /// Every responder timed so far: name, way, and its durations.
+    pub fn responders(&self) -> Vec<(String, Op, DurationSnapshot)> {
+        let map = self
+            .responders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|((name, op), d)| (name.clone(), *op, d.snapshot()))
+            .collect()
+    }
 }
 
 /// Apply a block.
@@ -163,6 +283,7 @@ pub fn responder_chain(
 pub struct Pool {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    timings: Arc<Timings>,
 }
 
 impl Pool {
@@ -171,16 +292,18 @@ impl Pool {
     /// and fails only when it has none.
     pub fn start(workers: usize, results: Sender<JobResult>) -> std::io::Result<Pool> {
         let (tx, rx) = unbounded::<Job>();
+        let timings = Arc::new(Timings::default());
         let mut threads = Vec::new();
         let mut last_error = None;
         for n in 0..workers.max(1) {
             let rx = rx.clone();
             let results = results.clone();
+            let timings = Arc::clone(&timings);
             match std::thread::Builder::new()
                 .name(format!("respond-{n}"))
                 .spawn(move || {
                     let _enrolled = heartbeat::enroll(&format!("respond-{n}"), Kind::Worker);
-                    work(&rx, &results)
+                    work(&rx, &results, &timings)
                 }) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
@@ -194,8 +317,14 @@ impl Pool {
             _ => Ok(Pool {
                 jobs: Some(tx),
                 threads,
+                timings,
             }),
         }
+    }
+
+    /// How long the workers' jobs and responders take (read by the metrics).
+    pub fn timings(&self) -> Arc<Timings> {
+        Arc::clone(&self.timings)
     }
 
     /// How many jobs run at once.
@@ -220,11 +349,16 @@ impl Pool {
     }
 }
 
-fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>) {
+fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings) {
     for job in jobs {
         let result = match job {
-            Job::Apply(job) => apply(&job),
-            Job::Undo(job) => undo(&job),
+            Job::Apply(job) => {
+                let started = Instant::now();
+                let result = apply(&job, timings);
+                timings.apply_jobs.record(started.elapsed());
+                result
+            }
+            Job::Undo(job) => undo(&job, timings),
         };
         heartbeat::idle();
         crate::logging::flush();
@@ -235,7 +369,7 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>) {
 }
 
 /// Runs the responder chain for one block.
-fn apply(job: &ApplyJob) -> JobResult {
+fn apply(job: &ApplyJob, timings: &Timings) -> JobResult {
     let config = &job.generation.config;
     let ctx = ResponseContext {
         alert: &job.alert,
@@ -257,7 +391,10 @@ fn apply(job: &ApplyJob) -> JobResult {
     let mut vetoed = false;
     for mut responder in chain {
         heartbeat::busy(step_limit(config, &responder.name()));
-        match responder.respond(&ctx) {
+        let started = Instant::now();
+        let outcome = responder.respond(&ctx);
+        timings.record_responder(&responder.name(), Op::Apply, started.elapsed());
+        match outcome {
             Outcome::Done(action) => {
                 if action.responder.starts_with("lua:") {
                     log::info!(
@@ -294,7 +431,7 @@ fn apply(job: &ApplyJob) -> JobResult {
 }
 
 /// Undoes a block's actions, newest first; every action is tried even when one fails.
-fn undo(job: &UndoJob) -> JobResult {
+fn undo(job: &UndoJob, timings: &Timings) -> JobResult {
     let record = &job.record;
     let (port, proto) = record.port_proto();
     let mode = record
@@ -334,6 +471,8 @@ fn undo(job: &UndoJob) -> JobResult {
         .rev()
         .map(|action| {
             heartbeat::busy(step_limit(config, &action.responder));
+
+            let started = Instant::now();
             let outcome = undo_action(
                 action,
                 &ctx,
@@ -341,6 +480,7 @@ fn undo(job: &UndoJob) -> JobResult {
                 &job.generation.lua,
                 config.kill_cmd_timeout,
             );
+            timings.record_responder(&action.responder, Op::Undo, started.elapsed());
             (action.responder.clone(), outcome)
         })
         .collect();
@@ -348,5 +488,48 @@ fn undo(job: &UndoJob) -> JobResult {
         id: job.id,
         target: record.target,
         outcomes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_that_holds_them() {
+        let d = Durations::default();
+        d.record(Duration::from_micros(500));
+        d.record(Duration::from_millis(1));
+        d.record(Duration::from_millis(200));
+        d.record(Duration::from_secs(31));
+        let s = d.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.buckets.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(s.buckets[0], (0.001, 2), "a bound is inclusive");
+        assert_eq!(s.buckets[6], (0.25, 1));
+        assert_eq!(s.buckets[DURATION_BUCKETS.len()], (f64::INFINITY, 1));
+        assert!((s.sum - 31.2015).abs() < 1e-9, "{}", s.sum);
+    }
+
+    #[test]
+    fn responder_names_beyond_the_cap_share_one_series() {
+        let t = Timings::default();
+        for i in 0..MAX_TIMED_RESPONDERS + 10 {
+            t.record_responder(&format!("lua:p{i}"), Op::Apply, Duration::from_millis(1));
+        }
+        t.record_responder("lua:p0", Op::Apply, Duration::from_millis(1));
+        let all = t.responders();
+        assert_eq!(all.len(), MAX_TIMED_RESPONDERS + 1);
+        let count = |name: &str| {
+            all.iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, d)| d.count)
+        };
+        assert_eq!(count("other"), Some(10));
+        assert_eq!(
+            count("lua:p0"),
+            Some(2),
+            "a known name keeps its own series"
+        );
     }
 }

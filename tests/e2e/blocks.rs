@@ -35,7 +35,7 @@ fn deny_has(lab: &Lab, ip: &str) -> bool {
 }
 
 /// Waits until `cond` holds (checked every 50 ms), at most `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if cond() {

@@ -11,6 +11,7 @@ mod forged;
 mod lab;
 mod lua;
 mod lua_plugins;
+mod metrics;
 mod protect;
 mod raw;
 mod raw_sensor;

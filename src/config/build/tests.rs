@@ -785,6 +785,71 @@ fn all_errors_are_collected_in_one_pass() {
     );
 }
 
+// ---- METRICS_LISTEN / EVENT_LOG / EVENT_LOG_RATE_LIMIT ----
+
+#[test]
+fn metrics_listen_takes_an_address_and_port_of_either_family_and_empty_is_off() {
+    assert_eq!(
+        clean("METRICS_LISTEN=\"127.0.0.1:9736\"\n").metrics_listen,
+        Some("127.0.0.1:9736".parse().unwrap())
+    );
+    assert_eq!(
+        clean("METRICS_LISTEN=\"[::1]:9736\"\n").metrics_listen,
+        Some("[::1]:9736".parse().unwrap())
+    );
+    assert_eq!(clean("METRICS_LISTEN=\"\"\n").metrics_listen, None);
+    assert_eq!(clean("").metrics_listen, None, "off by default");
+}
+
+#[test]
+fn metrics_listen_malformed_forms_give_exact_errors() {
+    let expected = "expected an IP address and a port, e.g. \"127.0.0.1:9736\" or \"[::1]:9736\"";
+    for value in [
+        "localhost:9736",
+        "127.0.0.1",
+        "::1:9736",
+        "127.0.0.1:99999",
+        "9736",
+    ] {
+        assert_eq!(
+            error(&format!("METRICS_LISTEN=\"{value}\"\n")),
+            format!(
+                "portsentry.conf:1: METRICS_LISTEN: \"{value}\": not an address and port ({expected})"
+            )
+        );
+    }
+    assert_eq!(
+        error("METRICS_LISTEN=\"127.0.0.1:0\"\n"),
+        format!(
+            "portsentry.conf:1: METRICS_LISTEN: \"127.0.0.1:0\": port 0 is not a fixed port ({expected})"
+        )
+    );
+}
+
+#[test]
+fn event_log_takes_a_path_and_empty_is_off() {
+    assert_eq!(
+        clean("EVENT_LOG=\"/var/log/portsentry/events.jsonl\"\n").event_log,
+        Some(std::path::PathBuf::from("/var/log/portsentry/events.jsonl"))
+    );
+    assert_eq!(clean("EVENT_LOG=\"\"\n").event_log, None);
+    assert_eq!(clean("").event_log, None, "off by default");
+}
+
+#[test]
+fn event_log_rate_limit_reads_whole_numbers_and_defaults_to_500() {
+    assert_eq!(clean("").event_log_rate_limit, 500);
+    assert_eq!(
+        clean("EVENT_LOG_RATE_LIMIT=\"0\"\n").event_log_rate_limit,
+        0
+    );
+    assert_eq!(
+        error("EVENT_LOG_RATE_LIMIT=\"-1\"\n"),
+        "portsentry.conf:1: EVENT_LOG_RATE_LIMIT: \"-1\": not a whole number \
+         (expected a whole number from 0 to 1000000)"
+    );
+}
+
 #[test]
 fn absent_keys_keep_debian_defaults() {
     let c = clean("");
@@ -803,7 +868,9 @@ fn every_table_key_builds_from_a_valid_value() {
         | "SCAN_TRIGGER_TABLE_SIZE"
         | "BLOCK_RATE_LIMIT"
         | "MAX_ACTIVE_BLOCKS"
-        | "LOG_RATE_LIMIT" => "100",
+        | "LOG_RATE_LIMIT"
+        | "EVENT_LOG_RATE_LIMIT" => "100",
+        "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
         "BLOCK_TCP" | "BLOCK_UDP" => "2",
@@ -866,7 +933,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 45);
+    assert_eq!(KEYS.len(), 48);
 }
 
 // ---- load ----
