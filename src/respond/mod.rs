@@ -6,6 +6,7 @@
 pub mod command;
 pub mod hosts_deny;
 pub mod lua;
+pub mod nftables;
 pub mod resolve;
 pub mod shell;
 pub mod stage;

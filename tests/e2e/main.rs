@@ -8,6 +8,7 @@ mod config_errors;
 mod lab;
 mod lua;
 mod lua_plugins;
+mod nftables_backend;
 mod raw;
 mod raw_sensor;
 mod reload;
