@@ -1,6 +1,7 @@
 -- iptables: blocks a host with one rule in a dedicated chain (iptables for IPv4, ip6tables
 -- for IPv6), creating the chain and the jump to it when missing. Idempotent: a host already
--- in the chain is not added twice. Settings (portsentry.conf):
+-- in the chain is not added twice. When a block ends (expiry or `portsentry unblock`) the
+-- host's rule is deleted; a rule already gone is fine. Settings (portsentry.conf):
 --   IPTABLES_CHAIN="portsentry"   the chain holding one rule per blocked host
 --   IPTABLES_PARENT="INPUT"       the built-in chain that jumps to it (inserted first)
 --   IPTABLES_TARGET="DROP"        DROP or REJECT
@@ -55,4 +56,25 @@ portsentry.on("block", function(ev)
   end
   portsentry.log.info("%s dropped by %s chain %s", ev.ip, bin, chain)
   return r.command
+end)
+
+-- At most this many copies of a host's rule are deleted (rules added by hand, or by an
+-- older version, may repeat it).
+local MAX_COPIES = 16
+
+portsentry.on("unblock", function(ev)
+  local bin = ipt.binary(ev.ip, cfg.iptables, cfg.ip6tables)
+  local del = ipt.delete(bin, chain, ipt.host_rule(ev.ip, target))
+  local first
+  for _ = 1, MAX_COPIES do
+    local r = portsentry.exec(del, opts)
+    if not r.ok then
+      if not ipt.not_found(r) then error(fw.failure(r)) end
+      if not first then return r.command .. " (already gone)" end
+      break
+    end
+    first = first or r
+  end
+  portsentry.log.info("%s no longer dropped by %s chain %s (%s)", ev.ip, bin, chain, ev.reason)
+  return first.command
 end)

@@ -1,8 +1,8 @@
--- jsonlog: one JSON object per line for every alert (and/or block), for log shippers
+-- jsonlog: one JSON object per line for every alert (and/or block, unblock), for log shippers
 -- (Filebeat, Vector, Fluent Bit…). The file is opened for each line, so log rotation by
 -- renaming works without a signal. Settings (portsentry.conf):
 --   JSONLOG_FILE="/var/log/portsentry/events.json"   where the lines go (required)
---   JSONLOG_EVENTS="alert"        alert, block, or both ("alert,block")
+--   JSONLOG_EVENTS="alert"        alert, block, unblock, or several ("alert,block,unblock")
 local text = require("portsentry.text")
 
 local file = portsentry.config.file
@@ -25,14 +25,17 @@ local function record(ev)
     host = ev.host,
     already_blocked = ev.already_blocked,
     ip_options = ev.ip_options,
+    timeout = ev.timeout,
+    restored = ev.restored,
+    reason = ev.reason,
   }
   portsentry.append_line(file, portsentry.json(line))
-  if ev.event == "block" then return "logged to " .. file end
+  if ev.event ~= "alert" then return "logged to " .. file end
 end
 
 for _, name in ipairs(text.split(portsentry.config.events or "alert")) do
-  if name ~= "alert" and name ~= "block" then
-    error("JSONLOG_EVENTS: '" .. name .. "' is not alert or block")
+  if name ~= "alert" and name ~= "block" and name ~= "unblock" then
+    error("JSONLOG_EVENTS: '" .. name .. "' is not alert, block or unblock")
   end
   portsentry.on(name, record)
 end

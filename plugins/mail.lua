@@ -1,6 +1,6 @@
 -- mail: sends a message through `sendmail -t` when a host is blocked (or on every alert),
 -- at most MAIL_MAX messages per MAIL_PER; the next message says how many were held back.
--- Settings (portsentry.conf):
+-- Blocks re-applied after a restart are not mailed again. Settings (portsentry.conf):
 --   MAIL_TO="root"                recipients, comma separated (required)
 --   MAIL_FROM="root"              sender
 --   MAIL_SUBJECT="portsentry: {ip} blocked ({kind} to {proto}/{port})"
@@ -43,6 +43,8 @@ local function body(ev, held_back)
 end
 
 local function send(ev)
+  -- A block re-applied after a restart is not news: it was mailed when it was made.
+  if ev.restored then return "restored block: no mail" end
   local allowed, held_back = limiter:allow()
   if not allowed then
     portsentry.log.info("mail for %s held back by the rate limit", ev.ip)
@@ -65,4 +67,8 @@ for _, name in ipairs(events) do
     error("MAIL_EVENTS: '" .. name .. "' is not alert or block")
   end
   portsentry.on(name, send)
+end
+if text.contains(events, "block") then
+  -- Nothing to take back when a block ends; saying so keeps the block's record undoable.
+  portsentry.on("unblock", function() return "nothing to undo (a mail cannot be unsent)" end)
 end

@@ -1,8 +1,10 @@
 -- nftables: blocks a host by adding it to a set of an inet table, IPv4 and IPv6.
 --
 -- On the first block it creates (or leaves as they are) the table, one set per family and
--- a base chain with one drop rule per set. Elements expire in the kernel when
--- NFTABLES_TIMEOUT is set. Settings (portsentry.conf):
+-- a base chain with one drop rule per set. Elements expire in the kernel: after the block's
+-- own time left when BLOCK_TIMEOUT gives it one, else after NFTABLES_TIMEOUT when set. When
+-- a block ends (expiry or `portsentry unblock`), the element is deleted from its set; one
+-- that is already gone is fine. Settings (portsentry.conf):
 --   NFTABLES_TABLE="portsentry"   inet table
 --   NFTABLES_SET="blocked"        base name: sets blocked_v4 and blocked_v6
 --   NFTABLES_CHAIN="input"        base chain holding the drop rules
@@ -10,6 +12,7 @@
 --   NFTABLES_PRIORITY="-10"       its priority (before the usual filter chains)
 --   NFTABLES_VERDICT="drop"       drop or reject
 --   NFTABLES_TIMEOUT=""           e.g. "1h": blocked hosts are let in again after this
+--                                 (blocks with a BLOCK_TIMEOUT use their own time left)
 --   NFTABLES_NFT="nft"            the nft program
 --   NFTABLES_NETNS=""             run nft in this network namespace (ip netns exec)
 local fw = require("portsentry.firewall")
@@ -53,7 +56,9 @@ end
 portsentry.on("block", function(ev)
   ensure_ready()
   local s = fw.nft.set_for(ev.ip, set)
-  local add = fw.nft.add_element(nft, tbl, s, ev.ip, timeout)
+  local ttl = timeout
+  if ev.timeout then ttl = fw.nft.duration(ev.timeout) end
+  local add = fw.nft.add_element(nft, tbl, s, ev.ip, ttl)
   local r = portsentry.exec(add, opts)
   if not r.ok then
     -- Someone may have flushed the ruleset since: set up again once and retry.
@@ -62,6 +67,17 @@ portsentry.on("block", function(ev)
     r = portsentry.exec(add, checked)
   end
   portsentry.log.info("%s added to inet %s %s%s", ev.ip, tbl, s,
-    timeout and (" for " .. timeout) or "")
+    ttl and (" for " .. ttl) or "")
   return r.command
+end)
+
+portsentry.on("unblock", function(ev)
+  local s = fw.nft.set_for(ev.ip, set)
+  local r = portsentry.exec(fw.nft.delete_element(nft, tbl, s, ev.ip), opts)
+  if r.ok then
+    portsentry.log.info("%s removed from inet %s %s (%s)", ev.ip, tbl, s, ev.reason)
+    return r.command
+  end
+  if fw.nft.not_found(r) then return r.command .. " (already gone)" end
+  error(fw.failure(r))
 end)

@@ -1,13 +1,19 @@
 //! Command line: 1.2's single-dash mode flags (`-atcp`), several per process, plus our
 //! options. Without a mode flag, the modes come from `/etc/default/portsentry` as Debian's
 //! init script read them.
+//!
+//! The subcommands (`status`, `list`, `block`, `unblock`, `reload`) do not run a daemon: they
+//! are clients of the running one's control socket ([`crate::control::commands`]).
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::{self, DEFAULT_CONFIG_PATH};
+use crate::control::commands::{self, block_duration, canonical_target};
+use crate::control::protocol::Request;
 use crate::daemon::{self, RunOptions};
 use crate::event::Mode;
 use crate::logging::{self, DEFAULT_SYSLOG_SOCKET, LogSettings};
@@ -25,6 +31,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[command(
     name = "portsentry",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Detects port scans and blocks the scanner (a drop-in for PortSentry 1.2).",
     after_help = "Modes (several may be combined, e.g. -atcp -audp):\n  \
         -tcp, -udp     bind the trap ports (TCP_PORTS / UDP_PORTS)\n  \
@@ -33,6 +40,9 @@ pub const EXIT_USAGE: i32 = 2;
         Without a mode, TCP_MODE / UDP_MODE are read from /etc/default/portsentry."
 )]
 struct Args {
+    /// A client command for the running daemon; without one, this process is the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Classic TCP: listen on TCP_PORTS.
     #[arg(long)]
     tcp: bool,
@@ -86,16 +96,160 @@ struct Args {
     proto: String,
 }
 
+/// Client commands: each asks the running daemon over its control socket.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the running daemon's version, modes, uptime, configuration generation, last
+    /// reload and counters.
+    Status(ClientArgs),
+    /// List the blocks in force: address, since, until, offences, mode, port, origin and
+    /// the responders that acted.
+    List {
+        /// Print the blocks as JSON (every field of the block records), for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a block and undo what its responders did (route, hosts.deny line, plugins).
+    Unblock {
+        /// The blocked address or network, as `list` shows it.
+        #[arg(value_name = "ADDR", value_parser = canonical_target)]
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Block addresses or networks by hand; the same responders run as for a scan.
+    #[command(after_help = "Examples:\n  \
+        portsentry block 192.0.2.7 --for 1h --reason \"brute force\"\n  \
+        portsentry block --from-file bad-hosts.txt --for 7d\n\
+        A --from-file list has one address or CIDR network a line; # comments and blank \
+        lines are allowed. If any line is bad, every bad line is reported and nothing is \
+        sent.")]
+    Block(BlockArgs),
+    /// Re-read every configuration file (as SIGHUP does) and report whether the new
+    /// configuration was taken or refused.
+    Reload(ClientArgs),
+}
+
+/// Where the running daemon is.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Control socket [default: CONTROL_SOCKET from the configuration, else
+    /// /run/portsentry/portsentry.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Configuration file to read CONTROL_SOCKET from [default:
+    /// /etc/portsentry/portsentry.conf].
+    #[arg(short = 'c', long = "config", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// `block`: targets from the command line or from a file.
+#[derive(Debug, clap::Args)]
+struct BlockArgs {
+    /// Addresses or CIDR networks (192.0.2.7, 192.0.2.0/24, 2001:db8::/64).
+    #[arg(
+        value_name = "ADDR",
+        value_parser = canonical_target,
+        required_unless_present = "from_file",
+        conflicts_with = "from_file"
+    )]
+    targets: Vec<String>,
+    /// Read the targets from FILE (a regular file of at most 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+    /// How long the block lasts (30s, 10m, "1h 30m", 7d) [default: BLOCK_TIMEOUT].
+    #[arg(long = "for", value_name = "DURATION", value_parser = block_duration)]
+    duration: Option<String>,
+    /// Why, kept in the block record and shown by `list --json`.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    reason: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Subcommand names: legacy flag rewriting stops at the first of them, so that a value
+/// such as `--reason -tcp` reaches the subcommand as written.
+const SUBCOMMANDS: [&str; 5] = ["status", "list", "unblock", "block", "reload"];
+
 /// 1.2 spells its flags with one dash (`-atcp`); clap wants two for long names.
 fn rewrite_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut in_subcommand = false;
     args.into_iter()
-        .map(|a| match a.strip_prefix('-') {
-            Some(name) if !name.starts_with('-') && Mode::from_name(name).is_some() => {
-                format!("--{name}")
+        .enumerate()
+        .map(|(i, a)| {
+            if i > 0 && SUBCOMMANDS.contains(&a.as_str()) {
+                in_subcommand = true;
             }
-            _ => a,
+            match a.strip_prefix('-') {
+                Some(name)
+                    if !in_subcommand
+                        && !name.starts_with('-')
+                        && Mode::from_name(name).is_some() =>
+                {
+                    format!("--{name}")
+                }
+                _ => a,
+            }
         })
         .collect()
+}
+
+/// The request a client command sends, with where to send it and whether `list` prints
+/// JSON. `Err`: every problem found in a `--from-file` list (nothing is sent then).
+fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<String>> {
+    Ok(match command {
+        Command::Status(client) => (client, Request::Status, false),
+        Command::List { json, client } => (client, Request::List, json),
+        Command::Unblock { target, client } => (client, Request::Unblock { target }, false),
+        Command::Reload(client) => (client, Request::Reload, false),
+        Command::Block(args) => {
+            let targets = match &args.from_file {
+                None => args.targets,
+                Some(file) => commands::read_targets_file(file)?,
+            };
+            let request = Request::Block {
+                targets,
+                duration: args.duration,
+                reason: args.reason,
+            };
+            (args.client, request, false)
+        }
+    })
+}
+
+/// Runs a client command: the request goes to the daemon; its answer is printed and
+/// decides the exit code.
+fn client_command(command: Command) -> i32 {
+    let (client, request, json) = match client_request(command) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("portsentry: nothing sent");
+            return EXIT_FAILURE;
+        }
+    };
+    let socket = match commands::socket_path(client.socket.as_deref(), client.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let printed = commands::run(&socket, request, json);
+    // A closed stdout (`list | head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(printed.out.as_bytes());
+    let _ = std::io::stderr().lock().write_all(printed.err.as_bytes());
+    printed.code
 }
 
 impl Args {
@@ -169,6 +323,7 @@ fn check_config(path: &Path) -> i32 {
             for w in warnings
                 .iter()
                 .chain(config::build::command_warnings(&generation.config).iter())
+                .chain(generation.lua.undo_warnings(&generation.config).iter())
             {
                 eprintln!("warning: {w}");
             }
@@ -247,6 +402,9 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Some(command) = args.command {
+        return client_command(command);
+    }
     if args.check_config {
         return check_config(&args.config);
     }
@@ -306,6 +464,126 @@ mod tests {
         let args = Args::try_parse_from(argv).unwrap();
         assert_eq!(args.flagged_modes(), vec![Mode::Atcp, Mode::Audp]);
         assert_eq!(args.config, PathBuf::from("/x.conf"));
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(rewrite_legacy_flags(argv.iter().map(|s| s.to_string())))
+    }
+
+    fn request(argv: &[&str]) -> Result<(ClientArgs, Request, bool), Vec<String>> {
+        client_request(parse(argv).unwrap().command.unwrap())
+    }
+
+    #[test]
+    fn list_takes_json_and_a_socket() {
+        let (client, req, json) =
+            request(&["portsentry", "list", "--json", "--socket", "/x"]).unwrap();
+        assert_eq!(req, Request::List);
+        assert!(json);
+        assert_eq!(client.socket, Some(PathBuf::from("/x")));
+        assert_eq!(client.config, None);
+        let (client, req, json) = request(&["portsentry", "status", "-c", "/y.conf"]).unwrap();
+        assert_eq!((req, json), (Request::Status, false));
+        assert_eq!(client.config, Some(PathBuf::from("/y.conf")));
+    }
+
+    #[test]
+    fn block_takes_a_duration_and_a_reason() {
+        let (_, req, _) = request(&[
+            "portsentry",
+            "block",
+            "10.0.0.1",
+            "--for",
+            "1h",
+            "--reason",
+            "test",
+        ])
+        .unwrap();
+        assert_eq!(
+            req,
+            Request::Block {
+                targets: vec!["10.0.0.1".into()],
+                duration: Some("1h".into()),
+                reason: "test".into()
+            }
+        );
+        // Networks are sent as `list` shows them; a reason that looks like a mode flag stays.
+        let (_, req, _) =
+            request(&["portsentry", "block", "10.0.0.9/24", "--reason", "-tcp"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Block {
+                targets: vec!["10.0.0.0/24".into()],
+                duration: None,
+                reason: "-tcp".into()
+            }
+        );
+        let (_, req, _) = request(&["portsentry", "unblock", "fd77::5"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Unblock {
+                target: "fd77::5".into()
+            }
+        );
+        assert_eq!(
+            request(&["portsentry", "reload"]).unwrap().1,
+            Request::Reload
+        );
+    }
+
+    #[test]
+    fn bad_block_arguments_are_usage_errors() {
+        let err = parse(&["portsentry", "block", "10.0.0.1", "--for", "30"]).unwrap_err();
+        assert!(err.to_string().contains("add a unit, e.g. 30s"), "{err}");
+        let err = parse(&["portsentry", "block", "10.0.0.x"]).unwrap_err();
+        assert!(
+            err.to_string().contains("not an IP address or CIDR"),
+            "{err}"
+        );
+        assert!(parse(&["portsentry", "block"]).is_err());
+        assert!(parse(&["portsentry", "block", "10.0.0.1", "--from-file", "/f"]).is_err());
+        assert!(parse(&["portsentry", "unblock"]).is_err());
+        // Mode flags are for running the daemon, not for a client command.
+        assert!(parse(&["portsentry", "-atcp", "status"]).is_err());
+    }
+
+    #[test]
+    fn block_from_file_reports_every_bad_line_and_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hosts.txt");
+        std::fs::write(&f, "# list\n10.0.0.1\n10.0.0.0/33\n\nfd77::1\n").unwrap();
+        let file = f.to_str().unwrap();
+        let errors = request(&["portsentry", "block", "--from-file", file, "--for", "7d"])
+            .err()
+            .unwrap();
+        assert_eq!(
+            errors,
+            vec![format!(
+                "{file}:3: \"10.0.0.0/33\": not an IP address or CIDR network"
+            )]
+        );
+        std::fs::write(&f, "10.0.0.1\nfd77::1 # v6\n").unwrap();
+        let (_, req, _) =
+            request(&["portsentry", "block", "--from-file", file, "--for", "7d"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Block {
+                targets: vec!["10.0.0.1".into(), "fd77::1".into()],
+                duration: Some("7d".into()),
+                reason: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn every_subcommand_has_help() {
+        for sub in SUBCOMMANDS {
+            let err = parse(&["portsentry", sub, "--help"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+            let text = err.to_string();
+            assert!(text.contains("--socket <PATH>"), "{sub}: {text}");
+            assert!(text.contains("-c, --config <PATH>"), "{sub}: {text}");
+        }
     }
 
     #[test]

@@ -7,23 +7,27 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use crossbeam_channel::{Sender, unbounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::announce::Announcer;
+use crate::block::manager::BlockManager;
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
+use crate::control::protocol::{
+    ControlCall, Counters, ReloadInfo, Request, Response, StatusReport, TargetResult,
+};
+use crate::control::server::ControlServer;
 use crate::event::Mode;
-use crate::filter::blocked::{BlockRegistry, SharedRegistry};
 use crate::filter::standard_chain;
 use crate::generation::{Generation, PluginPolicy};
 use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::report;
-use crate::respond::stage::ResponseStage;
 use crate::sensor::bound::BoundSensor;
 use crate::sensor::raw::RawSensor;
 use crate::sensor::{HitSink, Sensor, SensorControl};
@@ -132,17 +136,18 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
-    let registry: SharedRegistry = BlockRegistry::open(&config.blocked_file)
-        .with_context(|| format!("cannot open blocked file {}", config.blocked_file.display()))?
-        .into_shared();
+    // First, so that a second daemon stops here before it touches the journal.
+    let (calls_tx, calls) = crossbeam_channel::bounded(16);
+    let control = start_control(&config.control_socket, calls_tx)?;
     let history = History::open(&config.history_file)
         .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
 
     let sensors = open_sensors(&options.modes, &generation)?;
-    let filters = standard_chain(&generation, &registry);
-    let stage = ResponseStage::new(generation.clone(), Arc::clone(&registry), history);
-    let pipeline = Pipeline::start(filters, Arc::clone(&registry), stage)
-        .context("cannot start pipeline threads")?;
+    // The manager restores the journal's blocks before the first probe is judged.
+    let blocks = BlockManager::start(generation.clone(), history)?;
+    let filters = standard_chain(&generation, &blocks.view());
+    let announcer = Announcer::new(generation.clone(), blocks.requester());
+    let pipeline = Pipeline::start(filters, announcer).context("cannot start pipeline threads")?;
 
     let (requests_tx, requests) = unbounded();
     watch_signals(requests_tx.clone())?;
@@ -155,26 +160,41 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
 
     let mut reloader = Reloader {
         current: generation,
+        last_reload: None,
         pipeline: &pipeline,
         sensors: &handles,
-        registry: &registry,
+        blocks: &blocks,
         watcher: watcher.as_ref(),
         options,
     };
-    while let Ok(request) = requests.recv() {
-        if request == DaemonRequest::Stop {
-            break;
+    let started = SystemTime::now();
+    loop {
+        crossbeam_channel::select_biased! {
+            recv(requests) -> request => {
+                let Ok(request) = request else { break };
+                if request == DaemonRequest::Stop {
+                    break;
+                }
+                // Requests that queued up meanwhile (a burst of SIGHUPs, a save seen by the
+                // watcher while a SIGHUP was pending) are all answered by one reload: it reads
+                // the files as they are now. A stop among them wins.
+                if requests.try_iter().any(|r| r == DaemonRequest::Stop) {
+                    break;
+                }
+                let _ = reloader.reload();
+            },
+            recv(calls) -> call => {
+                if let Ok(call) = call {
+                    answer(call, &mut reloader, started);
+                }
+            },
         }
-        // Requests that queued up meanwhile (a burst of SIGHUPs, a save seen by the watcher
-        // while a SIGHUP was pending) are all answered by one reload: it reads the files as
-        // they are now. A stop among them wins.
-        if requests.try_iter().any(|r| r == DaemonRequest::Stop) {
-            break;
-        }
-        reloader.reload();
     }
 
     log::info!("{}", report::shutting_down());
+    if let Some(c) = control {
+        c.stop();
+    }
     if let Some(w) = watcher {
         w.stop();
     }
@@ -185,7 +205,100 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         let _ = h.thread.join();
     }
     pipeline.stop();
+    blocks.stop();
     Ok(())
+}
+
+/// Opens the control socket. Another daemon answering on it stops the start (two daemons
+/// must not share one journal); any other failure leaves the daemon running without it.
+fn start_control(path: &Path, calls: Sender<ControlCall>) -> anyhow::Result<Option<ControlServer>> {
+    match ControlServer::start(path, calls) {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!("{e}")),
+        Err(e) => {
+            log::warn!(
+                "adminalert: WARNING: no control socket ({e}); status, list, block and \
+                 unblock are unavailable"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Answers one control request: status and reload here, blocks by the block manager (which
+/// answers the client itself, so the main thread never waits for a responder).
+fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
+    match &call.request {
+        Request::Status => {
+            let report = reloader.status(started);
+            call.answer(Response::Status(report));
+        }
+        Request::Reload => {
+            let response = match reloader.reload() {
+                Ok(generation) => Response::Reloaded { generation },
+                Err(errors) => Response::ReloadRefused {
+                    kept_generation: reloader.current.number,
+                    errors,
+                },
+            };
+            call.answer(response);
+        }
+        Request::List => reloader
+            .blocks
+            .list(move |blocks| call.answer(Response::List { blocks })),
+        Request::Unblock { target } => match crate::block::parse_target(target) {
+            Err(e) => call.answer(Response::error(e)),
+            Ok(t) => {
+                let text = crate::block::target_text(&t);
+                reloader.blocks.unblock(t, move |result| {
+                    call.answer(match result {
+                        Ok(detail) => Response::Unblocked {
+                            target: text,
+                            detail,
+                        },
+                        Err(e) => Response::error(e),
+                    })
+                });
+            }
+        },
+        Request::Block {
+            targets,
+            duration,
+            reason,
+        } => {
+            let parsed: Result<Vec<_>, String> = targets
+                .iter()
+                .map(|t| crate::block::parse_target(t))
+                .collect();
+            let duration = match duration.as_deref() {
+                None => Ok(None),
+                Some(text) => crate::control::commands::block_duration(text).and_then(|t| {
+                    humantime::parse_duration(&t)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                }),
+            };
+            match (parsed, duration) {
+                (Err(e), _) | (_, Err(e)) => call.answer(Response::error(e)),
+                (Ok(targets), Ok(duration)) => {
+                    reloader
+                        .blocks
+                        .block(targets, duration, reason.clone(), move |outcomes| {
+                            call.answer(Response::Blocked {
+                                results: outcomes
+                                    .into_iter()
+                                    .map(|o| TargetResult {
+                                        target: o.target,
+                                        ok: o.ok,
+                                        detail: o.detail,
+                                    })
+                                    .collect(),
+                            })
+                        })
+                }
+            }
+        }
+    }
 }
 
 /// Starts the config file watcher; without one (inotify limit reached) the daemon runs on
@@ -214,9 +327,11 @@ const APPLY_WAIT: Duration = Duration::from_secs(1);
 /// What a reload touches: the generation in force and the running parts that follow it.
 struct Reloader<'a> {
     current: Generation,
+    /// When the last reload was tried and what it said, for `status`.
+    last_reload: Option<ReloadInfo>,
     pipeline: &'a Pipeline,
     sensors: &'a [SensorHandle],
-    registry: &'a SharedRegistry,
+    blocks: &'a BlockManager,
     watcher: Option<&'a ConfigWatcher>,
     options: &'a RunOptions,
 }
@@ -225,7 +340,49 @@ impl Reloader<'_> {
     /// Builds the next generation from the files and swaps it in only if all of it is valid;
     /// otherwise the generation in force stays and the errors name file and line. Never
     /// ends the daemon.
-    fn reload(&mut self) {
+    fn reload(&mut self) -> Result<u64, Vec<String>> {
+        let result = self.try_reload();
+        self.last_reload = Some(ReloadInfo {
+            at: SystemTime::now(),
+            ok: result.is_ok(),
+            errors: result.clone().err().unwrap_or_default(),
+        });
+        result
+    }
+
+    /// The status the control socket reports: what runs, since when, and every counter.
+    fn status(&self, started: SystemTime) -> StatusReport {
+        let stats = self.pipeline.stats();
+        let blocks = self.blocks.counters();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            modes: self
+                .options
+                .modes
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+            started,
+            uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
+            generation: self.current.number,
+            last_reload: self.last_reload.clone(),
+            counters: Counters {
+                probes_seen: load(&stats.hits),
+                alerts: load(&stats.alerts),
+                blocks_made: load(&blocks.made),
+                blocks_failed: load(&blocks.failed),
+                blocks_expired: load(&blocks.expired),
+                blocks_active: self.blocks.view().len() as u64,
+                probes_dropped: self.pipeline.sink().dropped(),
+                alerts_dropped: load(&stats.alerts_dropped),
+                blocks_dropped: load(&blocks.dropped),
+                responder_failures: load(&blocks.responder_failures),
+            },
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<u64, Vec<String>> {
         let started = Instant::now();
         let number = self.current.number + 1;
         let path = &self.options.config_path;
@@ -243,6 +400,7 @@ impl Reloader<'_> {
                     self.current.number,
                     started.elapsed().as_millis()
                 );
+                Ok(self.current.number)
             }
             Err(errors) => {
                 for e in &errors.0 {
@@ -259,6 +417,7 @@ impl Reloader<'_> {
                             .union(WatchSet::from_config_text(path)),
                     );
                 }
+                Err(errors.0.iter().map(ToString::to_string).collect())
             }
         }
     }
@@ -282,22 +441,7 @@ impl Reloader<'_> {
     /// Hands a valid generation to every running part, then waits until the sensors and the
     /// filters hold it, so that "in force" is true for the next probe.
     fn swap(&mut self, next: Generation) {
-        let old = &self.current.config;
-        let new = &next.config;
-        if new.blocked_file != old.blocked_file {
-            let mut registry = crate::filter::blocked::lock(self.registry);
-            match registry.move_to(&new.blocked_file) {
-                Ok(()) => log::info!(
-                    "adminalert: blocked file is now {} (was {})",
-                    new.blocked_file.display(),
-                    old.blocked_file.display()
-                ),
-                Err(e) => log::error!(
-                    "adminalert: ERROR: cannot move to blocked file {e}; still writing {}",
-                    registry.path().display()
-                ),
-            }
-        }
+        self.blocks.reconfigure(next.clone());
         for h in self.sensors {
             let _ = h
                 .control

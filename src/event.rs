@@ -138,6 +138,12 @@ pub enum ProbeKind {
 }
 
 impl ProbeKind {
+    /// Only a completed TCP handshake proves the source address; anything seen by raw
+    /// capture, and any UDP datagram, can be forged by whoever sends it.
+    pub fn is_proven(&self) -> bool {
+        matches!(self, ProbeKind::Connect)
+    }
+
     /// The scan name 1.2 prints (`TCP SYN/Normal scan`, …); Lua sees it as `kind`.
     pub fn describe(&self) -> String {
         match self {
@@ -205,6 +211,10 @@ pub struct Alert {
     pub count: u32,
     /// The source was already blocked: report it, do not act again.
     pub already_blocked: bool,
+    /// The evidence is enough to block: proven (a handshake) at `SCAN_TRIGGER`, forgeable
+    /// (raw segments, UDP) at `FORGEABLE_SCAN_TRIGGER`. Otherwise the alert is only logged,
+    /// within the log budget.
+    pub actionable: bool,
 }
 
 #[cfg(test)]

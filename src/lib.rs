@@ -5,9 +5,11 @@
 //! [`config`] arrives from the side as a whole new [`generation::Generation`].
 #![deny(missing_docs)]
 
+pub mod announce;
 pub mod block;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod event;
 pub mod filter;

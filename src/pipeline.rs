@@ -1,9 +1,9 @@
 //! Wires sensors -> filters -> responders over crossbeam channels.
 //!
 //! Two threads: the *filter* thread takes hits from every sensor and runs the filter chain
-//! (cheap, in memory); the *response* thread takes the alerts that passed, logs them and
-//! hands the hosts to block to the response stage's own block thread (commands, Lua; see
-//! [`crate::respond::stage`]). Sensors never block: their channel is bounded and a full channel
+//! (cheap, in memory); the *announcing* thread takes the alerts that passed, logs them and
+//! asks the block manager ([`crate::block::manager`]) to block, which runs the responders on
+//! its own pool. Sensors never block: their channel is bounded and a full channel
 //! counts a drop. A new config generation arrives on a control channel that beats data
 //! (`select_biased!`) and travels to the response thread in order with the alerts.
 
@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
 
+use crate::announce::Announcer;
 use crate::event::{Alert, Hit};
-use crate::filter::blocked::SharedRegistry;
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
 use crate::logging;
 use crate::report;
-use crate::respond::stage::ResponseStage;
 use crate::sensor::HitSink;
 
 /// Probes buffered between the sensors and the filters.
@@ -70,11 +69,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts both threads; the filters and the stage were built from the first generation.
-    pub fn start(
-        filters: Vec<Box<dyn Filter>>,
-        registry: SharedRegistry,
-        stage: ResponseStage,
-    ) -> std::io::Result<Pipeline> {
+    pub fn start(filters: Vec<Box<dyn Filter>>, stage: Announcer) -> std::io::Result<Pipeline> {
         let (hit_tx, hit_rx) = bounded::<Hit>(HIT_QUEUE);
         let (control_tx, control_rx) = unbounded::<FilterMsg>();
         let (alert_tx, alert_rx) = bounded::<ResponseMsg>(ALERT_QUEUE);
@@ -91,7 +86,6 @@ impl Pipeline {
             .spawn(move || {
                 let mut worker = FilterWorker {
                     filters,
-                    registry,
                     alerts: alert_tx,
                     stats: filter_stats,
                     sink: filter_sink,
@@ -182,7 +176,6 @@ impl DropReport {
 
 struct FilterWorker {
     filters: Vec<Box<dyn Filter>>,
-    registry: SharedRegistry,
     alerts: Sender<ResponseMsg>,
     stats: Arc<Stats>,
     sink: HitSink,
@@ -233,6 +226,7 @@ impl FilterWorker {
             hit,
             count: 0,
             already_blocked: false,
+            actionable: true,
         };
         for f in &mut self.filters {
             match f.inspect(&mut candidate) {
@@ -254,19 +248,13 @@ impl FilterWorker {
                 }
             }
         }
-        let src = candidate.hit.src;
-        let reserved = !candidate.already_blocked;
+        // A lost alert reserved nothing: the host's next probe is judged afresh.
         match self.alerts.try_send(ResponseMsg::Alert(candidate)) {
             Ok(()) => {
                 self.stats.alerts.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.alerts_dropped.fetch_add(1, Ordering::Relaxed);
-                // The blocked filter may have reserved this host; a lost alert must not leave
-                // it marked as blocked when nothing was done.
-                if reserved {
-                    crate::filter::blocked::lock(&self.registry).release(src);
-                }
             }
         }
     }
@@ -275,7 +263,7 @@ impl FilterWorker {
 /// Alerts handled in one stderr batch at most (see [`logging::batched`]).
 const RESPONSE_BATCH: usize = 512;
 
-fn response_loop(mut stage: ResponseStage, alerts: Receiver<ResponseMsg>) {
+fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
     let mut handle = |msg: ResponseMsg| match msg {
         ResponseMsg::Alert(alert) => stage.handle(&alert),
         ResponseMsg::Reload(generation) => stage.reconfigure(generation),

@@ -63,6 +63,89 @@ pub fn already_blocked(alert: &Alert, resolved: &str) -> String {
     }
 }
 
+/// Ours: a probe from a host whose block is being applied (or lifted) right now; no second
+/// block is started.
+/// Worded like 1.2's "already blocked" line of the same mode, so a grep for one finds both.
+pub fn block_in_progress(alert: &Alert, resolved: &str) -> String {
+    if alert.hit.mode.is_raw() {
+        format!(
+            "attackalert: Host: {} block in progress Ignoring",
+            host_pair(resolved, alert.hit.src)
+        )
+    } else {
+        format!(
+            "attackalert: Host: {} block in progress. Ignoring",
+            alert.hit.src
+        )
+    }
+}
+
+/// Ours: a block was not even tried (the responders are swamped); nothing was recorded, so
+/// the host's next probe asks again.
+pub fn block_dropped(who: &str, why: &str) -> String {
+    format!("attackalert: Host {who} not blocked: {why}; it will be blocked on its next probe")
+}
+
+/// Ours: how long a block lasts, after the responders' lines.
+pub fn blocked_for(who: &str, duration: std::time::Duration, offences: u32) -> String {
+    let times = if offences > 1 {
+        format!(" (offence {offences})")
+    } else {
+        String::new()
+    };
+    format!(
+        "attackalert: Host {who} is blocked for {}{times}",
+        humantime::format_duration(round_secs(duration))
+    )
+}
+
+/// Ours: a block from the journal could not be re-applied at start; it is dropped so that
+/// the host's next probe blocks it again.
+pub fn restore_failed(who: &str) -> String {
+    format!(
+        "attackalert: ERROR: could not re-apply the block of host {who}; it is not blocked now          and will be blocked again on its next probe"
+    )
+}
+
+/// Ours: every block of the journal is back in force after a start (the figure admins and
+/// the benchmark read).
+pub fn restored(done: usize, failed: usize, took: std::time::Duration) -> String {
+    format!(
+        "adminalert: {done} block(s) re-applied in {} ms after start ({failed} could not be)",
+        took.as_millis()
+    )
+}
+
+/// Ours: the block expired and every action that could be undone was.
+pub fn unblocked_expired(who: &str, lasted: std::time::Duration) -> String {
+    format!(
+        "attackalert: Host {who} has been unblocked (block expired after {})",
+        humantime::format_duration(round_secs(lasted))
+    )
+}
+
+/// Ours: an operator lifted the block.
+pub fn unblocked_by_operator(who: &str) -> String {
+    format!("attackalert: Host {who} has been unblocked (by the operator)")
+}
+
+/// Ours: undoing one action failed; what it did may still be in force.
+pub fn undo_failed(who: &str, responder: &str, why: &str) -> String {
+    format!("attackalert: ERROR: could not undo {responder} for host {who}: {why}")
+}
+
+/// Ours: an action that cannot be undone stays in force after the block ends.
+pub fn undo_impossible(who: &str, responder: &str, why: &str) -> String {
+    format!(
+        "attackalert: WARNING: {responder} for host {who} cannot be undone and stays in place: {why}"
+    )
+}
+
+/// Durations in log lines to the second (`1h`, not `1h 2ms 3us`).
+fn round_secs(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs() + u64::from(d.subsec_millis() >= 500))
+}
+
 /// `BLOCK_TCP="0"` / `BLOCK_UDP="0"`: detection only.
 pub fn ignoring_response(proto: Proto) -> String {
     format!(
@@ -258,6 +341,7 @@ mod tests {
             hit: Hit::now(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 6)), 135, mode, kind),
             count: 1,
             already_blocked: false,
+            actionable: true,
         }
     }
 

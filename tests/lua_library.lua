@@ -98,6 +98,24 @@ eq(table.concat(fw.iptables.insert("iptables", "INPUT", fw.iptables.jump("ps")),
   "iptables -w -I INPUT 1 -j ps")
 eq(table.concat(fw.iptables.check("ip6tables", "ps", fw.iptables.host_rule("::1", "REJECT")), " "),
   "ip6tables -w -C ps -s ::1 -j REJECT")
+eq(table.concat(fw.iptables.delete("iptables", "ps", fw.iptables.host_rule("192.0.2.7")), " "),
+  "iptables -w -D ps -s 192.0.2.7 -j DROP")
+
+-- firewall: telling "already gone" from other failures of a delete
+local function result(status, stderr)
+  return { ok = status == 0, status = status, stderr = stderr, command = "x y" }
+end
+eq(fw.nft.not_found(result(1, "Error: Could not process rule: No such file or directory\n")), true)
+eq(fw.nft.not_found(result(1, "Error: Operation not permitted\n")), false)
+eq(fw.nft.not_found(result(0, "No such file or directory")), false)
+eq(fw.nft.not_found({ ok = false, error = "nft: not found", stderr = "", command = "nft" }), false)
+eq(fw.iptables.not_found(result(1, "iptables: Bad rule (does a matching rule exist in that chain?).\n")), true)
+eq(fw.iptables.not_found(result(1, "iptables: No chain/target/match by that name.\n")), true)
+eq(fw.iptables.not_found(result(4, "iptables: Permission denied\n")), false)
+eq(fw.failure(result(1, "Error: boom\n")), "command `x y` failed: exit 1: Error: boom")
+eq(fw.failure({ ok = false, timed_out = true, stderr = "", command = "x" }), "command `x` failed: timed out")
+eq(fw.failure({ ok = false, error = "x: not found", stderr = "", command = "x" }),
+  "command `x` failed: not started: x: not found")
 
 -- ratelimit: window, per-key, suppressed count, bounded keys
 local now = 1000

@@ -21,6 +21,28 @@ local function check_ip(ip)
   return fam
 end
 
+--- The error text for a failed portsentry.exec result, worded as `check = true` words it:
+--- "command `nft …` failed: exit 1: Error: …".
+function M.failure(r)
+  local how
+  if r.error then how = "not started: " .. r.error
+  elseif r.timed_out then how = "timed out"
+  elseif r.status then how = "exit " .. r.status
+  else how = "killed by signal " .. tostring(r.signal) end
+  local err = (r.stderr or ""):gsub("%s+$", "")
+  if err ~= "" then how = how .. ": " .. err:sub(1, 300) end
+  return "command `" .. tostring(r.command) .. "` failed: " .. how
+end
+
+local function failed_saying(r, ...)
+  if r.ok or r.error or r.timed_out or not r.status then return false end
+  local err = r.stderr or ""
+  for _, text in ipairs({ ... }) do
+    if err:find(text, 1, true) then return true end
+  end
+  return false
+end
+
 ------------------------------------------------------------------------ nftables
 
 --- Seconds as an nft duration: 5400 -> "1h30m", 0/nil -> nil (no timeout).
@@ -101,6 +123,12 @@ function M.nft.delete_element(nft, tbl, set, ip)
   return { nft, "delete", "element", "inet", tbl, set, "{ " .. ip .. " }" }
 end
 
+--- True when a failed `nft delete element` says the element, its set or its table is not
+--- there: an unblock finds it already gone (expired in the kernel, ruleset flushed).
+function M.nft.not_found(r)
+  return failed_saying(r, "No such file or directory")
+end
+
 ------------------------------------------------------------------------ iptables
 
 --- "iptables" for IPv4, "ip6tables" for IPv6 (or the given overrides).
@@ -135,6 +163,12 @@ function M.iptables.append(bin, chain, spec) return rule(bin, "-A", chain, spec)
 function M.iptables.insert(bin, chain, spec, pos) return rule(bin, "-I", chain, spec, pos or 1) end
 --- argv deleting the rule (-D).
 function M.iptables.delete(bin, chain, spec) return rule(bin, "-D", chain, spec) end
+
+--- True when a failed `iptables -D` says there is no such rule (or chain): an unblock finds
+--- it already gone.
+function M.iptables.not_found(r)
+  return failed_saying(r, "does a matching rule exist", "No chain/target/match by that name")
+end
 
 --- Rule spec dropping one host: {"-s", ip, "-j", target}.
 function M.iptables.host_rule(ip, target)

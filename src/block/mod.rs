@@ -214,8 +214,15 @@ pub(crate) mod time_text {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use std::time::SystemTime;
 
+    /// Latest time written: 9999-12-31T23:59:59Z (humantime cannot format later ones).
+    const LATEST: u64 = 253_402_300_799;
+
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+        // A clock before 1970 or a time past year 9999 (a huge `--for`) is clamped rather
+        // than allowed to fail the whole answer or journal line.
+        let latest = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LATEST);
+        let t = (*t).clamp(SystemTime::UNIX_EPOCH, latest);
+        s.serialize_str(&humantime::format_rfc3339_millis(t).to_string())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -269,6 +276,20 @@ mod tests {
         );
         let err = parse_target("10.0.0.x").unwrap_err();
         assert!(err.contains("not an IP address or CIDR"), "{err}");
+    }
+
+    #[test]
+    fn times_out_of_humantime_range_are_clamped_not_a_panic() {
+        #[derive(Serialize)]
+        struct T(#[serde(with = "time_text")] SystemTime);
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        let json = serde_json::to_string(&T(far)).unwrap();
+        assert_eq!(json, "\"9999-12-31T23:59:59.000Z\"");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(
+            serde_json::to_string(&T(before)).unwrap(),
+            "\"1970-01-01T00:00:00.000Z\""
+        );
     }
 
     #[test]

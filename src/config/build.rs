@@ -22,11 +22,20 @@ use super::{
     BlockLevel, Config, ConfigError, ConfigErrors, ConfigWarning, RawConfig, RawEntry, Template,
 };
 
+pub use super::unkill::derive_unkill_route;
+use super::unkill::{NO_UNKILL_RUN_CMD, no_unkill_route_why};
+
 /// The macro a route or hosts.deny template must contain to name the attacker.
 const TARGET_MACRO: &str = "$TARGET$";
 
 /// Default for an absent `ADVANCED_PORTS_*`, as in 1.2.
 const DEFAULT_ADVANCED_PORTS: u16 = 1024;
+
+/// `BLOCK_TIMEOUT_MAX` default: a week.
+const DEFAULT_BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `KILL_CMD_TIMEOUT` minimum: a shorter one kills even `ip route add` on a busy host.
+const MIN_KILL_CMD_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Reads one value into the config. `Err` is what is wrong and what was expected; pushed
 /// strings become warnings on the entry's line.
@@ -152,8 +161,8 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "KILL_CMD_TIMEOUT",
-        doc: "A responder command still running after this long is killed, e.g. \"30s\".",
-        set: |c, e, _| duration(&e.value).map(|v| c.kill_cmd_timeout = v),
+        doc: "A responder command still running after this long is killed, e.g. \"30s\" (at least 100ms).",
+        set: |c, e, _| kill_cmd_timeout(&e.value).map(|v| c.kill_cmd_timeout = v),
     },
     KeySpec {
         name: "SCAN_TRIGGER_WINDOW",
@@ -195,6 +204,105 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Memory limit of one Lua plugin's state, e.g. \"32M\" (at least 1M).",
         set: |_, e, _| lua_memory_limit(&e.value).map(|_| ()),
     },
+    KeySpec {
+        name: "UNKILL_ROUTE",
+        doc: "Shell command undoing KILL_ROUTE when a block ends (same macros); absent: derived \
+              from a KILL_ROUTE of a known form (ip route add, route add, iptables -I/-A, nft add \
+              element); empty: what KILL_ROUTE did is never undone.",
+        set: |c, e, w| {
+            c.unkill_route = template(e);
+            if c.unkill_route.is_some() && !e.value.contains(TARGET_MACRO) {
+                w.push(format!(
+                    "no {TARGET_MACRO} in the value: every block ends with the same command"
+                ));
+            }
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "UNKILL_RUN_CMD",
+        doc: "Shell command undoing KILL_RUN_CMD when a block ends (same macros); empty: none, \
+              what KILL_RUN_CMD did stays.",
+        set: |c, e, _| {
+            c.unkill_run_cmd = template(e);
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "BLOCK_TIMEOUT",
+        doc: "How long a first block lasts, e.g. \"1h\"; empty or \"0\": for ever (as in 1.2).",
+        set: |c, e, _| optional_duration(&e.value).map(|v| c.block_timeout = v),
+    },
+    KeySpec {
+        name: "BLOCK_TIMEOUT_FACTOR",
+        doc: "A repeat offender's next block lasts this many times the previous one (1 to 1000, \
+              e.g. \"2\" or \"1.5\").",
+        set: |c, e, _| timeout_factor(&e.value).map(|v| c.block_timeout_factor = v),
+    },
+    KeySpec {
+        name: "BLOCK_TIMEOUT_MAX",
+        doc: "The longest a growing block may last (default 1w, at least BLOCK_TIMEOUT).",
+        set: |c, e, _| duration(&e.value).map(|v| c.block_timeout_max = v),
+    },
+    KeySpec {
+        name: "BLOCK_TIMEOUT_JITTER",
+        doc: "Up to this much is added at random to each block, so its end cannot be predicted; \
+              \"0\": none.",
+        set: |c, e, _| {
+            optional_duration(&e.value).map(|v| c.block_timeout_jitter = v.unwrap_or_default())
+        },
+    },
+    KeySpec {
+        name: "FORGEABLE_SCAN_TRIGGER",
+        doc: "Distinct ports a source must probe before forgeable evidence (a raw segment, any \
+              UDP datagram) blocks it, whatever SCAN_TRIGGER says (1-65535, default 3).",
+        set: |c, e, _| {
+            whole_number(&e.value, 1, 65535)
+                .map(|v| c.forgeable_scan_trigger = u32::try_from(v).unwrap_or(3))
+        },
+    },
+    KeySpec {
+        name: "FORGEABLE_BLOCK_TIMEOUT",
+        doc: "How long a first block on forgeable evidence lasts (default 1h, escalating like \
+              any block); \"0\": as BLOCK_TIMEOUT.",
+        set: |c, e, _| optional_duration(&e.value).map(|v| c.forgeable_block_timeout = v),
+    },
+    KeySpec {
+        name: "BLOCK_RATE_LIMIT",
+        doc: "New blocks a minute at most (token bucket; default 60; \"0\": no limit). When \
+              short, the best evidence is served first.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000)
+                .map(|v| c.block_rate_limit = u32::try_from(v).unwrap_or(60))
+        },
+    },
+    KeySpec {
+        name: "MAX_ACTIVE_BLOCKS",
+        doc: "Blocks in force at most (default 10000; \"0\": no limit).",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 10_000_000)
+                .map(|v| c.max_active_blocks = usize::try_from(v).unwrap_or(10_000))
+        },
+    },
+    KeySpec {
+        name: "LOG_RATE_LIMIT",
+        doc: "Detection lines a second at most for probes that are not acted on (default 200; \
+              \"0\": no limit); the rest are counted in a summary every 10 s.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000)
+                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(200))
+        },
+    },
+    KeySpec {
+        name: "BLOCK_STATE_FILE",
+        doc: "Journal of the blocks in force (JSON lines), so they expire and undo across restarts.",
+        set: |c, e, _| path(&e.value).map(|v| c.block_state_file = v),
+    },
+    KeySpec {
+        name: "CONTROL_SOCKET",
+        doc: "Unix socket the list, block and unblock commands talk to the daemon through.",
+        set: |c, e, _| path(&e.value).map(|v| c.control_socket = v),
+    },
 ];
 
 /// Looks a key up in [`KEYS`].
@@ -230,6 +338,19 @@ pub fn defaults(path: &Path) -> Config {
         kill_run_cmd: None,
         kill_run_cmd_first: false,
         kill_cmd_timeout: Duration::from_secs(30),
+        unkill_route: None,
+        unkill_run_cmd: None,
+        block_timeout: None,
+        block_timeout_factor: 2.0,
+        block_timeout_max: DEFAULT_BLOCK_TIMEOUT_MAX,
+        block_timeout_jitter: Duration::ZERO,
+        forgeable_scan_trigger: 3,
+        forgeable_block_timeout: Some(Duration::from_secs(3600)),
+        block_rate_limit: 60,
+        max_active_blocks: 10_000,
+        log_rate_limit: 200,
+        block_state_file: PathBuf::from("/var/lib/portsentry/portsentry.state"),
+        control_socket: PathBuf::from("/run/portsentry/portsentry.sock"),
         scan_trigger: 0,
         scan_trigger_window: Duration::from_secs(3600),
         scan_trigger_table_size: 65536,
@@ -317,6 +438,15 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
             }
         }
     }
+    block_timeout_pass(raw, &mut config, &mut errors);
+    if !raw.entries.iter().any(|e| e.key == "UNKILL_ROUTE") {
+        config.unkill_route = config.kill_route.as_ref().and_then(|kill| {
+            derive_unkill_route(&kill.text).map(|text| Template {
+                text,
+                line: kill.line,
+            })
+        });
+    }
     for key in ["ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP"] {
         if !raw.entries.iter().any(|e| e.key == key) {
             config.warnings.push(ConfigWarning {
@@ -331,6 +461,30 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
         }
     }
     (config, errors)
+}
+
+/// Rules between the `BLOCK_TIMEOUT*` keys. A `BLOCK_TIMEOUT_MAX` below `BLOCK_TIMEOUT` is an
+/// error on its line; when only `BLOCK_TIMEOUT` is set and longer than the default maximum,
+/// the maximum follows it (blocks then never grow, rather than being cut short).
+fn block_timeout_pass(raw: &RawConfig, config: &mut Config, errors: &mut Vec<ConfigError>) {
+    let Some(first) = config.block_timeout else {
+        return;
+    };
+    match raw.entries.iter().find(|e| e.key == "BLOCK_TIMEOUT_MAX") {
+        Some(entry) if config.block_timeout_max < first && duration(&entry.value).is_ok() => errors
+            .push(ConfigError {
+                file: raw.path.clone(),
+                line: entry.line,
+                message: format!(
+                    "{}: \"{}\": shorter than BLOCK_TIMEOUT ({}); expected at least that",
+                    entry.key,
+                    entry.value,
+                    humantime::format_duration(first)
+                ),
+            }),
+        Some(_) => {}
+        None => config.block_timeout_max = config.block_timeout_max.max(first),
+    }
 }
 
 /// `NFTABLES_` for plugin `nftables`: the prefix of settings that belong to a listed Lua
@@ -356,20 +510,65 @@ fn plugin_prefixes(raw: &RawConfig) -> Vec<String> {
 /// words holding a `$` cannot be judged and are skipped. A bare name is searched in `$PATH`
 /// and in the standard system directories (the daemon runs as root, whose path holds the
 /// `sbin` directories that a user's `$PATH` may lack).
+///
+/// When `BLOCK_TIMEOUT` is set, it also names each responder in use whose blocks cannot be
+/// undone, so the admin learns before the first expiry that a route or rule will stay.
 pub fn command_warnings(config: &Config) -> Vec<ConfigWarning> {
-    [
-        ("KILL_ROUTE", &config.kill_route),
-        ("KILL_RUN_CMD", &config.kill_run_cmd),
+    // A derived UNKILL_ROUTE runs KILL_ROUTE's program: checking it again would repeat that
+    // warning.
+    let explicit_unkill = config.raw.contains_key("UNKILL_ROUTE");
+    let unkill_route = config.unkill_route.as_ref().filter(|_| explicit_unkill);
+    let programs = [
+        ("KILL_ROUTE", config.kill_route.as_ref()),
+        ("UNKILL_ROUTE", unkill_route),
+        ("KILL_RUN_CMD", config.kill_run_cmd.as_ref()),
+        ("UNKILL_RUN_CMD", config.unkill_run_cmd.as_ref()),
     ]
     .into_iter()
     .filter_map(|(key, template)| {
-        let template = template.as_ref()?;
+        let template = template?;
         let program = first_program(&template.text)?;
         let problem = program_problem(&program)?;
         Some(ConfigWarning {
             file: config.path.clone(),
             line: template.line,
             message: format!("{key}: program \"{program}\" {problem}"),
+        })
+    });
+    programs.chain(undo_warnings(config)).collect()
+}
+
+/// The responders in use whose blocks would outlive their end, when blocks end at all.
+fn undo_warnings(config: &Config) -> Vec<ConfigWarning> {
+    if config.block_timeout.is_none() {
+        return Vec::new();
+    }
+    let levels = [config.block_tcp, config.block_udp];
+    let route_runs = levels.contains(&BlockLevel::All);
+    let command_runs = route_runs || levels.contains(&BlockLevel::RunCmdOnly);
+    [
+        (
+            "KILL_ROUTE",
+            config.kill_route.as_ref(),
+            route_runs && config.unkill_route.is_none(),
+            no_unkill_route_why(config),
+        ),
+        (
+            "KILL_RUN_CMD",
+            config.kill_run_cmd.as_ref(),
+            command_runs && config.unkill_run_cmd.is_none(),
+            NO_UNKILL_RUN_CMD,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, template, kept, why)| {
+        let template = template.filter(|_| kept)?;
+        Some(ConfigWarning {
+            file: config.path.clone(),
+            line: template.line,
+            message: format!(
+                "{key}: blocks that expire or are unblocked keep what this command did ({why})"
+            ),
         })
     })
     .collect()
@@ -509,6 +708,43 @@ fn duration(value: &str) -> Result<Duration, String> {
         return Err("must be longer than 0s".into());
     }
     Ok(d)
+}
+
+/// A duration where empty, `"0"` or any zero duration means "none" (`BLOCK_TIMEOUT`:
+/// permanent; `BLOCK_TIMEOUT_JITTER`: no jitter).
+fn optional_duration(value: &str) -> Result<Option<Duration>, String> {
+    let text = value.trim();
+    if text.is_empty() || text == "0" {
+        return Ok(None);
+    }
+    match duration(text) {
+        Err(_) if humantime::parse_duration(text).is_ok_and(|d| d.is_zero()) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+fn kill_cmd_timeout(value: &str) -> Result<Duration, String> {
+    let d = duration(value)?;
+    if d < MIN_KILL_CMD_TIMEOUT {
+        return Err("too short (minimum 100ms)".into());
+    }
+    Ok(d)
+}
+
+/// `BLOCK_TIMEOUT_FACTOR`: a plain decimal (`2`, `1.5`) from 1 to 1000; no sign, exponent,
+/// `inf` or `nan`, which `f64::from_str` would take.
+fn timeout_factor(value: &str) -> Result<f64, String> {
+    let text = value.trim();
+    let expected = "expected a number from 1 to 1000, e.g. \"2\" or \"1.5\"";
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) || text.ends_with('.') {
+        return Err(format!("not a decimal number ({expected})"));
+    }
+    match text.parse::<f64>() {
+        Ok(f) if (1.0..=1000.0).contains(&f) => Ok(f),
+        _ => Err(format!("out of range ({expected})")),
+    }
 }
 
 /// `LUA_CALL_TIMEOUT`: a duration between 10 ms and 1 h. Shared with the Lua loader, which

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod parse;
 pub mod ports;
+pub mod unkill;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -121,6 +122,38 @@ pub struct Config {
     pub kill_run_cmd_first: bool,
     /// `KILL_CMD_TIMEOUT` (ours): a responder command is killed after this long.
     pub kill_cmd_timeout: Duration,
+    /// `UNKILL_ROUTE` (ours): undoes `KILL_ROUTE` when a block expires or is lifted; when
+    /// absent, derived from a `KILL_ROUTE` whose undo is known (`ip route add` -> `del`);
+    /// `None`: what `KILL_ROUTE` did stays.
+    pub unkill_route: Option<Template>,
+    /// `UNKILL_RUN_CMD` (ours): undoes `KILL_RUN_CMD`; `None`: what it did stays.
+    pub unkill_run_cmd: Option<Template>,
+    /// `BLOCK_TIMEOUT` (ours): how long a first block lasts; `None`: for ever, as in 1.2.
+    pub block_timeout: Option<Duration>,
+    /// `BLOCK_TIMEOUT_FACTOR` (ours): a repeat offender's next block lasts this many times
+    /// the previous one, so persistent scanners stay out longer.
+    pub block_timeout_factor: f64,
+    /// `BLOCK_TIMEOUT_MAX` (ours): the longest a growing block may last.
+    pub block_timeout_max: Duration,
+    /// `BLOCK_TIMEOUT_JITTER` (ours): up to this much is added at random to each block, so
+    /// that a botnet cannot time its return to the second.
+    pub block_timeout_jitter: Duration,
+    /// `FORGEABLE_SCAN_TRIGGER` (ours): distinct ports before forgeable evidence blocks.
+    pub forgeable_scan_trigger: u32,
+    /// `FORGEABLE_BLOCK_TIMEOUT` (ours): first-block duration on forgeable evidence; `None`:
+    /// as `BLOCK_TIMEOUT`.
+    pub forgeable_block_timeout: Option<Duration>,
+    /// `BLOCK_RATE_LIMIT` (ours): new blocks a minute; 0: no limit.
+    pub block_rate_limit: u32,
+    /// `MAX_ACTIVE_BLOCKS` (ours): blocks in force at most; 0: no limit.
+    pub max_active_blocks: usize,
+    /// `LOG_RATE_LIMIT` (ours): detection lines a second for probes not acted on; 0: no limit.
+    pub log_rate_limit: u32,
+    /// `BLOCK_STATE_FILE` (ours): the JSON-lines journal of blocks, so expiry and undo
+    /// survive restarts.
+    pub block_state_file: PathBuf,
+    /// `CONTROL_SOCKET` (ours): the unix socket `portsentry list/block/unblock` talk to.
+    pub control_socket: PathBuf,
     /// `SCAN_TRIGGER`: 0 and 1 fire on the first probe, N on the Nth distinct one.
     pub scan_trigger: u32,
     /// `SCAN_TRIGGER_WINDOW` (ours): probes older than this no longer count.

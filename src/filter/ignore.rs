@@ -303,6 +303,7 @@ mod tests {
             hit: Hit::now(ip(src), 111, Mode::Stcp, ProbeKind::Syn),
             count: 0,
             already_blocked: false,
+            actionable: true,
         }
     }
 

@@ -42,14 +42,11 @@ pub trait Filter: Send {
 /// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked.
 pub fn standard_chain(
     generation: &Generation,
-    registry: &blocked::SharedRegistry,
+    view: &crate::block::view::BlockView,
 ) -> Vec<Box<dyn Filter>> {
     vec![
         Box::new(ignore::IgnoreFilter::new(generation)),
         Box::new(trigger::TriggerFilter::new(&generation.config)),
-        Box::new(blocked::BlockedFilter::new(
-            std::sync::Arc::clone(registry),
-            generation,
-        )),
+        Box::new(blocked::BlockedFilter::new(view.clone())),
     ]
 }

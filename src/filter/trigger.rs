@@ -588,6 +588,7 @@ mod tests {
             hit: Hit::now(ip(src), port, mode, ProbeKind::Syn),
             count: 0,
             already_blocked: false,
+            actionable: true,
         }
     }
 

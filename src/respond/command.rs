@@ -184,6 +184,7 @@ mod tests {
             ),
             count: 1,
             already_blocked: false,
+            actionable: true,
         }
     }
 

@@ -1,12 +1,28 @@
-//! `KILL_HOSTS_DENY`: a TCP-wrappers line appended to `HOSTS_DENY_FILE` (`/etc/hosts.deny`).
+//! `KILL_HOSTS_DENY`: a TCP-wrappers line appended to `HOSTS_DENY_FILE` (`/etc/hosts.deny`),
+//! and [`remove_line`], which takes it out again when the block ends.
+//!
+//! Appends and removals in this process take one lock, so an expiry rewriting the file can
+//! never lose a line a new block appends at the same moment.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::command::expand_macros;
-use super::{Action, Outcome, Responder, ResponseContext};
+use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::report;
+
+/// Serialises edits of deny files by this process (appends by the block thread, removals by
+/// the block manager's workers).
+static EDIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Whether a line of the file is the responder's line: the same text, trailing blanks (and a
+/// CR) aside, as a hand edit may leave them.
+fn is_line(file_line: &[u8], line: &str) -> bool {
+    file_line.trim_ascii_end() == line.as_bytes()
+}
 
 /// Appends the configured line once per host; an identical line already in the file is not
 /// written again (restarts and re-scans must not grow the file).
@@ -25,13 +41,13 @@ impl HostsDenyResponder {
     }
 
     fn append(&self, line: &str) -> std::io::Result<bool> {
+        let _edit = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let existing = match std::fs::read(&self.file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let text = String::from_utf8_lossy(&existing);
-        if text.lines().any(|l| l.trim_end() == line) {
+        if existing.split(|&b| b == b'\n').any(|l| is_line(l, line)) {
             return Ok(false);
         }
         let mut f = OpenOptions::new()
@@ -68,12 +84,98 @@ impl Responder for HostsDenyResponder {
                 Outcome::Done(Action {
                     responder: self.name(),
                     detail: format!("{}: {line}{note}", self.file.display()),
-                    undo: Default::default(),
+                    undo: Undo::RemoveLine {
+                        file: self.file.clone(),
+                        line,
+                    },
                 })
             }
             Err(e) => Outcome::Failed(format!("cannot append to {}: {e}", self.file.display())),
         }
     }
+}
+
+/// What [`remove_line`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// This many copies of the line were taken out.
+    Removed(usize),
+    /// The file holds no such line (any more).
+    NotPresent,
+    /// There is no such file (any more).
+    NoFile,
+}
+
+/// Takes every copy of `line` out of `file`, leaving the other lines byte for byte as they
+/// were. The new content is written to a temporary file beside the real one (a symlink is
+/// followed to it), given the original's mode and owner, synced, then renamed over it: a
+/// crash leaves the old file or the new one, never half of one.
+pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
+    let _edit = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let real = match std::fs::canonicalize(file) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::NoFile),
+        Err(e) => return Err(e),
+    };
+    let bytes = std::fs::read(&real)?;
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut removed = 0;
+    for piece in bytes.split_inclusive(|&b| b == b'\n') {
+        if is_line(piece.strip_suffix(b"\n").unwrap_or(piece), line) {
+            removed += 1;
+        } else {
+            kept.extend_from_slice(piece);
+        }
+    }
+    if removed == 0 {
+        return Ok(Removal::NotPresent);
+    }
+    replace_contents(&real, &kept)?;
+    Ok(Removal::Removed(removed))
+}
+
+/// Atomically replaces `path`'s contents, keeping its permissions and owner.
+fn replace_contents(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.portsentry.{}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)?;
+        f.write_all(contents)?;
+        if (meta.uid(), meta.gid()) != current_owner(&f)? {
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    // The rename is durable once the directory is synced too.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn current_owner(f: &File) -> std::io::Result<(u32, u32)> {
+    let m = f.metadata()?;
+    Ok((m.uid(), m.gid()))
 }
 
 #[cfg(test)]
@@ -90,7 +192,17 @@ mod tests {
         let mut r = HostsDenyResponder::new("ALL: $TARGET$ : DENY", file.clone());
         for _ in 0..2 {
             let outcome = respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect);
-            assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+            match outcome {
+                Outcome::Done(a) => assert_eq!(
+                    a.undo,
+                    Undo::RemoveLine {
+                        file: file.clone(),
+                        line: "ALL: 10.77.1.2 : DENY".into()
+                    },
+                    "the undo is recorded whether or not the line was already there"
+                ),
+                other => panic!("{other:?}"),
+            }
         }
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
@@ -103,5 +215,73 @@ mod tests {
         let mut r = HostsDenyResponder::new("ALL: $TARGET$", "/nonexistent/dir/hosts.deny".into());
         let outcome = respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect);
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn remove_line_takes_out_every_copy_and_leaves_other_bytes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        let before = "# keep me\r\nALL: 10.77.1.2 : DENY\nsshd: 10.77.1.2\nALL: 10.77.1.20 : DENY\n\
+                      ALL: 10.77.1.2 : DENY  \nlast line without newline";
+        std::fs::write(&file, before).unwrap();
+        assert_eq!(
+            remove_line(&file, "ALL: 10.77.1.2 : DENY").unwrap(),
+            Removal::Removed(2)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "# keep me\r\nsshd: 10.77.1.2\nALL: 10.77.1.20 : DENY\nlast line without newline"
+        );
+        assert_eq!(
+            remove_line(&file, "ALL: 10.77.1.2 : DENY").unwrap(),
+            Removal::NotPresent
+        );
+        assert_eq!(
+            remove_line(&file, "last line without newline").unwrap(),
+            Removal::Removed(1)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "# keep me\r\nsshd: 10.77.1.2\nALL: 10.77.1.20 : DENY\n"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn remove_line_keeps_mode_and_owner_and_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.deny");
+        std::fs::write(&real, "a\nALL: x\nb\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Giving the file another owner needs root; without it only the mode is checked.
+        let root = nix::unistd::Uid::effective().is_root();
+        if root {
+            std::os::unix::fs::chown(&real, Some(1), Some(2)).unwrap();
+        }
+        let link = dir.path().join("hosts.deny");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(remove_line(&link, "ALL: x").unwrap(), Removal::Removed(1));
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let meta = std::fs::metadata(&real).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        if root {
+            assert_eq!((meta.uid(), meta.gid()), (1, 2));
+        }
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "a\nb\n");
+    }
+
+    #[test]
+    fn remove_line_of_a_missing_file_is_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            remove_line(&dir.path().join("nope"), "ALL: x").unwrap(),
+            Removal::NoFile
+        );
     }
 }

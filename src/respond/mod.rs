@@ -1,15 +1,18 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`); custom ones in Lua ([`lua`]). They run on the response thread, never on
-//! the detection path, and each reports what it did so that a block can later be undone.
+//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`);
+//! custom ones in Lua ([`lua`]). They run on the block manager's [`pool`] of workers, never
+//! on the detection path, and each reports what it did and how to undo it; [`undo`] takes a
+//! block back when it ends.
 
 pub mod command;
 pub mod hosts_deny;
 pub mod lua;
 pub mod nftables;
+pub mod pool;
 pub mod resolve;
 pub mod shell;
-pub mod stage;
+pub mod undo;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -154,6 +157,7 @@ pub(crate) fn respond_once(
         hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     responder.respond(&ResponseContext::for_alert(&alert, src, &config))
 }

@@ -69,10 +69,18 @@ fn nmap_connect_scan_over_ipv4_is_logged_and_blocked_by_every_responder() {
         ),
         10,
     );
-    // Later probes of the same scan find the host already blocked.
-    d.expect_line(
-        &format!("attackalert: Host: {att} is already blocked. Ignoring"),
-        10,
+    // Later probes of the same scan start no second block: the host is being blocked, or
+    // already is.
+    let already = format!("attackalert: Host: {att} is already blocked. Ignoring");
+    let in_progress = format!("attackalert: Host: {att} block in progress. Ignoring");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.count(&already) + d.count(&in_progress) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        d.count(&already) + d.count(&in_progress) > 0,
+        "{:?}",
+        d.lines()
     );
     assert_eq!(lab.read("hosts.deny"), format!("ALL: {att} : DENY\n"));
     assert!(
@@ -291,16 +299,36 @@ fn legitimate_connection_to_a_real_service_is_not_reported() {
 }
 
 #[test]
-fn blocks_made_by_an_earlier_run_are_still_known_after_restart() {
+fn blocks_made_by_an_earlier_run_are_re_applied_after_restart() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "");
     let mut d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
     lab.scan("-sT", "79", false);
     d.expect_line("has been blocked via wrappers", 20);
     d.stop();
-    // Lift the route so the scanner can reach us again; the blocked file still knows it.
+    // The route is lost while the daemon is down (a reboot, `ip route flush`): the restart
+    // puts it back, without a second history line or hosts.deny line.
     lab.defend(&["ip", "route", "del", "unreachable", &lab.att4]);
+    assert!(
+        !lab.def_routes()
+            .contains(&format!("unreachable {}", lab.att4))
+    );
     let d2 = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !lab
+        .def_routes()
+        .contains(&format!("unreachable {}", lab.att4))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        lab.def_routes()
+            .contains(&format!("unreachable {}", lab.att4)),
+        "{}",
+        lab.def_routes()
+    );
+    lab.defend(&["ip", "route", "del", "unreachable", &lab.att4]);
     lab.scan("-sT", "11", false);
     d2.expect_line(
         &format!(

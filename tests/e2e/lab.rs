@@ -440,12 +440,16 @@ impl Lab {
              HISTORY_FILE=\"{history}\"\n\
              BLOCKED_FILE=\"{blocked}\"\n\
              HOSTS_DENY_FILE=\"{deny}\"\n\
+             BLOCK_STATE_FILE=\"{state}\"\n\
+             CONTROL_SOCKET=\"{socket}\"\n\
              RESOLVE_HOST=\"0\"\n\
              SCAN_TRIGGER=\"0\"\n",
             ignore = self.path("portsentry.ignore").display(),
             history = self.path("portsentry.history").display(),
             blocked = self.path("portsentry.blocked").display(),
             deny = self.path("hosts.deny").display(),
+            state = self.path("portsentry.state").display(),
+            socket = self.path("ctl.sock").display(),
         )
     }
 
@@ -459,6 +463,56 @@ impl Lab {
                 .expect("write ignore");
         }
         conf
+    }
+
+    /// Runs the control client (`portsentry <args>`) against the lab daemon's socket.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let sock = self.path("ctl.sock");
+        Command::new("timeout")
+            .arg("120")
+            .arg(binary())
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .expect("run the control client")
+    }
+
+    /// Runs the control client and returns its stdout; panics with its output on failure.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "portsentry {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Opens a TCP connection from the attacker namespace, from source address `src`, to
+    /// the defender's `port` (IPv4 or IPv6 by `src`); true when it was accepted within 2 s.
+    pub fn connect_from(&self, src: &str, port: u16) -> bool {
+        let src: IpAddr = self.addr(src);
+        let dst = if src.is_ipv4() {
+            self.addr(&self.def4)
+        } else {
+            self.addr(&self.def6)
+        };
+        self.in_att(move || {
+            let domain = if src.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+            sock.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind source");
+            sock.connect_timeout(&SocketAddr::new(dst, port).into(), Duration::from_secs(2))
+                .is_ok()
+        })
+        .join()
+        .expect("attacker client")
     }
 
     /// Reads a file of the lab, empty when missing.
@@ -635,7 +689,8 @@ impl Daemon {
             .status();
     }
 
-    fn daemon_pid(&self) -> u32 {
+    /// The daemon's own pid (not the `timeout` wrapper's).
+    pub fn daemon_pid(&self) -> u32 {
         // `timeout` is the direct child; the daemon is its only child.
         let out = Command::new("pgrep")
             .args(["-P", &self.child.id().to_string()])

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use portsentry::config::Config;
 use portsentry::event::{Alert, Hit, Mode, ProbeKind, Proto};
 use portsentry::respond::lua::{LuaError, LuaPlugins, test_plugin};
-use portsentry::respond::{Outcome, ResponseContext};
+use portsentry::respond::undo::UnblockReason;
+use portsentry::respond::{Outcome, ResponseContext, Undo};
 
 use crate::lab::{Lab, fake_sendmail, repo};
 
@@ -50,6 +51,7 @@ fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) 
         hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
+        actionable: true,
     };
     let ctx = ResponseContext::for_alert(&alert, resolved, config);
     plugins.on_alert(&ctx);
@@ -176,6 +178,94 @@ fn nftables_failure_is_reported_with_the_plugin_line() {
     assert!(report.contains("not started"), "{report}");
 }
 
+/// Runs `plugin`'s unblock handler for `target`, as the block manager does when it ends.
+fn unblock(
+    plugins: &LuaPlugins,
+    config: &Config,
+    plugin: &str,
+    target: &str,
+) -> Result<String, String> {
+    let alert = Alert {
+        hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
+        count: 1,
+        already_blocked: false,
+        actionable: true,
+    };
+    let ctx = ResponseContext::for_alert(&alert, target, config);
+    plugins.unblock(plugin, &ctx, UnblockReason::Expired)
+}
+
+/// Blocks each target through the single plugin loaded, expecting it to record its undo.
+fn block_undone_by_plugin(plugins: &LuaPlugins, config: &Config, plugin: &str, targets: &[&str]) {
+    for target in targets {
+        match &respond(plugins, config, target, target)[0] {
+            Outcome::Done(a) => assert_eq!(
+                a.undo,
+                Undo::Lua {
+                    plugin: plugin.into()
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn nftables_unblock_deletes_the_element_and_a_missing_one_is_fine() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["nftables"], &[("NFTABLES_NETNS", &lab.def)]);
+    let plugins = LuaPlugins::load(&c).expect("nftables loads");
+    block_undone_by_plugin(&plugins, &c, "nftables", &["192.0.2.7", "2001:db8::7"]);
+    let done = unblock(&plugins, &c, "nftables", "192.0.2.7").expect("unblocked");
+    assert!(
+        done.ends_with("nft delete element inet portsentry blocked_v4 { 192.0.2.7 }"),
+        "{done}"
+    );
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    assert!(!set4.contains("192.0.2.7"), "{set4}");
+    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    assert!(
+        set6.contains("2001:db8::7"),
+        "the other block stays: {set6}"
+    );
+    // Again (an undo repeated after a crash), and after a flushed ruleset: already gone.
+    let again = unblock(&plugins, &c, "nftables", "192.0.2.7").expect("idempotent");
+    assert!(again.ends_with("(already gone)"), "{again}");
+    lab.defend_stdout(&["nft", "flush", "ruleset"]);
+    let flushed = unblock(&plugins, &c, "nftables", "2001:db8::7").expect("idempotent");
+    assert!(flushed.ends_with("(already gone)"), "{flushed}");
+}
+
+#[test]
+fn nftables_element_timeout_follows_the_block_time_left() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &["nftables"],
+        &[("NFTABLES_NETNS", &lab.def), ("NFTABLES_TIMEOUT", "1d")],
+    );
+    let plugins = LuaPlugins::load(&c).expect("nftables loads");
+    let alert = Alert {
+        hit: Hit::now(ip("192.0.2.7"), 31337, Mode::Stcp, ProbeKind::Syn),
+        count: 1,
+        already_blocked: false,
+        actionable: true,
+    };
+    let mut ctx = ResponseContext::for_alert(&alert, "192.0.2.7", &c);
+    ctx.until = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(5400));
+    match plugins.responders()[0].respond(&ctx) {
+        Outcome::Done(a) => assert!(a.detail.ends_with("{ 192.0.2.7 timeout 1h30m }"), "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A permanent block falls back to NFTABLES_TIMEOUT.
+    match &respond(&plugins, &c, "192.0.2.8", "192.0.2.8")[0] {
+        Outcome::Done(a) => assert!(a.detail.ends_with("{ 192.0.2.8 timeout 1d }"), "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 // ------------------------------------------------------------------ iptables
 
 #[test]
@@ -232,6 +322,31 @@ fn iptables_responder_recreates_a_deleted_chain() {
     }
     let rules = lab.defend_stdout(&["iptables", "-w", "-S", "portsentry"]);
     assert!(rules.contains("-s 192.0.2.9/32 -j DROP"), "{rules}");
+}
+
+#[test]
+fn iptables_unblock_deletes_the_rule_and_a_missing_one_is_fine() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &["iptables"], &[("IPTABLES_NETNS", &lab.def)]);
+    let plugins = LuaPlugins::load(&c).expect("iptables loads");
+    block_undone_by_plugin(&plugins, &c, "iptables", &["192.0.2.7", "192.0.2.8"]);
+    let done = unblock(&plugins, &c, "iptables", "192.0.2.7").expect("unblocked");
+    assert!(
+        done.ends_with("iptables -w -D portsentry -s 192.0.2.7 -j DROP"),
+        "{done}"
+    );
+    let rules = lab.defend_stdout(&["iptables", "-w", "-S", "portsentry"]);
+    assert!(!rules.contains("192.0.2.7/32"), "{rules}");
+    assert!(
+        rules.contains("192.0.2.8/32"),
+        "the other block stays: {rules}"
+    );
+    let again = unblock(&plugins, &c, "iptables", "192.0.2.7").expect("idempotent");
+    assert!(again.ends_with("(already gone)"), "{again}");
+    // IPv6 never blocked, its chain never made: already gone too.
+    let v6 = unblock(&plugins, &c, "iptables", "2001:db8::7").expect("idempotent");
+    assert!(v6.ends_with("(already gone)"), "{v6}");
 }
 
 // ------------------------------------------------------------------ mail
@@ -299,6 +414,38 @@ fn mail_subject_cannot_inject_headers_through_the_resolved_name() {
 }
 
 #[test]
+fn mail_plugin_stays_quiet_for_restored_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, spool) = mail_config(dir.path(), &[]);
+    let plugins = LuaPlugins::load(&c).expect("mail loads");
+    let alert = Alert {
+        hit: Hit::now(ip("192.0.2.1"), 31337, Mode::Stcp, ProbeKind::Syn),
+        count: 1,
+        already_blocked: false,
+        actionable: true,
+    };
+    let mut ctx = ResponseContext::for_alert(&alert, "192.0.2.1", &c);
+    ctx.restored = true;
+    match plugins.responders()[0].respond(&ctx) {
+        Outcome::Done(a) => {
+            assert_eq!(a.detail, "restored block: no mail");
+            assert_eq!(
+                a.undo,
+                Undo::Lua {
+                    plugin: "mail".into()
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!spool.exists(), "no mail was sent");
+    assert_eq!(
+        unblock(&plugins, &c, "mail", "192.0.2.1"),
+        Ok("lua:mail: nothing to undo (a mail cannot be unsent)".into())
+    );
+}
+
+#[test]
 fn mail_plugin_without_recipient_fails_to_load() {
     let err = load_error(&["mail"], &[]);
     assert!(err.to_string().contains("MAIL_TO"), "{err}");
@@ -342,7 +489,9 @@ fn jsonlog_plugin_writes_one_json_line_per_alert() {
         [Outcome::Done(portsentry::respond::Action {
             responder: "lua:jsonlog".into(),
             detail: format!("logged to {log_text}"),
-            undo: Default::default(),
+            undo: portsentry::respond::Undo::Impossible {
+                why: "lua:jsonlog registers no unblock handler".into()
+            },
         })]
     );
     respond(&plugins, &c, "2001:db8::7", "2001:db8::7");

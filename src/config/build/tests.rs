@@ -183,6 +183,9 @@ fn path_keys_take_the_value_as_written() {
     assert_eq!(c.hosts_deny_file, Path::new("/tmp/hosts.deny"));
     assert_eq!(c.plugin_dir, Path::new("/tmp/plugins"));
     assert_eq!(c.lua_lib_dir, Path::new("/tmp/lua"));
+    let c = clean("BLOCK_STATE_FILE=\"/tmp/s\"\nCONTROL_SOCKET=\"/tmp/sock\"\n");
+    assert_eq!(c.block_state_file, Path::new("/tmp/s"));
+    assert_eq!(c.control_socket, Path::new("/tmp/sock"));
 }
 
 #[test]
@@ -194,6 +197,8 @@ fn empty_path_is_an_error_for_every_path_key() {
         "HOSTS_DENY_FILE",
         "PLUGIN_DIR",
         "LUA_PATH_DIR",
+        "BLOCK_STATE_FILE",
+        "CONTROL_SOCKET",
     ] {
         assert_eq!(
             error(&format!("{key}=\"\"\n")),
@@ -320,6 +325,182 @@ fn kill_run_cmd_needs_no_target() {
     );
 }
 
+// ---- UNKILL_* ----
+
+#[test]
+fn unkill_route_is_derived_from_a_known_kill_route_with_its_line() {
+    let c = clean("# c\nKILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n");
+    assert_eq!(
+        c.unkill_route,
+        Some(Template {
+            text: "/sbin/ip route del unreachable $TARGET$".into(),
+            line: 2
+        })
+    );
+    let c = clean("KILL_ROUTE=\"/usr/local/bin/block $TARGET$\"\n");
+    assert_eq!(c.unkill_route, None);
+    assert_eq!(clean("").unkill_route, None);
+}
+
+#[test]
+fn explicit_unkill_route_wins_wherever_it_is_and_empty_means_none() {
+    let c = clean(
+        "UNKILL_ROUTE=\"/usr/local/bin/unblock $TARGET$\"\n\
+         KILL_ROUTE=\"ip route add unreachable $TARGET$\"\n",
+    );
+    assert_eq!(
+        c.unkill_route,
+        Some(Template {
+            text: "/usr/local/bin/unblock $TARGET$".into(),
+            line: 1
+        })
+    );
+    let c = clean("KILL_ROUTE=\"ip route add unreachable $TARGET$\"\nUNKILL_ROUTE=\"\"\n");
+    assert_eq!(c.unkill_route, None);
+}
+
+#[test]
+fn unkill_route_without_target_is_kept_with_a_warning() {
+    let c = built("UNKILL_ROUTE=\"/usr/local/bin/flush-blocks\"\n");
+    assert_eq!(
+        c.unkill_route.map(|t| t.text).as_deref(),
+        Some("/usr/local/bin/flush-blocks")
+    );
+    assert_eq!(
+        warnings(&built("UNKILL_ROUTE=\"/usr/local/bin/flush-blocks\"\n")),
+        vec![
+            "portsentry.conf:1: UNKILL_ROUTE: no $TARGET$ in the value: \
+             every block ends with the same command"
+        ]
+    );
+}
+
+#[test]
+fn unkill_run_cmd_keeps_template_and_empty_means_none() {
+    let c = clean("UNKILL_RUN_CMD=\"/usr/local/bin/unpage $TARGET$\"\n");
+    assert_eq!(
+        c.unkill_run_cmd,
+        Some(Template {
+            text: "/usr/local/bin/unpage $TARGET$".into(),
+            line: 1
+        })
+    );
+    assert_eq!(clean("UNKILL_RUN_CMD=\"\"\n").unkill_run_cmd, None);
+}
+
+// ---- BLOCK_TIMEOUT* ----
+
+#[test]
+fn block_timeout_reads_a_duration_and_empty_or_zero_is_permanent() {
+    assert_eq!(
+        clean("BLOCK_TIMEOUT=\"1h 30m\"\n").block_timeout,
+        Some(Duration::from_secs(5400))
+    );
+    for permanent in ["", " ", "0", "0s"] {
+        assert_eq!(
+            clean(&format!("BLOCK_TIMEOUT=\"{permanent}\"\n")).block_timeout,
+            None,
+            "{permanent:?}"
+        );
+    }
+    assert_eq!(clean("").block_timeout, None);
+}
+
+#[test]
+fn block_timeout_malformed_forms_give_exact_errors() {
+    assert_eq!(
+        error("BLOCK_TIMEOUT=\"x\"\n"),
+        "portsentry.conf:1: BLOCK_TIMEOUT: \"x\": not a duration \
+         (expected number at 0); expected e.g. \"30s\", \"5m\" or \"1h\""
+    );
+}
+
+#[test]
+fn block_timeout_factor_reads_decimals_from_one_to_a_thousand() {
+    assert_eq!(clean("").block_timeout_factor, 2.0);
+    for (text, value) in [("1", 1.0), ("1.5", 1.5), (" 3 ", 3.0), ("1000", 1000.0)] {
+        assert_eq!(
+            clean(&format!("BLOCK_TIMEOUT_FACTOR=\"{text}\"\n")).block_timeout_factor,
+            value
+        );
+    }
+}
+
+#[test]
+fn block_timeout_factor_malformed_forms_give_exact_errors() {
+    for bad in ["0.5", "1000.5", "0"] {
+        assert_eq!(
+            error(&format!("BLOCK_TIMEOUT_FACTOR=\"{bad}\"\n")),
+            format!(
+                "portsentry.conf:1: BLOCK_TIMEOUT_FACTOR: \"{bad}\": out of range \
+                 (expected a number from 1 to 1000, e.g. \"2\" or \"1.5\")"
+            )
+        );
+    }
+    for bad in [
+        "", "x", "-2", "1e3", "inf", "NaN", "2.", ".5", "1.2.3", "2x",
+    ] {
+        assert_eq!(
+            error(&format!("BLOCK_TIMEOUT_FACTOR=\"{bad}\"\n")),
+            format!(
+                "portsentry.conf:1: BLOCK_TIMEOUT_FACTOR: \"{bad}\": not a decimal number \
+                 (expected a number from 1 to 1000, e.g. \"2\" or \"1.5\")"
+            )
+        );
+    }
+}
+
+#[test]
+fn block_timeout_max_defaults_to_a_week_and_reads_durations() {
+    assert_eq!(
+        clean("").block_timeout_max,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    let c = clean("BLOCK_TIMEOUT=\"1h\"\nBLOCK_TIMEOUT_MAX=\"1d\"\n");
+    assert_eq!(c.block_timeout_max, Duration::from_secs(86400));
+    let c = clean("BLOCK_TIMEOUT=\"1h\"\nBLOCK_TIMEOUT_MAX=\"1h\"\n");
+    assert_eq!(c.block_timeout_max, Duration::from_secs(3600));
+}
+
+#[test]
+fn block_timeout_max_below_block_timeout_is_an_error_on_its_line() {
+    assert_eq!(
+        error("BLOCK_TIMEOUT_MAX=\"1h\"\nBLOCK_TIMEOUT=\"2h\"\n"),
+        "portsentry.conf:1: BLOCK_TIMEOUT_MAX: \"1h\": shorter than BLOCK_TIMEOUT (2h); \
+         expected at least that"
+    );
+    // Without BLOCK_TIMEOUT blocks are permanent and the maximum does not matter.
+    assert_eq!(
+        clean("BLOCK_TIMEOUT_MAX=\"1m\"\n").block_timeout_max,
+        Duration::from_secs(60)
+    );
+    // A malformed maximum is reported once, for what it is.
+    assert_eq!(
+        error("BLOCK_TIMEOUT=\"2w\"\nBLOCK_TIMEOUT_MAX=\"x\"\n"),
+        "portsentry.conf:2: BLOCK_TIMEOUT_MAX: \"x\": not a duration \
+         (expected number at 0); expected e.g. \"30s\", \"5m\" or \"1h\""
+    );
+}
+
+#[test]
+fn block_timeout_max_follows_a_longer_block_timeout_when_unset() {
+    let c = clean("BLOCK_TIMEOUT=\"30d\"\n");
+    assert_eq!(c.block_timeout_max, Duration::from_secs(30 * 86400));
+}
+
+#[test]
+fn block_timeout_jitter_reads_a_duration_and_zero_is_none() {
+    assert_eq!(clean("").block_timeout_jitter, Duration::ZERO);
+    assert_eq!(
+        clean("BLOCK_TIMEOUT_JITTER=\"0\"\n").block_timeout_jitter,
+        Duration::ZERO
+    );
+    assert_eq!(
+        clean("BLOCK_TIMEOUT_JITTER=\"5m\"\n").block_timeout_jitter,
+        Duration::from_secs(300)
+    );
+}
+
 // ---- SCAN_TRIGGER ----
 
 #[test]
@@ -374,7 +555,13 @@ fn durations_take_humantime_units() {
 
 #[test]
 fn duration_bare_number_is_refused_with_a_unit_hint() {
-    for key in ["KILL_CMD_TIMEOUT", "SCAN_TRIGGER_WINDOW"] {
+    for key in [
+        "KILL_CMD_TIMEOUT",
+        "SCAN_TRIGGER_WINDOW",
+        "BLOCK_TIMEOUT",
+        "BLOCK_TIMEOUT_MAX",
+        "BLOCK_TIMEOUT_JITTER",
+    ] {
         assert_eq!(
             error(&format!("{key}=\"30\"\n")),
             format!(
@@ -403,6 +590,18 @@ fn duration_malformed_forms_give_exact_errors() {
     );
     assert!(error("SCAN_TRIGGER_WINDOW=\"5 parsecs\"\n")
         .starts_with("portsentry.conf:1: SCAN_TRIGGER_WINDOW: \"5 parsecs\": not a duration (unknown time unit \"parsecs\""));
+}
+
+#[test]
+fn kill_cmd_timeout_below_100ms_is_refused() {
+    assert_eq!(
+        error("KILL_CMD_TIMEOUT=\"50ms\"\n"),
+        "portsentry.conf:1: KILL_CMD_TIMEOUT: \"50ms\": too short (minimum 100ms)"
+    );
+    assert_eq!(
+        clean("KILL_CMD_TIMEOUT=\"100ms\"\n").kill_cmd_timeout,
+        Duration::from_millis(100)
+    );
 }
 
 // ---- SCAN_TRIGGER_TABLE_SIZE ----
@@ -559,11 +758,26 @@ fn absent_keys_keep_debian_defaults() {
 fn every_table_key_builds_from_a_valid_value() {
     let sample = |name: &str| match name {
         "TCP_PORTS" | "UDP_PORTS" | "ADVANCED_EXCLUDE_TCP" | "ADVANCED_EXCLUDE_UDP" => "1,2-3",
-        "ADVANCED_PORTS_TCP" | "ADVANCED_PORTS_UDP" | "SCAN_TRIGGER_TABLE_SIZE" => "100",
+        "ADVANCED_PORTS_TCP"
+        | "ADVANCED_PORTS_UDP"
+        | "SCAN_TRIGGER_TABLE_SIZE"
+        | "BLOCK_RATE_LIMIT"
+        | "MAX_ACTIVE_BLOCKS"
+        | "LOG_RATE_LIMIT" => "100",
+        "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
         "BLOCK_TCP" | "BLOCK_UDP" => "2",
-        "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" => "x $TARGET$",
-        "KILL_CMD_TIMEOUT" | "SCAN_TRIGGER_WINDOW" | "LUA_CALL_TIMEOUT" => "5m",
+        "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" | "UNKILL_ROUTE" | "UNKILL_RUN_CMD" => {
+            "x $TARGET$"
+        }
+        "KILL_CMD_TIMEOUT"
+        | "SCAN_TRIGGER_WINDOW"
+        | "LUA_CALL_TIMEOUT"
+        | "BLOCK_TIMEOUT"
+        | "BLOCK_TIMEOUT_MAX"
+        | "BLOCK_TIMEOUT_JITTER"
+        | "FORGEABLE_BLOCK_TIMEOUT" => "5m",
+        "BLOCK_TIMEOUT_FACTOR" => "1.5",
         "LUA_MEMORY_LIMIT" => "16M",
         "LUA_RESPONDERS" => "mail",
         _ => "/some/path",
@@ -611,7 +825,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 28);
+    assert_eq!(KEYS.len(), 41);
 }
 
 // ---- load ----
@@ -734,6 +948,88 @@ fn command_warnings_ignore_hosts_deny_line() {
     assert!(command_warnings(&c).is_empty());
 }
 
+#[test]
+fn command_warnings_check_explicit_undo_programs_only() {
+    let c = built(
+        "KILL_ROUTE=\"/nonexistent/ip route add unreachable $TARGET$\"\n\
+         UNKILL_RUN_CMD=\"/nonexistent/unpage $TARGET$\"\n",
+    );
+    assert_eq!(
+        command_messages(&c),
+        vec![
+            "portsentry.conf:1: KILL_ROUTE: program \"/nonexistent/ip\" does not exist",
+            "portsentry.conf:2: UNKILL_RUN_CMD: program \"/nonexistent/unpage\" does not exist",
+        ],
+        "the derived UNKILL_ROUTE is not checked again"
+    );
+    let c = built("UNKILL_ROUTE=\"/nonexistent/unroute $TARGET$\"\n");
+    assert_eq!(
+        command_messages(&c),
+        vec!["portsentry.conf:1: UNKILL_ROUTE: program \"/nonexistent/unroute\" does not exist"]
+    );
+}
+
+/// The `--check-config` warning about a responder whose blocks outlive their end.
+fn kept(line: usize, key: &str, why: &str) -> String {
+    format!(
+        "portsentry.conf:{line}: {key}: blocks that expire or are unblocked keep what this \
+         command did ({why})"
+    )
+}
+
+#[test]
+fn command_warnings_name_responders_whose_blocks_cannot_expire() {
+    let c = built(
+        "BLOCK_TCP=\"1\"\nBLOCK_TIMEOUT=\"1h\"\n\
+         KILL_ROUTE=\"/bin/sh -c 'echo $TARGET$'\"\nKILL_RUN_CMD=\"/bin/true $TARGET$\"\n",
+    );
+    assert_eq!(
+        command_messages(&c),
+        vec![
+            kept(
+                3,
+                "KILL_ROUTE",
+                "no UNKILL_ROUTE and KILL_ROUTE is not a form whose undo is known"
+            ),
+            kept(4, "KILL_RUN_CMD", "no UNKILL_RUN_CMD"),
+        ]
+    );
+}
+
+#[test]
+fn command_warnings_on_undo_need_a_timeout_and_a_responder_that_runs() {
+    let route = "KILL_ROUTE=\"/bin/sh -c 'echo $TARGET$'\"\nKILL_RUN_CMD=\"/bin/true\"\n";
+    // Permanent blocks: nothing to undo.
+    assert!(command_warnings(&built(&format!("BLOCK_TCP=\"1\"\n{route}"))).is_empty());
+    // Log only: nothing is blocked.
+    let c = built(&format!("BLOCK_TIMEOUT=\"1h\"\n{route}"));
+    assert!(command_warnings(&c).is_empty());
+    // Level 2 runs only the command.
+    let c = built(&format!("BLOCK_UDP=\"2\"\nBLOCK_TIMEOUT=\"1h\"\n{route}"));
+    assert_eq!(
+        command_messages(&c),
+        vec![kept(4, "KILL_RUN_CMD", "no UNKILL_RUN_CMD")]
+    );
+    // Undo known: no warning.
+    let c = built(
+        "BLOCK_TCP=\"1\"\nBLOCK_TIMEOUT=\"1h\"\nKILL_ROUTE=\"/bin/ip route add unreachable $TARGET$\"\n\
+         KILL_RUN_CMD=\"/bin/true $TARGET$\"\nUNKILL_RUN_CMD=\"/bin/true $TARGET$\"\n",
+    );
+    assert_eq!(command_messages(&c), Vec::<String>::new());
+}
+
+#[test]
+fn command_warnings_say_when_unkill_route_was_emptied_on_purpose() {
+    let c = built(
+        "BLOCK_TCP=\"1\"\nBLOCK_TIMEOUT=\"1h\"\n\
+         KILL_ROUTE=\"/bin/ip route add unreachable $TARGET$\"\nUNKILL_ROUTE=\"\"\n",
+    );
+    assert_eq!(
+        command_messages(&c),
+        vec![kept(3, "KILL_ROUTE", "UNKILL_ROUTE is empty")]
+    );
+}
+
 // ---- the shipped file ----
 
 fn shipped_conf() -> std::path::PathBuf {
@@ -755,6 +1051,11 @@ fn shipped_config_loads_without_errors_or_warnings() {
         Some("ALL: $TARGET$ : DENY")
     );
     assert_eq!(c.kill_run_cmd, None);
+    assert_eq!(
+        c.unkill_route.as_ref().map(|t| t.text.as_str()),
+        Some("/sbin/ip route del unreachable $TARGET$")
+    );
+    assert_eq!(c.block_timeout, None, "1.2: blocks are permanent");
     assert!(c.lua_responders.is_empty());
     let d = defaults(&shipped_conf());
     assert_eq!(c.tcp_ports, d.tcp_ports);
@@ -763,6 +1064,11 @@ fn shipped_config_loads_without_errors_or_warnings() {
     assert_eq!(c.advanced_exclude_udp, d.advanced_exclude_udp);
     assert_eq!(c.plugin_dir, d.plugin_dir);
     assert_eq!(c.lua_lib_dir, d.lua_lib_dir);
+    assert_eq!(c.block_timeout_factor, d.block_timeout_factor);
+    assert_eq!(c.block_timeout_max, d.block_timeout_max);
+    assert_eq!(c.block_timeout_jitter, d.block_timeout_jitter);
+    assert_eq!(c.block_state_file, d.block_state_file);
+    assert_eq!(c.control_socket, d.control_socket);
 }
 
 #[test]
@@ -827,4 +1133,50 @@ fn shipped_default_file_selects_advanced_modes() {
         .collect();
     assert_eq!(pairs, vec![("TCP_MODE", "atcp"), ("UDP_MODE", "audp")]);
     assert!(raw.warnings.is_empty());
+}
+
+#[test]
+fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
+    let c = build(&parse(Path::new("p.conf"), "").unwrap()).unwrap();
+    assert_eq!(c.forgeable_scan_trigger, 3);
+    assert_eq!(c.forgeable_block_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(c.block_rate_limit, 60);
+    assert_eq!(c.max_active_blocks, 10_000);
+    assert_eq!(c.log_rate_limit, 200);
+    let c = build(
+        &parse(
+            Path::new("p.conf"),
+            "FORGEABLE_BLOCK_TIMEOUT=\"0\"\nBLOCK_RATE_LIMIT=\"0\"\nFORGEABLE_SCAN_TRIGGER=\"1\"\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.forgeable_block_timeout, None, "0: as BLOCK_TIMEOUT");
+    assert_eq!(c.block_rate_limit, 0, "0: no limit");
+    assert_eq!(c.forgeable_scan_trigger, 1);
+    let errors = build(
+        &parse(
+            Path::new("p.conf"),
+            "FORGEABLE_SCAN_TRIGGER=\"0\"\nBLOCK_RATE_LIMIT=\"-1\"\nLOG_RATE_LIMIT=\"lots\"\n",
+        )
+        .unwrap(),
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("p.conf:1: FORGEABLE_SCAN_TRIGGER: \"0\": out of range")
+    );
+    assert!(
+        errors[1]
+            .to_string()
+            .starts_with("p.conf:2: BLOCK_RATE_LIMIT: \"-1\": not a whole number")
+    );
+    assert!(
+        errors[2]
+            .to_string()
+            .starts_with("p.conf:3: LOG_RATE_LIMIT:")
+    );
 }

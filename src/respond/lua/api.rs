@@ -157,7 +157,10 @@ fn on_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Function> {
         let Some(name) = EventName::from_name(&ev) else {
             return Err(raise(
                 lua,
-                format!("portsentry.on: unknown event '{ev}' (expected \"alert\" or \"block\")"),
+                format!(
+                    "portsentry.on: unknown event '{ev}' \
+                     (expected \"alert\", \"block\" or \"unblock\")"
+                ),
             ));
         };
         let Value::Function(f) = handler else {

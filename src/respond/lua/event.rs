@@ -1,13 +1,14 @@
 //! The event a handler receives, as owned data that can cross to the owner thread and
 //! become a plain Lua table there.
 
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, Table};
 
+use crate::block::{Target, target_text};
 use crate::event::{Mode, Proto};
 use crate::respond::ResponseContext;
+use crate::respond::undo::UnblockReason;
 
 /// Events a plugin can register for with `portsentry.on`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,17 +17,20 @@ pub enum EventName {
     Alert,
     /// A host is being blocked (the plugin acts as a responder and may veto).
     Block,
+    /// A block the plugin made ends (expired or lifted by hand): undo it.
+    Unblock,
 }
 
 impl EventName {
     /// Every event, in documentation order.
-    pub const ALL: [EventName; 2] = [EventName::Alert, EventName::Block];
+    pub const ALL: [EventName; 3] = [EventName::Alert, EventName::Block, EventName::Unblock];
 
     /// The name used in `portsentry.on(name, fn)` and in the event's `event` field.
     pub fn as_str(self) -> &'static str {
         match self {
             EventName::Alert => "alert",
             EventName::Block => "block",
+            EventName::Unblock => "unblock",
         }
     }
 
@@ -41,8 +45,9 @@ impl EventName {
 pub struct EventData {
     /// Which event this is.
     pub name: EventName,
-    /// Source address (always an IP, never a name).
-    pub ip: IpAddr,
+    /// Who is blocked: the source address (always an IP, never a name), or a network for
+    /// blocks made by hand.
+    pub target: Target,
     /// Destination port probed.
     pub port: u16,
     /// Protocol of the probe.
@@ -61,6 +66,12 @@ pub struct EventData {
     pub already_blocked: bool,
     /// IPv4 options were present.
     pub ip_options: bool,
+    /// Whole seconds until the block ends (at least 1); `None` when permanent.
+    pub timeout: Option<u64>,
+    /// The block is re-applied after a restart, not new.
+    pub restored: bool,
+    /// Why an `unblock` event happens; `None` for the other events.
+    pub reason: Option<UnblockReason>,
 }
 
 impl EventData {
@@ -70,7 +81,7 @@ impl EventData {
         let ip_text = hit.src.to_string();
         EventData {
             name,
-            ip: hit.src,
+            target: ctx.target,
             port: hit.port,
             proto: hit.proto(),
             mode: hit.mode,
@@ -81,6 +92,20 @@ impl EventData {
                 .then(|| ctx.resolved.to_string()),
             already_blocked: ctx.alert.already_blocked,
             ip_options: hit.ip_options,
+            timeout: ctx
+                .until
+                .map(|until| seconds_left(until, SystemTime::now())),
+            restored: ctx.restored,
+            reason: None,
+        }
+    }
+
+    /// The `unblock` event of the block `ctx` describes.
+    pub fn unblock(ctx: &ResponseContext<'_>, reason: UnblockReason) -> EventData {
+        EventData {
+            timeout: None,
+            reason: Some(reason),
+            ..EventData::from_context(EventName::Unblock, ctx)
         }
     }
 
@@ -96,8 +121,9 @@ impl EventData {
     pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
         let t = lua.create_table()?;
         t.raw_set("event", self.name.as_str())?;
-        t.raw_set("ip", self.ip.to_string())?;
-        t.raw_set("family", if self.ip.is_ipv4() { "ipv4" } else { "ipv6" })?;
+        t.raw_set("ip", target_text(&self.target))?;
+        let ipv4 = self.target.addr().is_ipv4();
+        t.raw_set("family", if ipv4 { "ipv4" } else { "ipv6" })?;
         t.raw_set("port", self.port)?;
         t.raw_set("proto", self.proto.lower())?;
         t.raw_set("mode", self.mode.as_str())?;
@@ -114,8 +140,38 @@ impl EventData {
         }
         t.raw_set("already_blocked", self.already_blocked)?;
         t.raw_set("ip_options", self.ip_options)?;
+        if let Some(secs) = self.timeout {
+            t.raw_set("timeout", i64::try_from(secs).unwrap_or(i64::MAX))?;
+        }
+        t.raw_set("restored", self.restored)?;
+        if let Some(reason) = self.reason {
+            t.raw_set("reason", reason.as_str())?;
+        }
         let config: Table = lua.named_registry_value(super::api::CONFIG_KEY)?;
         t.raw_set("config", config)?;
         Ok(t)
+    }
+}
+
+/// Whole seconds from `now` to `until`, rounded up and at least 1: a block about to end still
+/// has a timeout, and a kernel given 0 would read it as "for ever".
+fn seconds_left(until: SystemTime, now: SystemTime) -> u64 {
+    let left = until.duration_since(now).unwrap_or_default();
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_left;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn seconds_left_rounds_up_and_never_reaches_zero() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(seconds_left(now + Duration::from_secs(3600), now), 3600);
+        assert_eq!(seconds_left(now + Duration::from_millis(1500), now), 2);
+        assert_eq!(seconds_left(now, now), 1);
+        assert_eq!(seconds_left(now - Duration::from_secs(5), now), 1);
     }
 }

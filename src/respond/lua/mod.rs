@@ -7,7 +7,8 @@
 //! `LUA_RESPONDERS` from a [`Config`]; [`LuaPlugins::on_alert`] queues the `alert` event
 //! (dropping and counting when a queue is full); [`LuaPlugins::responders`] gives one
 //! [`Responder`] per plugin whose `respond` runs the `block` event and waits, bounded by
-//! the call budget, for its result. Dropping the last handle (and the responders) lets each
+//! the call budget, for its result; [`LuaPlugins::unblock`] runs a plugin's `unblock` event
+//! the same way when one of its blocks ends. Dropping the last handle (and the responders) lets each
 //! owner thread finish its queue and exit; a reload simply builds a new `LuaPlugins`.
 //!
 //! The plugin API is documented in `lua/README.md`.
@@ -27,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use crate::config::Config;
 use crate::config::build::{self, valid_plugin_name};
-use crate::respond::{Action, Outcome, Responder, ResponseContext};
+use crate::config::{Config, ConfigWarning};
+use crate::respond::undo::UnblockReason;
+use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
 pub use event::{EventData, EventName};
 pub use state::{CallOutcome, CallReport, TraceEntry};
@@ -349,7 +351,7 @@ fn serve_one(state: &PluginState, work: Work) {
                             target: "portsentry::lua",
                             "{e} ({} handler skipped for {})",
                             event.name.as_str(),
-                            event.ip
+                            crate::block::target_text(&event.target)
                         );
                     }
                 }
@@ -448,15 +450,95 @@ impl LuaPlugins {
                 .iter()
                 .position(|n| Some(n.as_str()) == e.plugin())
         });
-        Ok((
-            LuaPlugins {
-                inner: Arc::new(Inner {
-                    order: config.lua_responders.clone(),
-                    plugins,
-                }),
-            },
-            errors,
-        ))
+        let loaded = LuaPlugins {
+            inner: Arc::new(Inner {
+                order: config.lua_responders.clone(),
+                plugins,
+            }),
+        };
+        for w in loaded.undo_warnings(config) {
+            log::warn!(target: "portsentry::lua", "{w}");
+        }
+        Ok((loaded, errors))
+    }
+
+    /// With `BLOCK_TIMEOUT` set, one warning per loaded plugin that blocks but registers no
+    /// `unblock` handler: what it does to a host stays when the block ends. Logged at load.
+    pub fn undo_warnings(&self, config: &Config) -> Vec<ConfigWarning> {
+        if config.block_timeout.is_none() {
+            return Vec::new();
+        }
+        self.inner
+            .order
+            .iter()
+            .filter_map(|name| match self.inner.plugins.get(name).map(|s| &**s) {
+                Some(Slot::Ready(h))
+                    if h.handles(EventName::Block) && !h.handles(EventName::Unblock) =>
+                {
+                    Some(ConfigWarning {
+                        file: config.plugin_dir.join(format!("{name}.lua")),
+                        line: 0,
+                        message: format!(
+                            "lua:{name}: blocks that expire or are unblocked keep what this \
+                             plugin did (it registers no \"unblock\" handler)"
+                        ),
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs `plugin`'s `unblock` handlers for the block `ctx` describes, waiting (within the
+    /// plugin's budget) for them to finish. `Ok` says what was done (the handler's returned
+    /// string, or the commands it ran); `Err` why the block may still be in force.
+    pub fn unblock(
+        &self,
+        plugin: &str,
+        ctx: &ResponseContext<'_>,
+        reason: UnblockReason,
+    ) -> Result<String, String> {
+        let responder = format!("lua:{plugin}");
+        let handle = match self.inner.plugins.get(plugin).map(|s| &**s) {
+            Some(Slot::Ready(h)) => h,
+            Some(Slot::Broken(e)) => {
+                return Err(format!(
+                    "{e} (plugin not loaded, its unblock handler cannot run)"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{responder}: the plugin is not loaded (no longer in LUA_RESPONDERS?), \
+                     so its unblock handler cannot run"
+                ));
+            }
+        };
+        if !handle.handles(EventName::Unblock) {
+            return Err(format!(
+                "{responder}: the plugin no longer registers an unblock handler"
+            ));
+        }
+        let report = handle.call(EventData::unblock(ctx, reason))?;
+        match &report.outcome {
+            CallOutcome::Done(Some(detail)) => Ok(format!("{responder}: {detail}")),
+            CallOutcome::Done(None) => {
+                let cmds = commands_run(&report);
+                Ok(if cmds.is_empty() {
+                    format!("{responder}: unblock handler ran")
+                } else {
+                    format!("{responder}: {}", cmds.join("; "))
+                })
+            }
+            CallOutcome::NoHandler => Err(format!("{responder} has no unblock handler")),
+            CallOutcome::Veto(why) => Err(format!(
+                "{responder}: the unblock handler returned false{}",
+                why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+            )),
+            CallOutcome::Failed(e) => Err(e.to_string()),
+            CallOutcome::Expired => Err(format!(
+                "{responder}: the unblock waited in the queue past its budget and was not run"
+            )),
+        }
     }
 
     /// Queues the `alert` event for every plugin that handles it. Never blocks: when a
@@ -545,32 +627,48 @@ impl LuaPlugins {
     }
 }
 
-/// Turns a `block` call's report into a responder outcome.
-fn block_outcome(plugin: &str, report: &CallReport) -> Outcome {
+/// The commands a call ran, in order, for block and unblock details.
+fn commands_run(report: &CallReport) -> Vec<&str> {
+    report
+        .trace
+        .iter()
+        .filter_map(|t| match t {
+            TraceEntry::Exec(r) => Some(r.command.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Turns a `block` call's report into a responder outcome. `undoable`: the plugin registers
+/// an `unblock` handler, so the block is recorded as undone by it.
+fn block_outcome(plugin: &str, report: &CallReport, undoable: bool) -> Outcome {
     let responder = format!("lua:{plugin}");
+    let undo = if undoable {
+        Undo::Lua {
+            plugin: plugin.to_string(),
+        }
+    } else {
+        Undo::Impossible {
+            why: format!("{responder} registers no unblock handler"),
+        }
+    };
     match &report.outcome {
         CallOutcome::NoHandler => Outcome::Skipped(format!("{responder} has no block handler")),
         CallOutcome::Done(Some(detail)) => Outcome::Done(Action {
             responder,
             detail: detail.clone(),
-            undo: Default::default(),
+            undo,
         }),
         CallOutcome::Done(None) => {
-            let cmds: Vec<&str> = report
-                .trace
-                .iter()
-                .filter_map(|t| match t {
-                    TraceEntry::Exec(r) => Some(r.command.as_str()),
-                    _ => None,
-                })
-                .collect();
+            let cmds = commands_run(report);
             if cmds.is_empty() {
                 Outcome::Skipped(format!("{responder}: the block handler took no action"))
             } else {
+                let detail = cmds.join("; ");
                 Outcome::Done(Action {
                     responder,
-                    detail: cmds.join("; "),
-                    undo: Default::default(),
+                    detail,
+                    undo,
                 })
             }
         }
@@ -604,7 +702,7 @@ impl Responder for LuaResponder {
                     return Outcome::Skipped(format!("lua:{} has no block handler", self.name));
                 }
                 match h.call(EventData::from_context(EventName::Block, ctx)) {
-                    Ok(report) => block_outcome(&self.name, &report),
+                    Ok(report) => block_outcome(&self.name, &report, h.handles(EventName::Unblock)),
                     Err(msg) => Outcome::Failed(msg),
                 }
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::event::{Alert, Hit, Mode, ProbeKind};
+use crate::respond::undo::UnblockReason;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -54,6 +55,7 @@ fn alert(ip: &str, port: u16) -> Alert {
         hit: Hit::now(ip, port, Mode::Stcp, ProbeKind::Syn),
         count: 3,
         already_blocked: false,
+        actionable: true,
     }
 }
 
@@ -1006,7 +1008,7 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
         .filter(|t| matches!(t, TraceEntry::Log { .. }))
         .count();
     assert_eq!(logs, state::MAX_LOG_LINES);
-    match block_outcome("p", &report) {
+    match block_outcome("p", &report, false) {
         Outcome::Done(a) => assert!(a.detail.len() < 1100, "{}", a.detail.len()),
         other => panic!("{other:?}"),
     }
@@ -1036,4 +1038,216 @@ fn json_of_deep_or_cyclic_tables_fails_cleanly() {
     assert!(t.contains("portsentry.json"), "{t}");
     let t = assert_escape_fails("    portsentry.json({ f = print })", &[]);
     assert!(t.contains("portsentry.json"), "{t}");
+}
+
+// ---------------------------------------------------------------- unblock
+
+/// A plugin recording its block and unblock events in `P_FILE`.
+const RECORDER: &str = r#"
+local file = portsentry.config.file
+portsentry.on("block", function(ev)
+  portsentry.append_line(file, "block " .. ev.ip .. " " .. tostring(ev.timeout) .. " "
+    .. tostring(ev.restored) .. " " .. tostring(ev.reason))
+  return "added " .. ev.ip
+end)
+portsentry.on("unblock", function(ev)
+  portsentry.append_line(file, table.concat({ ev.event, ev.ip, ev.family, ev.port, ev.proto,
+    ev.mode, ev.reason, tostring(ev.timeout), tostring(ev.restored) }, " "))
+  return "removed " .. ev.ip
+end)
+"#;
+
+fn recorder() -> (Fixture, PathBuf) {
+    let f = Fixture::new(&[("p", RECORDER)], &[]);
+    let file = f.path("events.log");
+    let mut f = f;
+    f.config
+        .raw
+        .insert("P_FILE".into(), file.display().to_string());
+    (f, file)
+}
+
+#[test]
+fn plugin_with_an_unblock_handler_records_a_lua_undo() {
+    let (f, _) = recorder();
+    let plugins = f.load();
+    match block1(&plugins, &f.config, "192.0.2.7", 31337) {
+        Outcome::Done(a) => assert_eq!(a.undo, Undo::Lua { plugin: "p".into() }),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn plugin_without_an_unblock_handler_records_an_impossible_undo_naming_it() {
+    let f = Fixture::new(
+        &[(
+            "noundo",
+            r#"portsentry.on("block", function(ev) return "blocked " .. ev.ip end)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    match block1(&plugins, &f.config, "192.0.2.7", 31337) {
+        Outcome::Done(a) => assert_eq!(
+            a.undo,
+            Undo::Impossible {
+                why: "lua:noundo registers no unblock handler".into()
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unblock_handler_gets_the_block_fields_and_the_reason() {
+    let (f, file) = recorder();
+    let plugins = f.load();
+    let a = alert("2001:db8::7", 31337);
+    let mut ctx = ResponseContext::for_alert(&a, "2001:db8::7", &f.config);
+    ctx.until = Some(std::time::SystemTime::now() + Duration::from_secs(600));
+    for reason in [UnblockReason::Expired, UnblockReason::Unblock] {
+        assert_eq!(
+            plugins.unblock("p", &ctx, reason),
+            Ok("lua:p: removed 2001:db8::7".to_string())
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "unblock 2001:db8::7 ipv6 31337 tcp stcp expired nil false\n\
+         unblock 2001:db8::7 ipv6 31337 tcp stcp unblock nil false\n"
+    );
+}
+
+#[test]
+fn unblock_through_undo_action_calls_the_plugin() {
+    let (f, file) = recorder();
+    let plugins = f.load();
+    let a = alert("192.0.2.7", 79);
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
+    let action = match block1(&plugins, &f.config, "192.0.2.7", 79) {
+        Outcome::Done(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let outcome = crate::respond::undo::undo_action(
+        &action,
+        &ctx,
+        UnblockReason::Expired,
+        &plugins,
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        outcome,
+        crate::respond::undo::UndoOutcome::Done("lua:p: removed 192.0.2.7".into())
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.ends_with("unblock 192.0.2.7 ipv4 79 tcp stcp expired nil false\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unblock_failures_name_the_plugin() {
+    let f = Fixture::new(
+        &[
+            (
+                "raises",
+                r#"portsentry.on("block", function() return "x" end)
+                   portsentry.on("unblock", function() error("nft is gone") end)"#,
+            ),
+            (
+                "refuses",
+                r#"portsentry.on("unblock", function() return false, "not mine" end)"#,
+            ),
+            (
+                "blockonly",
+                r#"portsentry.on("block", function() return "x" end)"#,
+            ),
+        ],
+        &[],
+    );
+    let plugins = f.load();
+    let a = alert("192.0.2.7", 1);
+    let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
+    let err = plugins
+        .unblock("raises", &ctx, UnblockReason::Unblock)
+        .expect_err("raised");
+    assert!(
+        err.contains("lua:raises:") && err.contains("nft is gone"),
+        "{err}"
+    );
+    assert!(err.contains("raises.lua:2"), "{err}");
+    assert_eq!(
+        plugins.unblock("refuses", &ctx, UnblockReason::Unblock),
+        Err("lua:refuses: the unblock handler returned false: not mine".into())
+    );
+    assert_eq!(
+        plugins.unblock("blockonly", &ctx, UnblockReason::Unblock),
+        Err("lua:blockonly: the plugin no longer registers an unblock handler".into())
+    );
+}
+
+#[test]
+fn block_event_carries_timeout_and_restored() {
+    let (f, file) = recorder();
+    let plugins = f.load();
+    let a = alert("192.0.2.7", 79);
+    let mut ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
+    let mut responders = plugins.responders();
+    assert!(matches!(responders[0].respond(&ctx), Outcome::Done(_)));
+    ctx.until = Some(std::time::SystemTime::now() + Duration::from_millis(3_599_500));
+    ctx.restored = true;
+    assert!(matches!(responders[0].respond(&ctx), Outcome::Done(_)));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "block 192.0.2.7 nil false nil\nblock 192.0.2.7 3600 true nil\n"
+    );
+}
+
+#[test]
+fn network_targets_reach_plugins_as_cidr_text() {
+    let (f, file) = recorder();
+    let plugins = f.load();
+    let a = alert("192.0.2.7", 0);
+    let mut ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
+    ctx.target = crate::block::parse_target("192.0.2.0/24").unwrap();
+    plugins
+        .unblock("p", &ctx, UnblockReason::Unblock)
+        .expect("unblocked");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("unblock 192.0.2.0/24 ipv4 0 "), "{text}");
+}
+
+#[test]
+fn blocking_plugins_without_unblock_are_warned_about_when_blocks_expire() {
+    let mut f = Fixture::new(
+        &[
+            ("undoes", RECORDER),
+            (
+                "keeps",
+                r#"portsentry.on("block", function() return "x" end)"#,
+            ),
+            ("notifies", r#"portsentry.on("alert", function() end)"#),
+        ],
+        &[],
+    );
+    assert!(
+        f.load().undo_warnings(&f.config).is_empty(),
+        "permanent blocks"
+    );
+    f.config.block_timeout = Some(Duration::from_secs(3600));
+    let warnings: Vec<String> = f
+        .load()
+        .undo_warnings(&f.config)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "{}: lua:keeps: blocks that expire or are unblocked keep what this plugin did \
+             (it registers no \"unblock\" handler)",
+            f.plugin_file("keeps").display()
+        )]
+    );
 }

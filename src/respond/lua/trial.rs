@@ -130,7 +130,7 @@ fn run(
     };
     let alert = EventData {
         name: EventName::Alert,
-        ip: target,
+        target: crate::block::host_target(target),
         port,
         proto,
         mode,
@@ -140,6 +140,9 @@ fn run(
         host: None,
         already_blocked: false,
         ip_options: false,
+        timeout: None,
+        restored: false,
+        reason: None,
     };
     let mut failed = false;
 
@@ -180,7 +183,7 @@ fn run(
     match handle.call(alert.renamed(EventName::Block)) {
         Ok(report) => {
             write_trace(out, &report)?;
-            match block_outcome(&name, &report) {
+            match block_outcome(&name, &report, handle.handles(EventName::Unblock)) {
                 Outcome::Done(a) => {
                     writeln!(out, "  result: done ({}): {}", a.responder, a.detail)?
                 }

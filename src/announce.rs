@@ -1,0 +1,79 @@
+//! The announcing thread, between the filters and the block manager: writes the 1.2
+//! detection lines of every alert (with reverse DNS when asked), tells the Lua `alert`
+//! handlers, and asks the block manager to block when the config says to act. It never
+//! waits for a responder: a hanging command delays neither detection nor the log lines of
+//! the alerts that follow it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::block::manager::{BlockRequest, BlockRequester};
+use crate::config::BlockLevel;
+use crate::event::Alert;
+use crate::generation::Generation;
+use crate::report;
+use crate::respond::ResponseContext;
+use crate::respond::resolve::{Resolver, system_lookup};
+
+/// Longest wait for a reverse-DNS answer before the IP is logged instead.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the announcing thread holds: the config in force, the resolver, and the way to the
+/// block manager.
+pub struct Announcer {
+    generation: Generation,
+    resolver: Resolver,
+    blocks: BlockRequester,
+}
+
+impl Announcer {
+    /// An announcer for the first generation.
+    pub fn new(generation: Generation, blocks: BlockRequester) -> Announcer {
+        Announcer {
+            generation,
+            resolver: Resolver::new(system_lookup, RESOLVE_WAIT),
+            blocks,
+        }
+    }
+
+    /// Follows a reload.
+    pub fn reconfigure(&mut self, generation: Generation) {
+        self.generation = generation;
+    }
+
+    /// Handles one alert from the filters.
+    pub fn handle(&mut self, alert: &Alert) {
+        let config = Arc::clone(&self.generation.config);
+        let ip = alert.hit.src;
+        let resolved = if config.resolve_host {
+            self.resolver.name(ip)
+        } else {
+            ip.to_string()
+        };
+        log::info!("{}", report::detection(alert, &resolved));
+        if alert.hit.ip_options {
+            log::info!("{}", report::ip_options(alert, &resolved));
+        }
+        self.generation
+            .notify_alert(&ResponseContext::for_alert(alert, &resolved, &config));
+        if alert.already_blocked {
+            log::info!("{}", report::already_blocked(alert, &resolved));
+            return;
+        }
+        let proto = alert.hit.proto();
+        if config.block_level(proto) == BlockLevel::LogOnly {
+            log::info!("{}", report::ignoring_response(proto));
+            return;
+        }
+        let request = BlockRequest {
+            alert: alert.clone(),
+            resolved,
+        };
+        if !self.blocks.request(request) {
+            log::warn!(
+                "{}",
+                report::block_dropped(&ip.to_string(), "too many hosts waiting to be blocked")
+            );
+        }
+    }
+}

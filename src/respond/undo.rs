@@ -1,0 +1,292 @@
+//! Taking a block back: what the block manager's workers run, action by action (in reverse
+//! order of the record), when a block expires or is lifted by hand.
+//!
+//! Every undo is idempotent: a route, rule, line or set element that is already gone counts
+//! as undone, so an undo interrupted by a crash can simply be run again after the restart.
+
+use std::time::Duration;
+
+use super::command::{CommandStatus, run_shell};
+use super::hosts_deny::{Removal, remove_line};
+use super::lua::LuaPlugins;
+use super::{Action, ResponseContext, Undo};
+
+/// Why a block ends; Lua `unblock` handlers see it as `ev.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnblockReason {
+    /// Its `BLOCK_TIMEOUT` ran out.
+    Expired,
+    /// An operator lifted it (`portsentry unblock`).
+    Unblock,
+}
+
+impl UnblockReason {
+    /// `"expired"` / `"unblock"`, the text of `ev.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnblockReason::Expired => "expired",
+            UnblockReason::Unblock => "unblock",
+        }
+    }
+}
+
+/// How undoing one action ended; the texts are for the manager's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UndoOutcome {
+    /// Undone, or found already gone; the text says what was done.
+    Done(String),
+    /// Tried and failed (exit status, timeout, I/O error, plugin gone): the action is still
+    /// in force and the manager may retry.
+    Failed(String),
+    /// The action was recorded as impossible to undo; the text says why.
+    Impossible(String),
+}
+
+/// What the tools print when the thing to remove is not there (any more): `ip route del`
+/// (`No such process`), `nft delete element` (`No such file or directory`), `ip` on a
+/// vanished interface (`Cannot find device`), `iptables -D` (`Bad rule (does a matching rule
+/// exist in that chain?)`, or no such chain at all).
+const ALREADY_GONE: &[&str] = &[
+    "No such process",
+    "No such file or directory",
+    "Cannot find device",
+    "does a matching rule exist",
+    "No chain/target/match by that name",
+];
+
+/// Undoes one recorded action of the block `ctx` describes.
+///
+/// - `Undo::Command`: runs the recorded command line through `/bin/sh` with `timeout`
+///   (`KILL_CMD_TIMEOUT`); a failure saying the thing is already gone counts as done.
+/// - `Undo::RemoveLine`: takes every copy of the line out of the file, atomically; a missing
+///   line or file counts as done.
+/// - `Undo::Lua`: calls that plugin's `unblock` handlers in `lua` (the plugins of the
+///   generation in force) with `ctx` and `reason`, within the plugin's budget.
+/// - `Undo::Impossible`: nothing is run.
+///
+/// `ctx` is only read for Lua plugins; commands and lines were fixed when the block was made.
+pub fn undo_action(
+    action: &Action,
+    ctx: &ResponseContext<'_>,
+    reason: UnblockReason,
+    lua: &LuaPlugins,
+    timeout: Duration,
+) -> UndoOutcome {
+    match &action.undo {
+        Undo::Impossible { why } => UndoOutcome::Impossible(why.clone()),
+        Undo::Command { command } => undo_command(command, timeout),
+        Undo::RemoveLine { file, line } => match remove_line(file, line) {
+            Ok(Removal::Removed(n)) => UndoOutcome::Done(format!(
+                "removed \"{line}\" from {}{}",
+                file.display(),
+                if n > 1 {
+                    format!(" ({n} copies)")
+                } else {
+                    String::new()
+                }
+            )),
+            Ok(Removal::NotPresent) => UndoOutcome::Done(format!(
+                "\"{line}\" was not in {} (already gone)",
+                file.display()
+            )),
+            Ok(Removal::NoFile) => {
+                UndoOutcome::Done(format!("{} does not exist (already gone)", file.display()))
+            }
+            Err(e) => UndoOutcome::Failed(format!(
+                "cannot remove \"{line}\" from {}: {e}",
+                file.display()
+            )),
+        },
+        Undo::Lua { plugin } => match lua.unblock(plugin, ctx, reason) {
+            Ok(detail) => UndoOutcome::Done(detail),
+            Err(why) => UndoOutcome::Failed(why),
+        },
+    }
+}
+
+/// Runs an undo command; "not there" answers are success.
+fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
+    let result = run_shell(command, timeout);
+    if result.success() {
+        return UndoOutcome::Done(format!("command \"{command}\""));
+    }
+    // 126/127: the shell could not run the program at all, whatever else was printed.
+    let gone = matches!(result.status, CommandStatus::Exited(code) if code != 126 && code != 127)
+        && ALREADY_GONE.iter().any(|m| result.output.contains(m));
+    if gone {
+        UndoOutcome::Done(format!(
+            "command \"{command}\": already gone ({})",
+            result.failure_text()
+        ))
+    } else {
+        UndoOutcome::Failed(format!("command \"{command}\": {}", result.failure_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Alert, Hit, Mode, ProbeKind};
+
+    fn undo(undo: Undo) -> UndoOutcome {
+        undo_within(undo, Duration::from_secs(5))
+    }
+
+    fn undo_within(undo: Undo, timeout: Duration) -> UndoOutcome {
+        let config = crate::config::build::defaults(std::path::Path::new("p.conf"));
+        let alert = Alert {
+            hit: Hit::now(
+                "10.77.1.2".parse().unwrap(),
+                79,
+                Mode::Tcp,
+                ProbeKind::Connect,
+            ),
+            count: 1,
+            already_blocked: false,
+            actionable: true,
+        };
+        let ctx = ResponseContext::for_alert(&alert, "10.77.1.2", &config);
+        let action = Action {
+            responder: "test".into(),
+            detail: String::new(),
+            undo,
+        };
+        undo_action(
+            &action,
+            &ctx,
+            UnblockReason::Expired,
+            &LuaPlugins::none(),
+            timeout,
+        )
+    }
+
+    fn command(text: &str) -> UndoOutcome {
+        undo(Undo::Command {
+            command: text.into(),
+        })
+    }
+
+    #[test]
+    fn command_success_is_done() {
+        assert_eq!(
+            command("true"),
+            UndoOutcome::Done("command \"true\"".into())
+        );
+    }
+
+    #[test]
+    fn command_saying_it_is_already_gone_is_done() {
+        for said in [
+            "RTNETLINK answers: No such process",
+            "Error: Could not process rule: No such file or directory",
+            "Cannot find device \"eth9\"",
+            "iptables: Bad rule (does a matching rule exist in that chain?).",
+            "iptables: No chain/target/match by that name.",
+        ] {
+            match command(&format!("echo '{said}' >&2; exit 2")) {
+                UndoOutcome::Done(t) => assert!(t.contains("already gone"), "{t}"),
+                other => panic!("{said}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn command_failing_otherwise_is_failed_with_its_status() {
+        match command("echo 'Operation not permitted' >&2; exit 2") {
+            UndoOutcome::Failed(t) => {
+                assert!(t.ends_with("exit status 2: Operation not permitted"), "{t}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_that_could_not_run_is_failed_even_if_it_printed_gone() {
+        let o = command("echo 'No such file or directory' >&2; exit 127");
+        assert!(matches!(o, UndoOutcome::Failed(_)), "{o:?}");
+        let o = command("/nonexistent/ip route del unreachable 10.77.1.2");
+        assert!(
+            matches!(o, UndoOutcome::Failed(ref t) if t.contains("exit status 127")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn command_timing_out_is_failed_even_if_it_printed_gone() {
+        let o = undo_within(
+            Undo::Command {
+                command: "echo 'No such process'; sleep 10".into(),
+            },
+            Duration::from_millis(200),
+        );
+        assert!(
+            matches!(o, UndoOutcome::Failed(ref t) if t.contains("timed out")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn remove_line_is_done_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(&file, "sshd: 10.0.0.1\nALL: 10.77.1.2 : DENY\n").unwrap();
+        let remove = || {
+            undo(Undo::RemoveLine {
+                file: file.clone(),
+                line: "ALL: 10.77.1.2 : DENY".into(),
+            })
+        };
+        assert_eq!(
+            remove(),
+            UndoOutcome::Done(format!(
+                "removed \"ALL: 10.77.1.2 : DENY\" from {}",
+                file.display()
+            ))
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "sshd: 10.0.0.1\n");
+        assert!(matches!(remove(), UndoOutcome::Done(t) if t.ends_with("(already gone)")));
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            matches!(remove(), UndoOutcome::Done(t) if t.ends_with("does not exist (already gone)"))
+        );
+    }
+
+    #[test]
+    fn remove_line_in_an_unreadable_place_is_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_file = dir.path().join("dir");
+        std::fs::create_dir(&not_a_file).unwrap();
+        let o = undo(Undo::RemoveLine {
+            file: not_a_file,
+            line: "ALL: x".into(),
+        });
+        assert!(
+            matches!(o, UndoOutcome::Failed(ref t) if t.starts_with("cannot remove")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn impossible_is_reported_with_its_reason() {
+        assert_eq!(
+            undo(Undo::Impossible {
+                why: "no UNKILL_RUN_CMD".into()
+            }),
+            UndoOutcome::Impossible("no UNKILL_RUN_CMD".into())
+        );
+    }
+
+    #[test]
+    fn lua_undo_of_a_plugin_no_longer_loaded_fails_clearly() {
+        match undo(Undo::Lua {
+            plugin: "nftables".into(),
+        }) {
+            UndoOutcome::Failed(t) => assert_eq!(
+                t,
+                "lua:nftables: the plugin is not loaded (no longer in LUA_RESPONDERS?), \
+                 so its unblock handler cannot run"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
