@@ -1,6 +1,7 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`);
+//! Built-in: [`nftables`] (`KILL_NFTABLES`), [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`]
+//! (`KILL_ROUTE`, `KILL_RUN_CMD`);
 //! custom ones in Lua ([`lua`]). They run on the block manager's [`pool`] of workers, never
 //! on the detection path, and each reports what it did and how to undo it; [`undo`] takes a
 //! block back when it ends.
@@ -108,6 +109,12 @@ pub enum Undo {
     Lua {
         /// Plugin name (without `lua:`).
         plugin: String,
+    },
+    /// Delete the target from its set of this nftables table (`KILL_NFTABLES`); the table
+    /// is recorded because a reload may since have changed `NFTABLES_TABLE`.
+    Nftables {
+        /// The inet table whose set holds the host.
+        table: String,
     },
 }
 

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use super::hosts_deny::HostsDenyResponder;
+use super::nftables::{NftHandle, NftResponder};
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
@@ -94,6 +95,9 @@ pub enum JobResult {
 
 /// The responders for one block level, in 1.2's order: hosts.deny, route, command — the
 /// command first with `KILL_RUN_CMD_FIRST` — and the Lua ones before or after the built-ins.
+/// `KILL_NFTABLES` comes first among the blocking built-ins (after a `KILL_RUN_CMD_FIRST`
+/// command): it is the cheapest and the quickest to take effect; it is left out while `nft`
+/// has no open backend (nftables unusable: said once, at start or reload).
 /// A restored block leaves out `KILL_RUN_CMD` unless `UNKILL_RUN_CMD` says it is a block
 /// that can be undone (otherwise it is taken for a notification, not to be sent again).
 pub fn responder_chain(
@@ -101,6 +105,7 @@ pub fn responder_chain(
     level: BlockLevel,
     restored: bool,
     lua: Vec<Box<dyn Responder>>,
+    nft: &NftHandle,
 ) -> Vec<Box<dyn Responder>> {
     let timeout = config.kill_cmd_timeout;
     let run_cmd = config
@@ -123,11 +128,15 @@ pub fn responder_chain(
                 .kill_route
                 .as_ref()
                 .map(|t| Box::new(ShellResponder::route(&t.text, timeout)) as Box<dyn Responder>);
+            let nftables = (config.kill_nftables && nft.is_open())
+                .then(|| Box::new(NftResponder::new(nft.clone())) as Box<dyn Responder>);
             if config.kill_run_cmd_first {
                 builtins.extend(run_cmd);
+                builtins.extend(nftables);
                 builtins.extend(hosts_deny);
                 builtins.extend(route);
             } else {
+                builtins.extend(nftables);
                 builtins.extend(hosts_deny);
                 builtins.extend(route);
                 builtins.extend(run_cmd);
@@ -145,22 +154,29 @@ pub fn responder_chain(
 pub struct Pool {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    nft: NftHandle,
 }
 
 impl Pool {
-    /// Starts up to `workers` threads sending their results to `results`. A thread that
-    /// cannot be started (the system is out of threads) is logged; the pool runs with fewer,
-    /// and fails only when it has none.
-    pub fn start(workers: usize, results: Sender<JobResult>) -> std::io::Result<Pool> {
+    /// Starts up to `workers` threads sending their results to `results`, sharing `nft` (the
+    /// `KILL_NFTABLES` backend, which the manager configures). A thread that cannot be
+    /// started (the system is out of threads) is logged; the pool runs with fewer, and fails
+    /// only when it has none.
+    pub fn start(
+        workers: usize,
+        results: Sender<JobResult>,
+        nft: NftHandle,
+    ) -> std::io::Result<Pool> {
         let (tx, rx) = unbounded::<Job>();
         let mut threads = Vec::new();
         let mut last_error = None;
         for n in 0..workers.max(1) {
             let rx = rx.clone();
             let results = results.clone();
+            let nft = nft.clone();
             match std::thread::Builder::new()
                 .name(format!("respond-{n}"))
-                .spawn(move || work(&rx, &results))
+                .spawn(move || work(&rx, &results, &nft))
             {
                 Ok(h) => threads.push(h),
                 Err(e) => {
@@ -174,8 +190,14 @@ impl Pool {
             _ => Ok(Pool {
                 jobs: Some(tx),
                 threads,
+                nft,
             }),
         }
+    }
+
+    /// The nftables backend the workers share.
+    pub fn nft(&self) -> &NftHandle {
+        &self.nft
     }
 
     /// How many jobs run at once.
@@ -200,11 +222,11 @@ impl Pool {
     }
 }
 
-fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>) {
+fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, nft: &NftHandle) {
     for job in jobs {
         let result = match job {
-            Job::Apply(job) => apply(&job),
-            Job::Undo(job) => undo(&job),
+            Job::Apply(job) => apply(&job, nft),
+            Job::Undo(job) => undo(&job, nft),
         };
         crate::logging::flush();
         if results.send(result).is_err() {
@@ -214,7 +236,7 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>) {
 }
 
 /// Runs the responder chain for one block.
-fn apply(job: &ApplyJob) -> JobResult {
+fn apply(job: &ApplyJob, nft: &NftHandle) -> JobResult {
     let config = &job.generation.config;
     let ctx = ResponseContext {
         alert: &job.alert,
@@ -230,6 +252,7 @@ fn apply(job: &ApplyJob) -> JobResult {
         job.level,
         job.restored,
         job.generation.lua_responders(),
+        nft,
     );
     let mut actions = Vec::new();
     let mut failures = 0;
@@ -272,7 +295,7 @@ fn apply(job: &ApplyJob) -> JobResult {
 }
 
 /// Undoes a block's actions, newest first; every action is tried even when one fails.
-fn undo(job: &UndoJob) -> JobResult {
+fn undo(job: &UndoJob, nft: &NftHandle) -> JobResult {
     let record = &job.record;
     let (port, proto) = record.port_proto();
     let mode = record
@@ -316,6 +339,7 @@ fn undo(job: &UndoJob) -> JobResult {
                 &ctx,
                 job.reason,
                 &job.generation.lua,
+                nft,
                 config.kill_cmd_timeout,
             );
             (action.responder.clone(), outcome)

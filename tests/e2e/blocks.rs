@@ -35,7 +35,7 @@ fn deny_has(lab: &Lab, ip: &str) -> bool {
 }
 
 /// Waits until `cond` holds (checked every 50 ms), at most `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if cond() {
@@ -47,7 +47,7 @@ fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// `list --json` as JSON values.
-fn list(lab: &Lab) -> Vec<serde_json::Value> {
+pub(crate) fn list(lab: &Lab) -> Vec<serde_json::Value> {
     let out = lab.ctl_ok(&["list", "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("list --json: {e}: {out}"))
 }

@@ -9,6 +9,7 @@ mod config_errors;
 mod lab;
 mod lua;
 mod lua_plugins;
+mod nftables;
 mod nftables_backend;
 mod raw;
 mod raw_sensor;

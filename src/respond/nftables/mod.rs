@@ -27,7 +27,10 @@
 //! here are small enough to write by hand (`wire.rs`), over the `nix` socket calls already
 //! in use: no new dependency, no C library, no build-time bindings.
 
+mod responder;
 mod wire;
+
+pub use responder::{NftHandle, NftResponder, config_warnings};
 
 #[cfg(test)]
 mod tests;
@@ -84,24 +87,36 @@ impl Default for NftSettings {
     }
 }
 
+/// Set size when `MAX_ACTIVE_BLOCKS="0"` (no limit): the kernel needs a number, and a
+/// million hosts per family is far beyond any real list of blocks (the kernel allocates
+/// elements as they come, not the size up front).
+pub const UNLIMITED_SET_SIZE: u32 = 1_000_000;
+
+/// The kernel takes any 255 bytes, but `nft` can only name a table with an identifier.
+fn check_table(table: &str) -> Result<(), NftError> {
+    crate::config::build::nftables_table_name(table)
+        .map_err(|why| NftError::BadSettings(format!("table name {table:?}: {why}")))
+}
+
 impl NftSettings {
-    /// The kernel takes any 255 bytes, but `nft` can only name a table with an identifier:
-    /// keep to names the admin can type.
+    /// What `KILL_NFTABLES` asks for, `None` when it is off: table `NFTABLES_TABLE`, forward
+    /// hook with `NFTABLES_FORWARD`, sets as large as `MAX_ACTIVE_BLOCKS` (each family's
+    /// set alone can then hold every block; "0", no limit, gives [`UNLIMITED_SET_SIZE`]).
+    pub fn from_config(config: &crate::config::Config) -> Option<NftSettings> {
+        let set_size = match config.max_active_blocks {
+            0 => UNLIMITED_SET_SIZE,
+            n => u32::try_from(n).unwrap_or(u32::MAX),
+        };
+        config.kill_nftables.then(|| NftSettings {
+            table: config.nftables_table.clone(),
+            set_size,
+            forward: config.nftables_forward,
+        })
+    }
+
+    /// Names, size: what the kernel would refuse, or `nft` could not name.
     fn check(&self) -> Result<(), NftError> {
-        let t = &self.table;
-        let starts_well = t
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        let rest_well = t
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !starts_well || !rest_well || t.len() > 255 {
-            return Err(NftError::BadSettings(format!(
-                "table name {t:?}: use a letter or '_' first, then letters, digits, '_', '-' \
-                 or '.', at most 255 of them"
-            )));
-        }
+        check_table(&self.table)?;
         if self.set_size == 0 {
             return Err(NftError::BadSettings(
                 "set size 0: the sets must hold at least one host".into(),
@@ -169,6 +184,9 @@ pub enum NftError {
     /// The kernel's answer was missing or made no sense.
     #[error("nftables: {0}")]
     Protocol(String),
+    /// The daemon holds no open backend: `KILL_NFTABLES` is off, or could not be opened.
+    #[error("nftables: not in use (KILL_NFTABLES is off or could not be set up)")]
+    Closed,
 }
 
 /// Turns an errno from the kernel into the error a person can act on: capability and
@@ -194,6 +212,12 @@ pub fn host_of(net: IpNet) -> Result<IpAddr, NftError> {
     } else {
         Err(NftError::Network(net))
     }
+}
+
+/// The set a host goes to: [`SET_V4`] for IPv4 (IPv4-mapped IPv6 included), else
+/// [`SET_V6`].
+pub fn set_of(addr: IpAddr) -> &'static str {
+    Key::new(addr).family().set
 }
 
 /// One address family's set and rule.
@@ -377,6 +401,26 @@ impl NftBackend {
             .commit(batch)
             .map_err(|r| backend.rejected(r, &labels, "setting up the table"))?;
         Ok(backend)
+    }
+
+    /// A backend on an existing table, for deleting and listing only: nothing is created
+    /// or checked (expiry of blocks made in a table that a reload has since replaced, and
+    /// tools that watch the sets). Deleting from a table that does not exist succeeds (the
+    /// hosts are not there); listing it is an error.
+    pub fn attach(table: &str) -> Result<NftBackend, NftError> {
+        check_table(table)?;
+        Ok(NftBackend {
+            sock: Socket::open()?,
+            settings: NftSettings {
+                table: table.to_string(),
+                ..NftSettings::default()
+            },
+        })
+    }
+
+    /// What this backend was opened with.
+    pub fn settings(&self) -> &NftSettings {
+        &self.settings
     }
 
     /// Adds hosts in one netlink transaction, each with its own kernel timeout (`None`: it
