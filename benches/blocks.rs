@@ -7,6 +7,13 @@
 //!    holds all N.
 //! 2. `portsentry list` latency over the control socket with 20,000 blocks in force (text
 //!    and `--json`), median of RUNS runs.
+//! 3. The same restore with `KILL_NFTABLES="1"` alone (N = 20,000 and 100,000, each block
+//!    with its time left): wall time from the daemon's start until the kernel's sets hold
+//!    all N (polled over netlink every 2 ms), until every block is re-applied, the daemon's
+//!    CPU per block, and its peak RSS.
+//! 4. Blocks per second through the whole daemon (control socket, block manager, responder
+//!    pool, journal): `portsentry block --from-file` of N hosts, `KILL_NFTABLES` alone vs
+//!    `KILL_ROUTE` alone.
 //!
 //! The blocked addresses (10.78.0.0/16, fd78::/64) only ever appear as route entries inside
 //! the lab's namespace; no packet is sent to them.
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lab::{Daemon, Lab};
 use portsentry::block::journal::{Entry, Journal};
 use portsentry::block::{BlockRecord, Origin, host_target};
+use portsentry::respond::nftables::NftBackend;
 
 const RUNS: usize = 20;
 
@@ -34,12 +42,15 @@ fn address(i: usize) -> IpAddr {
         let n = i / 2;
         IpAddr::from([10, 78, (n / 256 % 256) as u8, (n % 256) as u8])
     } else {
-        format!("fd78::{:x}", i + 1).parse().expect("address")
+        IpAddr::V6(std::net::Ipv6Addr::from(
+            (0xfd78_u128 << 112) | (i as u128 + 1),
+        ))
     }
 }
 
-/// Writes a journal of `n` permanent blocks made by hand, as an earlier run would have.
-fn write_journal(lab: &Lab, n: usize) {
+/// Writes a journal of `n` blocks made by hand, as an earlier run would have: permanent,
+/// or with `left` to run.
+fn write_journal(lab: &Lab, n: usize, left: Option<Duration>) {
     let (mut journal, _) = Journal::open(&lab.path("portsentry.state")).expect("journal");
     let since = SystemTime::now();
     let entries: Vec<Entry> = (0..n)
@@ -47,7 +58,7 @@ fn write_journal(lab: &Lab, n: usize) {
             Entry::Block(BlockRecord {
                 target: host_target(address(i)),
                 since,
-                until: None,
+                until: left.map(|d| since + d),
                 offences: 1,
                 origin: Origin::Manual,
                 trigger: None,
@@ -90,18 +101,11 @@ fn config(lab: &Lab) -> String {
 fn restore(n: usize, out: &mut String) -> Option<(Lab, Daemon)> {
     let lab = Lab::new();
     let conf = config(&lab);
-    write_journal(&lab, n);
+    write_journal(&lab, n, None);
     let t0 = Instant::now();
     let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
     // --quiet sends nothing to stderr: read the syslog copy instead.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let line = loop {
-        if let Some(l) = d.syslog().into_iter().find(|l| l.contains("re-applied in")) {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "restore of {n} did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let line = wait_syslog(&d, "re-applied in", 600);
     let wall = t0.elapsed();
     let cpu = cpu_seconds(d.daemon_pid());
     let routes = lab
@@ -110,12 +114,7 @@ fn restore(n: usize, out: &mut String) -> Option<(Lab, Daemon)> {
         .filter(|l| l.starts_with("unreachable"))
         .count();
     let deny = lab.read("hosts.deny").lines().count();
-    let own_ms: String = line
-        .split("re-applied in ")
-        .nth(1)
-        .and_then(|s| s.split(" ms").next())
-        .unwrap_or("?")
-        .to_string();
+    let own_ms = figure(&line, "re-applied in ", " ms");
     let _ = writeln!(
         out,
         "restore {n:>6} blocks: start -> all re-applied {:>8.0} ms (daemon's own figure {own_ms} ms), \
@@ -130,12 +129,159 @@ fn restore(n: usize, out: &mut String) -> Option<(Lab, Daemon)> {
     Some((lab, d))
 }
 
+/// The syslog line containing `needle`, waited for (the benches run the daemon `--quiet`).
+fn wait_syslog(d: &Daemon, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(l) = d.syslog_line(needle) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} within {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The number between `before` and `after` in a log line (`in 95 ms`).
+fn figure<'a>(line: &'a str, before: &str, after: &str) -> &'a str {
+    line.split(before)
+        .nth(1)
+        .and_then(|s| s.split(after).next())
+        .unwrap_or("?")
+}
+
+/// Peak resident set of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `KILL_NFTABLES` alone, sets large enough for any N.
+fn nftables_config(lab: &Lab) -> String {
+    lab.write_config(
+        "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\nKILL_NFTABLES=\"1\"\n\
+         MAX_ACTIVE_BLOCKS=\"0\"",
+    )
+    .display()
+    .to_string()
+}
+
+/// Restore of `n` journaled blocks (1 h left each) with `KILL_NFTABLES` alone, once:
+/// [start -> all in the kernel's sets, the daemon's one batch, start -> all re-applied, the
+/// daemon's own re-applied figure] in ms, CPU µs per block, peak RSS MiB.
+fn restore_nftables_once(n: usize) -> [f64; 6] {
+    let lab = Lab::new();
+    let conf = nftables_config(&lab);
+    write_journal(&lab, n, Some(Duration::from_secs(3600)));
+    let t0 = Instant::now();
+    // Watches the kernel from inside the lab's namespace, reading the sets only.
+    let watcher = lab.in_def(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let count = NftBackend::attach("portsentry")
+                .and_then(|b| b.list())
+                .map_or(0, |l| l.len());
+            if count >= n {
+                return Some(t0.elapsed());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
+    let in_kernel = watcher
+        .join()
+        .expect("watcher")
+        .unwrap_or_else(|| panic!("the kernel's sets never held {n} blocks"));
+    let loaded = wait_syslog(&d, "loaded into nftables table", 60);
+    let reapplied = wait_syslog(&d, "re-applied in", 600);
+    let wall = t0.elapsed();
+    let cpu = cpu_seconds(d.daemon_pid());
+    let ms = |line: &str, before: &str| figure(line, before, " ms").parse().unwrap_or(f64::NAN);
+    [
+        in_kernel.as_secs_f64() * 1000.0,
+        ms(&loaded, "table inet portsentry in "),
+        wall.as_secs_f64() * 1000.0,
+        ms(&reapplied, "re-applied in "),
+        cpu * 1e6 / n as f64,
+        peak_rss_mib(d.daemon_pid()),
+    ]
+}
+
+/// The median of each column.
+fn medians<const N: usize>(runs: &[[f64; N]]) -> [f64; N] {
+    std::array::from_fn(|i| median(runs.iter().map(|r| r[i]).collect()))
+}
+
+/// [`restore_nftables_once`], `runs` times: the medians.
+fn restore_nftables(n: usize, runs: usize, out: &mut String) {
+    let all: Vec<[f64; 6]> = (0..runs).map(|_| restore_nftables_once(n)).collect();
+    let [kernel, batch, wall, own, cpu, rss] = medians(&all);
+    let _ = writeln!(
+        out,
+        "nftables restore {n:>6} blocks (median of {runs}): start -> all {n} in the kernel's \
+         sets {kernel:>5.0} ms (the daemon's one batch: {batch:.0} ms); start -> all re-applied \
+         {wall:>6.0} ms (daemon's own figure {own:.0} ms), {:>4.0} us wall/block; CPU \
+         {cpu:>3.0} us/block; daemon peak RSS {rss:.1} MiB",
+        wall * 1000.0 / n as f64,
+    );
+}
+
+/// Blocks by hand of `n` new hosts (one `block --from-file` request) through one responder,
+/// once: [blocks/s, wall µs per block, CPU µs per block (daemon and its children)].
+fn manual_blocks_once(n: usize, responder: &str) -> [f64; 3] {
+    let lab = Lab::new();
+    let conf = lab
+        .write_config(&format!(
+            "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{responder}"
+        ))
+        .display()
+        .to_string();
+    let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
+    wait_syslog(&d, "is now active and listening", 20);
+    let file = lab.path("hosts.txt");
+    let text: String = (0..n).map(|i| format!("{}\n", address(i))).collect();
+    std::fs::write(&file, text).expect("write the list");
+    let cpu0 = cpu_seconds(d.daemon_pid());
+    let t0 = Instant::now();
+    let file = file.display().to_string();
+    let o = lab.ctl(&["block", "--from-file", &file, "--for", "1h"]);
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(d.daemon_pid()) - cpu0;
+    assert!(o.status.success(), "{o:?}");
+    [n as f64 / wall, wall * 1e6 / n as f64, cpu * 1e6 / n as f64]
+}
+
+/// [`manual_blocks_once`], `runs` times: the medians.
+fn manual_blocks(label: &str, n: usize, runs: usize, responder: &str, out: &mut String) {
+    let all: Vec<[f64; 3]> = (0..runs)
+        .map(|_| manual_blocks_once(n, responder))
+        .collect();
+    let [rate, wall, cpu] = medians(&all);
+    let _ = writeln!(
+        out,
+        "block --from-file {n:>6} hosts via {label:<9} (median of {runs}): {rate:>6.0} blocks/s, \
+         {wall:>5.0} us wall and {cpu:>5.0} us CPU per block (daemon + children, journal \
+         included)",
+    );
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("blocks benchmark: run with `cargo bench --bench blocks` (as root)");
         return;
     }
     let mut out = String::new();
+    // PORTSENTRY_BENCH_NFTABLES_ONLY=1: parts 3 and 4 only (the route restore takes minutes).
+    if std::env::var_os("PORTSENTRY_BENCH_NFTABLES_ONLY").is_some() {
+        nftables_parts(&mut out);
+        return;
+    }
     drop(restore(1_000, &mut out));
     print!("{out}");
     let (lab, d) = restore(20_000, &mut out).expect("20k restore");
@@ -163,7 +309,25 @@ fn main() {
         let _ = writeln!(out, "{line}");
     }
     drop(d);
+    drop(lab);
+    nftables_parts(&mut out);
+}
+
+/// Parts 3 and 4, then the results file.
+fn nftables_parts(out: &mut String) {
+    let before = out.len();
+    restore_nftables(20_000, 5, out);
+    restore_nftables(100_000, 3, out);
+    manual_blocks("nftables", 20_000, 3, "KILL_NFTABLES=\"1\"", out);
+    manual_blocks(
+        "ip route",
+        1_000,
+        3,
+        "KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"",
+        out,
+    );
+    print!("{}", &out[before..]);
     std::fs::create_dir_all("target").ok();
-    std::fs::write("target/bench-blocks.txt", &out).expect("write results");
+    std::fs::write("target/bench-blocks.txt", &*out).expect("write results");
     println!("written to target/bench-blocks.txt");
 }

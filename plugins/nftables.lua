@@ -4,8 +4,11 @@
 -- a base chain with one drop rule per set. Elements expire in the kernel: after the block's
 -- own time left when BLOCK_TIMEOUT gives it one, else after NFTABLES_TIMEOUT when set. When
 -- a block ends (expiry or `portsentry unblock`), the element is deleted from its set; one
--- that is already gone is fine. Settings (portsentry.conf):
---   NFTABLES_TABLE="portsentry"   inet table
+-- that is already gone is fine. For the usual layout, the built-in responder
+-- (KILL_NFTABLES) does the same without running nft; this plugin is for custom layouts.
+-- Settings (portsentry.conf):
+--   NFTABLES_PLUGIN_TABLE="portsentry_lua"   inet table (NFTABLES_TABLE is the
+--                                 built-in responder's key, not this plugin's)
 --   NFTABLES_SET="blocked"        base name: sets blocked_v4 and blocked_v6
 --   NFTABLES_CHAIN="input"        base chain holding the drop rules
 --   NFTABLES_HOOK="input"         hook of that chain (input, forward, prerouting)
@@ -19,7 +22,7 @@ local fw = require("portsentry.firewall")
 
 local cfg = portsentry.config
 local nft = cfg.nft or "nft"
-local tbl = cfg.table or "portsentry"
+local tbl = cfg.plugin_table or "portsentry_lua"
 local set = cfg.set or "blocked"
 local chain = cfg.chain or "input"
 local verdict = cfg.verdict or "drop"

@@ -324,6 +324,7 @@ fn check_config(path: &Path) -> i32 {
                 .iter()
                 .chain(config::build::command_warnings(&generation.config).iter())
                 .chain(generation.lua.undo_warnings(&generation.config).iter())
+                .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
             {
                 eprintln!("warning: {w}");
             }

@@ -54,6 +54,12 @@ pub enum Undo {
         /// Plugin name (without `lua:`).
         plugin: String,
     },
+    /// Delete the target from its set of this nftables table (`KILL_NFTABLES`); the table
+    /// is recorded because a reload may since have changed `NFTABLES_TABLE`.
+    Nftables {
+        /// The inet table whose set holds the host.
+        table: String,
+    },
 }
 
 impl Default for Undo {

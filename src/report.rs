@@ -172,6 +172,57 @@ pub fn external_command_run(ip: impl Display, command: &str) -> String {
     format!("attackalert: External command run for host: {ip} using command: \"{command}\"")
 }
 
+/// Ours: `KILL_NFTABLES` put the host into a set of its table.
+pub fn blocked_via_nftables(ip: impl Display, table: &str, set: &str) -> String {
+    format!("attackalert: Host {ip} has been blocked via nftables set inet {table} {set}")
+}
+
+/// Ours: `KILL_NFTABLES` is ready (at start, or after a reload changed its table or hooks).
+pub fn nftables_ready(table: &str, set_size: u32, forward: bool) -> String {
+    format!(
+        "adminalert: nftables: blocking in table inet {table} (sets ipv4_addr and ipv6_addr, \
+         {set_size} hosts each; hook input{})",
+        if forward { " and forward" } else { "" }
+    )
+}
+
+/// Ours: `KILL_NFTABLES="1"` but nftables cannot be used; the one line that says so.
+pub fn nftables_unusable(why: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: KILL_NFTABLES: {why}; blocking goes on with the other responders \
+         (nftables is tried again at the next reload)"
+    )
+}
+
+/// Ours: `KILL_NFTABLES` was turned off by a reload; what it made stays.
+pub fn nftables_off(table: &str) -> String {
+    format!(
+        "adminalert: nftables: KILL_NFTABLES is off; table inet {table} stays, and the blocks \
+         in it are still removed when they end"
+    )
+}
+
+/// Ours: the journal's blocks went into the kernel's sets in one batch at start.
+pub fn nftables_loaded(count: usize, table: &str, took: std::time::Duration) -> String {
+    format!(
+        "adminalert: {count} block(s) loaded into nftables table inet {table} in {} ms",
+        took.as_millis()
+    )
+}
+
+/// Ours: the one-batch load at start failed; each block is added as it is restored.
+pub fn nftables_load_failed(why: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot load the journal's blocks into nftables at once: {why}; each \
+         block is added as it is restored"
+    )
+}
+
+/// Ours: our table vanished (`nft flush ruleset`, a firewall reload) and was made again.
+pub fn nftables_remade(table: &str, why: impl Display) -> String {
+    format!("adminalert: WARNING: nftables table inet {table} was made again after: {why}")
+}
+
 /// Ours: a Lua responder blocked the host (built-in responders keep their 1.2 lines).
 pub fn blocked_via_plugin(ip: impl Display, responder: &str, detail: &str) -> String {
     format!("attackalert: Host {ip} has been blocked via {responder}: {detail}")

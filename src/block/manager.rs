@@ -32,6 +32,7 @@ use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
 use crate::report;
+use crate::respond::nftables::{NftHandle, host_of};
 use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
 use crate::respond::undo::UndoOutcome;
 
@@ -207,7 +208,11 @@ impl BlockManager {
             }
         }
         let (results_tx, results_rx) = unbounded();
-        let pool = Pool::start(WORKERS, results_tx).context("cannot start responder threads")?;
+        // KILL_NFTABLES: opened here, before the restore loads the journal's blocks into it.
+        let nft = NftHandle::closed();
+        nft.configure(&config);
+        let pool =
+            Pool::start(WORKERS, results_tx, nft).context("cannot start responder threads")?;
         let view = BlockView::new();
         let counters = Arc::new(BlockCounters {
             timings: pool.timings(),
@@ -662,6 +667,9 @@ impl Manager {
                 old.blocked_file.display()
             );
         }
+        // New blocks go to the table the new config names; blocks in force stay where
+        // they were put (their undo names that table).
+        self.pool.nft().configure(new);
         self.policy = DurationPolicy::from_config(new);
         self.forgeable_policy = forgeable_policy(new);
         if new.block_rate_limit != self.rate.per_minute {
@@ -1031,6 +1039,8 @@ impl Manager {
     /// daemon was down are undone, the others re-applied (idempotently).
     fn restore(&mut self, active: HashMap<Target, BlockRecord>, now: SystemTime) {
         let (mut expired, mut restored) = (0, 0);
+        // Hosts for KILL_NFTABLES's one batch, with the time each has left.
+        let mut preload = Vec::new();
         let mut records: Vec<BlockRecord> = active.into_values().collect();
         records.sort_by_key(|r| r.since);
         for record in records {
@@ -1059,6 +1069,14 @@ impl Manager {
                 }
                 _ => BlockLevel::All,
             };
+            if level == BlockLevel::All
+                && let Ok(addr) = host_of(target)
+            {
+                let left = record
+                    .until
+                    .map(|u| u.duration_since(now).unwrap_or_default());
+                preload.push((addr, left));
+            }
             let alert = stand_in_alert(&target, record.trigger.as_ref(), record.since);
             self.waiting.push_back(Job::Apply(Box::new(ApplyJob {
                 id,
@@ -1078,6 +1096,8 @@ impl Manager {
                 },
             );
         }
+        // Before any of the jobs above runs: the kernel has every block at once.
+        self.pool.nft().preload(&preload);
         self.restore = RestoreProgress {
             left: restored,
             total: restored,
@@ -1493,8 +1513,12 @@ impl Manager {
                 Effect::Event(event) => self.events.send(*event),
             }
         }
-        let live = self.records().count();
-        if self.journal.needs_compaction(live) {
+        // `hosts` bounds the records from above: counting them (a walk of every host) only
+        // when that bound says compaction may be due keeps a commit O(1) while thousands of
+        // restored blocks come back one by one.
+        if self.journal.needs_compaction(self.hosts.len())
+            && self.journal.needs_compaction(self.records().count())
+        {
             let records: Vec<BlockRecord> = self.records().cloned().collect();
             if let Err(e) = self.journal.compact(records.iter(), self.offences.iter()) {
                 log::error!(

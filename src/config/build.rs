@@ -37,6 +37,14 @@ const DEFAULT_BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `EVENT_LOG_RATE_LIMIT` default: alert events a second.
 const DEFAULT_EVENT_LOG_RATE_LIMIT: u32 = 500;
 
+/// `NFTABLES_TABLE` default: the table `KILL_NFTABLES` owns.
+pub const DEFAULT_NFTABLES_TABLE: &str = "portsentry";
+
+/// The shipped nftables plugin's own table when `NFTABLES_PLUGIN_TABLE` is unset (see
+/// `plugins/nftables.lua`): not [`DEFAULT_NFTABLES_TABLE`], so that the plugin and
+/// `KILL_NFTABLES` never share a table.
+pub const NFTABLES_PLUGIN_DEFAULT_TABLE: &str = "portsentry_lua";
+
 /// `KILL_CMD_TIMEOUT` minimum: a shorter one kills even `ip route add` on a busy host.
 const MIN_KILL_CMD_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -352,6 +360,23 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Unix socket the list, block and unblock commands talk to the daemon through.",
         set: |c, e, _| path(&e.value).map(|v| c.control_socket = v),
     },
+    KeySpec {
+        name: "KILL_NFTABLES",
+        doc: "\"1\": block hosts in the kernel through nftables sets of our own table, over \
+              netlink (no command run); \"0\" (default): off.",
+        set: |c, e, _| flag(&e.value).map(|v| c.kill_nftables = v),
+    },
+    KeySpec {
+        name: "NFTABLES_TABLE",
+        doc: "The inet table KILL_NFTABLES owns (default portsentry); no other table is touched.",
+        set: |c, e, _| nftables_table_name(&e.value).map(|()| c.nftables_table = e.value.clone()),
+    },
+    KeySpec {
+        name: "NFTABLES_FORWARD",
+        doc: "\"1\": KILL_NFTABLES also drops blocked sources on the forward hook (routers, \
+              containers); \"0\" (default): input hook only.",
+        set: |c, e, _| flag(&e.value).map(|v| c.nftables_forward = v),
+    },
 ];
 
 /// Looks a key up in [`KEYS`].
@@ -407,6 +432,9 @@ pub fn defaults(path: &Path) -> Config {
         event_log_rate_limit: DEFAULT_EVENT_LOG_RATE_LIMIT,
         block_state_file: PathBuf::from("/var/lib/portsentry/portsentry.state"),
         control_socket: PathBuf::from("/run/portsentry/portsentry.sock"),
+        kill_nftables: false,
+        nftables_table: DEFAULT_NFTABLES_TABLE.to_string(),
+        nftables_forward: false,
         scan_trigger: 0,
         scan_trigger_window: Duration::from_secs(3600),
         scan_trigger_table_size: 65536,
@@ -495,6 +523,7 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
         }
     }
     block_timeout_pass(raw, &mut config, &mut errors);
+    nftables_pass(raw, &mut config, &mut errors);
     if !raw.entries.iter().any(|e| e.key == "UNKILL_ROUTE") {
         config.unkill_route = config.kill_route.as_ref().and_then(|kill| {
             derive_unkill_route(&kill.text).map(|text| Template {
@@ -540,6 +569,50 @@ fn block_timeout_pass(raw: &RawConfig, config: &mut Config, errors: &mut Vec<Con
             }),
         Some(_) => {}
         None => config.block_timeout_max = config.block_timeout_max.max(first),
+    }
+}
+
+/// `KILL_NFTABLES` beside the shipped `nftables` plugin. `NFTABLES_TABLE` and
+/// `NFTABLES_FORWARD` are built-in keys, never plugin settings (a plugin is never handed a
+/// key of [`KEYS`]); the plugin names its table in `NFTABLES_PLUGIN_TABLE`. Both managing
+/// one table would have them fight over its chains: refused. With the plugin listed and
+/// `KILL_NFTABLES` off, a `NFTABLES_TABLE` is most likely written for the plugin (it read
+/// that key before the built-in responder existed): a warning says where the setting went.
+fn nftables_pass(raw: &RawConfig, config: &mut Config, errors: &mut Vec<ConfigError>) {
+    if !config.lua_responders.iter().any(|p| p == "nftables") {
+        return;
+    }
+    let entry = |key: &str| raw.entries.iter().find(|e| e.key == key);
+    let plugin_entry = entry("NFTABLES_PLUGIN_TABLE");
+    let plugin_table = plugin_entry.map_or(NFTABLES_PLUGIN_DEFAULT_TABLE, |e| e.value.as_str());
+    if config.kill_nftables && plugin_table == config.nftables_table {
+        let how = if plugin_entry.is_some() {
+            "NFTABLES_TABLE and NFTABLES_PLUGIN_TABLE name the same table"
+        } else {
+            "NFTABLES_TABLE names the plugin's default table"
+        };
+        errors.push(ConfigError {
+            file: raw.path.clone(),
+            line: plugin_entry
+                .or(entry("NFTABLES_TABLE"))
+                .map_or(0, |e| e.line),
+            message: format!(
+                "{how}: KILL_NFTABLES and the nftables plugin would both manage table inet \
+                 {plugin_table}; give each a table of its own"
+            ),
+        });
+    } else if !config.kill_nftables
+        && let Some(e) = entry("NFTABLES_TABLE")
+    {
+        config.warnings.push(ConfigWarning {
+            file: raw.path.clone(),
+            line: e.line,
+            message: format!(
+                "NFTABLES_TABLE is the table of the built-in responder (KILL_NFTABLES, off \
+                 here), not a setting of the nftables plugin: the plugin reads its table from \
+                 NFTABLES_PLUGIN_TABLE (default {NFTABLES_PLUGIN_DEFAULT_TABLE})"
+            ),
+        });
     }
 }
 
@@ -722,6 +795,27 @@ fn whole_number(value: &str, min: u64, max: u64) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("out of range ({expected})")),
+    }
+}
+
+/// `NFTABLES_TABLE`: the kernel takes any 255 bytes, but `nft` can only name a table with
+/// an identifier, so keep to names the admin can type.
+pub fn nftables_table_name(value: &str) -> Result<(), String> {
+    let starts_well = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_well = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if starts_well && rest_well && value.len() <= 255 {
+        Ok(())
+    } else {
+        Err(
+            "not a table name: use a letter or '_' first, then letters, digits, '_', '-' or \
+             '.', at most 255 of them"
+                .into(),
+        )
     }
 }
 

@@ -173,6 +173,13 @@ pub struct Config {
     pub block_state_file: PathBuf,
     /// `CONTROL_SOCKET` (ours): the unix socket `portsentry list/block/unblock` talk to.
     pub control_socket: PathBuf,
+    /// `KILL_NFTABLES` (ours): block in the kernel through our own nftables sets, over
+    /// netlink, without forking a command per block.
+    pub kill_nftables: bool,
+    /// `NFTABLES_TABLE` (ours): the inet table `KILL_NFTABLES` owns.
+    pub nftables_table: String,
+    /// `NFTABLES_FORWARD` (ours): also drop blocked sources on the forward hook.
+    pub nftables_forward: bool,
     /// `SCAN_TRIGGER`: 0 and 1 fire on the first probe, N on the Nth distinct one.
     pub scan_trigger: u32,
     /// `SCAN_TRIGGER_WINDOW` (ours): probes older than this no longer count.

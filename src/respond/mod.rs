@@ -1,6 +1,7 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`] (`KILL_ROUTE`, `KILL_RUN_CMD`);
+//! Built-in: [`nftables`] (`KILL_NFTABLES`), [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`]
+//! (`KILL_ROUTE`, `KILL_RUN_CMD`);
 //! custom ones in Lua ([`lua`]). They run on the block manager's [`pool`] of workers, never
 //! on the detection path, and each reports what it did and how to undo it; [`undo`] takes a
 //! block back when it ends.
@@ -8,6 +9,7 @@
 pub mod command;
 pub mod hosts_deny;
 pub mod lua;
+pub mod nftables;
 pub mod pool;
 pub mod resolve;
 pub mod shell;

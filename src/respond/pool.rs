@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use super::hosts_deny::HostsDenyResponder;
+use super::nftables::{NftHandle, NftResponder};
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
@@ -232,6 +233,9 @@ pub enum JobResult {
 
 /// The responders for one block level, in 1.2's order: hosts.deny, route, command — the
 /// command first with `KILL_RUN_CMD_FIRST` — and the Lua ones before or after the built-ins.
+/// `KILL_NFTABLES` comes first among the blocking built-ins (after a `KILL_RUN_CMD_FIRST`
+/// command): it is the cheapest and the quickest to take effect; it is left out while `nft`
+/// has no open backend (nftables unusable: said once, at start or reload).
 /// A restored block leaves out `KILL_RUN_CMD` unless `UNKILL_RUN_CMD` says it is a block
 /// that can be undone (otherwise it is taken for a notification, not to be sent again).
 pub fn responder_chain(
@@ -239,6 +243,7 @@ pub fn responder_chain(
     level: BlockLevel,
     restored: bool,
     lua: Vec<Box<dyn Responder>>,
+    nft: &NftHandle,
 ) -> Vec<Box<dyn Responder>> {
     let timeout = config.kill_cmd_timeout;
     let run_cmd = config
@@ -261,11 +266,15 @@ pub fn responder_chain(
                 .kill_route
                 .as_ref()
                 .map(|t| Box::new(ShellResponder::route(&t.text, timeout)) as Box<dyn Responder>);
+            let nftables = (config.kill_nftables && nft.is_open())
+                .then(|| Box::new(NftResponder::new(nft.clone())) as Box<dyn Responder>);
             if config.kill_run_cmd_first {
                 builtins.extend(run_cmd);
+                builtins.extend(nftables);
                 builtins.extend(hosts_deny);
                 builtins.extend(route);
             } else {
+                builtins.extend(nftables);
                 builtins.extend(hosts_deny);
                 builtins.extend(route);
                 builtins.extend(run_cmd);
@@ -284,13 +293,19 @@ pub struct Pool {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     timings: Arc<Timings>,
+    nft: NftHandle,
 }
 
 impl Pool {
-    /// Starts up to `workers` threads sending their results to `results`. A thread that
-    /// cannot be started (the system is out of threads) is logged; the pool runs with fewer,
-    /// and fails only when it has none.
-    pub fn start(workers: usize, results: Sender<JobResult>) -> std::io::Result<Pool> {
+    /// Starts up to `workers` threads sending their results to `results`, sharing `nft` (the
+    /// `KILL_NFTABLES` backend, which the manager configures). A thread that cannot be
+    /// started (the system is out of threads) is logged; the pool runs with fewer, and fails
+    /// only when it has none.
+    pub fn start(
+        workers: usize,
+        results: Sender<JobResult>,
+        nft: NftHandle,
+    ) -> std::io::Result<Pool> {
         let (tx, rx) = unbounded::<Job>();
         let timings = Arc::new(Timings::default());
         let mut threads = Vec::new();
@@ -299,11 +314,12 @@ impl Pool {
             let rx = rx.clone();
             let results = results.clone();
             let timings = Arc::clone(&timings);
+            let nft = nft.clone();
             match std::thread::Builder::new()
                 .name(format!("respond-{n}"))
                 .spawn(move || {
                     let _enrolled = heartbeat::enroll(&format!("respond-{n}"), Kind::Worker);
-                    work(&rx, &results, &timings)
+                    work(&rx, &results, &timings, &nft)
                 }) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
@@ -318,6 +334,7 @@ impl Pool {
                 jobs: Some(tx),
                 threads,
                 timings,
+                nft,
             }),
         }
     }
@@ -325,6 +342,11 @@ impl Pool {
     /// How long the workers' jobs and responders take (read by the metrics).
     pub fn timings(&self) -> Arc<Timings> {
         Arc::clone(&self.timings)
+    }
+
+    /// The nftables backend the workers share.
+    pub fn nft(&self) -> &NftHandle {
+        &self.nft
     }
 
     /// How many jobs run at once.
@@ -349,16 +371,16 @@ impl Pool {
     }
 }
 
-fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings) {
+fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nft: &NftHandle) {
     for job in jobs {
         let result = match job {
             Job::Apply(job) => {
                 let started = Instant::now();
-                let result = apply(&job, timings);
+                let result = apply(&job, timings, nft);
                 timings.apply_jobs.record(started.elapsed());
                 result
             }
-            Job::Undo(job) => undo(&job, timings),
+            Job::Undo(job) => undo(&job, timings, nft),
         };
         heartbeat::idle();
         crate::logging::flush();
@@ -369,7 +391,7 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings) {
 }
 
 /// Runs the responder chain for one block.
-fn apply(job: &ApplyJob, timings: &Timings) -> JobResult {
+fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
     let config = &job.generation.config;
     let ctx = ResponseContext {
         alert: &job.alert,
@@ -385,6 +407,7 @@ fn apply(job: &ApplyJob, timings: &Timings) -> JobResult {
         job.level,
         job.restored,
         job.generation.lua_responders(),
+        nft,
     );
     let mut actions = Vec::new();
     let mut failures = 0;
@@ -431,7 +454,7 @@ fn apply(job: &ApplyJob, timings: &Timings) -> JobResult {
 }
 
 /// Undoes a block's actions, newest first; every action is tried even when one fails.
-fn undo(job: &UndoJob, timings: &Timings) -> JobResult {
+fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
     let record = &job.record;
     let (port, proto) = record.port_proto();
     let mode = record
@@ -478,6 +501,7 @@ fn undo(job: &UndoJob, timings: &Timings) -> JobResult {
                 &ctx,
                 job.reason,
                 &job.generation.lua,
+                nft,
                 config.kill_cmd_timeout,
             );
             timings.record_responder(&action.responder, Op::Undo, started.elapsed());

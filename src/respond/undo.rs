@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::command::{CommandStatus, run_shell};
 use super::hosts_deny::{Removal, remove_line};
 use super::lua::LuaPlugins;
+use super::nftables::{NftHandle, host_of, set_of};
 use super::{Action, ResponseContext, Undo};
 
 pub use super::UnblockReason;
@@ -45,14 +46,19 @@ const ALREADY_GONE: &[&str] = &[
 ///   line or file counts as done.
 /// - `Undo::Lua`: calls that plugin's `unblock` handlers in `lua` (the plugins of the
 ///   generation in force) with `ctx` and `reason`, within the plugin's budget.
+/// - `Undo::Nftables`: deletes the target from its set of the recorded table, through
+///   `nft` (the shared backend, or a socket of its own for another table); a host, set or
+///   table already gone counts as done.
 /// - `Undo::Impossible`: nothing is run.
 ///
-/// `ctx` is only read for Lua plugins; commands and lines were fixed when the block was made.
+/// `ctx` is read for Lua plugins and for the nftables target; commands and lines were fixed
+/// when the block was made.
 pub fn undo_action(
     action: &Action,
     ctx: &ResponseContext<'_>,
     reason: UnblockReason,
     lua: &LuaPlugins,
+    nft: &NftHandle,
     timeout: Duration,
 ) -> UndoOutcome {
     match &action.undo {
@@ -84,6 +90,19 @@ pub fn undo_action(
             Ok(detail) => UndoOutcome::Done(detail),
             Err(why) => UndoOutcome::Failed(why),
         },
+        Undo::Nftables { table } => {
+            let deleted = host_of(ctx.target).and_then(|addr| {
+                nft.delete(table, addr)?;
+                Ok(addr)
+            });
+            match deleted {
+                Ok(addr) => UndoOutcome::Done(format!(
+                    "{addr} is out of set inet {table} {}",
+                    set_of(addr)
+                )),
+                Err(e) => UndoOutcome::Failed(e.to_string()),
+            }
+        }
     }
 }
 
@@ -139,6 +158,7 @@ mod tests {
             &ctx,
             UnblockReason::Expired,
             &LuaPlugins::none(),
+            &NftHandle::closed(),
             timeout,
         )
     }

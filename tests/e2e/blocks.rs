@@ -47,7 +47,7 @@ pub(crate) fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// `list --json` as JSON values.
-fn list(lab: &Lab) -> Vec<serde_json::Value> {
+pub(crate) fn list(lab: &Lab) -> Vec<serde_json::Value> {
     let out = lab.ctl_ok(&["list", "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("list --json: {e}: {out}"))
 }

@@ -105,11 +105,9 @@ fn nmap_connect_scan_over_ipv4_is_logged_and_blocked_by_every_responder() {
             .contains(&format!("/{att} Port: "))
     );
     // The same lines reached syslog, as RFC 3164 daemon.notice from portsentry[pid].
-    let syslog = d.syslog();
-    let connect = syslog
-        .iter()
-        .find(|m| m.contains("attackalert: Connect from host:"))
-        .unwrap_or_else(|| panic!("syslog got: {syslog:?}"));
+    let connect = d
+        .syslog_line("attackalert: Connect from host:")
+        .unwrap_or_else(|| panic!("syslog got: {:?}", d.syslog()));
     assert!(
         connect.starts_with("<29>"),
         "facility daemon, level notice: {connect}"

@@ -59,7 +59,7 @@ fn scanned_with_plugin(lab: &Lab, plugin: &str) -> (Daemon, ChildGuard) {
 fn scan_puts_the_scanner_into_a_real_nftables_set_and_its_next_connection_is_dropped() {
     let lab = Lab::new();
     let (d, _service) = scanned_with_plugin(&lab, "nftables");
-    let set = lab.defend(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set = lab.defend(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v4"]);
     let listing = String::from_utf8_lossy(&set.stdout);
     assert!(listing.contains(&lab.att4), "{listing}");
     assert!(!attacker_reaches_service(&lab), "the scanner is dropped");
@@ -72,7 +72,7 @@ fn scan_puts_the_scanner_into_a_real_nftables_set_and_its_next_connection_is_dro
         ),
         20,
     );
-    let set6 = lab.defend(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    let set6 = lab.defend(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v6"]);
     assert!(String::from_utf8_lossy(&set6.stdout).contains(&lab.att6));
     let history = lab.read("portsentry.history");
     assert_eq!(history.lines().count(), 2, "{history}");
@@ -183,7 +183,7 @@ fn test_plugin_runs_each_shipped_plugin_without_an_attack() {
     let lab = Lab::new();
     let (code, out) = try_plugin(&lab, "nftables", "");
     assert_eq!(code, 0, "{out}");
-    let set = lab.defend(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set = lab.defend(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v4"]);
     assert!(
         String::from_utf8_lossy(&set.stdout).contains("192.0.2.7"),
         "{out}"

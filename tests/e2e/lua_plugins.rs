@@ -89,19 +89,19 @@ fn nftables_plugin_puts_ipv4_and_ipv6_into_real_sets_with_a_timeout() {
     let (code, report) = try_plugin(&plugin, "192.0.2.7", &c);
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("nft add element inet portsentry blocked_v4 { 192.0.2.7 timeout 1h }"),
+        report.contains("nft add element inet portsentry_lua blocked_v4 { 192.0.2.7 timeout 1h }"),
         "{report}"
     );
-    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v4"]);
     assert!(set4.contains("192.0.2.7"), "{set4}");
     assert!(set4.contains("expires"), "{set4}");
 
     let (code, report) = try_plugin(&plugin, "2001:db8::7", &c);
     assert_eq!(code, 0, "{report}");
-    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v6"]);
     assert!(set6.contains("2001:db8::7"), "{set6}");
 
-    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry_lua", "input"]);
     assert!(chain.contains("hook input priority"), "{chain}");
     assert_eq!(
         chain.matches("ip saddr @blocked_v4 drop").count(),
@@ -129,7 +129,7 @@ fn nftables_responder_is_idempotent_and_recovers_from_a_flushed_ruleset() {
                 assert_eq!(
                     a.detail,
                     format!(
-                        "ip netns exec {} nft add element inet portsentry blocked_v4 {{ 192.0.2.7 }}",
+                        "ip netns exec {} nft add element inet portsentry_lua blocked_v4 {{ 192.0.2.7 }}",
                         lab.def
                     )
                 );
@@ -137,23 +137,23 @@ fn nftables_responder_is_idempotent_and_recovers_from_a_flushed_ruleset() {
             other => panic!("{other:?}"),
         }
     }
-    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry_lua", "input"]);
     assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
 
     // Someone flushes the ruleset: the next block sets everything up again.
     lab.defend_stdout(&["nft", "flush", "ruleset"]);
     let out = respond(&plugins, &c, "192.0.2.8", "192.0.2.8");
     assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
-    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v4"]);
     assert!(set4.contains("192.0.2.8"), "{set4}");
-    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry", "input"]);
+    let chain = lab.defend_stdout(&["nft", "list", "chain", "inet", "portsentry_lua", "input"]);
     assert_eq!(chain.matches("@blocked_v4").count(), 1, "{chain}");
 }
 
 #[test]
 fn nftables_plugin_refuses_bad_settings_when_it_loads() {
     for (key, value) in [
-        ("NFTABLES_TABLE", "x; flush ruleset"),
+        ("NFTABLES_PLUGIN_TABLE", "x; flush ruleset"),
         ("NFTABLES_VERDICT", "accept"),
         ("NFTABLES_TIMEOUT", "a while"),
     ] {
@@ -219,12 +219,12 @@ fn nftables_unblock_deletes_the_element_and_a_missing_one_is_fine() {
     block_undone_by_plugin(&plugins, &c, "nftables", &["192.0.2.7", "2001:db8::7"]);
     let done = unblock(&plugins, &c, "nftables", "192.0.2.7").expect("unblocked");
     assert!(
-        done.ends_with("nft delete element inet portsentry blocked_v4 { 192.0.2.7 }"),
+        done.ends_with("nft delete element inet portsentry_lua blocked_v4 { 192.0.2.7 }"),
         "{done}"
     );
-    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v4"]);
+    let set4 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v4"]);
     assert!(!set4.contains("192.0.2.7"), "{set4}");
-    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry", "blocked_v6"]);
+    let set6 = lab.defend_stdout(&["nft", "list", "set", "inet", "portsentry_lua", "blocked_v6"]);
     assert!(
         set6.contains("2001:db8::7"),
         "the other block stays: {set6}"

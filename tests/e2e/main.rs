@@ -12,6 +12,8 @@ mod lab;
 mod lua;
 mod lua_plugins;
 mod metrics;
+mod nftables;
+mod nftables_backend;
 mod protect;
 mod raw;
 mod raw_sensor;

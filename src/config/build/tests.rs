@@ -872,7 +872,13 @@ fn every_table_key_builds_from_a_valid_value() {
         | "EVENT_LOG_RATE_LIMIT" => "100",
         "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
-        "RESOLVE_HOST" | "KILL_RUN_CMD_FIRST" | "LUA_RESPONDERS_FIRST" | "SCAN_TRIGGER" => "1",
+        "RESOLVE_HOST"
+        | "KILL_RUN_CMD_FIRST"
+        | "LUA_RESPONDERS_FIRST"
+        | "SCAN_TRIGGER"
+        | "KILL_NFTABLES"
+        | "NFTABLES_FORWARD" => "1",
+        "NFTABLES_TABLE" => "ps_blocks",
         "BLOCK_TCP" | "BLOCK_UDP" => "2",
         "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" | "UNKILL_ROUTE" | "UNKILL_RUN_CMD" => {
             "x $TARGET$"
@@ -933,7 +939,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 48);
+    assert_eq!(KEYS.len(), 51);
 }
 
 // ---- load ----
@@ -1164,6 +1170,9 @@ fn shipped_config_loads_without_errors_or_warnings() {
         Some("/sbin/ip route del unreachable $TARGET$")
     );
     assert_eq!(c.block_timeout, None, "1.2: blocks are permanent");
+    assert!(c.kill_nftables, "shipped on, beside route and hosts.deny");
+    assert_eq!(c.nftables_table, "portsentry");
+    assert!(!c.nftables_forward);
     assert!(c.lua_responders.is_empty());
     let d = defaults(&shipped_conf());
     assert_eq!(c.tcp_ports, d.tcp_ports);
@@ -1195,7 +1204,7 @@ fn shipped_config_documents_every_key() {
     }
     for example in [
         "NFTABLES_TIMEOUT",
-        "NFTABLES_TABLE",
+        "NFTABLES_PLUGIN_TABLE",
         "MAIL_TO",
         "JSONLOG_FILE",
     ] {
@@ -1286,5 +1295,118 @@ fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
         errors[2]
             .to_string()
             .starts_with("p.conf:3: LOG_RATE_LIMIT:")
+    );
+}
+
+#[test]
+fn nftables_keys_default_to_off_table_portsentry_input_only() {
+    let c = clean("");
+    assert!(!c.kill_nftables, "1.2 configs: off");
+    assert_eq!(c.nftables_table, "portsentry");
+    assert!(!c.nftables_forward);
+    let c = clean("KILL_NFTABLES=\"1\"\nNFTABLES_TABLE=\"ps-4.blocks\"\nNFTABLES_FORWARD=\"1\"\n");
+    assert!(c.kill_nftables && c.nftables_forward);
+    assert_eq!(c.nftables_table, "ps-4.blocks");
+}
+
+#[test]
+fn nftables_keys_refuse_what_nft_could_not_name() {
+    let errors = build(
+        &parse(
+            Path::new("p.conf"),
+            "KILL_NFTABLES=\"yes\"\nNFTABLES_TABLE=\"my table\"\nNFTABLES_TABLE=\"\"\n\
+             NFTABLES_FORWARD=\"2\"\n",
+        )
+        .unwrap(),
+    )
+    .unwrap_err()
+    .0;
+    let texts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        texts[0],
+        "p.conf:1: KILL_NFTABLES: \"yes\": expected \"0\" (off) or \"1\" (on)"
+    );
+    assert_eq!(
+        texts[1],
+        "p.conf:2: NFTABLES_TABLE: \"my table\": not a table name: use a letter or '_' first, \
+         then letters, digits, '_', '-' or '.', at most 255 of them"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("p.conf:4: NFTABLES_FORWARD:")),
+        "{texts:?}"
+    );
+}
+
+#[test]
+fn built_in_nftables_keys_are_never_the_nftables_plugins_settings() {
+    let c = clean(
+        "LUA_RESPONDERS=\"nftables\"\nKILL_NFTABLES=\"1\"\nNFTABLES_TABLE=\"ps\"\n\
+         NFTABLES_FORWARD=\"1\"\nNFTABLES_PLUGIN_TABLE=\"custom\"\nNFTABLES_TIMEOUT=\"1h\"\n",
+    );
+    assert_eq!(c.nftables_table, "ps");
+    let settings = crate::respond::lua::plugin_settings(&c, "nftables");
+    let keys: Vec<&str> = settings.keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["plugin_table", "timeout"]);
+}
+
+#[test]
+fn kill_nftables_and_the_plugin_may_not_share_a_table() {
+    for (text, line, how) in [
+        (
+            "LUA_RESPONDERS=\"nftables\"\nKILL_NFTABLES=\"1\"\nNFTABLES_TABLE=\"t\"\n\
+             NFTABLES_PLUGIN_TABLE=\"t\"\n",
+            4,
+            "NFTABLES_TABLE and NFTABLES_PLUGIN_TABLE name the same table",
+        ),
+        (
+            "LUA_RESPONDERS=\"nftables\"\nKILL_NFTABLES=\"1\"\nNFTABLES_TABLE=\"portsentry_lua\"\n",
+            3,
+            "NFTABLES_TABLE names the plugin's default table",
+        ),
+    ] {
+        let errors = build(&parse(Path::new("p.conf"), text).unwrap())
+            .unwrap_err()
+            .0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, line);
+        assert!(errors[0].message.starts_with(how), "{}", errors[0]);
+        assert!(
+            errors[0]
+                .message
+                .ends_with("would both manage table inet t; give each a table of its own")
+                || errors[0].message.contains("table inet portsentry_lua;"),
+            "{}",
+            errors[0]
+        );
+    }
+    // The defaults differ: both on, no clash.
+    clean("LUA_RESPONDERS=\"nftables\"\nKILL_NFTABLES=\"1\"\n");
+}
+
+#[test]
+fn nftables_table_written_for_the_plugin_is_told_where_the_setting_went() {
+    let c = built("LUA_RESPONDERS=\"nftables\"\nNFTABLES_TABLE=\"mine\"\n");
+    assert_eq!(
+        warnings(&c),
+        vec![
+            "portsentry.conf:2: NFTABLES_TABLE is the table of the built-in responder \
+             (KILL_NFTABLES, off here), not a setting of the nftables plugin: the plugin reads \
+             its table from NFTABLES_PLUGIN_TABLE (default portsentry_lua)"
+        ]
+    );
+}
+
+#[test]
+fn the_plugins_default_table_is_the_one_the_config_checks_against() {
+    let plugin =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/nftables.lua"))
+            .unwrap();
+    assert!(
+        plugin.contains(&format!(
+            "local tbl = cfg.plugin_table or \"{NFTABLES_PLUGIN_DEFAULT_TABLE}\""
+        )),
+        "plugins/nftables.lua and NFTABLES_PLUGIN_DEFAULT_TABLE disagree"
     );
 }

@@ -101,7 +101,9 @@ pub fn setting_prefix(plugin: &str) -> String {
     plugin.to_ascii_uppercase().replace('-', "_")
 }
 
-/// A plugin's own settings (`NFTABLES_TIMEOUT` -> `timeout`), as the plugin sees them.
+/// A plugin's own settings (`NFTABLES_TIMEOUT` -> `timeout`), as the plugin sees them. A
+/// key the core knows is never a plugin setting, even under the plugin's prefix:
+/// `NFTABLES_TABLE` belongs to `KILL_NFTABLES`, not to plugin `nftables`.
 pub fn plugin_settings(config: &Config, plugin: &str) -> BTreeMap<String, String> {
     let prefix = format!("{}_", setting_prefix(plugin));
     config
@@ -109,6 +111,9 @@ pub fn plugin_settings(config: &Config, plugin: &str) -> BTreeMap<String, String
         .iter()
         .filter_map(|(k, v)| {
             let upper = k.to_ascii_uppercase();
+            if build::key_spec(&upper).is_some() {
+                return None;
+            }
             let rest = upper.strip_prefix(&prefix)?;
             (!rest.is_empty()).then(|| (rest.to_ascii_lowercase(), v.clone()))
         })

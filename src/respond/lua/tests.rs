@@ -1133,6 +1133,7 @@ fn unblock_through_undo_action_calls_the_plugin() {
         &ctx,
         UnblockReason::Expired,
         &plugins,
+        &crate::respond::nftables::NftHandle::closed(),
         Duration::from_secs(1),
     );
     assert_eq!(

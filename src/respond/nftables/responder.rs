@@ -1,0 +1,281 @@
+//! `KILL_NFTABLES`: the built-in responder over [`NftBackend`], and the one backend the
+//! responder pool's workers share ([`NftHandle`]).
+//!
+//! The block manager opens the backend at start and again when a reload changes its
+//! settings, loads the journal's blocks into the sets in one batch before they are restored
+//! one by one, and hands the handle to the pool; each worker then adds or deletes one host
+//! at a time under a mutex, a few microseconds each. The mutex guards a netlink socket, not
+//! block state: which hosts are blocked is still the manager's alone.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+
+use super::{NftBackend, NftError, NftSettings, host_of, probe, set_of};
+use crate::config::{Config, ConfigWarning};
+use crate::report;
+use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
+
+/// The daemon's nftables backend, shared by the responder workers; empty while
+/// `KILL_NFTABLES` is off or could not be set up. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct NftHandle {
+    backend: Arc<Mutex<Option<NftBackend>>>,
+}
+
+impl NftHandle {
+    /// A handle with no backend (`KILL_NFTABLES` off): the responder stays out of the chain.
+    pub fn closed() -> NftHandle {
+        NftHandle::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<NftBackend>> {
+        // A worker that panicked mid-call leaves a socket that is still usable.
+        self.backend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the config, at start and at every reload: opens the table `KILL_NFTABLES`
+    /// asks for (a changed `NFTABLES_TABLE`, `NFTABLES_FORWARD` or set size opens it
+    /// anew; hosts already blocked stay in whatever table they were put in, and are deleted
+    /// from there when their block ends), closes it when `KILL_NFTABLES` is off, and tries
+    /// again a backend that could not be opened before. Logs one line for what changed: an
+    /// unusable nftables is one error line, and the other responders carry on.
+    pub fn configure(&self, config: &Config) {
+        let want = NftSettings::from_config(config);
+        let mut slot = self.lock();
+        let have = slot.as_ref().map(|b| b.settings().clone());
+        match want {
+            None => {
+                if let Some(had) = have {
+                    *slot = None;
+                    log::info!("{}", report::nftables_off(&had.table));
+                }
+            }
+            Some(s) if have.as_ref() == Some(&s) => {}
+            Some(s) => match NftBackend::open(&s) {
+                Ok(b) => {
+                    *slot = Some(b);
+                    log::info!(
+                        "{}",
+                        report::nftables_ready(&s.table, s.set_size, s.forward)
+                    );
+                }
+                Err(e) => {
+                    *slot = None;
+                    log::error!("{}", report::nftables_unusable(e));
+                }
+            },
+        }
+    }
+
+    /// Whether a backend is open (the responder joins the chain only then).
+    pub fn is_open(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Adds hosts with their kernel timeouts in one transaction; returns the table they went
+    /// into. When our table or a set of it has vanished (`nft flush ruleset`, a firewall
+    /// service reloading the whole ruleset), it is made again and the add is tried once more.
+    pub fn add(&self, elements: &[(IpAddr, Option<Duration>)]) -> Result<String, NftError> {
+        let mut slot = self.lock();
+        let backend = slot.as_mut().ok_or(NftError::Closed)?;
+        let table = backend.settings().table.clone();
+        match backend.add(elements) {
+            Ok(()) => Ok(table),
+            Err(e @ NftError::Kernel { .. }) if is_missing(&e) => {
+                let mut fresh = NftBackend::open(backend.settings())?;
+                fresh.add(elements)?;
+                log::warn!("{}", report::nftables_remade(&table, &e));
+                *backend = fresh;
+                Ok(table)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// At start, before the journal's blocks are restored one by one: all of them into the
+    /// sets in one batch, each with the time it has left, so that the kernel holds every
+    /// block within a fraction of a second of start. Logs what it did; a failure only means
+    /// each block is added as it is restored.
+    pub fn preload(&self, elements: &[(IpAddr, Option<Duration>)]) {
+        if elements.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.add(elements) {
+            Ok(table) => log::info!(
+                "{}",
+                report::nftables_loaded(elements.len(), &table, started.elapsed())
+            ),
+            Err(NftError::Closed) => {}
+            Err(e) => log::error!("{}", report::nftables_load_failed(e)),
+        }
+    }
+
+    /// Deletes a host from the sets of `table`: through the open backend when it is that
+    /// table, else through a socket of its own (the table of a block made before a reload
+    /// changed `NFTABLES_TABLE` or turned `KILL_NFTABLES` off). A host, set or table already
+    /// gone is success.
+    pub fn delete(&self, table: &str, addr: IpAddr) -> Result<(), NftError> {
+        let mut slot = self.lock();
+        if let Some(b) = slot.as_mut().filter(|b| b.settings().table == table) {
+            return b.delete(&[addr]);
+        }
+        drop(slot);
+        NftBackend::attach(table)?.delete(&[addr])
+    }
+}
+
+/// Whether the kernel said that something of our layout does not exist (any more).
+fn is_missing(e: &NftError) -> bool {
+    matches!(e, NftError::Kernel { source, .. } if source.raw_os_error() == Some(Errno::ENOENT as i32))
+}
+
+/// `KILL_NFTABLES`: the host into the set of its family, with the block's remaining time as
+/// the kernel timeout of the element (none for a permanent block). Networks (blocks made by
+/// hand) are left to the other responders: the sets hold single hosts.
+pub struct NftResponder {
+    handle: NftHandle,
+}
+
+impl NftResponder {
+    /// A responder adding through the shared backend.
+    pub fn new(handle: NftHandle) -> NftResponder {
+        NftResponder { handle }
+    }
+}
+
+impl Responder for NftResponder {
+    fn name(&self) -> String {
+        "nftables".to_string()
+    }
+
+    fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
+        let addr = match host_of(ctx.target) {
+            Ok(a) => a,
+            Err(e) => return Outcome::Skipped(format!("{e}; the other responders block it")),
+        };
+        let timeout = ctx
+            .until
+            .map(|u| u.duration_since(SystemTime::now()).unwrap_or_default());
+        match self.handle.add(&[(addr, timeout)]) {
+            Ok(table) => {
+                let set = set_of(addr);
+                log::info!(
+                    "{}",
+                    report::blocked_via_nftables(ctx.target_text(), &table, set)
+                );
+                let until = timeout.map_or_else(String::new, |t| {
+                    format!(
+                        " timeout {}",
+                        humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
+                    )
+                });
+                Outcome::Done(Action {
+                    responder: self.name(),
+                    detail: format!("set inet {table} {set}{until}"),
+                    undo: Undo::Nftables { table },
+                })
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+/// For `--check-config`: with `KILL_NFTABLES="1"`, whether nftables can be used here (the
+/// kernel has nf_tables, the process has CAP_NET_ADMIN, our table holds nothing we cannot
+/// use), checked without changing anything. A warning, not an error: the config is valid,
+/// and the daemon starts with it and blocks through the other responders.
+pub fn config_warnings(config: &Config) -> Vec<ConfigWarning> {
+    let Some(settings) = NftSettings::from_config(config) else {
+        return Vec::new();
+    };
+    match probe(&settings) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![ConfigWarning {
+            file: config.path.clone(),
+            line: 0,
+            message: format!(
+                "KILL_NFTABLES: {e}; the daemon would start and block with the other responders only"
+            ),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Mode, ProbeKind};
+
+    fn config() -> Config {
+        crate::config::build::defaults(std::path::Path::new("p.conf"))
+    }
+
+    #[test]
+    fn settings_follow_the_keys_and_max_active_blocks_sizes_the_sets() {
+        let mut c = config();
+        assert_eq!(NftSettings::from_config(&c), None, "off by default");
+        c.kill_nftables = true;
+        c.nftables_table = "ps".into();
+        c.nftables_forward = true;
+        assert_eq!(
+            NftSettings::from_config(&c),
+            Some(NftSettings {
+                table: "ps".into(),
+                set_size: 10_000,
+                forward: true
+            })
+        );
+        c.max_active_blocks = 0;
+        assert_eq!(
+            NftSettings::from_config(&c).map(|s| s.set_size),
+            Some(super::super::UNLIMITED_SET_SIZE),
+            "no limit: a large size"
+        );
+    }
+
+    #[test]
+    fn a_network_is_skipped_and_a_closed_backend_fails_without_the_kernel() {
+        let mut r = NftResponder::new(NftHandle::closed());
+        let c = config();
+        let alert = crate::event::Alert {
+            hit: crate::event::Hit::now(
+                "10.77.1.0".parse().unwrap(),
+                0,
+                Mode::Tcp,
+                ProbeKind::Connect,
+            ),
+            count: 0,
+            already_blocked: false,
+            actionable: true,
+        };
+        let ctx = ResponseContext {
+            target: "10.77.1.0/24".parse().unwrap(),
+            ..ResponseContext::for_alert(&alert, "10.77.1.0/24", &c)
+        };
+        match r.respond(&ctx) {
+            Outcome::Skipped(why) => assert_eq!(
+                why,
+                "10.77.1.0/24 is a network; the nftables sets hold single hosts only; the \
+                 other responders block it"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let o =
+            crate::respond::respond_once(&mut r, "10.77.1.2", 79, Mode::Tcp, ProbeKind::Connect);
+        assert_eq!(
+            o,
+            Outcome::Failed(
+                "nftables: not in use (KILL_NFTABLES is off or could not be set up)".into()
+            )
+        );
+        assert!(!NftHandle::closed().is_open());
+    }
+
+    #[test]
+    fn check_config_is_silent_when_kill_nftables_is_off() {
+        assert!(config_warnings(&config()).is_empty());
+    }
+}
