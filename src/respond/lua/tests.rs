@@ -1030,7 +1030,7 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
 #[test]
 fn json_of_deep_or_cyclic_tables_fails_cleanly() {
     let t = assert_escape_fails(
-        "    local t = {} local c = t\n    for i = 1, 100000 do c.x = {} c = c.x end\n    portsentry.json(t)",
+        "    local t = {} local c = t\n    for i = 1, 1000 do c.x = {} c = c.x end\n    portsentry.json(t)",
         &[],
     );
     assert!(t.contains("portsentry.json"), "{t}");
