@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_apt=()
 for pkg in build-essential pkg-config iproute2 nmap nftables iptables procps python3 systemd \
-           netcat-openbsd ca-certificates curl kmod hping3; do
+           netcat-openbsd ca-certificates curl kmod hping3 dpkg-dev logrotate; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,3 +24,12 @@ if ! command -v cargo >/dev/null 2>&1 || ! cargo --version | awk '{split($2,v,".
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 cargo --version
+
+# cargo-deb builds the Debian package (scripts/build-deb.sh, and the package test in
+# scripts/test.sh). Installed once, pinned, so a clean CI machine pays the ~3 minutes of
+# compiling it only on its first run.
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+  echo "setup: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+fi

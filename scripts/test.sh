@@ -11,3 +11,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 cargo build --all-targets --locked
 cargo test --locked --all-targets -- --test-threads=2
+# The Debian package: built (release), its contents and conffiles checked, installed into
+# throwaway dpkg roots, and installed over Debian's portsentry 1.2.
+./scripts/test-package.sh

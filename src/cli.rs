@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, DEFAULT_CONFIG_PATH};
 use crate::control::commands::{self, block_duration, canonical_target};
@@ -94,6 +94,61 @@ struct Args {
     /// Protocol for --test-plugin (tcp or udp).
     #[arg(long, requires = "test_plugin", default_value = "tcp", value_parser = ["tcp", "udp"])]
     proto: String,
+}
+
+/// The command line as clap knows it: what `--help` prints, and the source of the man pages
+/// and shell completions ([`crate::docs`]).
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// `--generate-man DIR` and/or `--generate-completions DIR`, alone on the command line: the
+/// package build's step, writing [`crate::docs`]' files and naming each on stdout. Read
+/// before clap, so that neither `--help`, the man pages nor the completions offer admins a
+/// maintainer's flag. `None`: not such a command line.
+fn generate_docs(argv: &[String]) -> Option<i32> {
+    let mut rest = argv.get(1..)?;
+    if !rest.first()?.starts_with("--generate-") {
+        return None;
+    }
+    let mut jobs = Vec::new();
+    while let Some((flag, tail)) = rest.split_first() {
+        let man = match flag.as_str() {
+            "--generate-man" => true,
+            "--generate-completions" => false,
+            other => {
+                eprintln!(
+                    "portsentry: {other}: expected --generate-man DIR or --generate-completions DIR"
+                );
+                return Some(EXIT_USAGE);
+            }
+        };
+        let Some((dir, tail)) = tail.split_first() else {
+            eprintln!("portsentry: {flag} needs a directory");
+            return Some(EXIT_USAGE);
+        };
+        jobs.push((Path::new(dir), man));
+        rest = tail;
+    }
+    for (dir, man) in jobs {
+        let files = if man {
+            crate::docs::man_pages()
+        } else {
+            crate::docs::completions()
+        };
+        match crate::docs::write_all(dir, &files) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("portsentry: {e}");
+                return Some(EXIT_FAILURE);
+            }
+        }
+    }
+    Some(0)
 }
 
 /// Client commands: each asks the running daemon over its control socket.
@@ -394,7 +449,11 @@ fn test_plugin(plugin: &Path, args: &Args) -> i32 {
 
 /// Entry point of the binary; returns the exit code.
 pub fn main() -> i32 {
-    let argv = rewrite_legacy_flags(std::env::args());
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(code) = generate_docs(&argv) {
+        return code;
+    }
+    let argv = rewrite_legacy_flags(argv);
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {
@@ -585,6 +644,37 @@ mod tests {
             assert!(text.contains("--socket <PATH>"), "{sub}: {text}");
             assert!(text.contains("-c, --config <PATH>"), "{sub}: {text}");
         }
+    }
+
+    #[test]
+    fn generate_flags_write_the_docs_and_nothing_else_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let man = dir.path().join("man");
+        let comp = dir.path().join("completions");
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let code = generate_docs(&argv(&[
+            "portsentry",
+            "--generate-man",
+            man.to_str().unwrap(),
+            "--generate-completions",
+            comp.to_str().unwrap(),
+        ]));
+        assert_eq!(code, Some(0));
+        assert!(man.join("portsentry.8").is_file());
+        assert!(man.join("portsentry.conf.5").is_file());
+        assert!(comp.join("_portsentry").is_file());
+        assert_eq!(
+            generate_docs(&argv(&["portsentry", "--generate-man"])),
+            Some(EXIT_USAGE)
+        );
+        assert_eq!(
+            generate_docs(&argv(&["portsentry", "--generate-man", "/x", "-tcp"])),
+            Some(EXIT_USAGE)
+        );
+        assert_eq!(generate_docs(&argv(&["portsentry", "-tcp"])), None);
+        assert_eq!(generate_docs(&argv(&["portsentry"])), None);
+        // Not a flag clap knows: the daemon's command line refuses it.
+        assert!(parse(&["portsentry", "--generate-man", "/x"]).is_err());
     }
 
     #[test]
