@@ -20,7 +20,8 @@ fail() {
   echo "package test: FAIL: $*" >&2
   exit 1
 }
-ok() { echo "package test: ok: $*"; }
+PASSED=0
+ok() { PASSED=$((PASSED + 1)); echo "package test: ok: $*"; }
 
 # PACKAGE_TEST_KEEP=1 keeps the roots and the dpkg logs for a look after a failure.
 work=$(mktemp -d /tmp/portsentry-package.XXXXXX)
@@ -292,3 +293,5 @@ ok "upgrade from $old_version: admin's conf, default and ignore kept (ours as .d
 before: $host_before
 after:  $(host_witness)"
 ok "nothing outside the throwaway roots changed"
+# Every check above stops the script at its first failure, so reaching here means all passed.
+echo "package: $PASSED passed, 0 failed"
