@@ -297,6 +297,15 @@ fn restart_after_kill_9_and_route_flush_restores_active_blocks_and_not_expired_o
     );
     assert!(all_back, "missing routes: {}", lab.def_routes());
     assert!(took < Duration::from_secs(3), "restore took {took:?}");
+    // The daemon's own figure, from reading the journal to the last route: within a second.
+    let line = d2.expect_line("block(s) re-applied in ", 5);
+    let ms: u64 = line
+        .split("re-applied in ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(ms < 1000, "{line}");
     d2.expect_line("WARNING: ", 5);
     assert!(
         d2.lines()
