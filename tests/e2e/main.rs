@@ -3,6 +3,7 @@
 //! driven in-process against the same lab. Needs root, iproute2, nftables, iptables,
 //! python3 and nmap (scripts/setup-deps.sh): a test whose prerequisite is missing fails.
 
+mod answers;
 mod blocks;
 mod classic;
 mod config_errors;
