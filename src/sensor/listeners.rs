@@ -235,33 +235,43 @@ pub fn tcp_lookup_request(local: SocketAddr, remote: SocketAddr, seq: u32) -> Ve
 /// The answer to a [`tcp_lookup_request`] numbered `seq` in one datagram: `Some(true)` a
 /// socket owns the four-tuple, `Some(false)` none does (`ENOENT`), `None` the datagram held
 /// only replies to other requests; any other error is an error.
-pub fn parse_lookup_reply(mut b: &[u8], seq: u32) -> Result<Option<bool>, String> {
-    while b.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        let msg_seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        if len < NLMSG_HDRLEN || len > b.len() {
-            return Err(format!("sock_diag: bad message length {len}"));
+pub fn parse_lookup_reply(b: &[u8], seq: u32) -> Result<Option<bool>, String> {
+    for msg in NetlinkMessages(b) {
+        let (kind, msg_seq, body) = msg?;
+        match kind {
+            _ if msg_seq != seq => {}
+            SOCK_DIAG_BY_FAMILY => return Ok(Some(true)),
+            NLMSG_ERROR if error_code(body) == -libc::ENOENT => return Ok(Some(false)),
+            NLMSG_ERROR => return Err(diag_error(body)),
+            _ => {}
         }
-        if msg_seq == seq {
-            match kind {
-                SOCK_DIAG_BY_FAMILY => return Ok(Some(true)),
-                NLMSG_ERROR => {
-                    return match error_code(&b[NLMSG_HDRLEN..len]) {
-                        code if code == -libc::ENOENT => Ok(Some(false)),
-                        code => Err(format!(
-                            "sock_diag: {}",
-                            io::Error::from_raw_os_error(code.saturating_neg())
-                        )),
-                    };
-                }
-                _ => {}
-            }
-        }
-        let next = (len + 3) & !3;
-        b = b.get(next..).unwrap_or(&[]);
     }
     Ok(None)
+}
+
+/// The messages of one netlink datagram as (type, sequence number, body); a header whose
+/// length does not fit ends the walk with an error.
+struct NetlinkMessages<'a>(&'a [u8]);
+
+impl<'a> Iterator for NetlinkMessages<'a> {
+    type Item = Result<(u16, u32, &'a [u8]), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        if b.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        if len < NLMSG_HDRLEN || len > b.len() {
+            self.0 = &[];
+            return Some(Err(format!("sock_diag: bad message length {len}")));
+        }
+        // Messages are 4-byte aligned.
+        self.0 = b.get((len + 3) & !3..).unwrap_or(&[]);
+        Some(Ok((kind, seq, &b[NLMSG_HDRLEN..len])))
+    }
 }
 
 /// The (negative) errno of an `NLMSG_ERROR` body; 0 when missing.
@@ -269,6 +279,14 @@ fn error_code(body: &[u8]) -> i32 {
     body.get(..4)
         .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
         .unwrap_or(0)
+}
+
+/// An `NLMSG_ERROR` body as a message.
+fn diag_error(body: &[u8]) -> String {
+    format!(
+        "sock_diag: {}",
+        io::Error::from_raw_os_error(error_code(body).saturating_neg())
+    )
 }
 
 /// The local ports in one datagram of a sock_diag dump, and whether the dump ended.
@@ -284,28 +302,17 @@ pub struct DiagPart {
 /// `nlmsghdr` + `inet_diag_msg`, maybe ending with `NLMSG_DONE`. Messages of another
 /// sequence number (late replies to an earlier request) are skipped. An `NLMSG_ERROR` or a
 /// malformed header is an error.
-pub fn parse_diag_dump(mut b: &[u8], seq: u32) -> Result<DiagPart, String> {
+pub fn parse_diag_dump(b: &[u8], seq: u32) -> Result<DiagPart, String> {
     let mut part = DiagPart::default();
-    while b.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        let msg_seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        if len < NLMSG_HDRLEN || len > b.len() {
-            return Err(format!("sock_diag: bad message length {len}"));
-        }
-        let body = &b[NLMSG_HDRLEN..len];
+    for msg in NetlinkMessages(b) {
+        let (kind, msg_seq, body) = msg?;
         match kind {
             _ if msg_seq != seq => {}
             NLMSG_DONE => {
                 part.done = true;
                 return Ok(part);
             }
-            NLMSG_ERROR => {
-                return Err(format!(
-                    "sock_diag: {}",
-                    io::Error::from_raw_os_error(error_code(body).saturating_neg())
-                ));
-            }
+            NLMSG_ERROR => return Err(diag_error(body)),
             SOCK_DIAG_BY_FAMILY => {
                 // inet_diag_msg: family, state, timer, retrans, then id.sport (big endian).
                 let sport = body
@@ -315,9 +322,6 @@ pub fn parse_diag_dump(mut b: &[u8], seq: u32) -> Result<DiagPart, String> {
             }
             _ => {}
         }
-        // Messages are 4-byte aligned.
-        let next = (len + 3) & !3;
-        b = b.get(next..).unwrap_or(&[]);
     }
     Ok(part)
 }

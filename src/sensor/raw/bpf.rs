@@ -738,35 +738,34 @@ mod tests {
         assert!(!passes(&p, &icmp));
     }
 
-    /// A SYN (IPv4, no options) to `port`, checksum not fixed: the filter does not check it.
-    fn syn_to(port: u16) -> Vec<u8> {
-        let mut p = SYN_V4.to_vec();
-        p[22..24].copy_from_slice(&port.to_be_bytes());
+    /// `pkt` with the 16-bit port at byte `at` set to `port`; checksums are not fixed (the
+    /// filter does not check them).
+    fn with_port(pkt: &[u8], at: usize, port: u16) -> Vec<u8> {
+        let mut p = pkt.to_vec();
+        p[at..at + 2].copy_from_slice(&port.to_be_bytes());
         p
+    }
+
+    /// A SYN (IPv4, no options) to `port`.
+    fn syn_to(port: u16) -> Vec<u8> {
+        with_port(SYN_V4, 22, port)
     }
 
     fn udp6_to(port: u16) -> Vec<u8> {
-        let mut p = UDP_V6.to_vec();
-        p[42..44].copy_from_slice(&port.to_be_bytes());
-        p
+        with_port(UDP_V6, 42, port)
     }
 
     fn ack6_to(port: u16) -> Vec<u8> {
-        let mut p = ACK_V6.to_vec();
-        p[42..44].copy_from_slice(&port.to_be_bytes());
-        p
+        with_port(ACK_V6, 42, port)
     }
 
+    /// This host's SYN and datagram (IPv4) from local port `port`.
     fn syn_from(port: u16) -> Vec<u8> {
-        let mut p = OUT_SYN_V4.to_vec();
-        p[20..22].copy_from_slice(&port.to_be_bytes());
-        p
+        with_port(OUT_SYN_V4, 20, port)
     }
 
     fn udp_from(port: u16) -> Vec<u8> {
-        let mut p = OUT_UDP_V4.to_vec();
-        p[20..22].copy_from_slice(&port.to_be_bytes());
-        p
+        with_port(OUT_UDP_V4, 20, port)
     }
 
     #[test]
