@@ -3,7 +3,9 @@
 # 1.2, both in -atcp, each alone in a defender network namespace, attacked from a second one.
 #
 #   (a) CPU seconds of the daemon while BULK_MB MiB of bulk TCP flow to a real service,
-#       in MSS-sized segments
+#       in MSS-sized segments; and while the defender uploads BULK_MB MiB to a service of
+#       the attacker (ours also captures what the host sends: the SYNs and datagrams from
+#       watched ports, for its flow table; its prefilter must drop the rest in the kernel)
 #   (b) CPU seconds and detection lines logged for PROBES spoofed-source SYN probes
 #       (BLOCK_TCP=0), counted until the log goes quiet, at RATE per second (the CPU
 #       comparison with 1.2), then HIGH_PROBES at HIGH_RATE per second (does every probe
@@ -98,7 +100,9 @@ for ns in "$DEF" "$ATT"; do ip -n "$ns" link set lo up; done
 ip -n "$DEF" link set vd up; ip -n "$ATT" link set va up
 # One MSS per packet on the wire, as from a NIC without GRO: the worst case for a daemon
 # that copies every TCP segment (set GSO=1 to keep veth's 64 KiB GSO segments instead).
-if [ "${GSO:-0}" = 0 ]; then ip -n "$ATT" link set va gso_max_size 1500; fi
+if [ "${GSO:-0}" = 0 ]; then
+  ip -n "$ATT" link set va gso_max_size 1500; ip -n "$DEF" link set vd gso_max_size 1500
+fi
 # Spoofed sources live in 10.78.0.0/16: route them back to the attacker so that 1.2's raw
 # socket (after routing, rp_filter) sees them as well as our capture (before routing).
 ip -n "$DEF" route add 10.78.0.0/16 via $ATT4
@@ -214,11 +218,13 @@ wait_quiet() { # $1 = tag
 
 ip netns exec "$DEF" python3 "$HERE/sink.py" 5001 &
 PIDS+=($!)
+ip netns exec "$ATT" python3 "$HERE/sink.py" 5001 &
+PIDS+=($!)
 sleep 0.5
 
 # Figures per run, keyed "tag phase" (phases: cmp = RATE, hi = HIGH_RATE, hierr = HIGH_RATE
 # with ours copying its lines to stderr), each a space-separated list over the runs.
-declare -A BULK_CPU CPU LINES SENT_RATE REACHED ERRL DROP_P DROP_A DROP_K RSS
+declare -A BULK_CPU BULK_OUT_CPU CPU LINES SENT_RATE REACHED ERRL DROP_P DROP_A DROP_K RSS
 CSUM=0
 
 # Sums the counts of one kind of our daemon's drop reports in a log file: the syslog
@@ -325,6 +331,11 @@ for run in $(seq "$RUNS"); do
     t1=$(cpu_ticks "$DAEMON_PID")
     BULK_CPU[$tag]+="$(secs $((t1 - t0))) "
     echo "   bulk ${BULK_MB} MiB in ${took}s: daemon CPU $(secs $((t1 - t0)))s"
+    t0=$(cpu_ticks "$DAEMON_PID")
+    took=$(ip netns exec "$DEF" python3 "$HERE/bulk.py" $ATT4 5001 "$BULK_MB")
+    t1=$(cpu_ticks "$DAEMON_PID")
+    BULK_OUT_CPU[$tag]+="$(secs $((t1 - t0))) "
+    echo "   upload ${BULK_MB} MiB in ${took}s: daemon CPU $(secs $((t1 - t0)))s"
     flood "$tag" cmp "$PROBES" "$RATE"
     peak=$(peak_kib "$DAEMON_PID")
     stop_daemon
@@ -368,6 +379,7 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "| measure | ours | 1.2 |"
   echo "|---|---|---|"
   echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(m "${BULK_CPU[ours]:-}") | $(m "${BULK_CPU[old]:-}") |"
+  echo "| ... while the defender uploads $BULK_MB MiB to the attacker | $(m "${BULK_OUT_CPU[ours]:-}") | $(m "${BULK_OUT_CPU[old]:-}") |"
   echo "| (b) $PROBES forged-source SYNs at $RATE/s (BLOCK_TCP=0): achieved send rate, /s | $(m "${SENT_RATE[$O]:-}") | $(m "${SENT_RATE[$X]:-}") |"
   echo "| ... daemon CPU s | $(m "${CPU[$O]:-}") | $(m "${CPU[$X]:-}") |"
   echo "| ... detection lines logged | $(m "${LINES[$O]:-}") | $(m "${LINES[$X]:-}") |"
@@ -388,6 +400,7 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo
   echo "Raw figures per run (cmp: $RATE/s, hi: $HIGH_RATE/s, hierr: $HIGH_RATE/s with stderr; old = 1.2):"
   echo "bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
+  echo "upload CPU ours [$(l "${BULK_OUT_CPU[ours]:-}")] 1.2 [$(l "${BULK_OUT_CPU[old]:-}")];"
   for k in "$O" "$X" "$OH" "$XH" "$OE"; do
     [ -n "${CPU[$k]:-}" ] || continue
     line="$k: rate [$(l "${SENT_RATE[$k]}")], reached [$(l "${REACHED[$k]}")], CPU [$(l "${CPU[$k]}")], lines [$(l "${LINES[$k]}")]"

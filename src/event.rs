@@ -146,6 +146,12 @@ pub enum ProbeKind {
     Null,
     /// FIN+URG+PSH.
     Xmas,
+    /// ACK alone (PSH may ride along), no payload, answering no connection or flow of this
+    /// host: `nmap -sA` maps firewall rules with these. Ours; 1.2 skipped every ACK.
+    Ack,
+    /// FIN+ACK, no payload, answering no connection or flow of this host: Uriel Maimon's
+    /// scan (`nmap -sM`), which some BSD stacks answer differently on open ports. Ours.
+    Maimon,
     /// Any other combination without ACK/RST; the flags are printed.
     UnknownTcp(TcpFlags),
 }
@@ -166,6 +172,8 @@ impl ProbeKind {
             ProbeKind::Fin => "TCP FIN scan".to_string(),
             ProbeKind::Null => "TCP NULL scan".to_string(),
             ProbeKind::Xmas => "TCP XMAS scan".to_string(),
+            ProbeKind::Ack => "TCP ACK scan".to_string(),
+            ProbeKind::Maimon => "TCP Maimon scan".to_string(),
             ProbeKind::UnknownTcp(f) => format!(
                 "Unknown Type: TCP Packet Flags: SYN: {} FIN: {} ACK: {} PSH: {} URG: {} RST: {}",
                 u8::from(f.syn),

@@ -351,6 +351,14 @@ pub fn listener_gone(proto: Proto, port: u16) -> String {
     )
 }
 
+/// Ours: probes reported without asking the kernel whether a socket takes them (the raw
+/// sensor's live check failed); they may include answers to this host's own traffic.
+pub fn live_check_failed(count: u64, seconds: u64, err: &str) -> String {
+    format!(
+        "adminalert: WARNING: {count} probes in the last {seconds} s were reported without checking for a live socket: {err}"
+    )
+}
+
 /// Ours: the kernel dropped captured packets because the socket buffer was full.
 pub fn kernel_dropped(count: u64, seconds: u64) -> String {
     format!(

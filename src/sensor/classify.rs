@@ -1,10 +1,12 @@
-//! Captured packet -> probe: the pure function the raw sensor runs on every packet the
+//! Captured packet -> probe: the pure functions the raw sensor runs on every packet the
 //! kernel prefilter lets through.
 //!
 //! Input is an IP packet as an `AF_PACKET`/`SOCK_DGRAM` socket delivers it (no link-layer
-//! header, possibly followed by Ethernet padding). Output is either a [`Probe`] or the
-//! reason it is not one ([`Reject`]). Nothing here reads the system: the function can be fed
-//! random bytes, and is (see the tests).
+//! header, possibly followed by Ethernet padding). A packet addressed to this host goes to
+//! [`inspect`]: a [`Probe`] or the reason it is not one ([`Reject`]). A packet this host
+//! sends goes to [`outgoing`]: the [`FlowStart`] it opens (a UDP datagram, a TCP SYN), whose
+//! answers the sensor will not take for probes. Nothing here reads the system: the functions
+//! can be fed random bytes, and are (see the tests).
 //!
 //! What is checked, and why:
 //! - IPv4: header length, total length, header checksum (the kernel drops a packet whose IP
@@ -15,9 +17,12 @@
 //! - IPv6: payload length; extension headers (hop-by-hop, routing, destination options,
 //!   AH, fragment) are walked up to [`MAX_EXTENSION_HEADERS`] deep; a non-first fragment is
 //!   dropped; ESP, ICMPv6 and "no next header" are not probes. Jumbograms are not supported.
-//! - TCP: any segment with ACK or RST is skipped before anything else (compat.md §5: this
-//!   keeps established traffic and the replies to our own connections out). The 1.2 names
-//!   are given in 1.2's order by [`tcp_kind`].
+//! - TCP: a segment with RST, or with ACK beside SYN or URG, or with ACK and data, is skipped
+//!   before anything else: established traffic and replies are never probes. A bare ACK
+//!   (PSH allowed) or FIN+ACK without data is named `ACK scan` / `Maimon scan`: only a
+//!   candidate, since our own connections' peers send the same; the sensor drops the ones
+//!   that answer a flow or belong to a live socket. Segments without ACK get 1.2's names in
+//!   1.2's order (compat.md §5), by [`tcp_kind`].
 //! - TCP/UDP checksum: a segment with a wrong checksum is dropped by the kernel, so it is not
 //!   counted. A sensor that knows the kernel already validated the checksum, or that the
 //!   packet was built on this machine and not summed yet (veth, loopback), passes
@@ -66,7 +71,7 @@ pub struct Probe {
     pub dst: IpAddr,
     /// TCP or UDP.
     pub proto: Proto,
-    /// Source port: tells a UDP answer (from port 53, 123, …) from a probe.
+    /// Source port: with the source address, tells an answer to a flow this host started.
     pub src_port: u16,
     /// Destination port: the port being probed.
     pub dst_port: u16,
@@ -90,12 +95,31 @@ pub enum Reject {
     NotTcpOrUdp,
     /// A fragment other than the first: it carries no transport header.
     NonFirstFragment,
-    /// TCP with ACK or RST: established traffic or a reply, never a probe.
+    /// TCP with RST, or ACK with SYN/URG or with data: established traffic or a reply,
+    /// never a probe.
     AckOrRst,
+    /// An outgoing TCP segment other than a SYN: it opens no flow.
+    NotFlowStart,
     /// The IP header or transport checksum is wrong: the kernel would drop it.
     BadChecksum,
     /// An IPv6 extension-header chain longer than [`MAX_EXTENSION_HEADERS`].
     TooManyExtensionHeaders,
+}
+
+/// A packet this host sends that may be answered: a UDP datagram, or a TCP SYN (retries
+/// included). The sensor remembers it so that the answers are not taken for probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowStart {
+    /// UDP or TCP.
+    pub proto: Proto,
+    /// Source address: one of this host's (the sensor checks; forwarded traffic is not ours).
+    pub local: IpAddr,
+    /// Source port: where the answers will come to.
+    pub local_port: u16,
+    /// Destination address: where the answers will come from.
+    pub remote: IpAddr,
+    /// Destination port: the answers' source port.
+    pub remote_port: u16,
 }
 
 /// The sensor's entry point for packets off the wire: a probe, or nothing.
@@ -106,17 +130,51 @@ pub fn classify(packet: &[u8]) -> Option<Probe> {
 /// Like [`classify`], but says why a packet is not a probe and lets the caller trust the
 /// kernel's checksum verdict.
 pub fn inspect(packet: &[u8], check: ChecksumCheck) -> Result<Probe, Reject> {
+    transport(&ip_layer(packet)?, check)
+}
+
+/// A packet this host sends, as the flow it opens: any UDP datagram, a TCP segment with SYN
+/// and neither ACK nor RST. The checksums are not looked at: this host built the packet and
+/// may have left the transport sum to the NIC.
+pub fn outgoing(packet: &[u8]) -> Result<FlowStart, Reject> {
+    let ip = ip_layer(packet)?;
+    let seg = ip.payload;
+    let proto = match ip.proto {
+        IPPROTO_TCP => {
+            tcp_header_len(seg)?;
+            if seg[13] & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+                return Err(Reject::NotFlowStart);
+            }
+            Proto::Tcp
+        }
+        IPPROTO_UDP if seg.len() >= 8 => Proto::Udp,
+        IPPROTO_UDP => return Err(Reject::Truncated),
+        _ => return Err(Reject::NotTcpOrUdp),
+    };
+    Ok(FlowStart {
+        proto,
+        local: ip.src,
+        local_port: u16::from_be_bytes([seg[0], seg[1]]),
+        remote: ip.dst,
+        remote_port: u16::from_be_bytes([seg[2], seg[3]]),
+    })
+}
+
+fn ip_layer(packet: &[u8]) -> Result<Ip<'_>, Reject> {
     match packet.first().map(|b| b >> 4) {
         None => Err(Reject::Truncated),
-        Some(4) => inspect_v4(packet, check),
-        Some(6) => inspect_v6(packet, check),
+        Some(4) => parse_v4(packet),
+        Some(6) => parse_v6(packet),
         Some(_) => Err(Reject::NotIp),
     }
 }
 
-/// The 1.2 scan name for a TCP flag combination, or `None` for ACK/RST segments, which are
-/// never probes. Order and conditions are 1.2's `ReportPacketType` (compat.md §5): XMAS only
-/// needs FIN+URG+PSH (a SYN may ride along), FIN and SYN must be alone.
+/// The scan name for a TCP flag combination, or `None` for segments that are never probes
+/// (RST; ACK with SYN or URG; ACK+FIN with PSH). Without ACK, order and conditions are
+/// 1.2's `ReportPacketType` (compat.md §5): XMAS only needs FIN+URG+PSH (a SYN may ride
+/// along), FIN and SYN must be alone. With ACK (1.2 skipped them all): ACK, optionally PSH,
+/// is an ACK scan; FIN+ACK a Maimon scan. Whether such a segment carries data, or answers
+/// one of this host's flows, is for the caller to check.
 pub fn tcp_kind(flags: TcpFlags) -> Option<ProbeKind> {
     let TcpFlags {
         syn,
@@ -126,8 +184,15 @@ pub fn tcp_kind(flags: TcpFlags) -> Option<ProbeKind> {
         urg,
         rst,
     } = flags;
-    if ack || rst {
+    if rst {
         return None;
+    }
+    if ack {
+        return match (syn, urg, fin, psh) {
+            (false, false, false, _) => Some(ProbeKind::Ack),
+            (false, false, true, false) => Some(ProbeKind::Maimon),
+            _ => None,
+        };
     }
     Some(if !syn && !fin && !psh && !urg {
         ProbeKind::Null
@@ -202,7 +267,7 @@ struct Ip<'a> {
     ip_options: bool,
 }
 
-fn inspect_v4(b: &[u8], check: ChecksumCheck) -> Result<Probe, Reject> {
+fn parse_v4(b: &[u8]) -> Result<Ip<'_>, Reject> {
     if b.len() < 20 {
         return Err(Reject::Truncated);
     }
@@ -224,18 +289,17 @@ fn inspect_v4(b: &[u8], check: ChecksumCheck) -> Result<Probe, Reject> {
     if frag & 0x1fff != 0 {
         return Err(Reject::NonFirstFragment);
     }
-    let ip = Ip {
+    Ok(Ip {
         src: IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])),
         dst: IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])),
         proto: b[9],
         payload: &b[ihl..],
         first_fragment: frag & 0x2000 != 0,
         ip_options: ihl > 20,
-    };
-    transport(&ip, check)
+    })
 }
 
-fn inspect_v6(b: &[u8], check: ChecksumCheck) -> Result<Probe, Reject> {
+fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reject> {
     if b.len() < 40 {
         return Err(Reject::Truncated);
     }
@@ -286,15 +350,29 @@ fn inspect_v6(b: &[u8], check: ChecksumCheck) -> Result<Probe, Reject> {
         }
     }
     let payload = b.get(off..).ok_or(Reject::Truncated)?;
-    let ip = Ip {
+    Ok(Ip {
         src: IpAddr::V6(Ipv6Addr::from(src)),
         dst: IpAddr::V6(Ipv6Addr::from(dst)),
         proto: next,
         payload,
         first_fragment,
         ip_options: false,
-    };
-    transport(&ip, check)
+    })
+}
+
+/// The TCP header's length (data offset), checked against the segment.
+fn tcp_header_len(seg: &[u8]) -> Result<usize, Reject> {
+    if seg.len() < 20 {
+        return Err(Reject::Truncated);
+    }
+    let doff = usize::from(seg[12] >> 4) * 4;
+    if doff < 20 {
+        return Err(Reject::Malformed);
+    }
+    if doff > seg.len() {
+        return Err(Reject::Truncated);
+    }
+    Ok(doff)
 }
 
 fn transport(ip: &Ip<'_>, check: ChecksumCheck) -> Result<Probe, Reject> {
@@ -303,17 +381,12 @@ fn transport(ip: &Ip<'_>, check: ChecksumCheck) -> Result<Probe, Reject> {
     let seg = ip.payload;
     match ip.proto {
         IPPROTO_TCP => {
-            if seg.len() < 20 {
-                return Err(Reject::Truncated);
-            }
-            let doff = usize::from(seg[12] >> 4) * 4;
-            if doff < 20 {
-                return Err(Reject::Malformed);
-            }
-            if doff > seg.len() {
-                return Err(Reject::Truncated);
-            }
+            let doff = tcp_header_len(seg)?;
             let kind = tcp_kind(tcp_flags(seg[13])).ok_or(Reject::AckOrRst)?;
+            // An ACK scan carries no data; an ACK with data is a live connection's traffic.
+            if matches!(kind, ProbeKind::Ack | ProbeKind::Maimon) && seg.len() > doff {
+                return Err(Reject::AckOrRst);
+            }
             if verify
                 && fold(sum16(
                     seg,
@@ -374,7 +447,9 @@ fn transport(ip: &Ip<'_>, check: ChecksumCheck) -> Result<Probe, Reject> {
 pub(crate) mod samples {
     //! Real packets, captured with an `AF_PACKET`/`SOCK_DGRAM` socket in a test network
     //! namespace (defender 10.77.9.1 / fd77:9::1, attacker 10.77.9.2 / fd77:9::2) while
-    //! nmap 7.93 scanned port 7 from the attacker. The BPF tests run the same bytes.
+    //! nmap 7.93 scanned port 7 from the attacker, and, further down, while the defender
+    //! talked to services of the attacker from its own privileged ports (both directions,
+    //! as the capture socket sees them). The BPF tests run the same bytes.
     #![allow(missing_docs)]
 
     /// nmap -sS: IPv4, TTL 59, TCP 0xe176 -> 7, flags 0x02 (SYN), MSS option.
@@ -501,6 +576,112 @@ pub(crate) mod samples {
         0x28, 0xbf, 0x80, 0x11, 0x00, 0x3f, 0x26, 0xc3, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0xa4,
         0x52, 0x79, 0x06, 0x3d, 0x30, 0xc2, 0x9d,
     ];
+    /// nmap -sA: flags 0x10 (ACK alone), sequence number 0, no data, 0xbdd0 -> 7.
+    pub const ACK_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x28, 0x81, 0xed, 0x00, 0x00, 0x2d, 0x06, 0xe5, 0x46, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0xbd, 0xd0, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0xec, 0xb2,
+        0x74, 0x97, 0x50, 0x10, 0x04, 0x00, 0x66, 0x16, 0x00, 0x00,
+    ];
+    /// nmap -sM: flags 0x11 (FIN+ACK), no data, 0xd1c5 -> 7.
+    pub const MAIMON_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x28, 0xe6, 0xbd, 0x00, 0x00, 0x31, 0x06, 0x7c, 0x76, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0xd1, 0xc5, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x1d, 0x07,
+        0x1c, 0x6d, 0x50, 0x11, 0x04, 0x00, 0x79, 0xf6, 0x00, 0x00,
+    ];
+    /// nmap -6 -sA: IPv6, flags 0x10, 0x8659 -> 7.
+    pub const ACK_V6: &[u8] = &[
+        0x60, 0x00, 0x00, 0x00, 0x00, 0x14, 0x06, 0xff, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x86, 0x59, 0x00, 0x07, 0x00,
+        0x00, 0x00, 0x00, 0xec, 0xcf, 0x55, 0xd3, 0x50, 0x10, 0x04, 0x00, 0xe7, 0xcc, 0x00, 0x00,
+    ];
+    /// nmap -6 -sM: IPv6, flags 0x11, 0xb1d0 -> 7.
+    pub const MAIMON_V6: &[u8] = &[
+        0x60, 0x00, 0x00, 0x00, 0x00, 0x14, 0x06, 0xff, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xb1, 0xd0, 0x00, 0x07, 0x00,
+        0x00, 0x00, 0x00, 0x3b, 0x53, 0x02, 0x68, 0x50, 0x11, 0x04, 0x00, 0xc1, 0x3c, 0x00, 0x00,
+    ];
+    /// nmap -sU -g 53: a UDP probe sent from source port 53 to port 7.
+    pub const UDP_FROM_53_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x20, 0xa3, 0x8a, 0x00, 0x00, 0x35, 0x11, 0xbb, 0xa6, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0x00, 0x35, 0x00, 0x07, 0x00, 0x0c, 0xbe, 0xe9, 0x0d, 0x0a,
+        0x0d, 0x0a,
+    ];
+    /// The defender's own connection, captured as PACKET_OUTGOING: its SYN from local port 700
+    /// to the attacker's service on 600 (checksum left to the NIC: only the pseudo-header sum).
+    pub const OUT_SYN_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x3c, 0xea, 0x3d, 0x40, 0x00, 0x40, 0x06, 0x29, 0xe2, 0x0a, 0x4d, 0x09,
+        0x01, 0x0a, 0x4d, 0x09, 0x02, 0x02, 0xbc, 0x02, 0x58, 0xf0, 0x57, 0xd6, 0x5d, 0x00, 0x00,
+        0x00, 0x00, 0xa0, 0x02, 0xfa, 0xf0, 0x26, 0xcb, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04,
+        0x02, 0x08, 0x0a, 0xf0, 0x7e, 0x54, 0xc3, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
+    ];
+    /// The same connection: the defender's ACK of the SYN+ACK (outgoing; opens no flow).
+    pub const OUT_ACK_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x34, 0xea, 0x3e, 0x40, 0x00, 0x40, 0x06, 0x29, 0xe9, 0x0a, 0x4d, 0x09,
+        0x01, 0x0a, 0x4d, 0x09, 0x02, 0x02, 0xbc, 0x02, 0x58, 0xf0, 0x57, 0xd6, 0x5e, 0xd5, 0xa8,
+        0x80, 0xc0, 0x80, 0x10, 0x00, 0x3f, 0x26, 0xc3, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0xf0,
+        0x7e, 0x54, 0xc3, 0xf4, 0xf5, 0xe6, 0xb7,
+    ];
+    /// The same connection: the peer's bare ACK of the defender's data, 600 -> 700 (a bare ACK
+    /// with timestamps, as an ACK scan looks).
+    pub const PEER_ACK_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x34, 0x30, 0xea, 0x40, 0x00, 0x40, 0x06, 0xe3, 0x3d, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0x02, 0x58, 0x02, 0xbc, 0xd5, 0xa8, 0x80, 0xc0, 0xf0, 0x57,
+        0xd6, 0x62, 0x80, 0x10, 0x00, 0x40, 0x26, 0xc3, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0xf4,
+        0xf5, 0xe6, 0xb7, 0xf0, 0x7e, 0x54, 0xc3,
+    ];
+    /// The same connection: the peer echoes "ping" with PSH+ACK, 600 -> 700.
+    pub const PEER_PSH_ACK_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x38, 0x30, 0xeb, 0x40, 0x00, 0x40, 0x06, 0xe3, 0x38, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0x02, 0x58, 0x02, 0xbc, 0xd5, 0xa8, 0x80, 0xc0, 0xf0, 0x57,
+        0xd6, 0x62, 0x80, 0x18, 0x00, 0x40, 0x26, 0xc7, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0xf4,
+        0xf5, 0xe6, 0xb8, 0xf0, 0x7e, 0x54, 0xc3, 0x70, 0x69, 0x6e, 0x67,
+    ];
+    /// The same connection: the peer closes with FIN+ACK, 600 -> 700 (a Maimon scan's flags).
+    pub const PEER_FIN_ACK_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x34, 0x30, 0xec, 0x40, 0x00, 0x40, 0x06, 0xe3, 0x3b, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0x02, 0x58, 0x02, 0xbc, 0xd5, 0xa8, 0x80, 0xc4, 0xf0, 0x57,
+        0xd6, 0x62, 0x80, 0x11, 0x00, 0x40, 0x26, 0xc3, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0xf4,
+        0xf5, 0xe6, 0xb8, 0xf0, 0x7e, 0x54, 0xc4,
+    ];
+    /// The defender's DNS-like query "query" from local UDP port 701 to the attacker's port 53
+    /// (PACKET_OUTGOING).
+    pub const OUT_UDP_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x21, 0xbe, 0x01, 0x40, 0x00, 0x40, 0x11, 0x56, 0x2e, 0x0a, 0x4d, 0x09,
+        0x01, 0x0a, 0x4d, 0x09, 0x02, 0x02, 0xbd, 0x00, 0x35, 0x00, 0x0d, 0x26, 0xbb, 0x71, 0x75,
+        0x65, 0x72, 0x79,
+    ];
+    /// Its answer, 53 -> 701: without the flow it would be a UDP probe to a watched port.
+    pub const ANSWER_UDP_V4: &[u8] = &[
+        0x45, 0x00, 0x00, 0x21, 0x3c, 0x20, 0x40, 0x00, 0x40, 0x11, 0xd8, 0x0f, 0x0a, 0x4d, 0x09,
+        0x02, 0x0a, 0x4d, 0x09, 0x01, 0x00, 0x35, 0x02, 0xbd, 0x00, 0x0d, 0x26, 0xbb, 0x71, 0x75,
+        0x65, 0x72, 0x79,
+    ];
+    /// The same query over IPv6, from local port 702 (PACKET_OUTGOING).
+    pub const OUT_UDP_V6: &[u8] = &[
+        0x60, 0x05, 0x07, 0x20, 0x00, 0x0d, 0x11, 0x40, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0xbe, 0x00, 0x35, 0x00,
+        0x0d, 0xfb, 0x22, 0x71, 0x75, 0x65, 0x72, 0x79,
+    ];
+    /// The defender's IPv6 connection: its SYN from local port 703 to the attacker's 600.
+    pub const OUT_SYN_V6: &[u8] = &[
+        0x60, 0x04, 0xec, 0xa4, 0x00, 0x28, 0x06, 0x40, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0xbf, 0x02, 0x58, 0x56,
+        0x28, 0xc8, 0x51, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, 0xfd, 0x20, 0xfb, 0x32, 0x00, 0x00,
+        0x02, 0x04, 0x05, 0xa0, 0x04, 0x02, 0x08, 0x0a, 0x8f, 0xbe, 0xc2, 0x94, 0x00, 0x00, 0x00,
+        0x00, 0x01, 0x03, 0x03, 0x0a,
+    ];
+    /// The same connection: the peer's bare ACK, 600 -> 703.
+    pub const PEER_ACK_V6: &[u8] = &[
+        0x60, 0x09, 0xa9, 0x19, 0x00, 0x20, 0x06, 0x40, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xfd, 0x77, 0x00, 0x09, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x58, 0x02, 0xbf, 0x47,
+        0x9e, 0xd5, 0x83, 0x56, 0x28, 0xc8, 0x56, 0x80, 0x10, 0x00, 0x3f, 0xfb, 0x2a, 0x00, 0x00,
+        0x01, 0x01, 0x08, 0x0a, 0xd4, 0xb6, 0xa8, 0x48, 0x8f, 0xbe, 0xc2, 0x9a,
+    ];
 }
 
 #[cfg(test)]
@@ -517,6 +698,23 @@ mod tests {
             Ok(p) => p,
             Err(r) => panic!("expected a probe, got {r:?}"),
         }
+    }
+
+    /// A probe from a packet built by a kernel across a veth (partial transport checksum).
+    fn kernel_probe(bytes: &[u8]) -> Probe {
+        match inspect(bytes, ChecksumCheck::Trusted) {
+            Ok(p) => p,
+            Err(r) => panic!("expected a probe, got {r:?}"),
+        }
+    }
+
+    /// Recomputes the IPv4 header checksum after a test edited the header.
+    fn fix_v4_header_sum(p: &mut [u8]) {
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        p[10] = 0;
+        p[11] = 0;
+        let sum = !fold(sum16(&p[..ihl], 0));
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
     }
 
     #[test]
@@ -634,26 +832,126 @@ mod tests {
     }
 
     #[test]
-    fn established_traffic_is_never_a_probe() {
-        for pkt in [
-            KERNEL_ACK_V4,
-            KERNEL_PSH_ACK_V4,
-            KERNEL_ACK2_V4,
-            KERNEL_FIN_ACK_V4,
-        ] {
+    fn data_carrying_segments_of_a_connection_are_never_probes() {
+        for pkt in [KERNEL_PSH_ACK_V4, PEER_PSH_ACK_V4] {
             assert_eq!(inspect(pkt, ChecksumCheck::Trusted), Err(Reject::AckOrRst));
         }
     }
 
     #[test]
-    fn rst_and_syn_ack_are_skipped() {
+    fn a_connections_bare_acks_look_like_ack_and_maimon_scans_to_the_classifier() {
+        // Only the flow table and the live socket check tell these from nmap -sA / -sM:
+        // the classifier names the candidates, the sensor decides.
+        for pkt in [KERNEL_ACK_V4, KERNEL_ACK2_V4, PEER_ACK_V4, PEER_ACK_V6] {
+            assert_eq!(kernel_probe(pkt).kind, ProbeKind::Ack);
+        }
+        for pkt in [KERNEL_FIN_ACK_V4, PEER_FIN_ACK_V4] {
+            assert_eq!(kernel_probe(pkt).kind, ProbeKind::Maimon);
+        }
+    }
+
+    #[test]
+    fn nmap_ack_and_maimon_scans_are_named_over_ipv4_and_ipv6() {
+        for (pkt, kind, name) in [
+            (ACK_V4, ProbeKind::Ack, "TCP ACK scan"),
+            (ACK_V6, ProbeKind::Ack, "TCP ACK scan"),
+            (MAIMON_V4, ProbeKind::Maimon, "TCP Maimon scan"),
+            (MAIMON_V6, ProbeKind::Maimon, "TCP Maimon scan"),
+        ] {
+            let p = probe(pkt);
+            assert_eq!(p.kind, kind);
+            assert_eq!(p.kind.describe(), name);
+            assert_eq!(p.dst_port, 7);
+            assert_eq!(p.proto, Proto::Tcp);
+        }
+        assert_eq!(probe(ACK_V6).src, "fd77:9::2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn rst_syn_ack_and_urgent_or_pushed_fin_acks_are_skipped() {
         for flags in [
             TCP_RST,
             TCP_RST | TCP_ACK,
             TCP_SYN | TCP_ACK,
             TCP_SYN | TCP_RST,
+            TCP_ACK | TCP_URG,
+            TCP_ACK | TCP_FIN | TCP_PSH,
+            TCP_ACK | TCP_FIN | TCP_URG | TCP_PSH,
         ] {
             assert_eq!(tcp_kind(tcp_flags(flags)), None, "flags {flags:#x}");
+        }
+        assert_eq!(tcp_kind(tcp_flags(TCP_ACK)), Some(ProbeKind::Ack));
+        assert_eq!(tcp_kind(tcp_flags(TCP_ACK | TCP_PSH)), Some(ProbeKind::Ack));
+        assert_eq!(
+            tcp_kind(tcp_flags(TCP_ACK | TCP_FIN)),
+            Some(ProbeKind::Maimon)
+        );
+    }
+
+    #[test]
+    fn ack_scan_with_data_is_skipped() {
+        // nmap --data-length: an ACK that carries data is a connection's traffic.
+        let mut p = ACK_V4.to_vec();
+        p.extend_from_slice(b"data");
+        p[3] += 4;
+        fix_v4_header_sum(&mut p);
+        assert_eq!(inspect(&p, ChecksumCheck::Trusted), Err(Reject::AckOrRst));
+    }
+
+    #[test]
+    fn udp_probe_from_source_port_53_is_a_udp_scan() {
+        let p = probe(UDP_FROM_53_V4);
+        assert_eq!(p.kind, ProbeKind::Udp);
+        assert_eq!((p.src_port, p.dst_port), (53, 7));
+    }
+
+    #[test]
+    fn outgoing_udp_and_syns_open_flows_with_their_answers_mirrored() {
+        let syn = outgoing(OUT_SYN_V4).unwrap();
+        assert_eq!(
+            syn,
+            FlowStart {
+                proto: Proto::Tcp,
+                local: v4(10, 77, 9, 1),
+                local_port: 700,
+                remote: v4(10, 77, 9, 2),
+                remote_port: 600,
+            }
+        );
+        // The answer comes back with the addresses and ports swapped.
+        let answer = kernel_probe(PEER_ACK_V4);
+        assert_eq!(
+            (answer.dst, answer.dst_port, answer.src, answer.src_port),
+            (syn.local, syn.local_port, syn.remote, syn.remote_port)
+        );
+        let udp = outgoing(OUT_UDP_V4).unwrap();
+        assert_eq!(
+            (udp.proto, udp.local_port, udp.remote_port),
+            (Proto::Udp, 701, 53)
+        );
+        let dns = kernel_probe(ANSWER_UDP_V4);
+        assert_eq!((dns.src_port, dns.dst_port), (53, 701));
+        let udp6 = outgoing(OUT_UDP_V6).unwrap();
+        assert_eq!((udp6.proto, udp6.local_port), (Proto::Udp, 702));
+        assert_eq!(udp6.remote, "fd77:9::2".parse::<IpAddr>().unwrap());
+        let syn6 = outgoing(OUT_SYN_V6).unwrap();
+        assert_eq!(
+            (syn6.proto, syn6.local_port, syn6.remote_port),
+            (Proto::Tcp, 703, 600)
+        );
+    }
+
+    #[test]
+    fn outgoing_acks_and_resets_open_no_flow() {
+        assert_eq!(outgoing(OUT_ACK_V4), Err(Reject::NotFlowStart));
+        let mut rst = OUT_SYN_V4.to_vec();
+        rst[33] = TCP_RST | TCP_ACK;
+        assert_eq!(outgoing(&rst), Err(Reject::NotFlowStart));
+        let mut syn_ack = OUT_SYN_V4.to_vec();
+        syn_ack[33] = TCP_SYN | TCP_ACK;
+        assert_eq!(outgoing(&syn_ack), Err(Reject::NotFlowStart));
+        for n in 0..OUT_SYN_V4.len() {
+            assert!(outgoing(&OUT_SYN_V4[..n]).is_err(), "{n} bytes accepted");
         }
     }
 
@@ -795,7 +1093,17 @@ mod tests {
     #[test]
     fn random_bytes_and_mutated_probes_never_panic() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let seeds: [&[u8]; 6] = [SYN_V4, UDP_V4, SYN_V6, UDP_V6, SYN_V4_IP_OPTIONS, FRAG1_V4];
+        let seeds: [&[u8]; 9] = [
+            SYN_V4,
+            UDP_V4,
+            SYN_V6,
+            UDP_V6,
+            SYN_V4_IP_OPTIONS,
+            FRAG1_V4,
+            ACK_V4,
+            MAIMON_V6,
+            OUT_SYN_V4,
+        ];
         let mut accepted = 0usize;
         for i in 0..200_000u32 {
             let buf: Vec<u8> = if i.is_multiple_of(2) {
@@ -825,6 +1133,7 @@ mod tests {
                     accepted += 1;
                 }
             }
+            let _ = outgoing(&buf);
         }
         // Some mutants stay valid probes (flipped payload bytes with Trusted checksums).
         assert!(accepted > 0);

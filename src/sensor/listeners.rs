@@ -26,6 +26,11 @@
 //! `/proc/net` tables are the fallback when netlink is unavailable. Both parsers are pure
 //! ([`parse_table`], [`parse_diag_dump`]) and unit-tested on sample input; [`Listeners::read`]
 //! does the I/O.
+//!
+//! The raw sensor also asks sock_diag about one probe at the moment it arrives (see
+//! `raw::live`): [`dump_ports`] for the UDP sockets, and [`tcp_lookup_request`] /
+//! [`parse_lookup_reply`] for the one TCP socket, if any, that owns a segment's addresses
+//! (a hash lookup in the kernel, not a walk of its tables).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -92,7 +97,7 @@ impl Listeners {
         )?;
         sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
         let mut out = Listeners::default();
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; DIAG_BUFFER];
         let requests: [(u8, u8, u32, bool); 4] = [
             (AF_INET, IPPROTO_TCP, 1 << TCP_LISTEN, true),
             (AF_INET6, IPPROTO_TCP, 1 << TCP_LISTEN, true),
@@ -100,18 +105,16 @@ impl Listeners {
             (AF_INET6, IPPROTO_UDP, u32::MAX, false),
         ];
         for (seq, (family, proto, states, tcp)) in requests.into_iter().enumerate() {
-            let req = diag_request(family, proto, states, seq as u32 + 1);
-            sock.send(&req)?;
-            loop {
-                let n = recv_into(&sock, &mut buf)?;
-                let part = parse_diag_dump(&buf[..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let set = if tcp { &mut out.tcp } else { &mut out.udp };
-                set.extend(part.ports.into_iter().filter(|p| *p != 0));
-                if part.done {
-                    break;
-                }
-            }
+            let set = if tcp { &mut out.tcp } else { &mut out.udp };
+            dump_ports(
+                &sock,
+                &mut buf,
+                (family, proto, states),
+                seq as u32 + 1,
+                |p| {
+                    set.insert(p);
+                },
+            )?;
         }
         Ok(out)
     }
@@ -140,7 +143,36 @@ const NLMSG_ERROR: u16 = 0x2;
 const NLMSG_DONE: u16 = 0x3;
 const NLMSG_HDRLEN: usize = 16;
 
-fn recv_into(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<usize> {
+/// Receive buffer for sock_diag replies: the kernel fills up to a page-sized batch per read.
+pub const DIAG_BUFFER: usize = 32 * 1024;
+
+/// Sends one sock_diag dump request (`family`, `protocol`, state mask) on `sock` and calls
+/// `each` with the local port of every socket listed (port 0, unbound, skipped). Replies to
+/// an earlier request on the same socket (another `seq`) are skipped.
+pub fn dump_ports(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+    (family, proto, states): (u8, u8, u32),
+    seq: u32,
+    mut each: impl FnMut(u16),
+) -> io::Result<()> {
+    sock.send(&diag_request(family, proto, states, seq))?;
+    loop {
+        let n = recv_into(sock, buf)?;
+        let part = parse_diag_dump(buf.get(..n).unwrap_or_default(), seq)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        part.ports
+            .into_iter()
+            .filter(|p| *p != 0)
+            .for_each(&mut each);
+        if part.done {
+            return Ok(());
+        }
+    }
+}
+
+/// Receives one datagram from a netlink socket into `buf`.
+pub fn recv_into(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: u8 and MaybeUninit<u8> have the same layout; recv only writes into it.
     let uninit = unsafe {
         std::slice::from_raw_parts_mut(
@@ -153,16 +185,108 @@ fn recv_into(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<usize> {
 
 /// A `SOCK_DIAG_BY_FAMILY` dump request (`nlmsghdr` + `inet_diag_req_v2`, 72 bytes).
 pub fn diag_request(family: u8, proto: u8, states: u32, seq: u32) -> Vec<u8> {
+    let mut m = diag_header(NLM_F_REQUEST | NLM_F_DUMP, seq, family, proto, states);
+    m.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no address filter
+    m
+}
+
+/// `nlmsghdr` + the start of `inet_diag_req_v2`, for a 72-byte request.
+fn diag_header(flags: u16, seq: u32, family: u8, proto: u8, states: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(72);
     m.extend_from_slice(&72u32.to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     m.extend_from_slice(&[family, proto, 0, 0]); // family, protocol, ext, pad
     m.extend_from_slice(&states.to_ne_bytes());
-    m.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no address filter
     m
+}
+
+/// The 16 bytes of an address in `inet_diag_sockid` (IPv4 in the first four).
+fn diag_addr(ip: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
+    }
+    out
+}
+
+/// A request for the one TCP socket that owns the segment between `local` (this host) and
+/// `remote` (not a dump): the kernel looks the four-tuple up in its hash tables, as for an
+/// arriving segment, and answers with that socket (established, closing, TIME_WAIT, or a
+/// listener of the port) or with `ENOENT`. Both addresses must be of one family; an IPv4
+/// segment finds the dual-stack IPv6 sockets that would take it, as the kernel's own lookup
+/// does.
+pub fn tcp_lookup_request(local: SocketAddr, remote: SocketAddr, seq: u32) -> Vec<u8> {
+    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut m = diag_header(NLM_F_REQUEST, seq, family, IPPROTO_TCP, u32::MAX);
+    // inet_diag_sockid, from the socket's side: source = local, destination = remote.
+    m.extend_from_slice(&local.port().to_be_bytes());
+    m.extend_from_slice(&remote.port().to_be_bytes());
+    m.extend_from_slice(&diag_addr(local.ip()));
+    m.extend_from_slice(&diag_addr(remote.ip()));
+    m.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    m.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    m
+}
+
+/// The answer to a [`tcp_lookup_request`] numbered `seq` in one datagram: `Some(true)` a
+/// socket owns the four-tuple, `Some(false)` none does (`ENOENT`), `None` the datagram held
+/// only replies to other requests; any other error is an error.
+pub fn parse_lookup_reply(b: &[u8], seq: u32) -> Result<Option<bool>, String> {
+    for msg in NetlinkMessages(b) {
+        let (kind, msg_seq, body) = msg?;
+        match kind {
+            _ if msg_seq != seq => {}
+            SOCK_DIAG_BY_FAMILY => return Ok(Some(true)),
+            NLMSG_ERROR if error_code(body) == -libc::ENOENT => return Ok(Some(false)),
+            NLMSG_ERROR => return Err(diag_error(body)),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The messages of one netlink datagram as (type, sequence number, body); a header whose
+/// length does not fit ends the walk with an error.
+struct NetlinkMessages<'a>(&'a [u8]);
+
+impl<'a> Iterator for NetlinkMessages<'a> {
+    type Item = Result<(u16, u32, &'a [u8]), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        if b.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        if len < NLMSG_HDRLEN || len > b.len() {
+            self.0 = &[];
+            return Some(Err(format!("sock_diag: bad message length {len}")));
+        }
+        // Messages are 4-byte aligned.
+        self.0 = b.get((len + 3) & !3..).unwrap_or(&[]);
+        Some(Ok((kind, seq, &b[NLMSG_HDRLEN..len])))
+    }
+}
+
+/// The (negative) errno of an `NLMSG_ERROR` body; 0 when missing.
+fn error_code(body: &[u8]) -> i32 {
+    body.get(..4)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .unwrap_or(0)
+}
+
+/// An `NLMSG_ERROR` body as a message.
+fn diag_error(body: &[u8]) -> String {
+    format!(
+        "sock_diag: {}",
+        io::Error::from_raw_os_error(error_code(body).saturating_neg())
+    )
 }
 
 /// The local ports in one datagram of a sock_diag dump, and whether the dump ended.
@@ -174,32 +298,21 @@ pub struct DiagPart {
     pub done: bool,
 }
 
-/// Parses one datagram of a sock_diag reply: a run of `nlmsghdr` + `inet_diag_msg`, maybe
-/// ending with `NLMSG_DONE`. An `NLMSG_ERROR` or a malformed header is an error.
-pub fn parse_diag_dump(mut b: &[u8]) -> Result<DiagPart, String> {
+/// Parses one datagram of the sock_diag reply to the dump numbered `seq`: a run of
+/// `nlmsghdr` + `inet_diag_msg`, maybe ending with `NLMSG_DONE`. Messages of another
+/// sequence number (late replies to an earlier request) are skipped. An `NLMSG_ERROR` or a
+/// malformed header is an error.
+pub fn parse_diag_dump(b: &[u8], seq: u32) -> Result<DiagPart, String> {
     let mut part = DiagPart::default();
-    while b.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        if len < NLMSG_HDRLEN || len > b.len() {
-            return Err(format!("sock_diag: bad message length {len}"));
-        }
-        let body = &b[NLMSG_HDRLEN..len];
+    for msg in NetlinkMessages(b) {
+        let (kind, msg_seq, body) = msg?;
         match kind {
+            _ if msg_seq != seq => {}
             NLMSG_DONE => {
                 part.done = true;
                 return Ok(part);
             }
-            NLMSG_ERROR => {
-                let code = body
-                    .get(..4)
-                    .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .unwrap_or(0);
-                return Err(format!(
-                    "sock_diag: {}",
-                    io::Error::from_raw_os_error(code.saturating_neg())
-                ));
-            }
+            NLMSG_ERROR => return Err(diag_error(body)),
             SOCK_DIAG_BY_FAMILY => {
                 // inet_diag_msg: family, state, timer, retrans, then id.sport (big endian).
                 let sport = body
@@ -209,9 +322,6 @@ pub fn parse_diag_dump(mut b: &[u8]) -> Result<DiagPart, String> {
             }
             _ => {}
         }
-        // Messages are 4-byte aligned.
-        let next = (len + 3) & !3;
-        b = b.get(next..).unwrap_or(&[]);
     }
     Ok(part)
 }
@@ -383,25 +493,85 @@ mod tests {
             &inet_diag_msg(631, TCP_LISTEN),
         ));
         assert_eq!(
-            parse_diag_dump(&dgram),
+            parse_diag_dump(&dgram, 1),
             Ok(DiagPart {
                 ports: vec![22, 631],
                 done: false
             })
         );
         dgram.extend(diag_msg(1, NLMSG_DONE, &0i32.to_ne_bytes()));
-        assert!(parse_diag_dump(&dgram).unwrap().done);
+        assert!(parse_diag_dump(&dgram, 1).unwrap().done);
     }
 
     #[test]
     fn diag_error_and_garbage_are_errors_not_panics() {
         let err = diag_msg(1, NLMSG_ERROR, &(-libc::EINVAL).to_ne_bytes());
-        assert!(parse_diag_dump(&err).unwrap_err().contains("sock_diag"));
+        assert!(parse_diag_dump(&err, 1).unwrap_err().contains("sock_diag"));
         let mut bad = diag_msg(1, SOCK_DIAG_BY_FAMILY, &inet_diag_msg(22, TCP_LISTEN));
         bad[0] = 200; // length beyond the datagram
-        assert!(parse_diag_dump(&bad).is_err());
-        assert!(parse_diag_dump(&diag_msg(1, SOCK_DIAG_BY_FAMILY, &[2, 10])).is_err());
-        assert_eq!(parse_diag_dump(&[1, 2, 3]), Ok(DiagPart::default()));
+        assert!(parse_diag_dump(&bad, 1).is_err());
+        assert!(parse_diag_dump(&diag_msg(1, SOCK_DIAG_BY_FAMILY, &[2, 10]), 1).is_err());
+        assert_eq!(parse_diag_dump(&[1, 2, 3], 1), Ok(DiagPart::default()));
+    }
+
+    #[test]
+    fn late_replies_to_another_request_are_skipped() {
+        let mut dgram = diag_msg(1, SOCK_DIAG_BY_FAMILY, &inet_diag_msg(22, TCP_LISTEN));
+        dgram.extend(diag_msg(1, NLMSG_DONE, &0i32.to_ne_bytes()));
+        dgram.extend(diag_msg(2, SOCK_DIAG_BY_FAMILY, &inet_diag_msg(53, 7)));
+        assert_eq!(
+            parse_diag_dump(&dgram, 2),
+            Ok(DiagPart {
+                ports: vec![53],
+                done: false
+            })
+        );
+        assert_eq!(parse_lookup_reply(&dgram, 3), Ok(None));
+    }
+
+    #[test]
+    fn tcp_lookup_request_names_the_socket_from_its_own_side() {
+        let local: SocketAddr = "10.77.9.1:700".parse().unwrap();
+        let remote: SocketAddr = "10.77.9.2:600".parse().unwrap();
+        let r = tcp_lookup_request(local, remote, 9);
+        assert_eq!(r.len(), 72);
+        assert_eq!(
+            u16::from_ne_bytes([r[6], r[7]]),
+            NLM_F_REQUEST,
+            "not a dump"
+        );
+        assert_eq!(u32::from_ne_bytes([r[8], r[9], r[10], r[11]]), 9);
+        assert_eq!((r[16], r[17]), (AF_INET, IPPROTO_TCP));
+        assert_eq!(
+            &r[24..28],
+            &[0x02, 0xbc, 0x02, 0x58],
+            "sport 700, dport 600"
+        );
+        assert_eq!(&r[28..32], &[10, 77, 9, 1]);
+        assert_eq!(&r[44..48], &[10, 77, 9, 2]);
+        assert_eq!(&r[64..72], &[0xff; 8], "no cookie");
+        let v6 = tcp_lookup_request(
+            "[fd77:9::1]:703".parse().unwrap(),
+            "[fd77:9::2]:600".parse().unwrap(),
+            1,
+        );
+        assert_eq!(v6[16], AF_INET6);
+        assert_eq!(v6[43], 1);
+        assert_eq!(v6[59], 2);
+    }
+
+    #[test]
+    fn lookup_reply_is_found_not_found_or_an_error() {
+        let found = diag_msg(4, SOCK_DIAG_BY_FAMILY, &inet_diag_msg(700, 1));
+        assert_eq!(parse_lookup_reply(&found, 4), Ok(Some(true)));
+        let enoent = diag_msg(4, NLMSG_ERROR, &(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(parse_lookup_reply(&enoent, 4), Ok(Some(false)));
+        let eperm = diag_msg(4, NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        assert!(parse_lookup_reply(&eperm, 4).is_err());
+        let mut bad = found.clone();
+        bad[0] = 200;
+        assert!(parse_lookup_reply(&bad, 4).is_err());
+        assert_eq!(parse_lookup_reply(&[1, 2], 4), Ok(None));
     }
 
     #[test]

@@ -3,12 +3,17 @@
 //!
 //! How a packet travels:
 //! 1. The kernel runs the [`bpf`] prefilter: only packets addressed to this host that could
-//!    be probes to a watched port are copied to the daemon. Established TCP traffic (every
-//!    segment has ACK) never is, so bulk transfers cost the daemon nothing.
+//!    be probes to a watched port are copied to the daemon, and the SYNs and UDP datagrams
+//!    this host sends from a watched port. Traffic to services (ports with a listener) and
+//!    the data of every connection never are, so bulk transfers cost the daemon nothing.
 //! 2. [`capture`] reads it with the kernel's checksum verdict.
-//! 3. [`classify`](crate::sensor::classify) names it (pure function).
-//! 4. [`watch`] decides whether it counts: sent to one of this host's addresses, to a
-//!    watched port with no listener, and not a UDP answer to one of our own queries.
+//! 3. What this host sent is named by [`classify::outgoing`] and, if it left from one of
+//!    this host's addresses and a watched port, remembered in the [`flows`] table.
+//! 4. What came in is named by [`classify::inspect`] (pure function), and [`watch`] decides
+//!    whether it counts: sent to one of this host's addresses, to a watched port with no
+//!    listener. Then it must not answer a flow this host started ([`flows`]), and a UDP
+//!    datagram, bare ACK or FIN+ACK must not be taken by a socket the kernel knows of at
+//!    this moment ([`live`]: one sock_diag request, cheap under a flood).
 //! 5. A [`Hit`] goes to the [`HitSink`]; a full channel counts it as dropped and the sensor
 //!    logs the count every [`DROP_REPORT`]; it never blocks on the pipeline.
 //!
@@ -21,11 +26,14 @@
 
 pub mod bpf;
 pub mod capture;
+pub mod flows;
+pub mod live;
 pub mod ports;
 pub mod watch;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -34,14 +42,16 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::Config;
-use crate::event::{Hit, Mode};
+use crate::event::{Hit, Mode, ProbeKind, Proto};
 use crate::report;
-use crate::sensor::classify::{self, ChecksumCheck};
+use crate::sensor::classify::{self, ChecksumCheck, Probe};
 use crate::sensor::listeners::Listeners;
 use crate::sensor::{HitSink, Sensor, SensorControl};
 
 use self::bpf::{BuildError, Program};
 use self::capture::{Capture, Packet};
+use self::flows::Flows;
+use self::live::LiveSockets;
 use self::watch::{HostAddrs, Watch};
 
 /// How often listeners and host addresses are re-read: a service that starts or stops is
@@ -99,6 +109,14 @@ pub struct RawStats {
     pub hits: u64,
     /// Duplicates seen on a second interface.
     pub duplicates: u64,
+    /// Flows this host started from a watched port (outgoing UDP datagrams and SYNs).
+    pub flows: u64,
+    /// Probes that answered one of those flows.
+    pub answers: u64,
+    /// Probes a live socket took, as the kernel said when asked.
+    pub taken: u64,
+    /// Probes reported without the live check, because asking the kernel failed.
+    pub unchecked: u64,
 }
 
 /// The raw sensor: one capture socket serving every raw mode of the process.
@@ -108,7 +126,7 @@ pub struct RawSensor {
     capture: Capture,
     watch: Watch,
     program: Program,
-    stats: RawStats,
+    state: State,
 }
 
 impl std::fmt::Debug for RawSensor {
@@ -157,7 +175,14 @@ impl RawSensor {
             capture,
             watch,
             program,
-            stats: RawStats::default(),
+            state: State {
+                recent: Recent::default(),
+                flows: Flows::default(),
+                live: LiveSockets::open().map_err(|e| e.to_string()),
+                stats: RawStats::default(),
+                unchecked_since_report: 0,
+                last_live_error: String::new(),
+            },
         })
     }
 
@@ -189,25 +214,33 @@ impl RawSensor {
     }
 
     fn refresh(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        let mut changes = Vec::new();
         match Listeners::read() {
             Ok(l) if l == *self.watch.listeners() => {}
             Ok(l) => {
-                // Only listeners change the prefilter here (addresses are checked in user
-                // space), so an unchanged snapshot costs no rebuild.
-                let changes = self.watch.set_listeners(l);
-                self.apply_filter();
-                for c in changes {
-                    if c.appeared {
-                        log::info!("{}", report::listener_appeared(c.proto, c.port));
-                    } else {
-                        log::info!("{}", report::listener_gone(c.proto, c.port));
-                    }
-                }
+                changes = self.watch.set_listeners(l, now);
+                changed = true;
             }
             Err(e) => log::warn!(
                 "{}",
                 report::refresh_failed("the listening sockets", &e.to_string())
             ),
+        }
+        let ended = self.watch.expire(now);
+        changed |= !ended.is_empty();
+        // Only listeners change the prefilter here (addresses are checked in user space), so
+        // an unchanged snapshot costs no rebuild.
+        if changed {
+            self.apply_filter();
+        }
+        for c in changes.into_iter().chain(ended) {
+            if c.appeared {
+                log::info!("{}", report::listener_appeared(c.proto, c.port));
+            } else {
+                log::info!("{}", report::listener_gone(c.proto, c.port));
+            }
         }
         match HostAddrs::read() {
             Ok(a) => self.watch.set_addrs(a),
@@ -230,7 +263,6 @@ impl RawSensor {
     }
 
     fn run_loop(&mut self, sink: &HitSink, control: &Receiver<SensorControl>) {
-        let mut recent = Recent::default();
         let mut next_refresh = Instant::now() + REFRESH;
         let mut next_report = Instant::now() + DROP_REPORT;
         let mut kernel_drops = 0u64;
@@ -259,6 +291,17 @@ impl RawSensor {
                     );
                     kernel_drops = 0;
                 }
+                if self.state.unchecked_since_report > 0 {
+                    log::warn!(
+                        "{}",
+                        report::live_check_failed(
+                            self.state.unchecked_since_report,
+                            DROP_REPORT.as_secs(),
+                            &self.state.last_live_error
+                        )
+                    );
+                    self.state.unchecked_since_report = 0;
+                }
                 next_report = now + DROP_REPORT;
             }
             let wait = next_refresh
@@ -282,9 +325,7 @@ impl RawSensor {
                     next_refresh = Instant::now() + REFRESH;
                 }
                 match self.capture.recv() {
-                    Ok(Some(pkt)) => {
-                        handle(&pkt, &self.watch, &mut recent, &mut self.stats, sink);
-                    }
+                    Ok(Some(pkt)) => handle(&pkt, &self.watch, &mut self.state, sink),
                     Ok(None) => break,
                     Err(e) => {
                         log::error!("adminalert: ERROR: reading the capture socket: {e}");
@@ -297,17 +338,78 @@ impl RawSensor {
     }
 }
 
-/// Turns one captured packet into at most one hit.
-fn handle(
-    pkt: &Packet<'_>,
-    watch: &Watch,
-    recent: &mut Recent,
-    stats: &mut RawStats,
-    sink: &HitSink,
-) {
-    stats.packets += 1;
-    if pkt.truncated || pkt.pkttype != libc::PACKET_HOST {
+/// What the sensor keeps from one packet to the next, besides what it watches.
+struct State {
+    recent: Recent,
+    flows: Flows,
+    /// The sock_diag socket of the live checks, or why it could not be opened.
+    live: Result<LiveSockets, String>,
+    stats: RawStats,
+    unchecked_since_report: u64,
+    last_live_error: String,
+}
+
+impl State {
+    /// Asks the kernel whether a socket takes `probe` now (UDP datagrams, bare ACKs and
+    /// FIN+ACKs; other probes are never taken by a socket). A TCP socket that owns it
+    /// renews its flow, so that the connection's next segments are recognised without
+    /// asking again. When the kernel cannot be asked, the probe is reported (and counted).
+    fn live_socket_takes(&mut self, probe: &Probe, now: Instant) -> bool {
+        if !matches!(
+            probe.kind,
+            ProbeKind::Udp | ProbeKind::Ack | ProbeKind::Maimon
+        ) {
+            return false;
+        }
+        let asked = match &mut self.live {
+            Err(e) => Err(e.clone()),
+            Ok(live) if probe.proto == Proto::Udp => live
+                .udp_bound(probe.dst_port, now)
+                .map_err(|e| e.to_string()),
+            Ok(live) => live
+                .tcp_owned(
+                    SocketAddr::new(probe.dst, probe.dst_port),
+                    SocketAddr::new(probe.src, probe.src_port),
+                )
+                .map_err(|e| e.to_string()),
+        };
+        match asked {
+            Ok(true) => {
+                if probe.proto == Proto::Tcp {
+                    self.flows.confirm(probe, now);
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.stats.unchecked += 1;
+                self.unchecked_since_report += 1;
+                self.last_live_error = e;
+                false
+            }
+        }
+    }
+}
+
+/// Turns one captured packet into at most one hit, or into a flow this host started.
+fn handle(pkt: &Packet<'_>, watch: &Watch, st: &mut State, sink: &HitSink) {
+    st.stats.packets += 1;
+    if pkt.truncated {
         return;
+    }
+    let now = Instant::now();
+    match pkt.pkttype {
+        libc::PACKET_HOST => {}
+        libc::PACKET_OUTGOING => {
+            if let Ok(start) = classify::outgoing(pkt.data)
+                && watch.starts_flow(&start)
+            {
+                st.stats.flows += 1;
+                st.flows.record(&start, now);
+            }
+            return;
+        }
+        _ => return,
     }
     let check = if pkt.checksum_trusted {
         ChecksumCheck::Trusted
@@ -317,15 +419,23 @@ fn handle(
     let Ok(probe) = classify::inspect(pkt.data, check) else {
         return;
     };
-    stats.probes += 1;
+    st.stats.probes += 1;
     let Ok(mode) = watch.decide(&probe) else {
         return;
     };
-    if recent.is_duplicate(pkt.data, pkt.ifindex, Instant::now()) {
-        stats.duplicates += 1;
+    if st.flows.answers(&probe, now) {
+        st.stats.answers += 1;
         return;
     }
-    stats.hits += 1;
+    if st.recent.is_duplicate(pkt.data, pkt.ifindex, now) {
+        st.stats.duplicates += 1;
+        return;
+    }
+    if st.live_socket_takes(&probe, now) {
+        st.stats.taken += 1;
+        return;
+    }
+    st.stats.hits += 1;
     sink.emit(Hit {
         src: probe.src,
         port: probe.dst_port,
@@ -373,9 +483,11 @@ impl Sensor for RawSensor {
     fn run(mut self: Box<Self>, sink: HitSink, control: Receiver<SensorControl>) {
         self.run_loop(&sink, &control);
         log::debug!(
-            "raw sensor ({}) stopped: {:?}, {} dropped by a full pipeline",
+            "raw sensor ({}) stopped: {:?}, {} flows evicted, {} live checks, {} dropped by a full pipeline",
             self.modes_label(),
-            self.stats,
+            self.state.stats,
+            self.state.flows.evicted(),
+            self.state.live.as_ref().map_or(0, |l| l.queries()),
             sink.dropped()
         );
     }

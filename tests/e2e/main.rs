@@ -4,6 +4,7 @@
 //! python3, nmap and systemd's `systemd-analyze` (scripts/setup-deps.sh): a test whose
 //! prerequisite is missing fails.
 
+mod answers;
 mod blocks;
 mod classic;
 mod config_errors;

@@ -105,6 +105,8 @@ fn nmap_scans_over_ipv4_and_ipv6_are_seen_with_1_2_names() {
     lab.nmap(&["-6", "-sU", "-p", "15", &lab.def6]);
     lab.nmap(&["--scanflags", "SYNFIN", "-p", "16", &lab.def4]);
     lab.nmap(&["-sS", "--ip-options", "R", "-p", "17", &lab.def4]);
+    lab.nmap(&["-sA", "-p", "18", &lab.def4]);
+    lab.nmap(&["-6", "-sM", "-p", "19", &lab.def6]);
     let hits = s.stop();
     let a = lab.addr(&lab.att4);
     assert_eq!(kinds_on(&hits, a, 1), [ProbeKind::Syn]);
@@ -117,6 +119,11 @@ fn nmap_scans_over_ipv4_and_ipv6_are_seen_with_1_2_names() {
     ));
     assert_eq!(kinds_on(&hits, lab.addr(&lab.att6), 14), [ProbeKind::Syn]);
     assert_eq!(kinds_on(&hits, lab.addr(&lab.att6), 15), [ProbeKind::Udp]);
+    assert_eq!(kinds_on(&hits, a, 18), [ProbeKind::Ack]);
+    assert_eq!(
+        kinds_on(&hits, lab.addr(&lab.att6), 19),
+        [ProbeKind::Maimon]
+    );
     let udp7: Vec<_> = hits
         .iter()
         .filter(|h| h.src == a && h.port == 7 && h.mode == Mode::Audp)

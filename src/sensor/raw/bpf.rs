@@ -3,12 +3,20 @@
 //!
 //! The socket is an `AF_PACKET`/`SOCK_DGRAM` one, so the program sees the packet from the
 //! IP header on, plus the skb's ancillary fields. It accepts only:
-//! - packets addressed to this host (`pkttype == PACKET_HOST`: not outgoing, not
-//!   broadcast/multicast, not another host's frames seen in promiscuous mode), without a
-//!   VLAN tag still attached (those are seen again, untagged, on the VLAN device);
+//! - packets addressed to this host (`pkttype == PACKET_HOST`: not broadcast/multicast, not
+//!   another host's frames seen in promiscuous mode) or sent by it (`PACKET_OUTGOING`),
+//!   without a VLAN tag still attached (those are seen again, untagged, on the VLAN device);
 //! - IPv4 first fragments or whole datagrams (fragment offset 0);
-//! - TCP segments with neither ACK nor RST, to a port of the TCP watch set;
-//! - UDP datagrams to a port of the UDP watch set;
+//! - addressed to this host, to a port of the watch set of its protocol:
+//!   - TCP segments without ACK or RST (SYN, FIN, NULL, XMAS… scans);
+//!   - TCP segments with ACK, without SYN, RST or URG, that carry no data: ACK and Maimon
+//!     scans. IP length = IP header + TCP header is tested here, so the data of established
+//!     connections stays in the kernel even on a watched port, and ports with a listener are
+//!     never watched: bulk traffic to a service never reaches the daemon;
+//!   - UDP datagrams;
+//! - sent by this host, from a port of the watch set of its protocol: TCP SYNs (without ACK
+//!   or RST) and UDP datagrams, the flows whose answers are not probes (see
+//!   [`super::flows`]). Anything else this host sends is dropped after a few instructions;
 //! - IPv6 the same, with the transport header right after the fixed header, after a
 //!   first-fragment header, or after one hop-by-hop/routing/destination-options header.
 //!   Longer chains and AH are passed to user space, which walks them (they are rare);
@@ -17,8 +25,10 @@
 //! The watch sets are the exact ports (configured minus listeners) when they fit in
 //! [`MAX_RANGES_PER_PROTO`] ranges; a pathological set is widened to a superset (see
 //! [`super::ports::coarsen`]). User space checks every packet against the exact set anyway.
-//! The program is rebuilt and re-attached (atomically, `SO_ATTACH_FILTER` replaces the old
-//! one) when listeners come or go or the config is reloaded.
+//! One port test per protocol serves both directions (the destination port of what comes
+//! in, the source port of what goes out). The program is rebuilt and re-attached
+//! (atomically, `SO_ATTACH_FILTER` replaces the old one) when listeners come or go or the
+//! config is reloaded.
 
 use socket2::SockFilter;
 
@@ -53,7 +63,24 @@ const JGT: u16 = 0x20;
 const JGE: u16 = 0x30;
 const JSET: u16 = 0x40;
 const K: u16 = 0x00;
+const X: u16 = 0x08;
 const TAX: u16 = 0x00;
+const ST: u16 = 0x02;
+const STX: u16 = 0x03;
+const MEM: u16 = 0x60;
+const AND: u16 = 0x50;
+const RSH: u16 = 0x70;
+
+/// Scratch memory: where the IP packet ends (IPv4 total length, IPv6 40 + payload length).
+const M_END: u32 = 0;
+/// Scratch memory: the transport header's offset, while X serves the data-length test.
+const M_OFF: u32 = 1;
+
+const TH_SYN_RST_ACK: u32 = 0x16;
+const TH_SYN: u32 = 0x02;
+const TH_RST: u32 = 0x04;
+const TH_ACK: u32 = 0x10;
+const TH_SYN_URG: u32 = 0x22;
 
 const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
 const SKF_AD_PROTOCOL: u32 = SKF_AD_OFF.wrapping_add(0);
@@ -63,6 +90,7 @@ const SKF_AD_VLAN_TAG_PRESENT: u32 = SKF_AD_OFF.wrapping_add(48);
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86dd;
 const PACKET_HOST: u32 = 0;
+const PACKET_OUTGOING: u32 = 4;
 
 /// One classic BPF instruction, comparable (socket2's `SockFilter` is opaque), so the
 /// sensor can tell whether a rebuilt program differs from the attached one.
@@ -109,6 +137,7 @@ enum Label {
     Next,
     Drop,
     Accept,
+    Family,
     V4,
     V4Tcp,
     V4Udp,
@@ -121,6 +150,12 @@ enum Label {
     ToUdp,
     Tcp,
     Udp,
+    TcpOut,
+    TcpPortIn,
+    TcpDrop,
+    UdpIn,
+    TcpPorts,
+    UdpPorts,
 }
 
 enum Item {
@@ -153,11 +188,18 @@ pub fn build(tcp: &PortSet, udp: &PortSet) -> Result<Program, BuildError> {
         })
     };
     let mut a = vec![
-        // Link level: untagged, addressed to this host, IPv4 or IPv6.
+        // The kernel's checker follows scratch memory linearly and does not see that a
+        // `ret` ends a path: a slot read after the shared `Drop` must be written before the
+        // first jump there. M[END] gets its real value before it is read.
+        plain(LD | IMM, 0),
+        plain(ST, M_END),
+        // Link level: untagged, addressed to this host or sent by it, IPv4 or IPv6.
         plain(LD | W | ABS, SKF_AD_VLAN_TAG_PRESENT),
         Item::Cond(JMP | JEQ | K, 0, Next, Drop),
         plain(LD | W | ABS, SKF_AD_PKTTYPE),
-        Item::Cond(JMP | JEQ | K, PACKET_HOST, Next, Drop),
+        Item::Cond(JMP | JEQ | K, PACKET_HOST, Family, Next),
+        Item::Cond(JMP | JEQ | K, PACKET_OUTGOING, Next, Drop),
+        Item::Mark(Family),
         plain(LD | W | ABS, SKF_AD_PROTOCOL),
         Item::Cond(JMP | JEQ | K, ETH_P_IP, V4, Next),
         Item::Cond(JMP | JEQ | K, ETH_P_IPV6, V6, Drop),
@@ -165,6 +207,8 @@ pub fn build(tcp: &PortSet, udp: &PortSet) -> Result<Program, BuildError> {
         Item::Mark(V4),
         plain(LD | H | ABS, 6),
         Item::Cond(JMP | JSET | K, 0x1fff, Drop, Next),
+        plain(LD | H | ABS, 2),
+        plain(ST, M_END),
         plain(LD | B | ABS, 9),
         Item::Cond(JMP | JEQ | K, 6, V4Tcp, Next),
         Item::Cond(JMP | JEQ | K, 17, V4Udp, Drop),
@@ -176,6 +220,9 @@ pub fn build(tcp: &PortSet, udp: &PortSet) -> Result<Program, BuildError> {
         Item::Ja(Udp),
         // IPv6: transport right after the fixed header, or after one extension header.
         Item::Mark(V6),
+        plain(LD | H | ABS, 4),
+        plain(ALU | ADD | K, 40),
+        plain(ST, M_END),
         plain(LD | B | ABS, 6),
         Item::Cond(JMP | JEQ | K, 6, V6Tcp, Next),
         Item::Cond(JMP | JEQ | K, 17, V6Udp, Next),
@@ -218,23 +265,50 @@ pub fn build(tcp: &PortSet, udp: &PortSet) -> Result<Program, BuildError> {
         plain(RET | K, SNAPLEN),
         Item::Mark(Drop),
         plain(RET | K, 0),
-        // TCP, X = header offset: drop ACK (0x10) or RST (0x04), then the port test.
+        // TCP, X = header offset. Sent by this host: a SYN (no ACK or RST), tested
+        // on its source port. Coming in: RST never; ACK only without SYN or URG and without
+        // data; then the destination port.
         Item::Mark(Tcp),
+        plain(LD | W | ABS, SKF_AD_PKTTYPE),
+        Item::Cond(JMP | JEQ | K, PACKET_OUTGOING, TcpOut, Next),
         plain(LD | B | IND, 13),
+        Item::Cond(JMP | JSET | K, TH_RST, TcpDrop, Next),
+        Item::Cond(JMP | JSET | K, TH_ACK, Next, TcpPortIn),
+        Item::Cond(JMP | JSET | K, TH_SYN_URG, TcpDrop, Next),
+        // No data: the IP packet ends where the TCP header does (X + data offset * 4).
+        plain(STX, M_OFF),
+        plain(LD | B | IND, 12),
+        plain(ALU | AND | K, 0xf0),
+        plain(ALU | RSH | K, 2),
+        plain(ALU | ADD | X, 0),
+        plain(MISC | TAX, 0),
+        plain(LD | MEM, M_END),
+        Item::Cond(JMP | JEQ | X, 0, Next, TcpDrop),
+        plain(LDX | MEM, M_OFF),
+        Item::Mark(TcpPortIn),
+        plain(LD | H | IND, 2),
+        Item::Ja(TcpPorts),
+        Item::Mark(TcpOut),
+        plain(LD | B | IND, 13),
+        plain(ALU | AND | K, TH_SYN_RST_ACK),
+        Item::Cond(JMP | JEQ | K, TH_SYN, Next, TcpDrop),
+        plain(LD | H | IND, 0),
+        Item::Ja(TcpPorts),
+        Item::Mark(TcpDrop),
+        plain(RET | K, 0),
+        // UDP: the destination port of what comes in, the source port of what goes out.
+        Item::Mark(Udp),
+        plain(LD | W | ABS, SKF_AD_PKTTYPE),
+        Item::Cond(JMP | JEQ | K, PACKET_OUTGOING, Next, UdpIn),
+        plain(LD | H | IND, 0),
+        Item::Ja(UdpPorts),
+        Item::Mark(UdpIn),
+        plain(LD | H | IND, 2),
+        Item::Mark(UdpPorts),
     ];
-    a.push(Item::Plain(Insn {
-        code: JMP | JSET | K,
-        jt: 0,
-        jf: 1,
-        k: 0x14,
-    }));
-    a.push(plain(RET | K, 0));
-    a.push(plain(LD | H | IND, 2));
-    push_ranges(&mut a, &tcp_ranges);
-    // UDP: destination port at X+2.
-    a.push(Item::Mark(Udp));
-    a.push(plain(LD | H | IND, 2));
     push_ranges(&mut a, &udp_ranges);
+    a.push(Item::Mark(TcpPorts));
+    push_ranges(&mut a, &tcp_ranges);
 
     Ok(Program {
         insns: assemble(a)?,
@@ -352,14 +426,22 @@ pub(crate) mod interp {
         Some(b.iter().fold(0u32, |acc, x| (acc << 8) | u32::from(*x)))
     }
 
-    /// Runs the program; returns the number of bytes it keeps (0 = drop).
+    /// Runs the program; returns the number of bytes it keeps (0 = drop). Reading scratch
+    /// memory that no path wrote panics (the kernel's checker refuses such a program).
     pub fn run(prog: &[Insn], pkt: &[u8], ctx: Ctx) -> u32 {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let mut mem: [Option<u32>; 16] = [None; 16];
+        let read = |mem: &[Option<u32>; 16], k: u32| {
+            mem[k as usize].unwrap_or_else(|| panic!("M[{k}] read before written"))
+        };
         loop {
             let Some(i) = prog.get(pc) else { return 0 };
             pc += 1;
             let class = i.code & 0x07;
+            let operand = if i.code & X != 0 { x } else { i.k };
             match class {
+                LD if i.code & 0xe0 == IMM => a = i.k,
+                LD if i.code & 0xe0 == MEM => a = read(&mem, i.k),
                 LD => {
                     let size = match i.code & 0x18 {
                         W => 4,
@@ -383,6 +465,7 @@ pub(crate) mod interp {
                 }
                 LDX => match i.code & 0xe0 {
                     IMM => x = i.k,
+                    MEM => x = read(&mem, i.k),
                     MSH => match pkt.get(i.k as usize) {
                         Some(b) => x = u32::from(b & 0x0f) * 4,
                         None => return 0,
@@ -390,10 +473,14 @@ pub(crate) mod interp {
                     m => panic!("ldx mode {m:#x} not modelled"),
                 },
                 ALU => match i.code & 0xf0 {
-                    ADD => a = a.wrapping_add(i.k),
-                    LSH => a = a.wrapping_shl(i.k),
+                    ADD => a = a.wrapping_add(operand),
+                    LSH => a = a.wrapping_shl(operand),
+                    RSH => a = a.wrapping_shr(operand),
+                    AND => a &= operand,
                     op => panic!("alu op {op:#x} not modelled"),
                 },
+                ST => mem[i.k as usize] = Some(a),
+                STX => mem[i.k as usize] = Some(x),
                 MISC => x = a,
                 RET => return i.k,
                 JMP => {
@@ -402,10 +489,10 @@ pub(crate) mod interp {
                             pc += i.k as usize;
                             continue;
                         }
-                        JEQ => a == i.k,
-                        JGT => a > i.k,
-                        JGE => a >= i.k,
-                        JSET => a & i.k != 0,
+                        JEQ => a == operand,
+                        JGT => a > operand,
+                        JGE => a >= operand,
+                        JSET => a & operand != 0,
                         op => panic!("jump op {op:#x} not modelled"),
                     };
                     pc += usize::from(if taken { i.jt } else { i.jf });
@@ -455,16 +542,117 @@ mod tests {
     }
 
     #[test]
-    fn established_traffic_is_dropped_in_the_kernel() {
-        let p = prog(&[8080], &[]);
-        assert!(passes(&p, KERNEL_SYN_V4_PARTIAL_SUM));
+    fn established_traffic_to_a_service_is_dropped_in_the_kernel() {
+        // 8080 has a listener, so it is not in the watch set: nothing of it comes up.
+        let p = prog(&[7, 700], &[7]);
         for pkt in [
+            KERNEL_SYN_V4_PARTIAL_SUM,
             KERNEL_ACK_V4,
             KERNEL_PSH_ACK_V4,
             KERNEL_ACK2_V4,
             KERNEL_FIN_ACK_V4,
         ] {
             assert!(!passes(&p, pkt));
+        }
+    }
+
+    #[test]
+    fn data_resets_and_syn_acks_stay_in_the_kernel_even_on_watched_ports() {
+        let p = prog(&[700, 8080], &[]);
+        for pkt in [KERNEL_PSH_ACK_V4, PEER_PSH_ACK_V4] {
+            assert!(!passes(&p, pkt), "data-carrying ACK");
+        }
+        for flags in [0x04, 0x14, 0x12, 0x30, 0x11 | 0x20] {
+            let mut pkt = ACK_V4.to_vec();
+            pkt[33] = flags;
+            assert!(!passes(&prog(&[7], &[]), &pkt), "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn bare_acks_and_fin_acks_to_watched_ports_reach_user_space() {
+        let watched = prog(&[7, 700, 703, 8080], &[]);
+        let other = prog(&[8], &[]);
+        for pkt in [ACK_V4, MAIMON_V4, ACK_V6, MAIMON_V6] {
+            assert_eq!(run(&watched.insns, pkt, Ctx::host(pkt)), SNAPLEN);
+            assert!(!passes(&other, pkt));
+        }
+        // The bare ACKs of connections on watched ports come up too: user space tells them
+        // from scans by their flow or their socket.
+        for pkt in [PEER_ACK_V4, PEER_FIN_ACK_V4, PEER_ACK_V6, KERNEL_ACK_V4] {
+            assert!(passes(&watched, pkt));
+        }
+        // ACK with PSH and no data: an ACK scan variant.
+        let mut push = ACK_V4.to_vec();
+        push[33] = 0x18;
+        assert!(passes(&watched, &push));
+    }
+
+    /// Inserts `n` bytes of IPv4 options (NOPs) after the fixed header.
+    fn with_v4_options(pkt: &[u8], n: usize) -> Vec<u8> {
+        let mut out = pkt[..20].to_vec();
+        out.extend(std::iter::repeat_n(1u8, n));
+        out.extend_from_slice(&pkt[20..]);
+        out[0] = 0x40 | (5 + n / 4) as u8;
+        let total = u16::from_be_bytes([pkt[2], pkt[3]]) + n as u16;
+        out[2..4].copy_from_slice(&total.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn the_no_data_test_follows_ip_options_and_ipv6_extension_headers() {
+        let p = prog(&[7], &[]);
+        let opts = with_v4_options(ACK_V4, 8);
+        assert!(passes(&p, &opts));
+        let mut opts_data = with_v4_options(ACK_V4, 8);
+        opts_data.push(0x61);
+        opts_data[3] += 1;
+        assert!(!passes(&p, &opts_data));
+        let ext = with_v6_ext(ACK_V6, 60, &[0, 1, 4, 0, 0, 0, 0]);
+        assert!(passes(&p, &ext));
+        let mut ext_data = ext.clone();
+        ext_data.push(0x61);
+        ext_data[5] += 1;
+        assert!(!passes(&p, &ext_data));
+        // Ethernet padding after a bare ACK is not data: the IP length says where it ends.
+        let mut padded = ACK_V4.to_vec();
+        padded.extend_from_slice(&[0u8; 6]);
+        assert!(passes(&p, &padded));
+        // A lying IP length (shorter than the headers) is no bare ACK.
+        let mut short = ACK_V4.to_vec();
+        short[3] = 0x24;
+        assert!(!passes(&p, &short));
+    }
+
+    fn outgoing(pkt: &[u8]) -> Ctx {
+        Ctx {
+            pkttype: 4, // PACKET_OUTGOING
+            ..Ctx::host(pkt)
+        }
+    }
+
+    #[test]
+    fn this_hosts_syns_and_datagrams_from_watched_ports_reach_user_space() {
+        let p = prog(&[700, 703], &[701, 702]);
+        for pkt in [OUT_SYN_V4, OUT_SYN_V6, OUT_UDP_V4, OUT_UDP_V6] {
+            assert_eq!(run(&p.insns, pkt, outgoing(pkt)), SNAPLEN, "{pkt:02x?}");
+        }
+        // The same from ports not watched (a service's, an ephemeral one) stay in the kernel,
+        // also when the destination port is in the set.
+        let dst = prog(&[600], &[53]);
+        for pkt in [OUT_SYN_V4, OUT_SYN_V6, OUT_UDP_V4, OUT_UDP_V6] {
+            assert_eq!(run(&dst.insns, pkt, outgoing(pkt)), 0, "{pkt:02x?}");
+        }
+    }
+
+    #[test]
+    fn this_hosts_other_tcp_segments_stay_in_the_kernel() {
+        let p = prog(&[700], &[]);
+        assert_eq!(run(&p.insns, OUT_ACK_V4, outgoing(OUT_ACK_V4)), 0);
+        for flags in [0x12, 0x04, 0x14, 0x10, 0x18, 0x11] {
+            let mut pkt = OUT_SYN_V4.to_vec();
+            pkt[33] = flags;
+            assert_eq!(run(&p.insns, &pkt, outgoing(&pkt)), 0, "flags {flags:#x}");
         }
     }
 
@@ -490,16 +678,16 @@ mod tests {
     }
 
     #[test]
-    fn outgoing_broadcast_tagged_and_non_ip_frames_are_dropped() {
+    fn broadcast_multicast_other_hosts_tagged_and_non_ip_frames_are_dropped() {
         let p = prog(&[7], &[7]);
         let host = Ctx::host(SYN_V4);
         for ctx in [
             Ctx {
-                pkttype: 4, // PACKET_OUTGOING
+                pkttype: 1, // PACKET_BROADCAST
                 ..host
             },
             Ctx {
-                pkttype: 1, // PACKET_BROADCAST
+                pkttype: 2, // PACKET_MULTICAST
                 ..host
             },
             Ctx {
@@ -550,17 +738,34 @@ mod tests {
         assert!(!passes(&p, &icmp));
     }
 
-    /// A SYN (IPv4, no options) to `port`, checksum not fixed: the filter does not check it.
-    fn syn_to(port: u16) -> Vec<u8> {
-        let mut p = SYN_V4.to_vec();
-        p[22..24].copy_from_slice(&port.to_be_bytes());
+    /// `pkt` with the 16-bit port at byte `at` set to `port`; checksums are not fixed (the
+    /// filter does not check them).
+    fn with_port(pkt: &[u8], at: usize, port: u16) -> Vec<u8> {
+        let mut p = pkt.to_vec();
+        p[at..at + 2].copy_from_slice(&port.to_be_bytes());
         p
     }
 
+    /// A SYN (IPv4, no options) to `port`.
+    fn syn_to(port: u16) -> Vec<u8> {
+        with_port(SYN_V4, 22, port)
+    }
+
     fn udp6_to(port: u16) -> Vec<u8> {
-        let mut p = UDP_V6.to_vec();
-        p[42..44].copy_from_slice(&port.to_be_bytes());
-        p
+        with_port(UDP_V6, 42, port)
+    }
+
+    fn ack6_to(port: u16) -> Vec<u8> {
+        with_port(ACK_V6, 42, port)
+    }
+
+    /// This host's SYN and datagram (IPv4) from local port `port`.
+    fn syn_from(port: u16) -> Vec<u8> {
+        with_port(OUT_SYN_V4, 20, port)
+    }
+
+    fn udp_from(port: u16) -> Vec<u8> {
+        with_port(OUT_UDP_V4, 20, port)
     }
 
     #[test]
@@ -572,7 +777,14 @@ mod tests {
         let p = build(&tcp, &udp).unwrap();
         for port in 0..=u16::MAX {
             assert_eq!(passes(&p, &syn_to(port)), tcp.contains(port), "tcp {port}");
+            assert_eq!(passes(&p, &ack6_to(port)), tcp.contains(port), "ack {port}");
             assert_eq!(passes(&p, &udp6_to(port)), udp.contains(port), "udp {port}");
+            let (syn, dgram) = (syn_from(port), udp_from(port));
+            assert_eq!(run(&p.insns, &syn, outgoing(&syn)) != 0, tcp.contains(port));
+            assert_eq!(
+                run(&p.insns, &dgram, outgoing(&dgram)) != 0,
+                udp.contains(port)
+            );
         }
     }
 

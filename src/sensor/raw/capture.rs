@@ -3,7 +3,8 @@
 //! can arrive. All the `unsafe` of the raw sensor is here, around three system calls.
 //!
 //! Why `AF_PACKET` rather than raw IP sockets: one socket gives IPv4 and IPv6 with both
-//! addresses, and the kernel's packet type tells what was addressed to this host. The price
+//! addresses, and the kernel's packet type tells what was addressed to this host and what
+//! this host sent (`PACKET_OUTGOING`, for the flow table). The price
 //! is that capture happens before the firewall: a host already dropped by iptables still
 //! shows up (the pipeline's already-blocked filter deals with it), and fragments are seen
 //! before reassembly (see `classify`).
@@ -29,7 +30,8 @@ pub struct Packet<'a> {
     pub data: &'a [u8],
     /// Interface it arrived on (to tell duplicates over bridges/bonds apart).
     pub ifindex: i32,
-    /// `PACKET_HOST` (0) for packets addressed to this host.
+    /// `PACKET_HOST` (0) for packets addressed to this host, `PACKET_OUTGOING` (4) for
+    /// packets it sends.
     pub pkttype: u8,
     /// The kernel vouches for the transport checksum: verified by the NIC, or built on this
     /// machine and not summed yet (`TP_STATUS_CSUM_VALID` / `TP_STATUS_CSUMNOTREADY`).
@@ -75,9 +77,11 @@ impl Capture {
     pub fn open(filter: &[SockFilter]) -> io::Result<Capture> {
         let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(0)))?;
         setsockopt_int(&sock, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
-        // Outgoing packets are never probes: with this (Linux 4.20+) the kernel does not
-        // even run the filter on them, so the host's own bulk sends cost nothing here.
-        let _ = setsockopt_int(&sock, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+        // Outgoing packets are not ignored (PACKET_IGNORE_OUTGOING): the SYNs and datagrams
+        // this host sends from watched ports open the flows whose answers are not probes.
+        // The prefilter drops every other outgoing packet in the kernel after a few
+        // instructions (the kernel clones each outgoing skb for a packet socket before
+        // running its filter; no data is copied).
         // Root may exceed net.core.rmem_max (SO_RCVBUFFORCE); otherwise take what is allowed.
         if setsockopt_int(
             &sock,

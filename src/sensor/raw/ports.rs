@@ -51,6 +51,11 @@ impl PortSet {
         self.bits[usize::from(port >> 6)] &= !(1u64 << (port & 63));
     }
 
+    /// Empties the set, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.bits.fill(0);
+    }
+
     /// Adds every port of `other`.
     pub fn union_with(&mut self, other: &PortSet) {
         for (a, b) in self.bits.iter_mut().zip(other.bits.iter()) {

@@ -1,52 +1,26 @@
 //! What the raw sensor watches and the per-packet decision, as plain data: the configured
 //! port sets per mode, the listeners and this host's addresses at the last refresh. No I/O
 //! here except [`HostAddrs::read`], so every rule is unit-tested.
+//!
+//! A UDP port whose socket the listener poll saw go away stays unwatched for
+//! [`UDP_FLOW_TTL`] more: the prefilter passes only datagrams from *watched* ports up, so
+//! the flows of a socket the poll already knew were not recorded, and their late answers
+//! must not count as probes. A socket that lived less than a poll interval (the usual
+//! query socket) left its flows in the flow table instead, and needs no such grace.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::event::{Mode, Proto};
-use crate::sensor::classify::Probe;
+use crate::sensor::classify::{FlowStart, Probe};
 use crate::sensor::listeners::Listeners;
 
 use super::bpf::{self, BuildError, Program};
+use super::flows::UDP_FLOW_TTL;
 use super::ports::PortSet;
 use crate::report;
-
-/// UDP source ports of services whose answers come back to this host's clients: DNS (53),
-/// DHCP server (67), Kerberos (88), NTP (123), NetBIOS name/datagram (137, 138), SNMP agent
-/// (161), CLDAP (389), QUIC/HTTP3 (443), IKE (500), syslog (514), DHCPv6 server (547),
-/// DNS over QUIC (853), SSDP (1900), STUN (3478), IKE NAT-T (4500), mDNS (5353).
-pub const ANSWER_SOURCE_PORTS: &[u16] = &[
-    53, 67, 88, 123, 137, 138, 161, 389, 443, 500, 514, 547, 853, 1900, 3478, 4500, 5353,
-];
-
-/// Client ports below 1024 that those services answer to: DHCP (67 -> 68), NTP
-/// symmetric (123 -> 123), NetBIOS (137 -> 137, 138 -> 138), IKE (500 -> 500), DHCPv6
-/// (547 -> 546).
-pub const ANSWER_PAIRS: &[(u16, u16)] = &[
-    (67, 68),
-    (123, 123),
-    (137, 137),
-    (138, 138),
-    (500, 500),
-    (547, 546),
-];
-
-/// Whether a UDP datagram is an answer to one of this host's own queries rather than a
-/// probe: it comes from a well-known service port and goes to an unprivileged port (where
-/// clients' ephemeral sockets live), or to the fixed client port of that service.
-///
-/// This closes 1.2's false alarm where a DNS answer arriving just after the resolver closed
-/// its socket (so the port has no listener any more) got the DNS server blocked: stealth
-/// mode's default UDP_PORTS include 32770-32774, inside Linux's ephemeral range. The price:
-/// a UDP scan sent from source port 53 (`nmap -g 53`) to ports >= 1024 is not seen. In
-/// advanced mode with the default limit (1024) no port >= 1024 is watched anyway.
-pub fn is_udp_answer(src_port: u16, dst_port: u16) -> bool {
-    ANSWER_SOURCE_PORTS.contains(&src_port)
-        && (dst_port >= 1024 || ANSWER_PAIRS.contains(&(src_port, dst_port)))
-}
 
 /// This host's own addresses: a probe counts only if sent to one of them (a router also
 /// receives frames for other hosts with its own MAC address as destination).
@@ -104,8 +78,13 @@ pub enum Skip {
     NotWatched,
     /// The port is watched but a real service listens on it.
     Listener,
-    /// A UDP answer to one of this host's own queries ([`is_udp_answer`]).
+    /// A UDP socket the poll knew on this port closed less than [`UDP_FLOW_TTL`] ago: what
+    /// arrives may answer what it sent.
+    JustClosed,
+    /// It answers a flow this host started (see [`super::flows`]).
     Answer,
+    /// A live socket takes it, as the kernel said when asked (see [`super::live`]).
+    Socket,
 }
 
 /// A listener that appeared on, or left, a port of a configured watch set.
@@ -128,6 +107,8 @@ pub struct Watch {
     udp: PortSet,
     listeners: Listeners,
     addrs: HostAddrs,
+    /// UDP ports of configured sets whose socket left, each with the end of its grace.
+    udp_closing: BTreeMap<u16, Instant>,
 }
 
 impl Watch {
@@ -139,6 +120,7 @@ impl Watch {
             udp: PortSet::default(),
             listeners,
             addrs,
+            udp_closing: BTreeMap::new(),
         };
         w.configure(modes, config);
         w
@@ -165,7 +147,7 @@ impl Watch {
         for p in &self.listeners.tcp {
             tcp.remove(*p);
         }
-        for p in &self.listeners.udp {
+        for p in self.listeners.udp.iter().chain(self.udp_closing.keys()) {
             udp.remove(*p);
         }
         self.tcp = tcp;
@@ -179,29 +161,50 @@ impl Watch {
         before != self.configured
     }
 
-    /// Installs a fresh listener snapshot; returns the changes on configured ports.
-    pub fn set_listeners(&mut self, new: Listeners) -> Vec<ListenerChange> {
+    fn is_configured(&self, proto: Proto, port: u16) -> bool {
+        self.configured
+            .iter()
+            .any(|(m, s)| m.proto() == proto && s.contains(port))
+    }
+
+    /// Installs a fresh listener snapshot taken at `now`; returns the changes on configured
+    /// ports. A UDP port whose socket left is reported (and watched) only when its grace
+    /// ends, in [`Watch::expire`]; one whose socket comes back within the grace was never
+    /// watched meanwhile, so neither event is reported.
+    pub fn set_listeners(&mut self, new: Listeners, now: Instant) -> Vec<ListenerChange> {
         let mut changes = Vec::new();
         for (proto, old, new) in [
             (Proto::Tcp, &self.listeners.tcp, &new.tcp),
             (Proto::Udp, &self.listeners.udp, &new.udp),
         ] {
-            let configured = |p: u16| {
-                self.configured
-                    .iter()
-                    .any(|(m, s)| m.proto() == proto && s.contains(p))
+            let configured = |ports: std::collections::btree_set::Difference<'_, u16>| {
+                ports
+                    .copied()
+                    .filter(|p| self.is_configured(proto, *p))
+                    .collect::<Vec<u16>>()
             };
-            for p in new.difference(old).filter(|p| configured(**p)) {
+            let (appeared, gone) = (
+                configured(new.difference(old)),
+                configured(old.difference(new)),
+            );
+            for port in appeared {
+                if proto == Proto::Udp && self.udp_closing.remove(&port).is_some() {
+                    continue;
+                }
                 changes.push(ListenerChange {
                     proto,
-                    port: *p,
+                    port,
                     appeared: true,
                 });
             }
-            for p in old.difference(new).filter(|p| configured(**p)) {
+            for port in gone {
+                if proto == Proto::Udp {
+                    self.udp_closing.insert(port, now + UDP_FLOW_TTL);
+                    continue;
+                }
                 changes.push(ListenerChange {
                     proto,
-                    port: *p,
+                    port,
                     appeared: false,
                 });
             }
@@ -209,6 +212,32 @@ impl Watch {
         self.listeners = new;
         self.recompute();
         changes
+    }
+
+    /// Ends the grace of UDP ports whose socket left [`UDP_FLOW_TTL`] before `now`: they are
+    /// watched again, and reported as such.
+    pub fn expire(&mut self, now: Instant) -> Vec<ListenerChange> {
+        let ended: Vec<u16> = self
+            .udp_closing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        if ended.is_empty() {
+            return Vec::new();
+        }
+        for p in &ended {
+            self.udp_closing.remove(p);
+        }
+        self.recompute();
+        ended
+            .into_iter()
+            .map(|port| ListenerChange {
+                proto: Proto::Udp,
+                port,
+                appeared: false,
+            })
+            .collect()
     }
 
     /// The listener snapshot in use.
@@ -234,13 +263,18 @@ impl Watch {
         bpf::build(&self.tcp, &self.udp)
     }
 
-    /// The mode a probe counts for, or why it does not count.
+    /// Whether an outgoing packet opens a flow worth remembering: sent from one of this
+    /// host's addresses (not forwarded) and from a watched port, the only ports whose
+    /// answers could be taken for probes.
+    pub fn starts_flow(&self, start: &FlowStart) -> bool {
+        self.addrs.contains(&start.local) && self.effective(start.proto).contains(start.local_port)
+    }
+
+    /// The mode a probe counts for, or why it does not count (flows and live sockets are
+    /// the sensor's to check).
     pub fn decide(&self, probe: &Probe) -> Result<Mode, Skip> {
         if !self.addrs.contains(&probe.dst) {
             return Err(Skip::NotLocal);
-        }
-        if probe.proto == Proto::Udp && is_udp_answer(probe.src_port, probe.dst_port) {
-            return Err(Skip::Answer);
         }
         let port = probe.dst_port;
         if !self.effective(probe.proto).contains(port) {
@@ -250,6 +284,8 @@ impl Watch {
             };
             return Err(if listening.contains(&port) {
                 Skip::Listener
+            } else if probe.proto == Proto::Udp && self.udp_closing.contains_key(&port) {
+                Skip::JustClosed
             } else {
                 Skip::NotWatched
             });
@@ -306,6 +342,7 @@ impl Watch {
 mod tests {
     use std::net::Ipv4Addr;
     use std::path::Path;
+    use std::time::Duration;
 
     use super::*;
     use crate::config::build::defaults;
@@ -396,26 +433,73 @@ mod tests {
     }
 
     #[test]
-    fn dns_answer_to_a_closed_ephemeral_port_is_not_a_probe() {
-        // -sudp's default UDP_PORTS include 32771, inside the ephemeral range.
+    fn udp_from_a_service_port_is_judged_like_any_other() {
+        // No source-port rule: a scan sent from port 53 (nmap -g 53) is a probe; answers are
+        // told by their flow (see flows.rs).
         let w = watch(&[Mode::Sudp], Listeners::default());
-        assert_eq!(w.decide(&udp(53, 32771)), Err(Skip::Answer));
-        assert_eq!(w.decide(&udp(123, 32771)), Err(Skip::Answer));
-        // The same port probed from an ordinary source port is a probe.
+        assert_eq!(w.decide(&udp(53, 32771)), Ok(Mode::Sudp));
+        assert_eq!(w.decide(&udp(123, 161)), Ok(Mode::Sudp));
         assert_eq!(w.decide(&udp(40000, 32771)), Ok(Mode::Sudp));
-        // From port 53 to a privileged trap port: a probe (nmap -g 53 below 1024 is seen).
-        assert_eq!(w.decide(&udp(53, 161)), Ok(Mode::Sudp));
+    }
+
+    fn flow(proto: Proto, local: IpAddr, local_port: u16) -> FlowStart {
+        FlowStart {
+            proto,
+            local,
+            local_port,
+            remote: PEER,
+            remote_port: 53,
+        }
     }
 
     #[test]
-    fn answer_rule_covers_fixed_client_ports() {
-        assert!(is_udp_answer(67, 68));
-        assert!(is_udp_answer(547, 546));
-        assert!(is_udp_answer(123, 123));
-        assert!(is_udp_answer(53, 40000));
-        assert!(!is_udp_answer(53, 53));
-        assert!(!is_udp_answer(40000, 53));
-        assert!(!is_udp_answer(53, 1023));
+    fn only_this_hosts_packets_from_watched_ports_start_flows() {
+        let w = watch(&[Mode::Atcp, Mode::Audp], listeners(&[22], &[123]));
+        assert!(w.starts_flow(&flow(Proto::Udp, ME, 700)));
+        assert!(w.starts_flow(&flow(Proto::Tcp, ME, 700)));
+        // A service's port, an unwatched one, forwarded traffic: not remembered.
+        assert!(!w.starts_flow(&flow(Proto::Udp, ME, 123)));
+        assert!(!w.starts_flow(&flow(Proto::Tcp, ME, 22)));
+        assert!(!w.starts_flow(&flow(Proto::Udp, ME, 40000)));
+        let lan_host = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 50));
+        assert!(!w.starts_flow(&flow(Proto::Udp, lan_host, 700)));
+    }
+
+    #[test]
+    fn a_udp_port_whose_known_socket_closed_stays_unwatched_for_the_flow_lifetime() {
+        let t = Instant::now();
+        let mut w = watch(&[Mode::Audp], listeners(&[], &[700]));
+        assert_eq!(w.decide(&udp(53, 700)), Err(Skip::Listener));
+        assert!(w.set_listeners(Listeners::default(), t).is_empty());
+        assert_eq!(w.decide(&udp(53, 700)), Err(Skip::JustClosed));
+        assert!(!w.effective(Proto::Udp).contains(700));
+        assert!(
+            w.expire(t + UDP_FLOW_TTL - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(
+            w.expire(t + UDP_FLOW_TTL),
+            vec![ListenerChange {
+                proto: Proto::Udp,
+                port: 700,
+                appeared: false
+            }]
+        );
+        assert_eq!(w.decide(&udp(53, 700)), Ok(Mode::Audp));
+        assert!(w.effective(Proto::Udp).contains(700));
+    }
+
+    #[test]
+    fn a_udp_socket_back_within_the_grace_is_not_reported_again() {
+        let t = Instant::now();
+        let mut w = watch(&[Mode::Audp], listeners(&[], &[700]));
+        w.set_listeners(Listeners::default(), t);
+        assert!(
+            w.set_listeners(listeners(&[], &[700]), t + Duration::from_secs(1))
+                .is_empty()
+        );
+        assert!(w.expire(t + UDP_FLOW_TTL * 2).is_empty());
+        assert_eq!(w.decide(&udp(53, 700)), Err(Skip::Listener));
     }
 
     #[test]
@@ -430,7 +514,7 @@ mod tests {
     #[test]
     fn listener_changes_are_reported_for_configured_ports_only() {
         let mut w = watch(&[Mode::Atcp, Mode::Audp], listeners(&[22], &[]));
-        let changes = w.set_listeners(listeners(&[80], &[40000, 500]));
+        let changes = w.set_listeners(listeners(&[80], &[40000, 500]), Instant::now());
         assert_eq!(
             changes,
             vec![
