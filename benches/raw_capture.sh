@@ -17,7 +17,7 @@
 #   (d) a real scan inside a forged flood, blocking on (BLOCK_TCP=1, KILL_ROUTE adds an
 #       unreachable route): `hping3 --rand-source -S -p 23` for FLOOD_SECS seconds (every SYN
 #       from another address of the whole IPv4 space), and 1.5 s in an `nmap -sS` of 100
-#       ports from the attacker's real address. Recorded: whether the real scanner was
+#       ports from a real address of the attacker ($SCANNER). Recorded: whether the real scanner was
 #       blocked, how many forged sources were blocked, log lines written, daemon CPU. Ours
 #       runs with the shipped evidence rules (FORGEABLE_SCAN_TRIGGER=3, BLOCK_RATE_LIMIT=60,
 #       LOG_RATE_LIMIT=200); 1.2 with SCAN_TRIGGER=0, as shipped.
@@ -65,6 +65,9 @@ DEF=psbench-$$-d
 ATT=psbench-$$-a
 DEF4=10.77.250.1
 ATT4=10.77.250.2
+# The real scanner of (d): not ATT4, which routes the forged 10.78.0.0/16 back and so is a
+# gateway of the defender (protected, never blocked, by design).
+SCANNER=10.77.250.3
 PIDS=()
 
 cleanup() {
@@ -96,6 +99,7 @@ echo "== network namespaces"
 ip netns add "$DEF"; ip netns add "$ATT"
 ip link add vd netns "$DEF" type veth peer name va netns "$ATT"
 ip -n "$DEF" addr add $DEF4/24 dev vd; ip -n "$ATT" addr add $ATT4/24 dev va
+ip -n "$ATT" addr add $SCANNER/24 dev va
 for ns in "$DEF" "$ATT"; do ip -n "$ns" link set lo up; done
 ip -n "$DEF" link set vd up; ip -n "$ATT" link set va up
 # One MSS per packet on the wire, as from a NIC without GRO: the worst case for a daemon
@@ -302,16 +306,18 @@ scan_in_flood() { # $1 = ours|old
     >"$W/hping.out" 2>&1 &
   hp=$!
   sleep 1.5
-  ip netns exec "$ATT" nmap -n -Pn -T4 --max-retries 1 -sS -p 1-100 $DEF4 >/dev/null 2>&1 || true
+  ip netns exec "$ATT" nmap -n -Pn -T4 --max-retries 1 -sS -S $SCANNER -e va -p 1-100 $DEF4 \
+    >/dev/null 2>&1 || true
   sleep "$(awk -v f="$FLOOD_SECS" 'BEGIN {print (f > 1.5) ? f - 1.5 : 0}')"
   kill -INT "$hp" 2>/dev/null || true
   wait "$hp" 2>/dev/null || true
   wait_quiet "$tag"
   sleep 3 # blocks of the last probes
   t1=$(cpu_ticks "$DAEMON_PID")
-  routes=$(ip -n "$DEF" route show type unreachable)
-  real=$(echo "$routes" | grep -c "^unreachable $ATT4 " || true)
-  forged=$(echo "$routes" | grep -v "^unreachable $ATT4 " | grep -c "^unreachable" || true)
+  # (`ip route show type X` leaves the type word out of its lines: list them all.)
+  routes=$(ip -n "$DEF" route show)
+  real=$(echo "$routes" | grep -c "^unreachable $SCANNER " || true)
+  forged=$(echo "$routes" | grep -v "^unreachable $SCANNER " | grep -c "^unreachable" || true)
   lines=$(( $(count "$tag") + $(wc -l < "$W/$tag.other" 2>/dev/null || echo 0) ))
   SCAN_BLOCKED[$tag]+="$real "; FORGED_BLOCKED[$tag]+="$forged "; SCAN_LINES[$tag]+="$lines "
   SCAN_CPU[$tag]+="$(secs $((t1 - t0))) "

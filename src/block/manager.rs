@@ -1630,20 +1630,28 @@ mod tests {
         false
     }
 
+    /// A generation that blocks TCP with `KILL_RUN_CMD` only, its files in `dir`.
+    fn run_cmd_generation(dir: &std::path::Path, command: &str) -> (Generation, History) {
+        let mut config = crate::config::build::defaults(&dir.join("p.conf"));
+        config.block_tcp = BlockLevel::RunCmdOnly;
+        config.kill_run_cmd = Some(Template {
+            text: command.into(),
+            line: 1,
+        });
+        config.history_file = dir.join("history");
+        config.blocked_file = dir.join("blocked");
+        config.block_state_file = dir.join("state");
+        let history = History::open(&config.history_file).unwrap();
+        (
+            Generation::from_parts(1, config, Default::default()),
+            history,
+        )
+    }
+
     #[test]
     fn a_dropped_block_leaves_nothing_behind_and_the_next_probe_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::build::defaults(&dir.path().join("p.conf"));
-        config.block_tcp = BlockLevel::RunCmdOnly;
-        config.kill_run_cmd = Some(Template {
-            text: "sleep 1".into(),
-            line: 1,
-        });
-        config.history_file = dir.path().join("history");
-        config.blocked_file = dir.path().join("blocked");
-        config.block_state_file = dir.path().join("state");
-        let history = History::open(&config.history_file).unwrap();
-        let generation = Generation::from_parts(1, config, Default::default());
+        let (generation, history) = run_cmd_generation(dir.path(), "sleep 1");
         let manager =
             BlockManager::start_with(generation, history, ProtectView::new(), 1, EventSink::off())
                 .unwrap();
@@ -1676,17 +1684,7 @@ mod tests {
     #[test]
     fn a_stop_waits_for_the_blocks_in_hand_and_journals_them() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::build::defaults(&dir.path().join("p.conf"));
-        config.block_tcp = BlockLevel::RunCmdOnly;
-        config.kill_run_cmd = Some(Template {
-            text: "sleep 0.5".into(),
-            line: 1,
-        });
-        config.history_file = dir.path().join("history");
-        config.blocked_file = dir.path().join("blocked");
-        config.block_state_file = dir.path().join("state");
-        let history = History::open(&config.history_file).unwrap();
-        let generation = Generation::from_parts(1, config, Default::default());
+        let (generation, history) = run_cmd_generation(dir.path(), "sleep 0.5");
         let manager = BlockManager::start(generation, history, ProtectView::new()).unwrap();
         let requester = manager.requester();
         for h in ["10.77.8.1", "fd77:8::1"] {
