@@ -665,19 +665,11 @@ pub fn read_head(
             .map_err(|_| HeadError::Gone)?;
         // Never more than one byte past the limit, so that memory stays bounded.
         let room = (max + 1).saturating_sub(head.len()).min(chunk.len());
-        match stream.read(&mut chunk[..room]) {
-            Ok(0) => return Err(HeadError::Gone),
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return Err(HeadError::Gone),
+        match super::read_chunk(stream, &mut chunk[..room]) {
+            super::Chunk::Data(0) | super::Chunk::Failed(_) => return Err(HeadError::Gone),
+            super::Chunk::Data(n) => head.extend_from_slice(&chunk[..n]),
+            // A timeout only ends a poll interval: the deadline is checked above.
+            super::Chunk::Interrupted | super::Chunk::TimedOut => continue,
         }
         if head_complete(head) {
             return Ok(());

@@ -21,3 +21,30 @@ pub const DEFAULT_SOCKET: &str = "/run/portsentry/portsentry.sock";
 
 /// The config key naming the socket; client and daemon must read the same one.
 pub const SOCKET_KEY: &str = "CONTROL_SOCKET";
+
+/// One read of a client's (or the daemon's) bytes, classified the one way both bounded
+/// readers (the control socket's lines, the metrics server's request heads) need.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    /// This many bytes arrived (0: the peer closed).
+    Data(usize),
+    /// A signal interrupted the read: read again.
+    Interrupted,
+    /// The read timeout ran out with nothing new.
+    TimedOut,
+    /// The socket failed.
+    Failed(std::io::Error),
+}
+
+/// Reads once into `buf` and says which of the [`Chunk`] cases it was.
+pub(crate) fn read_chunk(stream: &mut impl std::io::Read, buf: &mut [u8]) -> Chunk {
+    use std::io::ErrorKind;
+    match stream.read(buf) {
+        Ok(n) => Chunk::Data(n),
+        Err(e) if e.kind() == ErrorKind::Interrupted => Chunk::Interrupted,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Chunk::TimedOut
+        }
+        Err(e) => Chunk::Failed(e),
+    }
+}

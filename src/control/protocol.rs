@@ -3,7 +3,7 @@
 //! "blocked"`, field names) are a public interface scripts may speak directly: keep them
 //! stable, add fields with `#[serde(default)]` rather than renaming.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -272,18 +272,12 @@ pub(crate) fn read_line(
             return Err(LineError::TimedOut);
         }
         stream.set_read_timeout(Some(left)).map_err(LineError::Io)?;
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(LineError::TimedOut);
-            }
-            Err(e) => return Err(LineError::Io(e)),
+        let n = match super::read_chunk(&mut stream, &mut chunk) {
+            super::Chunk::Data(n) => n,
+            super::Chunk::Interrupted => continue,
+            // The timeout was the time left until the deadline.
+            super::Chunk::TimedOut => return Err(LineError::TimedOut),
+            super::Chunk::Failed(e) => return Err(LineError::Io(e)),
         };
         let got = &chunk[..n];
         let end = got.iter().position(|&b| b == b'\n');
