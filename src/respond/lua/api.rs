@@ -14,12 +14,10 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 
 use super::event::EventName;
 use super::exec::{self, ExecRequest};
-use super::state::{
-    MAX_APPEND_BYTES, MAX_LOG_LINES, Shared, TraceEntry, clip, new_env, read_source,
+use super::sandbox::{
+    CONFIG_KEY, MAX_APPEND_BYTES, MAX_LOG_LINES, Shared, TraceEntry, clip, new_env, read_source,
 };
 
-/// Registry slot of the plugin's settings table (also `portsentry.config`).
-pub(crate) const CONFIG_KEY: &str = "portsentry.config";
 /// Registry slot of `require`'s cache.
 const LOADED_KEY: &str = "portsentry.loaded";
 /// Default `timeout` of `portsentry.exec`.

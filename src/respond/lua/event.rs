@@ -1,9 +1,11 @@
-//! The event a handler receives, as owned data that can cross to the owner thread and
-//! become a plain Lua table there.
+//! The event a handler receives: [`EventData`] as the daemon builds it, and [`LuaEvent`], the
+//! same event as the plain fields of the Lua table, which crosses to the plugin's host
+//! process and becomes that table there.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, Table};
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Mode, Proto};
 use crate::record::{Target, target_text};
@@ -11,7 +13,7 @@ use crate::respond::ResponseContext;
 use crate::respond::UnblockReason;
 
 /// Events a plugin can register for with `portsentry.on`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventName {
     /// Every alert that crossed the trigger (notification; the return value is ignored).
     Alert,
@@ -117,37 +119,100 @@ impl EventData {
         }
     }
 
-    /// The table handlers receive. `config` is the plugin's settings table.
-    pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
-        let t = lua.create_table()?;
-        t.raw_set("event", self.name.as_str())?;
-        t.raw_set("ip", target_text(&self.target))?;
-        let ipv4 = self.target.addr().is_ipv4();
-        t.raw_set("family", if ipv4 { "ipv4" } else { "ipv6" })?;
-        t.raw_set("port", self.port)?;
-        t.raw_set("proto", self.proto.lower())?;
-        t.raw_set("mode", self.mode.as_str())?;
-        t.raw_set("kind", self.kind.as_str())?;
-        t.raw_set("count", self.count)?;
+    /// The event as the handlers will see it, ready to cross to the plugin's process.
+    pub(crate) fn to_wire(&self) -> LuaEvent {
         let secs = self
             .time
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        t.raw_set("time", i64::try_from(secs).unwrap_or(i64::MAX))?;
+        LuaEvent {
+            name: self.name,
+            ip: target_text(&self.target),
+            family: if self.target.addr().is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            }
+            .to_string(),
+            port: self.port,
+            proto: self.proto.lower().to_string(),
+            mode: self.mode.as_str().to_string(),
+            kind: self.kind.clone(),
+            count: self.count,
+            time: i64::try_from(secs).unwrap_or(i64::MAX),
+            host: self.host.clone(),
+            already_blocked: self.already_blocked,
+            ip_options: self.ip_options,
+            timeout: self.timeout.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            restored: self.restored,
+            reason: self.reason.map(|r| r.as_str().to_string()),
+        }
+    }
+}
+
+/// An event as the fields of the table a handler receives (plain data: it is what crosses
+/// to the plugin's host process).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LuaEvent {
+    /// Which handlers run.
+    pub name: EventName,
+    /// `ev.ip`: address or network, as text.
+    pub ip: String,
+    /// `ev.family`: `ipv4` or `ipv6`.
+    pub family: String,
+    /// `ev.port`.
+    pub port: u16,
+    /// `ev.proto`: `tcp` or `udp`.
+    pub proto: String,
+    /// `ev.mode`: the sensor mode.
+    pub mode: String,
+    /// `ev.kind`: the scan description.
+    pub kind: String,
+    /// `ev.count`.
+    pub count: u32,
+    /// `ev.time`: Unix seconds.
+    pub time: i64,
+    /// `ev.host`, when resolved.
+    pub host: Option<String>,
+    /// `ev.already_blocked`.
+    pub already_blocked: bool,
+    /// `ev.ip_options`.
+    pub ip_options: bool,
+    /// `ev.timeout`: seconds until the block ends.
+    pub timeout: Option<i64>,
+    /// `ev.restored`.
+    pub restored: bool,
+    /// `ev.reason` of an `unblock`.
+    pub reason: Option<String>,
+}
+
+impl LuaEvent {
+    /// The table handlers receive, with the plugin's settings as `config`.
+    pub fn to_lua(&self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table()?;
+        t.raw_set("event", self.name.as_str())?;
+        t.raw_set("ip", self.ip.as_str())?;
+        t.raw_set("family", self.family.as_str())?;
+        t.raw_set("port", self.port)?;
+        t.raw_set("proto", self.proto.as_str())?;
+        t.raw_set("mode", self.mode.as_str())?;
+        t.raw_set("kind", self.kind.as_str())?;
+        t.raw_set("count", self.count)?;
+        t.raw_set("time", self.time)?;
         if let Some(h) = &self.host {
             t.raw_set("host", h.as_str())?;
         }
         t.raw_set("already_blocked", self.already_blocked)?;
         t.raw_set("ip_options", self.ip_options)?;
         if let Some(secs) = self.timeout {
-            t.raw_set("timeout", i64::try_from(secs).unwrap_or(i64::MAX))?;
+            t.raw_set("timeout", secs)?;
         }
         t.raw_set("restored", self.restored)?;
-        if let Some(reason) = self.reason {
+        if let Some(reason) = &self.reason {
             t.raw_set("reason", reason.as_str())?;
         }
-        let config: Table = lua.named_registry_value(super::api::CONFIG_KEY)?;
+        let config: Table = lua.named_registry_value(super::sandbox::CONFIG_KEY)?;
         t.raw_set("config", config)?;
         Ok(t)
     }

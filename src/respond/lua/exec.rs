@@ -32,7 +32,7 @@ pub struct ExecRequest {
 }
 
 /// How the program ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExecResult {
     /// The command as run, for logs and block records (argv joined with spaces).
     pub command: String,

@@ -16,6 +16,8 @@
 mod api;
 mod event;
 pub mod exec;
+pub mod host;
+mod sandbox;
 mod state;
 mod trial;
 
@@ -34,10 +36,13 @@ use crate::respond::UnblockReason;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
 pub use event::{EventData, EventName};
-pub use state::{CallOutcome, CallReport, TraceEntry};
+pub use host::HostProgram;
+pub use sandbox::TraceEntry;
+pub use state::{CallOutcome, CallReport};
 pub use trial::{EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, test_plugin};
 
-use state::{PluginSpec, PluginState};
+use host::{Host, HostFailure};
+use sandbox::PluginSpec;
 
 /// `LUA_CALL_TIMEOUT` default: wall-clock budget of one event in one plugin.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,12 +50,16 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MEMORY_LIMIT: usize = 32 * 1024 * 1024;
 /// Events waiting per plugin before new alerts are dropped.
 pub const QUEUE_SIZE: usize = 256;
-/// Extra wait on top of the budget, for a reply to travel back.
-const GRACE: Duration = Duration::from_secs(1);
+/// Extra wait on top of the budget, for a reply to travel back (and a host to start).
+const GRACE: Duration = Duration::from_millis(500);
+/// Restart delay after the second failure in a row; it doubles with each further one.
+const RESTART_DELAY_FIRST: Duration = Duration::from_millis(250);
+/// Longest restart delay.
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
 
 /// Why a plugin or the Lua settings could not be used. Plugin errors name the plugin and
 /// the file and line where things went wrong (which may be a library file it required).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LuaError {
     /// A plugin failed to load, raised, ran out of time or memory.
     #[error("lua:{plugin}: {}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -145,7 +154,7 @@ fn limits(config: &Config) -> Result<(Duration, usize), LuaError> {
 /// watchdog's limit for a Lua step ([`crate::respond::pool::step_limit`]).
 pub fn longest_call(config: &Config) -> Duration {
     let budget = limits(config).map_or(DEFAULT_CALL_TIMEOUT, |(budget, _)| budget);
-    budget * 3 + GRACE
+    budget * 3 + GRACE * 2
 }
 
 /// The spec of the plugin `name` as the daemon loads it: `PLUGIN_DIR/name.lua`, with the Lua
@@ -180,32 +189,16 @@ struct Handle {
     handled: Vec<EventName>,
     dropped: AtomicU64,
     budget: Duration,
-    /// Work items the owner thread has finished; it stops moving when the thread is stuck.
-    progress: Arc<AtomicU64>,
-    /// `progress` when a call last went unanswered (`NOT_STUCK` otherwise): while it has
-    /// not moved, later calls fail at once instead of each waiting the whole budget.
-    stuck_at: AtomicU64,
 }
-
-const NOT_STUCK: u64 = u64::MAX;
 
 impl Handle {
     fn handles(&self, ev: EventName) -> bool {
         self.handled.contains(&ev)
     }
 
-    /// Sends one event and waits for its report, bounded by the budget (queue wait and run).
+    /// Sends one event and waits for its report, bounded by the budget (queue wait and run;
+    /// the owner thread kills a plugin process that overruns, so an answer always comes).
     fn call(&self, event: EventData) -> Result<CallReport, String> {
-        let stuck_at = self.stuck_at.load(Ordering::Relaxed);
-        if stuck_at != NOT_STUCK {
-            if self.progress.load(Ordering::Relaxed) == stuck_at {
-                return Err(format!(
-                    "lua:{}: still busy with an earlier event that never finished; not run",
-                    self.name
-                ));
-            }
-            self.stuck_at.store(NOT_STUCK, Ordering::Relaxed);
-        }
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         let work = Work::Event {
             event: Arc::new(event),
@@ -221,17 +214,13 @@ impl Handle {
                 return Err(format!("lua:{}: plugin thread has stopped", self.name));
             }
         }
-        let wait = self.budget * 2 + GRACE;
+        let wait = self.budget * 2 + GRACE * 2;
         rrx.recv_timeout(wait).map_err(|e| match e {
-            RecvTimeoutError::Timeout => {
-                self.stuck_at
-                    .store(self.progress.load(Ordering::Relaxed), Ordering::Relaxed);
-                format!(
-                    "lua:{}: no answer within {} (stuck in a C function?)",
-                    self.name,
-                    humantime::format_duration(wait)
-                )
-            }
+            RecvTimeoutError::Timeout => format!(
+                "lua:{}: no answer within {}",
+                self.name,
+                humantime::format_duration(wait)
+            ),
             RecvTimeoutError::Disconnected => {
                 format!(
                     "lua:{}: plugin thread stopped while handling the event",
@@ -255,25 +244,27 @@ struct Pending {
     ready: Receiver<Result<Vec<EventName>, LuaError>>,
     tx: Sender<Work>,
     budget: Duration,
-    progress: Arc<AtomicU64>,
 }
 
-/// Starts a plugin's owner thread, which builds the state and then serves its queue.
+/// Starts a plugin's owner thread, which starts the plugin's host process and then serves
+/// its queue.
 fn start(spec: PluginSpec) -> Result<Pending, LuaError> {
     let (tx, rx) = crossbeam_channel::bounded::<Work>(QUEUE_SIZE);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let name = spec.name.clone();
     let file = spec.file.clone();
     let budget = spec.budget;
-    let progress = Arc::new(AtomicU64::new(0));
-    let owner_progress = Arc::clone(&progress);
+    let mut runner = Runner::new(spec, HostProgram::current());
     thread::Builder::new()
         .name(format!("lua:{name}"))
-        .spawn(move || match PluginState::load(&spec) {
-            Ok(state) => {
-                let _ = ready_tx.send(Ok(state.handled()));
+        .spawn(move || match runner.first_start() {
+            Ok(handled) => {
+                let _ = ready_tx.send(Ok(handled));
                 drop(ready_tx);
-                serve(&state, &rx, &owner_progress);
+                for work in rx.iter() {
+                    runner.serve_one(work);
+                }
+                runner.stop();
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -291,7 +282,6 @@ fn start(spec: PluginSpec) -> Result<Pending, LuaError> {
         ready: ready_rx,
         tx,
         budget,
-        progress,
     })
 }
 
@@ -303,20 +293,21 @@ impl Pending {
             line: None,
             message,
         };
-        match self.ready.recv_timeout(self.budget + GRACE) {
+        // The owner thread answers within the load budget plus its grace (it kills a host
+        // that does not); the extra grace covers starting the process.
+        let wait = self.budget + GRACE * 3;
+        match self.ready.recv_timeout(wait) {
             Ok(Ok(handled)) => Ok(Handle {
                 name: self.name.clone(),
                 tx: self.tx,
                 handled,
                 dropped: AtomicU64::new(0),
                 budget: self.budget,
-                progress: self.progress,
-                stuck_at: AtomicU64::new(NOT_STUCK),
             }),
             Ok(Err(e)) => Err(e),
             Err(RecvTimeoutError::Timeout) => Err(fail(format!(
                 "did not finish loading within {}",
-                humantime::format_duration(self.budget + GRACE)
+                humantime::format_duration(wait)
             ))),
             Err(RecvTimeoutError::Disconnected) => {
                 Err(fail("its thread died while loading".into()))
@@ -325,53 +316,209 @@ impl Pending {
     }
 }
 
-/// The owner thread's loop: runs until every sender is gone and the queue is drained.
-fn serve(state: &PluginState, rx: &Receiver<Work>, progress: &AtomicU64) {
-    for work in rx.iter() {
-        serve_one(state, work);
-        progress.fetch_add(1, Ordering::Relaxed);
+/// Restart delay after `failures` failed starts or calls in a row: none after the first
+/// (a plugin killed for one slow event is back for the next), then growing, so a plugin
+/// that dies at every start cannot make the daemon fork without pause.
+fn restart_delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => (RESTART_DELAY_FIRST * 2u32.saturating_pow(n.min(16) - 2)).min(RESTART_DELAY_MAX),
     }
 }
 
-/// Handles one work item; a failed alert is logged here since nobody waits for it.
-fn serve_one(state: &PluginState, work: Work) {
-    match work {
-        Work::Event {
-            event,
-            reply,
-            start_by,
-        } => {
-            if let Some(deadline) = start_by
-                && Instant::now() > deadline
-            {
-                if let Some(r) = reply {
-                    let _ = r.send(CallReport {
-                        outcome: CallOutcome::Expired,
-                        trace: Vec::new(),
-                        elapsed: Duration::ZERO,
-                    });
-                }
-                return;
+/// The owner thread's side of one plugin: its host process (started again after a kill or
+/// a crash) and what happened to the last one.
+struct Runner {
+    spec: PluginSpec,
+    program: HostProgram,
+    host: Option<Host>,
+    /// Failed starts or calls in a row.
+    failures: u32,
+    /// No new host before this.
+    retry_at: Option<Instant>,
+    /// Why the last host went away, for events refused while waiting to restart.
+    last_failure: String,
+}
+
+impl Runner {
+    fn new(spec: PluginSpec, program: HostProgram) -> Runner {
+        Runner {
+            spec,
+            program,
+            host: None,
+            failures: 0,
+            retry_at: None,
+            last_failure: String::new(),
+        }
+    }
+
+    fn error(&self, message: String) -> LuaError {
+        LuaError::Plugin {
+            plugin: self.spec.name.clone(),
+            file: self.spec.file.clone(),
+            line: None,
+            message,
+        }
+    }
+
+    /// The first start, when the generation is built: its error is the plugin's load error.
+    fn first_start(&mut self) -> Result<Vec<EventName>, LuaError> {
+        let deadline = Instant::now() + self.spec.budget + GRACE;
+        match Host::start(&self.program, &self.spec, deadline) {
+            Ok(Ok((host, handled))) => {
+                self.host = Some(host);
+                Ok(handled)
             }
-            let report = state.dispatch(&event);
-            match reply {
-                Some(r) => {
-                    let _ = r.send(report);
+            Ok(Err(e)) => Err(e),
+            Err(f) => Err(self.error(self.failure_text(&f, "loading"))),
+        }
+    }
+
+    fn failure_text(&self, f: &HostFailure, during: &str) -> String {
+        match f {
+            HostFailure::Timeout => format!(
+                "exceeded its {} budget in {during}; plugin process killed, restarted for \
+                 the next event",
+                humantime::format_duration(self.spec.budget)
+            ),
+            HostFailure::Died(why) => {
+                format!("{why} during {during}; restarted for the next event")
+            }
+            HostFailure::Spawn(why) => format!("cannot start its plugin process: {why}"),
+        }
+    }
+
+    fn failed(&mut self, message: String) -> CallReport {
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(Instant::now() + restart_delay(self.failures));
+        log::warn!(target: "portsentry::lua", "lua:{}: {message}", self.spec.name);
+        self.last_failure = message.clone();
+        CallReport {
+            outcome: CallOutcome::Failed(self.error(message)),
+            trace: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// A running host, started again if the last one is gone and its restart delay passed.
+    fn host(&mut self, during: &str) -> Result<&mut Host, CallReport> {
+        if self.host.is_none() {
+            if let Some(at) = self.retry_at
+                && Instant::now() < at
+            {
+                let left = at.saturating_duration_since(Instant::now());
+                return Err(CallReport {
+                    outcome: CallOutcome::Failed(self.error(format!(
+                        "not run: its plugin process is being restarted (in {}) after: {}",
+                        humantime::format_duration(Duration::from_millis(
+                            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                        )),
+                        self.last_failure
+                    ))),
+                    trace: Vec::new(),
+                    elapsed: Duration::ZERO,
+                });
+            }
+            let deadline = Instant::now() + self.spec.budget + GRACE;
+            match Host::start(&self.program, &self.spec, deadline) {
+                Ok(Ok((host, _handled))) => self.host = Some(host),
+                Ok(Err(e)) => {
+                    return Err(
+                        self.failed(format!("could not load it again to run {during}: {e}"))
+                    );
                 }
-                None => {
-                    if let CallOutcome::Failed(e) = &report.outcome {
-                        log::warn!(
-                            target: "portsentry::lua",
-                            "{e} ({} handler skipped for {})",
-                            event.name.as_str(),
-                            crate::record::target_text(&event.target)
-                        );
-                    }
+                Err(f) => {
+                    let text = self.failure_text(&f, &format!("restarting to run {during}"));
+                    return Err(self.failed(text));
                 }
             }
         }
-        Work::Flush(done) => {
-            let _ = done.send(());
+        self.host.as_mut().ok_or_else(|| CallReport {
+            outcome: CallOutcome::Expired,
+            trace: Vec::new(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// Runs one event in the plugin's process, killing it when it overruns its budget.
+    fn run(&mut self, event: &EventData) -> CallReport {
+        let during = format!(
+            "the {} handler for {}",
+            event.name.as_str(),
+            crate::record::target_text(&event.target)
+        );
+        let started = Instant::now();
+        let deadline = started + self.spec.budget + GRACE;
+        let wire = event.to_wire();
+        let result = match self.host(&during) {
+            Ok(host) => host.call(&wire, deadline),
+            Err(report) => return report,
+        };
+        match result {
+            Ok((report, retiring)) => {
+                self.failures = 0;
+                if retiring && let Some(host) = self.host.take() {
+                    host.finish();
+                }
+                report
+            }
+            Err(f) => {
+                self.host = None;
+                let text = self.failure_text(&f, &during);
+                let mut report = self.failed(text);
+                report.elapsed = started.elapsed();
+                report
+            }
+        }
+    }
+
+    /// Handles one work item; a failed alert is logged here since nobody waits for it.
+    fn serve_one(&mut self, work: Work) {
+        match work {
+            Work::Event {
+                event,
+                reply,
+                start_by,
+            } => {
+                if let Some(deadline) = start_by
+                    && Instant::now() > deadline
+                {
+                    if let Some(r) = reply {
+                        let _ = r.send(CallReport {
+                            outcome: CallOutcome::Expired,
+                            trace: Vec::new(),
+                            elapsed: Duration::ZERO,
+                        });
+                    }
+                    return;
+                }
+                let report = self.run(&event);
+                match reply {
+                    Some(r) => {
+                        let _ = r.send(report);
+                    }
+                    None => {
+                        if let CallOutcome::Failed(e) = &report.outcome {
+                            log::warn!(
+                                target: "portsentry::lua",
+                                "{e} ({} handler skipped for {})",
+                                event.name.as_str(),
+                                crate::record::target_text(&event.target)
+                            );
+                        }
+                    }
+                }
+            }
+            Work::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// The plugin is no longer used: its process ends.
+    fn stop(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.finish();
         }
     }
 }

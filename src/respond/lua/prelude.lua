@@ -2,8 +2,8 @@
 -- Receives the Rust pieces it wraps; what it leaves in the globals is what plugins see.
 local budget_check, budget_spent, raw_log = ...
 
--- A caught budget error must not let the plugin carry on: every way of catching an error
--- re-raises it once the call has run out of time.
+-- A caught budget or memory error must not let the plugin carry on: every way of catching
+-- an error re-raises it once the call has run out of time or memory.
 local raw_pcall, raw_xpcall = pcall, xpcall
 local raw_resume, raw_close = coroutine.resume, coroutine.close
 pcall = function(...) return budget_check(raw_pcall(...)) end
@@ -11,7 +11,7 @@ pcall = function(...) return budget_check(raw_pcall(...)) end
 -- error, where hooks are off: once the budget is spent the plugin's handler must not run.
 xpcall = function(f, handler, ...)
   local function guarded(...)
-    if budget_spent() then return ... end
+    if budget_spent((...)) then return ... end
     return handler(...)
   end
   return budget_check(raw_xpcall(f, guarded, ...))

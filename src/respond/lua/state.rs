@@ -5,173 +5,30 @@
 //! (it reaches coroutines too) enforces a wall-clock budget per call; a memory limit caps
 //! the state; every way of catching an error re-raises a budget error.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
+use serde::{Deserialize, Serialize};
 
-use super::event::{EventData, EventName};
-use super::exec::ExecResult;
+use super::event::{EventName, LuaEvent};
+use super::sandbox::{PluginSpec, Shared, TraceEntry, clip, memory_message, new_env, read_source};
 use super::{LuaError, api};
 
 /// Instructions between two budget checks: small enough to stop a loop within microseconds,
 /// large enough that the hook costs about nothing.
 const HOOK_EVERY: u32 = 1000;
 
-/// Largest plugin or library file we read; a plugin is code, not data.
-const MAX_SOURCE: u64 = 1024 * 1024;
-
-/// Log lines one call may write; a plugin logging in a loop must not flood the log.
-pub(crate) const MAX_LOG_LINES: usize = 100;
-
-/// Bytes one call may append through `append_line`.
-pub(crate) const MAX_APPEND_BYTES: usize = 1024 * 1024;
-
 /// Longest detail or veto reason kept from a handler's return value.
 const MAX_DETAIL: usize = 1000;
-
-/// Output kept per stream in the trace (the plugin itself gets up to 64 KiB).
-const TRACE_OUTPUT: usize = 4096;
 
 /// Registry slot of the `event name -> {handlers}` table.
 const HANDLERS_KEY: &str = "portsentry.handlers";
 
-/// Everything needed to build one plugin state; plain data so it can cross threads.
-#[derive(Debug, Clone)]
-pub(crate) struct PluginSpec {
-    /// Plugin name (`nftables`), also the prefix of its settings (`NFTABLES_…`).
-    pub name: String,
-    /// The plugin's `.lua` file.
-    pub file: PathBuf,
-    /// Directories `require` searches, in order (the Lua library, then the plugin dir).
-    pub search_dirs: Vec<PathBuf>,
-    /// The plugin's settings: lower-case name without the prefix -> value.
-    pub settings: BTreeMap<String, String>,
-    /// Wall-clock budget of one call (loading counts as one).
-    pub budget: Duration,
-    /// Memory limit of the whole state, in bytes.
-    pub memory_limit: usize,
-}
-
-/// Something a plugin did during a call, for `--test-plugin` and for block details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TraceEntry {
-    /// A program was run through `portsentry.exec`.
-    Exec(ExecResult),
-    /// A line was logged through `portsentry.log` or `print`.
-    Log {
-        /// `debug`, `info`, `warn` or `error`.
-        level: String,
-        /// The text, as logged after the plugin prefix.
-        message: String,
-    },
-    /// A line was appended through `portsentry.append_line`.
-    Append {
-        /// The configured file.
-        path: PathBuf,
-        /// Bytes written, newline included.
-        bytes: usize,
-    },
-}
-
-/// Call state shared between the owner and the Rust functions the plugin calls. Everything
-/// runs on the owner thread; the locks only satisfy `Send`.
-pub(crate) struct Shared {
-    pub plugin: String,
-    pub budget: Duration,
-    pub memory_limit: usize,
-    pub settings: BTreeMap<String, String>,
-    pub search_dirs: Vec<PathBuf>,
-    deadline: Mutex<Option<Instant>>,
-    exceeded: AtomicBool,
-    loading: AtomicBool,
-    logged: AtomicUsize,
-    appended: AtomicUsize,
-    trace: Mutex<Vec<TraceEntry>>,
-    chunks: Mutex<Vec<PathBuf>>,
-}
-
-/// Locks a mutex, ignoring poisoning: the data is a plain value that stays consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    /// Time left in the current call; zero when none is running or it ran out.
-    pub fn remaining(&self) -> Duration {
-        match *lock(&self.deadline) {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => Duration::ZERO,
-        }
-    }
-
-    /// True while the plugin's main chunk runs (handlers may be registered only then).
-    pub fn loading(&self) -> bool {
-        self.loading.load(Ordering::Relaxed)
-    }
-
-    /// Records what the plugin did.
-    pub fn record(&self, mut entry: TraceEntry) {
-        if let TraceEntry::Exec(r) = &mut entry {
-            r.stdout = clip(std::mem::take(&mut r.stdout), TRACE_OUTPUT);
-            r.stderr = clip(std::mem::take(&mut r.stderr), TRACE_OUTPUT);
-        }
-        let mut t = lock(&self.trace);
-        // A plugin logging in a loop must not grow the trace without bound.
-        if t.len() < 1000 {
-            t.push(entry);
-        }
-    }
-
-    /// Marks the budget as spent and returns the error to raise.
-    pub fn budget_error(&self, location: &str) -> mlua::Error {
-        self.exceeded.store(true, Ordering::Relaxed);
-        mlua::Error::RuntimeError(format!(
-            "{location}time budget of {} exceeded (LUA_CALL_TIMEOUT)",
-            humantime::format_duration(self.budget)
-        ))
-    }
-
-    /// True once the current call ran out of time.
-    pub fn exceeded(&self) -> bool {
-        self.exceeded.load(Ordering::Relaxed)
-    }
-
-    /// Remembers a file loaded into this state, to map Lua's shortened names back.
-    pub fn add_chunk(&self, path: &Path) {
-        lock(&self.chunks).push(path.to_path_buf());
-    }
-
-    /// Counts a log line of the current call and returns how many came before it.
-    pub fn logged_so_far(&self) -> usize {
-        self.logged.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Counts bytes about to be appended by the current call; false past the per-call cap.
-    pub fn may_append(&self, bytes: usize) -> bool {
-        self.appended.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAX_APPEND_BYTES
-    }
-
-    fn start_call(&self) {
-        self.logged.store(0, Ordering::Relaxed);
-        self.appended.store(0, Ordering::Relaxed);
-        *lock(&self.deadline) = Some(Instant::now() + self.budget);
-        self.exceeded.store(false, Ordering::Relaxed);
-        lock(&self.trace).clear();
-    }
-
-    fn end_call(&self) -> Vec<TraceEntry> {
-        *lock(&self.deadline) = None;
-        std::mem::take(&mut *lock(&self.trace))
-    }
-}
-
 /// How one event dispatch ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallOutcome {
     /// The plugin registered no handler for this event.
     NoHandler,
@@ -186,7 +43,7 @@ pub enum CallOutcome {
 }
 
 /// What one dispatch did and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallReport {
     /// The result.
     pub outcome: CallOutcome,
@@ -223,20 +80,7 @@ impl PluginState {
             LuaOptions::default(),
         )
         .map_err(|e| fail(None, format!("cannot create Lua state: {e}")))?;
-        let shared = Arc::new(Shared {
-            plugin: spec.name.clone(),
-            budget: spec.budget,
-            memory_limit: spec.memory_limit,
-            settings: spec.settings.clone(),
-            search_dirs: spec.search_dirs.clone(),
-            deadline: Mutex::new(None),
-            exceeded: AtomicBool::new(false),
-            loading: AtomicBool::new(true),
-            logged: AtomicUsize::new(0),
-            appended: AtomicUsize::new(0),
-            trace: Mutex::new(Vec::new()),
-            chunks: Mutex::new(vec![spec.file.clone()]),
-        });
+        let shared = Arc::new(Shared::new(spec));
         let state = PluginState {
             lua,
             shared,
@@ -257,7 +101,7 @@ impl PluginState {
             .set_environment(state.new_env().map_err(|e| fail(None, e.to_string()))?)
             .exec();
         state.shared.end_call();
-        state.shared.loading.store(false, Ordering::Relaxed);
+        state.shared.loaded();
         if let Err(e) = result {
             return Err(state.locate(&e, None));
         }
@@ -282,7 +126,7 @@ impl PluginState {
     }
 
     /// Runs every handler of the event in registration order, within one budget.
-    pub fn dispatch(&self, event: &EventData) -> CallReport {
+    pub fn dispatch(&self, event: &LuaEvent) -> CallReport {
         let started = Instant::now();
         let handlers = match self.handlers(event.name) {
             Ok(h) => h,
@@ -302,7 +146,17 @@ impl PluginState {
             };
         }
         self.shared.start_call();
-        let outcome = self.run_handlers(&handlers, event);
+        let mut outcome = self.run_handlers(&handlers, event);
+        if self.shared.out_of_memory() && !matches!(outcome, CallOutcome::Failed(_)) {
+            // The plugin caught its memory error somewhere the wrappers could not re-raise
+            // it; the call still fails.
+            outcome = CallOutcome::Failed(LuaError::Plugin {
+                plugin: self.name.clone(),
+                file: self.file.clone(),
+                line: None,
+                message: self.shared.memory_message(),
+            });
+        }
         let trace = self.shared.end_call();
         if matches!(outcome, CallOutcome::Failed(_)) {
             // Give back what a runaway handler allocated before the next event arrives.
@@ -315,7 +169,7 @@ impl PluginState {
         }
     }
 
-    fn run_handlers(&self, handlers: &[Function], event: &EventData) -> CallOutcome {
+    fn run_handlers(&self, handlers: &[Function], event: &LuaEvent) -> CallOutcome {
         let table = match event.to_lua(&self.lua) {
             Ok(t) => t,
             Err(e) => return CallOutcome::Failed(self.locate(&e, None)),
@@ -388,7 +242,7 @@ impl PluginState {
         lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
             move |_lua, debug| {
-                let deadline = *lock(&hook_shared.deadline);
+                let deadline = hook_shared.deadline();
                 match deadline {
                     Some(d) if Instant::now() < d => Ok(VmState::Continue),
                     _ => {
@@ -404,15 +258,32 @@ impl PluginState {
         )?;
 
         let check_shared = Arc::clone(&self.shared);
+        // What pcall, xpcall, coroutine.resume and coroutine.close return passes through
+        // here: a caught memory error is noted so the call fails whatever the plugin does
+        // next, and a spent budget or memory limit is raised again.
         let budget_check = lua.create_function(move |_, values: MultiValue| {
+            if matches!(values.front(), Some(Value::Boolean(false)))
+                && values.get(1).is_some_and(is_memory_error)
+            {
+                check_shared.memory_exhausted();
+            }
             if check_shared.exceeded() {
                 Err(check_shared.budget_error(""))
+            } else if check_shared.out_of_memory() {
+                Err(mlua::Error::RuntimeError(check_shared.memory_message()))
             } else {
                 Ok(values)
             }
         })?;
+        // xpcall's message handler sees the error first: note a memory error there too, and
+        // tell the prelude not to run the plugin's handler once the call is doomed.
         let spent_shared = Arc::clone(&self.shared);
-        let budget_spent = lua.create_function(move |_, ()| Ok(spent_shared.exceeded()))?;
+        let budget_spent = lua.create_function(move |_, err: Value| {
+            if is_memory_error(&err) {
+                spent_shared.memory_exhausted();
+            }
+            Ok(spent_shared.exceeded() || spent_shared.out_of_memory())
+        })?;
         let raw_log = api::log_function(lua, &self.shared)?;
         self.shared.start_call();
         let result = lua
@@ -454,56 +325,31 @@ impl PluginState {
     /// Maps a chunk name as Lua prints it (possibly `...tail` when long) to the file.
     fn resolve_chunk(&self, shown: &str) -> PathBuf {
         if let Some(tail) = shown.strip_prefix("...")
-            && let Some(p) = lock(&self.shared.chunks)
-                .iter()
-                .find(|p| p.to_string_lossy().ends_with(tail))
+            && let Some(p) = self.shared.chunk_ending_with(tail)
         {
-            return p.clone();
+            return p;
         }
         PathBuf::from(shown)
     }
 }
 
-/// Cuts text to at most `max` bytes, on a character boundary, marking the cut.
-pub(crate) fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
+/// True for the error value Lua gives a protected call that ran out of memory: its fixed
+/// `"not enough memory"` string, or an mlua memory error raised from Rust.
+fn is_memory_error(value: &Value) -> bool {
+    fn memory(e: &mlua::Error) -> bool {
+        match e {
+            mlua::Error::MemoryError(_) => true,
+            mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+                memory(cause)
+            }
+            _ => false,
         }
-        text.truncate(end);
-        text.push('…');
     }
-    text
-}
-
-/// Reads a Lua source file, refusing binary chunks and oversized files.
-pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_string());
+    match value {
+        Value::String(s) => s.as_bytes().as_ref() == b"not enough memory",
+        Value::Error(e) => memory(e),
+        _ => false,
     }
-    if meta.len() > MAX_SOURCE {
-        return Err(format!(
-            "file is {} bytes, larger than the {} bytes a plugin may be",
-            meta.len(),
-            MAX_SOURCE
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.first() == Some(&0x1b) {
-        return Err("binary (precompiled) chunks are not accepted; load the .lua source".into());
-    }
-    Ok(bytes)
-}
-
-/// A fresh environment table whose reads fall through to the sandbox globals.
-pub(crate) fn new_env(lua: &Lua) -> mlua::Result<Table> {
-    let env = lua.create_table()?;
-    let meta = lua.create_table()?;
-    meta.raw_set("__index", lua.globals())?;
-    env.set_metatable(Some(meta))?;
-    Ok(env)
 }
 
 /// The innermost message of an error, without mlua's decorations and traceback.
@@ -514,10 +360,7 @@ fn root_message(err: &mlua::Error, memory_limit: usize) -> String {
         E::WithContext { cause, .. } => return root_message(cause, memory_limit),
         E::RuntimeError(m) => m.clone(),
         E::SyntaxError { message, .. } => message.clone(),
-        E::MemoryError(_) => format!(
-            "out of memory: the plugin reached its limit of {} MiB (LUA_MEMORY_LIMIT)",
-            memory_limit / (1024 * 1024)
-        ),
+        E::MemoryError(_) => memory_message(memory_limit),
         E::ExternalError(e) => e.to_string(),
         other => other.to_string(),
     };
