@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use portsentry::respond::lua::host::descendants;
+
 use crate::lab::{ChildGuard, Daemon, Lab, binary, fake_sendmail, repo};
 
 fn lua_config(lab: &Lab, extra: &str) -> String {
@@ -228,4 +230,163 @@ fn test_plugin_runs_each_shipped_plugin_without_an_attack() {
     let (code, out) = try_plugin(&lab, "allowlist", "ALLOWLIST_NETS=\"192.0.2.0/24\"");
     assert_eq!(code, 0, "{out}");
     assert!(out.to_lowercase().contains("veto"), "{out}");
+}
+
+// ------------------------------------------------------------ budget escapes
+
+/// CPU time (user + system, in clock ticks) of `pid` and every process under it, reaped
+/// children included (a killed plugin process's time moves to the daemon's children's).
+fn tree_cpu_ticks(pid: i32) -> u64 {
+    let ticks = |p: i32| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            return 0;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return 0;
+        };
+        // After the command: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12) + field(13) + field(14)
+    };
+    ticks(pid) + descendants(pid).into_iter().map(ticks).sum::<u64>()
+}
+
+/// Plugin processes (hosts) under the daemon: its direct children running `--lua-host`.
+fn plugin_hosts(daemon: i32) -> Vec<i32> {
+    descendants(daemon)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("--lua-host"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A daemon whose plugin `escape` escapes the Lua budget (with `escape`, a statement) in its
+/// block handler for port 79, and blocks normally otherwise; the built-in route responder
+/// works beside it. LUA_CALL_TIMEOUT is 1 s.
+fn escaping_daemon(lab: &Lab, escape: &str) -> Daemon {
+    let plugins = lab.path("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    std::fs::write(
+        plugins.join("escape.lua"),
+        format!(
+            r#"portsentry.on("block", function(ev)
+                 if ev.port == 79 then
+                   portsentry.log.info("escaping the budget for %s", ev.ip)
+                   {escape}
+                 end
+                 return "plugin blocked " .. ev.ip
+               end)"#
+        ),
+    )
+    .expect("write plugin");
+    let conf = lab.write_config(&format!(
+        "TCP_PORTS=\"79,11\"\nBLOCK_TCP=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}\"\n\
+         LUA_RESPONDERS=\"escape\"\nLUA_CALL_TIMEOUT=\"1s\"\n\
+         KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\nKILL_HOSTS_DENY=\"\"",
+        plugins.display(),
+        repo("lua").display()
+    ));
+    Daemon::start(lab, &["-c", &conf.display().to_string(), "-tcp"])
+}
+
+/// The escape is killed within twice the budget; while it ran the daemon's process tree
+/// burned CPU (the measurement works), afterwards it is idle; the route responder blocked
+/// the scanner all the same, and the restarted plugin handles the next host.
+fn escape_is_killed_and_the_daemon_goes_back_to_idle(escape: &str) {
+    let lab = Lab::new();
+    let d = escaping_daemon(&lab, escape);
+    let daemon = i32::try_from(d.daemon_pid()).expect("pid");
+    assert_eq!(plugin_hosts(daemon).len(), 1, "one plugin process at start");
+    lab.scan("-sT", "79", false);
+    d.expect_line("escaping the budget for", 20);
+    let escaping = std::time::Instant::now();
+    let cpu_escaping = tree_cpu_ticks(daemon);
+    let killed = d.expect_line("plugin process killed", 5);
+    let took = escaping.elapsed();
+    let cpu_killed = tree_cpu_ticks(daemon);
+    assert!(
+        took < Duration::from_secs(2),
+        "killed after {took:?}: {killed}"
+    );
+    assert!(killed.contains("lua:escape"), "{killed}");
+    assert!(killed.contains("exceeded its 1s budget"), "{killed}");
+    // Positive control of the measurement: the escape kept a core busy until the kill.
+    let busy = cpu_killed.saturating_sub(cpu_escaping);
+    assert!(
+        busy >= 40,
+        "only {busy} ticks of CPU while escaping for {took:?}"
+    );
+    // The other responder blocked the scanner.
+    d.expect_line(
+        &format!(
+            "attackalert: Host {} has been blocked via dropped route",
+            lab.att4
+        ),
+        5,
+    );
+    // Idle again: at most 0.1 s of CPU over 2 s, the whole tree.
+    let before = tree_cpu_ticks(daemon);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = tree_cpu_ticks(daemon).saturating_sub(before);
+    assert!(idle <= 10, "{idle} ticks of CPU in 2 s after the kill");
+    eprintln!("killed after {took:?}; {busy} ticks while escaping, {idle} ticks in 2 s after");
+    // The plugin was started again: it blocks the next host through port 11.
+    let (second, _) = lab.add_attacker_addrs(3);
+    lab.connect_from(&second, 11);
+    d.expect_line(
+        &format!("attackalert: Host {second} has been blocked via lua:escape"),
+        20,
+    );
+    assert_eq!(
+        plugin_hosts(daemon).len(),
+        1,
+        "one plugin process after the restart"
+    );
+}
+
+#[test]
+fn a_close_handler_looping_past_the_budget_is_killed_and_the_plugin_restarted() {
+    escape_is_killed_and_the_daemon_goes_back_to_idle(
+        "local x <close> = setmetatable({}, {__close = function() while true do end end})\n\
+         while true do end",
+    );
+}
+
+#[test]
+fn a_backtracking_pattern_past_the_budget_is_killed_and_the_plugin_restarted() {
+    escape_is_killed_and_the_daemon_goes_back_to_idle(
+        r#"string.find(string.rep("a", 300000), ".-.-.-.-x")"#,
+    );
+}
+
+#[test]
+fn a_reload_that_removes_a_plugin_ends_its_process() {
+    let lab = Lab::new();
+    let d = escaping_daemon(&lab, "");
+    let daemon = i32::try_from(d.daemon_pid()).expect("pid");
+    // Positive control: the plugin's process is there while the plugin is configured.
+    assert_eq!(plugin_hosts(daemon).len(), 1);
+    let conf = lab.path("portsentry.conf");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(&conf, text.replace("LUA_RESPONDERS=\"escape\"", "")).expect("config");
+    d.signal("HUP");
+    d.expect_line("configuration reloaded, generation 2 in force", 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !plugin_hosts(daemon).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plugin processes left: {:?}",
+            plugin_hosts(daemon)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

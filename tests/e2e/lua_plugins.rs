@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 
 use portsentry::config::Config;
 use portsentry::event::{Alert, Hit, Mode, ProbeKind, Proto};
-use portsentry::respond::lua::{LuaError, LuaPlugins, test_plugin};
+use portsentry::respond::lua::{HostProgram, LuaError, LuaPlugins, test_plugin};
 use portsentry::respond::undo::UnblockReason;
 use portsentry::respond::{Outcome, ResponseContext, Undo};
 
 use crate::lab::{Lab, fake_sendmail, repo};
 
-/// A config as the daemon would build it, with the repo's plugins and Lua library.
+/// A config as the daemon would build it, with the repo's plugins and Lua library. Plugins
+/// loaded in this process run in the portsentry binary's plugin host (this test binary is
+/// not one).
 fn config(dir: &Path, responders: &[&str], settings: &[(&str, &str)]) -> Config {
+    HostProgram::install(HostProgram::binary(env!("CARGO_BIN_EXE_portsentry")));
     let mut c = portsentry::config::build::defaults(&dir.join("portsentry.conf"));
     c.plugin_dir = repo("plugins");
     c.lua_lib_dir = repo("lua");
