@@ -14,25 +14,28 @@ use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
 use crate::report;
 use crate::respond::ResponseContext;
+use crate::respond::lua::LuaPlugins;
 use crate::respond::resolve::{Resolver, system_lookup};
 
 /// Longest wait for a reverse-DNS answer before the IP is logged instead.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the announcing thread holds: the config in force, the resolver, and the way to the
-/// block manager.
+/// What the announcing thread holds: the config in force, the Lua plugins built from it,
+/// the resolver, and the way to the block manager.
 pub struct Announcer {
     generation: Generation,
+    lua: LuaPlugins,
     resolver: Resolver,
     blocks: BlockRequester,
     events: EventSink,
 }
 
 impl Announcer {
-    /// An announcer for the first generation.
-    pub fn new(generation: Generation, blocks: BlockRequester) -> Announcer {
+    /// An announcer for the first generation and the plugins built from it.
+    pub fn new(generation: Generation, lua: LuaPlugins, blocks: BlockRequester) -> Announcer {
         Announcer {
             generation,
+            lua,
             resolver: Resolver::new(system_lookup, RESOLVE_WAIT),
             blocks,
             events: EventSink::off(),
@@ -46,9 +49,11 @@ impl Announcer {
         self
     }
 
-    /// Follows a reload.
-    pub fn reconfigure(&mut self, generation: Generation) {
+    /// Follows a reload: the new generation and the plugins built from it (the previous
+    /// plugins stop once the block manager lets go of them too).
+    pub fn reconfigure(&mut self, generation: Generation, lua: LuaPlugins) {
         self.generation = generation;
+        self.lua = lua;
     }
 
     /// Handles one alert from the filters.
@@ -70,8 +75,8 @@ impl Announcer {
         // Below the forgeable trigger an alert is logged (within the budget) but neither
         // acted on nor handed to the plugins, whose "alert" event means one that may block.
         if alert.actionable {
-            self.generation
-                .notify_alert(&ResponseContext::for_alert(alert, &resolved, &config));
+            self.lua
+                .on_alert(&ResponseContext::for_alert(alert, &resolved, &config));
         }
         if alert.already_blocked {
             log::info!("{}", report::already_blocked(alert, &resolved));

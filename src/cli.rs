@@ -373,12 +373,19 @@ pub fn modes_from_file(path: &Path) -> Result<Vec<Mode>, String> {
 
 /// `--check-config`: every error and warning, exit 0 only when the files are valid.
 fn check_config(path: &Path) -> i32 {
-    match crate::generation::Generation::load(1, path) {
-        Ok((generation, warnings)) => {
+    use crate::respond::lua::{LuaPlugins, PluginPolicy};
+    // Every plugin is loaded (each in its own process), as a reload would.
+    let loaded = crate::generation::Generation::load(1, path).and_then(|(g, mut warnings)| {
+        let (lua, more) = LuaPlugins::for_generation(&g, PluginPolicy::RefuseBroken)?;
+        warnings.extend(more);
+        Ok((g, lua, warnings))
+    });
+    match loaded {
+        Ok((generation, lua, warnings)) => {
             for w in warnings
                 .iter()
                 .chain(config::build::command_warnings(&generation.config).iter())
-                .chain(generation.lua.undo_warnings(&generation.config).iter())
+                .chain(lua.undo_warnings(&generation.config).iter())
                 .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
             {
                 eprintln!("warning: {w}");

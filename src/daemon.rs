@@ -28,11 +28,12 @@ use crate::event::Mode;
 use crate::event_log::{Event, EventLog};
 use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
-use crate::generation::{Generation, PluginPolicy};
+use crate::generation::Generation;
 use crate::heartbeat;
 use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::report;
+use crate::respond::lua::{LuaPlugins, PluginPolicy};
 use crate::sensor::bound::BoundSensor;
 use crate::sensor::raw::RawSensor;
 use crate::sensor::{HitSink, Sensor, SensorControl};
@@ -140,9 +141,14 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         "{}",
         report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
-    let (generation, warnings) =
-        Generation::load_with(1, &options.config_path, PluginPolicy::SkipBroken)
-            .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
+    let refused =
+        |e: ConfigErrors| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting");
+    let (generation, mut warnings) = Generation::load(1, &options.config_path).map_err(refused)?;
+    // The Lua plugins (each in its own process) are built from the generation here and
+    // shared by the announcer and the block manager; at start a broken one is skipped.
+    let (lua, plugin_warnings) =
+        LuaPlugins::for_generation(&generation, PluginPolicy::SkipBroken).map_err(refused)?;
+    warnings.extend(plugin_warnings);
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
     // First, so that a second daemon stops here before it touches the journal.
@@ -159,13 +165,19 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     // The manager restores the journal's blocks before the first probe is judged.
     let blocks = BlockManager::start_with_events(
         generation.clone(),
+        lua.clone(),
         history,
         protector.view(),
         events.sink(),
     )?;
-    let filters = standard_chain(&generation, &blocks.view(), &protector.view());
+    let filters = standard_chain(
+        &generation.config,
+        &generation.ignore,
+        &blocks.view(),
+        &protector.view(),
+    );
     let announcer =
-        Announcer::new(generation.clone(), blocks.requester()).with_events(events.sink());
+        Announcer::new(generation.clone(), lua, blocks.requester()).with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
     let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
@@ -433,15 +445,20 @@ impl Reloader<'_> {
         let started = Instant::now();
         let number = self.current.number + 1;
         let path = &self.options.config_path;
-        let next = build_generation(number, path).and_then(|(next, warnings)| {
+        // The new plugins are built (and loaded, each in its own process) before anything is
+        // swapped: one that fails to load refuses the reload and the old ones keep running.
+        let next = build_generation(number, path).and_then(|(next, mut warnings)| {
             open_kept_files(&self.current, &next)?;
-            Ok((next, warnings))
+            let (lua, plugin_warnings) =
+                LuaPlugins::for_generation(&next, PluginPolicy::RefuseBroken)?;
+            warnings.extend(plugin_warnings);
+            Ok((next, lua, warnings))
         });
         match next {
-            Ok((next, warnings)) => {
+            Ok((next, lua, warnings)) => {
                 log_warnings(&warnings, &self.options.modes);
                 self.report_mode_change();
-                self.swap(next);
+                self.swap(next, lua);
                 log::info!(
                     "adminalert: configuration reloaded, generation {} in force ({} ms)",
                     self.current.number,
@@ -485,17 +502,19 @@ impl Reloader<'_> {
         }
     }
 
-    /// Hands a valid generation to every running part, then waits until the sensors and the
-    /// filters hold it, so that "in force" is true for the next probe.
-    fn swap(&mut self, next: Generation) {
-        self.blocks.reconfigure(next.clone());
+    /// Hands a valid generation (and the plugins built from it) to every running part, then
+    /// waits until the sensors and the filters hold it, so that "in force" is true for the
+    /// next probe. The previous plugins stop once the announcer and the block manager (and
+    /// any job still running) let go of them.
+    fn swap(&mut self, next: Generation, lua: LuaPlugins) {
+        self.blocks.reconfigure(next.clone(), lua.clone());
         self.protector.reconfigure(&next.config);
         for h in self.sensors {
             let _ = h
                 .control
                 .send(SensorControl::Reconfigure(Arc::clone(&next.config)));
         }
-        self.pipeline.reload(next.clone());
+        self.pipeline.reload(next.clone(), lua);
         if let Some(w) = self.watcher {
             w.follow(WatchSet::for_config(&next.config));
         }
@@ -516,7 +535,7 @@ impl Reloader<'_> {
 }
 
 /// `Generation::load`, with a panic inside it turned into a refused reload: whatever a
-/// config file (or, later, a plugin) holds, a reload must not end the daemon.
+/// config file holds, a reload must not end the daemon.
 fn build_generation(number: u64, path: &Path) -> Result<crate::generation::Loaded, ConfigErrors> {
     match std::panic::catch_unwind(|| Generation::load(number, path)) {
         Ok(result) => result,

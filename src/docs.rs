@@ -226,7 +226,7 @@ fn files() -> Vec<(String, String)> {
             "Addresses never acted on (IGNORE_FILE).".into(),
         ),
         (
-            show(&crate::filter::ignore::static_path(&d.ignore_file)),
+            show(&crate::config::ignore::static_path(&d.ignore_file)),
             "More addresses never acted on, the list admins edit.".into(),
         ),
         (

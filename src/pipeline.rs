@@ -23,6 +23,7 @@ use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::logging;
 use crate::report;
+use crate::respond::lua::LuaPlugins;
 use crate::sensor::HitSink;
 
 /// Probes buffered between the sensors and the filters.
@@ -56,7 +57,7 @@ pub struct Stats {
 }
 
 enum FilterMsg {
-    Reload(Generation),
+    Reload(Generation, LuaPlugins),
     /// Answered once every message sent before it has been applied.
     Sync(Sender<()>),
     Stop,
@@ -64,7 +65,7 @@ enum FilterMsg {
 
 enum ResponseMsg {
     Alert(Alert),
-    Reload(Generation),
+    Reload(Generation, LuaPlugins),
 }
 
 /// The running pipeline. Dropping it without `stop` leaves its threads running until the
@@ -133,9 +134,10 @@ impl Pipeline {
     }
 
     /// Swaps in a new generation: filters first (the very next probe sees it), then the
-    /// response stage, in order with the alerts already queued.
-    pub fn reload(&self, generation: Generation) {
-        let _ = self.control.send(FilterMsg::Reload(generation));
+    /// response stage with the plugins built from it, in order with the alerts already
+    /// queued.
+    pub fn reload(&self, generation: Generation, lua: LuaPlugins) {
+        let _ = self.control.send(FilterMsg::Reload(generation, lua));
     }
 
     /// Waits until the filter thread has applied every reload sent before (so the next probe
@@ -290,13 +292,13 @@ impl FilterWorker {
             heartbeat::beat();
             select_biased! {
                 recv(control) -> msg => match msg {
-                    Ok(FilterMsg::Reload(generation)) => {
+                    Ok(FilterMsg::Reload(generation, lua)) => {
                         self.budget.rate = generation.config.log_rate_limit;
                         for f in &mut self.filters {
-                            f.reconfigure(&generation);
+                            f.reconfigure(&generation.config, &generation.ignore);
                         }
                         // Blocking send: a reload must not be lost behind a burst of alerts.
-                        let _ = self.alerts.send(ResponseMsg::Reload(generation));
+                        let _ = self.alerts.send(ResponseMsg::Reload(generation, lua));
                     }
                     Ok(FilterMsg::Sync(done)) => {
                         let _ = done.send(());
@@ -385,7 +387,7 @@ const RESPONSE_BATCH: usize = 512;
 fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
     let mut handle = |msg: ResponseMsg| match msg {
         ResponseMsg::Alert(alert) => stage.handle(&alert),
-        ResponseMsg::Reload(generation) => stage.reconfigure(generation),
+        ResponseMsg::Reload(generation, lua) => stage.reconfigure(generation, lua),
     };
     loop {
         heartbeat::beat();

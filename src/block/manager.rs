@@ -32,6 +32,7 @@ use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
 use crate::report;
+use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::{NftHandle, host_of};
 use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
 use crate::respond::undo::UndoOutcome;
@@ -98,7 +99,7 @@ pub struct BlockOutcome {
 type Reply<T> = Box<dyn FnOnce(T) + Send>;
 
 enum Msg {
-    Reconfigure(Generation),
+    Reconfigure(Generation, LuaPlugins),
     List(Reply<Vec<BlockRecord>>),
     Block {
         targets: Vec<Target>,
@@ -152,26 +153,36 @@ impl BlockManager {
     /// hand must not cover either.
     pub fn start(
         generation: Generation,
+        lua: LuaPlugins,
         history: History,
         protect: ProtectView,
     ) -> anyhow::Result<BlockManager> {
-        BlockManager::start_with(generation, history, protect, MAX_WAITING, EventSink::off())
+        BlockManager::start_with(
+            generation,
+            lua,
+            history,
+            protect,
+            MAX_WAITING,
+            EventSink::off(),
+        )
     }
 
     /// [`BlockManager::start`], also writing a `block` / `unblock` event (`EVENT_LOG`) once
     /// each is journaled.
     pub fn start_with_events(
         generation: Generation,
+        lua: LuaPlugins,
         history: History,
         protect: ProtectView,
         events: EventSink,
     ) -> anyhow::Result<BlockManager> {
-        BlockManager::start_with(generation, history, protect, MAX_WAITING, events)
+        BlockManager::start_with(generation, lua, history, protect, MAX_WAITING, events)
     }
 
     /// [`BlockManager::start`] with another limit of blocks waiting for a worker (tests).
     fn start_with(
         generation: Generation,
+        lua: LuaPlugins,
         history: History,
         protect: ProtectView,
         max_waiting: usize,
@@ -230,6 +241,7 @@ impl BlockManager {
             deferred_why: String::new(),
             summary_since: Instant::now(),
             generation,
+            lua,
             hosts: HashMap::new(),
             expiries: BinaryHeap::new(),
             offences: replay.offences,
@@ -289,8 +301,10 @@ impl BlockManager {
 
     /// Follows a reload: new blocks use its responders and durations, the history follows a
     /// changed `HISTORY_FILE`; blocks in force keep what they did.
-    pub fn reconfigure(&self, generation: Generation) {
-        let _ = self.control.send(Msg::Reconfigure(generation));
+    /// `lua`: the plugins built from the generation (undoing a block made by a plugin that
+    /// is no longer configured reports that its `unblock` handler cannot run).
+    pub fn reconfigure(&self, generation: Generation, lua: LuaPlugins) {
+        let _ = self.control.send(Msg::Reconfigure(generation, lua));
     }
 
     /// The blocks in force, answered by the manager thread.
@@ -480,6 +494,8 @@ struct Manager {
     /// Addresses never blocked by hand or by a fleet either.
     protect: ProtectView,
     generation: Generation,
+    /// The running Lua plugins built from `generation`, handed to the workers with each job.
+    lua: LuaPlugins,
     policy: DurationPolicy,
     /// Durations of blocks made on forgeable evidence (`FORGEABLE_BLOCK_TIMEOUT`).
     forgeable_policy: DurationPolicy,
@@ -603,7 +619,7 @@ impl Manager {
 
     fn on_message(&mut self, msg: Msg) {
         match msg {
-            Msg::Reconfigure(generation) => self.reconfigure(generation),
+            Msg::Reconfigure(generation, lua) => self.reconfigure(generation, lua),
             Msg::List(reply) => {
                 let mut blocks: Vec<BlockRecord> = self
                     .hosts
@@ -635,7 +651,7 @@ impl Manager {
         }
     }
 
-    fn reconfigure(&mut self, generation: Generation) {
+    fn reconfigure(&mut self, generation: Generation, lua: LuaPlugins) {
         let (old, new) = (&self.generation.config, &generation.config);
         if new.block_state_file != old.block_state_file {
             log::warn!(
@@ -676,6 +692,7 @@ impl Manager {
             self.rate = RateLimit::new(new.block_rate_limit);
         }
         self.generation = generation;
+        self.lua = lua;
         if moved {
             self.blocked_file_dirty = true;
             self.write_blocked_file(true);
@@ -901,6 +918,7 @@ impl Manager {
             until,
             restored: false,
             generation: self.generation.clone(),
+            lua: self.lua.clone(),
         })));
         self.hosts.insert(target, Host::Applying(applying));
         self.pump();
@@ -1087,6 +1105,7 @@ impl Manager {
                 until: record.until,
                 restored: true,
                 generation: self.generation.clone(),
+                lua: self.lua.clone(),
             })));
             self.hosts.insert(
                 target,
@@ -1154,6 +1173,7 @@ impl Manager {
                 _ => crate::respond::undo::UnblockReason::Unblock,
             },
             generation: self.generation.clone(),
+            lua: self.lua.clone(),
         })));
         self.hosts.insert(
             target,
@@ -1652,9 +1672,15 @@ mod tests {
     fn a_dropped_block_leaves_nothing_behind_and_the_next_probe_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "sleep 1");
-        let manager =
-            BlockManager::start_with(generation, history, ProtectView::new(), 1, EventSink::off())
-                .unwrap();
+        let manager = BlockManager::start_with(
+            generation,
+            LuaPlugins::none(),
+            history,
+            ProtectView::new(),
+            1,
+            EventSink::off(),
+        )
+        .unwrap();
         let requester = manager.requester();
         let counters = manager.counters();
         let view = manager.view();
@@ -1685,7 +1711,9 @@ mod tests {
     fn a_stop_waits_for_the_blocks_in_hand_and_journals_them() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "sleep 0.5");
-        let manager = BlockManager::start(generation, history, ProtectView::new()).unwrap();
+        let manager =
+            BlockManager::start(generation, LuaPlugins::none(), history, ProtectView::new())
+                .unwrap();
         let requester = manager.requester();
         for h in ["10.77.8.1", "fd77:8::1"] {
             assert!(requester.request(request(h)));

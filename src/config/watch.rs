@@ -28,7 +28,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Config;
-use crate::filter::ignore::static_path;
+use crate::config::ignore::static_path;
 
 /// How long the watched files must stay untouched before a reload is asked for: long enough
 /// that a file written in pieces 100 ms apart is read whole, short enough that a save is in

@@ -4,10 +4,13 @@
 //! host whose block is not confirmed goes on to the manager, which alone decides (a block
 //! under way is "block in progress", a failed one is tried again).
 
+use std::sync::Arc;
+
 use super::{Filter, Verdict};
 use crate::block::view::BlockView;
+use crate::config::Config;
+use crate::config::ignore::IgnoreList;
 use crate::event::Alert;
-use crate::generation::Generation;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -32,5 +35,5 @@ impl Filter for BlockedFilter {
         Verdict::Pass
     }
 
-    fn reconfigure(&mut self, _generation: &Generation) {}
+    fn reconfigure(&mut self, _config: &Config, _ignore: &Arc<IgnoreList>) {}
 }

@@ -2,12 +2,15 @@
 //! addresses, SCAN_TRIGGER state, already-blocked. Each one passes or drops a candidate alert.
 
 pub mod blocked;
-pub mod ignore;
+pub mod ignored;
 pub mod protect;
 pub mod trigger;
 
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::config::ignore::IgnoreList;
 use crate::event::Alert;
-use crate::generation::Generation;
 
 /// Why a filter stopped a probe; counted and logged at debug level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,21 +41,23 @@ pub trait Filter: Send {
     /// Decides on one candidate; may fill in its fields.
     fn inspect(&mut self, candidate: &mut Alert) -> Verdict;
 
-    /// Follows a new config generation, keeping whatever state should survive a reload.
-    fn reconfigure(&mut self, generation: &Generation);
+    /// Follows a new config generation (its config and ignore list), keeping whatever state
+    /// should survive a reload.
+    fn reconfigure(&mut self, config: &Config, ignore: &Arc<IgnoreList>);
 }
 
 /// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked; protected
 /// addresses right after the ignore list, so that their probes count towards nothing.
 pub fn standard_chain(
-    generation: &Generation,
+    config: &Config,
+    ignore: &Arc<IgnoreList>,
     view: &crate::block::view::BlockView,
     protected: &protect::ProtectView,
 ) -> Vec<Box<dyn Filter>> {
     vec![
-        Box::new(ignore::IgnoreFilter::new(generation)),
+        Box::new(ignored::IgnoreFilter::new(ignore)),
         Box::new(protect::ProtectFilter::new(protected.clone())),
-        Box::new(trigger::TriggerFilter::new(&generation.config)),
+        Box::new(trigger::TriggerFilter::new(config)),
         Box::new(blocked::BlockedFilter::new(view.clone())),
     ]
 }

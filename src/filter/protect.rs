@@ -34,8 +34,8 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
+use crate::config::ignore::IgnoreList;
 use crate::event::Alert;
-use crate::generation::Generation;
 use crate::report;
 
 pub use refresher::REFRESH_INTERVAL;
@@ -368,7 +368,7 @@ impl Filter for ProtectFilter {
 
     /// The refresher follows reloads through [`Protector::reconfigure`]; the filter only
     /// reads what it publishes.
-    fn reconfigure(&mut self, _generation: &Generation) {}
+    fn reconfigure(&mut self, _config: &Config, _ignore: &Arc<IgnoreList>) {}
 }
 
 #[cfg(test)]

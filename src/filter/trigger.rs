@@ -17,12 +17,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
+use crate::config::ignore::IgnoreList;
 use crate::event::{Alert, Proto};
-use crate::generation::Generation;
 
 /// What the table concluded about one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,8 +360,7 @@ impl Filter for TriggerFilter {
         self.inspect_at(candidate, Instant::now())
     }
 
-    fn reconfigure(&mut self, generation: &Generation) {
-        let c = &generation.config;
+    fn reconfigure(&mut self, c: &Config, _ignore: &Arc<IgnoreList>) {
         self.table.reconfigure_evidence(
             c.scan_trigger,
             c.forgeable_scan_trigger,
@@ -735,7 +735,7 @@ mod tests {
         f.inspect_at(&mut alert("10.0.0.1", 2, Mode::Stcp), t0);
         let mut c = config(3);
         c.scan_trigger_table_size = 5;
-        f.reconfigure(&Generation::from_parts(2, c, Default::default()));
+        f.reconfigure(&c, &Default::default());
         assert_eq!(f.table().capacity(), 5);
         let mut a = alert("10.0.0.1", 3, Mode::Stcp);
         assert_eq!(f.inspect_at(&mut a, t0), Verdict::Pass);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use super::hosts_deny::HostsDenyResponder;
+use super::lua::LuaPlugins;
 use super::nftables::{NftHandle, NftResponder};
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
@@ -182,6 +183,8 @@ pub struct ApplyJob {
     pub restored: bool,
     /// The generation whose responders run.
     pub generation: Generation,
+    /// The Lua plugins built from it (its `LUA_RESPONDERS`).
+    pub lua: LuaPlugins,
 }
 
 /// Undo every action of a block, newest first.
@@ -192,8 +195,10 @@ pub struct UndoJob {
     pub record: BlockRecord,
     /// Why, told to Lua `unblock` handlers.
     pub reason: UnblockReason,
-    /// The generation in force (its Lua plugins run `unblock` handlers).
+    /// The generation in force.
     pub generation: Generation,
+    /// Its Lua plugins, which run `unblock` handlers.
+    pub lua: LuaPlugins,
 }
 
 /// Work for the pool.
@@ -402,13 +407,7 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         restored: job.restored,
     };
     let who = target_text(&job.target);
-    let chain = responder_chain(
-        config,
-        job.level,
-        job.restored,
-        job.generation.lua_responders(),
-        nft,
-    );
+    let chain = responder_chain(config, job.level, job.restored, job.lua.responders(), nft);
     let mut actions = Vec::new();
     let mut failures = 0;
     let mut vetoed = false;
@@ -500,7 +499,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
                 action,
                 &ctx,
                 job.reason,
-                &job.generation.lua,
+                &job.lua,
                 nft,
                 config.kill_cmd_timeout,
             );

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
 use crate::config::build::{self, valid_plugin_name};
-use crate::config::{Config, ConfigWarning};
+use crate::config::{Config, ConfigError, ConfigErrors, ConfigWarning};
+use crate::generation::Generation;
 use crate::respond::UnblockReason;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
@@ -103,6 +104,24 @@ impl LuaError {
             LuaError::Setting { .. } => None,
         }
     }
+
+    /// File and line (0: unknown) for a config error or warning about it.
+    fn location(&self, config: &Config) -> (PathBuf, usize) {
+        match self {
+            LuaError::Plugin { file, line, .. } => (file.clone(), line.unwrap_or(0)),
+            LuaError::Setting { .. } => (config.path.clone(), 0),
+        }
+    }
+}
+
+/// How a plugin that fails to load is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginPolicy {
+    /// At start: log it and run without it (the other responders keep working).
+    SkipBroken,
+    /// On reload and `--check-config`: refuse the whole generation, so the previous plugin
+    /// code keeps running.
+    RefuseBroken,
 }
 
 /// Prefix of a plugin's settings: `nftables` -> `NFTABLES`, `my-plugin` -> `MY_PLUGIN`.
@@ -388,36 +407,30 @@ impl Runner {
         }
     }
 
-    fn failed(&mut self, message: String) -> CallReport {
+    /// Counts a failure (delaying the next start), logs it and returns it as the plugin's
+    /// error.
+    fn failed(&mut self, message: String) -> LuaError {
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + restart_delay(self.failures));
         log::warn!(target: "portsentry::lua", "lua:{}: {message}", self.spec.name);
         self.last_failure = message.clone();
-        CallReport {
-            outcome: CallOutcome::Failed(self.error(message)),
-            trace: Vec::new(),
-            elapsed: Duration::ZERO,
-        }
+        self.error(message)
     }
 
     /// A running host, started again if the last one is gone and its restart delay passed.
-    fn host(&mut self, during: &str) -> Result<&mut Host, CallReport> {
+    fn host(&mut self, during: &str) -> Result<&mut Host, LuaError> {
         if self.host.is_none() {
             if let Some(at) = self.retry_at
                 && Instant::now() < at
             {
                 let left = at.saturating_duration_since(Instant::now());
-                return Err(CallReport {
-                    outcome: CallOutcome::Failed(self.error(format!(
-                        "not run: its plugin process is being restarted (in {}) after: {}",
-                        humantime::format_duration(Duration::from_millis(
-                            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
-                        )),
-                        self.last_failure
-                    ))),
-                    trace: Vec::new(),
-                    elapsed: Duration::ZERO,
-                });
+                return Err(self.error(format!(
+                    "not run: its plugin process is being restarted (in {}) after: {}",
+                    humantime::format_duration(Duration::from_millis(
+                        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                    )),
+                    self.last_failure
+                )));
             }
             let deadline = Instant::now() + self.spec.budget + GRACE;
             match Host::start(&self.program, &self.spec, deadline) {
@@ -433,11 +446,8 @@ impl Runner {
                 }
             }
         }
-        self.host.as_mut().ok_or_else(|| CallReport {
-            outcome: CallOutcome::Expired,
-            trace: Vec::new(),
-            elapsed: Duration::ZERO,
-        })
+        let missing = self.error("its plugin process is not running".into());
+        self.host.as_mut().ok_or(missing)
     }
 
     /// Runs one event in the plugin's process, killing it when it overruns its budget.
@@ -450,9 +460,14 @@ impl Runner {
         let started = Instant::now();
         let deadline = started + self.spec.budget + GRACE;
         let wire = event.to_wire();
+        let failed = |e: LuaError| CallReport {
+            outcome: CallOutcome::Failed(e),
+            trace: Vec::new(),
+            elapsed: started.elapsed(),
+        };
         let result = match self.host(&during) {
             Ok(host) => host.call(&wire, deadline),
-            Err(report) => return report,
+            Err(e) => return failed(e),
         };
         match result {
             Ok((report, retiring)) => {
@@ -465,9 +480,7 @@ impl Runner {
             Err(f) => {
                 self.host = None;
                 let text = self.failure_text(&f, &during);
-                let mut report = self.failed(text);
-                report.elapsed = started.elapsed();
-                report
+                failed(self.failed(text))
             }
         }
     }
@@ -552,6 +565,46 @@ impl LuaPlugins {
                 plugins: BTreeMap::new(),
             }),
         }
+    }
+
+    /// The running plugins of a generation (its `LUA_RESPONDERS`), with what loading them
+    /// found as config errors and warnings naming file and line. Under
+    /// [`PluginPolicy::RefuseBroken`] any plugin that fails to load is an error (a reload is
+    /// then refused whole and the previous plugins keep running); under
+    /// [`PluginPolicy::SkipBroken`] it is a warning and its responder reports failures.
+    pub fn for_generation(
+        generation: &Generation,
+        policy: PluginPolicy,
+    ) -> Result<(LuaPlugins, Vec<ConfigWarning>), ConfigErrors> {
+        let config = &generation.config;
+        let as_error = |e: &LuaError| {
+            let (file, line) = e.location(config);
+            ConfigError {
+                file,
+                line,
+                message: e.to_string(),
+            }
+        };
+        let (lua, errors) =
+            LuaPlugins::load_lenient(config).map_err(|e| ConfigErrors(vec![as_error(&e)]))?;
+        if errors.is_empty() {
+            return Ok((lua, Vec::new()));
+        }
+        if policy == PluginPolicy::RefuseBroken {
+            return Err(ConfigErrors(errors.iter().map(as_error).collect()));
+        }
+        let warnings = errors
+            .iter()
+            .map(|e| {
+                let (file, line) = e.location(config);
+                ConfigWarning {
+                    file,
+                    line,
+                    message: format!("plugin not loaded, running without it: {e}"),
+                }
+            })
+            .collect();
+        Ok((lua, warnings))
     }
 
     /// Loads every plugin in `LUA_RESPONDERS`; the first failure (in that order) is returned,

@@ -1,22 +1,17 @@
 //! The ignore list: hosts never acted on, read from `IGNORE_FILE` and from Debian's
-//! `portsentry.ignore.static` beside it, plus the [`IgnoreFilter`] that also spares this
-//! host's own addresses whatever the files say.
+//! `portsentry.ignore.static` beside it. Plain data, like the rest of `config/`; the filter
+//! that applies it (and also spares this host's own addresses) is
+//! [`crate::filter::ignored::IgnoreFilter`].
 //!
 //! Matching follows 1.2, which masks both sides: `192.168.1.5/24` ignores `192.168.1.77`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{DropReason, Filter, Verdict};
-use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
-use crate::event::Alert;
-use crate::generation::Generation;
-use crate::local_addrs::LocalAddrs;
+use super::{ConfigError, ConfigErrors, ConfigWarning};
 
 /// File name Debian users edit; its entries are merged with `IGNORE_FILE`'s.
 pub const STATIC_FILE_NAME: &str = "portsentry.ignore.static";
@@ -231,58 +226,9 @@ fn v6_net(a: Ipv6Addr, bits: u8) -> Option<IpNet> {
     Ipv6Net::new(a, bits).ok().map(|n| IpNet::V6(n.trunc()))
 }
 
-/// First filter: drops probes from ignored sources and from this host itself (loopback, the
-/// unspecified address, any address of a local interface), whatever the ignore file says.
-#[derive(Debug)]
-pub struct IgnoreFilter {
-    list: Arc<IgnoreList>,
-    local: LocalAddrs,
-}
-
-impl IgnoreFilter {
-    /// Takes the generation's ignore list and reads the local interfaces now.
-    pub fn new(generation: &Generation) -> IgnoreFilter {
-        IgnoreFilter::with_local_addrs(generation.ignore.clone(), LocalAddrs::new())
-    }
-
-    /// With a given list and local address set; the set is still refreshed as it ages.
-    pub fn with_local_addrs(list: Arc<IgnoreList>, local: LocalAddrs) -> IgnoreFilter {
-        IgnoreFilter { list, local }
-    }
-
-    /// The decision, with the clock passed in so that the local-address refresh is testable.
-    pub fn inspect_at(&mut self, candidate: &Alert, now: Instant) -> Verdict {
-        let src = candidate.hit.src.to_canonical();
-        if src.is_loopback() || src.is_unspecified() || self.list.contains(src) {
-            return Verdict::Drop(DropReason::Ignored);
-        }
-        self.local.refresh_if_stale(now);
-        if self.local.contains(src) {
-            return Verdict::Drop(DropReason::Ignored);
-        }
-        Verdict::Pass
-    }
-}
-
-impl Filter for IgnoreFilter {
-    fn name(&self) -> &'static str {
-        "ignore"
-    }
-
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
-        self.inspect_at(candidate, Instant::now())
-    }
-
-    fn reconfigure(&mut self, generation: &Generation) {
-        self.list = generation.ignore.clone();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Hit, Mode, ProbeKind};
-    use std::time::Duration;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -296,19 +242,6 @@ mod tests {
         IgnoreList::parse(Path::new("portsentry.ignore"), text)
             .unwrap_err()
             .0
-    }
-
-    fn alert(src: &str) -> Alert {
-        Alert {
-            hit: Hit::now(ip(src), 111, Mode::Stcp, ProbeKind::Syn),
-            count: 0,
-            already_blocked: false,
-            actionable: true,
-        }
-    }
-
-    fn generation(list: IgnoreList) -> Generation {
-        Generation::from_parts(1, crate::config::build::defaults(Path::new("x.conf")), list)
     }
 
     #[test]
@@ -447,72 +380,5 @@ mod tests {
         let errs = IgnoreList::load(dir.path()).unwrap_err().0;
         assert_eq!(errs[0].line, 0);
         assert!(errs[0].message.contains("cannot read"));
-    }
-
-    #[test]
-    fn filter_drops_listed_loopback_unspecified_and_local_sources() {
-        let now = Instant::now();
-        let local = LocalAddrs::from_addrs([ip("10.77.0.1"), ip("fd77::1")], now);
-        let mut f = IgnoreFilter::with_local_addrs(Arc::new(list("192.168.1.5/24\n")), local);
-        let ignored = Verdict::Drop(DropReason::Ignored);
-        for src in [
-            "192.168.1.77",
-            "127.0.0.1",
-            "127.3.2.1",
-            "::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-            "::",
-            "10.77.0.1",
-            "::ffff:10.77.0.1",
-            "fd77::1",
-        ] {
-            assert_eq!(f.inspect_at(&alert(src), now), ignored, "{src}");
-        }
-        for src in ["192.168.2.1", "10.77.0.2", "fd77::2", "2001:db8::1"] {
-            assert_eq!(f.inspect_at(&alert(src), now), Verdict::Pass, "{src}");
-        }
-    }
-
-    #[test]
-    fn filter_never_passes_a_real_local_address() {
-        let mut f = IgnoreFilter::new(&generation(IgnoreList::default()));
-        for a in LocalAddrs::new().iter() {
-            let mut al = alert(&a.to_string());
-            assert_eq!(
-                f.inspect(&mut al),
-                Verdict::Drop(DropReason::Ignored),
-                "{a}"
-            );
-        }
-    }
-
-    #[test]
-    fn filter_refreshes_local_addresses_when_stale() {
-        let t0 = Instant::now();
-        let stale = LocalAddrs::from_addrs([ip("203.0.113.7")], t0);
-        let mut f = IgnoreFilter::with_local_addrs(Arc::new(IgnoreList::default()), stale);
-        assert_eq!(
-            f.inspect_at(&alert("203.0.113.7"), t0),
-            Verdict::Drop(DropReason::Ignored)
-        );
-        // After the refresh interval the kernel's set replaces the made-up address.
-        let later = t0 + Duration::from_secs(3);
-        assert_eq!(f.inspect_at(&alert("203.0.113.7"), later), Verdict::Pass);
-    }
-
-    #[test]
-    fn reconfigure_applies_the_new_list_to_the_next_probe() {
-        let now = Instant::now();
-        let mut f = IgnoreFilter::with_local_addrs(
-            Arc::new(IgnoreList::default()),
-            LocalAddrs::from_addrs([], now),
-        );
-        assert_eq!(f.inspect_at(&alert("198.51.100.4"), now), Verdict::Pass);
-        f.reconfigure(&generation(list("198.51.100.0/24\n")));
-        assert_eq!(
-            f.inspect_at(&alert("198.51.100.4"), now),
-            Verdict::Drop(DropReason::Ignored)
-        );
     }
 }
