@@ -1,15 +1,24 @@
 //! Lua responders: plugins that block hosts (nftables, iptables), notify (mail, JSON log)
 //! or veto a block (allow-lists), written in sandboxed Lua.
 //!
-//! Each plugin gets its own Lua state on its own owner thread; work arrives over a bounded
-//! crossbeam channel, so the detection path never waits on Lua and a plugin that hangs in C
-//! code stalls only itself. [`LuaPlugins::load`] builds every plugin named by
-//! `LUA_RESPONDERS` from a [`Config`]; [`LuaPlugins::on_alert`] queues the `alert` event
-//! (dropping and counting when a queue is full); [`LuaPlugins::responders`] gives one
-//! [`Responder`] per plugin whose `respond` runs the `block` event and waits, bounded by
-//! the call budget, for its result; [`LuaPlugins::unblock`] runs a plugin's `unblock` event
-//! the same way when one of its blocks ends. Dropping the last handle (and the responders) lets each
-//! owner thread finish its queue and exit; a reload simply builds a new `LuaPlugins`.
+//! Each plugin gets its own Lua state in its own child process ([`host`]), driven by an
+//! owner thread in the daemon; work arrives at the owner thread over a bounded crossbeam
+//! channel, so the detection path never waits on Lua. The owner thread sends each event to
+//! the process and waits for the report until the budget (plus a grace) has passed; then it
+//! kills the process and its commands, answers with a failure, and starts the plugin again
+//! for the next event (after a growing delay when it keeps failing). So a plugin stuck in a
+//! C call or a `__close` loop is stopped for sure, and stalls only itself.
+//! [`LuaPlugins::for_generation`] builds every plugin named by `LUA_RESPONDERS` of a
+//! [`Generation`] (the daemon does, for the announcer and the block manager);
+//! [`LuaPlugins::on_alert`] queues the `alert` event (dropping and counting when a queue is
+//! full); [`LuaPlugins::responders`] gives one [`Responder`] per plugin whose `respond` runs
+//! the `block` event and waits, bounded by the call budget, for its result;
+//! [`LuaPlugins::unblock`] runs a plugin's `unblock` event the same way when one of its
+//! blocks ends. Dropping the last handle (and the responders) lets each owner thread finish
+//! its queue, end its process and exit; a reload simply builds a new `LuaPlugins`.
+//!
+//! Inside the process: `state` (the sandboxed Lua state), `api` (the `portsentry` table),
+//! `event` (the event table), all over `sandbox` (the shared call state, a leaf).
 //!
 //! The plugin API is documented in `lua/README.md`.
 

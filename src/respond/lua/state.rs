@@ -1,4 +1,5 @@
-//! One plugin's sandboxed Lua state: built, loaded and called only on its owner thread.
+//! One plugin's sandboxed Lua state: built, loaded and called only in the plugin's host
+//! process ([`super::host`]).
 //!
 //! The sandbox is layered: only safe standard libraries are opened; the base library's
 //! loaders and `string.dump` are removed; files are loaded as text only; a global hook

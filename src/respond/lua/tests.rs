@@ -1055,6 +1055,74 @@ fn dropping_the_plugins_ends_their_processes() {
 }
 
 #[test]
+fn a_plugin_process_holds_none_of_the_daemons_descriptors() {
+    // A descriptor the daemon holds without close-on-exec (as a C library might open it):
+    // only the host's own clean-up keeps it from the plugin.
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 return portsentry.exec{"sh", "-c",
+                   "for f in /proc/$PPID/fd/*; do readlink $f; done"}.stdout
+               end)"#,
+        )],
+        &[],
+    );
+    let secret = f.path("daemon-secret");
+    let leaked = std::fs::File::create(&secret).expect("create");
+    nix::fcntl::fcntl(
+        &leaked,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("clear close-on-exec");
+    let name = secret.display().to_string();
+    // Positive control: this process holds it, and the listing shows such paths.
+    let own = std::fs::read_dir("/proc/self/fd")
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|p| p == secret);
+    assert!(own, "the test's own descriptor is not listed");
+    let plugins = f.load();
+    let out = block1(&plugins, &f.config, "192.0.2.7", 1);
+    let links = done_detail(&out);
+    assert!(
+        links.contains("socket:"),
+        "the host's pipe is listed: {links}"
+    );
+    assert!(!links.contains(&name), "{links}");
+    drop(leaked);
+}
+
+#[test]
+fn a_plugin_process_is_limited_in_address_space_cpu_and_core_files() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 return portsentry.exec{"cat", "/proc/self/limits"}.stdout
+               end)"#,
+        )],
+        &[("LUA_MEMORY_LIMIT", "8M")],
+    );
+    // `cat` inherits the limits of the plugin process that runs it.
+    let plugins = f.load();
+    let out = block1(&plugins, &f.config, "192.0.2.7", 1);
+    let limits = done_detail(&out);
+    let soft = |name: &str| -> String {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l[name.len()..].split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name} not in {limits}"))
+            .to_string()
+    };
+    let space = 8 * 1024 * 1024 + host::ADDRESS_SPACE_HEADROOM;
+    assert_eq!(soft("Max address space"), space.to_string());
+    assert_eq!(soft("Max cpu time"), host::CPU_SECONDS.to_string());
+    assert_eq!(soft("Max core file size"), "0");
+}
+
+#[test]
 fn pcall_cannot_swallow_running_out_of_memory() {
     let hog = "function() local t = {} for i = 1, 1e9 do t[i] = i end end";
     for catch in [
