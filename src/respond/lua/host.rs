@@ -55,6 +55,10 @@ const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
 /// Longest log line a host forwards; the rest is cut and marked.
 const MAX_LOG_MESSAGE: usize = 8 * 1024;
 
+/// Longest wait for a new host to be running (before it loads the plugin, which has the
+/// budget): starting a process is not the plugin's doing, and a busy machine may be slow.
+pub const START_WAIT: Duration = Duration::from_secs(10);
+
 /// Time a host gets to exit by itself once its pipe is closed, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
@@ -143,6 +147,8 @@ pub(crate) struct LoadSpec {
 /// What a host sends back.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromHost {
+    /// Running and limited; about to load the plugin.
+    Started,
     /// Loaded; the events it has handlers for.
     Ready(Vec<EventName>),
     /// The plugin did not load.
@@ -186,12 +192,13 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    /// Starts a host for `spec` and waits (until `deadline`) for it to load the plugin.
-    /// `Ok(Err(e))`: the plugin itself failed to load.
+    /// Starts a host for `spec`, waits up to [`START_WAIT`] for it to run, then up to `load`
+    /// (the budget plus a grace) for it to load the plugin. `Ok(Err(e))`: the plugin itself
+    /// failed to load.
     pub fn start(
         program: &HostProgram,
         spec: &PluginSpec,
-        deadline: Instant,
+        load: Duration,
     ) -> Result<Result<(Host, Vec<EventName>), LuaError>, HostFailure> {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| HostFailure::Spawn(format!("socketpair: {e}")))?;
@@ -221,7 +228,7 @@ impl Host {
             reader,
             plugin: spec.name.clone(),
         };
-        let load = LoadSpec {
+        let spec_msg = LoadSpec {
             plugin: spec.clone(),
             parent: std::process::id(),
             log_level: log::max_level().to_string(),
@@ -230,9 +237,11 @@ impl Host {
                 .saturating_add(ADDRESS_SPACE_HEADROOM),
             cpu_seconds: CPU_SECONDS,
         };
-        host.send(&ToHost::Load(load))?;
+        host.send(&ToHost::Load(spec_msg))?;
+        let mut deadline = Instant::now() + START_WAIT;
         loop {
             match host.receive(deadline)? {
+                FromHost::Started => deadline = Instant::now() + load,
                 FromHost::Ready(handled) => return Ok(Ok((host, handled))),
                 FromHost::LoadFailed(e) => {
                     host.finish();
@@ -258,7 +267,7 @@ impl Host {
             match self.receive(deadline)? {
                 FromHost::Report { report, retiring } => return Ok((report, retiring)),
                 FromHost::Log { .. } => {}
-                FromHost::Ready(_) | FromHost::LoadFailed(_) => {
+                FromHost::Started | FromHost::Ready(_) | FromHost::LoadFailed(_) => {
                     return Err(self.broken("a load answer to an event"));
                 }
             }
@@ -520,6 +529,7 @@ fn serve(stream: UnixStream) -> Result<(), String> {
         return Err("the daemon is gone".into());
     }
     limit_self(&spec)?;
+    write_message(&mut out, &FromHost::Started).map_err(|e| format!("socket: {e}"))?;
     let forward = Forward {
         out: Mutex::new(out.try_clone().map_err(|e| format!("socket: {e}"))?),
     };

@@ -321,9 +321,9 @@ impl Pending {
             line: None,
             message,
         };
-        // The owner thread answers within the load budget plus its grace (it kills a host
-        // that does not); the extra grace covers starting the process.
-        let wait = self.budget + GRACE * 3;
+        // The owner thread answers once the process runs and then within the load budget
+        // plus its grace (it kills a host that does not).
+        let wait = host::START_WAIT + self.budget + GRACE * 2;
         match self.ready.recv_timeout(wait) {
             Ok(Ok(handled)) => Ok(Handle {
                 name: self.name.clone(),
@@ -391,8 +391,7 @@ impl Runner {
 
     /// The first start, when the generation is built: its error is the plugin's load error.
     fn first_start(&mut self) -> Result<Vec<EventName>, LuaError> {
-        let deadline = Instant::now() + self.spec.budget + GRACE;
-        match Host::start(&self.program, &self.spec, deadline) {
+        match Host::start(&self.program, &self.spec, self.spec.budget + GRACE) {
             Ok(Ok((host, handled))) => {
                 self.host = Some(host);
                 Ok(handled)
@@ -441,8 +440,7 @@ impl Runner {
                     self.last_failure
                 )));
             }
-            let deadline = Instant::now() + self.spec.budget + GRACE;
-            match Host::start(&self.program, &self.spec, deadline) {
+            match Host::start(&self.program, &self.spec, self.spec.budget + GRACE) {
                 Ok(Ok((host, _handled))) => self.host = Some(host),
                 Ok(Err(e)) => {
                     return Err(
@@ -467,7 +465,7 @@ impl Runner {
             crate::record::target_text(&event.target)
         );
         let started = Instant::now();
-        let deadline = started + self.spec.budget + GRACE;
+        let run_for = self.spec.budget + GRACE;
         let wire = event.to_wire();
         let failed = |e: LuaError| CallReport {
             outcome: CallOutcome::Failed(e),
@@ -475,7 +473,8 @@ impl Runner {
             elapsed: started.elapsed(),
         };
         let result = match self.host(&during) {
-            Ok(host) => host.call(&wire, deadline),
+            // The budget counts from now: a restart just before is not the event's time.
+            Ok(host) => host.call(&wire, Instant::now() + run_for),
             Err(e) => return failed(e),
         };
         match result {
