@@ -319,10 +319,11 @@ fn escape_is_killed_and_the_daemon_goes_back_to_idle(escape: &str) {
     );
     assert!(killed.contains("lua:escape"), "{killed}");
     assert!(killed.contains("exceeded its 1s budget"), "{killed}");
-    // Positive control of the measurement: the escape kept a core busy until the kill.
+    // Positive control of the measurement: the escape burned CPU until the kill (a whole
+    // core, 100 ticks a second, on an idle machine; less on a shared, busy one).
     let busy = cpu_killed.saturating_sub(cpu_escaping);
     assert!(
-        busy >= 40,
+        busy >= 5,
         "only {busy} ticks of CPU while escaping for {took:?}"
     );
     // The other responder blocked the scanner.
@@ -337,8 +338,15 @@ fn escape_is_killed_and_the_daemon_goes_back_to_idle(escape: &str) {
     let before = tree_cpu_ticks(daemon);
     std::thread::sleep(Duration::from_secs(2));
     let idle = tree_cpu_ticks(daemon).saturating_sub(before);
-    assert!(idle <= 10, "{idle} ticks of CPU in 2 s after the kill");
     eprintln!("killed after {took:?}; {busy} ticks while escaping, {idle} ticks in 2 s after");
+    assert!(idle <= 10, "{idle} ticks of CPU in 2 s after the kill");
+    // And well below what the escape burned, whatever the machine's load.
+    let busy_rate = busy as f64 / took.as_secs_f64();
+    let idle_rate = idle as f64 / 2.0;
+    assert!(
+        idle_rate * 3.0 < busy_rate,
+        "{idle_rate} ticks/s after the kill, {busy_rate} while escaping"
+    );
     // The plugin was started again: it blocks the next host through port 11.
     let (second, _) = lab.add_attacker_addrs(3);
     lab.connect_from(&second, 11);
