@@ -6,9 +6,9 @@
 //! The child is the portsentry binary re-executed with the hidden `--lua-host` flag
 //! ([`HostProgram`]). Parent and child talk over a socket pair (the child's standard input)
 //! in newline-delimited JSON: the parent sends `ToHost::Load` then one `ToHost::Event` at
-//! a time; the child answers `FromHost::Started`, `FromHost::Ready` or `FromHost::LoadFailed`, then one
-//! `FromHost::Report` per event, with `FromHost::Log` lines (the plugin's own and the
-//! sandbox's) forwarded as they happen. The parent side (`Host`) waits for each answer
+//! a time; the child answers `FromHost::Started` (running, limited), then
+//! `FromHost::Ready` or `FromHost::LoadFailed`, then one `FromHost::Report` per event, with
+//! `FromHost::Log` lines (the plugin's own and the sandbox's) forwarded as they happen. The parent side (`Host`) waits for each answer
 //! with a deadline and kills the child's whole process tree when it passes.
 //!
 //! Before loading the plugin the child limits itself: address space (the Lua memory limit
