@@ -381,14 +381,17 @@ fn check_config(path: &Path) -> i32 {
                 .chain(generation.lua.undo_warnings(&generation.config).iter())
                 .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
             {
-                eprintln!("warning: {w}");
+                eprintln!(
+                    "warning: {}",
+                    crate::logging::escape_controls(&w.to_string())
+                );
             }
             println!("{}: configuration OK", path.display());
             0
         }
         Err(errors) => {
             for e in &errors.0 {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::logging::escape_controls(&e.to_string()));
             }
             eprintln!(
                 "{}: {} error(s), configuration refused",
