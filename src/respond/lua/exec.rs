@@ -41,6 +41,8 @@ pub struct ExecResult {
     pub spawn_error: Option<String>,
     /// Not run at all: `--test-plugin --dry-run` only showed it.
     pub dry_run: bool,
+    /// Under `--dry-run`, the standard input it would have been given (lossily decoded).
+    pub stdin: Option<String>,
     /// Standard output, at most [`OUTPUT_CAP`] bytes, lossily decoded.
     pub stdout: String,
     /// Standard error, at most [`OUTPUT_CAP`] bytes, lossily decoded.
@@ -135,6 +137,7 @@ pub fn run(req: &ExecRequest) -> ExecResult {
         timed_out,
         spawn_error,
         dry_run: false,
+        stdin: None,
         stdout: String::from_utf8_lossy(&finished.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&finished.stderr).into_owned(),
         elapsed: finished.elapsed,
@@ -153,6 +156,10 @@ pub fn dry_run(req: &ExecRequest) -> ExecResult {
         timed_out: false,
         spawn_error: None,
         dry_run: true,
+        stdin: req
+            .stdin
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
         stdout: String::new(),
         stderr: String::new(),
         elapsed: Duration::ZERO,
