@@ -78,7 +78,10 @@ fn environment_is_clean_and_path_is_fixed() {
     });
     let mut vars: Vec<String> = text(&r.stdout).lines().map(String::from).collect();
     vars.sort();
-    assert_eq!(vars, ["LC_ALL=C".to_string(), format!("PATH={COMMAND_PATH}")]);
+    assert_eq!(
+        vars,
+        ["LC_ALL=C".to_string(), format!("PATH={COMMAND_PATH}")]
+    );
 }
 
 #[test]
