@@ -1,15 +1,15 @@
 -- jsonlog: one JSON object per line for every alert (and/or block, unblock), for log shippers
 -- (Filebeat, Vector, Fluent Bit…). The file is opened for each line, so log rotation by
 -- renaming works without a signal. Settings (portsentry.conf):
---   JSONLOG_FILE="/var/log/portsentry/events.jsonl"  where the lines go (this is the
+--   JSONLOG_FILE="/var/log/portsentry/alerts.jsonl"  where the lines go (this is the
 --                                 default; its directory must exist)
 --   JSONLOG_EVENTS="alert"        alert, block, unblock, or several ("alert,block,unblock")
 local text = require("portsentry.text")
 
-local file = portsentry.setting("file", "/var/log/portsentry/events.jsonl")
+local file = portsentry.setting("file", "/var/log/portsentry/alerts.jsonl")
 if file == "" then
   error("JSONLOG_FILE is empty: name the file to write, or remove the key for the default"
-    .. " /var/log/portsentry/events.jsonl", 0)
+    .. " /var/log/portsentry/alerts.jsonl", 0)
 end
 
 local function record(ev)

@@ -252,7 +252,7 @@ fn shipped_plugins_run_out_of_the_box_or_name_their_setting() {
     let (code, text) = s.run(&repo("plugins/jsonlog.lua"), true);
     assert_eq!(code, EXIT_OK, "{text}");
     assert!(
-        text.contains("would append to /var/log/portsentry/events.jsonl: {\""),
+        text.contains("would append to /var/log/portsentry/alerts.jsonl: {\""),
         "{text}"
     );
 
