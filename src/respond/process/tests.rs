@@ -141,7 +141,7 @@ fn timeout_kills_the_whole_process_group() {
         Duration::from_millis(300),
     );
     assert_eq!(r.ending, Ending::TimedOut);
-    assert!(started.elapsed() < Duration::from_secs(2), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{r:?}");
     let out = text(&r.stdout);
     assert!(!out.contains("never"), "{out}");
     assert!(dies(pid_of(&out, "bg")), "the background sleep survived");
@@ -167,7 +167,7 @@ fn grandchildren_holding_the_output_are_not_waited_for() {
         out.starts_with("before\n") && out.ends_with("after\n"),
         "{out}"
     );
-    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     assert!(dies(bg), "the background child holding stdout survived");
     // Positive control for `dead`: the setsid grandchild really is alive, then killed here.
     assert!(
