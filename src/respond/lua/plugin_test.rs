@@ -125,7 +125,7 @@ fn write_trace(out: &mut dyn Write, report: &CallReport) -> std::io::Result<()> 
                 writeln!(
                     out,
                     "  exec   {} -> {} in {}",
-                    escape_controls(&r.command),
+                    escape_controls(&r.quoted()),
                     r.describe(),
                     ms(r.elapsed)
                 )?;

@@ -97,6 +97,11 @@ fn dry_run_shows_commands_quoted_and_lines_without_doing_them() {
     let (code, text) = s.run(&plugin, false);
     assert_eq!(code, EXIT_OK, "{text}");
     assert!(marker.exists(), "{text}");
+    assert!(
+        text.contains("  exec   sh -c 'echo a b; exit 3' -> exit 3 in "),
+        "{text}"
+    );
+    assert!(text.contains("stdout: a b\n"), "{text}");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "blocked 192.0.2.7\n"
