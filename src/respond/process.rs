@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use wait_timeout::ChildExt;
 
@@ -216,14 +217,16 @@ pub fn run(job: &Job<'_>) -> Finished {
         rest: job.stdin.unwrap_or_default(),
     };
     let deadline = started + job.timeout;
-    let ending = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break ending_of(status),
-            Ok(None) => {}
+    // `None`: the child has exited but is not reaped yet, so its process group id cannot
+    // have been reused and the group can still be killed safely.
+    let ended = loop {
+        match exited(&child) {
+            Ok(true) => break None,
+            Ok(false) => {}
             Err(e) => {
                 kill_group(&child);
                 let _ = child.wait();
-                break Ending::Failed(format!("wait failed: {e}"));
+                break Some(Ending::Failed(format!("wait failed: {e}")));
             }
         }
         let now = Instant::now();
@@ -231,35 +234,54 @@ pub fn run(job: &Job<'_>) -> Finished {
             kill_group(&child);
             let _ = child.kill();
             let _ = child.wait();
-            break Ending::TimedOut;
+            break Some(Ending::TimedOut);
         }
         if out.pipe.is_none() && err.pipe.is_none() && feed.pipe.is_none() {
             // Nothing left to collect: sleep until the child exits or the deadline.
             match child.wait_timeout(deadline - now) {
-                Ok(Some(status)) => break ending_of(status),
+                Ok(Some(status)) => break Some(ending_of(status)),
                 Ok(None) => continue,
                 Err(e) => {
                     kill_group(&child);
                     let _ = child.wait();
-                    break Ending::Failed(format!("wait failed: {e}"));
+                    break Some(Ending::Failed(format!("wait failed: {e}")));
                 }
             }
         }
         wait_for_io(&mut out, &mut err, &mut feed, (deadline - now).min(TICK));
     };
     // The direct child is gone: take what is already there, without waiting for whatever
-    // still holds a pipe.
+    // still holds a pipe; kill what is left of its group if something does.
     out.read_available();
     err.read_available();
-    if out.pipe.is_some() || err.pipe.is_some() {
-        kill_group(&child);
-    }
+    let ending = match ended {
+        Some(ending) => ending,
+        None => {
+            if out.pipe.is_some() || err.pipe.is_some() {
+                kill_group(&child);
+            }
+            match child.wait() {
+                Ok(status) => ending_of(status),
+                Err(e) => Ending::Failed(format!("wait failed: {e}")),
+            }
+        }
+    };
     Finished {
         ending,
         stdout: out.kept,
         stderr: err.kept,
         elapsed: started.elapsed(),
     }
+}
+
+/// True once the child has exited, without reaping it (`waitid` with `WNOWAIT`).
+fn exited(child: &Child) -> nix::Result<bool> {
+    let pid = i32::try_from(child.id()).map_err(|_| nix::errno::Errno::ESRCH)?;
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    Ok(!matches!(
+        waitid(Id::Pid(Pid::from_raw(pid)), flags)?,
+        WaitStatus::StillAlive
+    ))
 }
 
 fn ending_of(status: ExitStatus) -> Ending {
