@@ -22,9 +22,12 @@ use crate::history::{HistoryEntry, history_line, parse_history_line};
 use crate::record::{BlockRecord, parse_target, target_text};
 use crate::sensor::classify::{ChecksumCheck, inspect, outgoing};
 
+/// A fuzz target's entry point: arbitrary bytes in, a panic when a promise is broken.
+pub type FuzzFn = fn(&[u8]);
+
 /// The targets, by the name of their corpus directory and entry function, so that the corpus
 /// runner and a fuzzer harness agree on them.
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, FuzzFn); 8] = [
     ("classify", fuzz_classify),
     ("config", fuzz_config),
     ("ignore", fuzz_ignore),
