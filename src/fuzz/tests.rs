@@ -264,6 +264,16 @@ proptest! {
     }
 
     #[test]
+    fn fuzz_classify_a_cut_packet_is_never_a_probe(p in packet(), cut in any::<usize>()) {
+        let (bytes, _) = p.bytes();
+        let short = &bytes[..cut % bytes.len()];
+        for check in [ChecksumCheck::Verify, ChecksumCheck::Trusted] {
+            let verdict = inspect(short, check);
+            prop_assert!(verdict.is_err(), "{} of {} bytes: {:?}", short.len(), bytes.len(), verdict);
+        }
+    }
+
+    #[test]
     fn fuzz_classify_mutated_valid_packets(p in packet(), e in edits()) {
         fuzz_classify(&mutate(p.bytes().0, &e));
     }
