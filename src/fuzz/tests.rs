@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 
 use super::*;
-use crate::control::protocol::TargetResult;
+use crate::control::protocol::{Counters, ReloadInfo, StatusReport, TargetResult};
 use crate::event::{Mode, ProbeKind, Proto};
 use crate::record::{Action, Origin, Target, Trigger, Undo, host_target};
 use crate::sensor::classify::{Reject, tcp_flags, tcp_kind};
@@ -655,7 +655,54 @@ fn response() -> impl Strategy<Value = Response> {
             }
         }),
         records(false).prop_map(|blocks| Response::List { blocks }),
+        status().prop_map(Response::Status),
     ]
+}
+
+fn status() -> impl Strategy<Value = StatusReport> {
+    (
+        (
+            ".{0,10}",
+            proptest::collection::vec("[a-z]{0,5}", 0..3),
+            0..=LAST * 1000,
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of((
+                0..=LAST * 1000,
+                any::<bool>(),
+                proptest::collection::vec(".{0,20}", 0..2),
+            )),
+        ),
+        any::<[u64; 10]>(),
+    )
+        .prop_map(
+            |((version, modes, started), (uptime_secs, generation, reload), c)| StatusReport {
+                version,
+                modes,
+                started: UNIX_EPOCH + Duration::from_millis(started),
+                uptime_secs,
+                generation,
+                last_reload: reload.map(|(at, ok, errors)| ReloadInfo {
+                    at: UNIX_EPOCH + Duration::from_millis(at),
+                    ok,
+                    errors,
+                }),
+                counters: Counters {
+                    probes_seen: c[0],
+                    alerts: c[1],
+                    blocks_made: c[2],
+                    blocks_failed: c[3],
+                    blocks_expired: c[4],
+                    blocks_active: c[5],
+                    probes_dropped: c[6],
+                    alerts_dropped: c[7],
+                    blocks_dropped: c[8],
+                    responder_failures: c[9],
+                },
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------------------
