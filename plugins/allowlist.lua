@@ -5,9 +5,14 @@
 --   ALLOWLIST_NETS="192.0.2.1 10.0.0.0/8 2001:db8::/32"   addresses or networks (required)
 local addr = require("portsentry.addr")
 
-local nets, err = addr.parse_list(portsentry.config.nets or "")
-if not nets then error("ALLOWLIST_NETS: " .. err) end
-if #nets == 0 then error("ALLOWLIST_NETS must list at least one address or network") end
+local listed = portsentry.config.nets
+if not listed or not listed:find("%S") then
+  error("ALLOWLIST_NETS is not set: list the addresses or networks never to block, e.g."
+    .. " ALLOWLIST_NETS=\"192.0.2.1 10.0.0.0/8\" in portsentry.conf"
+    .. " (with --test-plugin: --set ALLOWLIST_NETS=10.0.0.0/8)", 0)
+end
+local nets, err = addr.parse_list(listed)
+if not nets then error("ALLOWLIST_NETS: " .. err, 0) end
 
 portsentry.on("block", function(ev)
   local listed, net = addr.in_any(ev.ip, nets)

@@ -1,13 +1,15 @@
 -- jsonlog: one JSON object per line for every alert (and/or block, unblock), for log shippers
 -- (Filebeat, Vector, Fluent Bit…). The file is opened for each line, so log rotation by
 -- renaming works without a signal. Settings (portsentry.conf):
---   JSONLOG_FILE="/var/log/portsentry/events.json"   where the lines go (required)
+--   JSONLOG_FILE="/var/log/portsentry/alerts.jsonl"  where the lines go (this is the
+--                                 default; its directory must exist)
 --   JSONLOG_EVENTS="alert"        alert, block, unblock, or several ("alert,block,unblock")
 local text = require("portsentry.text")
 
-local file = portsentry.config.file
-if not file or file == "" then
-  error("JSONLOG_FILE must name the file to write")
+local file = portsentry.setting("file", "/var/log/portsentry/alerts.jsonl")
+if file == "" then
+  error("JSONLOG_FILE is empty: name the file to write, or remove the key for the default"
+    .. " /var/log/portsentry/alerts.jsonl", 0)
 end
 
 local function record(ev)

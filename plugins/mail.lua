@@ -1,7 +1,8 @@
 -- mail: sends a message through `sendmail -t` when a host is blocked (or on every alert),
 -- at most MAIL_MAX messages per MAIL_PER; the next message says how many were held back.
 -- Blocks re-applied after a restart are not mailed again. Settings (portsentry.conf):
---   MAIL_TO="root"                recipients, comma separated (required)
+--   MAIL_TO="root"                recipients, comma separated (required: the plugin does
+--                                 not load without it)
 --   MAIL_FROM="root"              sender
 --   MAIL_SUBJECT="portsentry: {ip} blocked ({kind} to {proto}/{port})"
 --                                 template: {ip} {port} {proto} {mode} {kind} {count} {host}
@@ -15,10 +16,14 @@ local text = require("portsentry.text")
 local ratelimit = require("portsentry.ratelimit")
 
 local cfg = portsentry.config
-local to, bad_to = mail.addresses(cfg.to or "")
-if not to then error("MAIL_TO: " .. bad_to) end
+if not cfg.to or cfg.to == "" then
+  error("MAIL_TO is not set: name who gets the mail, e.g. MAIL_TO=\"root\" in portsentry.conf"
+    .. " (with --test-plugin: --set MAIL_TO=root)", 0)
+end
+local to, bad_to = mail.addresses(cfg.to)
+if not to then error("MAIL_TO: " .. bad_to, 0) end
 local from, bad_from = mail.addresses(cfg.from or "root")
-if not from then error("MAIL_FROM: " .. bad_from) end
+if not from then error("MAIL_FROM: " .. bad_from, 0) end
 local subject = cfg.subject or "portsentry: {ip} blocked ({kind} to {proto}/{port})"
 local sendmail = cfg.sendmail or "/usr/sbin/sendmail"
 local timeout = cfg.timeout or "10s"

@@ -17,6 +17,7 @@ use crate::control::protocol::Request;
 use crate::daemon::{self, RunOptions};
 use crate::event::Mode;
 use crate::logging::{self, DEFAULT_SYSLOG_SOCKET, LogSettings};
+use crate::respond::lua;
 
 /// Debian's file naming the modes its init script starts.
 pub const DEFAULT_MODES_FILE: &str = "/etc/default/portsentry";
@@ -94,6 +95,14 @@ struct Args {
     /// Protocol for --test-plugin (tcp or udp).
     #[arg(long, requires = "test_plugin", default_value = "tcp", value_parser = ["tcp", "udp"])]
     proto: String,
+    /// With --test-plugin: show every command the plugin runs (arguments shell-quoted) and
+    /// every line it appends to a file, without doing it; the plugin sees them succeed.
+    #[arg(long, requires = "test_plugin")]
+    dry_run: bool,
+    /// With --test-plugin: a plugin setting on top of the -c config, by its full name
+    /// (MAIL_TO=root) or the plugin's name for it (to=root). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "test_plugin")]
+    set: Vec<String>,
 }
 
 /// The command line as clap knows it: what `--help` prints, and the source of the man pages
@@ -388,14 +397,17 @@ fn check_config(path: &Path) -> i32 {
                 .chain(lua.undo_warnings(&generation.config).iter())
                 .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
             {
-                eprintln!("warning: {w}");
+                eprintln!(
+                    "warning: {}",
+                    crate::logging::escape_controls(&w.to_string())
+                );
             }
             println!("{}: configuration OK", path.display());
             0
         }
         Err(errors) => {
             for e in &errors.0 {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::logging::escape_controls(&e.to_string()));
             }
             eprintln!(
                 "{}: {} error(s), configuration refused",
@@ -408,7 +420,9 @@ fn check_config(path: &Path) -> i32 {
 }
 
 /// `--test-plugin`: the plugin runs with the settings of `-c` (or the defaults when that file
-/// does not exist, e.g. when trying a plugin from a checkout), and the report goes to stdout.
+/// does not exist, e.g. when trying a plugin from a checkout) and of `--set`, and the report
+/// goes to stdout. A watchdog ends the process with [`lua::EXIT_TIMED_OUT`] should the plugin
+/// run past every budget.
 fn test_plugin(plugin: &Path, args: &Args) -> i32 {
     let Some(target) = args.target else {
         eprintln!("portsentry: --test-plugin needs --target IP (e.g. --target 192.0.2.7)");
@@ -439,19 +453,38 @@ fn test_plugin(plugin: &Path, args: &Args) -> i32 {
         );
         config.lua_lib_dir = PathBuf::from("lua");
     }
+    if let Err(e) = lua::apply_settings(&mut config, plugin, &args.set) {
+        eprintln!("portsentry: {e}");
+        return EXIT_USAGE;
+    }
     let proto = if args.proto == "udp" {
         crate::event::Proto::Udp
     } else {
         crate::event::Proto::Tcp
     };
-    crate::respond::lua::test_plugin(
-        plugin,
+    let limit = lua::watchdog_limit(&config);
+    let watchdog = std::thread::Builder::new()
+        .name("test-plugin watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!(
+                "portsentry: --test-plugin: the plugin was still running after {} (past its \
+                 LUA_CALL_TIMEOUT budget); stopped",
+                humantime::format_duration(limit)
+            );
+            std::process::exit(lua::EXIT_TIMED_OUT);
+        });
+    if let Err(e) = watchdog {
+        eprintln!("portsentry: --test-plugin: cannot start the watchdog: {e}");
+        return EXIT_FAILURE;
+    }
+    let options = lua::TestOptions {
         target,
-        args.port,
+        port: args.port,
         proto,
-        &config,
-        &mut std::io::stdout().lock(),
-    )
+        dry_run: args.dry_run,
+    };
+    lua::test_plugin_with(plugin, &options, &config, &mut std::io::stdout().lock())
 }
 
 /// Entry point of the binary; returns the exit code.

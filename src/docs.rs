@@ -193,6 +193,16 @@ fn main_page(cmd: &clap::Command) -> String {
             .text([bold(code.to_string())])
             .text([roman(what)]);
     }
+    r.control("PP", []).text([roman(format!(
+        "With --test-plugin: {} when every handler succeeded (a veto counts as success), {} when \
+         a handler failed, {} when the plugin did not load, {} when the plugin was still running \
+         well past its LUA_CALL_TIMEOUT budget and the watchdog ended it. --dry-run shows the \
+         commands and file writes instead of doing them; --set KEY=VALUE adds a plugin setting.",
+        crate::respond::lua::EXIT_OK,
+        crate::respond::lua::EXIT_HANDLER_FAILED,
+        crate::respond::lua::EXIT_LOAD_FAILED,
+        crate::respond::lua::EXIT_TIMED_OUT,
+    ))]);
     text.push_str(&render_more(|w| r.to_writer(w)));
 
     let mut also: Vec<String> = vec!["portsentry.conf(5)".into()];

@@ -52,7 +52,7 @@ where
         "{} - {} Host: {}/{} Port: {} {} Blocked\n",
         time.timestamp(),
         time.format("%m/%d/%Y %H:%M:%S"),
-        resolved,
+        crate::logging::escape_controls(resolved),
         ip.to_canonical(),
         port,
         proto.upper()
@@ -214,6 +214,27 @@ mod tests {
         assert_eq!(
             line,
             "942286729 - 11/10/1999 20:18:49 Host: 192.168.2.12/192.168.2.12 Port: 111 TCP Blocked\n"
+        );
+    }
+
+    #[test]
+    fn history_line_stays_one_line_whatever_the_resolved_name() {
+        let t = cst().timestamp_opt(942_286_729, 0).unwrap();
+        let line = history_line_at(
+            &t,
+            "evil\n1 - Host: x/10.0.0.1 Port: 1 TCP Blocked",
+            ip("192.0.2.7"),
+            111,
+            Proto::Tcp,
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains("Host: evil\\n1 - Host: x/10.0.0.1 Port"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("/192.0.2.7 Port: 111 TCP Blocked\n"),
+            "{line}"
         );
     }
 

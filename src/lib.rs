@@ -15,6 +15,8 @@ pub mod docs;
 pub mod event;
 pub mod event_log;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod generation;
 pub mod heartbeat;
 pub mod history;

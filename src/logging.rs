@@ -3,7 +3,12 @@
 //! level notice for `log::info!`) as 1.2 sent them, and to stderr when running in the
 //! foreground (systemd's journal picks it up). Without a syslog socket (containers, CI) the
 //! stderr appender still comes up and the daemon carries on.
+//!
+//! Every message is one line: control characters in it (a plugin's multi-line result, a
+//! command's output, a reverse-DNS name, a file name) are escaped here, at the one place all
+//! lines pass, so no text from outside can start a forged `attackalert:` line of its own.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -53,6 +58,44 @@ pub fn flush() {
     log::logger().flush();
 }
 
+/// Escapes control characters so that `text` stays one line and shows no terminal escape:
+/// `\n`, `\r`, `\t` as such, other C0 characters, ESC and DEL as `\xNN`, C1 characters as
+/// `\u{NN}`. Everything else (and so every 1.2 log line made of ordinary text) is unchanged;
+/// a backslash is left as it is, so ordinary paths and messages stay byte-compatible.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The text of a record, as one line without control characters.
+fn message(record: &Record) -> String {
+    match record.args().as_str() {
+        Some(s) => escape_controls(s).into_owned(),
+        None => {
+            let text = record.args().to_string();
+            match escape_controls(&text) {
+                Cow::Borrowed(_) => text,
+                Cow::Owned(escaped) => escaped,
+            }
+        }
+    }
+}
+
 /// Writes each record to stderr as one line: at once, or at the end of a [`batched`] run.
 /// (log4rs's console appender writes message and newline separately and flushes each.)
 #[derive(Debug, Default)]
@@ -77,7 +120,7 @@ impl Append for StderrAppender {
         use std::fmt::Write;
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut line = String::new();
-        let _ = writeln!(line, "{}", record.args());
+        let _ = writeln!(line, "{}", message(record));
         // Lines of other threads go after what is pending, so the order is kept.
         pending.extend_from_slice(line.as_bytes());
         if !BATCHING.get() || pending.len() >= STDERR_BATCH {
@@ -148,7 +191,7 @@ impl Append for SyslogAppender {
             priority(record.level()),
             state.stamp,
             self.pid,
-            record.args()
+            message(record)
         );
         // syslogd may have restarted since the last line: reconnect once and retry.
         if let Some(socket) = &state.socket
@@ -249,5 +292,48 @@ mod tests {
         assert_eq!(&got[4 + 3..4 + 4], " ");
         assert_eq!(&got[4 + 9..4 + 10], ":");
         assert_eq!(priority(Level::Error), 27);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_ordinary_text_is_untouched() {
+        let plain = "attackalert: Host 192.0.2.7 has been blocked via dropped route using command: \"/sbin/ip route add unreachable 192.0.2.7\" (C:\\x)";
+        assert!(matches!(escape_controls(plain), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("a\nb\rc\td\u{1b}[31me\u{7f}f\u{0}g\u{85}h é"),
+            "a\\nb\\rc\\td\\x1b[31me\\x7ff\\x00g\\u{85}h é"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_plugin_message_stays_one_syslog_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let appender = SyslogAppender {
+            path: path.clone(),
+            pid: 1,
+            state: Mutex::new(SyslogState {
+                socket: Some(SyslogAppender::connect(&path).unwrap()),
+                stamp_second: i64::MIN,
+                stamp: String::new(),
+            }),
+        };
+        let result = "ok\nattackalert: Host 1.2.3.4 is blocked";
+        appender
+            .append(
+                &Record::builder()
+                    .level(Level::Info)
+                    .args(format_args!("lua:inject: {result}"))
+                    .build(),
+            )
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert_eq!(got.lines().count(), 1, "{got}");
+        assert!(
+            got.ends_with(": lua:inject: ok\\nattackalert: Host 1.2.3.4 is blocked"),
+            "{got}"
+        );
     }
 }

@@ -632,6 +632,9 @@ mod tests {
         std::fs::write(f.path("portsentry.conf~"), "x\n").unwrap();
         std::fs::write(f.path("plugins/README"), "x\n").unwrap();
         f.expect_quiet(400, "reads and unrelated writes");
+        // Control, same watcher: a real edit beside them is seen (a deaf watcher fails here).
+        std::fs::write(f.path("portsentry.ignore"), "10.0.0.2\n").unwrap();
+        f.expect_request("an edit of the ignore file");
     }
 
     #[test]

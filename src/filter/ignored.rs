@@ -110,15 +110,25 @@ mod tests {
 
     #[test]
     fn filter_never_passes_a_real_local_address() {
-        let mut f = IgnoreFilter::new(&Arc::new(IgnoreList::default()));
-        for a in LocalAddrs::new().iter() {
-            let mut al = alert(&a.to_string());
-            assert_eq!(
-                f.inspect(&mut al),
-                Verdict::Drop(DropReason::Ignored),
-                "{a}"
-            );
-        }
+        // A namespace of its own with a known, non-loopback address, so that the set read
+        // from the kernel cannot be empty and the test cannot pass vacuously.
+        crate::sensor::listeners::tests::in_fresh_netns(|| {
+            use crate::sensor::listeners::tests::ns_sh;
+            ns_sh(&["ip", "addr", "add", "10.77.9.1/32", "dev", "lo"]);
+            let local = LocalAddrs::new();
+            assert!(local.contains(ip("10.77.9.1")), "{local:?}");
+            let mut f = IgnoreFilter::new(&Arc::new(IgnoreList::default()));
+            for a in local.iter() {
+                let mut al = alert(&a.to_string());
+                assert_eq!(
+                    f.inspect(&mut al),
+                    Verdict::Drop(DropReason::Ignored),
+                    "{a}"
+                );
+            }
+            // Control: a neighbour on the same subnet is not ours and passes.
+            assert_eq!(f.inspect(&mut alert("10.77.9.2")), Verdict::Pass);
+        });
     }
 
     #[test]

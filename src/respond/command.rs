@@ -1,24 +1,17 @@
-//! Running responder commands: macro substitution and a child process with a hard timeout.
+//! Running responder commands: macro substitution, and a shell command line run through the
+//! one process runner ([`super::process`]).
 //!
 //! 1.2 ran `KILL_*` through `system()` inside the packet loop and read the status wrongly, so a
-//! failed block was logged as a success. Here a command runs on the response thread, in its own
-//! process group (a timeout kills the whole group, `&&` chains included), with a clean
-//! environment, and its real exit status decides the outcome.
+//! failed block was logged as a success. Here a command runs in its own process group (a
+//! timeout kills the whole group, `&&` chains included), with a clean environment, and its
+//! real exit status decides the outcome.
 
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wait_timeout::ChildExt;
-
+use super::process::{self, Ending, Job};
 use crate::respond::ResponseContext;
 
-/// PATH given to responder commands: the environment is cleared so that nothing from the
-/// daemon's start-up shell leaks into firewall commands.
-pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Most output kept from a command, for error messages.
+/// Most output kept from a command per stream, for error messages.
 const OUTPUT_LIMIT: usize = 4096;
 
 /// Replaces `$TARGET$`, `$PORT$`, `$MODE$` (1.2 meanings) and `$PROTO$` (ours). The target is
@@ -82,87 +75,28 @@ impl CommandReport {
 }
 
 /// Runs a shell command line (`/bin/sh -c`, as 1.2's `system()` did, so `&&` chains in
-/// existing configs keep working).
+/// existing configs keep working). The output is standard error then standard output, so a
+/// failure's first line is its error message.
 pub fn run_shell(command_line: &str, timeout: Duration) -> CommandReport {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command_line);
-    run(cmd, timeout)
-}
-
-/// Runs a prepared command: no stdin, cleared environment, own process group, output
-/// captured, killed with its whole group when the timeout expires.
-pub fn run(mut cmd: Command, timeout: Duration) -> CommandReport {
-    cmd.env_clear()
-        .env("PATH", COMMAND_PATH)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return CommandReport {
-                status: CommandStatus::SpawnFailed(e.to_string()),
-                output: String::new(),
-            };
-        }
+    let argv = [
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        command_line.to_string(),
+    ];
+    let finished = process::run(&Job {
+        argv: &argv,
+        stdin: None,
+        timeout,
+        output_cap: OUTPUT_LIMIT,
+    });
+    let status = match finished.ending {
+        Ending::Exited(code) => CommandStatus::Exited(code),
+        Ending::Signaled(sig) => CommandStatus::Signaled(sig),
+        Ending::TimedOut => CommandStatus::TimedOut(timeout),
+        Ending::Failed(why) => CommandStatus::SpawnFailed(why),
     };
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 1024];
-            let mut pipe = pipe;
-            // Read to the end so the child never blocks on a full pipe; keep only the start.
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            let _ = tx.send(kept);
-        });
-    }
-    drop(tx);
-    let pid = child.id() as libc::pid_t;
-    let status = match child.wait_timeout(timeout) {
-        Ok(Some(st)) => match (st.code(), st.signal()) {
-            (Some(code), _) => CommandStatus::Exited(code),
-            (None, Some(sig)) => CommandStatus::Signaled(sig),
-            (None, None) => CommandStatus::Exited(-1),
-        },
-        Ok(None) => {
-            // SAFETY: kill(2) on our own child's process group; no memory is involved.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = child.wait();
-            CommandStatus::TimedOut(timeout)
-        }
-        Err(e) => CommandStatus::SpawnFailed(format!("wait failed: {e}")),
-    };
-    // A grandchild that kept a pipe open must not hold the response thread: give the readers
-    // a moment, then go on with what they have.
-    let mut output = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_millis(200);
-    for _ in 0..2 {
-        match rx.recv_deadline(deadline) {
-            Ok(part) => output.extend(part),
-            Err(_) => break,
-        }
-    }
+    let mut output = finished.stderr;
+    output.extend_from_slice(&finished.stdout);
     CommandReport {
         status,
         output: String::from_utf8_lossy(&output).into_owned(),
@@ -239,5 +173,17 @@ mod tests {
         unsafe { std::env::set_var("PORTSENTRY_SECRET_TEST", "leak") };
         let r = run_shell("echo \"[$PORTSENTRY_SECRET_TEST]\"", Duration::from_secs(5));
         assert_eq!(r.output.trim(), "[]");
+    }
+
+    #[test]
+    fn a_background_child_holding_the_output_does_not_hold_the_command() {
+        let start = std::time::Instant::now();
+        let r = run_shell(
+            "echo before; sleep 300 & echo after; echo warn >&2",
+            Duration::from_secs(10),
+        );
+        assert!(r.success(), "{r:?}");
+        assert_eq!(r.output, "warn\nbefore\nafter\n");
+        assert!(start.elapsed() < Duration::from_secs(3), "{r:?}");
     }
 }

@@ -11,6 +11,7 @@ pub mod hosts_deny;
 pub mod lua;
 pub mod nftables;
 pub mod pool;
+pub mod process;
 pub mod resolve;
 pub mod shell;
 pub mod undo;

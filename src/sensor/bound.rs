@@ -382,17 +382,48 @@ mod tests {
         drop(taken);
     }
 
+    /// Holds `port` on both families in the calling thread's namespace, the IPv6 socket
+    /// IPv6-only so that the two never collide whatever `bindv6only` says.
+    fn hold_both_families(port: u16) -> (Socket, Socket) {
+        let hold = |ip: IpAddr| {
+            let domain = if ip.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            if ip.is_ipv6() {
+                s.set_only_v6(true).unwrap();
+            }
+            s.bind(&SocketAddr::new(ip, port).into()).unwrap();
+            s.listen(8).unwrap();
+            s
+        };
+        (
+            hold(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            hold(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        )
+    }
+
     #[test]
     fn nothing_bound_is_fatal() {
-        let taken4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-        let port = taken4.local_addr().unwrap().port();
-        let _taken6 = std::net::TcpListener::bind(("::", port));
-        let mut config = defaults(std::path::Path::new("p.conf"));
-        config.tcp_ports = vec![port];
-        let r = BoundSensor::open(&[Mode::Tcp], &config);
-        if _taken6.is_ok() {
-            assert!(matches!(r, Err(BoundSensorError::NothingBound("TCP"))));
-        }
+        // In a namespace of its own nothing else can take or free the port meanwhile.
+        crate::sensor::listeners::tests::in_fresh_netns(|| {
+            let port = 4444;
+            let mut config = defaults(std::path::Path::new("p.conf"));
+            config.tcp_ports = vec![port];
+            let held = hold_both_families(port);
+            let r = BoundSensor::open(&[Mode::Tcp], &config);
+            assert!(
+                matches!(r, Err(BoundSensorError::NothingBound("TCP"))),
+                "both families of the only port are taken: {:?}",
+                r.map(|s| s.bound_ports(Mode::Tcp))
+            );
+            // Control, same set-up: once the port is free the same config opens.
+            drop(held);
+            let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+            assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([port]));
+        });
     }
 
     #[test]

@@ -197,6 +197,20 @@ fn ignore_listed_scanner_is_never_blocked() {
     assert_eq!(d.count("attackalert:"), 0, "{:?}", d.lines());
     assert_eq!(lab.read("portsentry.history"), "");
     assert_eq!(lab.read("hosts.deny"), "");
+    // Control, same daemon and lists: an address listed nowhere is detected and blocked.
+    let (_, other6) = lab.add_attacker_addrs(3);
+    lab.connect_from(&other6, 79);
+    d.expect_line(
+        &format!("attackalert: Connect from host: {other6}/{other6} to TCP port: 79"),
+        10,
+    );
+    d.expect_line(&format!("Host {other6} has been blocked"), 10);
+    assert_eq!(
+        d.count("attackalert: Connect from host:"),
+        1,
+        "{:?}",
+        d.lines()
+    );
 }
 
 #[test]
@@ -286,14 +300,30 @@ fn failing_kill_route_is_logged_as_a_failure_not_a_success() {
 #[test]
 fn legitimate_connection_to_a_real_service_is_not_reported() {
     let lab = Lab::new();
+    // A real service on 111, one of the trap ports, up before the daemon (dual-stack: it
+    // holds both families): the daemon must leave the port to it and go on with the rest.
+    let _service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "111"]);
+    lab.wait_tcp_listener(111);
     let conf = blocking_config(&lab, "");
     let d = Daemon::start(&lab, &["-c", &conf_arg(&conf), "-tcp", "-udp"]);
-    let _service = lab.spawn_in_def(&["python3", "-m", "http.server", "--bind", "::", "8080"]);
-    let url = format!("http://{}:8080/", lab.def4);
-    lab.wait_tcp_listener(8080);
-    assert!(lab.fetch(&url), "the real service answered");
+    for url in [
+        format!("http://{}:111/", lab.def4),
+        format!("http://[{}]:111/", lab.def6),
+    ] {
+        assert!(lab.fetch(&url), "the real service answered {url}");
+    }
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(d.count("attackalert:"), 0, "{:?}", d.lines());
+    // Control, same daemon: a trap port next to it is watched and reported.
+    assert!(lab.connect_from(&lab.att4, 79));
+    d.expect_line(
+        &format!(
+            "attackalert: Connect from host: {a}/{a} to TCP port: 79",
+            a = lab.att4
+        ),
+        10,
+    );
+    assert_eq!(d.count("to TCP port: 111"), 0, "{:?}", d.lines());
 }
 
 #[test]

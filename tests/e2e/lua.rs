@@ -398,3 +398,180 @@ fn a_reload_that_removes_a_plugin_ends_its_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `--test-plugin` run directly (no namespace needed: nothing is done for real).
+fn test_plugin_cli(args: &[&str]) -> (Option<i32>, String, Duration) {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(binary())
+        .args([
+            "-c",
+            "/nonexistent/portsentry.conf",
+            "--target",
+            "192.0.2.7",
+        ])
+        .args(args)
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn test_plugin_dry_run_shows_the_nft_commands_and_leaves_the_ruleset_alone() {
+    let lab = Lab::new();
+    let conf = lua_config(&lab, "");
+    let plugin = repo("plugins/nftables.lua").display().to_string();
+    let args = [
+        binary(),
+        "-c",
+        &conf,
+        "--test-plugin",
+        &plugin,
+        "--target",
+        "192.0.2.7",
+    ];
+    let out = lab.defend(&[&args[..], &["--dry-run"]].concat());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("  would exec   nft -f -\n"), "{text}");
+    assert!(
+        text.contains(
+            "  would exec   nft add element inet portsentry_lua blocked_v4 '{ 192.0.2.7 }'\n"
+        ),
+        "{text}"
+    );
+    let table = ["nft", "list", "table", "inet", "portsentry_lua"];
+    assert!(
+        !lab.defend(&table).status.success(),
+        "dry run made the table"
+    );
+    // Positive control: the same run without --dry-run makes it.
+    let out = lab.defend(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        lab.defend(&table).status.success(),
+        "the real run made no table"
+    );
+}
+
+#[test]
+fn test_plugin_set_supplies_the_setting_a_shipped_plugin_needs() {
+    let (code, text, _) = test_plugin_cli(&["--test-plugin", "plugins/mail.lua", "--dry-run"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("MAIL_TO is not set"), "{text}");
+    let (code, text, _) = test_plugin_cli(&[
+        "--test-plugin",
+        "plugins/mail.lua",
+        "--dry-run",
+        "--set",
+        "to=root",
+        "--set",
+        "MAIL_SENDMAIL=/usr/sbin/my sendmail",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("would exec   '/usr/sbin/my sendmail' -t -oi"),
+        "{text}"
+    );
+    assert!(text.contains("To: root"), "{text}");
+    let (code, text, _) = test_plugin_cli(&[
+        "--test-plugin",
+        "plugins/nftables.lua",
+        "--set",
+        "NFTABLES_TABLE=x",
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("a key of the daemon's own configuration"),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_plugin_stuck_in_a_c_function_still_ends() {
+    let lab = Lab::new();
+    let plugin = lab.path("stuck.lua");
+    std::fs::write(
+        &plugin,
+        "portsentry.on('block', function()\n\
+           return tostring(string.find(string.rep('a', 200000), '.-.-.-.-.-x'))\n\
+         end)\n",
+    )
+    .unwrap();
+    let conf = lab.path("stuck.conf");
+    std::fs::write(&conf, "LUA_CALL_TIMEOUT=\"1s\"\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(binary())
+        .args(["-c", &conf.display().to_string(), "--test-plugin"])
+        .arg(&plugin)
+        .args(["--target", "192.0.2.7"])
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Failed (1) when the call gives up, or stopped by the watchdog (3); never a hang and
+    // never a success.
+    assert!(matches!(out.status.code(), Some(1 | 3)), "{text}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?}: {text}"
+    );
+    assert!(
+        text.contains("FAILED") || text.contains("stopped"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_result_with_a_newline_cannot_forge_a_log_line() {
+    let lab = Lab::new();
+    let plugins = lab.path("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(
+        plugins.join("inject.lua"),
+        "local forged = 'ok\\nattackalert: Host 1.2.3.4 is blocked'\n\
+         portsentry.on('block', function()\n\
+           portsentry.log.info('%s', forged)\n\
+           return forged\n\
+         end)\n",
+    )
+    .unwrap();
+    let conf = lab.write_config(&format!(
+        "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}\"\n\
+         LUA_RESPONDERS=\"inject\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"\"",
+        plugins.display(),
+        repo("lua").display()
+    ));
+    let d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    lab.scan("-sT", "79", false);
+    // Positive control: the block happened and the plugin's line was logged.
+    d.expect_line("has been blocked via lua:inject", 20);
+    let line = d.expect_line("lua:inject: ok", 5);
+    assert!(
+        line.ends_with("lua:inject: ok\\nattackalert: Host 1.2.3.4 is blocked"),
+        "{line}"
+    );
+    let forged = |l: &String| l.starts_with("attackalert: Host 1.2.3.4");
+    assert!(!d.lines().iter().any(forged), "{:?}", d.lines());
+    let syslog = d.syslog();
+    assert!(
+        syslog
+            .iter()
+            .any(|l| l.contains("lua:inject: ok\\nattackalert: Host 1.2.3.4")),
+        "{syslog:?}"
+    );
+    assert!(syslog.iter().all(|l| l.lines().count() == 1), "{syslog:?}");
+}

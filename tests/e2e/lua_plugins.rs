@@ -531,9 +531,11 @@ fn jsonlog_plugin_writes_one_json_line_per_alert() {
 }
 
 #[test]
-fn jsonlog_requires_its_file_setting() {
-    let err = load_error(&["jsonlog"], &[]);
-    assert!(err.to_string().contains("JSONLOG_FILE"), "{err}");
+fn jsonlog_refuses_an_empty_file_setting() {
+    // No JSONLOG_FILE at all means the default file (see plugin_test's tests); an empty
+    // one is a mistake.
+    let err = load_error(&["jsonlog"], &[("JSONLOG_FILE", "")]);
+    assert!(err.to_string().contains("JSONLOG_FILE is empty"), "{err}");
 }
 
 // ------------------------------------------------------------------ allowlist (veto)

@@ -170,8 +170,11 @@ fn bad_checksums_and_fragments_are_not_counted() {
     lab.nmap(&["-6", "-sS", "--badsum", "-p", "23", &lab.def6]);
     // 8-byte fragments: the first one does not even hold the TCP flags (documented gap).
     lab.nmap(&["-sS", "-f", "-p", "24", &lab.def4]);
+    // Control, same sensor: a SYN with a good checksum and no fragmentation is seen.
+    lab.nmap(&["-sS", "-p", "25", &lab.def4]);
     let hits = s.stop();
-    assert!(hits.is_empty(), "{hits:#?}");
+    assert_eq!(kinds_on(&hits, lab.addr(&lab.att4), 25), [ProbeKind::Syn]);
+    assert_eq!(hits.len(), 1, "{hits:#?}");
 }
 
 #[test]
@@ -194,8 +197,11 @@ fn clients_of_a_real_service_and_established_traffic_are_not_flagged() {
         }
     });
     client.join().unwrap();
+    // Control, same sensor: a SYN to the closed port next to the service is a probe.
+    lab.nmap(&["-sS", "-p", "81", &lab.def4]);
     let hits = s.stop();
-    assert!(hits.is_empty(), "{hits:#?}");
+    assert_eq!(kinds_on(&hits, lab.addr(&lab.att4), 81), [ProbeKind::Syn]);
+    assert_eq!(hits.len(), 1, "{hits:#?}");
 }
 
 #[test]
@@ -207,8 +213,11 @@ fn the_hosts_own_connections_and_their_replies_are_not_flagged() {
     let s = Running::start(&lab, &[Mode::Atcp, Mode::Audp], config(), 4096);
     lab.defender_connects_out(700, 600, 601);
     peer.join().unwrap();
+    // Control, same sensor: a SYN from the attacker to the watched port 700 is a probe.
+    lab.nmap(&["-sS", "-p", "700", &lab.def4]);
     let hits = s.stop();
-    assert!(hits.is_empty(), "{hits:#?}");
+    assert_eq!(kinds_on(&hits, lab.addr(&lab.att4), 700), [ProbeKind::Syn]);
+    assert_eq!(hits.len(), 1, "{hits:#?}");
 }
 
 #[test]
@@ -301,8 +310,14 @@ fn packets_for_other_hosts_are_not_flagged() {
     let s = Running::start(&lab, &[Mode::Atcp, Mode::Audp], config(), 4096);
     lab.nmap(&["-sS", "-p", "1,7", "10.77.251.5"]);
     lab.nmap(&["-sU", "-p", "7", "10.77.251.5"]);
+    // Control, same sensor and ports: the same probes to the defender's own address count.
+    lab.nmap(&["-sS", "-p", "1", &lab.def4]);
+    lab.nmap(&["-sU", "-p", "7", &lab.def4]);
     let hits = s.stop();
-    assert!(hits.is_empty(), "{hits:#?}");
+    let a = lab.addr(&lab.att4);
+    assert_eq!(kinds_on(&hits, a, 1), [ProbeKind::Syn]);
+    assert_eq!(kinds_on(&hits, a, 7), [ProbeKind::Udp]);
+    assert_eq!(hits.len(), 2, "{hits:#?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::chunk::ChunkMode;
@@ -15,7 +15,8 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value};
 use super::event::EventName;
 use super::exec::{self, ExecRequest};
 use super::sandbox::{
-    CONFIG_KEY, MAX_APPEND_BYTES, MAX_LOG_LINES, Shared, TraceEntry, clip, new_env, read_source,
+    CONFIG_KEY, MAX_APPEND_BYTES, MAX_LOG_LINES, Shared, TraceEntry, clip, lock, new_env,
+    read_source,
 };
 
 /// Registry slot of `require`'s cache.
@@ -71,10 +72,19 @@ pub(crate) fn register(
     ps.raw_set("config", config)?;
     lua.set_named_registry_value(LOADED_KEY, lua.create_table()?)?;
 
+    // Files `append_line` may write beyond the configured ones: the defaults the plugin
+    // gave `portsentry.setting` for its `*file` settings the admin left unset.
+    let default_files: Arc<Mutex<Vec<String>>> = Arc::default();
     ps.raw_set("on", on_function(lua, shared)?)?;
     ps.raw_set("exec", exec_function(lua, shared)?)?;
-    ps.raw_set("setting", setting_function(lua, shared, name)?)?;
-    ps.raw_set("append_line", append_function(lua, shared, name)?)?;
+    ps.raw_set(
+        "setting",
+        setting_function(lua, shared, name, &default_files)?,
+    )?;
+    ps.raw_set(
+        "append_line",
+        append_function(lua, shared, name, &default_files)?,
+    )?;
     ps.raw_set(
         "duration",
         lua.create_function(|lua, v: Value| {
@@ -92,16 +102,9 @@ pub(crate) fn register(
                 .unwrap_or(0.0))
         })?,
     )?;
-    ps.raw_set(
-        "json",
-        lua.create_function(|lua, v: Value| {
-            let json: serde_json::Value = lua
-                .from_value(v)
-                .map_err(|e| raise(lua, format!("portsentry.json: {e}")))?;
-            Ok(json.to_string())
-        })?,
-    )?;
+    ps.raw_set("json", json_function(lua)?)?;
     lua.globals().raw_set("portsentry", ps)?;
+    install_hints(lua)?;
     lua.globals()
         .raw_set("require", require_function(lua, shared)?)?;
     Ok(())
@@ -254,7 +257,11 @@ fn exec_function(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<Function> {
             return Err(shared.budget_error(&caller(lua)));
         }
         req.timeout = req.timeout.min(remaining);
-        let result = exec::run(&req);
+        let result = if shared.dry_run {
+            exec::dry_run(&req)
+        } else {
+            exec::run(&req)
+        };
         log::debug!(
             target: "portsentry::lua",
             "lua:{}: exec {} -> {}",
@@ -396,8 +403,14 @@ fn exec_request(spec: &Table, options: Option<&Table>) -> Result<(ExecRequest, b
     Ok((req, check))
 }
 
-fn setting_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<Function> {
+fn setting_function(
+    lua: &Lua,
+    shared: &Arc<Shared>,
+    name: &str,
+    default_files: &Arc<Mutex<Vec<String>>>,
+) -> mlua::Result<Function> {
     let shared = Arc::clone(shared);
+    let default_files = Arc::clone(default_files);
     let prefix = format!("{}_", super::setting_prefix(name).to_ascii_lowercase());
     lua.create_function(move |lua, (key, default): (Value, Value)| {
         let Value::String(key) = &key else {
@@ -413,13 +426,31 @@ fn setting_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result
         let short = key.strip_prefix(&prefix).unwrap_or(&key);
         match shared.settings.get(short) {
             Some(v) => Ok(Value::String(lua.create_string(v)?)),
-            None => Ok(default),
+            None => {
+                // The plugin's own default for a file it writes is as good as a configured one.
+                if let Value::String(path) = &default
+                    && short.ends_with("file")
+                {
+                    let path = path.to_string_lossy();
+                    let mut files = lock(&default_files);
+                    if !path.is_empty() && !files.contains(&path) {
+                        files.push(path);
+                    }
+                }
+                Ok(default)
+            }
         }
     })
 }
 
-fn append_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<Function> {
+fn append_function(
+    lua: &Lua,
+    shared: &Arc<Shared>,
+    name: &str,
+    default_files: &Arc<Mutex<Vec<String>>>,
+) -> mlua::Result<Function> {
     let shared = Arc::clone(shared);
+    let default_files = Arc::clone(default_files);
     let prefix = super::setting_prefix(name);
     lua.create_function(move |lua, (path, text): (Value, Value)| {
         let (Value::String(path), Value::String(text)) = (&path, &text) else {
@@ -436,13 +467,15 @@ fn append_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<
         let allowed = shared
             .settings
             .iter()
-            .any(|(k, v)| k.ends_with("file") && !v.is_empty() && *v == path);
+            .any(|(k, v)| k.ends_with("file") && !v.is_empty() && *v == path)
+            || lock(&default_files).contains(&path);
         if !allowed {
             return Err(raise(
                 lua,
                 format!(
                     "portsentry.append_line: '{path}' is not a file configured for this plugin \
-                     (only values of {prefix}_*FILE settings may be written)"
+                     (only values of {prefix}_*FILE settings, or the plugin's defaults for \
+                     them, may be written)"
                 ),
             ));
         }
@@ -472,6 +505,13 @@ fn append_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<
                 ),
             ));
         }
+        if shared.dry_run {
+            shared.record(TraceEntry::WouldAppend {
+                path: PathBuf::from(&*path),
+                line: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+            return Ok(true);
+        }
         let written = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -487,6 +527,108 @@ fn append_function(lua: &Lua, shared: &Arc<Shared>, name: &str) -> mlua::Result<
         });
         Ok(true)
     })
+}
+
+/// `portsentry.json(value)`: the value as one line of JSON. The plugin's settings table
+/// (`portsentry.config`, also every event's `config` field) is left out wherever it appears,
+/// so `portsentry.json(ev)` cannot leak a token into a payload.
+fn json_function(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, v: Value| {
+        let config: Table = lua.named_registry_value(CONFIG_KEY)?;
+        let v = without_table(lua, v, &config, 0)?;
+        if v.is_nil() {
+            return Err(raise(
+                lua,
+                "portsentry.json: the plugin's settings are never written out (they may hold \
+                 secrets); pick the fields you need",
+            ));
+        }
+        let json: serde_json::Value = lua
+            .from_value(v)
+            .map_err(|e| raise(lua, format!("portsentry.json: {e}")))?;
+        Ok(json.to_string())
+    })
+}
+
+/// Tables nested deeper than this are passed on as they are (the JSON encoder refuses them
+/// anyway).
+const MAX_JSON_DEPTH: usize = 64;
+
+/// `v` with every occurrence of `hidden` dropped: a copy of each table on the way (nil when
+/// `v` is `hidden` itself). Keys keep their order-independent meaning, so arrays stay arrays.
+fn without_table(lua: &Lua, v: Value, hidden: &Table, depth: usize) -> mlua::Result<Value> {
+    let Value::Table(t) = v else {
+        return Ok(v);
+    };
+    if t == *hidden {
+        return Ok(Value::Nil);
+    }
+    if depth >= MAX_JSON_DEPTH {
+        return Ok(Value::Table(t));
+    }
+    let copy = lua.create_table()?;
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let v = without_table(lua, v, hidden, depth + 1)?;
+        if !v.is_nil() {
+            copy.raw_set(k, v)?;
+        }
+    }
+    if let Some(mt) = t.metatable() {
+        copy.set_metatable(Some(mt))?;
+    }
+    Ok(Value::Table(copy))
+}
+
+/// Replaces what the sandbox removed with tables that say what to use instead: `io.open`
+/// raises "use portsentry.append_line" rather than "attempt to index a nil value", and
+/// `os.execute` points at `portsentry.exec`.
+fn install_hints(lua: &Lua) -> mlua::Result<()> {
+    let io = lua.create_table()?;
+    let io_meta = lua.create_table()?;
+    io_meta.raw_set(
+        "__index",
+        lua.create_function(|lua, (_, key): (Value, Value)| -> mlua::Result<Value> {
+            let key = key.to_string().unwrap_or_default();
+            let instead = match key.as_str() {
+                "write" | "stdout" | "stderr" => "portsentry.log.info",
+                "read" | "lines" | "stdin" => "portsentry.config for settings",
+                "popen" => "portsentry.exec",
+                _ => "portsentry.append_line (files named by a *_FILE setting)",
+            };
+            Err(raise(
+                lua,
+                format!("io.{key} is not available in plugins; use {instead}"),
+            ))
+        })?,
+    )?;
+    io.set_metatable(Some(io_meta))?;
+    lua.globals().raw_set("io", io)?;
+
+    if let Ok(Value::Table(os)) = lua.globals().raw_get::<Value>("os") {
+        let os_meta = lua.create_table()?;
+        os_meta.raw_set(
+            "__index",
+            lua.create_function(|lua, (_, key): (Value, Value)| -> mlua::Result<Value> {
+                let key = key.to_string().unwrap_or_default();
+                let instead = match key.as_str() {
+                    "execute" => "portsentry.exec",
+                    "getenv" => "portsentry.config (settings come from portsentry.conf)",
+                    "remove" | "rename" | "tmpname" => {
+                        "portsentry.append_line (plugins only append to their files)"
+                    }
+                    "exit" => "error() to fail the event",
+                    _ => return Ok(Value::Nil),
+                };
+                Err(raise(
+                    lua,
+                    format!("os.{key} is not available in plugins; use {instead}"),
+                ))
+            })?,
+        )?;
+        os.set_metatable(Some(os_meta))?;
+    }
+    Ok(())
 }
 
 /// Checks a module name: dotted identifiers only, so it cannot climb out of the search dirs.

@@ -1,18 +1,11 @@
 //! `portsentry.exec`: run a program without a shell, with a hard timeout, a clean
 //! environment and bounded output, so a plugin can call `nft` or `sendmail` without being able
-//! to hang its owner thread or fill its memory.
+//! to hang its owner thread or fill its memory. The running is [`crate::respond::process`]'s;
+//! this module turns the Lua request into a job and the result into what Lua sees.
 
-use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use wait_timeout::ChildExt;
-
-/// Directories searched for a program named without a slash. Fixed, so a plugin behaves the
-/// same whatever environment the daemon was started from.
-pub const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::respond::process::{self, Ending, Job};
 
 /// Output kept per stream; the rest is read and thrown away so the child never blocks on a
 /// full pipe.
@@ -36,6 +29,8 @@ pub struct ExecRequest {
 pub struct ExecResult {
     /// The command as run, for logs and block records (argv joined with spaces).
     pub command: String,
+    /// The arguments as run (with the `ip netns exec` prefix when there is one).
+    pub argv: Vec<String>,
     /// Exit code when the program exited.
     pub status: Option<i32>,
     /// Signal number when it was killed by a signal.
@@ -44,6 +39,10 @@ pub struct ExecResult {
     pub timed_out: bool,
     /// It could not be started (program not found, not executable, …).
     pub spawn_error: Option<String>,
+    /// Not run at all: `--test-plugin --dry-run` only showed it.
+    pub dry_run: bool,
+    /// Under `--dry-run`, the standard input it would have been given (lossily decoded).
+    pub stdin: Option<String>,
     /// Standard output, at most [`OUTPUT_CAP`] bytes, lossily decoded.
     pub stdout: String,
     /// Standard error, at most [`OUTPUT_CAP`] bytes, lossily decoded.
@@ -58,8 +57,17 @@ impl ExecResult {
         self.status == Some(0)
     }
 
+    /// The command as a shell would need it typed: each argument quoted when it has to be,
+    /// so what `--test-plugin --dry-run` shows can be pasted into a shell.
+    pub fn quoted(&self) -> String {
+        shell_words::join(&self.argv)
+    }
+
     /// Short human description: `exit 0`, `exit 1`, `killed by signal 9`, `timed out after 5s`.
     pub fn describe(&self) -> String {
+        if self.dry_run {
+            return "not run (dry run)".to_string();
+        }
         if let Some(e) = &self.spawn_error {
             return format!("not started: {e}");
         }
@@ -94,154 +102,74 @@ pub fn valid_netns(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Resolves a program name against [`SEARCH_PATH`] (names with a slash are used as given).
-fn resolve_program(name: &str) -> Result<String, String> {
-    if name.is_empty() {
-        return Err("empty program name".to_string());
-    }
-    if name.contains('/') {
-        return Ok(name.to_string());
-    }
-    for dir in SEARCH_PATH.split(':') {
-        let candidate = std::path::Path::new(dir).join(name);
-        if candidate.is_file() {
-            return Ok(candidate.to_string_lossy().into_owned());
-        }
-    }
-    Err(format!("{name}: not found in {SEARCH_PATH}"))
-}
-
-/// Reads a stream to its end, keeping at most `cap` bytes.
-fn drain(mut r: impl Read, cap: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    kept
-}
-
-/// Runs the request to completion or timeout. Never panics and never waits longer than the
-/// timeout plus a short grace for the output pipes.
-pub fn run(req: &ExecRequest) -> ExecResult {
+/// The full argument list a request runs: `ip netns exec NAME` first when a namespace is
+/// given.
+fn full_argv(req: &ExecRequest) -> Vec<String> {
     let mut argv = Vec::with_capacity(req.argv.len() + 4);
     if let Some(ns) = &req.netns {
         argv.extend(["ip", "netns", "exec", ns.as_str()].map(String::from));
     }
     argv.extend(req.argv.iter().cloned());
-    let command = argv.join(" ");
-    let started = Instant::now();
-    let failed = |e: String| ExecResult {
-        command: command.clone(),
-        status: None,
-        signal: None,
-        timed_out: false,
-        spawn_error: Some(e),
-        stdout: String::new(),
-        stderr: String::new(),
-        elapsed: started.elapsed(),
-    };
-    let Some(first) = argv.first() else {
-        return failed("empty argument list".to_string());
-    };
-    let program = match resolve_program(first) {
-        Ok(p) => p,
-        Err(e) => return failed(e),
-    };
-    let mut cmd = Command::new(&program);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env("PATH", SEARCH_PATH)
-        .env("LC_ALL", "C")
-        .stdin(if req.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return failed(format!("{program}: {e}")),
-    };
-    let pid = child.id();
+    argv
+}
 
-    let writer = match (child.stdin.take(), req.stdin.clone()) {
-        (Some(mut pipe), Some(bytes)) => Some(thread::spawn(move || {
-            // A child that exits without reading gives EPIPE: not our failure to report.
-            let _ = pipe.write_all(&bytes);
-        })),
-        _ => None,
+/// Runs the request to completion or timeout. Never panics and never waits longer than the
+/// timeout plus a few milliseconds, whatever the program leaves behind.
+pub fn run(req: &ExecRequest) -> ExecResult {
+    let argv = full_argv(req);
+    let finished = process::run(&Job {
+        argv: &argv,
+        stdin: req.stdin.as_deref(),
+        timeout: req.timeout,
+        output_cap: OUTPUT_CAP,
+    });
+    let (status, signal, timed_out, spawn_error) = match finished.ending {
+        Ending::Exited(code) => (Some(code), None, false, None),
+        Ending::Signaled(sig) => (None, Some(sig), false, None),
+        Ending::TimedOut => (None, Some(9), true, None),
+        Ending::Failed(why) => (None, None, false, Some(why)),
     };
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let (err_tx, err_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    if let Some(out) = child.stdout.take() {
-        thread::spawn(move || {
-            let _ = out_tx.send(drain(out, OUTPUT_CAP));
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        thread::spawn(move || {
-            let _ = err_tx.send(drain(err, OUTPUT_CAP));
-        });
-    }
-
-    let (status, timed_out) = match child.wait_timeout(req.timeout) {
-        Ok(Some(status)) => (Some(status), false),
-        Ok(None) | Err(_) => {
-            kill_group(pid);
-            let _ = child.kill();
-            (child.wait().ok(), true)
-        }
-    };
-    let elapsed = started.elapsed();
-    // Grandchildren may keep the pipes open; do not wait for them beyond a short grace.
-    let grace = Duration::from_millis(200);
-    let stdout = out_rx.recv_timeout(grace).unwrap_or_default();
-    let stderr = err_rx.recv_timeout(grace).unwrap_or_default();
-    if let Some(w) = writer
-        && w.is_finished()
-    {
-        let _ = w.join();
-    }
     ExecResult {
-        command,
-        status: if timed_out {
-            None
-        } else {
-            status.and_then(|s| s.code())
-        },
-        signal: status.and_then(|s| s.signal()),
+        command: argv.join(" "),
+        argv,
+        status,
+        signal,
         timed_out,
-        spawn_error: None,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        elapsed,
+        spawn_error,
+        dry_run: false,
+        stdin: None,
+        stdout: String::from_utf8_lossy(&finished.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&finished.stderr).into_owned(),
+        elapsed: finished.elapsed,
     }
 }
 
-/// Kills the child's process group (it was made leader of its own group at spawn).
-fn kill_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+/// What `--test-plugin --dry-run` answers instead of running the request: a success with
+/// no output, marked as not run, so the handler goes on as it would after a real success.
+pub fn dry_run(req: &ExecRequest) -> ExecResult {
+    let argv = full_argv(req);
+    ExecResult {
+        command: argv.join(" "),
+        argv,
+        status: Some(0),
+        signal: None,
+        timed_out: false,
+        spawn_error: None,
+        dry_run: true,
+        stdin: req
+            .stdin
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+        stdout: String::new(),
+        stderr: String::new(),
+        elapsed: Duration::ZERO,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn req(argv: &[&str]) -> ExecRequest {
         ExecRequest {
@@ -276,7 +204,7 @@ mod tests {
         assert!(r.ok());
         let vars: Vec<&str> = r.stdout.lines().collect();
         assert!(
-            vars.contains(&format!("PATH={SEARCH_PATH}").as_str()),
+            vars.contains(&format!("PATH={}", crate::respond::process::COMMAND_PATH).as_str()),
             "{vars:?}"
         );
         assert!(!vars.iter().any(|v| v.starts_with("HOME=")), "{vars:?}");

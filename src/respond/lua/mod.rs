@@ -26,9 +26,9 @@ mod api;
 mod event;
 pub mod exec;
 pub mod host;
+mod plugin_test;
 mod sandbox;
 mod state;
-mod trial;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,9 +47,12 @@ use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
 pub use event::{EventData, EventName};
 pub use host::HostProgram;
+pub use plugin_test::{
+    EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, EXIT_TIMED_OUT, TestOptions, apply_settings,
+    test_plugin, test_plugin_with, watchdog_limit,
+};
 pub use sandbox::TraceEntry;
 pub use state::{CallOutcome, CallReport};
-pub use trial::{EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, test_plugin};
 
 use host::{Host, HostFailure};
 use sandbox::PluginSpec;
@@ -195,6 +198,7 @@ fn daemon_spec(config: &Config, name: &str, budget: Duration, memory: usize) -> 
         settings: plugin_settings(config, name),
         budget,
         memory_limit: memory,
+        dry_run: false,
     }
 }
 
@@ -932,7 +936,7 @@ impl Responder for LuaResponder {
 }
 
 /// Loads one plugin file the way the daemon would, for `--test-plugin`.
-fn load_file(path: &Path, config: &Config) -> Result<(String, Handle), LuaError> {
+fn load_file(path: &Path, config: &Config, dry_run: bool) -> Result<(String, Handle), LuaError> {
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -960,6 +964,7 @@ fn load_file(path: &Path, config: &Config) -> Result<(String, Handle), LuaError>
         settings: plugin_settings(config, &name),
         budget,
         memory_limit: memory,
+        dry_run,
     };
     let handle = start(spec)?.wait()?;
     Ok((name, handle))

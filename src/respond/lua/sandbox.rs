@@ -47,6 +47,9 @@ pub(crate) struct PluginSpec {
     pub budget: Duration,
     /// Memory limit of the whole state, in bytes.
     pub memory_limit: usize,
+    /// `--test-plugin --dry-run`: `exec` and `append_line` are shown, not done.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Something a plugin did during a call, for `--test-plugin` and for block details.
@@ -68,6 +71,13 @@ pub enum TraceEntry {
         /// Bytes written, newline included.
         bytes: usize,
     },
+    /// `--dry-run`: a line `portsentry.append_line` would have appended.
+    WouldAppend {
+        /// The configured file.
+        path: PathBuf,
+        /// The line, without its newline.
+        line: String,
+    },
 }
 
 /// Call state shared between the plugin state and the Rust functions the plugin calls.
@@ -78,6 +88,8 @@ pub(crate) struct Shared {
     pub memory_limit: usize,
     pub settings: BTreeMap<String, String>,
     pub search_dirs: Vec<PathBuf>,
+    /// `--test-plugin --dry-run`: `exec` and `append_line` are shown, not done.
+    pub dry_run: bool,
     deadline: Mutex<Option<Instant>>,
     exceeded: AtomicBool,
     out_of_memory: AtomicBool,
@@ -102,6 +114,7 @@ impl Shared {
             memory_limit: spec.memory_limit,
             settings: spec.settings.clone(),
             search_dirs: spec.search_dirs.clone(),
+            dry_run: spec.dry_run,
             deadline: Mutex::new(None),
             exceeded: AtomicBool::new(false),
             out_of_memory: AtomicBool::new(false),

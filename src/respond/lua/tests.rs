@@ -664,7 +664,7 @@ fn log_lines_and_print_are_traced() {
         )],
         &[],
     );
-    let (name, h) = load_file(&f.plugin_file("p"), &f.config).expect("load");
+    let (name, h) = load_file(&f.plugin_file("p"), &f.config, false).expect("load");
     assert_eq!(name, "p");
     let a = alert("192.0.2.7", 31337);
     let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &f.config);
@@ -882,7 +882,7 @@ fn test_plugin_reports_commands_logs_and_result() {
         &mut out,
     );
     let text = String::from_utf8_lossy(&out);
-    assert_eq!(code, trial::EXIT_OK, "{text}");
+    assert_eq!(code, plugin_test::EXIT_OK, "{text}");
     assert!(text.contains("DEMO_COLOR=\"blue\""), "{text}");
     assert!(text.contains("handles: alert, block"), "{text}");
     assert!(text.contains("log    info: saw 192.0.2.7"), "{text}");
@@ -920,7 +920,7 @@ fn test_plugin_exit_codes_distinguish_load_and_handler_failures() {
         &mut out,
     );
     let text = String::from_utf8_lossy(&out).to_string();
-    assert_eq!(code, trial::EXIT_LOAD_FAILED, "{text}");
+    assert_eq!(code, plugin_test::EXIT_LOAD_FAILED, "{text}");
     assert!(text.contains("broken.lua:1:"), "{text}");
     let mut out = Vec::new();
     let code = test_plugin(
@@ -932,7 +932,7 @@ fn test_plugin_exit_codes_distinguish_load_and_handler_failures() {
         &mut out,
     );
     let text = String::from_utf8_lossy(&out).to_string();
-    assert_eq!(code, trial::EXIT_HANDLER_FAILED, "{text}");
+    assert_eq!(code, plugin_test::EXIT_HANDLER_FAILED, "{text}");
     assert!(text.contains("raises.lua:1: nope"), "{text}");
     assert!(text.contains("UDP scan"), "{text}");
 }
@@ -1189,7 +1189,7 @@ fn a_plugin_cannot_flood_the_log_or_the_disk_in_one_event() {
     config
         .raw
         .insert("P_FILE".into(), log.display().to_string());
-    let (_, h) = load_file(&f.plugin_file("p"), &config).expect("load");
+    let (_, h) = load_file(&f.plugin_file("p"), &config, false).expect("load");
     let a = alert("192.0.2.7", 1);
     let ctx = ResponseContext::for_alert(&a, "192.0.2.7", &config);
     let report = h

@@ -138,39 +138,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream, UdpSocket};
 
     use super::*;
-
-    /// Runs `f` on a thread in a fresh network namespace (root only; skipped otherwise).
-    fn in_fresh_netns(f: impl FnOnce() + Send + 'static) {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root for a private network namespace");
-            return;
-        }
-        std::thread::spawn(move || {
-            // SAFETY: unshare affects only this thread's network namespace.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-            set_lo_up();
-            f();
-        })
-        .join()
-        .unwrap();
-    }
-
-    /// Brings `lo` up in the calling thread's namespace with an ioctl.
-    fn set_lo_up() {
-        // SAFETY: an ifreq with the name set, read then written back with IFF_UP added.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-            assert!(fd >= 0);
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-                *d = *s as libc::c_char;
-            }
-            assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0);
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0);
-            libc::close(fd);
-        }
-    }
+    use crate::sensor::listeners::tests::in_fresh_netns;
 
     #[test]
     fn a_udp_socket_is_seen_at_once_and_the_snapshot_is_reused_briefly() {
@@ -226,10 +194,7 @@ mod tests {
     fn a_dual_stack_socket_owns_its_ipv4_connections() {
         in_fresh_netns(|| {
             let mut live = LiveSockets::open().unwrap();
-            let Ok(l) = TcpListener::bind("[::]:8000") else {
-                eprintln!("SKIPPED: no IPv6");
-                return;
-            };
+            let l = TcpListener::bind("[::]:8000").expect("IPv6 in the test namespace");
             let c = TcpStream::connect("127.0.0.1:8000").unwrap();
             let (peer, from) = l.accept().unwrap();
             let _keep = (c, peer);

@@ -584,9 +584,20 @@ mod tests {
     }
 
     #[test]
-    fn host_addrs_of_this_machine_include_loopback() {
-        let a = HostAddrs::read().unwrap();
-        assert!(a.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        assert!(!a.contains(&IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+    fn host_addrs_are_read_from_the_interfaces_of_this_namespace() {
+        crate::sensor::listeners::tests::in_fresh_netns(|| {
+            use crate::sensor::listeners::tests::ns_sh;
+            let added: IpAddr = "10.77.9.1".parse().unwrap();
+            let added6: IpAddr = "fd77:9::1".parse().unwrap();
+            let before = HostAddrs::read().unwrap();
+            assert!(!before.contains(&added), "{before:?}");
+            ns_sh(&["ip", "addr", "add", "10.77.9.1/32", "dev", "lo"]);
+            ns_sh(&["ip", "addr", "add", "fd77:9::1/128", "dev", "lo"]);
+            let after = HostAddrs::read().unwrap();
+            assert!(after.contains(&added), "{after:?}");
+            assert!(after.contains(&added6), "{after:?}");
+            // Another host of the same subnet is not ours.
+            assert!(!after.contains(&"10.77.9.2".parse().unwrap()), "{after:?}");
+        });
     }
 }

@@ -1,0 +1,4 @@
+//! libFuzzer target: see src/fuzz.rs (`fuzz_control_response`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portsentry::fuzz::fuzz_control_response(data));
