@@ -475,7 +475,7 @@ impl Reloader<'_> {
         let Some(path) = &self.options.modes_file else {
             return;
         };
-        match crate::cli::modes_from_file(path) {
+        match crate::config::modes::modes_from_file(path) {
             Ok(modes) if modes == self.options.modes => {}
             Ok(modes) => log::warn!(
                 "{}",

@@ -25,3 +25,4 @@ pub mod record;
 pub mod report;
 pub mod respond;
 pub mod sensor;
+pub mod sync;

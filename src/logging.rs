@@ -75,7 +75,7 @@ impl StderrAppender {
 impl Append for StderrAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
         use std::fmt::Write;
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = crate::sync::lock(&self.pending);
         let mut line = String::new();
         let _ = writeln!(line, "{}", record.args());
         // Lines of other threads go after what is pending, so the order is kept.
@@ -87,7 +87,7 @@ impl Append for StderrAppender {
     }
 
     fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = crate::sync::lock(&self.pending);
         let _ = Self::write_out(&mut pending);
     }
 }
@@ -137,7 +137,7 @@ impl SyslogAppender {
 
 impl Append for SyslogAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::sync::lock(&self.state);
         let now = chrono::Local::now();
         if now.timestamp() != state.stamp_second {
             state.stamp_second = now.timestamp();

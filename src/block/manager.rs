@@ -1674,8 +1674,8 @@ mod tests {
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
         let listed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let l2 = std::sync::Arc::clone(&listed);
-        manager.list(move |blocks| *l2.lock().unwrap() = blocks);
-        assert!(wait_for(|| listed.lock().unwrap().len() == 10));
+        manager.list(move |blocks| *crate::sync::lock(&l2) = blocks);
+        assert!(wait_for(|| crate::sync::lock(&listed).len() == 10));
         manager.stop();
         let history = std::fs::read_to_string(dir.path().join("history")).unwrap();
         assert_eq!(history.lines().count(), 10, "{history}");

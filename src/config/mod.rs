@@ -5,6 +5,7 @@
 //! a value: the daemon holds it in an `Arc` and a reload swaps in a whole new one.
 
 pub mod build;
+pub mod modes;
 pub mod parse;
 pub mod ports;
 pub mod unkill;

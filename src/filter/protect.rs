@@ -150,11 +150,7 @@ impl ProtectView {
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         // Every write swaps one Arc: a panic cannot leave it half done.
-        let guard = self
-            .shared
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = crate::sync::read(&self.shared.current);
         Arc::clone(&guard)
     }
 
@@ -175,11 +171,7 @@ impl ProtectView {
 
     /// Replaces the snapshot; only the refresher (and tests) call it.
     fn publish(&self, snapshot: Arc<Snapshot>) {
-        *self
-            .shared
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        *crate::sync::write(&self.shared.current) = snapshot;
         self.shared.version.fetch_add(1, Ordering::Release);
     }
 }

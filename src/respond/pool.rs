@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -136,10 +136,7 @@ impl Timings {
     /// Counts one run of one responder.
     pub fn record_responder(&self, responder: &str, op: Op, d: Duration) {
         let durations = {
-            let mut map = self
-                .responders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut map = crate::sync::lock(&self.responders);
             let key = (responder.to_string(), op);
             let key = if map.contains_key(&key) || map.len() < MAX_TIMED_RESPONDERS {
                 key
@@ -153,10 +150,7 @@ impl Timings {
 
     /// Every responder timed so far: name, way, and its durations.
     pub fn responders(&self) -> Vec<(String, Op, DurationSnapshot)> {
-        let map = self
-            .responders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = crate::sync::lock(&self.responders);
         map.iter()
             .map(|((name, op), d)| (name.clone(), *op, d.snapshot()))
             .collect()

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
@@ -95,10 +95,7 @@ pub(crate) struct Shared {
     chunks: Mutex<Vec<PathBuf>>,
 }
 
-/// Locks a mutex, ignoring poisoning: the data is a plain value that stays consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 impl Shared {
     /// Time left in the current call; zero when none is running or it ran out.
