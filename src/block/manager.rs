@@ -31,6 +31,7 @@ use crate::filter::protect::ProtectView;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
+use crate::local_addrs::LocalAddrs;
 use crate::report;
 use crate::respond::nftables::{NftHandle, host_of};
 use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
@@ -919,7 +920,7 @@ impl Manager {
             outcomes: Vec::new(),
             reply,
         };
-        let local = crate::local_addrs::LocalAddrs::new();
+        let local = LocalAddrs::new();
         let now = SystemTime::now();
         for target in targets {
             let who = target_text(&target);
@@ -982,7 +983,7 @@ impl Manager {
 
     /// Why a target must never be blocked by hand, if so: this host's own addresses,
     /// loopback, the unspecified address, and the ignore list.
-    fn protected(&self, target: &Target, local: &crate::local_addrs::LocalAddrs) -> Option<String> {
+    fn protected(&self, target: &Target, local: &LocalAddrs) -> Option<String> {
         let addr = target.addr();
         let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
         if special(addr)

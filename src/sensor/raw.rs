@@ -17,8 +17,9 @@
 //! 5. A [`Hit`] goes to the [`HitSink`]; a full channel counts it as dropped and the sensor
 //!    logs the count every [`DROP_REPORT`]; it never blocks on the pipeline.
 //!
-//! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet); the
-//! prefilter is re-attached when they change or the config is reloaded, without reopening
+//! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet; the
+//! addresses come from the process-wide [`crate::local_addrs`] read); the
+//! prefilter is re-attached when the listeners change or the config is reloaded, without reopening
 //! the socket.
 //!
 //! Duplicates: a frame that crosses a bridge or bond is seen once per device. A probe
@@ -52,7 +53,8 @@ use self::bpf::{BuildError, Program};
 use self::capture::{Capture, Packet};
 use self::flows::Flows;
 use self::live::LiveSockets;
-use self::watch::{HostAddrs, Watch};
+use self::watch::Watch;
+use crate::local_addrs::LocalAddrs;
 
 /// How often listeners and host addresses are re-read: a service that starts or stops is
 /// taken into account within this long.
@@ -156,7 +158,7 @@ impl RawSensor {
             }
         }
         let listeners = Listeners::read().map_err(RawSensorError::Listeners)?;
-        let addrs = HostAddrs::read().map_err(RawSensorError::Addrs)?;
+        let addrs = LocalAddrs::read().map_err(RawSensorError::Addrs)?;
         let watch = Watch::new(&unique, &config, listeners, addrs);
         let program = watch.program()?;
         let capture = Capture::open(&program.sock_filters()).map_err(|e| {
@@ -242,13 +244,7 @@ impl RawSensor {
                 log::info!("{}", report::listener_gone(c.proto, c.port));
             }
         }
-        match HostAddrs::read() {
-            Ok(a) => self.watch.set_addrs(a),
-            Err(e) => log::warn!(
-                "{}",
-                report::refresh_failed("the host addresses", &e.to_string())
-            ),
-        }
+        self.watch.refresh_addrs(now);
     }
 
     fn reconfigure(&mut self, config: Arc<Config>) {
