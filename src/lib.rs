@@ -21,6 +21,7 @@ pub mod history;
 pub mod local_addrs;
 pub mod logging;
 pub mod pipeline;
+pub mod protected;
 pub mod record;
 pub mod report;
 pub mod respond;

@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::net::IpAddr;
 
 use crate::event::{Alert, Mode, ProbeKind, Proto};
-use crate::filter::protect::Reason;
+use crate::protected::Reason;
 
 /// `resolved/ip`, as 1.2 prints a host; with `RESOLVE_HOST=0` both halves are the IP.
 fn host_pair(resolved: &str, ip: IpAddr) -> String {
