@@ -104,7 +104,7 @@ fn log_warnings(warnings: &[ConfigWarning], modes: &[Mode]) {
         if !advanced && w.message.starts_with("ADVANCED_PORTS_") {
             continue;
         }
-        log::warn!("adminalert: WARNING: {w}");
+        log::warn!("{}", report::warning(w));
     }
 }
 
@@ -142,7 +142,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     );
     let (generation, warnings) =
         Generation::load_with(1, &options.config_path, PluginPolicy::SkipBroken)
-            .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", report::config_refused_not_starting()))?;
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
     // First, so that a second daemon stops here before it touches the journal.
@@ -250,10 +250,7 @@ fn start_control(path: &Path, calls: Sender<ControlCall>) -> anyhow::Result<Opti
         Ok(server) => Ok(Some(server)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!("{e}")),
         Err(e) => {
-            log::warn!(
-                "adminalert: WARNING: no control socket ({e}); status, list, block and \
-                 unblock are unavailable"
-            );
+            log::warn!("{}", report::no_control_socket(e));
             Ok(None)
         }
     }
@@ -345,10 +342,7 @@ fn start_watcher(
     match ConfigWatcher::start(set, requests, DaemonRequest::Reload, WatchTiming::default()) {
         Ok(w) => Some(w),
         Err(e) => {
-            log::warn!(
-                "adminalert: WARNING: cannot watch the configuration files ({e}); \
-                 reload with SIGHUP"
-            );
+            log::warn!("{}", report::config_not_watched(e));
             None
         }
     }
@@ -443,20 +437,16 @@ impl Reloader<'_> {
                 self.report_mode_change();
                 self.swap(next);
                 log::info!(
-                    "adminalert: configuration reloaded, generation {} in force ({} ms)",
-                    self.current.number,
-                    started.elapsed().as_millis()
+                    "{}",
+                    report::config_reloaded(self.current.number, started.elapsed().as_millis())
                 );
                 Ok(self.current.number)
             }
             Err(errors) => {
                 for e in &errors.0 {
-                    log::error!("adminalert: ERROR: reload refused: {e}");
+                    log::error!("{}", report::reload_refused(e));
                 }
-                log::error!(
-                    "adminalert: ERROR: keeping configuration generation {}",
-                    self.current.number
-                );
+                log::error!("{}", report::keeping_generation(self.current.number));
                 // Watch what the broken text names too, so that fixing it is seen.
                 if let Some(w) = self.watcher {
                     w.follow(
@@ -481,7 +471,7 @@ impl Reloader<'_> {
                 "{}",
                 report::modes_need_restart(path, &modes, &self.options.modes)
             ),
-            Err(e) => log::warn!("adminalert: WARNING: {e}; modes unchanged"),
+            Err(e) => log::warn!("{}", report::modes_unchanged(e)),
         }
     }
 
@@ -510,7 +500,7 @@ impl Reloader<'_> {
             .pipeline
             .sync(deadline.saturating_duration_since(Instant::now()))
         {
-            log::warn!("adminalert: WARNING: the filters are slow to take the new configuration");
+            log::warn!("{}", report::filters_slow_to_reload());
         }
     }
 }

@@ -200,10 +200,7 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
                 root = root.appender("syslog");
             }
             Err(e) => {
-                note = Some(format!(
-                    "adminalert: syslog socket {} unavailable ({e}); logging to stderr only",
-                    path.display()
-                ));
+                note = Some(crate::report::syslog_unavailable(path, e));
             }
         }
     }

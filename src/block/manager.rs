@@ -185,13 +185,13 @@ impl BlockManager {
         let (mut journal, replay) = Journal::open(state_file)
             .with_context(|| format!("cannot open block state file {}", state_file.display()))?;
         for w in &replay.warnings {
-            log::warn!("adminalert: WARNING: {w}");
+            log::warn!("{}", report::warning(w));
         }
         let mut active = replay.active;
         if !existed {
             let (imported, warnings) = journal::import_legacy(&config.blocked_file);
             for w in &warnings {
-                log::warn!("adminalert: WARNING: {w}");
+                log::warn!("{}", report::warning(w));
             }
             if !imported.is_empty() {
                 let entries: Vec<Entry> = imported.iter().cloned().map(Entry::Block).collect();
@@ -199,9 +199,8 @@ impl BlockManager {
                     format!("cannot write block state file {}", state_file.display())
                 })?;
                 log::info!(
-                    "adminalert: imported {} block(s) from {} as permanent blocks",
-                    imported.len(),
-                    config.blocked_file.display()
+                    "{}",
+                    report::legacy_blocks_imported(imported.len(), &config.blocked_file)
                 );
                 for r in imported {
                     active.insert(r.target, r);
@@ -639,33 +638,25 @@ impl Manager {
     fn reconfigure(&mut self, generation: Generation) {
         let (old, new) = (&self.generation.config, &generation.config);
         if new.block_state_file != old.block_state_file {
-            log::warn!(
-                "adminalert: WARNING: BLOCK_STATE_FILE changes only with a restart; still using {}",
-                self.journal.path().display()
-            );
+            log::warn!("{}", report::state_file_needs_restart(self.journal.path()));
         }
         if new.history_file != *self.history.path() {
             match History::open(&new.history_file) {
                 Ok(history) => {
                     log::info!(
-                        "adminalert: history file is now {} (was {})",
-                        new.history_file.display(),
-                        self.history.path().display()
+                        "{}",
+                        report::history_file_moved(&new.history_file, self.history.path())
                     );
                     self.history = history;
                 }
-                Err(e) => log::error!(
-                    "adminalert: ERROR: cannot open history file {e}; still writing {}",
-                    self.history.path().display()
-                ),
+                Err(e) => log::error!("{}", report::history_open_failed(e, self.history.path())),
             }
         }
         let moved = new.blocked_file != old.blocked_file;
         if moved {
             log::info!(
-                "adminalert: blocked file is now {} (was {})",
-                new.blocked_file.display(),
-                old.blocked_file.display()
+                "{}",
+                report::blocked_file_moved(&new.blocked_file, &old.blocked_file)
             );
         }
         // New blocks go to the table the new config names; blocks in force stay where
@@ -1107,8 +1098,8 @@ impl Manager {
         };
         if restored + expired > 0 {
             log::info!(
-                "adminalert: restoring {restored} block(s) from {}; {expired} expired while stopped",
-                self.journal.path().display()
+                "{}",
+                report::restoring(restored, self.journal.path(), expired)
             );
         }
         // The 1.2 list says what is blocked now from the first moment; the next change is
@@ -1492,9 +1483,8 @@ impl Manager {
             let entries = std::mem::take(&mut self.entries);
             if let Err(e) = self.journal.append(&entries) {
                 log::error!(
-                    "adminalert: ERROR: cannot write block state file {}: {e}; the blocks are \
-                     in force but will not be restored after a restart",
-                    self.journal.path().display()
+                    "{}",
+                    report::state_file_write_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1504,10 +1494,7 @@ impl Manager {
                 Effect::Warn(line) => log::warn!("{line}"),
                 Effect::History(line) => {
                     if let Err(e) = self.history.append(&line) {
-                        log::error!(
-                            "adminalert: ERROR: cannot write history file {}: {e}",
-                            self.history.path().display()
-                        );
+                        log::error!("{}", report::history_write_failed(self.history.path(), e));
                     }
                 }
                 Effect::Reply(reply) => reply(),
@@ -1523,8 +1510,8 @@ impl Manager {
             let records: Vec<BlockRecord> = self.records().cloned().collect();
             if let Err(e) = self.journal.compact(records.iter(), self.offences.iter()) {
                 log::error!(
-                    "adminalert: ERROR: cannot compact block state file {}: {e}",
-                    self.journal.path().display()
+                    "{}",
+                    report::state_file_compact_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1553,10 +1540,7 @@ impl Manager {
             _ => None,
         });
         if let Err(e) = journal::write_blocked_file(&path, active) {
-            log::error!(
-                "adminalert: ERROR: cannot write blocked file {}: {e}",
-                path.display()
-            );
+            log::error!("{}", report::blocked_file_write_failed(&path, e));
         }
         self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());

@@ -75,10 +75,7 @@ impl Protector {
             .name("protect".into())
             .spawn(move || refresher::run(settings, writer, rx, ready_tx))?;
         if ready.recv_timeout(READY_WAIT).is_err() {
-            log::warn!(
-                "adminalert: WARNING: protected addresses not read within {} s; going on",
-                READY_WAIT.as_secs()
-            );
+            log::warn!("{}", report::protected_not_ready(READY_WAIT.as_secs()));
         }
         Ok(Protector {
             view,
@@ -98,7 +95,7 @@ impl Protector {
         let (done, applied) = bounded(1);
         let msg = refresher::Msg::Reconfigure(refresher::Settings::of(config), done);
         if self.control.send(msg).is_err() || applied.recv_timeout(READY_WAIT).is_err() {
-            log::warn!("adminalert: WARNING: protected addresses are slow to follow the reload");
+            log::warn!("{}", report::protected_slow_to_reload());
         }
     }
 

@@ -317,7 +317,7 @@ impl Pool {
                 }) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    log::error!("adminalert: ERROR: cannot start responder thread {n}: {e}");
+                    log::error!("{}", report::responder_thread_failed(n, &e));
                     last_error = Some(e);
                 }
             }

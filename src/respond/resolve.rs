@@ -58,7 +58,7 @@ impl Resolver {
                 }
             });
         if let Err(e) = spawned {
-            log::error!("adminalert: ERROR: cannot start the resolver thread ({e}); logging IPs");
+            log::error!("{}", crate::report::resolver_thread_failed(e));
         }
         Resolver {
             requests,

@@ -206,12 +206,10 @@ impl RawSensor {
         match self.watch.program() {
             Ok(p) if p != self.program => match self.capture.set_filter(&p.sock_filters()) {
                 Ok(()) => self.program = p,
-                Err(e) => log::error!(
-                    "adminalert: ERROR: cannot update the capture prefilter: {e}. Keeping the previous one"
-                ),
+                Err(e) => log::error!("{}", report::prefilter_refused(e)),
             },
             Ok(_) => {}
-            Err(e) => log::error!("adminalert: ERROR: {e}. Keeping the previous prefilter"),
+            Err(e) => log::error!("{}", report::prefilter_not_built(e)),
         }
     }
 
@@ -309,7 +307,7 @@ impl RawSensor {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    log::error!("adminalert: ERROR: waiting on the capture socket: {e}");
+                    log::error!("{}", report::capture_wait_failed(e));
                     std::thread::sleep(CONTROL_TICK);
                     continue;
                 }
@@ -324,7 +322,7 @@ impl RawSensor {
                     Ok(Some(pkt)) => handle(&pkt, &self.watch, &mut self.state, sink),
                     Ok(None) => break,
                     Err(e) => {
-                        log::error!("adminalert: ERROR: reading the capture socket: {e}");
+                        log::error!("{}", report::capture_read_failed(e));
                         std::thread::sleep(CONTROL_TICK);
                         break;
                     }
