@@ -36,7 +36,7 @@ thread_local! {
 const STDERR_BATCH: usize = 64 * 1024;
 
 /// Runs `f` with the stderr lines this thread logs gathered and written in one go at the
-/// end (or every 64 KiB). The response thread drains a burst of alerts this way: during a
+/// end (or every 64 KiB). The announcing thread drains a burst of alerts this way: during a
 /// forged flood one `write(2)` per batch instead of one per line keeps it ahead of the
 /// queue. Syslog lines are still sent one by one, as they are logged.
 pub fn batched<R>(f: impl FnOnce() -> R) -> R {

@@ -14,8 +14,8 @@ use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::report;
 
-/// Serialises edits of deny files by this process (appends by the block thread, removals by
-/// the block manager's workers).
+/// Serialises edits of deny files by this process (appends and removals both run on the
+/// block manager's responder workers, several at once).
 static EDIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Whether a line of the file is the responder's line: the same text, trailing blanks (and a
