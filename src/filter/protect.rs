@@ -29,7 +29,7 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 
@@ -328,6 +328,7 @@ mod tests {
     use super::*;
     use crate::event::{Hit, Mode, ProbeKind};
     use std::collections::BTreeSet;
+    use std::time::SystemTime;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -11,7 +11,6 @@
 //! query socket) left its flows in the flow table instead, and needs no such grace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::Config;
@@ -298,7 +297,7 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::path::Path;
     use std::time::Duration;
 
