@@ -8,7 +8,9 @@
 //! The kernel is asked at most once per [`REFRESH_INTERVAL`] whoever asks: the last read is
 //! kept in a process-wide cache that every [`LocalAddrs`] holder takes its snapshot from, so
 //! two threads never disagree for longer than one interval and a flood of probes cannot
-//! multiply the reads.
+//! multiply the reads. The read is tagged with the network namespace it was made in: the
+//! daemon's threads share one, but a thread that entered another (tests run sensors in
+//! private namespaces) must not take a neighbour's addresses for its own.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -25,9 +27,25 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// A set of addresses as read at one time, shared by every holder until the next read.
 type Set = Arc<HashSet<IpAddr>>;
 
-/// The last read of the kernel's list, and when it was made (real time, whatever clock the
-/// holders pass in).
-static LAST_READ: Mutex<Option<(Set, Instant)>> = Mutex::new(None);
+/// One read of the kernel's list: the addresses, when (real time, whatever clock the holders
+/// pass in) and in which network namespace.
+struct Read {
+    set: Set,
+    at: Instant,
+    netns: Option<(u64, u64)>,
+}
+
+/// The last read.
+static LAST_READ: Mutex<Option<Read>> = Mutex::new(None);
+
+/// The calling thread's network namespace (device and inode of its `ns/net` link); `None`
+/// without `/proc`, where every thread counts as in the same one.
+fn netns() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 /// The process-wide set, re-read from the kernel when older than `max_age`
 /// (`Duration::ZERO`: always). A failed read keeps the previous set (an address that was ours
@@ -36,21 +54,35 @@ static LAST_READ: Mutex<Option<(Set, Instant)>> = Mutex::new(None);
 fn shared(max_age: Duration) -> Result<Set, nix::Error> {
     let mut last = crate::sync::lock(&LAST_READ);
     let now = Instant::now();
-    if let Some((set, at)) = last.as_ref()
+    let netns = netns();
+    if let Some(read) = last.as_ref()
         && !max_age.is_zero()
-        && now.saturating_duration_since(*at) < max_age
+        && read.netns == netns
+        && now.saturating_duration_since(read.at) < max_age
     {
-        return Ok(Arc::clone(set));
+        return Ok(Arc::clone(&read.set));
     }
     match read_interface_addrs() {
         Ok(addrs) => {
             let set = Arc::new(addrs);
-            *last = Some((Arc::clone(&set), now));
+            *last = Some(Read {
+                set: Arc::clone(&set),
+                at: now,
+                netns,
+            });
             Ok(set)
         }
         Err(e) => {
-            let kept = last.take().map(|(set, _)| set).unwrap_or_default();
-            *last = Some((kept, now));
+            let set = last
+                .take()
+                .filter(|read| read.netns == netns)
+                .map(|read| read.set)
+                .unwrap_or_default();
+            *last = Some(Read {
+                set,
+                at: now,
+                netns,
+            });
             Err(e)
         }
     }
@@ -151,8 +183,8 @@ impl LocalAddrs {
                     "{}",
                     report::refresh_failed("the host addresses", &e.to_string())
                 );
-                if let Some((set, _)) = crate::sync::lock(&LAST_READ).as_ref() {
-                    self.addrs = Arc::clone(set);
+                if let Some(read) = crate::sync::lock(&LAST_READ).as_ref() {
+                    self.addrs = Arc::clone(&read.set);
                 }
             }
         }
@@ -254,5 +286,29 @@ mod tests {
             filter.same_read(&sensor)
         });
         assert!(shared, "each holder read the kernel itself");
+    }
+
+    #[test]
+    fn a_thread_in_another_network_namespace_reads_its_own_addresses() {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Positive control: here `lo` is up, so 127.0.0.1 is in the kernel's list, and the
+        // process-wide read holds it.
+        let here = LocalAddrs::read().unwrap();
+        assert!(here.iter().any(|ip| ip == localhost));
+        let there = std::thread::spawn(move || {
+            // SAFETY: unshare affects only this thread's network namespace.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "needs root"
+            );
+            let mut holder = LocalAddrs::from_addrs([], Instant::now());
+            assert!(holder.refresh_if_stale(Instant::now() + REFRESH_INTERVAL));
+            holder.iter().collect::<Vec<IpAddr>>()
+        })
+        .join()
+        .unwrap();
+        // A fresh namespace has only `lo`, down and without an address: nothing of ours.
+        assert_eq!(there, Vec::<IpAddr>::new());
     }
 }
