@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::config::modes::modes_from_file;
 use crate::config::{self, DEFAULT_CONFIG_PATH};
 use crate::control::commands::{self, block_duration, canonical_target};
 use crate::control::protocol::Request;
@@ -330,54 +331,6 @@ impl Args {
         .filter_map(|(on, m)| on.then_some(m))
         .collect()
     }
-}
-
-/// Reads `TCP_MODE` / `UDP_MODE` from Debian's defaults file (same `KEY="value"` syntax as
-/// portsentry.conf).
-pub fn modes_from_file(path: &Path) -> Result<Vec<Mode>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "no mode given on the command line and {} cannot be read ({e}); \
-             pass -tcp, -udp, -stcp, -sudp, -atcp or -audp",
-            path.display()
-        )
-    })?;
-    let raw = config::parse(path, &text).map_err(|e| e.to_string())?;
-    let mut modes = Vec::new();
-    for key in ["TCP_MODE", "UDP_MODE"] {
-        let Some(entry) = raw.entries.iter().find(|e| e.key == key) else {
-            continue;
-        };
-        let value = entry.value.trim();
-        if value.is_empty() {
-            continue;
-        }
-        match Mode::from_name(value) {
-            Some(m) if (key == "TCP_MODE") == (m.proto() == crate::event::Proto::Tcp) => {
-                modes.push(m)
-            }
-            _ => {
-                return Err(format!(
-                    "{}:{}: {key}: \"{value}\": expected {}",
-                    path.display(),
-                    entry.line,
-                    if key == "TCP_MODE" {
-                        "tcp, stcp or atcp"
-                    } else {
-                        "udp, sudp or audp"
-                    }
-                ));
-            }
-        }
-    }
-    if modes.is_empty() {
-        return Err(format!(
-            "no mode given on the command line and {} sets neither TCP_MODE nor UDP_MODE; \
-             pass -tcp, -udp, -stcp, -sudp, -atcp or -audp",
-            path.display()
-        ));
-    }
-    Ok(modes)
 }
 
 /// `--check-config`: every error and warning, exit 0 only when the files are valid.
@@ -715,30 +668,5 @@ mod tests {
         assert_eq!(generate_docs(&argv(&["portsentry"])), None);
         // Not a flag clap knows: the daemon's command line refuses it.
         assert!(parse(&["portsentry", "--generate-man", "/x"]).is_err());
-    }
-
-    #[test]
-    fn modes_come_from_the_debian_defaults_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("portsentry");
-        std::fs::write(&f, "# comment\nTCP_MODE=\"atcp\"\nUDP_MODE=\"sudp\"\n").unwrap();
-        assert_eq!(modes_from_file(&f).unwrap(), vec![Mode::Atcp, Mode::Sudp]);
-        std::fs::write(&f, "TCP_MODE=\"udp\"\n").unwrap();
-        let err = modes_from_file(&f).unwrap_err();
-        assert!(
-            err.ends_with(":1: TCP_MODE: \"udp\": expected tcp, stcp or atcp"),
-            "{err}"
-        );
-        std::fs::write(&f, "# nothing\n").unwrap();
-        assert!(
-            modes_from_file(&f)
-                .unwrap_err()
-                .contains("neither TCP_MODE nor UDP_MODE")
-        );
-        assert!(
-            modes_from_file(&dir.path().join("missing"))
-                .unwrap_err()
-                .contains("cannot be read")
-        );
     }
 }

@@ -105,7 +105,7 @@ fn log_warnings(warnings: &[ConfigWarning], modes: &[Mode]) {
         if !advanced && w.message.starts_with("ADVANCED_PORTS_") {
             continue;
         }
-        log::warn!("adminalert: WARNING: {w}");
+        log::warn!("{}", report::warning(w));
     }
 }
 
@@ -142,7 +142,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
     let refused =
-        |e: ConfigErrors| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting");
+        |e: ConfigErrors| anyhow::anyhow!("{e}\n{}", report::config_refused_not_starting());
     let (generation, mut warnings) = Generation::load(1, &options.config_path).map_err(refused)?;
     // The Lua plugins (each in its own process) are built from the generation here and
     // shared by the announcer and the block manager; at start a broken one is skipped.
@@ -262,10 +262,7 @@ fn start_control(path: &Path, calls: Sender<ControlCall>) -> anyhow::Result<Opti
         Ok(server) => Ok(Some(server)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!("{e}")),
         Err(e) => {
-            log::warn!(
-                "adminalert: WARNING: no control socket ({e}); status, list, block and \
-                 unblock are unavailable"
-            );
+            log::warn!("{}", report::no_control_socket(e));
             Ok(None)
         }
     }
@@ -357,10 +354,7 @@ fn start_watcher(
     match ConfigWatcher::start(set, requests, DaemonRequest::Reload, WatchTiming::default()) {
         Ok(w) => Some(w),
         Err(e) => {
-            log::warn!(
-                "adminalert: WARNING: cannot watch the configuration files ({e}); \
-                 reload with SIGHUP"
-            );
+            log::warn!("{}", report::config_not_watched(e));
             None
         }
     }
@@ -460,20 +454,16 @@ impl Reloader<'_> {
                 self.report_mode_change();
                 self.swap(next, lua);
                 log::info!(
-                    "adminalert: configuration reloaded, generation {} in force ({} ms)",
-                    self.current.number,
-                    started.elapsed().as_millis()
+                    "{}",
+                    report::config_reloaded(self.current.number, started.elapsed().as_millis())
                 );
                 Ok(self.current.number)
             }
             Err(errors) => {
                 for e in &errors.0 {
-                    log::error!("adminalert: ERROR: reload refused: {e}");
+                    log::error!("{}", report::reload_refused(e));
                 }
-                log::error!(
-                    "adminalert: ERROR: keeping configuration generation {}",
-                    self.current.number
-                );
+                log::error!("{}", report::keeping_generation(self.current.number));
                 // Watch what the broken text names too, so that fixing it is seen.
                 if let Some(w) = self.watcher {
                     w.follow(
@@ -492,13 +482,13 @@ impl Reloader<'_> {
         let Some(path) = &self.options.modes_file else {
             return;
         };
-        match crate::cli::modes_from_file(path) {
+        match crate::config::modes::modes_from_file(path) {
             Ok(modes) if modes == self.options.modes => {}
             Ok(modes) => log::warn!(
                 "{}",
                 report::modes_need_restart(path, &modes, &self.options.modes)
             ),
-            Err(e) => log::warn!("adminalert: WARNING: {e}; modes unchanged"),
+            Err(e) => log::warn!("{}", report::modes_unchanged(e)),
         }
     }
 
@@ -529,7 +519,7 @@ impl Reloader<'_> {
             .pipeline
             .sync(deadline.saturating_duration_since(Instant::now()))
         {
-            log::warn!("adminalert: WARNING: the filters are slow to take the new configuration");
+            log::warn!("{}", report::filters_slow_to_reload());
         }
     }
 }

@@ -541,7 +541,7 @@ impl Writer {
         self.flush();
         let Some(path) = path else {
             if let Some(old) = self.path.take() {
-                log::info!("adminalert: no longer writing events to {}", old.display());
+                log::info!("{}", crate::report::event_log_closed(&old));
             }
             self.file = None;
             return;
@@ -549,7 +549,7 @@ impl Writer {
         match open_append(&path) {
             Ok(file) => {
                 if self.path.as_ref() != Some(&path) {
-                    log::info!("adminalert: writing events to {}", path.display());
+                    log::info!("{}", crate::report::event_log_opened(&path));
                 }
                 self.file = Some(BufWriter::with_capacity(64 * 1024, file));
                 self.path = Some(path);
@@ -557,15 +557,10 @@ impl Writer {
             }
             Err(e) => match &self.path {
                 Some(old) if self.file.is_some() => log::error!(
-                    "adminalert: ERROR: cannot open event log {}: {e}; still writing {}",
-                    path.display(),
-                    old.display()
+                    "{}",
+                    crate::report::event_log_open_failed_keeping(&path, e, old)
                 ),
-                _ => log::error!(
-                    "adminalert: ERROR: cannot open event log {}: {e}; no events are written \
-                     until a reload opens it",
-                    path.display()
-                ),
+                _ => log::error!("{}", crate::report::event_log_open_failed(&path, e)),
             },
         }
     }
@@ -582,7 +577,7 @@ impl Writer {
         }
         self.line.clear();
         if let Err(e) = event.encode(&self.host, &mut self.line) {
-            log::error!("adminalert: ERROR: cannot encode an event: {e}");
+            log::error!("{}", crate::report::event_encode_failed(e));
             return;
         }
         self.line.push(b'\n');
@@ -606,10 +601,7 @@ impl Writer {
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         if !self.failing {
             let path = self.path.as_deref().unwrap_or(Path::new("?"));
-            log::error!(
-                "adminalert: ERROR: cannot write event log {}: {e}",
-                path.display()
-            );
+            log::error!("{}", crate::report::event_log_write_failed(path, e));
             self.failing = true;
         }
     }

@@ -84,10 +84,7 @@ impl Registry {
             limit_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
         });
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::clone(&entry));
+        crate::sync::lock(&self.entries).push(Arc::clone(&entry));
         Beat {
             entry,
             epoch: self.epoch,
@@ -97,7 +94,7 @@ impl Registry {
     /// Whether every enrolled thread is alive and moving at `now`; otherwise what is not, in
     /// words for the log. An empty registry is healthy (nothing enrolled, nothing stuck).
     pub fn check(&self, now: Instant) -> Result<(), String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = crate::sync::lock(&self.entries);
         let now_ms = self.stamp(now);
         let ago = |stamp: u64| Duration::from_millis(now_ms.saturating_sub(stamp));
         let mut workers = 0;
@@ -357,7 +354,7 @@ mod tests {
             let _enrolled = enroll("heartbeat-test-thread", Kind::Worker);
             busy(Duration::ZERO);
             std::thread::sleep(Duration::from_millis(5));
-            let entries = registry().entries.lock().unwrap();
+            let entries = crate::sync::lock(&registry().entries);
             let e = entries
                 .iter()
                 .find(|e| e.name == "heartbeat-test-thread")

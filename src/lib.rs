@@ -1,8 +1,10 @@
 //! PortSentry, rebuilt: detects port scans and blocks the scanner.
 //!
 //! The pipeline reads top to bottom: [`sensor`]s produce [`event::Hit`]s, [`pipeline`] runs
-//! them through the [`filter`]s and hands [`event::Alert`]s to the [`respond`]ers. The
-//! [`config`] arrives from the side as a whole new [`generation::Generation`].
+//! them through the [`filter`]s and hands the [`event::Alert`]s that crossed the trigger to
+//! the [`announce`] thread, which logs them and asks the [`block`] manager to block; the
+//! manager runs the [`respond`]ers on its worker pool. The [`config`] arrives from the side as
+//! a whole new [`generation::Generation`].
 #![deny(missing_docs)]
 
 pub mod announce;
@@ -23,7 +25,9 @@ pub mod history;
 pub mod local_addrs;
 pub mod logging;
 pub mod pipeline;
+pub mod protected;
 pub mod record;
 pub mod report;
 pub mod respond;
 pub mod sensor;
+pub mod sync;

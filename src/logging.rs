@@ -41,7 +41,7 @@ thread_local! {
 const STDERR_BATCH: usize = 64 * 1024;
 
 /// Runs `f` with the stderr lines this thread logs gathered and written in one go at the
-/// end (or every 64 KiB). The response thread drains a burst of alerts this way: during a
+/// end (or every 64 KiB). The announcing thread drains a burst of alerts this way: during a
 /// forged flood one `write(2)` per batch instead of one per line keeps it ahead of the
 /// queue. Syslog lines are still sent one by one, as they are logged.
 pub fn batched<R>(f: impl FnOnce() -> R) -> R {
@@ -118,7 +118,7 @@ impl StderrAppender {
 impl Append for StderrAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
         use std::fmt::Write;
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = crate::sync::lock(&self.pending);
         let mut line = String::new();
         let _ = writeln!(line, "{}", message(record));
         // Lines of other threads go after what is pending, so the order is kept.
@@ -130,7 +130,7 @@ impl Append for StderrAppender {
     }
 
     fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = crate::sync::lock(&self.pending);
         let _ = Self::write_out(&mut pending);
     }
 }
@@ -180,7 +180,7 @@ impl SyslogAppender {
 
 impl Append for SyslogAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::sync::lock(&self.state);
         let now = chrono::Local::now();
         if now.timestamp() != state.stamp_second {
             state.stamp_second = now.timestamp();
@@ -243,10 +243,7 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
                 root = root.appender("syslog");
             }
             Err(e) => {
-                note = Some(format!(
-                    "adminalert: syslog socket {} unavailable ({e}); logging to stderr only",
-                    path.display()
-                ));
+                note = Some(crate::report::syslog_unavailable(path, e));
             }
         }
     }

@@ -1,11 +1,12 @@
-//! Wires sensors -> filters -> responders over crossbeam channels.
+//! Wires sensors -> filters -> the announcing thread over crossbeam channels (the
+//! announcing thread hands blocks on to the block manager, whose pool runs the responders).
 //!
 //! Two threads: the *filter* thread takes hits from every sensor and runs the filter chain
 //! (cheap, in memory); the *announcing* thread takes the alerts that passed, logs them and
 //! asks the block manager ([`crate::block::manager`]) to block, which runs the responders on
 //! its own pool. Sensors never block: their channel is bounded and a full channel
 //! counts a drop. A new config generation arrives on a control channel that beats data
-//! (`select_biased!`) and travels to the response thread in order with the alerts.
+//! (`select_biased!`) and travels to the announcing thread in order with the alerts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +29,8 @@ use crate::sensor::HitSink;
 
 /// Probes buffered between the sensors and the filters.
 pub const HIT_QUEUE: usize = 16 * 1024;
-/// Alerts buffered between the filters and the responders: enough to absorb a burst of
-/// 100k probes/s from forged sources while the response thread writes their log lines.
+/// Alerts buffered between the filters and the announcing thread: enough to absorb a burst
+/// of 100k probes/s from forged sources while the announcing thread writes their log lines.
 pub const ALERT_QUEUE: usize = 16 * 1024;
 /// How often drop counters are reported when they grew.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -48,9 +49,9 @@ pub struct Stats {
     pub below_trigger: AtomicU64,
     /// Probes from protected addresses (gateways, nameservers, established peers).
     pub protected: AtomicU64,
-    /// Alerts handed to the response thread.
+    /// Alerts handed to the announcing thread.
     pub alerts: AtomicU64,
-    /// Alerts lost because the response thread was behind.
+    /// Alerts lost because the announcing thread was behind.
     pub alerts_dropped: AtomicU64,
     /// Probes not acted on whose line did not fit in `LOG_RATE_LIMIT` (summarised).
     pub not_logged: AtomicU64,
@@ -79,7 +80,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts both threads; the filters and the stage were built from the first generation,
+    /// Starts both threads; the filters and the announcer were built from the first generation,
     /// `log_rate_limit` is its `LOG_RATE_LIMIT`.
     pub fn start(
         filters: Vec<Box<dyn Filter>>,
@@ -134,7 +135,7 @@ impl Pipeline {
     }
 
     /// Swaps in a new generation: filters first (the very next probe sees it), then the
-    /// response stage with the plugins built from it, in order with the alerts already
+    /// announcing thread with the plugins built from it, in order with the alerts already
     /// queued.
     pub fn reload(&self, generation: Generation, lua: LuaPlugins) {
         let _ = self.control.send(FilterMsg::Reload(generation, lua));

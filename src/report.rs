@@ -4,9 +4,10 @@
 
 use std::fmt::Display;
 use std::net::IpAddr;
+use std::path::Path;
 
 use crate::event::{Alert, Mode, ProbeKind, Proto};
-use crate::filter::protect::Reason;
+use crate::protected::Reason;
 
 /// `resolved/ip`, as 1.2 prints a host; with `RESOLVE_HOST=0` both halves are the IP.
 fn host_pair(resolved: &str, ip: IpAddr) -> String {
@@ -516,6 +517,296 @@ pub fn established_peers_full(capacity: usize) -> String {
     )
 }
 
+// ---- the daemon's own operation: files, threads, reloads (all ours unless noted) ----
+/// Ours: a problem that does not stop anything, worded by whoever found it (a config key
+/// that is ignored, a journal line skipped).
+pub fn warning(what: impl Display) -> String {
+    format!("adminalert: WARNING: {what}")
+}
+
+/// 1.2: no trap port of a protocol could be bound; the daemon stops.
+pub fn nothing_bound(proto: &str) -> String {
+    format!("adminalert: ERROR: could not bind ANY {proto} sockets. Shutting down.")
+}
+
+/// Ours: a classic trap port was dropped by a reload.
+pub fn no_longer_listening(proto: Proto, port: u16) -> String {
+    format!(
+        "adminalert: No longer listening on {} port: {port}",
+        proto.upper()
+    )
+}
+
+/// Ours: the classic sensor's poll failed; it waits a moment and polls again.
+pub fn poll_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: poll failed: {err}")
+}
+
+/// Ours: the kernel refused the new capture prefilter; the old one stays attached.
+pub fn prefilter_refused(err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot update the capture prefilter: {err}. Keeping the previous one"
+    )
+}
+
+/// Ours: the new capture prefilter could not be built; the old one stays attached.
+pub fn prefilter_not_built(err: impl Display) -> String {
+    format!("adminalert: ERROR: {err}. Keeping the previous prefilter")
+}
+
+/// Ours: waiting on the capture socket failed; the raw sensor tries again.
+pub fn capture_wait_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: waiting on the capture socket: {err}")
+}
+
+/// Ours: reading the capture socket failed; the raw sensor tries again.
+pub fn capture_read_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: reading the capture socket: {err}")
+}
+
+/// Ours: the last line of a start refused for its configuration (after the errors).
+pub fn config_refused_not_starting() -> &'static str {
+    "adminalert: configuration refused, not starting"
+}
+
+/// Ours: the control socket could not be made; the daemon runs without it.
+pub fn no_control_socket(err: impl Display) -> String {
+    format!(
+        "adminalert: WARNING: no control socket ({err}); status, list, block and unblock are \
+         unavailable"
+    )
+}
+
+/// Ours: the configuration files cannot be watched; only SIGHUP reloads.
+pub fn config_not_watched(err: impl Display) -> String {
+    format!("adminalert: WARNING: cannot watch the configuration files ({err}); reload with SIGHUP")
+}
+
+/// Ours: a reload is in force (the line the reload tests and admins wait for).
+pub fn config_reloaded(generation: u64, millis: u128) -> String {
+    format!("adminalert: configuration reloaded, generation {generation} in force ({millis} ms)")
+}
+
+/// Ours: one reason a reload was refused.
+pub fn reload_refused(err: impl Display) -> String {
+    format!("adminalert: ERROR: reload refused: {err}")
+}
+
+/// Ours: after a refused reload, the generation still in force.
+pub fn keeping_generation(generation: u64) -> String {
+    format!("adminalert: ERROR: keeping configuration generation {generation}")
+}
+
+/// Ours: the modes file could not be read at a reload; the running modes stay.
+pub fn modes_unchanged(err: impl Display) -> String {
+    format!("adminalert: WARNING: {err}; modes unchanged")
+}
+
+/// Ours: the filters did not confirm a reload in time (they take it with their next probe).
+pub fn filters_slow_to_reload() -> &'static str {
+    "adminalert: WARNING: the filters are slow to take the new configuration"
+}
+
+/// Ours: the syslog socket cannot be reached; lines go to stderr only.
+pub fn syslog_unavailable(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: syslog socket {} unavailable ({err}); logging to stderr only",
+        path.display()
+    )
+}
+
+/// Ours: the config file watcher failed and was made again.
+pub fn config_watcher_restarted() -> &'static str {
+    "adminalert: WARNING: config file watcher restarted"
+}
+
+/// Ours: the config file watcher failed and could not be made again.
+pub fn config_watcher_lost(err: impl Display) -> String {
+    format!("adminalert: ERROR: config file watcher lost ({err}); reload with SIGHUP")
+}
+
+/// Ours: `EVENT_LOG` was turned off by a reload.
+pub fn event_log_closed(old: &Path) -> String {
+    format!("adminalert: no longer writing events to {}", old.display())
+}
+
+/// Ours: `EVENT_LOG` is (now) written to `path`.
+pub fn event_log_opened(path: &Path) -> String {
+    format!("adminalert: writing events to {}", path.display())
+}
+
+/// Ours: a reload named an event log that cannot be opened; the old one is kept.
+pub fn event_log_open_failed_keeping(path: &Path, err: impl Display, old: &Path) -> String {
+    format!(
+        "adminalert: ERROR: cannot open event log {}: {err}; still writing {}",
+        path.display(),
+        old.display()
+    )
+}
+
+/// Ours: the event log cannot be opened and there is no other.
+pub fn event_log_open_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot open event log {}: {err}; no events are written until a \
+         reload opens it",
+        path.display()
+    )
+}
+
+/// Ours: an event could not be encoded (it is skipped).
+pub fn event_encode_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: cannot encode an event: {err}")
+}
+
+/// Ours: writing the event log failed (said once until a write succeeds again).
+pub fn event_log_write_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot write event log {}: {err}",
+        path.display()
+    )
+}
+
+/// Ours: `NOTIFY_SOCKET` is set but cannot be used.
+pub fn notify_socket_unusable(target: &str, err: impl Display) -> String {
+    format!("adminalert: WARNING: NOTIFY_SOCKET \"{target}\" unusable ({err})")
+}
+
+/// Ours: the systemd watchdog thread could not be started.
+pub fn watchdog_thread_failed(err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot start the watchdog thread ({err}); systemd will restart the \
+         daemon when WatchdogSec= passes"
+    )
+}
+
+/// Ours: every thread moves again; systemd's watchdog is pinged again.
+pub fn watchdog_resumed() -> &'static str {
+    "adminalert: watchdog: every thread is moving again, pinging systemd"
+}
+
+/// Ours: a thread is stuck; systemd's watchdog is no longer pinged.
+pub fn watchdog_stopped(why: impl Display) -> String {
+    format!("adminalert: WARNING: watchdog: {why}; no longer telling systemd the daemon is alive")
+}
+
+/// Ours: `METRICS_LISTEN` was turned off by a reload.
+pub fn metrics_stopped(was: impl Display) -> String {
+    format!("adminalert: metrics server on {was} stopped")
+}
+
+/// Ours: the metrics are served at `addr`.
+pub fn metrics_serving(addr: impl Display) -> String {
+    format!("adminalert: metrics served on http://{addr}/metrics")
+}
+
+/// Ours: `METRICS_LISTEN` cannot be bound; `now` says what is served instead.
+pub fn metrics_listen_failed(addr: impl Display, err: impl Display, now: &str) -> String {
+    format!("adminalert: ERROR: METRICS_LISTEN: cannot listen on {addr}: {err}; {now}")
+}
+
+/// Ours: a first start imported 1.2's blocked file into the block state file.
+pub fn legacy_blocks_imported(count: usize, from: &Path) -> String {
+    format!(
+        "adminalert: imported {count} block(s) from {} as permanent blocks",
+        from.display()
+    )
+}
+
+/// Ours: a reload changed `BLOCK_STATE_FILE`, which only a restart applies.
+pub fn state_file_needs_restart(still: &Path) -> String {
+    format!(
+        "adminalert: WARNING: BLOCK_STATE_FILE changes only with a restart; still using {}",
+        still.display()
+    )
+}
+
+/// Ours: a reload moved `HISTORY_FILE`.
+pub fn history_file_moved(new: &Path, old: &Path) -> String {
+    format!(
+        "adminalert: history file is now {} (was {})",
+        new.display(),
+        old.display()
+    )
+}
+
+/// Ours: a reload named a history file that cannot be opened (`err` names it).
+pub fn history_open_failed(err: impl Display, still: &Path) -> String {
+    format!(
+        "adminalert: ERROR: cannot open history file {err}; still writing {}",
+        still.display()
+    )
+}
+
+/// Ours: a reload moved `BLOCKED_FILE`.
+pub fn blocked_file_moved(new: &Path, old: &Path) -> String {
+    format!(
+        "adminalert: blocked file is now {} (was {})",
+        new.display(),
+        old.display()
+    )
+}
+
+/// Ours: blocks of the journal being restored at start.
+pub fn restoring(restored: usize, from: &Path, expired: usize) -> String {
+    format!(
+        "adminalert: restoring {restored} block(s) from {}; {expired} expired while stopped",
+        from.display()
+    )
+}
+
+/// Ours: the block state file could not be appended to.
+pub fn state_file_write_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot write block state file {}: {err}; the blocks are in force \
+         but will not be restored after a restart",
+        path.display()
+    )
+}
+
+/// Ours: the block state file could not be compacted (it keeps growing until it can).
+pub fn state_file_compact_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot compact block state file {}: {err}",
+        path.display()
+    )
+}
+
+/// Ours: a history line could not be written.
+pub fn history_write_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot write history file {}: {err}",
+        path.display()
+    )
+}
+
+/// Ours: 1.2's blocked file could not be rewritten.
+pub fn blocked_file_write_failed(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot write blocked file {}: {err}",
+        path.display()
+    )
+}
+
+/// Ours: the resolver thread could not be started; hosts are logged by address.
+pub fn resolver_thread_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: cannot start the resolver thread ({err}); logging IPs")
+}
+
+/// Ours: one responder worker could not be started; the pool runs with fewer.
+pub fn responder_thread_failed(n: usize, err: impl Display) -> String {
+    format!("adminalert: ERROR: cannot start responder thread {n}: {err}")
+}
+
+/// Ours: the protected addresses were not read in time at start; the daemon goes on.
+pub fn protected_not_ready(seconds: u64) -> String {
+    format!("adminalert: WARNING: protected addresses not read within {seconds} s; going on")
+}
+
+/// Ours: the protected-address refresher did not confirm a reload in time.
+pub fn protected_slow_to_reload() -> &'static str {
+    "adminalert: WARNING: protected addresses are slow to follow the reload"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,6 +921,32 @@ mod tests {
         assert_eq!(
             listen_mode(Proto::Tcp, 1),
             "adminalert: Going into listen mode on TCP port: 1"
+        );
+    }
+
+    #[test]
+    fn operational_lines_keep_the_wording_tools_and_tests_wait_for() {
+        // 1.2's own wording, then ours that the end-to-end tests and admins grep for.
+        assert_eq!(
+            nothing_bound("TCP"),
+            "adminalert: ERROR: could not bind ANY TCP sockets. Shutting down."
+        );
+        assert_eq!(
+            no_longer_listening(Proto::Tcp, 1524),
+            "adminalert: No longer listening on TCP port: 1524"
+        );
+        assert_eq!(
+            config_reloaded(2, 15),
+            "adminalert: configuration reloaded, generation 2 in force (15 ms)"
+        );
+        assert_eq!(
+            warning("portsentry.conf:3: FOO: unknown key"),
+            "adminalert: WARNING: portsentry.conf:3: FOO: unknown key"
+        );
+        assert_eq!(
+            state_file_write_failed(Path::new("/var/lib/portsentry/blocks"), "disk full"),
+            "adminalert: ERROR: cannot write block state file /var/lib/portsentry/blocks: disk \
+             full; the blocks are in force but will not be restored after a restart"
         );
     }
 }

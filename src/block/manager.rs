@@ -27,10 +27,11 @@ use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
 use crate::config::BlockLevel;
 use crate::event::{Alert, Hit, Mode, ProbeKind, Proto};
 use crate::event_log::{Event, EventSink};
-use crate::filter::protect::ProtectView;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
+use crate::local_addrs::LocalAddrs;
+use crate::protected::ProtectView;
 use crate::report;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::{NftHandle, host_of};
@@ -195,13 +196,13 @@ impl BlockManager {
         let (mut journal, replay) = Journal::open(state_file)
             .with_context(|| format!("cannot open block state file {}", state_file.display()))?;
         for w in &replay.warnings {
-            log::warn!("adminalert: WARNING: {w}");
+            log::warn!("{}", report::warning(w));
         }
         let mut active = replay.active;
         if !existed {
             let (imported, warnings) = journal::import_legacy(&config.blocked_file);
             for w in &warnings {
-                log::warn!("adminalert: WARNING: {w}");
+                log::warn!("{}", report::warning(w));
             }
             if !imported.is_empty() {
                 let entries: Vec<Entry> = imported.iter().cloned().map(Entry::Block).collect();
@@ -209,9 +210,8 @@ impl BlockManager {
                     format!("cannot write block state file {}", state_file.display())
                 })?;
                 log::info!(
-                    "adminalert: imported {} block(s) from {} as permanent blocks",
-                    imported.len(),
-                    config.blocked_file.display()
+                    "{}",
+                    report::legacy_blocks_imported(imported.len(), &config.blocked_file)
                 );
                 for r in imported {
                     active.insert(r.target, r);
@@ -654,33 +654,25 @@ impl Manager {
     fn reconfigure(&mut self, generation: Generation, lua: LuaPlugins) {
         let (old, new) = (&self.generation.config, &generation.config);
         if new.block_state_file != old.block_state_file {
-            log::warn!(
-                "adminalert: WARNING: BLOCK_STATE_FILE changes only with a restart; still using {}",
-                self.journal.path().display()
-            );
+            log::warn!("{}", report::state_file_needs_restart(self.journal.path()));
         }
         if new.history_file != *self.history.path() {
             match History::open(&new.history_file) {
                 Ok(history) => {
                     log::info!(
-                        "adminalert: history file is now {} (was {})",
-                        new.history_file.display(),
-                        self.history.path().display()
+                        "{}",
+                        report::history_file_moved(&new.history_file, self.history.path())
                     );
                     self.history = history;
                 }
-                Err(e) => log::error!(
-                    "adminalert: ERROR: cannot open history file {e}; still writing {}",
-                    self.history.path().display()
-                ),
+                Err(e) => log::error!("{}", report::history_open_failed(e, self.history.path())),
             }
         }
         let moved = new.blocked_file != old.blocked_file;
         if moved {
             log::info!(
-                "adminalert: blocked file is now {} (was {})",
-                new.blocked_file.display(),
-                old.blocked_file.display()
+                "{}",
+                report::blocked_file_moved(&new.blocked_file, &old.blocked_file)
             );
         }
         // New blocks go to the table the new config names; blocks in force stay where
@@ -937,7 +929,7 @@ impl Manager {
             outcomes: Vec::new(),
             reply,
         };
-        let local = crate::local_addrs::LocalAddrs::new();
+        let local = LocalAddrs::new();
         let now = SystemTime::now();
         for target in targets {
             let who = target_text(&target);
@@ -1000,7 +992,7 @@ impl Manager {
 
     /// Why a target must never be blocked by hand, if so: this host's own addresses,
     /// loopback, the unspecified address, and the ignore list.
-    fn protected(&self, target: &Target, local: &crate::local_addrs::LocalAddrs) -> Option<String> {
+    fn protected(&self, target: &Target, local: &LocalAddrs) -> Option<String> {
         let addr = target.addr();
         let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
         if special(addr)
@@ -1125,8 +1117,8 @@ impl Manager {
         };
         if restored + expired > 0 {
             log::info!(
-                "adminalert: restoring {restored} block(s) from {}; {expired} expired while stopped",
-                self.journal.path().display()
+                "{}",
+                report::restoring(restored, self.journal.path(), expired)
             );
         }
         // The 1.2 list says what is blocked now from the first moment; the next change is
@@ -1511,9 +1503,8 @@ impl Manager {
             let entries = std::mem::take(&mut self.entries);
             if let Err(e) = self.journal.append(&entries) {
                 log::error!(
-                    "adminalert: ERROR: cannot write block state file {}: {e}; the blocks are \
-                     in force but will not be restored after a restart",
-                    self.journal.path().display()
+                    "{}",
+                    report::state_file_write_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1523,10 +1514,7 @@ impl Manager {
                 Effect::Warn(line) => log::warn!("{line}"),
                 Effect::History(line) => {
                     if let Err(e) = self.history.append(&line) {
-                        log::error!(
-                            "adminalert: ERROR: cannot write history file {}: {e}",
-                            self.history.path().display()
-                        );
+                        log::error!("{}", report::history_write_failed(self.history.path(), e));
                     }
                 }
                 Effect::Reply(reply) => reply(),
@@ -1542,8 +1530,8 @@ impl Manager {
             let records: Vec<BlockRecord> = self.records().cloned().collect();
             if let Err(e) = self.journal.compact(records.iter(), self.offences.iter()) {
                 log::error!(
-                    "adminalert: ERROR: cannot compact block state file {}: {e}",
-                    self.journal.path().display()
+                    "{}",
+                    report::state_file_compact_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1572,10 +1560,7 @@ impl Manager {
             _ => None,
         });
         if let Err(e) = journal::write_blocked_file(&path, active) {
-            log::error!(
-                "adminalert: ERROR: cannot write blocked file {}: {e}",
-                path.display()
-            );
+            log::error!("{}", report::blocked_file_write_failed(&path, e));
         }
         self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
@@ -1700,8 +1685,8 @@ mod tests {
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
         let listed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let l2 = std::sync::Arc::clone(&listed);
-        manager.list(move |blocks| *l2.lock().unwrap() = blocks);
-        assert!(wait_for(|| listed.lock().unwrap().len() == 10));
+        manager.list(move |blocks| *crate::sync::lock(&l2) = blocks);
+        assert!(wait_for(|| crate::sync::lock(&listed).len() == 10));
         manager.stop();
         let history = std::fs::read_to_string(dir.path().join("history")).unwrap();
         assert_eq!(history.lines().count(), 10, "{history}");

@@ -46,15 +46,11 @@ impl BlockView {
 
     fn read(&self) -> RwLockReadGuard<'_, Set> {
         // Every write is one insert or remove: a panic cannot leave it half done.
-        self.set
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::read(&self.set)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Set> {
-        self.set
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::write(&self.set)
     }
 
     /// Whether a confirmed block covers `ip` (an IPv4-mapped address matches its IPv4 form).

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod ignore;
+pub mod modes;
 pub mod parse;
 pub mod ports;
 pub mod unkill;

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -373,7 +373,7 @@ impl MetricsServer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.running)
     }
 
     /// Counts a reload (`ok`: taken), records the generation in force after it, and follows
@@ -401,7 +401,7 @@ impl MetricsServer {
             if let Some(r) = running.take() {
                 let was = r.addr;
                 r.stop();
-                log::info!("adminalert: metrics server on {was} stopped");
+                log::info!("{}", crate::report::metrics_stopped(was));
             }
             return;
         };
@@ -425,7 +425,7 @@ impl MetricsServer {
                     r.stop();
                 }
                 *running = Some(new);
-                log::info!("adminalert: metrics served on http://{addr}/metrics");
+                log::info!("{}", crate::report::metrics_serving(addr));
             }
             Err(e) => {
                 let now = match running.as_ref() {
@@ -440,9 +440,7 @@ impl MetricsServer {
                         _ => "no metrics server".to_string(),
                     },
                 };
-                log::error!(
-                    "adminalert: ERROR: METRICS_LISTEN: cannot listen on {addr}: {e}; {now}"
-                );
+                log::error!("{}", crate::report::metrics_listen_failed(addr, e, &now));
             }
         }
     }

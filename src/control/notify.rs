@@ -59,7 +59,7 @@ static NOTIFIER: LazyLock<Option<Notifier>> = LazyLock::new(|| {
     match Notifier::new(&target) {
         Ok(n) => Some(n),
         Err(e) => {
-            log::warn!("adminalert: WARNING: NOTIFY_SOCKET \"{target}\" unusable ({e})");
+            log::warn!("{}", crate::report::notify_socket_unusable(&target, e));
             None
         }
     }
@@ -199,10 +199,7 @@ impl Watchdog {
                 thread: Some(t),
             }),
             Err(e) => {
-                log::error!(
-                    "adminalert: ERROR: cannot start the watchdog thread ({e}); systemd will \
-                     restart the daemon when WatchdogSec= passes"
-                );
+                log::error!("{}", crate::report::watchdog_thread_failed(e));
                 None
             }
         }
@@ -223,7 +220,7 @@ fn ping_if_healthy(registry: &Registry, notifier: &Notifier, was_pinging: bool) 
     match registry.check(Instant::now()) {
         Ok(()) => {
             if !was_pinging {
-                log::info!("adminalert: watchdog: every thread is moving again, pinging systemd");
+                log::info!("{}", crate::report::watchdog_resumed());
             }
             if let Err(e) = notifier.send("WATCHDOG=1") {
                 log::debug!("sd_notify WATCHDOG=1 failed: {e}");
@@ -232,10 +229,7 @@ fn ping_if_healthy(registry: &Registry, notifier: &Notifier, was_pinging: bool) 
         }
         Err(why) => {
             if was_pinging {
-                log::warn!(
-                    "adminalert: WARNING: watchdog: {why}; no longer telling systemd the \
-                     daemon is alive"
-                );
+                log::warn!("{}", crate::report::watchdog_stopped(why));
             }
             false
         }

@@ -14,7 +14,9 @@
 //! One refresher thread, owned by a [`Protector`], reads the kernel and the file and
 //! publishes an immutable [`Snapshot`]; it is the only writer. The [`ProtectFilter`] on the
 //! filter thread, and anyone else holding a [`ProtectView`] (the block manager, for blocks
-//! made by hand or pulled from a fleet), read it without any I/O.
+//! made by hand or pulled from a fleet), read it without any I/O. The view and snapshot types
+//! live in [`crate::protected`], so that the block manager reads them without importing a
+//! filter.
 
 mod netlink;
 mod refresher;
@@ -25,10 +27,9 @@ pub mod sessions;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 
@@ -38,150 +39,17 @@ use crate::config::ignore::IgnoreList;
 use crate::event::Alert;
 use crate::report;
 
+pub use crate::protected::{Peer, ProtectView, Reason, Snapshot};
 pub use refresher::REFRESH_INTERVAL;
-pub use sessions::Peer;
 
-/// Why an address is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Next hop of a default route.
-    DefaultGateway,
-    /// Next hop of another route.
-    Router,
-    /// A nameserver of `RESOLV_CONF`.
-    Resolver,
-    /// Peer of an established session to a local service, older than the probe.
-    Established {
-        /// The local (service) port of the session.
-        port: u16,
-    },
-}
-
-/// The protected addresses at one moment, as the refresher read them. Immutable: a new one
-/// replaces it whole.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    gateways: HashMap<IpAddr, Reason>,
-    resolvers: HashSet<IpAddr>,
+/// Gathers the three kinds of one refresh into the snapshot readers see (each empty when its
+/// `PROTECT_*` key is off).
+pub fn snapshot(
+    gateways: &routes::Gateways,
+    resolvers: &[IpAddr],
     peers: Arc<HashMap<IpAddr, Peer>>,
-}
-
-impl Snapshot {
-    /// Gathers the three kinds (each empty when its `PROTECT_*` key is off).
-    pub fn new(
-        gateways: &routes::Gateways,
-        resolvers: &[IpAddr],
-        peers: Arc<HashMap<IpAddr, Peer>>,
-    ) -> Snapshot {
-        let mut by_ip = HashMap::new();
-        for ip in &gateways.routers {
-            by_ip.insert(ip.to_canonical(), Reason::Router);
-        }
-        for ip in &gateways.default {
-            by_ip.insert(ip.to_canonical(), Reason::DefaultGateway);
-        }
-        Snapshot {
-            gateways: by_ip,
-            resolvers: resolvers.iter().map(|ip| ip.to_canonical()).collect(),
-            peers,
-        }
-    }
-
-    /// Why a probe from `ip` seen at `at` must not be acted on, if it must not: a gateway,
-    /// then a nameserver, then a peer whose session was seen before `at`.
-    pub fn protection_at(&self, ip: IpAddr, at: SystemTime) -> Option<Reason> {
-        let ip = ip.to_canonical();
-        if let Some(reason) = self.gateways.get(&ip) {
-            return Some(*reason);
-        }
-        if self.resolvers.contains(&ip) {
-            return Some(Reason::Resolver);
-        }
-        self.peers
-            .get(&ip)
-            .filter(|p| at > p.first_seen)
-            .map(|p| Reason::Established { port: p.port })
-    }
-
-    /// A protected address inside `net`, if any (blocks of whole networks made by hand or
-    /// pulled from a fleet must not cover the gateway either); sessions count whatever
-    /// their age, since a network block would cut them now.
-    pub fn protected_in(&self, net: &ipnet::IpNet) -> Option<(IpAddr, Reason)> {
-        let inside = |ip: &IpAddr| net.contains(ip);
-        self.gateways
-            .iter()
-            .find(|(ip, _)| inside(ip))
-            .map(|(ip, r)| (*ip, *r))
-            .or_else(|| {
-                self.resolvers
-                    .iter()
-                    .find(|ip| inside(ip))
-                    .map(|ip| (*ip, Reason::Resolver))
-            })
-            .or_else(|| {
-                self.peers
-                    .iter()
-                    .find(|(ip, _)| inside(ip))
-                    .map(|(ip, p)| (*ip, Reason::Established { port: p.port }))
-            })
-    }
-}
-
-/// Read side of the protected addresses; cheap to clone. Readers see the latest snapshot
-/// the refresher published.
-#[derive(Debug, Clone, Default)]
-pub struct ProtectView {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    current: RwLock<Arc<Snapshot>>,
-    /// Bumped on every publish, so the filter re-reads the lock only when it changed.
-    version: AtomicU64,
-}
-
-impl ProtectView {
-    /// A view of nothing protected, until a refresher publishes into it.
-    pub fn new() -> ProtectView {
-        ProtectView::default()
-    }
-
-    /// The latest snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        // Every write swaps one Arc: a panic cannot leave it half done.
-        let guard = self
-            .shared
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(&guard)
-    }
-
-    /// Why `ip` must never be blocked now, if so: for blocks that come from no probe (made by
-    /// hand, pulled from a fleet), where any established session is older than the request.
-    pub fn protection(&self, ip: IpAddr) -> Option<Reason> {
-        self.protection_at(ip, SystemTime::now())
-    }
-
-    /// Why a probe from `ip` seen at `at` must not be acted on, if so.
-    pub fn protection_at(&self, ip: IpAddr, at: SystemTime) -> Option<Reason> {
-        self.snapshot().protection_at(ip, at)
-    }
-
-    fn version(&self) -> u64 {
-        self.shared.version.load(Ordering::Acquire)
-    }
-
-    /// Replaces the snapshot; only the refresher (and tests) call it.
-    fn publish(&self, snapshot: Arc<Snapshot>) {
-        *self
-            .shared
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
-        self.shared.version.fetch_add(1, Ordering::Release);
-    }
+) -> Snapshot {
+    Snapshot::new(&gateways.default, &gateways.routers, resolvers, peers)
 }
 
 /// Longest wait for the refresher's first read at start, and for it to take a reload.
@@ -207,10 +75,7 @@ impl Protector {
             .name("protect".into())
             .spawn(move || refresher::run(settings, writer, rx, ready_tx))?;
         if ready.recv_timeout(READY_WAIT).is_err() {
-            log::warn!(
-                "adminalert: WARNING: protected addresses not read within {} s; going on",
-                READY_WAIT.as_secs()
-            );
+            log::warn!("{}", report::protected_not_ready(READY_WAIT.as_secs()));
         }
         Ok(Protector {
             view,
@@ -230,7 +95,7 @@ impl Protector {
         let (done, applied) = bounded(1);
         let msg = refresher::Msg::Reconfigure(refresher::Settings::of(config), done);
         if self.control.send(msg).is_err() || applied.recv_timeout(READY_WAIT).is_err() {
-            log::warn!("adminalert: WARNING: protected addresses are slow to follow the reload");
+            log::warn!("{}", report::protected_slow_to_reload());
         }
     }
 
@@ -463,6 +328,7 @@ mod tests {
     use super::*;
     use crate::event::{Hit, Mode, ProbeKind};
     use std::collections::BTreeSet;
+    use std::time::SystemTime;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -498,7 +364,7 @@ mod tests {
     #[test]
     fn a_network_block_covering_a_protected_address_is_named() {
         let t = SystemTime::now();
-        let s = Snapshot::new(
+        let s = snapshot(
             &gateways(&["10.77.1.1"], &[]),
             &[ip("fd77:1::53")],
             peers(&[("10.77.2.20", 22, t)]),
@@ -522,7 +388,7 @@ mod tests {
     #[test]
     fn snapshot_names_the_reason_of_each_kind() {
         let t = SystemTime::now();
-        let s = Snapshot::new(
+        let s = snapshot(
             &gateways(&["10.77.1.1", "fe80::1"], &["10.77.1.9"]),
             &[ip("10.77.1.53"), ip("10.77.1.1")],
             peers(&[("10.77.1.20", 22, t)]),
@@ -555,7 +421,7 @@ mod tests {
     #[test]
     fn established_peer_is_protected_only_from_probes_later_than_its_session() {
         let seen = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let s = Snapshot::new(
+        let s = snapshot(
             &routes::Gateways::default(),
             &[],
             peers(&[("10.77.1.20", 22, seen)]),
@@ -616,7 +482,7 @@ mod tests {
     fn filter_drops_protected_sources_logging_once_and_passes_others() {
         let view = ProtectView::new();
         let t = SystemTime::now();
-        view.publish(Arc::new(Snapshot::new(
+        view.publish(Arc::new(snapshot(
             &gateways(&["10.77.1.1"], &[]),
             &[ip("10.77.1.53")],
             peers(&[]),
@@ -656,7 +522,7 @@ mod tests {
             f.inspect_at(&alert_at("10.77.1.1", t), now).0,
             Verdict::Pass
         );
-        view.publish(Arc::new(Snapshot::new(
+        view.publish(Arc::new(snapshot(
             &gateways(&[], &["10.77.1.1"]),
             &[],
             peers(&[]),

@@ -14,8 +14,8 @@ use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::report;
 
-/// Serialises edits of deny files by this process (appends by the block thread, removals by
-/// the block manager's workers).
+/// Serialises edits of deny files by this process (appends and removals both run on the
+/// block manager's responder workers, several at once).
 static EDIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Whether a line of the file is the responder's line: the same text, trailing blanks (and a
@@ -41,7 +41,7 @@ impl HostsDenyResponder {
     }
 
     fn append(&self, line: &str) -> std::io::Result<bool> {
-        let _edit = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _edit = crate::sync::lock(&EDIT_LOCK);
         let existing = match std::fs::read(&self.file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -116,7 +116,7 @@ pub enum Removal {
 /// read-only and the file a bind mount, which nothing can be renamed over — the file is
 /// rewritten in place instead (see [`rewrite_in_place`]).
 pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
-    let _edit = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _edit = crate::sync::lock(&EDIT_LOCK);
     let real = match std::fs::canonicalize(file) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::NoFile),

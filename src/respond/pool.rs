@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -137,10 +137,7 @@ impl Timings {
     /// Counts one run of one responder.
     pub fn record_responder(&self, responder: &str, op: Op, d: Duration) {
         let durations = {
-            let mut map = self
-                .responders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut map = crate::sync::lock(&self.responders);
             let key = (responder.to_string(), op);
             let key = if map.contains_key(&key) || map.len() < MAX_TIMED_RESPONDERS {
                 key
@@ -154,10 +151,7 @@ impl Timings {
 
     /// Every responder timed so far: name, way, and its durations.
     pub fn responders(&self) -> Vec<(String, Op, DurationSnapshot)> {
-        let map = self
-            .responders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = crate::sync::lock(&self.responders);
         map.iter()
             .map(|((name, op), d)| (name.clone(), *op, d.snapshot()))
             .collect()
@@ -293,6 +287,16 @@ pub fn responder_chain(
     }
 }
 
+/// How a worker thread is started: [`spawn_named`] in the daemon; tests make it fail.
+type Spawner<'a> =
+    dyn FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> + 'a;
+
+/// Starts a named thread, returning the error (`EAGAIN` when the system is out of threads)
+/// instead of panicking as `std::thread::spawn` does.
+fn spawn_named(name: String, f: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(f)
+}
+
 /// The running workers.
 pub struct Pool {
     jobs: Option<Sender<Job>>,
@@ -311,6 +315,17 @@ impl Pool {
         results: Sender<JobResult>,
         nft: NftHandle,
     ) -> std::io::Result<Pool> {
+        Pool::start_with(workers, results, nft, &mut spawn_named)
+    }
+
+    /// [`Pool::start`] with the way threads are started passed in, so that running out of
+    /// threads can be tested.
+    fn start_with(
+        workers: usize,
+        results: Sender<JobResult>,
+        nft: NftHandle,
+        spawn: &mut Spawner<'_>,
+    ) -> std::io::Result<Pool> {
         let (tx, rx) = unbounded::<Job>();
         let timings = Arc::new(Timings::default());
         let mut threads = Vec::new();
@@ -320,15 +335,18 @@ impl Pool {
             let results = results.clone();
             let timings = Arc::clone(&timings);
             let nft = nft.clone();
-            match std::thread::Builder::new()
-                .name(format!("respond-{n}"))
-                .spawn(move || {
-                    let _enrolled = heartbeat::enroll(&format!("respond-{n}"), Kind::Worker);
+            let name = format!("respond-{n}");
+            let enrolled_as = name.clone();
+            match spawn(
+                name,
+                Box::new(move || {
+                    let _enrolled = heartbeat::enroll(&enrolled_as, Kind::Worker);
                     work(&rx, &results, &timings, &nft)
-                }) {
+                }),
+            ) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    log::error!("adminalert: ERROR: cannot start responder thread {n}: {e}");
+                    log::error!("{}", report::responder_thread_failed(n, &e));
                     last_error = Some(e);
                 }
             }
@@ -554,5 +572,38 @@ mod tests {
             Some(2),
             "a known name keeps its own series"
         );
+    }
+
+    #[test]
+    fn a_pool_short_of_threads_runs_with_those_it_got_and_fails_only_with_none() {
+        let (results, _rx) = unbounded::<JobResult>();
+        let out_of_threads = || std::io::Error::from_raw_os_error(libc::EAGAIN);
+        // Every other thread fails to start, as when a flood exhausted them.
+        let mut started = Vec::new();
+        let mut spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            if started.len() % 2 == 1 {
+                started.push(None);
+                return Err(out_of_threads());
+            }
+            started.push(Some(name.clone()));
+            spawn_named(name, f)
+        };
+        let pool = Pool::start_with(4, results.clone(), NftHandle::default(), &mut spawn)
+            .expect("a pool with two of its four workers");
+        assert_eq!(pool.workers(), 2);
+        let names: Vec<Option<String>> = pool
+            .threads
+            .iter()
+            .map(|h| h.thread().name().map(str::to_string))
+            .collect();
+        assert_eq!(names, [Some("respond-0".into()), Some("respond-2".into())]);
+        assert_eq!(started.iter().flatten().count(), 2);
+        pool.stop();
+        // None at all: the manager is told, and refuses to start rather than panic.
+        let mut never = |_: String, _: Box<dyn FnOnce() + Send>| Err(out_of_threads());
+        let err = Pool::start_with(4, results, NftHandle::default(), &mut never)
+            .err()
+            .expect("no worker, no pool");
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
     }
 }

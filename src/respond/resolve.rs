@@ -48,7 +48,7 @@ impl Resolver {
             .spawn(move || {
                 for (ip, reply) in rx {
                     let name = lookup(ip).unwrap_or_else(|| ip.to_string());
-                    let mut cache = thread_cache.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut cache = crate::sync::lock(&thread_cache);
                     if cache.len() >= CACHE_CAPACITY {
                         cache.clear();
                     }
@@ -58,7 +58,7 @@ impl Resolver {
                 }
             });
         if let Err(e) = spawned {
-            log::error!("adminalert: ERROR: cannot start the resolver thread ({e}); logging IPs");
+            log::error!("{}", crate::report::resolver_thread_failed(e));
         }
         Resolver {
             requests,
@@ -70,7 +70,7 @@ impl Resolver {
     /// The host's name, or its IP when unknown, late or the resolver is busy.
     pub fn name(&self, ip: IpAddr) -> String {
         {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = crate::sync::lock(&self.cache);
             if let Some((name, at)) = cache.get(&ip)
                 && at.elapsed() < CACHE_TTL
             {

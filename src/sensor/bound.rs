@@ -27,7 +27,7 @@ const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum BoundSensorError {
     /// Every trap port of a mode was taken or refused: 1.2 shuts down in that case.
-    #[error("adminalert: ERROR: could not bind ANY {0} sockets. Shutting down.")]
+    #[error("{}", report::nothing_bound(.0))]
     NothingBound(&'static str),
     /// The poll instance could not be created.
     #[error("cannot create poll instance: {0}")]
@@ -127,11 +127,7 @@ impl BoundSensor {
                 .collect();
             for token in stale {
                 if let Some(l) = self.listeners.remove(&token) {
-                    log::info!(
-                        "adminalert: No longer listening on {} port: {}",
-                        mode.proto().upper(),
-                        l.port
-                    );
+                    log::info!("{}", report::no_longer_listening(mode.proto(), l.port));
                     self.deregister(l);
                 }
             }
@@ -285,7 +281,7 @@ impl Sensor for BoundSensor {
             }
             if let Err(e) = self.poll.poll(&mut events, Some(CONTROL_INTERVAL)) {
                 if e.kind() != ErrorKind::Interrupted {
-                    log::error!("adminalert: ERROR: poll failed: {e}");
+                    log::error!("{}", report::poll_failed(e));
                     std::thread::sleep(CONTROL_INTERVAL);
                 }
                 continue;

@@ -171,16 +171,10 @@ pub fn dump_ports(
     }
 }
 
-/// Receives one datagram from a netlink socket into `buf`.
+/// Receives one datagram from a netlink socket into `buf`, through socket2's safe `Read`
+/// (a `read` on a datagram socket is a `recv` without flags).
 pub fn recv_into(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: u8 and MaybeUninit<u8> have the same layout; recv only writes into it.
-    let uninit = unsafe {
-        std::slice::from_raw_parts_mut(
-            buf.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
-            buf.len(),
-        )
-    };
-    sock.recv(uninit)
+    io::Read::read(&mut &*sock, buf)
 }
 
 /// A `SOCK_DIAG_BY_FAMILY` dump request (`nlmsghdr` + `inet_diag_req_v2`, 72 bytes).

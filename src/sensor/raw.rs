@@ -17,8 +17,9 @@
 //! 5. A [`Hit`] goes to the [`HitSink`]; a full channel counts it as dropped and the sensor
 //!    logs the count every [`DROP_REPORT`]; it never blocks on the pipeline.
 //!
-//! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet); the
-//! prefilter is re-attached when they change or the config is reloaded, without reopening
+//! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet; the
+//! addresses come from the process-wide [`crate::local_addrs`] read); the
+//! prefilter is re-attached when the listeners change or the config is reloaded, without reopening
 //! the socket.
 //!
 //! Duplicates: a frame that crosses a bridge or bond is seen once per device. A probe
@@ -52,7 +53,8 @@ use self::bpf::{BuildError, Program};
 use self::capture::{Capture, Packet};
 use self::flows::Flows;
 use self::live::LiveSockets;
-use self::watch::{HostAddrs, Watch};
+use self::watch::Watch;
+use crate::local_addrs::LocalAddrs;
 
 /// How often listeners and host addresses are re-read: a service that starts or stops is
 /// taken into account within this long.
@@ -156,7 +158,7 @@ impl RawSensor {
             }
         }
         let listeners = Listeners::read().map_err(RawSensorError::Listeners)?;
-        let addrs = HostAddrs::read().map_err(RawSensorError::Addrs)?;
+        let addrs = LocalAddrs::read().map_err(RawSensorError::Addrs)?;
         let watch = Watch::new(&unique, &config, listeners, addrs);
         let program = watch.program()?;
         let capture = Capture::open(&program.sock_filters()).map_err(|e| {
@@ -204,12 +206,10 @@ impl RawSensor {
         match self.watch.program() {
             Ok(p) if p != self.program => match self.capture.set_filter(&p.sock_filters()) {
                 Ok(()) => self.program = p,
-                Err(e) => log::error!(
-                    "adminalert: ERROR: cannot update the capture prefilter: {e}. Keeping the previous one"
-                ),
+                Err(e) => log::error!("{}", report::prefilter_refused(e)),
             },
             Ok(_) => {}
-            Err(e) => log::error!("adminalert: ERROR: {e}. Keeping the previous prefilter"),
+            Err(e) => log::error!("{}", report::prefilter_not_built(e)),
         }
     }
 
@@ -242,13 +242,7 @@ impl RawSensor {
                 log::info!("{}", report::listener_gone(c.proto, c.port));
             }
         }
-        match HostAddrs::read() {
-            Ok(a) => self.watch.set_addrs(a),
-            Err(e) => log::warn!(
-                "{}",
-                report::refresh_failed("the host addresses", &e.to_string())
-            ),
-        }
+        self.watch.refresh_addrs(now);
     }
 
     fn reconfigure(&mut self, config: Arc<Config>) {
@@ -313,7 +307,7 @@ impl RawSensor {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    log::error!("adminalert: ERROR: waiting on the capture socket: {e}");
+                    log::error!("{}", report::capture_wait_failed(e));
                     std::thread::sleep(CONTROL_TICK);
                     continue;
                 }
@@ -328,7 +322,7 @@ impl RawSensor {
                     Ok(Some(pkt)) => handle(&pkt, &self.watch, &mut self.state, sink),
                     Ok(None) => break,
                     Err(e) => {
-                        log::error!("adminalert: ERROR: reading the capture socket: {e}");
+                        log::error!("{}", report::capture_read_failed(e));
                         std::thread::sleep(CONTROL_TICK);
                         break;
                     }

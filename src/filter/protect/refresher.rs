@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::ProtectView;
 use super::resolv::ResolvFile;
 use super::routes::{self, Gateways, RouteWatch};
 use super::sessions::{self, MAX_PEERS, PeerTable};
-use super::{ProtectView, Snapshot};
 use crate::config::Config;
 use crate::report;
 
@@ -268,7 +268,7 @@ impl Refresher {
         } else {
             &[]
         };
-        let snapshot = Snapshot::new(&self.gateways, resolvers, self.peers.peers());
+        let snapshot = super::snapshot(&self.gateways, resolvers, self.peers.peers());
         let default: Vec<_> = self.gateways.default.iter().copied().collect();
         let routers: Vec<_> = self.gateways.routers.iter().copied().collect();
         let line = report::protected_addresses(&default, &routers, resolvers);

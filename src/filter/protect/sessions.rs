@@ -26,14 +26,7 @@ use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 /// protects the first ones listed, and says so.
 pub const MAX_PEERS: usize = 65536;
 
-/// One protected peer: the local port of (one of) its sessions and when it was first seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// Local (service) port of a session of this peer.
-    pub port: u16,
-    /// End of the read that first listed the peer established.
-    pub first_seen: SystemTime,
-}
+pub use crate::protected::Peer;
 
 /// The peers of one read: address -> local port, at most `capacity` of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table};
@@ -100,10 +100,7 @@ pub(crate) struct Shared {
     chunks: Mutex<Vec<PathBuf>>,
 }
 
-/// Locks a mutex, ignoring poisoning: the data is a plain value that stays consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 impl Shared {
     /// The shared state of a plugin about to be loaded (its main chunk counts as loading).

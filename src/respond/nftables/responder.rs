@@ -33,7 +33,7 @@ impl NftHandle {
 
     fn lock(&self) -> MutexGuard<'_, Option<NftBackend>> {
         // A worker that panicked mid-call leaves a socket that is still usable.
-        self.backend.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.backend)
     }
 
     /// Follows the config, at start and at every reload: opens the table `KILL_NFTABLES`

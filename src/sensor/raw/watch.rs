@@ -1,6 +1,8 @@
 //! What the raw sensor watches and the per-packet decision, as plain data: the configured
-//! port sets per mode, the listeners and this host's addresses at the last refresh. No I/O
-//! here except [`HostAddrs::read`], so every rule is unit-tested.
+//! port sets per mode, the listeners and this host's addresses at the last refresh (a probe
+//! counts only if sent to one of them: a router also receives frames for other hosts with its
+//! own MAC address as destination). No I/O here but the address refresh, which
+//! [`crate::local_addrs`] owns, so every rule is unit-tested.
 //!
 //! A UDP port whose socket the listener poll saw go away stays unwatched for
 //! [`UDP_FLOW_TTL`] more: the prefilter passes only datagrams from *watched* ports up, so
@@ -8,12 +10,12 @@
 //! must not count as probes. A socket that lived less than a poll interval (the usual
 //! query socket) left its flows in the flow table instead, and needs no such grace.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::event::{Mode, Proto};
+use crate::local_addrs::LocalAddrs;
 use crate::sensor::classify::{FlowStart, Probe};
 use crate::sensor::listeners::Listeners;
 
@@ -21,53 +23,6 @@ use super::bpf::{self, BuildError, Program};
 use super::flows::UDP_FLOW_TTL;
 use super::ports::PortSet;
 use crate::report;
-
-/// This host's own addresses: a probe counts only if sent to one of them (a router also
-/// receives frames for other hosts with its own MAC address as destination).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostAddrs {
-    addrs: HashSet<IpAddr>,
-}
-
-impl FromIterator<IpAddr> for HostAddrs {
-    fn from_iter<I: IntoIterator<Item = IpAddr>>(iter: I) -> Self {
-        HostAddrs {
-            addrs: iter.into_iter().collect(),
-        }
-    }
-}
-
-impl HostAddrs {
-    /// Reads the addresses of every interface in the calling thread's network namespace.
-    pub fn read() -> Result<HostAddrs, nix::Error> {
-        let mut addrs = HashSet::new();
-        for ifa in nix::ifaddrs::getifaddrs()? {
-            let Some(a) = ifa.address else { continue };
-            if let Some(v4) = a.as_sockaddr_in() {
-                addrs.insert(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = a.as_sockaddr_in6() {
-                addrs.insert(IpAddr::V6(v6.ip()));
-            }
-        }
-        Ok(HostAddrs { addrs })
-    }
-
-    /// Whether `ip` is this host's: an interface address, or loopback (Linux answers the
-    /// whole 127.0.0.0/8 on `lo`).
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        ip.is_loopback() || self.addrs.contains(ip)
-    }
-
-    /// Number of interface addresses known.
-    pub fn len(&self) -> usize {
-        self.addrs.len()
-    }
-
-    /// True when no interface address is known.
-    pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty()
-    }
-}
 
 /// Why a well-formed probe does not become a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +61,14 @@ pub struct Watch {
     tcp: PortSet,
     udp: PortSet,
     listeners: Listeners,
-    addrs: HostAddrs,
+    addrs: LocalAddrs,
     /// UDP ports of configured sets whose socket left, each with the end of its grace.
     udp_closing: BTreeMap<u16, Instant>,
 }
 
 impl Watch {
     /// Builds the view for `modes` (raw modes only; others are ignored) from `config`.
-    pub fn new(modes: &[Mode], config: &Config, listeners: Listeners, addrs: HostAddrs) -> Watch {
+    pub fn new(modes: &[Mode], config: &Config, listeners: Listeners, addrs: LocalAddrs) -> Watch {
         let mut w = Watch {
             configured: Vec::new(),
             tcp: PortSet::default(),
@@ -245,9 +200,11 @@ impl Watch {
         &self.listeners
     }
 
-    /// Installs a fresh address snapshot.
-    pub fn set_addrs(&mut self, addrs: HostAddrs) {
-        self.addrs = addrs;
+    /// Takes this host's addresses afresh when the snapshot is older than
+    /// [`crate::local_addrs::REFRESH_INTERVAL`] at `now` (a failure is logged there and the
+    /// previous addresses kept).
+    pub fn refresh_addrs(&mut self, now: Instant) {
+        self.addrs.refresh_if_stale(now);
     }
 
     /// The ports watched right now (configured minus listeners).
@@ -267,13 +224,13 @@ impl Watch {
     /// host's addresses (not forwarded) and from a watched port, the only ports whose
     /// answers could be taken for probes.
     pub fn starts_flow(&self, start: &FlowStart) -> bool {
-        self.addrs.contains(&start.local) && self.effective(start.proto).contains(start.local_port)
+        self.addrs.contains(start.local) && self.effective(start.proto).contains(start.local_port)
     }
 
     /// The mode a probe counts for, or why it does not count (flows and live sockets are
     /// the sensor's to check).
     pub fn decide(&self, probe: &Probe) -> Result<Mode, Skip> {
-        if !self.addrs.contains(&probe.dst) {
+        if !self.addrs.contains(probe.dst) {
             return Err(Skip::NotLocal);
         }
         let port = probe.dst_port;
@@ -340,7 +297,7 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::path::Path;
     use std::time::Duration;
 
@@ -589,15 +546,15 @@ mod tests {
             use crate::sensor::listeners::tests::ns_sh;
             let added: IpAddr = "10.77.9.1".parse().unwrap();
             let added6: IpAddr = "fd77:9::1".parse().unwrap();
-            let before = HostAddrs::read().unwrap();
-            assert!(!before.contains(&added), "{before:?}");
+            let before = LocalAddrs::read().unwrap();
+            assert!(!before.contains(added), "{before:?}");
             ns_sh(&["ip", "addr", "add", "10.77.9.1/32", "dev", "lo"]);
             ns_sh(&["ip", "addr", "add", "fd77:9::1/128", "dev", "lo"]);
-            let after = HostAddrs::read().unwrap();
-            assert!(after.contains(&added), "{after:?}");
-            assert!(after.contains(&added6), "{after:?}");
+            let after = LocalAddrs::read().unwrap();
+            assert!(after.contains(added), "{after:?}");
+            assert!(after.contains(added6), "{after:?}");
             // Another host of the same subnet is not ours.
-            assert!(!after.contains(&"10.77.9.2".parse().unwrap()), "{after:?}");
+            assert!(!after.contains("10.77.9.2".parse().unwrap()), "{after:?}");
         });
     }
 }
