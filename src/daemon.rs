@@ -163,6 +163,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         protector.view(),
         events.sink(),
     )?;
+    // The fleet: pushes what the manager tells it, pulls decisions into it.
+    let mut fleet = crate::fleet::Fleet::start(&config, &blocks);
     let filters = standard_chain(&generation, &blocks.view(), &protector.view());
     let announcer =
         Announcer::new(generation.clone(), blocks.requester()).with_events(events.sink());
@@ -193,6 +195,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         options,
         events: &events,
         metrics: &metrics,
+        fleet: &mut fleet,
     };
     let started = SystemTime::now();
     loop {
@@ -238,6 +241,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     pipeline.stop();
     protector.stop();
+    fleet.stop(&blocks);
     blocks.stop();
     events.stop();
     Ok(())
@@ -371,6 +375,7 @@ struct Reloader<'a> {
     options: &'a RunOptions,
     events: &'a EventLog,
     metrics: &'a MetricsServer,
+    fleet: &'a mut crate::fleet::Fleet,
 }
 
 impl Reloader<'_> {
@@ -490,6 +495,7 @@ impl Reloader<'_> {
     fn swap(&mut self, next: Generation) {
         self.blocks.reconfigure(next.clone());
         self.protector.reconfigure(&next.config);
+        self.fleet.follow(&next.config, self.blocks);
         for h in self.sensors {
             let _ = h
                 .control

@@ -15,6 +15,7 @@ pub mod docs;
 pub mod event;
 pub mod event_log;
 pub mod filter;
+pub mod fleet;
 pub mod generation;
 pub mod heartbeat;
 pub mod history;

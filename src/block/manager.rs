@@ -72,7 +72,23 @@ pub struct BlockCounters {
     pub responder_failures: AtomicU64,
     /// How long the responder pool's jobs and responders take.
     pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
 }
+
+/// What the block observer (the CrowdSec pusher, `src/fleet/`) hears: blocks this host made
+/// from a scan or by hand, and blocks lifted (unblock, expiry). Blocks pulled from the fleet
+/// and restores at start are not told, so nothing goes round in circles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockNote {
+    /// A scan or manual block is in force (journaled).
+    Made(BlockRecord),
+    /// A scan or manual block ended.
+    Lifted(BlockRecord),
+}
+
+/// Notes the observer may leave waiting at most; beyond, a note is dropped and counted.
+pub const NOTE_QUEUE: usize = 4096;
 
 /// One scan's request to block its source.
 #[derive(Debug, Clone)]
@@ -110,6 +126,14 @@ enum Msg {
         target: Target,
         reply: Reply<Result<Vec<String>, String>>,
     },
+    FleetBlock {
+        target: Target,
+        duration: Duration,
+        source: String,
+        reply: Reply<BlockOutcome>,
+    },
+    FleetUnblock(Target),
+    Observe(Option<Sender<BlockNote>>),
     Stop,
 }
 
@@ -131,6 +155,42 @@ impl BlockRequester {
                 false
             }
         }
+    }
+}
+
+/// The fleet puller's way in: blocks from CrowdSec decisions and their lifting, by message
+/// like everything else that changes a block.
+#[derive(Clone)]
+pub struct FleetInput {
+    control: Sender<Msg>,
+}
+
+impl FleetInput {
+    /// Applies a CrowdSec decision pulled from the fleet as a block of origin
+    /// [`Origin::Fleet`] lasting `duration`; `source` (the decision's origin and scenario)
+    /// is kept for `list`. Refused like a block by hand for protected, ignored and local
+    /// addresses, and when the target is already blocked here (a decision this host pushed
+    /// coming back, or a local block that stands anyway).
+    pub fn fleet_block(
+        &self,
+        target: Target,
+        duration: Duration,
+        source: String,
+        reply: impl FnOnce(BlockOutcome) + Send + 'static,
+    ) {
+        let _ = self.control.send(Msg::FleetBlock {
+            target,
+            duration,
+            source,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
+    /// block of any other origin for the same target stays (idempotent: nothing to lift is
+    /// not an error).
+    pub fn fleet_unblock(&self, target: Target) {
+        let _ = self.control.send(Msg::FleetUnblock(target));
     }
 }
 
@@ -251,6 +311,7 @@ impl BlockManager {
             stopping: false,
             restore: RestoreProgress::default(),
             events,
+            observer: None,
         };
         manager.restore(active, SystemTime::now());
         let thread = std::thread::Builder::new()
@@ -327,6 +388,20 @@ impl BlockManager {
         });
     }
 
+    /// What the fleet puller applies and lifts decisions through.
+    pub fn fleet_input(&self) -> FleetInput {
+        FleetInput {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the block observer: the fleet pusher hears every
+    /// block made here and every block lifted, without ever slowing the manager (a full
+    /// queue drops the note and counts it).
+    pub fn observe(&self, observer: Option<Sender<BlockNote>>) {
+        let _ = self.control.send(Msg::Observe(observer));
+    }
+
     /// Stops after the blocks in hand: scan and manual blocks already started or waiting
     /// finish and are journaled; restores and expiries not yet started wait for the next
     /// start (the journal still holds them).
@@ -393,6 +468,7 @@ enum Effect {
     History(String),
     Reply(Box<dyn FnOnce() + Send>),
     Event(Box<Event>),
+    Note(BlockNote),
 }
 
 /// `BLOCK_RATE_LIMIT`: new scan blocks a minute, as a token bucket that starts full.
@@ -513,6 +589,8 @@ struct Manager {
     restore: RestoreProgress,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
     events: EventSink,
+    /// The fleet pusher, told of blocks made and lifted here (`None`: no fleet push).
+    observer: Option<Sender<BlockNote>>,
 }
 
 /// Re-applies still running since start, for the line that says when all are back.
@@ -622,8 +700,35 @@ impl Manager {
                 duration,
                 reason,
                 reply,
-            } => self.block_by_hand(targets, duration, reason, reply),
+            } => self.block_by_hand(targets, duration, reason, Origin::Manual, reply),
             Msg::Unblock { target, reply } => self.unblock_by_hand(target, reply),
+            Msg::FleetBlock {
+                target,
+                duration,
+                source,
+                reply,
+            } => self.block_by_hand(
+                vec![target],
+                Some(duration),
+                source,
+                Origin::Fleet,
+                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
+                    if let Some(outcome) = outcomes.pop() {
+                        reply(outcome);
+                    }
+                }),
+            ),
+            Msg::FleetUnblock(target) => {
+                let from_fleet = match self.hosts.get(&target) {
+                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
+                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
+                    _ => false,
+                };
+                if from_fleet {
+                    self.unblock_by_hand(target, Box::new(|_| {}));
+                }
+            }
+            Msg::Observe(observer) => self.observer = observer,
             Msg::Stop => {
                 self.stopping = true;
                 // Restores and expiries not started yet are left to the next start.
@@ -911,6 +1016,7 @@ impl Manager {
         targets: Vec<Target>,
         duration: Option<Duration>,
         reason: String,
+        origin: Origin,
         reply: Reply<Vec<BlockOutcome>>,
     ) {
         let batch_id = self.next_id();
@@ -961,7 +1067,7 @@ impl Manager {
             let past = self.past(&target, now);
             let applying = Applying {
                 job: 0,
-                origin: Origin::Manual,
+                origin,
                 offences: past.map_or(0, |p| p.offences) + 1,
                 duration: duration.or_else(|| self.policy.next_with_jitter(past)),
                 trigger: None,
@@ -1296,6 +1402,10 @@ impl Manager {
                     self.effects
                         .push(Effect::Event(Box::new(Event::block(&record))));
                 }
+                if self.observer.is_some() && record.origin != Origin::Fleet {
+                    self.effects
+                        .push(Effect::Note(BlockNote::Made(record.clone())));
+                }
                 self.activate(record);
             }
             Some(Host::Active {
@@ -1471,6 +1581,10 @@ impl Manager {
             let event = Event::unblock(&record, why, now, &outcomes);
             self.effects.push(Effect::Event(Box::new(event)));
         }
+        if self.observer.is_some() && record.origin != Origin::Fleet {
+            self.effects
+                .push(Effect::Note(BlockNote::Lifted(record.clone())));
+        }
         if let Some(reply) = reply {
             self.effects
                 .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
@@ -1511,6 +1625,12 @@ impl Manager {
                 }
                 Effect::Reply(reply) => reply(),
                 Effect::Event(event) => self.events.send(*event),
+                Effect::Note(note) => {
+                    let sent = self.observer.as_ref().map(|tx| tx.try_send(note).is_ok());
+                    if sent == Some(false) {
+                        self.counters.notes_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
         // `hosts` bounds the records from above: counting them (a walk of every host) only

@@ -1,0 +1,432 @@
+//! The pusher thread: blocks made here become CrowdSec alerts with one `ban` decision, and
+//! blocks lifted here delete that decision, exactly (scope, value, origin `portsentry`).
+//!
+//! Notes from the block manager go into the [`Outbox`] first (fsynced), then delivery is
+//! tried: consecutive posts share one `POST /v1/alerts` (a burst of blocks is one request),
+//! the JWT is fetched on first use and again on a 401, and a LAPI that is down or answers
+//! 5xx or garbage is retried with capped exponential backoff while new notes keep being
+//! written to the outbox. Nothing here ever waits on the block manager or slows it.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, never, select};
+use serde_json::json;
+
+use super::client::{Lapi, LapiError};
+use super::outbox::{Delete, Outbox, Post, Work};
+use super::{Health, ORIGIN, Secret, duration};
+use crate::block::manager::BlockNote;
+use crate::block::{BlockRecord, Origin, target_text};
+
+/// Alerts in one POST at most.
+const BATCH: usize = 100;
+/// First retry delay; it doubles with each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two delivery attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Duration posted for a permanent block (Go durations end near 292 years; ten is plenty).
+const PERMANENT: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// What the pusher needs; compared at reload to decide whether to restart it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// LAPI base URL.
+    pub lapi_url: String,
+    /// Machine login.
+    pub machine_id: String,
+    /// Its password (from `CROWDSEC_PASSWORD_FILE`).
+    pub password: Secret,
+    /// The persistent outbox.
+    pub outbox_file: PathBuf,
+}
+
+/// Opens the outbox and starts the thread; `Err` when the outbox cannot be opened.
+pub fn spawn(
+    config: PushConfig,
+    notes: Receiver<BlockNote>,
+    stop: Receiver<()>,
+) -> Result<JoinHandle<()>, String> {
+    let (outbox, warnings) = Outbox::open(&config.outbox_file).map_err(|e| {
+        format!(
+            "cannot open the outbox {}: {e}",
+            config.outbox_file.display()
+        )
+    })?;
+    for w in warnings {
+        log::warn!("adminalert: WARNING: {w}");
+    }
+    let waiting = outbox.pending().count();
+    if waiting > 0 {
+        log::info!(
+            "adminalert: CrowdSec push: {waiting} change(s) from before the restart still to deliver"
+        );
+    }
+    let mut pusher = Pusher {
+        lapi: Lapi::new(&config.lapi_url),
+        health: Health::new(&config.lapi_url, "push"),
+        config,
+        token: None,
+        outbox,
+        failures: 0,
+        next_try: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("fleet-push".into())
+        .spawn(move || pusher.run(&notes, &stop))
+        .map_err(|e| format!("cannot start the thread: {e}"))
+}
+
+/// Why a delivery attempt failed.
+enum Failure {
+    /// The login itself failed: keep everything and retry later.
+    Login(LapiError),
+    /// The request failed.
+    Request(LapiError),
+}
+
+struct Pusher {
+    config: PushConfig,
+    lapi: Lapi,
+    health: Health,
+    token: Option<String>,
+    outbox: Outbox,
+    failures: u32,
+    next_try: Instant,
+}
+
+impl Pusher {
+    fn run(&mut self, notes: &Receiver<BlockNote>, stop: &Receiver<()>) {
+        let mut notes_open = true;
+        loop {
+            let wait = if self.outbox.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                self.next_try.saturating_duration_since(Instant::now())
+            };
+            let never_rx = never();
+            let rx = if notes_open { notes } else { &never_rx };
+            select! {
+                recv(stop) -> _ => return,
+                recv(rx) -> note => match note {
+                    Ok(note) => {
+                        let mut work = vec![work_of(&note)];
+                        work.extend(rx.try_iter().map(|n| work_of(&n)));
+                        self.store(work);
+                    }
+                    Err(_) => notes_open = false,
+                },
+                default(wait) => {}
+            }
+            if !self.outbox.is_empty() && Instant::now() >= self.next_try {
+                self.deliver();
+            }
+        }
+    }
+
+    fn store(&mut self, work: Vec<Work>) {
+        if let Err(e) = self.outbox.push(work) {
+            log::error!(
+                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}; those changes \
+                 are delivered only if the daemon stays up",
+                self.outbox.path().display()
+            );
+        }
+        if self.outbox.dropped > 0 {
+            log::warn!(
+                "adminalert: WARNING: CrowdSec outbox full: {} oldest undelivered change(s) dropped",
+                self.outbox.dropped
+            );
+            self.outbox.dropped = 0;
+        }
+    }
+
+    /// Delivers what is pending, oldest first, until done or a failure worth retrying.
+    fn deliver(&mut self) {
+        loop {
+            let Some((_, first)) = self.outbox.pending().next() else {
+                self.failures = 0;
+                return;
+            };
+            let now = SystemTime::now();
+            let (ids, result) = match first {
+                Work::Post(_) => {
+                    let mut ids = Vec::new();
+                    let mut alerts = Vec::new();
+                    for (id, work) in self.outbox.pending().take(BATCH) {
+                        let Work::Post(post) = work else { break };
+                        ids.push(*id);
+                        // A block that has ended since is not posted at all.
+                        if let Some(alert) = alert_json(post, now) {
+                            alerts.push(alert);
+                        }
+                    }
+                    let result = if alerts.is_empty() {
+                        Ok(())
+                    } else {
+                        let alerts = serde_json::Value::Array(alerts);
+                        self.with_login(|lapi, token| lapi.post_alerts(token, &alerts))
+                    };
+                    (ids, result)
+                }
+                Work::Delete(d) => {
+                    let (id, d) = (self.outbox.pending().next().map_or(0, |p| p.0), d.clone());
+                    let result = self.with_login(|lapi, token| {
+                        lapi.delete_decision(token, &d.scope, &d.value, ORIGIN)
+                            .map(drop)
+                    });
+                    (vec![id], result)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.health.ok();
+                    self.failures = 0;
+                    self.acknowledge(&ids);
+                }
+                Err(Failure::Request(e)) if !e.retryable() => {
+                    self.health.ok();
+                    log::error!(
+                        "adminalert: ERROR: CrowdSec LAPI {} refused {} change(s): {e}; dropped",
+                        self.lapi.base(),
+                        ids.len()
+                    );
+                    self.acknowledge(&ids);
+                }
+                Err(Failure::Request(e) | Failure::Login(e)) => {
+                    self.health.failed(&e);
+                    self.failures = self.failures.saturating_add(1);
+                    self.next_try = Instant::now() + backoff(self.failures);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, ids: &[u64]) {
+        if let Err(e) = self.outbox.ack(ids) {
+            log::error!(
+                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}",
+                self.outbox.path().display()
+            );
+        }
+    }
+
+    /// Runs a request with a JWT, logging in first when there is none and again once on a
+    /// 401 (expired token, or a LAPI restarted with a new secret).
+    fn with_login(
+        &mut self,
+        request: impl Fn(&Lapi, &str) -> Result<(), LapiError>,
+    ) -> Result<(), Failure> {
+        let token = match self.token.take() {
+            Some(t) => t,
+            None => self.login()?,
+        };
+        match request(&self.lapi, &token) {
+            Err(e) if e.unauthorized() => {
+                let token = self.login()?;
+                let result = request(&self.lapi, &token);
+                self.token = Some(token);
+                result.map_err(Failure::Request)
+            }
+            result => {
+                self.token = Some(token);
+                result.map_err(Failure::Request)
+            }
+        }
+    }
+
+    fn login(&self) -> Result<String, Failure> {
+        self.lapi
+            .login(&self.config.machine_id, self.config.password.expose())
+            .map_err(|e| match e {
+                LapiError::Status(code, text) => {
+                    LapiError::Status(code, format!("machine login refused: {text}"))
+                }
+                other => other,
+            })
+            .map_err(Failure::Login)
+    }
+}
+
+/// Delay before the n-th retry in a row: 0.5 s, 1 s, 2 s, … up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF)
+}
+
+/// `Ip` for one address, `Range` for a network.
+fn scope_of(record: &BlockRecord) -> &'static str {
+    let t = &record.target;
+    if t.prefix_len() == t.max_prefix_len() {
+        "Ip"
+    } else {
+        "Range"
+    }
+}
+
+/// The outbox item of a note.
+fn work_of(note: &BlockNote) -> Work {
+    match note {
+        BlockNote::Made(record) => Work::Post(post_of(record)),
+        BlockNote::Lifted(record) => Work::Delete(Delete {
+            scope: scope_of(record).into(),
+            value: target_text(&record.target),
+        }),
+    }
+}
+
+fn post_of(record: &BlockRecord) -> Post {
+    let (scenario, message) = match (&record.origin, &record.trigger) {
+        (Origin::Scan, Some(t)) => (
+            "portsentry/port-scan",
+            format!(
+                "portsentry: {} from {} on port {}/{} (mode {}), offence {}",
+                t.kind,
+                target_text(&record.target),
+                t.port,
+                t.proto.lower(),
+                t.mode.as_str(),
+                record.offences
+            ),
+        ),
+        _ => (
+            "portsentry/manual",
+            format!(
+                "portsentry: {} blocked by hand{}",
+                target_text(&record.target),
+                if record.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", crate::record::excerpt(&record.reason))
+                }
+            ),
+        ),
+    };
+    Post {
+        scope: scope_of(record).into(),
+        value: target_text(&record.target),
+        scenario: scenario.into(),
+        message,
+        since: record.since,
+        until: record.until,
+    }
+}
+
+/// The alert the LAPI takes for one post, with the time left at `now`; `None` once the
+/// block has ended.
+fn alert_json(post: &Post, now: SystemTime) -> Option<serde_json::Value> {
+    let left = match post.until {
+        Some(until) => until.duration_since(now).ok().filter(|d| !d.is_zero())?,
+        None => PERMANENT,
+    };
+    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    Some(json!({
+        "scenario": post.scenario,
+        "scenario_hash": "",
+        "scenario_version": env!("CARGO_PKG_VERSION"),
+        "message": post.message,
+        "events_count": 1,
+        "events": [],
+        "start_at": time(post.since.min(now)),
+        "stop_at": time(now),
+        "capacity": 0,
+        "leakspeed": "0",
+        "simulated": false,
+        "remediation": true,
+        "source": {"scope": post.scope, "value": post.value},
+        "decisions": [{
+            "origin": ORIGIN,
+            "type": "ban",
+            "scope": post.scope,
+            "value": post.value,
+            "duration": duration::format_secs(left),
+            "scenario": post.scenario,
+        }],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Trigger, parse_target};
+    use crate::event::{Mode, Proto};
+
+    fn scan_record(target: &str) -> BlockRecord {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        BlockRecord {
+            target: parse_target(target).unwrap(),
+            since,
+            until: Some(since + Duration::from_secs(3600)),
+            offences: 2,
+            origin: Origin::Scan,
+            trigger: Some(Trigger {
+                port: 143,
+                proto: Proto::Tcp,
+                mode: Mode::Stcp,
+                kind: "TCP SYN/Normal scan".into(),
+            }),
+            reason: String::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_and_is_capped() {
+        let got: Vec<u64> = (1..=7).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_scan_block_is_an_ip_ban_with_the_time_left_in_go_syntax() {
+        let record = scan_record("fd77:0:0::0:9");
+        let Work::Post(post) = work_of(&BlockNote::Made(record.clone())) else {
+            panic!("a block is a post");
+        };
+        assert_eq!(post.value, "fd77::9", "RFC 5952 form");
+        let now = record.since + Duration::from_millis(1500);
+        let alert = alert_json(&post, now).unwrap();
+        let d = &alert["decisions"][0];
+        assert_eq!(d["scope"], "Ip");
+        assert_eq!(d["origin"], "portsentry");
+        assert_eq!(d["type"], "ban");
+        assert_eq!(d["duration"], "3599s");
+        assert_eq!(d["scenario"], "portsentry/port-scan");
+        assert_eq!(alert["source"]["value"], "fd77::9");
+        assert_eq!(alert["events"], json!([]));
+        let message = alert["message"].as_str().unwrap();
+        assert!(
+            message.contains("TCP SYN/Normal scan")
+                && message.contains("143/tcp")
+                && message.contains("stcp"),
+            "{message}"
+        );
+        assert!(alert_json(&post, record.since + Duration::from_secs(3600)).is_none());
+    }
+
+    #[test]
+    fn a_network_blocked_by_hand_is_a_range_and_its_lifting_an_exact_delete() {
+        let mut record = scan_record("10.9.0.0/16");
+        record.origin = Origin::Manual;
+        record.trigger = None;
+        record.reason = "noisy".into();
+        record.until = None;
+        let Work::Post(post) = work_of(&BlockNote::Made(record.clone())) else {
+            panic!("a block is a post");
+        };
+        let alert = alert_json(&post, record.since).unwrap();
+        assert_eq!(alert["decisions"][0]["scope"], "Range");
+        assert_eq!(alert["decisions"][0]["value"], "10.9.0.0/16");
+        assert_eq!(alert["decisions"][0]["duration"], "315360000s");
+        assert_eq!(alert["scenario"], "portsentry/manual");
+        assert_eq!(
+            work_of(&BlockNote::Lifted(record)),
+            Work::Delete(Delete {
+                scope: "Range".into(),
+                value: "10.9.0.0/16".into()
+            })
+        );
+    }
+}
