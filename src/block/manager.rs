@@ -1802,6 +1802,72 @@ mod tests {
     }
 
     #[test]
+    fn the_observer_hears_local_blocks_only_and_the_fleet_lifts_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (generation, history) = run_cmd_generation(dir.path(), "true");
+        let manager = BlockManager::start(generation, history, ProtectView::new()).unwrap();
+        let (notes_tx, notes) = bounded(16);
+        manager.observe(Some(notes_tx));
+        let view = manager.view();
+        let fleet = manager.fleet_input();
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let said = |o: &std::sync::Arc<std::sync::Mutex<Vec<BlockOutcome>>>| {
+            let o = std::sync::Arc::clone(o);
+            move |b: BlockOutcome| o.lock().unwrap().push(b)
+        };
+        // A scan block is told; a fleet block of another address is not.
+        assert!(manager.requester().request(request("10.77.7.1")));
+        let target = |t: &str| crate::record::parse_target(t).unwrap();
+        let made = notes.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(&made, BlockNote::Made(r) if r.origin == Origin::Scan));
+        fleet.fleet_block(
+            target("10.77.7.0/28"),
+            Duration::from_secs(60),
+            "cscli manual".into(),
+            said(&outcome),
+        );
+        // The scanner's own address again, from the fleet: already blocked here.
+        fleet.fleet_block(
+            target("10.77.7.1"),
+            Duration::from_secs(60),
+            "portsentry portsentry/port-scan".into(),
+            said(&outcome),
+        );
+        // Loopback from the fleet: refused like a block by hand.
+        fleet.fleet_block(
+            target("127.0.0.1"),
+            Duration::from_secs(60),
+            "cscli manual".into(),
+            said(&outcome),
+        );
+        assert!(wait_for(|| outcome.lock().unwrap().len() == 3));
+        let got = outcome.lock().unwrap().clone();
+        let by = |t: &str| got.iter().find(|o| o.target == t).unwrap().clone();
+        assert!(by("10.77.7.0/28").ok, "{got:?}");
+        assert!(
+            by("10.77.7.1").detail.starts_with("already blocked"),
+            "{got:?}"
+        );
+        assert!(by("127.0.0.1").detail.starts_with("refused"), "{got:?}");
+        // Deletion of a decision naming the scan-blocked address lifts nothing...
+        fleet.fleet_unblock(target("10.77.7.1"));
+        // ...while the fleet's own block goes, without a note (it was never pushed).
+        fleet.fleet_unblock(target("10.77.7.0/28"));
+        let lifted = |v: &BlockView| !v.is_blocked("10.77.7.0".parse().unwrap());
+        assert!(wait_for(|| lifted(&view)), "the fleet block is lifted");
+        assert!(
+            view.is_blocked("10.77.7.1".parse().unwrap()),
+            "the scan block stays"
+        );
+        assert!(notes.try_recv().is_err(), "no note for fleet blocks");
+        // Positive control of the unblock note: lifting the scan block is told.
+        manager.unblock(target("10.77.7.1"), |_| {});
+        let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));
+        manager.stop();
+    }
+
+    #[test]
     fn a_stop_waits_for_the_blocks_in_hand_and_journals_them() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "sleep 0.5");

@@ -120,7 +120,7 @@ impl Pusher {
                 default(wait) => {}
             }
             if !self.outbox.is_empty() && Instant::now() >= self.next_try {
-                self.deliver();
+                self.deliver(stop);
             }
         }
     }
@@ -142,9 +142,13 @@ impl Pusher {
         }
     }
 
-    /// Delivers what is pending, oldest first, until done or a failure worth retrying.
-    fn deliver(&mut self) {
+    /// Delivers what is pending, oldest first, until done, a failure worth retrying, or a
+    /// stop (the outbox keeps the rest).
+    fn deliver(&mut self, stop: &Receiver<()>) {
         loop {
+            if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+                return;
+            }
             let Some((_, first)) = self.outbox.pending().next() else {
                 self.failures = 0;
                 return;

@@ -15,44 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::blocks::wait_for;
 use crate::lab::{Daemon, Lab};
-use lapi::LapiServer;
+use lapi::{LapiServer, daemon_config, has_route, time_until};
 
 /// Where the LAPI listens inside a defender namespace (the namespace is the test's own, so
 /// the port is free).
 const LISTEN: &str = "127.0.0.1:8080";
-
-/// Classic TCP traps blocked with an unreachable route, the fleet lines first.
-pub fn daemon_config(lab: &Lab, fleet: &str) -> String {
-    lab.write_config(&format!(
-        "{fleet}\n\
-         TCP_PORTS=\"79,111,31337\"\n\
-         BLOCK_TCP=\"1\"\n\
-         BLOCK_TIMEOUT=\"1h\"\n\
-         KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n"
-    ))
-    .display()
-    .to_string()
-}
-
-/// An `unreachable` route for `target` (address or network) in the defender's table.
-pub fn has_route(lab: &Lab, target: &str) -> bool {
-    let prefix = format!("unreachable {target}");
-    lab.def_routes()
-        .lines()
-        .any(|l| l == prefix || l.starts_with(&format!("{prefix} ")))
-}
-
-/// Polls (every 10 ms) until `cond` holds; the time it took, or `None` after `limit`.
-pub fn time_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if cond() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
 
 #[test]
 fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
@@ -507,5 +474,43 @@ fn a_scan_of_one_host_gets_the_scanner_blocked_on_the_other() {
         1,
         "{:?}",
         lapi.decisions(None)
+    );
+}
+
+#[test]
+fn a_reload_starts_the_fleet_and_a_world_readable_key_is_refused_unread() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let conf = daemon_config(&lab, "");
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let ip = "10.77.250.9";
+    lapi.cscli_ok(&["decisions", "add", "--ip", ip, "--duration", "1h"]);
+
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let key = lab.path("crowdsec.bouncer-key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    daemon_config(&lab, &fleet);
+    lab.ctl_ok(&["reload"]);
+    d.expect_line("CROWDSEC_BOUNCER_KEY_FILE", 5);
+    assert!(
+        d.syslog_line("readable by every user (mode 0644)")
+            .is_some_and(|l| l.contains("CrowdSec pull is off")),
+        "{:?}",
+        d.syslog()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has_route(&lab, ip), "no pull with a refused key");
+
+    // Positive control: the same set-up with the key made private.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    lab.ctl_ok(&["reload"]);
+    assert!(wait_for(4, || has_route(&lab, ip)), "{:?}", d.syslog());
+    d.expect_line("restarting the fleet threads", 1);
+    let logged = format!("{:?}{:?}", d.syslog(), d.lines());
+    assert!(
+        !logged.contains("host-a-key"),
+        "the key never shows in a log"
     );
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::lab::Lab;
+
 /// Where scripts/setup-deps.sh unpacks the crowdsec package.
 pub const CROWDSEC_ROOT: &str = "/var/cache/portsentry-test/crowdsec";
 /// The machine login the daemon pushes with.
@@ -256,4 +258,37 @@ impl Drop for LapiServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Classic TCP traps blocked with an unreachable route, the fleet lines first.
+pub fn daemon_config(lab: &Lab, fleet: &str) -> String {
+    lab.write_config(&format!(
+        "{fleet}\n\
+         TCP_PORTS=\"79,111,31337\"\n\
+         BLOCK_TCP=\"1\"\n\
+         BLOCK_TIMEOUT=\"1h\"\n\
+         KILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n"
+    ))
+    .display()
+    .to_string()
+}
+
+/// An `unreachable` route for `target` (address or network) in the defender's table.
+pub fn has_route(lab: &Lab, target: &str) -> bool {
+    let prefix = format!("unreachable {target}");
+    lab.def_routes()
+        .lines()
+        .any(|l| l == prefix || l.starts_with(&format!("{prefix} ")))
+}
+
+/// Polls (every 10 ms) until `cond` holds; the time it took, or `None` after `limit`.
+pub fn time_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if cond() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
