@@ -3,6 +3,9 @@
 //! namespace on the link between the two defenders). A scanner probes host A once; the
 //! figure is the time from that first probe to the scanner's route on host B, and to its
 //! decision in the LAPI, for several `CROWDSEC_POLL_INTERVAL`s, median over RUNS scanners.
+//! Each probe comes after a random pause (uniform over one poll interval), so that the
+//! probes fall at random phases of B's polling, as real scans do; the worst case is a probe
+//! just after a poll.
 //!
 //! Run as root: `cargo bench --bench fleet` (figures printed and written to
 //! `target/bench-fleet.txt`; BENCHMARKS.md quotes them).
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use lab::{Daemon, Lab};
 use lapi::{LapiServer, daemon_config, has_route};
 
-const RUNS: u8 = 7;
+const RUNS: u8 = 9;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -56,7 +59,9 @@ fn main() {
         let mut db = Daemon::start(&b, &["-c", &conf_b, "-tcp"]);
         db.expect_line("connected (pull)", 15);
         let (mut to_lapi, mut to_b) = (Vec::new(), Vec::new());
+        let interval = humantime::parse_duration(poll).expect("poll interval");
         for _ in 0..RUNS {
+            std::thread::sleep(interval.mul_f64(fastrand::f64()));
             let (scanner, _) = a.add_attacker_addrs(host);
             host += 1;
             let probed = Instant::now();
