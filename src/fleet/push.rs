@@ -26,6 +26,12 @@ const BATCH: usize = 100;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between two delivery attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Consecutive 5xx answers to the same first item after which it is posted alone (the
+/// LAPI answers a malformed alert with a 500, so one bad item must not hold a batch back).
+const ALONE_AFTER: u32 = 3;
+/// Consecutive 5xx answers to the same single item after which it is dropped (logged), so
+/// that one item the LAPI will never take cannot block the outbox for good.
+const DROP_AFTER: u32 = 10;
 /// Duration posted for a permanent block (Go durations end near 292 years; ten is plenty).
 const PERMANENT: Duration = Duration::from_secs(10 * 365 * 86400);
 
@@ -70,6 +76,7 @@ pub fn spawn(
         token: None,
         outbox,
         failures: 0,
+        refusals: 0,
         next_try: Instant::now(),
     };
     std::thread::Builder::new()
@@ -93,6 +100,8 @@ struct Pusher {
     token: Option<String>,
     outbox: Outbox,
     failures: u32,
+    /// Consecutive 5xx answers while the first pending item was in the request.
+    refusals: u32,
     next_try: Instant,
 }
 
@@ -158,7 +167,12 @@ impl Pusher {
                 Work::Post(_) => {
                     let mut ids = Vec::new();
                     let mut alerts = Vec::new();
-                    for (id, work) in self.outbox.pending().take(BATCH) {
+                    let batch = if self.refusals >= ALONE_AFTER {
+                        1
+                    } else {
+                        BATCH
+                    };
+                    for (id, work) in self.outbox.pending().take(batch) {
                         let Work::Post(post) = work else { break };
                         ids.push(*id);
                         // A block that has ended since is not posted at all.
@@ -183,6 +197,19 @@ impl Pusher {
                     (vec![id], result)
                 }
             };
+            let refused =
+                matches!(&result, Err(Failure::Request(LapiError::Status(c, _))) if *c >= 500);
+            self.refusals = if refused { self.refusals + 1 } else { 0 };
+            if refused && ids.len() == 1 && self.refusals >= DROP_AFTER {
+                log::error!(
+                    "adminalert: ERROR: CrowdSec LAPI {} refused the same change {DROP_AFTER} \
+                     times in a row; dropped",
+                    self.lapi.base()
+                );
+                self.refusals = 0;
+                self.acknowledge(&ids);
+                continue;
+            }
             match result {
                 Ok(()) => {
                     self.health.ok();
@@ -374,6 +401,192 @@ mod tests {
             reason: String::new(),
             actions: Vec::new(),
         }
+    }
+
+    /// A scripted LAPI on loopback: every request (keep-alive connections too) is recorded
+    /// as (method and path, Authorization header, body) and answered by `answer`.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+    fn scripted_lapi(answer: fn(&str, &str, &str) -> (u16, String)) -> (String, Seen) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Default::default();
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let log = std::sync::Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut first = String::new();
+                        if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let (mut length, mut auth) = (0usize, String::new());
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            let lower = h.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if lower.starts_with("authorization:") {
+                                auth = h["authorization:".len()..].trim().to_string();
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let body = String::from_utf8(body).unwrap();
+                        let request: String = first
+                            .split_whitespace()
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let (status, text) = answer(&request, &auth, &body);
+                        log.lock().unwrap().push((request, auth, body));
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if out.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    fn pusher(base: &str, dir: &std::path::Path, values: &[&str]) -> Pusher {
+        let (mut outbox, _) = Outbox::open(&dir.join("outbox")).unwrap();
+        let now = SystemTime::now();
+        let work = values
+            .iter()
+            .map(|v| {
+                let mut r = scan_record(v);
+                r.since = now;
+                r.until = Some(now + Duration::from_secs(600));
+                work_of(&BlockNote::Made(r))
+            })
+            .collect();
+        outbox.push(work).unwrap();
+        Pusher {
+            config: PushConfig {
+                lapi_url: base.into(),
+                machine_id: "m".into(),
+                password: Secret("pw".into()),
+                outbox_file: dir.join("outbox"),
+            },
+            lapi: Lapi::new(base),
+            health: Health::new(base, "push"),
+            token: None,
+            outbox,
+            failures: 0,
+            refusals: 0,
+            next_try: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_burst_is_one_post_and_a_401_renews_the_jwt() {
+        let (base, seen) = scripted_lapi(|request, auth, _| match request {
+            "POST /v1/watchers/login" => {
+                static LOGINS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = LOGINS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                (200, format!("{{\"code\":200,\"token\":\"t{n}\"}}"))
+            }
+            "POST /v1/alerts" if auth == "Bearer t1" => (401, "{}".into()),
+            "POST /v1/alerts" => (201, "[\"1\"]".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let values = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd77::4", "10.0.0.5"];
+        let mut p = pusher(&base, dir.path(), &values);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert!(p.outbox.is_empty(), "all delivered");
+        let seen = seen.lock().unwrap().clone();
+        let requests: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(r, a, _)| (r.as_str(), a.as_str()))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                ("POST /v1/watchers/login", ""),
+                ("POST /v1/alerts", "Bearer t1"),
+                ("POST /v1/watchers/login", ""),
+                ("POST /v1/alerts", "Bearer t2"),
+            ]
+        );
+        let posted: serde_json::Value = serde_json::from_str(&seen[3].2).unwrap();
+        assert_eq!(
+            posted.as_array().map(Vec::len),
+            Some(5),
+            "one POST for the burst"
+        );
+        assert!(!seen[0].2.is_empty() && seen[0].2.contains("\"machine_id\":\"m\""));
+        drop(p);
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox")).unwrap();
+        assert!(outbox.is_empty(), "acknowledged on disk too");
+    }
+
+    #[test]
+    fn a_5xx_keeps_everything_and_an_item_refused_for_good_is_dropped_alone() {
+        let (base, seen) = scripted_lapi(|request, _, body| match request {
+            "POST /v1/watchers/login" => (200, "{\"token\":\"t\"}".into()),
+            "POST /v1/alerts" if body.contains("10.0.0.66") => {
+                (500, "{\"message\":\"missing field\"}".into())
+            }
+            "POST /v1/alerts" => (201, "[\"1\"]".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pusher(&base, dir.path(), &["10.0.0.66", "10.0.0.7", "10.0.0.8"]);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert_eq!(p.outbox.pending().count(), 3, "a 500 keeps everything");
+        assert!(p.next_try > Instant::now(), "and waits before the next try");
+        for _ in 0..DROP_AFTER + 2 {
+            p.next_try = Instant::now();
+            p.deliver(&stop);
+        }
+        assert!(
+            p.outbox.is_empty(),
+            "{:?}",
+            p.outbox.pending().collect::<Vec<_>>()
+        );
+        let seen = seen.lock().unwrap().clone();
+        let delivered: Vec<&String> = seen
+            .iter()
+            .filter(|(r, _, b)| r == "POST /v1/alerts" && !b.contains("10.0.0.66"))
+            .map(|(_, _, b)| b)
+            .collect();
+        assert_eq!(
+            delivered.len(),
+            1,
+            "the other two in one POST once the bad one went"
+        );
+        assert!(delivered[0].contains("10.0.0.7") && delivered[0].contains("10.0.0.8"));
+        let alone = seen
+            .iter()
+            .filter(|(r, _, b)| r == "POST /v1/alerts" && b.contains("10.0.0.66"))
+            .filter(|(_, _, b)| !b.contains("10.0.0.7"))
+            .count();
+        assert_eq!(
+            alone as u32,
+            DROP_AFTER - ALONE_AFTER,
+            "posted alone before the drop"
+        );
     }
 
     #[test]
