@@ -33,3 +33,19 @@ if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; t
   echo "setup: installing cargo-deb $CARGO_DEB_VERSION"
   cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi
+
+# CrowdSec's Local API for the fleet's end-to-end tests (tests/e2e/fleet.rs): Debian's crowdsec
+# binaries unpacked into a fixed cache directory, never installed (its postinst registers with
+# the central API and starts services). The tests start `crowdsec` themselves on loopback.
+CROWDSEC_CACHE=/var/cache/portsentry-test/crowdsec
+if [ ! -x "$CROWDSEC_CACHE/usr/bin/crowdsec" ] || [ ! -x "$CROWDSEC_CACHE/usr/bin/cscli" ]; then
+  echo "setup: unpacking Debian's crowdsec binaries into $CROWDSEC_CACHE"
+  crowdsec_tmp=$(mktemp -d)
+  (cd "$crowdsec_tmp" && apt-get download crowdsec >/dev/null 2>&1) || {
+    apt-get update -qq
+    (cd "$crowdsec_tmp" && apt-get download crowdsec >/dev/null)
+  }
+  mkdir -p "$CROWDSEC_CACHE"
+  dpkg -x "$crowdsec_tmp"/crowdsec_*.deb "$CROWDSEC_CACHE"
+  rm -rf "$crowdsec_tmp"
+fi

@@ -170,6 +170,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         protector.view(),
         events.sink(),
     )?;
+    // The fleet: pushes what the manager tells it, pulls decisions into it.
+    let mut fleet = crate::fleet::Fleet::start(&config, &blocks);
     let filters = standard_chain(
         &generation.config,
         &generation.ignore,
@@ -205,6 +207,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         options,
         events: &events,
         metrics: &metrics,
+        fleet: &mut fleet,
     };
     let started = SystemTime::now();
     loop {
@@ -250,6 +253,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     pipeline.stop();
     protector.stop();
+    fleet.stop(&blocks);
     blocks.stop();
     events.stop();
     Ok(())
@@ -377,6 +381,7 @@ struct Reloader<'a> {
     options: &'a RunOptions,
     events: &'a EventLog,
     metrics: &'a MetricsServer,
+    fleet: &'a mut crate::fleet::Fleet,
 }
 
 impl Reloader<'_> {
@@ -499,6 +504,7 @@ impl Reloader<'_> {
     fn swap(&mut self, next: Generation, lua: LuaPlugins) {
         self.blocks.reconfigure(next.clone(), lua.clone());
         self.protector.reconfigure(&next.config);
+        self.fleet.follow(&next.config, self.blocks);
         for h in self.sensors {
             let _ = h
                 .control

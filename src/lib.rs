@@ -17,6 +17,7 @@ pub mod docs;
 pub mod event;
 pub mod event_log;
 pub mod filter;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod generation;

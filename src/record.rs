@@ -138,6 +138,9 @@ pub enum Origin {
     Manual,
     /// Read from a 1.2 / earlier `BLOCKED_FILE` when the journal was first created.
     Import,
+    /// A CrowdSec decision pulled from the fleet's Local API; the record's `reason` holds
+    /// the decision's origin and scenario (`cscli manual 'ban' from 'host'`).
+    Fleet,
 }
 
 impl Origin {
@@ -147,6 +150,7 @@ impl Origin {
             Origin::Scan => "scan",
             Origin::Manual => "manual",
             Origin::Import => "import",
+            Origin::Fleet => "fleet",
         }
     }
 }
@@ -209,6 +213,18 @@ impl BlockRecord {
     /// Whether the block has run out at `now`.
     pub fn expired(&self, now: SystemTime) -> bool {
         self.until.is_some_and(|u| u <= now)
+    }
+
+    /// The origin as `list` shows it: `scan`, `manual`, `import`, or for a block pulled
+    /// from the fleet `fleet:` and the decision's origin (`fleet:cscli`).
+    pub fn origin_text(&self) -> String {
+        match self.origin {
+            Origin::Fleet => {
+                let source = self.reason.split_whitespace().next().unwrap_or("unknown");
+                format!("fleet:{source}")
+            }
+            other => other.as_str().to_string(),
+        }
     }
 
     /// Port and protocol for the 1.2 line of `BLOCKED_FILE` (manual and imported blocks

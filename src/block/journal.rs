@@ -765,6 +765,28 @@ mod tests {
     }
 
     #[test]
+    fn fleet_blocks_round_trip_with_their_source_and_old_lines_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let mut fleet = record("198.51.100.0/24", 1_700_000_000, Some(30));
+        fleet.origin = Origin::Fleet;
+        fleet.trigger = None;
+        fleet.reason = "cscli manual 'ban' from 'localhost'".into();
+        j.append(&[Entry::Block(fleet.clone())]).unwrap();
+        drop(j);
+        // A line written before fleet blocks existed, beside the new one.
+        let old = record("10.0.0.9", 1_700_000_001, Some(60));
+        append_raw(&path, &json_line(&Entry::Block(old.clone())));
+        let (_, replay) = Journal::open(&path).unwrap();
+        assert!(replay.warnings.is_empty(), "{:?}", replay.warnings);
+        let back = &replay.active[&fleet.target];
+        assert_eq!(back, &fleet);
+        assert_eq!(back.origin_text(), "fleet:cscli");
+        assert_eq!(replay.active[&old.target].origin_text(), "scan");
+    }
+
+    #[test]
     fn appended_blocks_come_back_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = state(&dir);

@@ -74,7 +74,23 @@ pub struct BlockCounters {
     pub responder_failures: AtomicU64,
     /// How long the responder pool's jobs and responders take.
     pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
 }
+
+/// What the block observer (the CrowdSec pusher, `src/fleet/`) hears: blocks this host made
+/// from a scan or by hand, and blocks lifted (unblock, expiry). Blocks pulled from the fleet
+/// and restores at start are not told, so nothing goes round in circles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockNote {
+    /// A scan or manual block is in force (journaled).
+    Made(BlockRecord),
+    /// A scan or manual block ended.
+    Lifted(BlockRecord),
+}
+
+/// Notes the observer may leave waiting at most; beyond, a note is dropped and counted.
+pub const NOTE_QUEUE: usize = 4096;
 
 /// One scan's request to block its source.
 #[derive(Debug, Clone)]
@@ -112,6 +128,14 @@ enum Msg {
         target: Target,
         reply: Reply<Result<Vec<String>, String>>,
     },
+    FleetBlock {
+        target: Target,
+        duration: Duration,
+        source: String,
+        reply: Reply<BlockOutcome>,
+    },
+    FleetUnblock(Target),
+    Observe(Option<Sender<BlockNote>>),
     Stop,
 }
 
@@ -133,6 +157,42 @@ impl BlockRequester {
                 false
             }
         }
+    }
+}
+
+/// The fleet puller's way in: blocks from CrowdSec decisions and their lifting, by message
+/// like everything else that changes a block.
+#[derive(Clone)]
+pub struct FleetInput {
+    control: Sender<Msg>,
+}
+
+impl FleetInput {
+    /// Applies a CrowdSec decision pulled from the fleet as a block of origin
+    /// [`Origin::Fleet`] lasting `duration`; `source` (the decision's origin and scenario)
+    /// is kept for `list`. Refused like a block by hand for protected, ignored and local
+    /// addresses, and when the target is already blocked here (a decision this host pushed
+    /// coming back, or a local block that stands anyway).
+    pub fn fleet_block(
+        &self,
+        target: Target,
+        duration: Duration,
+        source: String,
+        reply: impl FnOnce(BlockOutcome) + Send + 'static,
+    ) {
+        let _ = self.control.send(Msg::FleetBlock {
+            target,
+            duration,
+            source,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
+    /// block of any other origin for the same target stays (idempotent: nothing to lift is
+    /// not an error).
+    pub fn fleet_unblock(&self, target: Target) {
+        let _ = self.control.send(Msg::FleetUnblock(target));
     }
 }
 
@@ -263,6 +323,7 @@ impl BlockManager {
             stopping: false,
             restore: RestoreProgress::default(),
             events,
+            observer: None,
         };
         manager.restore(active, SystemTime::now());
         let thread = std::thread::Builder::new()
@@ -341,6 +402,20 @@ impl BlockManager {
         });
     }
 
+    /// What the fleet puller applies and lifts decisions through.
+    pub fn fleet_input(&self) -> FleetInput {
+        FleetInput {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the block observer: the fleet pusher hears every
+    /// block made here and every block lifted, without ever slowing the manager (a full
+    /// queue drops the note and counts it).
+    pub fn observe(&self, observer: Option<Sender<BlockNote>>) {
+        let _ = self.control.send(Msg::Observe(observer));
+    }
+
     /// Stops after the blocks in hand: scan and manual blocks already started or waiting
     /// finish and are journaled; restores and expiries not yet started wait for the next
     /// start (the journal still holds them).
@@ -407,6 +482,7 @@ enum Effect {
     History(String),
     Reply(Box<dyn FnOnce() + Send>),
     Event(Box<Event>),
+    Note(BlockNote),
 }
 
 /// `BLOCK_RATE_LIMIT`: new scan blocks a minute, as a token bucket that starts full.
@@ -529,6 +605,8 @@ struct Manager {
     restore: RestoreProgress,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
     events: EventSink,
+    /// The fleet pusher, told of blocks made and lifted here (`None`: no fleet push).
+    observer: Option<Sender<BlockNote>>,
 }
 
 /// Re-applies still running since start, for the line that says when all are back.
@@ -638,8 +716,35 @@ impl Manager {
                 duration,
                 reason,
                 reply,
-            } => self.block_by_hand(targets, duration, reason, reply),
+            } => self.block_by_hand(targets, duration, reason, Origin::Manual, reply),
             Msg::Unblock { target, reply } => self.unblock_by_hand(target, reply),
+            Msg::FleetBlock {
+                target,
+                duration,
+                source,
+                reply,
+            } => self.block_by_hand(
+                vec![target],
+                Some(duration),
+                source,
+                Origin::Fleet,
+                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
+                    if let Some(outcome) = outcomes.pop() {
+                        reply(outcome);
+                    }
+                }),
+            ),
+            Msg::FleetUnblock(target) => {
+                let from_fleet = match self.hosts.get(&target) {
+                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
+                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
+                    _ => false,
+                };
+                if from_fleet {
+                    self.unblock_by_hand(target, Box::new(|_| {}));
+                }
+            }
+            Msg::Observe(observer) => self.observer = observer,
             Msg::Stop => {
                 self.stopping = true;
                 // Restores and expiries not started yet are left to the next start.
@@ -921,6 +1026,7 @@ impl Manager {
         targets: Vec<Target>,
         duration: Option<Duration>,
         reason: String,
+        origin: Origin,
         reply: Reply<Vec<BlockOutcome>>,
     ) {
         let batch_id = self.next_id();
@@ -971,7 +1077,7 @@ impl Manager {
             let past = self.past(&target, now);
             let applying = Applying {
                 job: 0,
-                origin: Origin::Manual,
+                origin,
                 offences: past.map_or(0, |p| p.offences) + 1,
                 duration: duration.or_else(|| self.policy.next_with_jitter(past)),
                 trigger: None,
@@ -1308,6 +1414,10 @@ impl Manager {
                     self.effects
                         .push(Effect::Event(Box::new(Event::block(&record))));
                 }
+                if self.observer.is_some() && record.origin != Origin::Fleet {
+                    self.effects
+                        .push(Effect::Note(BlockNote::Made(record.clone())));
+                }
                 self.activate(record);
             }
             Some(Host::Active {
@@ -1483,6 +1593,10 @@ impl Manager {
             let event = Event::unblock(&record, why, now, &outcomes);
             self.effects.push(Effect::Event(Box::new(event)));
         }
+        if self.observer.is_some() && record.origin != Origin::Fleet {
+            self.effects
+                .push(Effect::Note(BlockNote::Lifted(record.clone())));
+        }
         if let Some(reply) = reply {
             self.effects
                 .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
@@ -1519,6 +1633,12 @@ impl Manager {
                 }
                 Effect::Reply(reply) => reply(),
                 Effect::Event(event) => self.events.send(*event),
+                Effect::Note(note) => {
+                    let sent = self.observer.as_ref().map(|tx| tx.try_send(note).is_ok());
+                    if sent == Some(false) {
+                        self.counters.notes_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
         // `hosts` bounds the records from above: counting them (a walk of every host) only
@@ -1690,6 +1810,74 @@ mod tests {
         manager.stop();
         let history = std::fs::read_to_string(dir.path().join("history")).unwrap();
         assert_eq!(history.lines().count(), 10, "{history}");
+    }
+
+    #[test]
+    fn the_observer_hears_local_blocks_only_and_the_fleet_lifts_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (generation, history) = run_cmd_generation(dir.path(), "true");
+        let manager =
+            BlockManager::start(generation, LuaPlugins::none(), history, ProtectView::new())
+                .unwrap();
+        let (notes_tx, notes) = bounded(16);
+        manager.observe(Some(notes_tx));
+        let view = manager.view();
+        let fleet = manager.fleet_input();
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let said = |o: &std::sync::Arc<std::sync::Mutex<Vec<BlockOutcome>>>| {
+            let o = std::sync::Arc::clone(o);
+            move |b: BlockOutcome| o.lock().unwrap().push(b)
+        };
+        // A scan block is told; a fleet block of another address is not.
+        assert!(manager.requester().request(request("10.77.7.1")));
+        let target = |t: &str| crate::record::parse_target(t).unwrap();
+        let made = notes.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(&made, BlockNote::Made(r) if r.origin == Origin::Scan));
+        fleet.fleet_block(
+            target("10.77.7.0/28"),
+            Duration::from_secs(60),
+            "cscli manual".into(),
+            said(&outcome),
+        );
+        // The scanner's own address again, from the fleet: already blocked here.
+        fleet.fleet_block(
+            target("10.77.7.1"),
+            Duration::from_secs(60),
+            "portsentry portsentry/port-scan".into(),
+            said(&outcome),
+        );
+        // Loopback from the fleet: refused like a block by hand.
+        fleet.fleet_block(
+            target("127.0.0.1"),
+            Duration::from_secs(60),
+            "cscli manual".into(),
+            said(&outcome),
+        );
+        assert!(wait_for(|| outcome.lock().unwrap().len() == 3));
+        let got = outcome.lock().unwrap().clone();
+        let by = |t: &str| got.iter().find(|o| o.target == t).unwrap().clone();
+        assert!(by("10.77.7.0/28").ok, "{got:?}");
+        assert!(
+            by("10.77.7.1").detail.starts_with("already blocked"),
+            "{got:?}"
+        );
+        assert!(by("127.0.0.1").detail.starts_with("refused"), "{got:?}");
+        // Deletion of a decision naming the scan-blocked address lifts nothing...
+        fleet.fleet_unblock(target("10.77.7.1"));
+        // ...while the fleet's own block goes, without a note (it was never pushed).
+        fleet.fleet_unblock(target("10.77.7.0/28"));
+        let lifted = |v: &BlockView| !v.is_blocked("10.77.7.0".parse().unwrap());
+        assert!(wait_for(|| lifted(&view)), "the fleet block is lifted");
+        assert!(
+            view.is_blocked("10.77.7.1".parse().unwrap()),
+            "the scan block stays"
+        );
+        assert!(notes.try_recv().is_err(), "no note for fleet blocks");
+        // Positive control of the unblock note: lifting the scan block is told.
+        manager.unblock(target("10.77.7.1"), |_| {});
+        let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));
+        manager.stop();
     }
 
     #[test]

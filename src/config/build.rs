@@ -377,7 +377,123 @@ pub const KEYS: &[KeySpec] = &[
               containers); \"0\" (default): input hook only.",
         set: |c, e, _| flag(&e.value).map(|v| c.nftables_forward = v),
     },
+    KeySpec {
+        name: "CROWDSEC_LAPI_URL",
+        doc: "Base URL of the CrowdSec Local API the fleet shares blocks through, e.g. \
+              \"http://127.0.0.1:8080\"; empty: no fleet.",
+        set: |c, e, _| {
+            c.fleet.lapi_url = if e.value.trim().is_empty() {
+                None
+            } else {
+                Some(crate::fleet::check_lapi_url(&e.value)?)
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_MACHINE_ID",
+        doc: "Machine login that pushes this host's blocks as decisions (with \
+              CROWDSEC_PASSWORD_FILE); empty: no push.",
+        set: |c, e, _| {
+            let id = e.value.trim();
+            if id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err("expected a machine name without spaces".into());
+            }
+            c.fleet.machine_id = (!id.is_empty()).then(|| id.to_string());
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_PASSWORD_FILE",
+        doc: "File holding the machine's password (mode 0600; one readable by every user is \
+              refused); read at start and reload, never logged.",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.password_file = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_BOUNCER_KEY_FILE",
+        doc: "File holding the bouncer API key that pulls the fleet's decisions (mode 0600); \
+              empty: no pull.",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.bouncer_key_file = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_POLL_INTERVAL",
+        doc: "Time between two pulls of the decision stream (default 10s; 1s to 1h).",
+        set: |c, e, _| {
+            let d = duration(&e.value)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                return Err("expected between 1s and 1h".into());
+            }
+            c.fleet.poll_interval = d;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_OUTBOX_FILE",
+        doc: "Where pushes wait while the LAPI is unreachable, kept across restarts (default \
+              crowdsec.outbox beside BLOCK_STATE_FILE).",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.outbox_file = v),
+    },
 ];
+
+/// A path where empty means "none".
+fn optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    let text = value.trim();
+    Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+}
+
+/// Which `CROWDSEC_*` keys go together: push needs the URL, a machine and its password file;
+/// pull needs the URL and a bouncer key file; a URL with neither does nothing. Errors are on
+/// the line of the key that is alone.
+fn fleet_pass(raw: &RawConfig, config: &Config, errors: &mut Vec<ConfigError>) {
+    let line = |key: &str| {
+        raw.entries
+            .iter()
+            .find(|e| e.key == key)
+            .map_or(0, |e| e.line)
+    };
+    let f = &config.fleet;
+    let mut fail = |key: &str, message: String| {
+        errors.push(ConfigError {
+            file: raw.path.clone(),
+            line: line(key),
+            message: format!("{key}: {message}"),
+        })
+    };
+    let push_keys = [
+        ("CROWDSEC_MACHINE_ID", f.machine_id.is_some()),
+        ("CROWDSEC_PASSWORD_FILE", f.password_file.is_some()),
+    ];
+    match push_keys {
+        [(_, true), (other, false)] | [(other, false), (_, true)] => fail(
+            if other == "CROWDSEC_MACHINE_ID" {
+                "CROWDSEC_PASSWORD_FILE"
+            } else {
+                "CROWDSEC_MACHINE_ID"
+            },
+            format!("set without {other} (push needs both)"),
+        ),
+        _ => {}
+    }
+    let push = f.machine_id.is_some() && f.password_file.is_some();
+    let pull = f.bouncer_key_file.is_some();
+    if f.lapi_url.is_none() {
+        for (key, set) in push_keys
+            .into_iter()
+            .chain([("CROWDSEC_BOUNCER_KEY_FILE", pull)])
+        {
+            if set {
+                fail(key, "set without CROWDSEC_LAPI_URL".into());
+            }
+        }
+    } else if !push && !pull && f.machine_id.is_none() && f.password_file.is_none() {
+        fail(
+            "CROWDSEC_LAPI_URL",
+            "set, but neither push (CROWDSEC_MACHINE_ID and CROWDSEC_PASSWORD_FILE) nor pull \
+             (CROWDSEC_BOUNCER_KEY_FILE) is configured"
+                .into(),
+        );
+    }
+}
 
 /// Looks a key up in [`KEYS`].
 pub fn key_spec(name: &str) -> Option<&'static KeySpec> {
@@ -443,6 +559,7 @@ pub fn defaults(path: &Path) -> Config {
         lua_lib_dir: PathBuf::from("/usr/share/portsentry/lua"),
         lua_responders: Vec::new(),
         lua_responders_first: false,
+        fleet: crate::fleet::FleetSettings::default(),
         raw: BTreeMap::new(),
         warnings: Vec::new(),
     }
@@ -524,6 +641,7 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
     }
     block_timeout_pass(raw, &mut config, &mut errors);
     nftables_pass(raw, &mut config, &mut errors);
+    fleet_pass(raw, &config, &mut errors);
     if !raw.entries.iter().any(|e| e.key == "UNKILL_ROUTE") {
         config.unkill_route = config.kill_route.as_ref().and_then(|kill| {
             derive_unkill_route(&kill.text).map(|text| Template {

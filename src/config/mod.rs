@@ -182,6 +182,8 @@ pub struct Config {
     pub nftables_table: String,
     /// `NFTABLES_FORWARD` (ours): also drop blocked sources on the forward hook.
     pub nftables_forward: bool,
+    /// `CROWDSEC_*` (ours): the fleet's Local API, push and pull.
+    pub fleet: crate::fleet::FleetSettings,
     /// `SCAN_TRIGGER`: 0 and 1 fire on the first probe, N on the Nth distinct one.
     pub scan_trigger: u32,
     /// `SCAN_TRIGGER_WINDOW` (ours): probes older than this no longer count.

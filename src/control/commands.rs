@@ -409,7 +409,7 @@ fn list_text(blocks: &[BlockRecord]) -> String {
             b.offences.to_string(),
             mode,
             port,
-            b.origin.as_str().to_string(),
+            b.origin_text(),
             actions,
         ]);
     }

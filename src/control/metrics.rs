@@ -251,6 +251,11 @@ impl Collector for Collect {
                 load(&blocks.responder_failures),
             ),
             (
+                "portsentry_fleet_notes_dropped",
+                "Blocks made or lifted that the CrowdSec pusher could not be told (queue full)",
+                load(&blocks.notes_dropped),
+            ),
+            (
                 "portsentry_events_written",
                 "Lines written to EVENT_LOG",
                 load(&events.written),

@@ -211,6 +211,42 @@ impl Lab {
         (a4, a6)
     }
 
+    /// Joins this lab's defender to `other`'s defender with a veth pair, addresses
+    /// 10.79.N.1/24 here and 10.79.N.2/24 there (N: this lab's net), so that a service on
+    /// one defender (a shared CrowdSec LAPI) is reachable from the other. Returns (here,
+    /// there). Gone with the namespaces.
+    pub fn link_defenders(&self, other: &Lab) -> (String, String) {
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let (here_dev, there_dev) = (format!("vl{tag}"), format!("vm{tag}"));
+        sh(&[
+            "ip", "link", "add", &here_dev, "type", "veth", "peer", "name", &there_dev,
+        ]);
+        sh(&["ip", "link", "set", &here_dev, "netns", &self.def]);
+        sh(&["ip", "link", "set", &there_dev, "netns", &other.def]);
+        let (here, there) = (
+            format!("10.79.{}.1", self.net),
+            format!("10.79.{}.2", self.net),
+        );
+        for (ns, dev, addr) in [
+            (&self.def, &here_dev, &here),
+            (&other.def, &there_dev, &there),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        (here, there)
+    }
+
     /// A path inside the lab's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

@@ -889,7 +889,10 @@ fn every_table_key_builds_from_a_valid_value() {
         | "BLOCK_TIMEOUT"
         | "BLOCK_TIMEOUT_MAX"
         | "BLOCK_TIMEOUT_JITTER"
-        | "FORGEABLE_BLOCK_TIMEOUT" => "5m",
+        | "FORGEABLE_BLOCK_TIMEOUT"
+        | "CROWDSEC_POLL_INTERVAL" => "5m",
+        "CROWDSEC_LAPI_URL" => "http://127.0.0.1:8080",
+        "CROWDSEC_MACHINE_ID" => "host-1",
         "BLOCK_TIMEOUT_FACTOR" => "1.5",
         "LUA_MEMORY_LIMIT" => "16M",
         "LUA_RESPONDERS" => "mail",
@@ -939,7 +942,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 51);
+    assert_eq!(KEYS.len(), 57);
 }
 
 // ---- load ----
@@ -1408,5 +1411,46 @@ fn the_plugins_default_table_is_the_one_the_config_checks_against() {
             "local tbl = cfg.plugin_table or \"{NFTABLES_PLUGIN_DEFAULT_TABLE}\""
         )),
         "plugins/nftables.lua and NFTABLES_PLUGIN_DEFAULT_TABLE disagree"
+    );
+}
+
+#[test]
+fn crowdsec_keys_go_together_and_errors_name_the_lonely_key() {
+    let errors = |text: &str| -> Vec<String> {
+        let raw = parse(Path::new("f.conf"), text).unwrap();
+        match build(&raw) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    };
+    let ok = "CROWDSEC_LAPI_URL=\"http://127.0.0.1:8080/\"\nCROWDSEC_BOUNCER_KEY_FILE=\"/k\"\n";
+    assert_eq!(errors(ok), Vec::<String>::new());
+    let raw = parse(Path::new("f.conf"), ok).unwrap();
+    let c = build(&raw).unwrap();
+    assert_eq!(c.fleet.lapi_url.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(c.fleet.poll_interval, Duration::from_secs(10));
+    assert_eq!(
+        errors("CROWDSEC_LAPI_URL=\"http://h:1\"\nCROWDSEC_MACHINE_ID=\"m\"\n"),
+        ["f.conf:2: CROWDSEC_MACHINE_ID: set without CROWDSEC_PASSWORD_FILE (push needs both)"]
+    );
+    assert_eq!(
+        errors("\nCROWDSEC_BOUNCER_KEY_FILE=\"/k\"\n"),
+        ["f.conf:2: CROWDSEC_BOUNCER_KEY_FILE: set without CROWDSEC_LAPI_URL"]
+    );
+    assert_eq!(
+        errors("CROWDSEC_LAPI_URL=\"http://h:1\"\n"),
+        [
+            "f.conf:1: CROWDSEC_LAPI_URL: set, but neither push (CROWDSEC_MACHINE_ID and \
+          CROWDSEC_PASSWORD_FILE) nor pull (CROWDSEC_BOUNCER_KEY_FILE) is configured"
+        ]
+    );
+    let bad = errors("CROWDSEC_LAPI_URL=\"127.0.0.1:8080\"\nCROWDSEC_POLL_INTERVAL=\"10\"\n");
+    assert!(
+        bad[0].starts_with("f.conf:1: CROWDSEC_LAPI_URL: \"127.0.0.1:8080\": expected a URL"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].starts_with("f.conf:2: CROWDSEC_POLL_INTERVAL: \"10\": a bare number"),
+        "{bad:?}"
     );
 }

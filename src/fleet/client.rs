@@ -1,0 +1,272 @@
+//! The CrowdSec Local API over HTTP(S): a blocking `ureq` agent with a `portsentry/VERSION`
+//! User-Agent (the LAPI refuses a machine login without a `name/version` one), connect and
+//! whole-request timeouts, no redirects, no proxy from the environment, and every answer
+//! read through a cap, so a slow, huge or broken LAPI costs bounded time and memory.
+//!
+//! Secrets (the machine password, the bouncer key) go into request bodies and headers only:
+//! no error built here carries them.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest an answer may be; a longer one is an error (a startup stream with tens of
+/// thousands of decisions stays well under it).
+pub const BODY_CAP: u64 = 16 << 20;
+/// Longest a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a whole request may take, answer included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to the LAPI did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LapiError {
+    /// No answer: refused, timed out, reset, name or TLS failure.
+    #[error("unreachable ({0})")]
+    Unreachable(String),
+    /// An HTTP error status, with the start of its body.
+    #[error("HTTP {0}: {1}")]
+    Status(u16, String),
+    /// An answer that is not the JSON expected.
+    #[error("unexpected answer ({0})")]
+    Garbage(String),
+    /// An answer longer than [`BODY_CAP`].
+    #[error("answer longer than {} MiB", BODY_CAP >> 20)]
+    TooLarge,
+}
+
+impl LapiError {
+    /// Worth trying again later (a LAPI down, restarting or overloaded); a 4xx other than
+    /// 401 (which the caller answers with a new login) and 429 will not change by retrying.
+    pub fn retryable(&self) -> bool {
+        match self {
+            LapiError::Status(code, _) => *code >= 500 || *code == 429 || *code == 408,
+            _ => true,
+        }
+    }
+
+    /// The JWT has run out or the LAPI restarted with a new secret: log in again.
+    pub fn unauthorized(&self) -> bool {
+        matches!(self, LapiError::Status(401, _))
+    }
+}
+
+/// One decision of the stream (`/v1/decisions/stream`), as the LAPI sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Decision {
+    /// The LAPI's id of the decision.
+    #[serde(default)]
+    pub id: i64,
+    /// Who made it: `cscli`, `crowdsec`, `portsentry`, `CAPI`…
+    #[serde(default)]
+    pub origin: String,
+    /// Why (`manual 'ban' from 'host'`, `portsentry/port-scan`…).
+    #[serde(default)]
+    pub scenario: String,
+    /// `Ip` or `Range` (others exist and are ignored).
+    #[serde(default)]
+    pub scope: String,
+    /// `ban` (`captcha` and others are not blocks).
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The address or network.
+    #[serde(default)]
+    pub value: String,
+    /// Time left, Go syntax; negative for deleted ones.
+    #[serde(default)]
+    pub duration: String,
+}
+
+/// One answer of the stream; the LAPI writes `null` for an empty list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Stream {
+    /// Decisions made since the last pull (all active ones at startup).
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub new: Vec<Decision>,
+    /// Decisions deleted or expired since the last pull.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub deleted: Vec<Decision>,
+}
+
+fn null_is_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `POST /v1/watchers/login`'s body.
+#[derive(Serialize)]
+struct Login<'a> {
+    machine_id: &'a str,
+    password: &'a str,
+}
+
+/// Its answer (only the token matters).
+#[derive(Deserialize)]
+struct LoginAnswer {
+    token: String,
+}
+
+/// A LAPI at one base URL.
+pub struct Lapi {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Lapi {
+    /// A client for `base` (`http://127.0.0.1:8080`, no trailing slash needed).
+    pub fn new(base: &str) -> Lapi {
+        Lapi::with_timeouts(base, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+    }
+
+    /// [`Lapi::new`] with other timeouts (tests of a slow LAPI).
+    pub fn with_timeouts(base: &str, connect: Duration, request: Duration) -> Lapi {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(connect)
+            .timeout(request)
+            .redirects(0)
+            .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Lapi {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    /// The base URL, for log lines.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Logs a machine in; the answer is the JWT for [`Lapi::post_alerts`] and
+    /// [`Lapi::delete_decision`].
+    pub fn login(&self, machine_id: &str, password: &str) -> Result<String, LapiError> {
+        let body = serde_json::to_string(&Login {
+            machine_id,
+            password,
+        })
+        .map_err(|e| LapiError::Garbage(e.to_string()))?;
+        let request = self
+            .agent
+            .post(&self.url("/v1/watchers/login"))
+            .set("Content-Type", "application/json");
+        let answer: LoginAnswer = json(&read(request.send_string(&body))?)?;
+        Ok(answer.token)
+    }
+
+    /// Posts alerts (a JSON array); `Ok` once the LAPI took them all.
+    pub fn post_alerts(&self, token: &str, alerts: &serde_json::Value) -> Result<(), LapiError> {
+        let body = alerts.to_string();
+        let request = self
+            .agent
+            .post(&self.url("/v1/alerts"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/json");
+        read(request.send_string(&body)).map(drop)
+    }
+
+    /// Deletes exactly the decisions of this scope, value and origin (never `?ip=`, which
+    /// also deletes every range containing the address); answers how many were deleted.
+    pub fn delete_decision(
+        &self,
+        token: &str,
+        scope: &str,
+        value: &str,
+        origin: &str,
+    ) -> Result<u64, LapiError> {
+        #[derive(Deserialize)]
+        struct Deleted {
+            #[serde(rename = "nbDeleted", default)]
+            deleted: String,
+        }
+        let request = self
+            .agent
+            .delete(&self.url("/v1/decisions"))
+            .query("scopes", scope)
+            .query("value", value)
+            .query("origin", origin)
+            .set("Authorization", &format!("Bearer {token}"));
+        let answer: Deleted = json(&read(request.call())?)?;
+        Ok(answer.deleted.parse().unwrap_or(0))
+    }
+
+    /// One pull of the decision stream (`startup`: every active decision, and old deleted
+    /// ones).
+    pub fn stream(&self, bouncer_key: &str, startup: bool) -> Result<Stream, LapiError> {
+        let mut request = self
+            .agent
+            .get(&self.url("/v1/decisions/stream"))
+            .set("X-Api-Key", bouncer_key);
+        if startup {
+            request = request.query("startup", "true");
+        }
+        json(&read(request.call())?)
+    }
+}
+
+/// The body of a successful answer, at most [`BODY_CAP`] bytes; an error status becomes
+/// [`LapiError::Status`] with the start of its body.
+fn read(result: Result<ureq::Response, ureq::Error>) -> Result<Vec<u8>, LapiError> {
+    match result {
+        Ok(response) => capped(response),
+        Err(ureq::Error::Status(code, response)) => {
+            let body = capped(response).unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            Err(LapiError::Status(code, crate::record::excerpt(text.trim())))
+        }
+        Err(ureq::Error::Transport(t)) => Err(LapiError::Unreachable(transport_text(&t))),
+    }
+}
+
+/// A transport error in a few words (`connection refused`, `timed out`…).
+fn transport_text(t: &ureq::Transport) -> String {
+    use std::error::Error;
+    let mut source: Option<&dyn Error> = t.source();
+    let mut text = t.message().map(str::to_string);
+    while let Some(s) = source {
+        text = Some(s.to_string());
+        source = s.source();
+    }
+    let text = text.unwrap_or_else(|| t.kind().to_string());
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("refused") {
+        "connection refused".into()
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out".into()
+    } else {
+        crate::record::excerpt(&text)
+    }
+}
+
+fn capped(response: ureq::Response) -> Result<Vec<u8>, LapiError> {
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .take(BODY_CAP + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| LapiError::Unreachable(format!("reading the answer: {e}")))?;
+    if body.len() as u64 > BODY_CAP {
+        return Err(LapiError::TooLarge);
+    }
+    Ok(body)
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, LapiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let start = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        LapiError::Garbage(format!(
+            "{e}; starts with \"{}\"",
+            crate::record::excerpt(&start)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests;

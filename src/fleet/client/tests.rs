@@ -1,0 +1,162 @@
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::*;
+
+/// A one-connection HTTP server on loopback: it reads the request head, hands it back over
+/// the channel, then writes `answer` (nothing when `None`: a LAPI that never answers).
+fn serve_once(answer: Option<Vec<u8>>) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let _ = tx.send(head);
+        match answer {
+            Some(bytes) => write_all_ignoring_errors(stream, &bytes),
+            None => std::thread::sleep(Duration::from_secs(5)),
+        }
+    });
+    (base, rx)
+}
+
+fn write_all_ignoring_errors(mut stream: TcpStream, bytes: &[u8]) {
+    for chunk in bytes.chunks(64 << 10) {
+        if stream.write_all(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+fn http(status: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn stream_nulls_are_empty_lists_and_decisions_keep_their_fields() {
+    let body = br#"{"new":[{"id":7,"origin":"cscli","scenario":"manual 'ban' from 'h'","scope":"Range","type":"ban","value":"fd77:1::/64","duration":"29.9\u00b5s","until":"x"}],"deleted":null}"#;
+    let (base, heads) = serve_once(Some(http("200 OK", body)));
+    let stream = Lapi::new(&base).stream("KEY", true).unwrap();
+    assert!(stream.deleted.is_empty());
+    assert_eq!(stream.new.len(), 1);
+    let d = &stream.new[0];
+    assert_eq!(
+        (d.id, d.scope.as_str(), d.kind.as_str()),
+        (7, "Range", "ban")
+    );
+    assert_eq!(d.duration, "29.9\u{b5}s");
+    let head = heads.recv().unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("get /v1/decisions/stream?startup=true "),
+        "{head}"
+    );
+    assert!(head.contains("x-api-key: key"), "{head}");
+    assert!(head.contains("user-agent: portsentry/"), "{head}");
+
+    let (base, _) = serve_once(Some(http("200 OK", br#"{"new":null,"deleted":null}"#)));
+    assert_eq!(Lapi::new(&base).stream("K", false), Ok(Stream::default()));
+}
+
+#[test]
+fn garbage_and_error_statuses_are_errors_that_say_so() {
+    let (base, _) = serve_once(Some(http("200 OK", b"<html>hello</html>")));
+    let err = Lapi::new(&base).stream("K", false).unwrap_err();
+    assert!(
+        matches!(&err, LapiError::Garbage(t) if t.contains("<html>")),
+        "{err}"
+    );
+    assert!(err.retryable());
+
+    let (base, _) = serve_once(Some(http(
+        "500 Internal Server Error",
+        b"{\"message\":\"db locked\"}",
+    )));
+    let err = Lapi::new(&base).stream("K", false).unwrap_err();
+    assert_eq!(
+        err,
+        LapiError::Status(500, "{\"message\":\"db locked\"}".into())
+    );
+    assert!(err.retryable() && !err.unauthorized());
+
+    let (base, _) = serve_once(Some(http("401 Unauthorized", b"{}")));
+    let err = Lapi::new(&base)
+        .post_alerts("T", &serde_json::json!([]))
+        .unwrap_err();
+    assert!(err.unauthorized());
+    let (base, _) = serve_once(Some(http("400 Bad Request", b"{}")));
+    let err = Lapi::new(&base)
+        .post_alerts("T", &serde_json::json!([]))
+        .unwrap_err();
+    assert!(!err.retryable(), "a 400 does not get better by retrying");
+}
+
+#[test]
+fn a_huge_answer_is_cut_at_the_cap() {
+    let mut body = b"{\"new\":[".to_vec();
+    body.resize(BODY_CAP as usize + 4096, b' ');
+    let (base, _) = serve_once(Some(http("200 OK", &body)));
+    assert_eq!(
+        Lapi::new(&base).stream("K", false),
+        Err(LapiError::TooLarge)
+    );
+}
+
+#[test]
+fn a_silent_lapi_times_out_and_a_closed_port_is_refused() {
+    let (base, _) = serve_once(None);
+    let lapi = Lapi::with_timeouts(
+        &base,
+        Duration::from_millis(300),
+        Duration::from_millis(400),
+    );
+    let started = Instant::now();
+    let err = lapi.stream("K", false).unwrap_err();
+    assert_eq!(err, LapiError::Unreachable("timed out".into()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let err = Lapi::new(&base).login("m", "secret-password").unwrap_err();
+    assert_eq!(err, LapiError::Unreachable("connection refused".into()));
+    assert!(!err.to_string().contains("secret-password"));
+}
+
+#[test]
+fn delete_is_exact_by_scope_value_and_origin() {
+    let (base, heads) = serve_once(Some(http("200 OK", br#"{"nbDeleted":"1"}"#)));
+    let n = Lapi::new(&base)
+        .delete_decision("TOKEN", "Range", "10.0.0.0/24", "portsentry")
+        .unwrap();
+    assert_eq!(n, 1);
+    let head = heads.recv().unwrap();
+    let first = head.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "DELETE /v1/decisions?scopes=Range&value=10.0.0.0%2F24&origin=portsentry HTTP/1.1"
+    );
+    assert!(head.contains("Bearer TOKEN"), "{head}");
+}

@@ -1,0 +1,364 @@
+//! The fleet: blocks shared across hosts through a CrowdSec Local API (LAPI), both ways.
+//!
+//! - **Push** ([`push`]): the block manager tells an observer of every block this host makes
+//!   (scan or by hand) and every block lifted; the pusher thread turns them into alerts with
+//!   one `ban` decision (origin `portsentry`) and exact deletes, through a persistent
+//!   [`outbox`], so a LAPI that is down delays nothing here and loses nothing.
+//! - **Pull** ([`pull`]): a puller thread follows `/v1/decisions/stream` and hands `ban`
+//!   decisions to the block manager as blocks of origin `fleet`, and lifts them when their
+//!   decision goes.
+//!
+//! Either direction can run alone. Config is plain data ([`FleetSettings`]); the running
+//! threads are built from it here, restarted when a reload changes it (or the secrets in
+//! its files). Secrets are read from their files at start and at reload, never logged; a
+//! file other users can read is refused (that direction stays off, with an error line).
+
+pub mod client;
+pub mod duration;
+pub mod outbox;
+pub mod pull;
+pub mod push;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded};
+
+use crate::block::manager::{BlockManager, NOTE_QUEUE};
+use crate::config::Config;
+use client::LapiError;
+
+/// `CROWDSEC_POLL_INTERVAL` default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// The origin of the decisions this host posts (and deletes, exactly).
+pub const ORIGIN: &str = "portsentry";
+/// The outbox file's name beside `BLOCK_STATE_FILE` when `CROWDSEC_OUTBOX_FILE` is unset.
+const OUTBOX_NAME: &str = "crowdsec.outbox";
+
+/// The `CROWDSEC_*` keys, as plain data (the config build checks which combinations make
+/// sense; this module builds threads from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// `CROWDSEC_LAPI_URL`: `http(s)://host:port` of the Local API; `None`: no fleet.
+    pub lapi_url: Option<String>,
+    /// `CROWDSEC_MACHINE_ID`: the machine login that pushes.
+    pub machine_id: Option<String>,
+    /// `CROWDSEC_PASSWORD_FILE`: the file holding that machine's password.
+    pub password_file: Option<PathBuf>,
+    /// `CROWDSEC_BOUNCER_KEY_FILE`: the file holding the bouncer API key that pulls.
+    pub bouncer_key_file: Option<PathBuf>,
+    /// `CROWDSEC_POLL_INTERVAL`: time between two pulls of the decision stream.
+    pub poll_interval: Duration,
+    /// `CROWDSEC_OUTBOX_FILE`: where undelivered pushes wait; `None`: beside
+    /// `BLOCK_STATE_FILE`.
+    pub outbox_file: Option<PathBuf>,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            lapi_url: None,
+            machine_id: None,
+            password_file: None,
+            bouncer_key_file: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            outbox_file: None,
+        }
+    }
+}
+
+impl FleetSettings {
+    /// The outbox file in use: `CROWDSEC_OUTBOX_FILE`, or `crowdsec.outbox` beside the
+    /// block journal.
+    pub fn outbox_path(&self, block_state_file: &Path) -> PathBuf {
+        self.outbox_file
+            .clone()
+            .unwrap_or_else(|| block_state_file.with_file_name(OUTBOX_NAME))
+    }
+}
+
+/// Checks `CROWDSEC_LAPI_URL`'s value: `http://` or `https://`, a host, nothing after the
+/// port but an optional `/`.
+pub fn check_lapi_url(value: &str) -> Result<String, String> {
+    let text = value.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or(
+            "expected a URL starting with http:// or https://, e.g. \"http://127.0.0.1:8080\"",
+        )?;
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(
+            "expected the LAPI's base URL, scheme, host and port only, e.g. \
+             \"http://127.0.0.1:8080\""
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
+/// Reads a secret file: trimmed, not empty, and not readable by other users. The error
+/// names the file and the problem, never the content.
+pub fn read_secret(key: &str, path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "{key}: {} is readable by every user (mode {:04o}): refused, make it 0600 or 0640",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() || secret.len() > 4096 {
+        return Err(format!(
+            "{key}: {} is empty or longer than 4096 bytes",
+            path.display()
+        ));
+    }
+    Ok(secret.to_string())
+}
+
+/// A secret that never shows in `Debug` output or a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The text, for a request body or header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// The LAPI's state as one direction sees it, logged once per change (not per attempt).
+pub(crate) struct Health {
+    url: String,
+    direction: &'static str,
+    up: Option<bool>,
+}
+
+impl Health {
+    pub(crate) fn new(url: &str, direction: &'static str) -> Health {
+        Health {
+            url: url.to_string(),
+            direction,
+            up: None,
+        }
+    }
+
+    /// A request succeeded.
+    pub(crate) fn ok(&mut self) {
+        match self.up {
+            Some(true) => {}
+            Some(false) => log::info!(
+                "adminalert: CrowdSec LAPI {}: reachable again ({})",
+                self.url,
+                self.direction
+            ),
+            None => log::info!(
+                "adminalert: CrowdSec LAPI {}: connected ({})",
+                self.url,
+                self.direction
+            ),
+        }
+        self.up = Some(true);
+    }
+
+    /// A request failed in a way worth retrying.
+    pub(crate) fn failed(&mut self, e: &LapiError) {
+        if self.up != Some(false) {
+            log::warn!(
+                "adminalert: WARNING: CrowdSec LAPI {}: {e}, will retry ({})",
+                self.url,
+                self.direction
+            );
+        }
+        self.up = Some(false);
+    }
+}
+
+/// What a running fleet was built from: a reload that changes none of it keeps the threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Built {
+    push: Option<push::PushConfig>,
+    pull: Option<pull::PullConfig>,
+}
+
+/// The fleet threads of the generation in force.
+pub struct Fleet {
+    built: Built,
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Starts what the config asks for (nothing when `CROWDSEC_LAPI_URL` is unset). A
+    /// direction that cannot start (unreadable secret, outbox) is logged and left off; the
+    /// daemon runs on.
+    pub fn start(config: &Config, blocks: &BlockManager) -> Fleet {
+        let built = build(config);
+        let mut fleet = Fleet {
+            built: Built {
+                push: None,
+                pull: None,
+            },
+            stop: None,
+            threads: Vec::new(),
+        };
+        fleet.launch(built, blocks);
+        fleet
+    }
+
+    /// Follows a reload: re-reads the secret files and restarts the threads when the
+    /// settings or secrets changed.
+    pub fn follow(&mut self, config: &Config, blocks: &BlockManager) {
+        let built = build(config);
+        if built == self.built {
+            return;
+        }
+        log::info!("adminalert: CrowdSec settings changed, restarting the fleet threads");
+        self.halt(blocks);
+        self.launch(built, blocks);
+    }
+
+    /// Stops the threads (the outbox keeps what was not delivered).
+    pub fn stop(mut self, blocks: &BlockManager) {
+        self.halt(blocks);
+    }
+
+    fn halt(&mut self, blocks: &BlockManager) {
+        blocks.observe(None);
+        self.stop = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn launch(&mut self, built: Built, blocks: &BlockManager) {
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        if let Some(cfg) = &built.push {
+            let (notes_tx, notes_rx) = bounded(NOTE_QUEUE);
+            match push::spawn(cfg.clone(), notes_rx, stop_rx.clone()) {
+                Ok(t) => {
+                    blocks.observe(Some(notes_tx));
+                    self.threads.push(t);
+                }
+                Err(e) => log::error!("adminalert: ERROR: CrowdSec push not started: {e}"),
+            }
+        }
+        if let Some(cfg) = &built.pull {
+            match pull::spawn(cfg.clone(), blocks.fleet_input(), stop_rx) {
+                Ok(t) => self.threads.push(t),
+                Err(e) => log::error!("adminalert: ERROR: CrowdSec pull not started: {e}"),
+            }
+        }
+        self.stop = Some(stop_tx);
+        self.built = built;
+    }
+}
+
+/// What to run for this config, with the secrets read now.
+fn build(config: &Config) -> Built {
+    let s = &config.fleet;
+    let Some(url) = &s.lapi_url else {
+        return Built {
+            push: None,
+            pull: None,
+        };
+    };
+    let push = match (&s.machine_id, &s.password_file) {
+        (Some(machine_id), Some(file)) => match read_secret("CROWDSEC_PASSWORD_FILE", file) {
+            Ok(password) => Some(push::PushConfig {
+                lapi_url: url.clone(),
+                machine_id: machine_id.clone(),
+                password: Secret(password),
+                outbox_file: s.outbox_path(&config.block_state_file),
+            }),
+            Err(e) => {
+                log::error!("adminalert: ERROR: {e}; CrowdSec push is off");
+                None
+            }
+        },
+        _ => None,
+    };
+    let pull = match &s.bouncer_key_file {
+        Some(file) => match read_secret("CROWDSEC_BOUNCER_KEY_FILE", file) {
+            Ok(key) => Some(pull::PullConfig {
+                lapi_url: url.clone(),
+                bouncer_key: Secret(key),
+                poll_interval: s.poll_interval,
+            }),
+            Err(e) => {
+                log::error!("adminalert: ERROR: {e}; CrowdSec pull is off");
+                None
+            }
+        },
+        None => None,
+    };
+    Built { push, pull }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapi_urls_are_base_urls_only() {
+        assert_eq!(
+            check_lapi_url("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            check_lapi_url("https://lapi.example:8443").unwrap(),
+            "https://lapi.example:8443"
+        );
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://x",
+            "http://",
+            "http://h/v1",
+            "http://u:p@h",
+        ] {
+            assert!(check_lapi_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_world_readable_ones_refused_without_showing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret-value\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret("K", &path).unwrap(), "s3cret-value");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret("K", &path).unwrap_err();
+        assert!(err.contains("readable by every user (mode 0644)"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        std::fs::write(&path, "  \n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret("K", &path).unwrap_err().contains("empty"));
+        assert_eq!(format!("{:?}", Secret("x".into())), "Secret(…)");
+    }
+
+    #[test]
+    fn the_outbox_sits_beside_the_journal_unless_named() {
+        let mut s = FleetSettings::default();
+        assert_eq!(
+            s.outbox_path(Path::new("/var/lib/portsentry/portsentry.state")),
+            Path::new("/var/lib/portsentry/crowdsec.outbox")
+        );
+        s.outbox_file = Some("/tmp/o".into());
+        assert_eq!(s.outbox_path(Path::new("/x/y")), Path::new("/tmp/o"));
+    }
+}

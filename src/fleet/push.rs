@@ -1,0 +1,649 @@
+//! The pusher thread: blocks made here become CrowdSec alerts with one `ban` decision, and
+//! blocks lifted here delete that decision, exactly (scope, value, origin `portsentry`).
+//!
+//! Notes from the block manager go into the [`Outbox`] first (fsynced), then delivery is
+//! tried: consecutive posts share one `POST /v1/alerts` (a burst of blocks is one request),
+//! the JWT is fetched on first use and again on a 401, and a LAPI that is down or answers
+//! 5xx or garbage is retried with capped exponential backoff while new notes keep being
+//! written to the outbox. Nothing here ever waits on the block manager or slows it.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, never, select};
+use serde_json::json;
+
+use super::client::{Lapi, LapiError};
+use super::outbox::{Delete, Outbox, Post, Work};
+use super::{Health, ORIGIN, Secret, duration};
+use crate::block::manager::BlockNote;
+use crate::block::{BlockRecord, Origin, target_text};
+
+/// Alerts in one POST at most.
+const BATCH: usize = 100;
+/// First retry delay; it doubles with each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two delivery attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Consecutive 5xx answers to the same first item after which it is posted alone (the
+/// LAPI answers a malformed alert with a 500, so one bad item must not hold a batch back).
+const ALONE_AFTER: u32 = 3;
+/// Consecutive 5xx answers to the same single item after which it is dropped (logged), so
+/// that one item the LAPI will never take cannot block the outbox for good.
+const DROP_AFTER: u32 = 10;
+/// Duration posted for a permanent block (Go durations end near 292 years; ten is plenty).
+const PERMANENT: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// What the pusher needs; compared at reload to decide whether to restart it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// LAPI base URL.
+    pub lapi_url: String,
+    /// Machine login.
+    pub machine_id: String,
+    /// Its password (from `CROWDSEC_PASSWORD_FILE`).
+    pub password: Secret,
+    /// The persistent outbox.
+    pub outbox_file: PathBuf,
+}
+
+/// Opens the outbox and starts the thread; `Err` when the outbox cannot be opened.
+pub fn spawn(
+    config: PushConfig,
+    notes: Receiver<BlockNote>,
+    stop: Receiver<()>,
+) -> Result<JoinHandle<()>, String> {
+    let (outbox, warnings) = Outbox::open(&config.outbox_file).map_err(|e| {
+        format!(
+            "cannot open the outbox {}: {e}",
+            config.outbox_file.display()
+        )
+    })?;
+    for w in warnings {
+        log::warn!("adminalert: WARNING: {w}");
+    }
+    let waiting = outbox.pending().count();
+    if waiting > 0 {
+        log::info!(
+            "adminalert: CrowdSec push: {waiting} change(s) from before the restart still to deliver"
+        );
+    }
+    let mut pusher = Pusher {
+        lapi: Lapi::new(&config.lapi_url),
+        health: Health::new(&config.lapi_url, "push"),
+        config,
+        token: None,
+        outbox,
+        failures: 0,
+        refusals: 0,
+        next_try: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("fleet-push".into())
+        .spawn(move || pusher.run(&notes, &stop))
+        .map_err(|e| format!("cannot start the thread: {e}"))
+}
+
+/// Why a delivery attempt failed.
+enum Failure {
+    /// The login itself failed: keep everything and retry later.
+    Login(LapiError),
+    /// The request failed.
+    Request(LapiError),
+}
+
+struct Pusher {
+    config: PushConfig,
+    lapi: Lapi,
+    health: Health,
+    token: Option<String>,
+    outbox: Outbox,
+    failures: u32,
+    /// Consecutive 5xx answers while the first pending item was in the request.
+    refusals: u32,
+    next_try: Instant,
+}
+
+impl Pusher {
+    fn run(&mut self, notes: &Receiver<BlockNote>, stop: &Receiver<()>) {
+        let mut notes_open = true;
+        loop {
+            let wait = if self.outbox.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                self.next_try.saturating_duration_since(Instant::now())
+            };
+            let never_rx = never();
+            let rx = if notes_open { notes } else { &never_rx };
+            select! {
+                recv(stop) -> _ => return,
+                recv(rx) -> note => match note {
+                    Ok(note) => {
+                        let mut work = vec![work_of(&note)];
+                        work.extend(rx.try_iter().map(|n| work_of(&n)));
+                        self.store(work);
+                    }
+                    Err(_) => notes_open = false,
+                },
+                default(wait) => {}
+            }
+            if !self.outbox.is_empty() && Instant::now() >= self.next_try {
+                self.deliver(stop);
+            }
+        }
+    }
+
+    fn store(&mut self, work: Vec<Work>) {
+        if let Err(e) = self.outbox.push(work) {
+            log::error!(
+                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}; those changes \
+                 are delivered only if the daemon stays up",
+                self.outbox.path().display()
+            );
+        }
+        if self.outbox.dropped > 0 {
+            log::warn!(
+                "adminalert: WARNING: CrowdSec outbox full: {} oldest undelivered change(s) dropped",
+                self.outbox.dropped
+            );
+            self.outbox.dropped = 0;
+        }
+    }
+
+    /// Delivers what is pending, oldest first, until done, a failure worth retrying, or a
+    /// stop (the outbox keeps the rest).
+    fn deliver(&mut self, stop: &Receiver<()>) {
+        loop {
+            if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+                return;
+            }
+            let Some((_, first)) = self.outbox.pending().next() else {
+                self.failures = 0;
+                return;
+            };
+            let now = SystemTime::now();
+            let (ids, result) = match first {
+                Work::Post(_) => {
+                    let mut ids = Vec::new();
+                    let mut alerts = Vec::new();
+                    let batch = if self.refusals >= ALONE_AFTER {
+                        1
+                    } else {
+                        BATCH
+                    };
+                    for (id, work) in self.outbox.pending().take(batch) {
+                        let Work::Post(post) = work else { break };
+                        ids.push(*id);
+                        // A block that has ended since is not posted at all.
+                        if let Some(alert) = alert_json(post, now) {
+                            alerts.push(alert);
+                        }
+                    }
+                    let result = if alerts.is_empty() {
+                        Ok(())
+                    } else {
+                        let alerts = serde_json::Value::Array(alerts);
+                        self.with_login(|lapi, token| lapi.post_alerts(token, &alerts))
+                    };
+                    (ids, result)
+                }
+                Work::Delete(d) => {
+                    let (id, d) = (self.outbox.pending().next().map_or(0, |p| p.0), d.clone());
+                    let result = self.with_login(|lapi, token| {
+                        lapi.delete_decision(token, &d.scope, &d.value, ORIGIN)
+                            .map(drop)
+                    });
+                    (vec![id], result)
+                }
+            };
+            let refused =
+                matches!(&result, Err(Failure::Request(LapiError::Status(c, _))) if *c >= 500);
+            self.refusals = if refused { self.refusals + 1 } else { 0 };
+            if refused && ids.len() == 1 && self.refusals >= DROP_AFTER {
+                log::error!(
+                    "adminalert: ERROR: CrowdSec LAPI {} refused the same change {DROP_AFTER} \
+                     times in a row; dropped",
+                    self.lapi.base()
+                );
+                self.refusals = 0;
+                self.acknowledge(&ids);
+                continue;
+            }
+            match result {
+                Ok(()) => {
+                    self.health.ok();
+                    self.failures = 0;
+                    self.acknowledge(&ids);
+                }
+                Err(Failure::Request(e)) if !e.retryable() => {
+                    self.health.ok();
+                    log::error!(
+                        "adminalert: ERROR: CrowdSec LAPI {} refused {} change(s): {e}; dropped",
+                        self.lapi.base(),
+                        ids.len()
+                    );
+                    self.acknowledge(&ids);
+                }
+                Err(Failure::Request(e) | Failure::Login(e)) => {
+                    self.health.failed(&e);
+                    self.failures = self.failures.saturating_add(1);
+                    self.next_try = Instant::now() + backoff(self.failures);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, ids: &[u64]) {
+        if let Err(e) = self.outbox.ack(ids) {
+            log::error!(
+                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}",
+                self.outbox.path().display()
+            );
+        }
+    }
+
+    /// Runs a request with a JWT, logging in first when there is none and again once on a
+    /// 401 (expired token, or a LAPI restarted with a new secret).
+    fn with_login(
+        &mut self,
+        request: impl Fn(&Lapi, &str) -> Result<(), LapiError>,
+    ) -> Result<(), Failure> {
+        let token = match self.token.take() {
+            Some(t) => t,
+            None => self.login()?,
+        };
+        match request(&self.lapi, &token) {
+            Err(e) if e.unauthorized() => {
+                let token = self.login()?;
+                let result = request(&self.lapi, &token);
+                self.token = Some(token);
+                result.map_err(Failure::Request)
+            }
+            result => {
+                self.token = Some(token);
+                result.map_err(Failure::Request)
+            }
+        }
+    }
+
+    fn login(&self) -> Result<String, Failure> {
+        self.lapi
+            .login(&self.config.machine_id, self.config.password.expose())
+            .map_err(|e| match e {
+                LapiError::Status(code, text) => {
+                    LapiError::Status(code, format!("machine login refused: {text}"))
+                }
+                other => other,
+            })
+            .map_err(Failure::Login)
+    }
+}
+
+/// Delay before the n-th retry in a row: 0.5 s, 1 s, 2 s, … up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF)
+}
+
+/// `Ip` for one address, `Range` for a network.
+fn scope_of(record: &BlockRecord) -> &'static str {
+    let t = &record.target;
+    if t.prefix_len() == t.max_prefix_len() {
+        "Ip"
+    } else {
+        "Range"
+    }
+}
+
+/// The outbox item of a note.
+fn work_of(note: &BlockNote) -> Work {
+    match note {
+        BlockNote::Made(record) => Work::Post(post_of(record)),
+        BlockNote::Lifted(record) => Work::Delete(Delete {
+            scope: scope_of(record).into(),
+            value: target_text(&record.target),
+        }),
+    }
+}
+
+fn post_of(record: &BlockRecord) -> Post {
+    let (scenario, message) = match (&record.origin, &record.trigger) {
+        (Origin::Scan, Some(t)) => (
+            "portsentry/port-scan",
+            format!(
+                "portsentry: {} from {} on port {}/{} (mode {}), offence {}",
+                t.kind,
+                target_text(&record.target),
+                t.port,
+                t.proto.lower(),
+                t.mode.as_str(),
+                record.offences
+            ),
+        ),
+        _ => (
+            "portsentry/manual",
+            format!(
+                "portsentry: {} blocked by hand{}",
+                target_text(&record.target),
+                if record.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", crate::record::excerpt(&record.reason))
+                }
+            ),
+        ),
+    };
+    Post {
+        scope: scope_of(record).into(),
+        value: target_text(&record.target),
+        scenario: scenario.into(),
+        message,
+        since: record.since,
+        until: record.until,
+    }
+}
+
+/// The alert the LAPI takes for one post, with the time left at `now`; `None` once the
+/// block has ended.
+fn alert_json(post: &Post, now: SystemTime) -> Option<serde_json::Value> {
+    let left = match post.until {
+        Some(until) => until.duration_since(now).ok().filter(|d| !d.is_zero())?,
+        None => PERMANENT,
+    };
+    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    Some(json!({
+        "scenario": post.scenario,
+        "scenario_hash": "",
+        "scenario_version": env!("CARGO_PKG_VERSION"),
+        "message": post.message,
+        "events_count": 1,
+        "events": [],
+        "start_at": time(post.since.min(now)),
+        "stop_at": time(now),
+        "capacity": 0,
+        "leakspeed": "0",
+        "simulated": false,
+        "remediation": true,
+        "source": {"scope": post.scope, "value": post.value},
+        "decisions": [{
+            "origin": ORIGIN,
+            "type": "ban",
+            "scope": post.scope,
+            "value": post.value,
+            "duration": duration::format_secs(left),
+            "scenario": post.scenario,
+        }],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Trigger, parse_target};
+    use crate::event::{Mode, Proto};
+
+    fn scan_record(target: &str) -> BlockRecord {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        BlockRecord {
+            target: parse_target(target).unwrap(),
+            since,
+            until: Some(since + Duration::from_secs(3600)),
+            offences: 2,
+            origin: Origin::Scan,
+            trigger: Some(Trigger {
+                port: 143,
+                proto: Proto::Tcp,
+                mode: Mode::Stcp,
+                kind: "TCP SYN/Normal scan".into(),
+            }),
+            reason: String::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// A scripted LAPI on loopback: every request (keep-alive connections too) is recorded
+    /// as (method and path, Authorization header, body) and answered by `answer`.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+    fn scripted_lapi(answer: fn(&str, &str, &str) -> (u16, String)) -> (String, Seen) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Default::default();
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let log = std::sync::Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut first = String::new();
+                        if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let (mut length, mut auth) = (0usize, String::new());
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            let lower = h.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if lower.starts_with("authorization:") {
+                                auth = h["authorization:".len()..].trim().to_string();
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let body = String::from_utf8(body).unwrap();
+                        let request: String = first
+                            .split_whitespace()
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let (status, text) = answer(&request, &auth, &body);
+                        log.lock().unwrap().push((request, auth, body));
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if out.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    fn pusher(base: &str, dir: &std::path::Path, values: &[&str]) -> Pusher {
+        let (mut outbox, _) = Outbox::open(&dir.join("outbox")).unwrap();
+        let now = SystemTime::now();
+        let work = values
+            .iter()
+            .map(|v| {
+                let mut r = scan_record(v);
+                r.since = now;
+                r.until = Some(now + Duration::from_secs(600));
+                work_of(&BlockNote::Made(r))
+            })
+            .collect();
+        outbox.push(work).unwrap();
+        Pusher {
+            config: PushConfig {
+                lapi_url: base.into(),
+                machine_id: "m".into(),
+                password: Secret("pw".into()),
+                outbox_file: dir.join("outbox"),
+            },
+            lapi: Lapi::new(base),
+            health: Health::new(base, "push"),
+            token: None,
+            outbox,
+            failures: 0,
+            refusals: 0,
+            next_try: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_burst_is_one_post_and_a_401_renews_the_jwt() {
+        let (base, seen) = scripted_lapi(|request, auth, _| match request {
+            "POST /v1/watchers/login" => {
+                static LOGINS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = LOGINS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                (200, format!("{{\"code\":200,\"token\":\"t{n}\"}}"))
+            }
+            "POST /v1/alerts" if auth == "Bearer t1" => (401, "{}".into()),
+            "POST /v1/alerts" => (201, "[\"1\"]".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let values = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd77::4", "10.0.0.5"];
+        let mut p = pusher(&base, dir.path(), &values);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert!(p.outbox.is_empty(), "all delivered");
+        let seen = seen.lock().unwrap().clone();
+        let requests: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(r, a, _)| (r.as_str(), a.as_str()))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                ("POST /v1/watchers/login", ""),
+                ("POST /v1/alerts", "Bearer t1"),
+                ("POST /v1/watchers/login", ""),
+                ("POST /v1/alerts", "Bearer t2"),
+            ]
+        );
+        let posted: serde_json::Value = serde_json::from_str(&seen[3].2).unwrap();
+        assert_eq!(
+            posted.as_array().map(Vec::len),
+            Some(5),
+            "one POST for the burst"
+        );
+        assert!(!seen[0].2.is_empty() && seen[0].2.contains("\"machine_id\":\"m\""));
+        drop(p);
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox")).unwrap();
+        assert!(outbox.is_empty(), "acknowledged on disk too");
+    }
+
+    #[test]
+    fn a_5xx_keeps_everything_and_an_item_refused_for_good_is_dropped_alone() {
+        let (base, seen) = scripted_lapi(|request, _, body| match request {
+            "POST /v1/watchers/login" => (200, "{\"token\":\"t\"}".into()),
+            "POST /v1/alerts" if body.contains("10.0.0.66") => {
+                (500, "{\"message\":\"missing field\"}".into())
+            }
+            "POST /v1/alerts" => (201, "[\"1\"]".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pusher(&base, dir.path(), &["10.0.0.66", "10.0.0.7", "10.0.0.8"]);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert_eq!(p.outbox.pending().count(), 3, "a 500 keeps everything");
+        assert!(p.next_try > Instant::now(), "and waits before the next try");
+        for _ in 0..DROP_AFTER + 2 {
+            p.next_try = Instant::now();
+            p.deliver(&stop);
+        }
+        assert!(
+            p.outbox.is_empty(),
+            "{:?}",
+            p.outbox.pending().collect::<Vec<_>>()
+        );
+        let seen = seen.lock().unwrap().clone();
+        let delivered: Vec<&String> = seen
+            .iter()
+            .filter(|(r, _, b)| r == "POST /v1/alerts" && !b.contains("10.0.0.66"))
+            .map(|(_, _, b)| b)
+            .collect();
+        assert_eq!(
+            delivered.len(),
+            1,
+            "the other two in one POST once the bad one went"
+        );
+        assert!(delivered[0].contains("10.0.0.7") && delivered[0].contains("10.0.0.8"));
+        let alone = seen
+            .iter()
+            .filter(|(r, _, b)| r == "POST /v1/alerts" && b.contains("10.0.0.66"))
+            .filter(|(_, _, b)| !b.contains("10.0.0.7"))
+            .count();
+        assert_eq!(
+            alone as u32,
+            DROP_AFTER - ALONE_AFTER,
+            "posted alone before the drop"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_and_is_capped() {
+        let got: Vec<u64> = (1..=7).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_scan_block_is_an_ip_ban_with_the_time_left_in_go_syntax() {
+        let record = scan_record("fd77:0:0::0:9");
+        let Work::Post(post) = work_of(&BlockNote::Made(record.clone())) else {
+            panic!("a block is a post");
+        };
+        assert_eq!(post.value, "fd77::9", "RFC 5952 form");
+        let now = record.since + Duration::from_millis(1500);
+        let alert = alert_json(&post, now).unwrap();
+        let d = &alert["decisions"][0];
+        assert_eq!(d["scope"], "Ip");
+        assert_eq!(d["origin"], "portsentry");
+        assert_eq!(d["type"], "ban");
+        assert_eq!(d["duration"], "3599s");
+        assert_eq!(d["scenario"], "portsentry/port-scan");
+        assert_eq!(alert["source"]["value"], "fd77::9");
+        assert_eq!(alert["events"], json!([]));
+        let message = alert["message"].as_str().unwrap();
+        assert!(
+            message.contains("TCP SYN/Normal scan")
+                && message.contains("143/tcp")
+                && message.contains("stcp"),
+            "{message}"
+        );
+        assert!(alert_json(&post, record.since + Duration::from_secs(3600)).is_none());
+    }
+
+    #[test]
+    fn a_network_blocked_by_hand_is_a_range_and_its_lifting_an_exact_delete() {
+        let mut record = scan_record("10.9.0.0/16");
+        record.origin = Origin::Manual;
+        record.trigger = None;
+        record.reason = "noisy".into();
+        record.until = None;
+        let Work::Post(post) = work_of(&BlockNote::Made(record.clone())) else {
+            panic!("a block is a post");
+        };
+        let alert = alert_json(&post, record.since).unwrap();
+        assert_eq!(alert["decisions"][0]["scope"], "Range");
+        assert_eq!(alert["decisions"][0]["value"], "10.9.0.0/16");
+        assert_eq!(alert["decisions"][0]["duration"], "315360000s");
+        assert_eq!(alert["scenario"], "portsentry/manual");
+        assert_eq!(
+            work_of(&BlockNote::Lifted(record)),
+            Work::Delete(Delete {
+                scope: "Range".into(),
+                value: "10.9.0.0/16".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! The fleet, end to end, against the real CrowdSec Local API (Debian's `crowdsec` 1.4.6,
+//! unpacked by scripts/setup-deps.sh, started by each test inside its lab's defender
+//! namespace with its own temp dir; nothing leaves the namespaces): blocks pushed as
+//! decisions and deleted exactly, decisions pulled and applied as routes and lifted, ranges
+//! v4 and v6, protected addresses, a LAPI down for 30 s, a LAPI answering 500 or garbage, and
+//! two daemons sharing one LAPI.
+
+pub mod lapi;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::blocks::wait_for;
+use crate::lab::{Daemon, Lab};
+use lapi::{LapiServer, daemon_config, has_route, time_until};
+
+/// Where the LAPI listens inside a defender namespace (the namespace is the test's own, so
+/// the port is free).
+const LISTEN: &str = "127.0.0.1:8080";
+
+#[test]
+fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &[]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), true, None, "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let att = lab.att4.clone();
+
+    let probed = Instant::now();
+    lab.connect_from(&att, 79);
+    let seen = time_until(Duration::from_secs(5), || {
+        !lapi.decisions_for(&att).is_empty()
+    });
+    let took = seen.unwrap_or_else(|| panic!("no decision for {att}: {:?}", d.syslog()));
+    assert!(
+        took < Duration::from_secs(2),
+        "decision visible after {took:?}"
+    );
+    eprintln!(
+        "scan -> decision visible in GET /v1/decisions: {:?} after the probe",
+        probed.elapsed().min(took)
+    );
+    let ours = lapi.decisions_for(&att);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let dec = &ours[0];
+    assert_eq!(dec["origin"], "portsentry");
+    assert_eq!(dec["scope"], "Ip");
+    assert_eq!(dec["type"], "ban");
+    assert_eq!(dec["scenario"], "portsentry/port-scan");
+    let left = dec["duration"].as_str().unwrap();
+    assert!(
+        left.starts_with("59m") || left.starts_with("1h0m0s"),
+        "{left}"
+    );
+    assert!(
+        d.wait_line("CrowdSec LAPI", 1)
+            .is_some_and(|l| l.contains("connected"))
+    );
+
+    // A range covering the scanner, from elsewhere in the fleet, must survive the unblock.
+    let net = format!("{}.0/24", att.rsplit_once('.').unwrap().0);
+    lapi.cscli_ok(&["decisions", "add", "--range", &net, "--duration", "1h"]);
+    assert_eq!(
+        lapi.decisions(Some(&att)).len(),
+        2,
+        "the Ip and the Range one"
+    );
+    lab.ctl_ok(&["unblock", &att]);
+    assert!(
+        wait_for(2, || lapi.decisions_for(&att).is_empty()),
+        "the Ip decision is deleted: {:?}",
+        lapi.decisions(Some(&att))
+    );
+    let left = lapi.decisions(Some(&att));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (&left[0]["scope"], &left[0]["value"]),
+        (&"Range".into(), &net.clone().into())
+    );
+    // A network blocked by hand is a Range decision of scenario portsentry/manual.
+    lab.ctl_ok(&["block", "198.51.100.0/24", "--reason", "noisy"]);
+    assert!(wait_for(2, || !lapi
+        .decisions_for("198.51.100.0/24")
+        .is_empty()));
+    let manual = &lapi.decisions_for("198.51.100.0/24")[0];
+    assert_eq!(
+        (&manual["scope"], &manual["scenario"]),
+        (&"Range".into(), &"portsentry/manual".into())
+    );
+}
+
+#[test]
+fn a_cscli_decision_is_applied_within_a_poll_and_lifted_when_deleted() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    d.expect_line("CrowdSec LAPI http://127.0.0.1:8080: connected (pull)", 5);
+    let ip = "10.77.250.9";
+    let added = Instant::now();
+    lapi.cscli_ok(&[
+        "decisions",
+        "add",
+        "--ip",
+        ip,
+        "--duration",
+        "30s",
+        "--reason",
+        "t",
+    ]);
+    let took = time_until(Duration::from_secs(5), || has_route(&lab, ip))
+        .unwrap_or_else(|| panic!("{ip} not applied: {:?}", d.syslog()));
+    eprintln!(
+        "cscli decisions add -> route: {:?}",
+        added.elapsed().min(took)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "applied {took:?} after cscli returned (poll 1s)"
+    );
+    let list = lab.ctl_ok(&["list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(ip))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("fleet:cscli"), "{row}");
+    let json = crate::blocks::list(&lab);
+    let until = json[0]["until"].as_str().unwrap();
+    let until = humantime::parse_rfc3339_weak(until).unwrap();
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left <= Duration::from_secs(30) && left > Duration::from_secs(20),
+        "{left:?}"
+    );
+
+    lapi.cscli_ok(&["decisions", "delete", "--ip", ip]);
+    assert!(
+        wait_for(3, || !has_route(&lab, ip)),
+        "lifted after deletion: {}",
+        lab.def_routes()
+    );
+    assert!(lab.ctl_ok(&["list"]).contains("no blocks in force"));
+}
+
+#[test]
+fn range_decisions_are_applied_for_v4_and_v6_and_a_local_block_is_never_lifted_by_the_fleet() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let att = lab.att4.clone();
+    lab.connect_from(&att, 79);
+    assert!(wait_for(5, || has_route(&lab, &att)), "{:?}", d.syslog());
+    for net in ["10.99.0.0/16", "fd99:1::/48"] {
+        lapi.cscli_ok(&["decisions", "add", "--range", net, "--duration", "1h"]);
+    }
+    // A decision for the address this host blocked itself: the block stays a scan block.
+    lapi.cscli_ok(&["decisions", "add", "--ip", &att, "--duration", "1h"]);
+    for net in ["10.99.0.0/16", "fd99:1::/48"] {
+        assert!(
+            wait_for(3, || has_route(&lab, net)),
+            "{net}: {}",
+            lab.def_routes()
+        );
+    }
+    for net in ["10.99.0.0/16", "fd99:1::/48"] {
+        lapi.cscli_ok(&["decisions", "delete", "--range", net]);
+    }
+    lapi.cscli_ok(&["decisions", "delete", "--ip", &att]);
+    for net in ["10.99.0.0/16", "fd99:1::/48"] {
+        assert!(
+            wait_for(3, || !has_route(&lab, net)),
+            "{net}: {}",
+            lab.def_routes()
+        );
+    }
+    // Two more polls: the deletion of the decision for the scanner lifted nothing.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        has_route(&lab, &att),
+        "the scan block stays: {}",
+        lab.def_routes()
+    );
+    let list = lab.ctl_ok(&["list"]);
+    let row = list.lines().find(|l| l.starts_with(&att)).unwrap();
+    assert!(row.contains(" scan "), "{row}");
+}
+
+#[test]
+fn a_decision_for_a_protected_or_ignored_address_is_not_applied_and_said_once() {
+    let lab = Lab::new();
+    let ignored = "10.77.250.50";
+    std::fs::write(
+        lab.path("portsentry.ignore"),
+        format!("127.0.0.1/32\n0.0.0.0\n{ignored}\n"),
+    )
+    .unwrap();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let own = lab.def4.clone();
+    let control = "10.77.250.9";
+    for ip in [own.as_str(), ignored, control] {
+        lapi.cscli_ok(&["decisions", "add", "--ip", ip, "--duration", "1h"]);
+    }
+    // Positive control: the ordinary address of the same stream is applied.
+    assert!(wait_for(3, || has_route(&lab, control)), "{:?}", d.syslog());
+    d.expect_line(&format!("CrowdSec decision for {own} (cscli"), 3);
+    d.expect_line(&format!("CrowdSec decision for {ignored} (cscli"), 3);
+    assert!(d.syslog_line("this host's own address").is_some());
+    assert!(d.syslog_line("in the ignore list").is_some());
+    // The same address named again: refused again, said no more.
+    lapi.cscli_ok(&["decisions", "add", "--ip", &own, "--duration", "2h"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(d.count(&format!("CrowdSec decision for {own} ")), 1);
+    assert!(!has_route(&lab, &own) && !has_route(&lab, ignored));
+    let list = lab.ctl_ok(&["list"]);
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "header and the control only: {list}"
+    );
+}
+
+#[test]
+fn blocks_made_while_the_lapi_is_down_for_30s_all_arrive_once_and_none_twice() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &[]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), true, None, "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let addrs: Vec<String> = (3..=7).map(|h| lab.add_attacker_addrs(h).0).collect();
+    // While up: delivered at once.
+    lab.connect_from(&addrs[0], 79);
+    assert!(wait_for(3, || lapi.decisions_for(&addrs[0]).len() == 1));
+
+    lapi.stop();
+    let down = Instant::now();
+    lab.connect_from(&addrs[1], 79);
+    assert!(
+        wait_for(3, || has_route(&lab, &addrs[1])),
+        "blocking goes on"
+    );
+    lab.ctl_ok(&["block", "10.77.250.80", "--for", "1h"]);
+    // Blocked and unblocked while down: posted then deleted, so absent in the end.
+    lab.connect_from(&addrs[2], 79);
+    assert!(wait_for(3, || has_route(&lab, &addrs[2])));
+    lab.ctl_ok(&["unblock", &addrs[2]]);
+    d.expect_line(
+        "CrowdSec LAPI http://127.0.0.1:8080: unreachable (connection refused)",
+        5,
+    );
+    // A restart meanwhile: the outbox keeps what was not delivered.
+    d.stop();
+    let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    lab.connect_from(&addrs[3], 79);
+    assert!(wait_for(3, || has_route(&lab, &addrs[3])));
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    assert!(
+        d.count("unreachable (connection refused)") <= 1,
+        "said once per change"
+    );
+
+    lapi.start();
+    let expected = [
+        addrs[0].as_str(),
+        addrs[1].as_str(),
+        "10.77.250.80",
+        addrs[3].as_str(),
+    ];
+    let arrived = wait_for(20, || {
+        expected.iter().all(|a| !lapi.decisions_for(a).is_empty())
+    });
+    assert!(
+        arrived,
+        "all arrive: {:?}\n{:?}",
+        lapi.decisions(None),
+        d.syslog()
+    );
+    // Let any duplicate show up, then count.
+    std::thread::sleep(Duration::from_secs(2));
+    for a in expected {
+        assert_eq!(
+            lapi.decisions_for(a).len(),
+            1,
+            "{a}: {:?}",
+            lapi.decisions(None)
+        );
+    }
+    assert!(
+        lapi.decisions_for(&addrs[2]).is_empty(),
+        "{:?}",
+        lapi.decisions(None)
+    );
+    // None twice: one alert each (`-a`: origins other than crowdsec and cscli too).
+    let alerts = lapi.cscli_ok(&["alerts", "list", "-o", "json", "-a"]);
+    let alerts: Vec<serde_json::Value> = serde_json::from_str(&alerts).unwrap_or_default();
+    for a in expected {
+        let n = alerts.iter().filter(|x| x["source"]["value"] == a).count();
+        assert_eq!(n, 1, "alerts for {a}: {alerts:?}");
+    }
+    d.expect_line(
+        "CrowdSec LAPI http://127.0.0.1:8080: reachable again (push)",
+        1,
+    );
+    d.stop();
+}
+
+/// A fake LAPI on loopback in the defender namespace answering every request with
+/// `answer`; counts the requests.
+struct FakeLapi {
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeLapi {
+    fn start(lab: &Lab, port: u16, answer: &'static [u8]) -> FakeLapi {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&requests));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let thread = lab.in_def(move || {
+            let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the fake LAPI");
+            l.set_nonblocking(true).unwrap();
+            let _ = tx.send(());
+            while !flag.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_millis(200)))
+                            .unwrap();
+                        let mut buf = [0u8; 4096];
+                        let _ = c.read(&mut buf);
+                        let _ = c.write_all(answer);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("fake LAPI up");
+        FakeLapi {
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeLapi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Median time from a probe to its route, over three scanners (hosts `first`..`first+2`).
+fn median_scan_to_block(lab: &Lab, first: u8) -> Duration {
+    let mut times: Vec<Duration> = (first..first + 3)
+        .map(|h| {
+            let (a4, _) = lab.add_attacker_addrs(h);
+            let t = Instant::now();
+            lab.connect_from(&a4, 79);
+            time_until(Duration::from_secs(5), || has_route(lab, &a4))
+                .map(|_| t.elapsed())
+                .unwrap_or_else(|| panic!("{a4} not blocked"))
+        })
+        .collect();
+    times.sort();
+    times[1]
+}
+
+#[test]
+fn a_lapi_answering_500_or_garbage_does_not_slow_detection() {
+    let lab = Lab::new();
+    let conf = daemon_config(&lab, "");
+    let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let baseline = median_scan_to_block(&lab, 10);
+    d.stop();
+    for (port, first, answer) in [
+        (
+            8081,
+            20,
+            &b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"[..],
+        ),
+        (
+            8082,
+            30,
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n<html>?</ht"[..],
+        ),
+    ] {
+        let fake = FakeLapi::start(&lab, port, answer);
+        let secret = lab.path("secret");
+        std::fs::write(&secret, "x\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let fleet = format!(
+            "CROWDSEC_LAPI_URL=\"http://127.0.0.1:{port}\"\nCROWDSEC_POLL_INTERVAL=\"1s\"\n\
+             CROWDSEC_MACHINE_ID=\"m\"\nCROWDSEC_PASSWORD_FILE=\"{s}\"\n\
+             CROWDSEC_BOUNCER_KEY_FILE=\"{s}\"\n",
+            s = secret.display()
+        );
+        let conf = daemon_config(&lab, &fleet);
+        let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+        let with_fake = median_scan_to_block(&lab, first);
+        eprintln!("scan -> block: {baseline:?} without a fleet, {with_fake:?} with a LAPI answering {:?}", String::from_utf8_lossy(&answer[9..12]));
+        assert!(
+            with_fake < (baseline * 2).max(baseline + Duration::from_millis(500)),
+            "{with_fake:?} vs {baseline:?}"
+        );
+        assert!(fake.requests.load(Ordering::SeqCst) >= 2, "the daemon did talk to it");
+        assert!(wait_for(3, || d.count("will retry (push)") == 1));
+        assert_eq!(d.count("will retry (pull)"), 1, "said once: {:?}", d.syslog());
+        d.stop();
+    }
+}
+
+#[test]
+fn a_scan_of_one_host_gets_the_scanner_blocked_on_the_other() {
+    let (a, b) = (Lab::new(), Lab::new());
+    let (here, _) = a.link_defenders(&b);
+    let listen = format!("{here}:8080");
+    let mut lapi = LapiServer::new(&a.def, &listen, &["host-a", "host-b"]);
+    lapi.start();
+    let conf_a = daemon_config(
+        &a,
+        &lapi.daemon_config(a.dir.path(), true, Some("host-a"), "2s"),
+    );
+    let conf_b = daemon_config(
+        &b,
+        &lapi.daemon_config(b.dir.path(), true, Some("host-b"), "2s"),
+    );
+    let da = Daemon::start(&a, &["-c", &conf_a, "-tcp"]);
+    let db = Daemon::start(&b, &["-c", &conf_b, "-tcp"]);
+    db.expect_line("connected (pull)", 5);
+    let scanner = a.att4.clone();
+    let probed = Instant::now();
+    a.connect_from(&scanner, 79);
+    let took = time_until(Duration::from_secs(6), || has_route(&b, &scanner))
+        .map(|_| probed.elapsed())
+        .unwrap_or_else(|| panic!("not blocked on B: {:?}\n{:?}", da.syslog(), db.syslog()));
+    eprintln!("first probe on A -> block on B: {took:?} (poll 2s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "{took:?}: over one poll interval plus 1 s"
+    );
+    let row = b.ctl_ok(&["list"]);
+    assert!(row.contains("fleet:portsentry"), "{row}");
+    // A's own decision came back to A and was not applied twice; B pushed nothing back.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows_a = a.ctl_ok(&["list"]);
+    assert_eq!(rows_a.lines().count(), 2, "{rows_a}");
+    assert!(rows_a.contains(" scan "), "{rows_a}");
+    assert_eq!(
+        lapi.decisions_for(&scanner).len(),
+        1,
+        "{:?}",
+        lapi.decisions(None)
+    );
+}
+
+#[test]
+fn a_reload_starts_the_fleet_and_a_world_readable_key_is_refused_unread() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let conf = daemon_config(&lab, "");
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let ip = "10.77.250.9";
+    lapi.cscli_ok(&["decisions", "add", "--ip", ip, "--duration", "1h"]);
+
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let key = lab.path("crowdsec.bouncer-key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    daemon_config(&lab, &fleet);
+    lab.ctl_ok(&["reload"]);
+    d.expect_line("CROWDSEC_BOUNCER_KEY_FILE", 5);
+    assert!(
+        d.syslog_line("readable by every user (mode 0644)")
+            .is_some_and(|l| l.contains("CrowdSec pull is off")),
+        "{:?}",
+        d.syslog()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has_route(&lab, ip), "no pull with a refused key");
+
+    // Positive control: the same set-up with the key made private.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    lab.ctl_ok(&["reload"]);
+    assert!(wait_for(4, || has_route(&lab, ip)), "{:?}", d.syslog());
+    d.expect_line("restarting the fleet threads", 1);
+    let logged = format!("{:?}{:?}", d.syslog(), d.lines());
+    assert!(
+        !logged.contains("host-a-key"),
+        "the key never shows in a log"
+    );
+}
