@@ -568,7 +568,7 @@ fn open_kept_files(current: &Generation, next: &Generation) -> Result<(), Config
 
 /// The line a key is set on (first occurrence, as the loader reads it); 0 when absent.
 fn key_line(config_path: &Path, key: &str) -> usize {
-    std::fs::read(config_path)
+    crate::config::read::read_regular(config_path, crate::config::read::TEXT_CAP, "config")
         .ok()
         .and_then(|bytes| {
             crate::config::parse::parse_collect(config_path, &bytes)

@@ -461,13 +461,14 @@ pub fn build(raw: &RawConfig) -> Result<Config, ConfigErrors> {
 /// Reads, parses and builds a config file, reporting syntax and value errors together.
 /// A missing or unreadable file is an error on line 0.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            message: format!("cannot read the configuration file: {e}"),
-        }])
-    })?;
+    let bytes = super::read::read_regular(path, super::read::TEXT_CAP, "configuration file")
+        .map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                message: format!("cannot read the configuration file: {}", e.reason()),
+            }])
+        })?;
     let (raw, mut errors) = super::parse::parse_collect(path, &bytes);
     let (config, build_errors) = build_collect(&raw);
     errors.extend(build_errors);
@@ -501,7 +502,12 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                     errors.push(ConfigError {
                         file: raw.path.clone(),
                         line: entry.line,
-                        message: format!("{}: \"{}\": {what}", entry.key, entry.value),
+                        message: format!(
+                            "{}: \"{}\": {}",
+                            entry.key,
+                            super::read::excerpt(&entry.value),
+                            super::read::clip_message(&what)
+                        ),
                     });
                 }
                 for note in notes {

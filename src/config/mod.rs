@@ -7,6 +7,8 @@
 pub mod build;
 pub mod parse;
 pub mod ports;
+pub mod preflight;
+pub mod read;
 pub mod unkill;
 pub mod watch;
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{DropReason, Filter, Verdict};
+use crate::config::read::{ReadError, TEXT_CAP, excerpt, read_regular};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::event::Alert;
 use crate::generation::Generation;
@@ -42,9 +43,9 @@ impl IgnoreList {
     pub fn load(ignore_file: &Path) -> Result<IgnoreList, ConfigErrors> {
         let mut list = IgnoreList::default();
         let mut errors = Vec::new();
-        match std::fs::read(ignore_file) {
+        match read_regular(ignore_file, TEXT_CAP, "ignore file") {
             Ok(bytes) => list.add_text(ignore_file, &bytes, &mut errors),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 list.warnings.push(ConfigWarning {
                     file: ignore_file.to_path_buf(),
                     line: 0,
@@ -57,9 +58,9 @@ impl IgnoreList {
         }
         let static_file = static_path(ignore_file);
         if static_file != ignore_file {
-            match std::fs::read(&static_file) {
+            match read_regular(&static_file, TEXT_CAP, "ignore file") {
                 Ok(bytes) => list.add_text(&static_file, &bytes, &mut errors),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => errors.push(unreadable(&static_file, &e)),
             }
         }
@@ -176,11 +177,11 @@ pub fn static_path(ignore_file: &Path) -> PathBuf {
     }
 }
 
-fn unreadable(file: &Path, e: &std::io::Error) -> ConfigError {
+fn unreadable(file: &Path, e: &ReadError) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
         line: 0,
-        message: format!("cannot read ignore file: {e}"),
+        message: format!("cannot read ignore file: {}", e.reason()),
     }
 }
 
@@ -191,8 +192,9 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         Some((a, b)) => (a.trim(), Some(b.trim())),
         None => (entry, None),
     };
+    let shown = excerpt(entry);
     let addr: IpAddr = addr_text.parse().map_err(|_| {
-        format!("\"{entry}\": expected an IPv4 or IPv6 address, optionally followed by /bits")
+        format!("\"{shown}\": expected an IPv4 or IPv6 address, optionally followed by /bits")
     })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
@@ -202,11 +204,14 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         None => max,
         Some(b) => {
             let bits: u8 = b.parse().map_err(|_| {
-                format!("\"{entry}\": \"{b}\" is not a prefix length (expected 0 to {max})")
+                format!(
+                    "\"{shown}\": \"{}\" is not a prefix length (expected 0 to {max})",
+                    excerpt(b)
+                )
             })?;
             if bits > max {
                 return Err(format!(
-                    "\"{entry}\": prefix length {bits} is more than {max} for an {} address",
+                    "\"{shown}\": prefix length {bits} is more than {max} for an {} address",
                     if max == 32 { "IPv4" } else { "IPv6" }
                 ));
             }
@@ -220,7 +225,7 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
             _ => v6_net(a, bits),
         },
     };
-    net.ok_or_else(|| format!("\"{entry}\": invalid prefix length"))
+    net.ok_or_else(|| format!("\"{shown}\": invalid prefix length"))
 }
 
 fn v4_net(a: Ipv4Addr, bits: u8) -> Option<IpNet> {
@@ -309,6 +314,40 @@ mod tests {
 
     fn generation(list: IgnoreList) -> Generation {
         Generation::from_parts(1, crate::config::build::defaults(Path::new("x.conf")), list)
+    }
+
+    #[test]
+    fn a_fifo_or_dev_zero_as_ignore_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("portsentry.ignore");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f = fifo.clone();
+        let errs = crate::config::read::tests::within_5s(move || IgnoreList::load(&f))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].file, fifo);
+        assert!(errs[0].message.contains("is a FIFO"), "{}", errs[0]);
+        let errs =
+            crate::config::read::tests::within_5s(|| IgnoreList::load(Path::new("/dev/zero")))
+                .unwrap_err()
+                .0;
+        assert!(errs[0].message.contains("character device"), "{}", errs[0]);
+        // Positive control: a regular file at the same place is read.
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, "10.0.0.1\n").unwrap();
+        assert!(IgnoreList::load(&fifo).unwrap().contains(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn a_huge_garbage_line_is_quoted_as_a_short_excerpt() {
+        let line = "z".repeat(10_000_000);
+        let errs = errors(&format!("10.0.0.1\n{line}\n"));
+        assert_eq!(errs[0].line, 2);
+        let shown = errs[0].to_string();
+        assert!(shown.len() < 300, "{} bytes", shown.len());
+        assert!(shown.contains("… (10000000 bytes)"), "{shown}");
     }
 
     #[test]

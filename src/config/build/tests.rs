@@ -962,6 +962,63 @@ fn load_of_a_missing_file_is_an_error_on_line_zero() {
 }
 
 #[test]
+fn load_of_a_fifo_or_dev_zero_is_refused_at_once_naming_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portsentry.conf");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p = path.clone();
+    let errs = crate::config::read::tests::within_5s(move || load(&p))
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errs[0].to_string(),
+        format!(
+            "{}: cannot read the configuration file: is a FIFO, not a regular file",
+            path.display()
+        )
+    );
+    let errs = crate::config::read::tests::within_5s(|| load(Path::new("/dev/zero")))
+        .unwrap_err()
+        .0;
+    assert!(
+        errs[0].message.contains("is a character device"),
+        "{}",
+        errs[0]
+    );
+    // Positive control: a regular file at the same path loads.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, format!("TCP_PORTS=\"1\"\n{ADVANCED}")).unwrap();
+    assert_eq!(load(&path).unwrap().tcp_ports, vec![1]);
+}
+
+#[test]
+fn a_huge_value_is_quoted_as_a_short_excerpt() {
+    let value = "x".repeat(1_000_000);
+    let err = error(&format!("TCP_PORTS=\"{value}\"\n"));
+    assert!(
+        err.len() < 500,
+        "{} bytes: {}",
+        err.len(),
+        &err[..400.min(err.len())]
+    );
+    assert!(
+        err.contains("… (1000000 bytes)"),
+        "{}",
+        &err[..400.min(err.len())]
+    );
+}
+
+#[test]
+fn kill_cmd_timeout_of_one_nanosecond_is_refused_with_file_and_line() {
+    assert_eq!(
+        error("KILL_CMD_TIMEOUT=\"1ns\"\n"),
+        "portsentry.conf:1: KILL_CMD_TIMEOUT: \"1ns\": too short (minimum 100ms)"
+    );
+}
+
+#[test]
 fn load_reports_syntax_and_value_errors_together_in_line_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.conf");

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::read::{TEXT_CAP, read_regular};
+
 /// The nameserver addresses of resolv.conf text, in file order, without duplicates.
 pub fn parse(text: &str) -> Vec<IpAddr> {
     let mut servers: Vec<IpAddr> = Vec::new();
@@ -116,15 +118,15 @@ impl ResolvFile {
         }
         match now {
             Seen::Missing => self.servers.clear(),
-            Seen::File(_) => match std::fs::read(&self.path) {
+            Seen::File(_) => match read_regular(&self.path, TEXT_CAP, "resolver file") {
                 Ok(bytes) => self.servers = parse(&String::from_utf8_lossy(&bytes)),
                 // Removed between the stat and the read: missing, seen at the next poll.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(e) if e.is_not_found() => {
                     self.servers.clear();
                     self.seen = Some(Seen::Missing);
                     return Ok(true);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
             },
         }
         self.seen = Some(now);
