@@ -373,32 +373,64 @@ pub fn modes_from_file(path: &Path) -> Result<Vec<Mode>, String> {
     Ok(modes)
 }
 
-/// `--check-config`: every error and warning, exit 0 only when the files are valid.
-fn check_config(path: &Path) -> i32 {
-    match crate::generation::Generation::load(1, path) {
-        Ok((generation, warnings)) => {
-            for w in warnings
-                .iter()
-                .chain(config::build::command_warnings(&generation.config).iter())
-                .chain(generation.lua.undo_warnings(&generation.config).iter())
-                .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
-            {
-                eprintln!("warning: {w}");
+/// `--check-config`: every error and warning of every file in one run, exit 0 only when the
+/// files are valid. It also runs the start-up checks that need the modes (from the flags, or
+/// the modes file, as the start takes them), so that what it passes starts.
+fn check_config(args: &Args) -> i32 {
+    let path = &args.config;
+    let checked = crate::generation::Generation::check(path);
+    let mut errors: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+    let mut warnings: Vec<String> = checked.warnings.iter().map(ToString::to_string).collect();
+    let flagged = args.flagged_modes();
+    let modes = if !flagged.is_empty() {
+        Some(flagged)
+    } else {
+        match modes_from_file(&args.modes_file) {
+            Ok(m) => Some(m),
+            Err(_) if !args.modes_file.exists() => {
+                eprintln!(
+                    "note: no mode flag and no {}: checks that depend on the modes skipped",
+                    args.modes_file.display()
+                );
+                None
             }
-            println!("{}: configuration OK", path.display());
-            0
+            Err(e) => {
+                errors.push(e);
+                None
+            }
         }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            eprintln!(
-                "{}: {} error(s), configuration refused",
-                path.display(),
-                errors.0.len()
+    };
+    if let Some(config) = &checked.config {
+        let mut more = config::build::command_warnings(config);
+        if let Some(lua) = &checked.lua {
+            more.extend(lua.undo_warnings(config));
+        }
+        more.extend(crate::respond::nftables::config_warnings(config));
+        warnings.extend(more.iter().map(ToString::to_string));
+        if let Some(modes) = &modes {
+            errors.extend(
+                config::preflight::preflight(config, modes)
+                    .iter()
+                    .map(ToString::to_string),
             );
-            EXIT_FAILURE
         }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        println!("{}: configuration OK", path.display());
+        0
+    } else {
+        eprintln!(
+            "{}: {} error(s), configuration refused",
+            path.display(),
+            errors.len()
+        );
+        EXIT_FAILURE
     }
 }
 
@@ -468,7 +500,7 @@ pub fn main() -> i32 {
         return client_command(command);
     }
     if args.check_config {
-        return check_config(&args.config);
+        return check_config(&args);
     }
     if let Some(plugin) = &args.test_plugin {
         return test_plugin(plugin, &args);

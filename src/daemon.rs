@@ -16,6 +16,7 @@ use signal_hook::iterator::Signals;
 
 use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
+use crate::config::preflight::{key_line, preflight};
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::control::metrics::{MetricsServer, Sources};
@@ -28,7 +29,7 @@ use crate::event::Mode;
 use crate::event_log::{Event, EventLog};
 use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
-use crate::generation::{Generation, PluginPolicy};
+use crate::generation::{Generation, Reloaded};
 use crate::heartbeat;
 use crate::history::History;
 use crate::pipeline::Pipeline;
@@ -140,9 +141,15 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         "{}",
         report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
-    let (generation, warnings) =
-        Generation::load_with(1, &options.config_path, PluginPolicy::SkipBroken)
-            .map_err(|e| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting"))?;
+    // The same checks as `--check-config`: a plugin that does not load and a file that the
+    // modes cannot run with refuse the start, with file and line.
+    let refused =
+        |e: ConfigErrors| anyhow::anyhow!("{e}\nadminalert: configuration refused, not starting");
+    let (generation, warnings) = Generation::load(1, &options.config_path).map_err(refused)?;
+    let problems = preflight(&generation.config, &options.modes);
+    if !problems.is_empty() {
+        return Err(refused(ConfigErrors(problems)));
+    }
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
     // First, so that a second daemon stops here before it touches the journal.
@@ -433,15 +440,18 @@ impl Reloader<'_> {
         let started = Instant::now();
         let number = self.current.number + 1;
         let path = &self.options.config_path;
-        let next = build_generation(number, path).and_then(|(next, warnings)| {
-            open_kept_files(&self.current, &next)?;
-            Ok((next, warnings))
+        let next = build_generation(&self.current, number, path).and_then(|reloaded| {
+            open_kept_files(&self.current, &reloaded.generation)?;
+            Ok(reloaded)
         });
         match next {
-            Ok((next, warnings)) => {
-                log_warnings(&warnings, &self.options.modes);
+            Ok(reloaded) => {
+                log_warnings(&reloaded.warnings, &self.options.modes);
                 self.report_mode_change();
-                self.swap(next);
+                self.swap(reloaded.generation);
+                if !reloaded.refused.is_empty() {
+                    self.report_partial(&reloaded.refused, &reloaded.applied);
+                }
                 log::info!(
                     "adminalert: configuration reloaded, generation {} in force ({} ms)",
                     self.current.number,
@@ -466,6 +476,31 @@ impl Reloader<'_> {
                 }
                 Err(errors.0.iter().map(ToString::to_string).collect())
             }
+        }
+    }
+
+    /// A reload that applied some files and refused others: say which, with the errors, and
+    /// watch what the broken text names so that fixing it is seen.
+    fn report_partial(&self, refused: &[ConfigError], applied: &[PathBuf]) {
+        for e in refused {
+            log::error!("adminalert: ERROR: reload refused: {e}");
+        }
+        let mut files: Vec<String> = refused
+            .iter()
+            .map(|e| e.file.display().to_string())
+            .collect();
+        files.dedup();
+        let applied: Vec<String> = applied.iter().map(|p| p.display().to_string()).collect();
+        log::error!(
+            "adminalert: ERROR: {} refused, its last good version stays in force; {} applied",
+            files.join(", "),
+            applied.join(", ")
+        );
+        if let Some(w) = self.watcher {
+            w.follow(
+                WatchSet::for_config(&self.current.config)
+                    .union(WatchSet::from_config_text(&self.options.config_path)),
+            );
         }
     }
 
@@ -515,10 +550,15 @@ impl Reloader<'_> {
     }
 }
 
-/// `Generation::load`, with a panic inside it turned into a refused reload: whatever a
-/// config file (or, later, a plugin) holds, a reload must not end the daemon.
-fn build_generation(number: u64, path: &Path) -> Result<crate::generation::Loaded, ConfigErrors> {
-    match std::panic::catch_unwind(|| Generation::load(number, path)) {
+/// [`Generation::reload_from`], with a panic inside it turned into a refused reload: whatever
+/// a config file (or a plugin) holds, a reload must not end the daemon.
+fn build_generation(
+    current: &Generation,
+    number: u64,
+    path: &Path,
+) -> Result<Reloaded, ConfigErrors> {
+    let build = std::panic::AssertUnwindSafe(|| Generation::reload_from(current, number, path));
+    match std::panic::catch_unwind(build) {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -564,18 +604,4 @@ fn open_kept_files(current: &Generation, next: &Generation) -> Result<(), Config
     } else {
         Err(ConfigErrors(errors))
     }
-}
-
-/// The line a key is set on (first occurrence, as the loader reads it); 0 when absent.
-fn key_line(config_path: &Path, key: &str) -> usize {
-    crate::config::read::read_regular(config_path, crate::config::read::TEXT_CAP, "config")
-        .ok()
-        .and_then(|bytes| {
-            crate::config::parse::parse_collect(config_path, &bytes)
-                .0
-                .entries
-                .into_iter()
-                .find(|e| e.key == key)
-        })
-        .map_or(0, |e| e.line)
 }

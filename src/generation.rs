@@ -65,6 +65,16 @@ impl Generation {
     ) -> Result<Loaded, ConfigErrors> {
         let config = crate::config::load(config_path)?;
         let ignore = IgnoreList::load(&config.ignore_file)?;
+        Generation::with_plugins(number, config, ignore, policy)
+    }
+
+    /// The last step of a load: the config's Lua plugins, then the generation.
+    fn with_plugins(
+        number: u64,
+        config: Config,
+        ignore: IgnoreList,
+        policy: PluginPolicy,
+    ) -> Result<Loaded, ConfigErrors> {
         let mut warnings = config.warnings.clone();
         warnings.extend(ignore.warnings().iter().cloned());
         let as_error = |e: &LuaError| {
@@ -123,5 +133,261 @@ impl Generation {
     /// The Lua responders of this generation, in `LUA_RESPONDERS` order.
     pub fn lua_responders(&self) -> Vec<Box<dyn Responder>> {
         self.lua.responders()
+    }
+}
+
+/// What a reload built: the next generation, its warnings, and the files refused on the way
+/// (their previous content stays in force while the others apply).
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The generation to swap in.
+    pub generation: Generation,
+    /// Warnings of the files that applied.
+    pub warnings: Vec<ConfigWarning>,
+    /// Errors of the files refused; empty when every file applied.
+    pub refused: Vec<ConfigError>,
+    /// The files whose new content applied despite `refused` (for the log).
+    pub applied: Vec<PathBuf>,
+}
+
+impl Generation {
+    /// A reload that takes each file on its own merits. portsentry.conf (with its plugins)
+    /// and the ignore file are judged apart: a valid ignore edit applies on top of the last
+    /// good config while the config stays refused (the ignore list is the admin's emergency
+    /// brake), and a valid config applies with the last good ignore list while the ignore
+    /// file stays refused (when it still names the same file). `Err` when nothing new can
+    /// apply: every error found, and the generation in force stays.
+    pub fn reload_from(
+        previous: &Generation,
+        number: u64,
+        config_path: &Path,
+    ) -> Result<Reloaded, ConfigErrors> {
+        let ignore_of = |file: &Path| IgnoreList::load(file);
+        match crate::config::load(config_path) {
+            Ok(config) => match ignore_of(&config.ignore_file) {
+                Ok(ignore) => {
+                    let (generation, warnings) = Generation::with_plugins(
+                        number,
+                        config,
+                        ignore,
+                        PluginPolicy::RefuseBroken,
+                    )?;
+                    Ok(Reloaded {
+                        generation,
+                        warnings,
+                        refused: Vec::new(),
+                        applied: Vec::new(),
+                    })
+                }
+                Err(ignore_errors) if config.ignore_file == previous.config.ignore_file => {
+                    let applied = vec![config.path.clone()];
+                    let ignore = IgnoreList::clone(&previous.ignore);
+                    let (generation, warnings) = Generation::with_plugins(
+                        number,
+                        config,
+                        ignore,
+                        PluginPolicy::RefuseBroken,
+                    )?;
+                    Ok(Reloaded {
+                        generation,
+                        warnings,
+                        refused: ignore_errors.0,
+                        applied,
+                    })
+                }
+                Err(ignore_errors) => Err(ignore_errors),
+            },
+            Err(config_errors) => {
+                let file = &previous.config.ignore_file;
+                match ignore_of(file) {
+                    Ok(ignore) if ignore != *previous.ignore => Ok(Reloaded {
+                        warnings: ignore.warnings().to_vec(),
+                        applied: vec![file.clone()],
+                        generation: Generation {
+                            number,
+                            config: Arc::clone(&previous.config),
+                            ignore: Arc::new(ignore),
+                            lua: previous.lua.clone(),
+                        },
+                        refused: config_errors.0,
+                    }),
+                    Ok(_) => Err(config_errors),
+                    Err(ignore_errors) => {
+                        let mut all = config_errors.0;
+                        all.extend(ignore_errors.0);
+                        Err(ConfigErrors(all))
+                    }
+                }
+            }
+        }
+    }
+
+    /// `--check-config`: every file checked, every error and warning at once. The config's
+    /// errors do not hide the ignore file's (the file the config names when its text says,
+    /// else the default) or the plugins'.
+    pub fn check(config_path: &Path) -> Checked {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let config = crate::config::load(config_path)
+            .map_err(|e| errors.extend(e.0))
+            .ok();
+        let ignore_file = match &config {
+            Some(c) => c.ignore_file.clone(),
+            None => crate::config::preflight::key_value(config_path, "IGNORE_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::config::build::defaults(config_path).ignore_file),
+        };
+        match IgnoreList::load(&ignore_file) {
+            Ok(list) => warnings.extend(list.warnings().iter().cloned()),
+            Err(e) => errors.extend(e.0),
+        }
+        let Some(config) = config else {
+            return Checked {
+                config: None,
+                lua: None,
+                errors,
+                warnings,
+            };
+        };
+        warnings.extend(config.warnings.iter().cloned());
+        let as_error = |e: &LuaError| {
+            let (file, line) = lua_error_location(e, &config);
+            ConfigError {
+                file,
+                line,
+                message: e.to_string(),
+            }
+        };
+        let lua = match LuaPlugins::load_lenient(&config) {
+            Ok((lua, plugin_errors)) => {
+                errors.extend(plugin_errors.iter().map(as_error));
+                Some(lua)
+            }
+            Err(e) => {
+                errors.push(as_error(&e));
+                None
+            }
+        };
+        Checked {
+            config: Some(config),
+            lua,
+            errors,
+            warnings,
+        }
+    }
+}
+
+/// What [`Generation::check`] found.
+pub struct Checked {
+    /// The config, when it built (for the checks that need it).
+    pub config: Option<Config>,
+    /// The plugins that loaded, when the config built.
+    pub lua: Option<LuaPlugins>,
+    /// Every error of every file.
+    pub errors: Vec<ConfigError>,
+    /// Every warning.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    /// A config directory: portsentry.conf naming portsentry.ignore beside it.
+    struct Files(tempfile::TempDir);
+
+    impl Files {
+        fn new() -> Files {
+            let f = Files(tempfile::tempdir().unwrap());
+            f.config("TCP_PORTS=\"1\"\n");
+            f.ignore("10.0.0.1\n");
+            f
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.path().join(name)
+        }
+        fn config(&self, extra: &str) {
+            std::fs::write(
+                self.path("portsentry.conf"),
+                format!(
+                    "{extra}IGNORE_FILE=\"{}\"\nADVANCED_PORTS_TCP=\"1024\"\n\
+                     ADVANCED_PORTS_UDP=\"1024\"\n",
+                    self.path("portsentry.ignore").display()
+                ),
+            )
+            .unwrap();
+        }
+        fn ignore(&self, text: &str) {
+            std::fs::write(self.path("portsentry.ignore"), text).unwrap();
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_valid_ignore_edit_applies_while_the_config_stays_refused() {
+        let f = Files::new();
+        let conf = f.path("portsentry.conf");
+        let (first, _) = Generation::load(1, &conf).unwrap();
+        f.config("TCP_PORTS=\"1,x\"\n");
+        // Only the config changed, and it is broken: nothing applies.
+        let errs = Generation::reload_from(&first, 2, &conf).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].file, conf);
+        // Then a valid ignore edit: it applies on top of the last good config.
+        f.ignore("10.0.0.1\n10.0.0.9\n");
+        let r = Generation::reload_from(&first, 2, &conf).unwrap();
+        assert!(r.generation.ignore.contains(ip("10.0.0.9")));
+        assert!(Arc::ptr_eq(&r.generation.config, &first.config));
+        assert_eq!(r.generation.number, 2);
+        assert_eq!(r.refused.len(), 1);
+        assert_eq!(r.refused[0].file, conf);
+        assert_eq!(r.applied, vec![f.path("portsentry.ignore")]);
+    }
+
+    #[test]
+    fn a_valid_config_edit_applies_while_the_ignore_file_stays_refused() {
+        let f = Files::new();
+        let conf = f.path("portsentry.conf");
+        let (first, _) = Generation::load(1, &conf).unwrap();
+        f.ignore("10.0.0.1\nnot-an-address\n");
+        f.config("TCP_PORTS=\"2\"\n");
+        let r = Generation::reload_from(&first, 2, &conf).unwrap();
+        assert_eq!(r.generation.config.tcp_ports, vec![2]);
+        assert!(r.generation.ignore.contains(ip("10.0.0.1")));
+        assert_eq!(r.refused[0].file, f.path("portsentry.ignore"));
+        assert_eq!(r.refused[0].line, 2);
+        assert_eq!(r.applied, vec![conf.clone()]);
+        // Both valid: everything applies, nothing refused.
+        f.ignore("10.0.0.2\n");
+        let r = Generation::reload_from(&first, 3, &conf).unwrap();
+        assert!(r.refused.is_empty());
+        assert!(r.generation.ignore.contains(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn check_reports_config_and_ignore_errors_together() {
+        let f = Files::new();
+        f.config("TCP_PORTS=\"1,x\"\n");
+        f.ignore("bogus\n");
+        let c = Generation::check(&f.path("portsentry.conf"));
+        let files: Vec<&Path> = c.errors.iter().map(|e| e.file.as_path()).collect();
+        assert_eq!(
+            files,
+            vec![
+                f.path("portsentry.conf").as_path(),
+                f.path("portsentry.ignore").as_path()
+            ]
+        );
+        assert!(c.config.is_none());
+        // Positive control: valid files, no error.
+        f.config("TCP_PORTS=\"1\"\n");
+        f.ignore("10.0.0.1\n");
+        let c = Generation::check(&f.path("portsentry.conf"));
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert!(c.config.is_some());
     }
 }
