@@ -179,7 +179,12 @@ impl Generation {
                         applied: Vec::new(),
                     })
                 }
-                Err(ignore_errors) if config.ignore_file == previous.config.ignore_file => {
+                // A new config (same ignore file) applies with the last good ignore list; an
+                // unchanged one has nothing new to apply.
+                Err(ignore_errors)
+                    if config.ignore_file == previous.config.ignore_file
+                        && config != *previous.config =>
+                {
                     let applied = vec![config.path.clone()];
                     let ignore = IgnoreList::clone(&previous.ignore);
                     let (generation, warnings) = Generation::with_plugins(
@@ -361,6 +366,11 @@ mod tests {
         assert_eq!(r.refused[0].file, f.path("portsentry.ignore"));
         assert_eq!(r.refused[0].line, 2);
         assert_eq!(r.applied, vec![conf.clone()]);
+        // The ignore file still broken and the config unchanged from the one in force:
+        // nothing new, the reload is refused.
+        let second = r.generation;
+        let errs = Generation::reload_from(&second, 3, &conf).unwrap_err().0;
+        assert_eq!(errs[0].file, f.path("portsentry.ignore"));
         // Both valid: everything applies, nothing refused.
         f.ignore("10.0.0.2\n");
         let r = Generation::reload_from(&first, 3, &conf).unwrap();

@@ -9,6 +9,7 @@ mod blocks;
 mod classic;
 mod config_errors;
 mod forged;
+mod hosts_deny;
 mod lab;
 mod lua;
 mod lua_plugins;
