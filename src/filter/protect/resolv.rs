@@ -228,4 +228,34 @@ mod tests {
         assert!(f.poll().is_err());
         assert_eq!(f.servers(), ips(&["10.77.1.53"]));
     }
+
+    #[test]
+    fn a_fifo_or_dev_zero_in_its_place_is_refused_at_once_and_keeps_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.77.1.53\n").unwrap();
+        let mut f = ResolvFile::new(&path);
+        f.poll().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (err, f) = crate::config::read::tests::within_5s(move || (f.poll(), f));
+        let mut f = f;
+        assert!(err.unwrap_err().to_string().contains("is a FIFO"));
+        assert_eq!(f.servers(), ips(&["10.77.1.53"]));
+        let mut zero = ResolvFile::new(Path::new("/dev/zero"));
+        let err =
+            crate::config::read::tests::within_5s(move || zero.poll().map_err(|e| e.to_string()));
+        assert!(err.unwrap_err().contains("character device"));
+        // Positive control: a regular file in its place again is read.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "nameserver 10.77.1.54\n").unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.servers(), ips(&["10.77.1.54"]));
+    }
 }
