@@ -440,7 +440,14 @@ impl Reloader<'_> {
         let started = Instant::now();
         let number = self.current.number + 1;
         let path = &self.options.config_path;
+        let modes = &self.options.modes;
         let next = build_generation(&self.current, number, path).and_then(|reloaded| {
+            // What would refuse a start refuses a reload (no port left, more ports than
+            // descriptors, an output file that is a directory).
+            let problems = preflight(&reloaded.generation.config, modes);
+            if !problems.is_empty() {
+                return Err(ConfigErrors(problems));
+            }
             open_kept_files(&self.current, &reloaded.generation)?;
             Ok(reloaded)
         });

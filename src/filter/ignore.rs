@@ -192,9 +192,13 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         Some((a, b)) => (a.trim(), Some(b.trim())),
         None => (entry, None),
     };
-    let shown = excerpt(entry);
+    // Only an error quotes the entry; cut short, as one line may be megabytes of garbage.
+    let shown = || excerpt(entry);
     let addr: IpAddr = addr_text.parse().map_err(|_| {
-        format!("\"{shown}\": expected an IPv4 or IPv6 address, optionally followed by /bits")
+        format!(
+            "\"{}\": expected an IPv4 or IPv6 address, optionally followed by /bits",
+            shown()
+        )
     })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
@@ -205,13 +209,15 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         Some(b) => {
             let bits: u8 = b.parse().map_err(|_| {
                 format!(
-                    "\"{shown}\": \"{}\" is not a prefix length (expected 0 to {max})",
+                    "\"{}\": \"{}\" is not a prefix length (expected 0 to {max})",
+                    shown(),
                     excerpt(b)
                 )
             })?;
             if bits > max {
                 return Err(format!(
-                    "\"{shown}\": prefix length {bits} is more than {max} for an {} address",
+                    "\"{}\": prefix length {bits} is more than {max} for an {} address",
+                    shown(),
                     if max == 32 { "IPv4" } else { "IPv6" }
                 ));
             }
@@ -225,7 +231,7 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
             _ => v6_net(a, bits),
         },
     };
-    net.ok_or_else(|| format!("\"{shown}\": invalid prefix length"))
+    net.ok_or_else(|| format!("\"{}\": invalid prefix length", shown()))
 }
 
 fn v4_net(a: Ipv4Addr, bits: u8) -> Option<IpNet> {

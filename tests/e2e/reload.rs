@@ -478,3 +478,22 @@ fn a_fifo_named_at_reload_is_refused_and_later_reloads_and_sigterm_still_work() 
     d.signal("TERM");
     assert!(d.wait_exit(10).is_some(), "{:?}", d.lines());
 }
+
+#[test]
+fn a_reload_that_would_refuse_a_start_is_refused_and_the_ports_stay_open() {
+    let lab = Lab::new();
+    let d = start(&lab, "TCP_PORTS=\"79\"");
+    let conf = lab.path("portsentry.conf");
+    write_in_place(&lab, "TCP_PORTS=\"\"");
+    let err = d.expect_line("adminalert: ERROR: reload refused:", RELOAD_SECS);
+    assert!(
+        err.contains(&format!(
+            "{}:1: TCP_PORTS: no port to watch in -tcp mode",
+            conf.display()
+        )),
+        "{err}"
+    );
+    d.expect_line("keeping configuration generation 1", 5);
+    assert!(connect(&lab, 79), "the trap port of generation 1 is still open");
+    d.expect_line(&detection(&lab, 79), 10);
+}
