@@ -150,6 +150,13 @@ pub struct Reloaded {
     pub applied: Vec<PathBuf>,
 }
 
+impl Reloaded {
+    fn refusing(mut self, errors: Vec<ConfigError>) -> Reloaded {
+        self.refused = errors;
+        self
+    }
+}
+
 impl Generation {
     /// A reload that takes each file on its own merits. portsentry.conf (with its plugins)
     /// and the ignore file are judged apart: a valid ignore edit applies on top of the last
@@ -162,69 +169,89 @@ impl Generation {
         number: u64,
         config_path: &Path,
     ) -> Result<Reloaded, ConfigErrors> {
-        let ignore_of = |file: &Path| IgnoreList::load(file);
-        match crate::config::load(config_path) {
-            Ok(config) => match ignore_of(&config.ignore_file) {
-                Ok(ignore) => {
-                    let (generation, warnings) = Generation::with_plugins(
-                        number,
-                        config,
-                        ignore,
-                        PluginPolicy::RefuseBroken,
-                    )?;
-                    Ok(Reloaded {
+        let config = crate::config::load(config_path);
+        let ignore_file = match &config {
+            Ok(c) => c.ignore_file.clone(),
+            Err(_) => previous.config.ignore_file.clone(),
+        };
+        let ignore = IgnoreList::load(&ignore_file);
+        let refuse = |mut first: ConfigErrors, then: ConfigErrors| {
+            first.0.extend(then.0);
+            first
+        };
+        match (config, ignore) {
+            (Ok(config), Ok(ignore)) => {
+                match Generation::with_plugins(
+                    number,
+                    config,
+                    ignore.clone(),
+                    PluginPolicy::RefuseBroken,
+                ) {
+                    Ok((generation, warnings)) => Ok(Reloaded {
                         generation,
                         warnings,
                         refused: Vec::new(),
                         applied: Vec::new(),
-                    })
-                }
-                // A new config (same ignore file) applies with the last good ignore list; an
-                // unchanged one has nothing new to apply.
-                Err(ignore_errors)
-                    if config.ignore_file == previous.config.ignore_file
-                        && config != *previous.config =>
-                {
-                    let applied = vec![config.path.clone()];
-                    let ignore = IgnoreList::clone(&previous.ignore);
-                    let (generation, warnings) = Generation::with_plugins(
-                        number,
-                        config,
-                        ignore,
-                        PluginPolicy::RefuseBroken,
-                    )?;
-                    Ok(Reloaded {
-                        generation,
-                        warnings,
-                        refused: ignore_errors.0,
-                        applied,
-                    })
-                }
-                Err(ignore_errors) => Err(ignore_errors),
-            },
-            Err(config_errors) => {
-                let file = &previous.config.ignore_file;
-                match ignore_of(file) {
-                    Ok(ignore) if ignore != *previous.ignore => Ok(Reloaded {
-                        warnings: ignore.warnings().to_vec(),
-                        applied: vec![file.clone()],
-                        generation: Generation {
-                            number,
-                            config: Arc::clone(&previous.config),
-                            ignore: Arc::new(ignore),
-                            lua: previous.lua.clone(),
-                        },
-                        refused: config_errors.0,
                     }),
-                    Ok(_) => Err(config_errors),
-                    Err(ignore_errors) => {
-                        let mut all = config_errors.0;
-                        all.extend(ignore_errors.0);
-                        Err(ConfigErrors(all))
+                    // A plugin that does not load refuses the config side; the ignore file
+                    // is judged alone.
+                    Err(plugin_errors) => {
+                        Generation::ignore_alone(previous, number, &ignore_file, ignore)
+                            .map(|r| r.refusing(plugin_errors.0.clone()))
+                            .ok_or(plugin_errors)
                     }
                 }
             }
+            // A new config (same ignore file) applies with the last good ignore list; an
+            // unchanged one has nothing new to apply.
+            (Ok(config), Err(ignore_errors))
+                if config.ignore_file == previous.config.ignore_file
+                    && config != *previous.config =>
+            {
+                let applied = vec![config.path.clone()];
+                let kept = IgnoreList::clone(&previous.ignore);
+                let (generation, warnings) =
+                    Generation::with_plugins(number, config, kept, PluginPolicy::RefuseBroken)
+                        .map_err(|plugin_errors| refuse(ignore_errors.clone(), plugin_errors))?;
+                Ok(Reloaded {
+                    generation,
+                    warnings,
+                    refused: ignore_errors.0,
+                    applied,
+                })
+            }
+            (Ok(_), Err(ignore_errors)) => Err(ignore_errors),
+            (Err(config_errors), Ok(ignore)) => {
+                Generation::ignore_alone(previous, number, &ignore_file, ignore)
+                    .map(|r| r.refusing(config_errors.0.clone()))
+                    .ok_or(config_errors)
+            }
+            (Err(config_errors), Err(ignore_errors)) => Err(refuse(config_errors, ignore_errors)),
         }
+    }
+
+    /// The previous generation with a new ignore list, when the list is new and read from
+    /// the file the previous generation names.
+    fn ignore_alone(
+        previous: &Generation,
+        number: u64,
+        file: &Path,
+        ignore: IgnoreList,
+    ) -> Option<Reloaded> {
+        if file != previous.config.ignore_file || ignore == *previous.ignore {
+            return None;
+        }
+        Some(Reloaded {
+            warnings: ignore.warnings().to_vec(),
+            applied: vec![file.to_path_buf()],
+            generation: Generation {
+                number,
+                config: Arc::clone(&previous.config),
+                ignore: Arc::new(ignore),
+                lua: previous.lua.clone(),
+            },
+            refused: Vec::new(),
+        })
     }
 
     /// `--check-config`: every file checked, every error and warning at once. The config's
@@ -350,6 +377,31 @@ mod tests {
         assert_eq!(r.generation.number, 2);
         assert_eq!(r.refused.len(), 1);
         assert_eq!(r.refused[0].file, conf);
+        assert_eq!(r.applied, vec![f.path("portsentry.ignore")]);
+    }
+
+    #[test]
+    fn a_valid_ignore_edit_applies_while_a_plugin_no_longer_loads() {
+        let f = Files::new();
+        let plugins = f.path("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let plugin = plugins.join("p.lua");
+        std::fs::write(&plugin, "portsentry.on('block', function(ev) end)\n").unwrap();
+        f.config(&format!(
+            "TCP_PORTS=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}/lua\"\n\
+             LUA_RESPONDERS=\"p\"\n",
+            plugins.display(),
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let conf = f.path("portsentry.conf");
+        let (first, _) = Generation::load(1, &conf).unwrap();
+        std::fs::write(&plugin, "portsentry.on('block', function(\n").unwrap();
+        assert!(Generation::reload_from(&first, 2, &conf).is_err());
+        f.ignore("10.0.0.1\n10.0.0.9\n");
+        let r = Generation::reload_from(&first, 2, &conf).unwrap();
+        assert!(r.generation.ignore.contains(ip("10.0.0.9")));
+        assert!(Arc::ptr_eq(&r.generation.config, &first.config));
+        assert_eq!(r.refused[0].file, plugin);
         assert_eq!(r.applied, vec![f.path("portsentry.ignore")]);
     }
 

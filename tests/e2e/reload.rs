@@ -494,6 +494,9 @@ fn a_reload_that_would_refuse_a_start_is_refused_and_the_ports_stay_open() {
         "{err}"
     );
     d.expect_line("keeping configuration generation 1", 5);
-    assert!(connect(&lab, 79), "the trap port of generation 1 is still open");
+    assert!(
+        connect(&lab, 79),
+        "the trap port of generation 1 is still open"
+    );
     d.expect_line(&detection(&lab, 79), 10);
 }
