@@ -389,7 +389,7 @@ fn check_config(args: &Args) -> i32 {
             Ok(m) => Some(m),
             Err(_) if !args.modes_file.exists() => {
                 eprintln!(
-                    "note: no mode flag and no {}: checks that depend on the modes skipped",
+                    "note: no mode flag and no {}: the checks that depend on the modes are skipped",
                     args.modes_file.display()
                 );
                 None
@@ -407,13 +407,12 @@ fn check_config(args: &Args) -> i32 {
         }
         more.extend(crate::respond::nftables::config_warnings(config));
         warnings.extend(more.iter().map(ToString::to_string));
-        if let Some(modes) = &modes {
-            errors.extend(
-                config::preflight::preflight(config, modes)
-                    .iter()
-                    .map(ToString::to_string),
-            );
-        }
+        // Without modes, the checks that do not depend on them (output files) still run.
+        errors.extend(
+            config::preflight::preflight(config, modes.as_deref().unwrap_or_default())
+                .iter()
+                .map(ToString::to_string),
+        );
     }
     for w in &warnings {
         eprintln!("warning: {w}");

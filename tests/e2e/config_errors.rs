@@ -284,3 +284,32 @@ fn a_port_held_on_ipv4_logs_what_was_really_bound_and_failures_are_summed_up() {
         5,
     );
 }
+
+#[test]
+fn check_config_without_modes_still_checks_the_output_files() {
+    let lab = Lab::new();
+    std::fs::create_dir(lab.path("history.d")).unwrap();
+    let conf = lab.write_config(&format!(
+        "TCP_PORTS=\"79\"\nHISTORY_FILE=\"{}\"",
+        lab.path("history.d").display()
+    ));
+    let no_modes = ["--modes-file", "/nonexistent/portsentry"];
+    let (code, err) = check(&conf, &no_modes);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2: HISTORY_FILE: \"{}\": is a directory",
+            conf.display(),
+            lab.path("history.d").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("checks that depend on the modes are skipped"),
+        "{err}"
+    );
+    // Positive control: the same without the directory passes.
+    let conf = lab.write_config("TCP_PORTS=\"79\"");
+    let (code, err) = check(&conf, &no_modes);
+    assert_eq!(code, 0, "{err}");
+}
