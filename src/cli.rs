@@ -737,5 +737,10 @@ mod tests {
             modes_from_file(Path::new("/dev/zero")).unwrap_err()
         });
         assert!(err.contains("is a character device"), "{err}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err =
+            crate::config::read::tests::within_5s(move || modes_from_file(&fifo).unwrap_err());
+        assert!(err.contains("is a FIFO"), "{err}");
     }
 }

@@ -431,6 +431,25 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_source_that_is_a_fifo_is_refused_at_once() {
+        let f = Files::new();
+        let plugins = f.path("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        nix::unistd::mkfifo(&plugins.join("p.lua"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        f.config(&format!(
+            "TCP_PORTS=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}/lua\"\n\
+             LUA_RESPONDERS=\"p\"\n",
+            plugins.display(),
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let conf = f.path("portsentry.conf");
+        let c = crate::config::read::tests::within_5s(move || Generation::check(&conf).errors);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].to_string().contains("p.lua"), "{}", c[0]);
+        assert!(c[0].to_string().contains("not a regular file"), "{}", c[0]);
+    }
+
+    #[test]
     fn check_reports_config_and_ignore_errors_together() {
         let f = Files::new();
         f.config("TCP_PORTS=\"1,x\"\n");

@@ -306,13 +306,7 @@ mod tests {
     fn a_fifo_or_a_directory_is_refused_for_appending_and_dev_null_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let err = open_append(&fifo).unwrap_err().to_string();
         assert!(err.contains("is a FIFO, expected a regular file"), "{err}");
         let err = open_append(dir.path()).unwrap_err().to_string();

@@ -326,9 +326,7 @@ mod tests {
     fn a_fifo_or_dev_zero_as_ignore_file_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("portsentry.ignore");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let f = fifo.clone();
         let errs = crate::config::read::tests::within_5s(move || IgnoreList::load(&f))
             .unwrap_err()

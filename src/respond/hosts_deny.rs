@@ -359,9 +359,7 @@ mod tests {
     fn a_fifo_as_deny_file_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("hosts.deny");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let f = fifo.clone();
         let err = crate::config::read::tests::within_5s(move || {
             remove_line(&f, "ALL: 10.0.0.1").unwrap_err()
@@ -378,6 +376,8 @@ mod tests {
             outcome.contains("Failed") && outcome.contains("FIFO"),
             "{outcome}"
         );
+        let err = remove_line(Path::new("/dev/zero"), "ALL: 10.0.0.1").unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
     }
 
     #[test]

@@ -965,9 +965,7 @@ fn load_of_a_missing_file_is_an_error_on_line_zero() {
 fn load_of_a_fifo_or_dev_zero_is_refused_at_once_naming_the_kind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portsentry.conf");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let p = path.clone();
     let errs = crate::config::read::tests::within_5s(move || load(&p))
         .unwrap_err()

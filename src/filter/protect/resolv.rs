@@ -237,13 +237,7 @@ mod tests {
         let mut f = ResolvFile::new(&path);
         f.poll().unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&path)
-                .status()
-                .unwrap()
-                .success()
-        );
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let (err, f) = crate::config::read::tests::within_5s(move || (f.poll(), f));
         let mut f = f;
         assert!(err.unwrap_err().to_string().contains("is a FIFO"));
