@@ -133,7 +133,7 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "KILL_HOSTS_DENY",
-        doc: "Line appended to HOSTS_DENY_FILE, must contain $TARGET$; empty: none.",
+        doc: "Line appended to HOSTS_DENY_FILE, must contain $TARGET$ (an IPv6 target is written in brackets, as tcp_wrappers reads it: [fd98::2], [fd98::]/64); empty: none.",
         set: |c, e, w| {
             c.kill_hosts_deny = target_template(e, w);
             Ok(())
