@@ -523,7 +523,10 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                     .unwrap_or_default();
                 warn(
                     &mut config,
-                    format!("unknown key {}, ignored{hint}", entry.key),
+                    format!(
+                        "unknown key {}, ignored{hint}",
+                        super::read::excerpt(&entry.key)
+                    ),
                 );
             }
         }

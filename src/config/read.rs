@@ -163,7 +163,8 @@ pub fn clip_message(text: &str) -> String {
     excerpt_n(text, 3 * EXCERPT_CHARS)
 }
 
-fn excerpt_n(text: &str, max: usize) -> String {
+/// At most `max` characters of `text`, cut like [`excerpt`].
+pub fn excerpt_n(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)

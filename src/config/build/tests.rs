@@ -1465,3 +1465,23 @@ fn the_plugins_default_table_is_the_one_the_config_checks_against() {
         "plugins/nftables.lua and NFTABLES_PLUGIN_DEFAULT_TABLE disagree"
     );
 }
+
+#[test]
+fn a_huge_unknown_key_is_quoted_short_and_any_message_is_capped() {
+    let key = "A".repeat(1_000_000);
+    let c = built(&format!("{key}=\"x\"\n"));
+    let w = warnings(&c);
+    assert!(w[0].len() < 300, "{} bytes", w[0].len());
+    assert!(
+        w[0].contains("… (1000000 bytes), ignored"),
+        "{}",
+        &w[0][..200]
+    );
+    let long = ConfigWarning {
+        file: "f".into(),
+        line: 1,
+        message: "x".repeat(5000),
+    };
+    assert!(long.to_string().ends_with("… (5000 bytes)"));
+    assert!(long.to_string().len() < 1100);
+}
