@@ -333,42 +333,67 @@ impl Args {
     }
 }
 
-/// `--check-config`: every error and warning, exit 0 only when the files are valid.
-fn check_config(path: &Path) -> i32 {
-    use crate::respond::lua::{LuaPlugins, PluginPolicy};
+/// `--check-config`: every error and warning of every file in one run, exit 0 only when the
+/// files are valid. It also runs the start-up checks that need the modes (from the flags, or
+/// the modes file, as the start takes them), so that what it passes starts.
+fn check_config(args: &Args) -> i32 {
+    let path = &args.config;
     // Every plugin is loaded (each in its own process), as a reload would.
-    let loaded = crate::generation::Generation::load(1, path).and_then(|(g, mut warnings)| {
-        let (lua, more) = LuaPlugins::for_generation(&g, PluginPolicy::RefuseBroken)?;
-        warnings.extend(more);
-        Ok((g, lua, warnings))
+    let checked = crate::generation::Generation::check(path, |g| {
+        crate::respond::lua::LuaPlugins::for_generation(g)
     });
-    match loaded {
-        Ok((generation, lua, warnings)) => {
-            for w in warnings
-                .iter()
-                .chain(config::build::command_warnings(&generation.config).iter())
-                .chain(lua.undo_warnings(&generation.config).iter())
-                .chain(crate::respond::nftables::config_warnings(&generation.config).iter())
-            {
+    let mut errors: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+    let mut warnings: Vec<String> = checked.warnings.iter().map(ToString::to_string).collect();
+    let flagged = args.flagged_modes();
+    let modes = if !flagged.is_empty() {
+        Some(flagged)
+    } else {
+        match modes_from_file(&args.modes_file) {
+            Ok(m) => Some(m),
+            Err(_) if !args.modes_file.exists() => {
                 eprintln!(
-                    "warning: {}",
-                    crate::logging::escape_controls(&w.to_string())
+                    "note: no mode flag and no {}: the checks that depend on the modes are skipped",
+                    args.modes_file.display()
                 );
+                None
             }
-            println!("{}: configuration OK", path.display());
-            0
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {}", crate::logging::escape_controls(&e.to_string()));
+            Err(e) => {
+                errors.push(e);
+                None
             }
-            eprintln!(
-                "{}: {} error(s), configuration refused",
-                path.display(),
-                errors.0.len()
-            );
-            EXIT_FAILURE
         }
+    };
+    if let Some(generation) = &checked.generation {
+        let config = &generation.config;
+        let mut more = config::build::command_warnings(config);
+        if let Some(lua) = &checked.built {
+            more.extend(lua.undo_warnings(config));
+        }
+        more.extend(crate::respond::nftables::config_warnings(config));
+        warnings.extend(more.iter().map(ToString::to_string));
+        // Without modes, the checks that do not depend on them (output files) still run.
+        errors.extend(
+            config::preflight::preflight(config, modes.as_deref().unwrap_or_default())
+                .iter()
+                .map(ToString::to_string),
+        );
+    }
+    for w in &warnings {
+        eprintln!("warning: {}", crate::logging::escape_controls(w));
+    }
+    for e in &errors {
+        eprintln!("error: {}", crate::logging::escape_controls(e));
+    }
+    if errors.is_empty() {
+        println!("{}: configuration OK", path.display());
+        0
+    } else {
+        eprintln!(
+            "{}: {} error(s), configuration refused",
+            path.display(),
+            errors.len()
+        );
+        EXIT_FAILURE
     }
 }
 
@@ -459,7 +484,7 @@ pub fn main() -> i32 {
         return client_command(command);
     }
     if args.check_config {
-        return check_config(&args.config);
+        return check_config(&args);
     }
     if let Some(plugin) = &args.test_plugin {
         return test_plugin(plugin, &args);

@@ -16,6 +16,7 @@ use signal_hook::iterator::Signals;
 
 use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
+use crate::config::preflight::{key_line, preflight};
 use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::control::metrics::{MetricsServer, Sources};
@@ -28,12 +29,12 @@ use crate::event::Mode;
 use crate::event_log::{Event, EventLog};
 use crate::filter::protect::Protector;
 use crate::filter::standard_chain;
-use crate::generation::Generation;
+use crate::generation::{Generation, Reloaded};
 use crate::heartbeat;
 use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::report;
-use crate::respond::lua::{LuaPlugins, PluginPolicy};
+use crate::respond::lua::LuaPlugins;
 use crate::sensor::bound::BoundSensor;
 use crate::sensor::raw::RawSensor;
 use crate::sensor::{HitSink, Sensor, SensorControl};
@@ -141,13 +142,18 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         "{}",
         report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
+    // The same checks as `--check-config`: a plugin that does not load and a file that the
+    // modes cannot run with refuse the start, with file and line.
     let refused =
         |e: ConfigErrors| anyhow::anyhow!("{e}\n{}", report::config_refused_not_starting());
     let (generation, mut warnings) = Generation::load(1, &options.config_path).map_err(refused)?;
+    let problems = preflight(&generation.config, &options.modes);
+    if !problems.is_empty() {
+        return Err(refused(ConfigErrors(problems)));
+    }
     // The Lua plugins (each in its own process) are built from the generation here and
-    // shared by the announcer and the block manager; at start a broken one is skipped.
-    let (lua, plugin_warnings) =
-        LuaPlugins::for_generation(&generation, PluginPolicy::SkipBroken).map_err(refused)?;
+    // shared by the announcer and the block manager.
+    let (lua, plugin_warnings) = LuaPlugins::for_generation(&generation).map_err(refused)?;
     warnings.extend(plugin_warnings);
     log_warnings(&warnings, &options.modes);
     let config = Arc::clone(&generation.config);
@@ -178,8 +184,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         &blocks.view(),
         &protector.view(),
     );
-    let announcer =
-        Announcer::new(generation.clone(), lua, blocks.requester()).with_events(events.sink());
+    let announcer = Announcer::new(generation.clone(), lua.clone(), blocks.requester())
+        .with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
     let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
@@ -198,6 +204,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
 
     let mut reloader = Reloader {
         current: generation,
+        current_lua: lua,
         last_reload: None,
         pipeline: &pipeline,
         sensors: &handles,
@@ -371,6 +378,9 @@ const APPLY_WAIT: Duration = Duration::from_secs(1);
 /// What a reload touches: the generation in force and the running parts that follow it.
 struct Reloader<'a> {
     current: Generation,
+    /// The plugins built from `current`'s config, kept when a reload applies only the
+    /// ignore list.
+    current_lua: LuaPlugins,
     /// When the last reload was tried and what it said, for `status`.
     last_reload: Option<ReloadInfo>,
     pipeline: &'a Pipeline,
@@ -444,20 +454,29 @@ impl Reloader<'_> {
         let started = Instant::now();
         let number = self.current.number + 1;
         let path = &self.options.config_path;
+        let modes = &self.options.modes;
         // The new plugins are built (and loaded, each in its own process) before anything is
-        // swapped: one that fails to load refuses the reload and the old ones keep running.
-        let next = build_generation(number, path).and_then(|(next, mut warnings)| {
-            open_kept_files(&self.current, &next)?;
-            let (lua, plugin_warnings) =
-                LuaPlugins::for_generation(&next, PluginPolicy::RefuseBroken)?;
-            warnings.extend(plugin_warnings);
-            Ok((next, lua, warnings))
+        // swapped: one that fails to load refuses the config side and the old ones keep
+        // running.
+        let next = build_generation(&self.current, number, path).and_then(|reloaded| {
+            // What would refuse a start refuses a reload (no port left, more ports than
+            // descriptors, an output file that is a directory).
+            let problems = preflight(&reloaded.generation.config, modes);
+            if !problems.is_empty() {
+                return Err(ConfigErrors(problems));
+            }
+            open_kept_files(&self.current, &reloaded.generation)?;
+            Ok(reloaded)
         });
         match next {
-            Ok((next, lua, warnings)) => {
-                log_warnings(&warnings, &self.options.modes);
+            Ok(reloaded) => {
+                log_warnings(&reloaded.warnings, &self.options.modes);
                 self.report_mode_change();
-                self.swap(next, lua);
+                let lua = reloaded.built.unwrap_or_else(|| self.current_lua.clone());
+                self.swap(reloaded.generation, lua);
+                if !reloaded.refused.is_empty() {
+                    self.report_partial(&reloaded.refused, &reloaded.applied);
+                }
                 log::info!(
                     "{}",
                     report::config_reloaded(self.current.number, started.elapsed().as_millis())
@@ -478,6 +497,31 @@ impl Reloader<'_> {
                 }
                 Err(errors.0.iter().map(ToString::to_string).collect())
             }
+        }
+    }
+
+    /// A reload that applied some files and refused others: say which, with the errors, and
+    /// watch what the broken text names so that fixing it is seen.
+    fn report_partial(&self, refused: &[ConfigError], applied: &[PathBuf]) {
+        for e in refused {
+            log::error!("adminalert: ERROR: reload refused: {e}");
+        }
+        let mut files: Vec<String> = refused
+            .iter()
+            .map(|e| e.file.display().to_string())
+            .collect();
+        files.dedup();
+        let applied: Vec<String> = applied.iter().map(|p| p.display().to_string()).collect();
+        log::error!(
+            "adminalert: ERROR: {} refused, its last good version stays in force; {} applied",
+            files.join(", "),
+            applied.join(", ")
+        );
+        if let Some(w) = self.watcher {
+            w.follow(
+                WatchSet::for_config(&self.current.config)
+                    .union(WatchSet::from_config_text(&self.options.config_path)),
+            );
         }
     }
 
@@ -510,11 +554,13 @@ impl Reloader<'_> {
                 .control
                 .send(SensorControl::Reconfigure(Arc::clone(&next.config)));
         }
+        let lua_kept = lua.clone();
         self.pipeline.reload(next.clone(), lua);
         if let Some(w) = self.watcher {
             w.follow(WatchSet::for_config(&next.config));
         }
         self.current = next;
+        self.current_lua = lua_kept;
         let deadline = Instant::now() + APPLY_WAIT;
         // A sensor takes its control message at the top of its poll loop and applies it
         // before polling again.
@@ -530,10 +576,20 @@ impl Reloader<'_> {
     }
 }
 
-/// `Generation::load`, with a panic inside it turned into a refused reload: whatever a
-/// config file holds, a reload must not end the daemon.
-fn build_generation(number: u64, path: &Path) -> Result<crate::generation::Loaded, ConfigErrors> {
-    match std::panic::catch_unwind(|| Generation::load(number, path)) {
+/// [`Generation::reload_from`] with the plugins built from a new config, and a panic inside
+/// it turned into a refused reload: whatever a config file (or a plugin) holds, a reload
+/// must not end the daemon.
+fn build_generation(
+    current: &Generation,
+    number: u64,
+    path: &Path,
+) -> Result<Reloaded<LuaPlugins>, ConfigErrors> {
+    let build = std::panic::AssertUnwindSafe(|| {
+        Generation::reload_from(current, number, path, |next| {
+            LuaPlugins::for_generation(next)
+        })
+    });
+    match std::panic::catch_unwind(build) {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -579,18 +635,4 @@ fn open_kept_files(current: &Generation, next: &Generation) -> Result<(), Config
     } else {
         Err(ConfigErrors(errors))
     }
-}
-
-/// The line a key is set on (first occurrence, as the loader reads it); 0 when absent.
-fn key_line(config_path: &Path, key: &str) -> usize {
-    std::fs::read(config_path)
-        .ok()
-        .and_then(|bytes| {
-            crate::config::parse::parse_collect(config_path, &bytes)
-                .0
-                .entries
-                .into_iter()
-                .find(|e| e.key == key)
-        })
-        .map_or(0, |e| e.line)
 }

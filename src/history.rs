@@ -9,7 +9,7 @@ use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,9 +122,19 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .read(true)
         .append(true)
         .create(true)
+        // A FIFO opens at once and is refused below: once full it would stall every write.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(named)?;
-    let len = file.metadata().map_err(named)?.len();
+    let meta = file.metadata().map_err(named)?;
+    if let Some(kind) = crate::config::read::non_regular_kind(&meta)
+        && !std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type())
+    {
+        return Err(named(io::Error::other(format!(
+            "is {kind}, expected a regular file"
+        ))));
+    }
+    let len = meta.len();
     if len > 0 {
         let mut last = [0u8; 1];
         file.read_exact_at(&mut last, len - 1).map_err(named)?;
@@ -311,6 +321,19 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_for_appending_and_dev_null_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = open_append(&fifo).unwrap_err().to_string();
+        assert!(err.contains("is a FIFO, expected a regular file"), "{err}");
+        let err = open_append(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(open_append(Path::new("/dev/null")).is_ok());
+        assert!(open_append(&dir.path().join("h")).is_ok());
     }
 
     #[test]

@@ -117,16 +117,7 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     }
 }
 
-/// At most 60 characters of untrusted text, for error messages.
-pub fn excerpt(text: &str) -> String {
-    let mut out: String = text.chars().take(60).collect();
-    if text.chars().count() > 60 {
-        out.push('…');
-    }
-    out.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
+pub use crate::config::read::excerpt;
 
 /// Why a block exists: a scan seen here, an operator's command, an imported list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

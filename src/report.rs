@@ -262,11 +262,42 @@ pub fn listen_mode(proto: Proto, port: u16) -> String {
     )
 }
 
-/// A classic trap port is taken by another program; the others go on.
-pub fn bind_failed(proto: Proto, port: u16) -> String {
+/// Only the IPv6 socket of a trap port could be bound (another program holds the IPv4
+/// port): 1.2's listen-mode line with what was really bound, additive.
+pub fn listen_mode_v6_only(proto: Proto, port: u16, why: &str) -> String {
+    format!("{} (IPv6 only: IPv4 port: {why})", listen_mode(proto, port))
+}
+
+/// Ports listed in a [`bind_summary`] per reason, at most.
+const SUMMARY_PORTS: usize = 20;
+
+/// Classic trap ports that could not be bound, summed up in one line (not one per port: a
+/// descriptor shortage would otherwise log tens of thousands), grouped by reason; the others
+/// go on.
+pub fn bind_summary(
+    proto: Proto,
+    tried: usize,
+    failed: &std::collections::BTreeMap<String, Vec<u16>>,
+) -> String {
+    let count: usize = failed.values().map(Vec::len).sum();
+    let groups: Vec<String> = failed
+        .iter()
+        .map(|(why, ports)| {
+            let mut shown: Vec<String> = ports
+                .iter()
+                .take(SUMMARY_PORTS)
+                .map(u16::to_string)
+                .collect();
+            if ports.len() > SUMMARY_PORTS {
+                shown.push(format!("… {} more", ports.len() - SUMMARY_PORTS));
+            }
+            format!("{} ({why})", shown.join(", "))
+        })
+        .collect();
     format!(
-        "adminalert: ERROR: could not bind {} socket: {port}. Attempting to continue",
-        proto.upper()
+        "adminalert: ERROR: could not bind {count} of {tried} {} ports: {}. Attempting to continue",
+        proto.upper(),
+        groups.join("; ")
     )
 }
 

@@ -900,7 +900,7 @@ mod tests {
             "{w}"
         );
         assert!(
-            w.chars().count() < path.display().to_string().len() + 120,
+            w.chars().count() < path.display().to_string().len() + 160,
             "{w}"
         );
 

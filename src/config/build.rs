@@ -133,7 +133,7 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "KILL_HOSTS_DENY",
-        doc: "Line appended to HOSTS_DENY_FILE, must contain $TARGET$; empty: none.",
+        doc: "Line appended to HOSTS_DENY_FILE, must contain $TARGET$ (an IPv6 target is written in brackets, as tcp_wrappers reads it: [fd98::2], [fd98::]/64); empty: none.",
         set: |c, e, w| {
             c.kill_hosts_deny = target_template(e, w);
             Ok(())
@@ -578,13 +578,14 @@ pub fn build(raw: &RawConfig) -> Result<Config, ConfigErrors> {
 /// Reads, parses and builds a config file, reporting syntax and value errors together.
 /// A missing or unreadable file is an error on line 0.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            message: format!("cannot read the configuration file: {e}"),
-        }])
-    })?;
+    let bytes = super::read::read_regular(path, super::read::TEXT_CAP, "configuration file")
+        .map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                message: format!("cannot read the configuration file: {}", e.reason()),
+            }])
+        })?;
     let (raw, mut errors) = super::parse::parse_collect(path, &bytes);
     let (config, build_errors) = build_collect(&raw);
     errors.extend(build_errors);
@@ -618,7 +619,12 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                     errors.push(ConfigError {
                         file: raw.path.clone(),
                         line: entry.line,
-                        message: format!("{}: \"{}\": {what}", entry.key, entry.value),
+                        message: format!(
+                            "{}: \"{}\": {}",
+                            entry.key,
+                            super::read::excerpt(&entry.value),
+                            super::read::clip_message(&what)
+                        ),
                     });
                 }
                 for note in notes {
@@ -634,7 +640,10 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                     .unwrap_or_default();
                 warn(
                     &mut config,
-                    format!("unknown key {}, ignored{hint}", entry.key),
+                    format!(
+                        "unknown key {}, ignored{hint}",
+                        super::read::excerpt(&entry.key)
+                    ),
                 );
             }
         }

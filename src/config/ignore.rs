@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::read::{ReadError, TEXT_CAP, excerpt, read_regular};
 use super::{ConfigError, ConfigErrors, ConfigWarning};
 
 /// File name Debian users edit; its entries are merged with `IGNORE_FILE`'s.
@@ -37,9 +38,9 @@ impl IgnoreList {
     pub fn load(ignore_file: &Path) -> Result<IgnoreList, ConfigErrors> {
         let mut list = IgnoreList::default();
         let mut errors = Vec::new();
-        match std::fs::read(ignore_file) {
+        match read_regular(ignore_file, TEXT_CAP, "ignore file") {
             Ok(bytes) => list.add_text(ignore_file, &bytes, &mut errors),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 list.warnings.push(ConfigWarning {
                     file: ignore_file.to_path_buf(),
                     line: 0,
@@ -52,9 +53,9 @@ impl IgnoreList {
         }
         let static_file = static_path(ignore_file);
         if static_file != ignore_file {
-            match std::fs::read(&static_file) {
+            match read_regular(&static_file, TEXT_CAP, "ignore file") {
                 Ok(bytes) => list.add_text(&static_file, &bytes, &mut errors),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => errors.push(unreadable(&static_file, &e)),
             }
         }
@@ -171,11 +172,11 @@ pub fn static_path(ignore_file: &Path) -> PathBuf {
     }
 }
 
-fn unreadable(file: &Path, e: &std::io::Error) -> ConfigError {
+fn unreadable(file: &Path, e: &ReadError) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
         line: 0,
-        message: format!("cannot read ignore file: {e}"),
+        message: format!("cannot read ignore file: {}", e.reason()),
     }
 }
 
@@ -186,8 +187,13 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         Some((a, b)) => (a.trim(), Some(b.trim())),
         None => (entry, None),
     };
+    // Only an error quotes the entry; cut short, as one line may be megabytes of garbage.
+    let shown = || excerpt(entry);
     let addr: IpAddr = addr_text.parse().map_err(|_| {
-        format!("\"{entry}\": expected an IPv4 or IPv6 address, optionally followed by /bits")
+        format!(
+            "\"{}\": expected an IPv4 or IPv6 address, optionally followed by /bits",
+            shown()
+        )
     })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
@@ -197,11 +203,16 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         None => max,
         Some(b) => {
             let bits: u8 = b.parse().map_err(|_| {
-                format!("\"{entry}\": \"{b}\" is not a prefix length (expected 0 to {max})")
+                format!(
+                    "\"{}\": \"{}\" is not a prefix length (expected 0 to {max})",
+                    shown(),
+                    excerpt(b)
+                )
             })?;
             if bits > max {
                 return Err(format!(
-                    "\"{entry}\": prefix length {bits} is more than {max} for an {} address",
+                    "\"{}\": prefix length {bits} is more than {max} for an {} address",
+                    shown(),
                     if max == 32 { "IPv4" } else { "IPv6" }
                 ));
             }
@@ -215,7 +226,7 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
             _ => v6_net(a, bits),
         },
     };
-    net.ok_or_else(|| format!("\"{entry}\": invalid prefix length"))
+    net.ok_or_else(|| format!("\"{}\": invalid prefix length", shown()))
 }
 
 fn v4_net(a: Ipv4Addr, bits: u8) -> Option<IpNet> {
@@ -242,6 +253,38 @@ mod tests {
         IgnoreList::parse(Path::new("portsentry.ignore"), text)
             .unwrap_err()
             .0
+    }
+
+    #[test]
+    fn a_fifo_or_dev_zero_as_ignore_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("portsentry.ignore");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let f = fifo.clone();
+        let errs = crate::config::read::tests::within_5s(move || IgnoreList::load(&f))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].file, fifo);
+        assert!(errs[0].message.contains("is a FIFO"), "{}", errs[0]);
+        let errs =
+            crate::config::read::tests::within_5s(|| IgnoreList::load(Path::new("/dev/zero")))
+                .unwrap_err()
+                .0;
+        assert!(errs[0].message.contains("character device"), "{}", errs[0]);
+        // Positive control: a regular file at the same place is read.
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, "10.0.0.1\n").unwrap();
+        assert!(IgnoreList::load(&fifo).unwrap().contains(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn a_huge_garbage_line_is_quoted_as_a_short_excerpt() {
+        let line = "z".repeat(10_000_000);
+        let errs = errors(&format!("10.0.0.1\n{line}\n"));
+        assert_eq!(errs[0].line, 2);
+        let shown = errs[0].to_string();
+        assert!(shown.len() < 300, "{} bytes", shown.len());
+        assert!(shown.contains("… (10000000 bytes)"), "{shown}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod ignore;
 pub mod modes;
 pub mod parse;
 pub mod ports;
+pub mod preflight;
+pub mod read;
 pub mod unkill;
 pub mod watch;
 
@@ -55,12 +57,17 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
+/// A message longer than this many characters is cut when shown: a backstop, should some
+/// message quote untrusted text whole (quotes themselves are cut to 80, see [`read::excerpt`]).
+const MAX_MESSAGE_CHARS: usize = 1000;
+
 impl std::fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = read::excerpt_n(&self.message, MAX_MESSAGE_CHARS);
         if self.line > 0 {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+            write!(f, "{}:{}: {message}", self.file.display(), self.line)
         } else {
-            write!(f, "{}: {}", self.file.display(), self.message)
+            write!(f, "{}: {message}", self.file.display())
         }
     }
 }

@@ -10,13 +10,15 @@ use crate::event::{Mode, Proto};
 /// Reads `TCP_MODE` / `UDP_MODE` from Debian's defaults file (same `KEY="value"` syntax as
 /// portsentry.conf).
 pub fn modes_from_file(path: &Path) -> Result<Vec<Mode>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "no mode given on the command line and {} cannot be read ({e}); \
-             pass -tcp, -udp, -stcp, -sudp, -atcp or -audp",
-            path.display()
-        )
-    })?;
+    let text =
+        super::read::read_regular_text(path, super::read::TEXT_CAP, "modes file").map_err(|e| {
+            format!(
+                "no mode given on the command line and {} cannot be read ({}); \
+                 pass -tcp, -udp, -stcp, -sudp, -atcp or -audp",
+                path.display(),
+                e.reason()
+            )
+        })?;
     let raw = super::parse(path, &text).map_err(|e| e.to_string())?;
     let mut modes = Vec::new();
     for key in ["TCP_MODE", "UDP_MODE"] {
@@ -80,5 +82,14 @@ mod tests {
                 .unwrap_err()
                 .contains("cannot be read")
         );
+        let err = crate::config::read::tests::within_5s(|| {
+            modes_from_file(Path::new("/dev/zero")).unwrap_err()
+        });
+        assert!(err.contains("is a character device"), "{err}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err =
+            crate::config::read::tests::within_5s(move || modes_from_file(&fifo).unwrap_err());
+        assert!(err.contains("is a FIFO"), "{err}");
     }
 }

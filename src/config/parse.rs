@@ -204,13 +204,7 @@ fn parse_line(line: &str) -> Result<Parsed<'_>, String> {
 
 /// Quotes a piece of a line for a message, cut short so one bad line cannot flood the log.
 fn shorten(text: &str) -> String {
-    const MAX: usize = 60;
-    if text.chars().count() <= MAX {
-        format!("{text:?}")
-    } else {
-        let cut: String = text.chars().take(MAX).collect();
-        format!("{cut:?}...")
-    }
+    format!("{:?}", super::read::excerpt(text))
 }
 
 #[cfg(test)]
@@ -430,7 +424,7 @@ mod tests {
     fn long_garbage_is_shortened_in_the_message() {
         let line = "?".repeat(200);
         let errs = errors(&line);
-        assert!(errs[0].contains(&format!("{:?}...", "?".repeat(60))));
-        assert!(errs[0].len() < 160);
+        assert!(errs[0].contains(&format!("\"{}… (200 bytes)\"", "?".repeat(80))));
+        assert!(errs[0].len() < 200);
     }
 }

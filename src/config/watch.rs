@@ -71,7 +71,7 @@ impl WatchSet {
     /// new `IGNORE_FILE` with a bad line) is watched as well.
     pub fn from_config_text(config_path: &Path) -> WatchSet {
         let defaults = super::build::defaults(config_path);
-        let raw = std::fs::read(config_path)
+        let raw = super::read::read_regular(config_path, super::read::TEXT_CAP, "config")
             .map(|bytes| super::parse::parse_collect(config_path, &bytes).0)
             .ok();
         let value = |key: &str, default: &Path| -> PathBuf {

@@ -10,8 +10,12 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ipnet::IpNet;
+
 use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
+use crate::config::read::{HOSTS_DENY_CAP, ReadError, read_regular};
+use crate::record::{self, Target};
 use crate::report;
 
 /// Serialises edits of deny files by this process (appends and removals both run on the
@@ -22,6 +26,57 @@ static EDIT_LOCK: Mutex<()> = Mutex::new(());
 /// CR) aside, as a hand edit may leave them.
 fn is_line(file_line: &[u8], line: &str) -> bool {
     file_line.trim_ascii_end() == line.as_bytes()
+}
+
+/// Reads the deny file: a regular file only, at most [`HOSTS_DENY_CAP`] (it is read whole to
+/// add or take out one line).
+fn read_hosts_deny(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular(path, HOSTS_DENY_CAP, "hosts.deny file").map_err(|e| match e {
+        ReadError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
+/// `$TARGET$` as tcp_wrappers reads it (hosts_access(5)): an IPv4 host or network as 1.2
+/// wrote it (`10.0.0.1`, `10.0.0.0/24`), an IPv6 one in brackets (`[fd98::2]`,
+/// `[fd98::]/64`). Unbracketed, tcpd reads `fd98::2` as the host name `fd98` and grants
+/// access.
+pub fn wrappers_target(target: &Target) -> String {
+    match target {
+        IpNet::V4(_) => record::target_text(target),
+        IpNet::V6(net) if net.prefix_len() == net.max_prefix_len() => format!("[{}]", net.addr()),
+        IpNet::V6(net) => format!("[{}]/{}", net.trunc().addr(), net.prefix_len()),
+    }
+}
+
+/// `line` and the same line with each IPv6 address or network in the other form (bracketed
+/// or bare), so that a removal takes out lines written before IPv6 targets were bracketed
+/// as well as after.
+fn target_forms(line: &str) -> Vec<String> {
+    let mut forms = vec![line.to_string()];
+    for token in line.split(|c: char| c.is_whitespace() || c == ',') {
+        let other = if let Some(inner) = token.strip_prefix('[') {
+            match inner.split_once(']') {
+                Some((addr, rest)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
+                    format!("{addr}{rest}")
+                }
+                _ => continue,
+            }
+        } else {
+            let (addr, rest) = match token.split_once('/') {
+                Some((a, bits)) => (a, format!("/{bits}")),
+                None => (token, String::new()),
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                continue;
+            }
+            format!("[{addr}]{rest}")
+        };
+        let more: Vec<String> = forms.iter().map(|f| f.replace(token, &other)).collect();
+        forms.extend(more);
+    }
+    forms.dedup();
+    forms
 }
 
 /// Appends the configured line once per host; an identical line already in the file is not
@@ -42,7 +97,7 @@ impl HostsDenyResponder {
 
     fn append(&self, line: &str) -> std::io::Result<bool> {
         let _edit = crate::sync::lock(&EDIT_LOCK);
-        let existing = match std::fs::read(&self.file) {
+        let existing = match read_hosts_deny(&self.file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
@@ -72,7 +127,10 @@ impl Responder for HostsDenyResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let line = expand_macros(&self.template, ctx);
+        let template = self
+            .template
+            .replace("$TARGET$", &wrappers_target(&ctx.target));
+        let line = expand_macros(&template, ctx);
         match self.append(&line) {
             Ok(written) => {
                 log::info!("{}", report::blocked_via_wrappers(ctx.target_text(), &line));
@@ -122,11 +180,13 @@ pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::NoFile),
         Err(e) => return Err(e),
     };
-    let bytes = std::fs::read(&real)?;
+    let bytes = read_hosts_deny(&real)?;
+    let forms = target_forms(line);
     let mut kept = Vec::with_capacity(bytes.len());
     let mut removed = 0;
     for piece in bytes.split_inclusive(|&b| b == b'\n') {
-        if is_line(piece.strip_suffix(b"\n").unwrap_or(piece), line) {
+        let file_line = piece.strip_suffix(b"\n").unwrap_or(piece);
+        if forms.iter().any(|f| is_line(file_line, f)) {
             removed += 1;
         } else {
             kept.extend_from_slice(piece);
@@ -251,6 +311,73 @@ mod tests {
             std::fs::read_to_string(&file).unwrap(),
             "sshd: 10.0.0.1\nALL: 10.77.1.2 : DENY\n"
         );
+    }
+
+    #[test]
+    fn ipv6_targets_are_bracketed_and_ipv4_lines_stay_as_1_2_wrote_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        let mut r = HostsDenyResponder::new("ALL: $TARGET$ : DENY", file.clone());
+        respond_once(&mut r, "fd98::2", 1, Mode::Tcp, ProbeKind::Connect);
+        respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "ALL: [fd98::2] : DENY\nALL: 10.77.1.2 : DENY\n"
+        );
+        let net: Target = "fd98::/64".parse().unwrap();
+        assert_eq!(wrappers_target(&net), "[fd98::]/64");
+        let net4: Target = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(wrappers_target(&net4), "10.0.0.0/24");
+    }
+
+    #[test]
+    fn removal_takes_out_the_bracketed_and_the_old_bare_ipv6_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(
+            &file,
+            "ALL: fd98::2 : DENY\nsshd: 10.0.0.1\nALL: [fd98::2] : DENY\nALL: [fd98::3] : DENY\n",
+        )
+        .unwrap();
+        // An undo recorded before the change holds the bare form; a new one the bracketed.
+        assert_eq!(
+            remove_line(&file, "ALL: fd98::2 : DENY").unwrap(),
+            Removal::Removed(2)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "sshd: 10.0.0.1\nALL: [fd98::3] : DENY\n"
+        );
+        assert_eq!(
+            remove_line(&file, "ALL: [fd98::3] : DENY").unwrap(),
+            Removal::Removed(1)
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "sshd: 10.0.0.1\n");
+    }
+
+    #[test]
+    fn a_fifo_as_deny_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("hosts.deny");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let f = fifo.clone();
+        let err = crate::config::read::tests::within_5s(move || {
+            remove_line(&f, "ALL: 10.0.0.1").unwrap_err()
+        });
+        assert!(err.to_string().contains("is a FIFO"), "{err}");
+        let mut r = HostsDenyResponder::new("ALL: $TARGET$", fifo.clone());
+        let outcome = crate::config::read::tests::within_5s(move || {
+            format!(
+                "{:?}",
+                respond_once(&mut r, "10.77.1.2", 1, Mode::Tcp, ProbeKind::Connect)
+            )
+        });
+        assert!(
+            outcome.contains("Failed") && outcome.contains("FIFO"),
+            "{outcome}"
+        );
+        let err = remove_line(Path::new("/dev/zero"), "ALL: 10.0.0.1").unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,17 @@ fn open_socket(proto: Proto, ip: IpAddr, port: u16) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// Why a bind failed, as the admin searches for it: `Address already in use (EADDRINUSE)`.
+fn errno_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let errno = nix::errno::Errno::from_raw(code);
+            format!("{} ({errno:?})", errno.desc())
+        }
+        None => e.to_string(),
+    }
+}
+
 impl BoundSensor {
     /// Opens every trap port of the given classic modes. Fails only when a mode could bind
     /// no port at all.
@@ -131,8 +142,18 @@ impl BoundSensor {
                     self.deregister(l);
                 }
             }
-            for port in wanted.difference(&have) {
-                self.open_port(mode, *port);
+            let mut failed: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+            let new_ports: Vec<u16> = wanted.difference(&have).copied().collect();
+            for &port in &new_ports {
+                if let Err(e) = self.open_port(mode, port) {
+                    failed.entry(errno_text(&e)).or_default().push(port);
+                }
+            }
+            if !failed.is_empty() {
+                log::error!(
+                    "{}",
+                    report::bind_summary(mode.proto(), new_ports.len(), &failed)
+                );
             }
         }
     }
@@ -145,30 +166,45 @@ impl BoundSensor {
         };
     }
 
-    fn open_port(&mut self, mode: Mode, port: u16) {
+    /// Opens both families of one port and logs what was really bound: 1.2's listen-mode
+    /// line when the IPv4 socket is bound (with or without IPv6), the same line with an
+    /// `(IPv6 only: …)` suffix when only IPv6 is, nothing when neither is (the caller sums
+    /// those up in one line).
+    fn open_port(&mut self, mode: Mode, port: u16) -> Result<(), std::io::Error> {
         let proto = mode.proto();
-        log::info!("{}", report::listen_mode(proto, port));
-        let mut bound_any = false;
+        let mut v4_error = None;
+        let mut v6_error = None;
         for ip in [
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         ] {
-            match open_socket(proto, ip, port) {
-                Ok(socket) => {
-                    if self.register(mode, port, socket) {
-                        bound_any = true;
-                    }
-                }
-                Err(e) if ip.is_ipv6() && e.kind() != ErrorKind::AddrInUse => {
-                    log::debug!("no IPv6 listener on {} port {port}: {e}", proto.upper());
-                }
-                Err(e) => {
-                    log::debug!("bind {ip} {} port {port}: {e}", proto.upper());
+            let result = open_socket(proto, ip, port).and_then(|socket| {
+                self.register(mode, port, socket)
+                    .then_some(())
+                    .ok_or_else(|| std::io::Error::other("cannot register with poll"))
+            });
+            if let Err(e) = result {
+                log::debug!("bind {ip} {} port {port}: {e}", proto.upper());
+                if ip.is_ipv6() {
+                    v6_error = Some(e);
+                } else {
+                    v4_error = Some(e);
                 }
             }
         }
-        if !bound_any {
-            log::info!("{}", report::bind_failed(proto, port));
+        match (v4_error, v6_error) {
+            (None, _) => {
+                log::info!("{}", report::listen_mode(proto, port));
+                Ok(())
+            }
+            (Some(v4), None) => {
+                log::info!(
+                    "{}",
+                    report::listen_mode_v6_only(proto, port, &errno_text(&v4))
+                );
+                Ok(())
+            }
+            (Some(v4), Some(_)) => Err(v4),
         }
     }
 
@@ -420,6 +456,54 @@ mod tests {
             let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
             assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([port]));
         });
+    }
+
+    #[test]
+    fn bind_failures_are_summed_up_in_one_line_with_their_reason() {
+        let mut failed = BTreeMap::new();
+        failed.insert(
+            errno_text(&std::io::Error::from_raw_os_error(libc::EADDRINUSE)),
+            vec![22, 80, 443],
+        );
+        assert_eq!(
+            report::bind_summary(Proto::Tcp, 120, &failed),
+            "adminalert: ERROR: could not bind 3 of 120 TCP ports: 22, 80, 443 \
+             (Address already in use (EADDRINUSE)). Attempting to continue"
+        );
+        failed.insert(
+            errno_text(&std::io::Error::from_raw_os_error(libc::EMFILE)),
+            (1000..1100).collect(),
+        );
+        let line = report::bind_summary(Proto::Tcp, 65535, &failed);
+        assert!(
+            line.contains("could not bind 103 of 65535 TCP ports"),
+            "{line}"
+        );
+        assert!(
+            line.contains("1019, … 80 more (Too many open files (EMFILE))"),
+            "{line}"
+        );
+        assert!(line.len() < 400, "{line}");
+    }
+
+    #[test]
+    fn a_port_held_on_ipv4_only_is_still_bound_on_ipv6() {
+        let taken4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken4.local_addr().unwrap().port();
+        let free = free_port(Proto::Tcp);
+        let mut config = defaults(std::path::Path::new("p.conf"));
+        config.tcp_ports = vec![port, free];
+        let mut sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+        let families = |sensor: &BoundSensor, p: u16| -> usize {
+            sensor.listeners.values().filter(|l| l.port == p).count()
+        };
+        // The free port has both families (positive control), the held one IPv6 only.
+        assert_eq!(families(&sensor, free), 2);
+        assert_eq!(families(&sensor, port), 1);
+        assert!(
+            sensor.open_port(Mode::Tcp, port).is_err(),
+            "both halves now taken"
+        );
     }
 
     #[test]

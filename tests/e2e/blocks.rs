@@ -31,7 +31,16 @@ fn has_route(lab: &Lab, ip: &str) -> bool {
 fn deny_has(lab: &Lab, ip: &str) -> bool {
     lab.read("hosts.deny")
         .lines()
-        .any(|l| l == format!("ALL: {ip} : DENY"))
+        .any(|l| l == format!("ALL: {} : DENY", wrappers(ip)))
+}
+
+/// An address as hosts.deny holds it: IPv6 in brackets (tcp_wrappers' syntax).
+pub(crate) fn wrappers(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
 }
 
 /// Waits until `cond` holds (checked every 50 ms), at most `secs`.

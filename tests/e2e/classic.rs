@@ -137,7 +137,8 @@ fn nmap_connect_scan_over_ipv6_is_blocked_with_ipv6_route_and_history() {
         "{}",
         lab.def_routes()
     );
-    assert_eq!(lab.read("hosts.deny"), format!("ALL: {att} : DENY\n"));
+    // tcp_wrappers reads an IPv6 client only in brackets.
+    assert_eq!(lab.read("hosts.deny"), format!("ALL: [{att}] : DENY\n"));
     assert_history_line(&lab.read("portsentry.history"), att, "TCP");
 }
 

@@ -132,7 +132,7 @@ fn allowlist_veto_stops_the_built_in_route() {
 }
 
 #[test]
-fn broken_plugin_at_start_is_reported_and_the_other_responders_work() {
+fn broken_plugin_at_start_refuses_the_start_as_check_config_does() {
     let lab = Lab::new();
     let plugins = lab.path("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -148,12 +148,21 @@ fn broken_plugin_at_start_is_reported_and_the_other_responders_work() {
         plugins.display(),
         repo("lua").display()
     ));
-    let d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
-    let warning = d.expect_line("plugin not loaded, running without it", 5);
-    assert!(warning.contains("broken.lua:"), "{warning}");
-    lab.scan("-sT", "79", false);
-    d.expect_line("has been blocked via dropped route", 20);
-    d.expect_line("attackalert: ERROR: lua:broken failed for host", 5);
+    // A security daemon must not run silently without a responder it was told to run.
+    let mut d = Daemon::spawn(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    assert_eq!(d.wait_exit(20).and_then(|s| s.code()), Some(1));
+    let log = d.lines().join("\n");
+    assert!(log.contains("broken.lua:"), "{log}");
+    assert!(log.contains("configuration refused, not starting"), "{log}");
+    assert!(!log.contains("now active"), "{log}");
+    // Positive control: the fixed plugin starts.
+    std::fs::write(
+        plugins.join("broken.lua"),
+        "portsentry.on('block', function(ev) end)\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    d.stop();
 }
 
 /// `portsentry --test-plugin` for one shipped plugin, run inside the defender namespace.

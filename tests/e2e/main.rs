@@ -1,7 +1,8 @@
 //! End-to-end tests: the real daemon binary in network namespaces made by each test, real
 //! scanners (nmap) in an attacker namespace beside it; and the sensors and Lua responders
 //! driven in-process against the same lab. Needs root, iproute2, nftables, iptables,
-//! python3, nmap and systemd's `systemd-analyze` (scripts/setup-deps.sh): a test whose
+//! python3, nmap, tcpd's `tcpdmatch`, e2fsprogs and util-linux (`mkfs.ext4`,
+//! `fsfreeze`) and systemd's `systemd-analyze` (scripts/setup-deps.sh): a test whose
 //! prerequisite is missing fails.
 
 mod answers;
@@ -10,6 +11,7 @@ mod classic;
 mod config_errors;
 mod fleet;
 mod forged;
+mod hosts_deny;
 mod lab;
 mod lua;
 mod lua_plugins;

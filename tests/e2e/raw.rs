@@ -6,6 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
+use crate::blocks::wrappers;
 use crate::lab::{Daemon, Lab};
 
 /// Config lines for a daemon whose built-in responders really block: the route goes into
@@ -162,7 +163,8 @@ fn every_nmap_scan_type_is_detected_and_blocked_by_route_and_hosts_deny_per_sour
         d.expect_line(
             &format!(
                 "attackalert: Host {src} has been blocked via wrappers with string: \
-                 \"ALL: {src} : DENY\""
+                 \"ALL: {} : DENY\"",
+                wrappers(src)
             ),
             10,
         );
@@ -177,7 +179,7 @@ fn every_nmap_scan_type_is_detected_and_blocked_by_route_and_hosts_deny_per_sour
         );
         assert_eq!(
             deny.lines()
-                .filter(|l| *l == format!("ALL: {src} : DENY"))
+                .filter(|l| *l == format!("ALL: {} : DENY", wrappers(src)))
                 .count(),
             1,
             "{deny}"

@@ -422,3 +422,81 @@ fn modes_file_asking_for_other_modes_is_reported_as_needing_a_restart() {
     assert!(connect(&lab, 79));
     d.expect_line(&detection(&lab, 79), 10);
 }
+
+#[test]
+fn ignore_edit_applies_while_a_broken_config_stays_refused() {
+    let lab = Lab::new();
+    let (other4, _) = lab.add_attacker_addrs(9);
+    let d = start(&lab, "TCP_PORTS=\"79\"");
+    let conf = lab.path("portsentry.conf");
+    write_in_place(&lab, "TCP_PORTS=\"79,x\"");
+    d.expect_line("keeping configuration generation 1", RELOAD_SECS);
+    // The emergency brake: the scanner goes into the ignore file while the config is broken.
+    let ignore = lab.path("portsentry.ignore");
+    std::fs::write(&ignore, format!("127.0.0.1/32\n{}/32\n", lab.att4)).expect("ignore");
+    let said = d.expect_line("its last good version stays in force", RELOAD_SECS);
+    assert!(
+        said.contains(&format!(
+            "{} refused, its last good version stays in force; {} applied",
+            conf.display(),
+            ignore.display()
+        )),
+        "{said}"
+    );
+    in_force(&d, 2);
+    // The ignored scanner is not reported; another source is (positive control).
+    assert!(lab.connect_from(&lab.att4.clone(), 79));
+    assert!(lab.connect_from(&other4, 79));
+    d.expect_line(
+        &format!("attackalert: Connect from host: {other4}/{other4} to TCP port: 79"),
+        10,
+    );
+    assert_eq!(d.count(&detection(&lab, 79)), 0, "{:?}", d.lines());
+}
+
+#[test]
+fn a_fifo_named_at_reload_is_refused_and_later_reloads_and_sigterm_still_work() {
+    let lab = Lab::new();
+    let mut d = start(&lab, "TCP_PORTS=\"79\"");
+    let fifo = lab.path("fifo.ignore");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write_in_place(
+        &lab,
+        &format!("TCP_PORTS=\"79\"\nIGNORE_FILE=\"{}\"", fifo.display()),
+    );
+    let err = d.expect_line("adminalert: ERROR: reload refused:", RELOAD_SECS);
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    // A later valid edit still reloads (nothing is stuck on the FIFO)…
+    write_in_place(&lab, "TCP_PORTS=\"79,1524\"");
+    in_force(&d, 2);
+    connect_new_port(&lab, 1524);
+    // …and SIGTERM still stops the daemon.
+    d.signal("TERM");
+    assert!(d.wait_exit(10).is_some(), "{:?}", d.lines());
+}
+
+#[test]
+fn a_reload_that_would_refuse_a_start_is_refused_and_the_ports_stay_open() {
+    let lab = Lab::new();
+    let d = start(&lab, "TCP_PORTS=\"79\"");
+    let conf = lab.path("portsentry.conf");
+    write_in_place(&lab, "TCP_PORTS=\"\"");
+    let err = d.expect_line("adminalert: ERROR: reload refused:", RELOAD_SECS);
+    assert!(
+        err.contains(&format!(
+            "{}:1: TCP_PORTS: no port to watch in -tcp mode",
+            conf.display()
+        )),
+        "{err}"
+    );
+    d.expect_line("keeping configuration generation 1", 5);
+    assert!(
+        connect(&lab, 79),
+        "the trap port of generation 1 is still open"
+    );
+    d.expect_line(&detection(&lab, 79), 10);
+}

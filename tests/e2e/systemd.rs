@@ -3,9 +3,7 @@
 //! `systemd-analyze verify`; and hosts.deny edited under the unit's `ProtectSystem=strict`
 //! (the directory read-only, only the file writable), reproduced with a mount namespace.
 
-use std::fs::OpenOptions;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -224,31 +222,58 @@ fn longest_silence(pings: &[Instant], from: Instant, to: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-/// Plays the other end of a FIFO used as hosts.deny until `done` says stop: each responder
-/// first reads the file (it gets an empty one: a writer that closes at once), then appends
-/// its line (read and thrown away).
-fn pump_fifo(fifo: &Path, done: impl Fn() -> bool) {
-    while !done() {
-        if let Ok(w) = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(fifo)
-        {
-            drop(w);
+/// A small ext4 file system, loop-mounted in the lab, that the test can freeze: every write
+/// to it (and every open for writing) then waits, as on a hung file system, until it is
+/// thawed. Thawed and unmounted on drop, whatever the test did.
+struct FreezableFs {
+    mount: PathBuf,
+}
+
+impl FreezableFs {
+    fn new(lab: &Lab) -> FreezableFs {
+        let image = lab.path("fs.img");
+        let mount = lab.path("fs");
+        std::fs::create_dir(&mount).expect("mount point");
+        for cmd in [
+            vec!["truncate", "-s", "16M", image.to_str().unwrap()],
+            vec!["mkfs.ext4", "-q", "-F", image.to_str().unwrap()],
+            vec![
+                "mount",
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                mount.to_str().unwrap(),
+            ],
+        ] {
+            let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        if let Ok(mut r) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(fifo)
-        {
-            let until = Instant::now() + Duration::from_millis(100);
-            let mut buf = [0u8; 256];
-            while Instant::now() < until {
-                if !matches!(r.read(&mut buf), Ok(n) if n > 0) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        FreezableFs { mount }
+    }
+
+    fn freeze(&self, on: bool) {
+        let flag = if on { "-f" } else { "-u" };
+        let out = Command::new("fsfreeze")
+            .arg(flag)
+            .arg(&self.mount)
+            .output()
+            .expect("fsfreeze");
+        assert!(
+            out.status.success(),
+            "fsfreeze {flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.mount).output();
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
     }
 }
 
@@ -277,6 +302,8 @@ fn targets(net: u8, n: u8) -> Vec<String> {
 fn watchdog_pings_while_threads_move_and_stops_while_the_responder_pool_is_wedged() {
     let lab = Lab::new();
     let notify = NotifySocket::bind(&lab);
+    // Mounted before the start: the daemon's own mount namespace (`ip netns exec`) gets it.
+    let fs = FreezableFs::new(&lab);
     // Commands that hang are killed at KILL_CMD_TIMEOUT (1 s here), so a responder step may
     // last 1 s + 2 s of margin before its worker counts as stuck.
     let mut d = start(
@@ -309,16 +336,17 @@ fn watchdog_pings_while_threads_move_and_stops_while_the_responder_pool_is_wedge
     );
     assert_eq!(d.count("watchdog:"), 0, "{:?}", d.lines());
 
-    // Now a responder that never comes back: hosts.deny is a FIFO nobody opens, as a file on
-    // a hung file system would be. Eight blocks take every worker; three seconds later the
+    // Now a responder that never comes back: hosts.deny is on a frozen file system, as on a
+    // hung one. Eight blocks take every worker; three seconds later the
     // pool counts as wedged and the pings stop.
-    let fifo = lab.path("hosts.deny.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let deny = fs.mount.join("hosts.deny");
+    std::fs::write(&deny, "").expect("hosts.deny");
+    fs.freeze(true);
     save_by_rename(
         &lab,
         &format!(
             "KILL_CMD_TIMEOUT=\"1s\"\nKILL_HOSTS_DENY=\"ALL: $TARGET$\"\nHOSTS_DENY_FILE=\"{}\"",
-            fifo.display()
+            deny.display()
         ),
     );
     d.expect_line("generation 2 in force", 10);
@@ -358,17 +386,8 @@ fn watchdog_pings_while_threads_move_and_stops_while_the_responder_pool_is_wedge
     assert!(d.exited.is_none() && d.wait_exit(0).is_none());
 
     // The file answers again: the jobs finish and the pings come back.
-    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&finished);
-    let pump = {
-        let fifo = fifo.clone();
-        std::thread::spawn(move || {
-            pump_fifo(&fifo, || flag.load(std::sync::atomic::Ordering::SeqCst))
-        })
-    };
+    fs.freeze(false);
     let blocked = client.join().expect("client");
-    finished.store(true, std::sync::atomic::Ordering::SeqCst);
-    pump.join().expect("pump");
     assert!(blocked, "every block went through once the file answered");
     d.expect_line("adminalert: watchdog: every thread is moving again", 5);
     let back = Instant::now();

@@ -965,6 +965,61 @@ fn load_of_a_missing_file_is_an_error_on_line_zero() {
 }
 
 #[test]
+fn load_of_a_fifo_or_dev_zero_is_refused_at_once_naming_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portsentry.conf");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let p = path.clone();
+    let errs = crate::config::read::tests::within_5s(move || load(&p))
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errs[0].to_string(),
+        format!(
+            "{}: cannot read the configuration file: is a FIFO, not a regular file",
+            path.display()
+        )
+    );
+    let errs = crate::config::read::tests::within_5s(|| load(Path::new("/dev/zero")))
+        .unwrap_err()
+        .0;
+    assert!(
+        errs[0].message.contains("is a character device"),
+        "{}",
+        errs[0]
+    );
+    // Positive control: a regular file at the same path loads.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, format!("TCP_PORTS=\"1\"\n{ADVANCED}")).unwrap();
+    assert_eq!(load(&path).unwrap().tcp_ports, vec![1]);
+}
+
+#[test]
+fn a_huge_value_is_quoted_as_a_short_excerpt() {
+    let value = "x".repeat(1_000_000);
+    let err = error(&format!("TCP_PORTS=\"{value}\"\n"));
+    assert!(
+        err.len() < 500,
+        "{} bytes: {}",
+        err.len(),
+        &err[..400.min(err.len())]
+    );
+    assert!(
+        err.contains("… (1000000 bytes)"),
+        "{}",
+        &err[..400.min(err.len())]
+    );
+}
+
+#[test]
+fn kill_cmd_timeout_of_one_nanosecond_is_refused_with_file_and_line() {
+    assert_eq!(
+        error("KILL_CMD_TIMEOUT=\"1ns\"\n"),
+        "portsentry.conf:1: KILL_CMD_TIMEOUT: \"1ns\": too short (minimum 100ms)"
+    );
+}
+
+#[test]
 fn load_reports_syntax_and_value_errors_together_in_line_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.conf");
@@ -1453,4 +1508,24 @@ fn crowdsec_keys_go_together_and_errors_name_the_lonely_key() {
         bad[1].starts_with("f.conf:2: CROWDSEC_POLL_INTERVAL: \"10\": a bare number"),
         "{bad:?}"
     );
+}
+
+#[test]
+fn a_huge_unknown_key_is_quoted_short_and_any_message_is_capped() {
+    let key = "A".repeat(1_000_000);
+    let c = built(&format!("{key}=\"x\"\n"));
+    let w = warnings(&c);
+    assert!(w[0].len() < 300, "{} bytes", w[0].len());
+    assert!(
+        w[0].contains("… (1000000 bytes), ignored"),
+        "{}",
+        &w[0][..200]
+    );
+    let long = ConfigWarning {
+        file: "f".into(),
+        line: 1,
+        message: "x".repeat(5000),
+    };
+    assert!(long.to_string().ends_with("… (5000 bytes)"));
+    assert!(long.to_string().len() < 1100);
 }

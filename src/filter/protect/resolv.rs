@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::read::{TEXT_CAP, read_regular};
+
 /// The nameserver addresses of resolv.conf text, in file order, without duplicates.
 pub fn parse(text: &str) -> Vec<IpAddr> {
     let mut servers: Vec<IpAddr> = Vec::new();
@@ -116,15 +118,15 @@ impl ResolvFile {
         }
         match now {
             Seen::Missing => self.servers.clear(),
-            Seen::File(_) => match std::fs::read(&self.path) {
+            Seen::File(_) => match read_regular(&self.path, TEXT_CAP, "resolver file") {
                 Ok(bytes) => self.servers = parse(&String::from_utf8_lossy(&bytes)),
                 // Removed between the stat and the read: missing, seen at the next poll.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(e) if e.is_not_found() => {
                     self.servers.clear();
                     self.seen = Some(Seen::Missing);
                     return Ok(true);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
             },
         }
         self.seen = Some(now);
@@ -225,5 +227,29 @@ mod tests {
         std::fs::create_dir(&path).unwrap();
         assert!(f.poll().is_err());
         assert_eq!(f.servers(), ips(&["10.77.1.53"]));
+    }
+
+    #[test]
+    fn a_fifo_or_dev_zero_in_its_place_is_refused_at_once_and_keeps_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.77.1.53\n").unwrap();
+        let mut f = ResolvFile::new(&path);
+        f.poll().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (err, f) = crate::config::read::tests::within_5s(move || (f.poll(), f));
+        let mut f = f;
+        assert!(err.unwrap_err().to_string().contains("is a FIFO"));
+        assert_eq!(f.servers(), ips(&["10.77.1.53"]));
+        let mut zero = ResolvFile::new(Path::new("/dev/zero"));
+        let err =
+            crate::config::read::tests::within_5s(move || zero.poll().map_err(|e| e.to_string()));
+        assert!(err.unwrap_err().contains("character device"));
+        // Positive control: a regular file in its place again is read.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "nameserver 10.77.1.54\n").unwrap();
+        f.poll().unwrap();
+        assert_eq!(f.servers(), ips(&["10.77.1.54"]));
     }
 }

@@ -126,16 +126,6 @@ impl LuaError {
     }
 }
 
-/// How a plugin that fails to load is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginPolicy {
-    /// At start: log it and run without it (the other responders keep working).
-    SkipBroken,
-    /// On reload and `--check-config`: refuse the whole generation, so the previous plugin
-    /// code keeps running.
-    RefuseBroken,
-}
-
 /// Prefix of a plugin's settings: `nftables` -> `NFTABLES`, `my-plugin` -> `MY_PLUGIN`.
 pub fn setting_prefix(plugin: &str) -> String {
     plugin.to_ascii_uppercase().replace('-', "_")
@@ -579,14 +569,13 @@ impl LuaPlugins {
         }
     }
 
-    /// The running plugins of a generation (its `LUA_RESPONDERS`), with what loading them
-    /// found as config errors and warnings naming file and line. Under
-    /// [`PluginPolicy::RefuseBroken`] any plugin that fails to load is an error (a reload is
-    /// then refused whole and the previous plugins keep running); under
-    /// [`PluginPolicy::SkipBroken`] it is a warning and its responder reports failures.
+    /// The running plugins of a generation (its `LUA_RESPONDERS`). Any plugin that fails to
+    /// load is a config error naming file and line, at start, reload and `--check-config`
+    /// alike: the start is refused (a security daemon must not run without a responder it
+    /// was told to use), a reload keeps the previous plugins. Warnings: none today; the
+    /// slot keeps the signature of [`crate::generation::Built`].
     pub fn for_generation(
         generation: &Generation,
-        policy: PluginPolicy,
     ) -> Result<(LuaPlugins, Vec<ConfigWarning>), ConfigErrors> {
         let config = &generation.config;
         let as_error = |e: &LuaError| {
@@ -602,21 +591,7 @@ impl LuaPlugins {
         if errors.is_empty() {
             return Ok((lua, Vec::new()));
         }
-        if policy == PluginPolicy::RefuseBroken {
-            return Err(ConfigErrors(errors.iter().map(as_error).collect()));
-        }
-        let warnings = errors
-            .iter()
-            .map(|e| {
-                let (file, line) = e.location(config);
-                ConfigWarning {
-                    file,
-                    line,
-                    message: format!("plugin not loaded, running without it: {e}"),
-                }
-            })
-            .collect();
-        Ok((lua, warnings))
+        Err(ConfigErrors(errors.iter().map(as_error).collect()))
     }
 
     /// Loads every plugin in `LUA_RESPONDERS`; the first failure (in that order) is returned,

@@ -262,7 +262,8 @@ pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, String> {
             MAX_SOURCE
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = crate::config::read::read_regular(path, MAX_SOURCE, "plugin source")
+        .map_err(|e| format!("cannot read: {}", e.reason()))?;
     if bytes.first() == Some(&0x1b) {
         return Err("binary (precompiled) chunks are not accepted; load the .lua source".into());
     }
