@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::block::manager::{BlockRequest, BlockRequester};
 use crate::config::BlockLevel;
-use crate::event::Alert;
+use crate::event::Candidate;
 use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
 use crate::report;
@@ -57,7 +57,7 @@ impl Announcer {
     }
 
     /// Handles one alert from the filters.
-    pub fn handle(&mut self, alert: &Alert) {
+    pub fn handle(&mut self, alert: &Candidate) {
         let config = Arc::clone(&self.generation.config);
         let ip = alert.hit.src;
         let resolved = if config.resolve_host {

@@ -1,5 +1,5 @@
-//! The data that flows through the pipeline: a probe seen by a sensor (`Hit`) and the
-//! same probe once it has crossed the filters (`Alert`).
+//! The data that flows through the pipeline: a probe seen by a sensor (`Hit`) and the same
+//! probe as a `Candidate` while the filters judge it and after it crossed them.
 //!
 //! Everything here is plain data so that sensors, filters, responders, tests and benches
 //! can build and inspect it without any runtime attached.
@@ -223,9 +223,13 @@ impl Hit {
     }
 }
 
-/// A hit that crossed the ignore list and SCAN_TRIGGER: something to report and maybe act on.
+/// A probe under judgement: the filters take it as a candidate, the trigger fills in the
+/// evidence, and one that crossed them all is logged and, only when `actionable` and not
+/// `already_blocked`, handed on for a block. Not named "alert": most candidates that reach the
+/// log are below the forgeable trigger and nothing is done about them; responders and Lua
+/// handlers still see it as "the alert" when a block does follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
+pub struct Candidate {
     /// The probe that crossed the trigger.
     pub hit: Hit,
     /// Distinct (protocol, port) probes from this source within the trigger window.

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::block::journal::UnblockReason;
 use crate::block::{BlockRecord, target_text};
 use crate::config::Config;
-use crate::event::Alert;
+use crate::event::Candidate;
 use crate::report;
 use crate::respond::undo::UndoOutcome;
 
@@ -153,7 +153,7 @@ pub struct Event {
 
 impl Event {
     /// The event of an alert the announcing thread handles.
-    pub fn alert(alert: &Alert, resolved: &str) -> Event {
+    pub fn alert(alert: &Candidate, resolved: &str) -> Event {
         let hit = &alert.hit;
         Event {
             time: hit.time,

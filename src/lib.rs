@@ -1,7 +1,7 @@
 //! PortSentry, rebuilt: detects port scans and blocks the scanner.
 //!
 //! The pipeline reads top to bottom: [`sensor`]s produce [`event::Hit`]s, [`pipeline`] runs
-//! them through the [`filter`]s and hands the [`event::Alert`]s that crossed the trigger to
+//! them through the [`filter`]s and hands the [`event::Candidate`]s that crossed the trigger to
 //! the [`announce`] thread, which logs them and asks the [`block`] manager to block; the
 //! manager runs the [`respond`]ers on its worker pool. The [`config`] arrives from the side as
 //! a whole new [`generation::Generation`].

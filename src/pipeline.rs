@@ -18,7 +18,7 @@ use crossbeam_channel::{
 };
 
 use crate::announce::Announcer;
-use crate::event::{Alert, Hit};
+use crate::event::{Candidate, Hit};
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
@@ -65,7 +65,7 @@ enum FilterMsg {
 }
 
 enum ResponseMsg {
-    Alert(Alert),
+    Alert(Candidate),
     Reload(Generation, LuaPlugins),
 }
 
@@ -338,7 +338,7 @@ impl FilterWorker {
     fn inspect(&mut self, hit: Hit) {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         self.stats.hits_by_mode[hit.mode.index()].fetch_add(1, Ordering::Relaxed);
-        let mut candidate = Alert {
+        let mut candidate = Candidate {
             hit,
             count: 0,
             already_blocked: false,

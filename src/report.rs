@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::event::{Alert, Mode, ProbeKind, Proto};
+use crate::event::{Candidate, Mode, ProbeKind, Proto};
 use crate::protected::Reason;
 
 /// `resolved/ip`, as 1.2 prints a host; with `RESOLVE_HOST=0` both halves are the IP.
@@ -15,7 +15,7 @@ fn host_pair(resolved: &str, ip: IpAddr) -> String {
 }
 
 /// The detection line for an alert (classic connect, or a raw probe named by its flags).
-pub fn detection(alert: &Alert, resolved: &str) -> String {
+pub fn detection(alert: &Candidate, resolved: &str) -> String {
     let hit = &alert.hit;
     let host = host_pair(resolved, hit.src);
     let proto = hit.proto().upper();
@@ -41,7 +41,7 @@ pub fn detection(alert: &Alert, resolved: &str) -> String {
 }
 
 /// 1.2's note that a raw IPv4 probe carried IP options.
-pub fn ip_options(alert: &Alert, resolved: &str) -> String {
+pub fn ip_options(alert: &Candidate, resolved: &str) -> String {
     format!(
         "attackalert: Packet from host: {} to {} port: {} has IP options set (detection avoidance technique).",
         host_pair(resolved, alert.hit.src),
@@ -51,7 +51,7 @@ pub fn ip_options(alert: &Alert, resolved: &str) -> String {
 }
 
 /// 1.2's "already blocked" line; raw and classic modes worded it differently.
-pub fn already_blocked(alert: &Alert, resolved: &str) -> String {
+pub fn already_blocked(alert: &Candidate, resolved: &str) -> String {
     if alert.hit.mode.is_raw() {
         format!(
             "attackalert: Host: {} is already blocked Ignoring",
@@ -68,7 +68,7 @@ pub fn already_blocked(alert: &Alert, resolved: &str) -> String {
 /// Ours: a probe from a host whose block is being applied (or lifted) right now; no second
 /// block is started.
 /// Worded like 1.2's "already blocked" line of the same mode, so a grep for one finds both.
-pub fn block_in_progress(alert: &Alert, resolved: &str) -> String {
+pub fn block_in_progress(alert: &Candidate, resolved: &str) -> String {
     if alert.hit.mode.is_raw() {
         format!(
             "attackalert: Host: {} block in progress Ignoring",
@@ -491,7 +491,7 @@ pub fn protection_reason(reason: Reason) -> String {
 
 /// Ours: a probe from a protected address was not acted on (logged once per address per
 /// hour, so a forged flood "from" the gateway costs one line).
-pub fn protected(alert: &Alert, reason: Reason) -> String {
+pub fn protected(alert: &Candidate, reason: Reason) -> String {
     let hit = &alert.hit;
     format!(
         "attackalert: Host {} is protected ({}) and will not be blocked: {} to {} port {}",
@@ -844,8 +844,8 @@ mod tests {
     use crate::event::Hit;
     use std::net::Ipv4Addr;
 
-    fn alert(mode: Mode, kind: ProbeKind) -> Alert {
-        Alert {
+    fn alert(mode: Mode, kind: ProbeKind) -> Candidate {
+        Candidate {
             hit: Hit::now(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 6)), 135, mode, kind),
             count: 1,
             already_blocked: false,

@@ -25,7 +25,7 @@ use super::policy::{DurationPolicy, Past};
 use super::view::BlockView;
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
 use crate::config::BlockLevel;
-use crate::event::{Alert, Hit, Mode, ProbeKind, Proto};
+use crate::event::{Candidate, Hit, Mode, ProbeKind, Proto};
 use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
@@ -96,7 +96,7 @@ pub const NOTE_QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct BlockRequest {
     /// The alert that crossed the filters.
-    pub alert: Alert,
+    pub alert: Candidate,
     /// Reverse-DNS name or the address, as logged.
     pub resolved: String,
 }
@@ -996,7 +996,7 @@ impl Manager {
         &mut self,
         target: Target,
         mut applying: Applying,
-        alert: Alert,
+        alert: Candidate,
         resolved: String,
         level: BlockLevel,
     ) {
@@ -1706,13 +1706,13 @@ fn loopback_of(ip: IpAddr) -> IpAddr {
 
 /// The alert responders see for a block without a live probe (by hand, restored): the
 /// target's address, the trigger's port and mode when known, else port 0 over TCP.
-fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) -> Alert {
+fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) -> Candidate {
     let (port, mode) = trigger.map_or((0, Mode::Tcp), |t| (t.port, t.mode));
     let kind = match mode.proto() {
         Proto::Tcp => ProbeKind::Connect,
         Proto::Udp => ProbeKind::Udp,
     };
-    Alert {
+    Candidate {
         hit: Hit {
             src: target.addr(),
             port,
@@ -1734,7 +1734,7 @@ mod tests {
 
     fn request(ip: &str) -> BlockRequest {
         BlockRequest {
-            alert: Alert {
+            alert: Candidate {
                 hit: Hit::now(ip.parse().unwrap(), 79, Mode::Tcp, ProbeKind::Connect),
                 count: 1,
                 already_blocked: false,

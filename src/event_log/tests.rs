@@ -10,8 +10,8 @@ use crate::block::{Origin, Trigger, parse_target};
 use crate::event::{Hit, Mode, ProbeKind, Proto};
 use crate::respond::{Action, Undo};
 
-fn alert(src: &str, port: u16) -> Alert {
-    Alert {
+fn alert(src: &str, port: u16) -> Candidate {
+    Candidate {
         hit: Hit {
             src: src.parse().unwrap(),
             port,

@@ -10,7 +10,7 @@ use super::{Filter, Verdict};
 use crate::block::view::BlockView;
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
-use crate::event::Alert;
+use crate::event::Candidate;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl Filter for BlockedFilter {
         "blocked"
     }
 
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
+    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
         candidate.already_blocked = self.view.is_blocked(candidate.hit.src);
         Verdict::Pass
     }

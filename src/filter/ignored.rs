@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
-use crate::event::Alert;
+use crate::event::Candidate;
 use crate::local_addrs::LocalAddrs;
 
 /// First filter: drops probes from ignored sources and from this host itself (loopback, the
@@ -31,7 +31,7 @@ impl IgnoreFilter {
     }
 
     /// The decision, with the clock passed in so that the local-address refresh is testable.
-    pub fn inspect_at(&mut self, candidate: &Alert, now: Instant) -> Verdict {
+    pub fn inspect_at(&mut self, candidate: &Candidate, now: Instant) -> Verdict {
         let src = candidate.hit.src.to_canonical();
         if src.is_loopback() || src.is_unspecified() || self.list.contains(src) {
             return Verdict::Drop(DropReason::Ignored);
@@ -49,7 +49,7 @@ impl Filter for IgnoreFilter {
         "ignore"
     }
 
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
+    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
         self.inspect_at(candidate, Instant::now())
     }
 
@@ -74,8 +74,8 @@ mod tests {
         IgnoreList::parse(Path::new("portsentry.ignore"), text).unwrap()
     }
 
-    fn alert(src: &str) -> Alert {
-        Alert {
+    fn alert(src: &str) -> Candidate {
+        Candidate {
             hit: Hit::now(ip(src), 111, Mode::Stcp, ProbeKind::Syn),
             count: 0,
             already_blocked: false,

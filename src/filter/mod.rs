@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
-use crate::event::Alert;
+use crate::event::Candidate;
 
 /// Why a filter stopped a probe; counted and logged at debug level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub trait Filter: Send {
     fn name(&self) -> &'static str;
 
     /// Decides on one candidate; may fill in its fields.
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict;
+    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict;
 
     /// Follows a new config generation (its config and ignore list), keeping whatever state
     /// should survive a reload.

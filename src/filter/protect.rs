@@ -36,7 +36,7 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
-use crate::event::Alert;
+use crate::event::Candidate;
 use crate::report;
 
 pub use crate::protected::{Peer, ProtectView, Reason, Snapshot};
@@ -198,7 +198,7 @@ impl ProtectFilter {
     }
 
     /// The decision, and the line to log when this probe's is due, with the clock passed in.
-    pub fn inspect_at(&mut self, candidate: &Alert, now: Instant) -> (Verdict, Option<String>) {
+    pub fn inspect_at(&mut self, candidate: &Candidate, now: Instant) -> (Verdict, Option<String>) {
         let version = self.view.version();
         if version != self.cached_version {
             self.cached = self.view.snapshot();
@@ -223,7 +223,7 @@ impl Filter for ProtectFilter {
         "protect"
     }
 
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
+    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
         let (verdict, line) = self.inspect_at(candidate, Instant::now());
         if let Some(line) = line {
             log::info!("{line}");
@@ -334,10 +334,10 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn alert_at(src: &str, time: SystemTime) -> Alert {
+    fn alert_at(src: &str, time: SystemTime) -> Candidate {
         let mut hit = Hit::now(ip(src), 22, Mode::Stcp, ProbeKind::Syn);
         hit.time = time;
-        Alert {
+        Candidate {
             hit,
             count: 0,
             already_blocked: false,

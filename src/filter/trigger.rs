@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
-use crate::event::{Alert, Proto};
+use crate::event::{Candidate, Proto};
 
 /// What the table concluded about one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +330,7 @@ impl TriggerFilter {
 
     /// The decision, with the clock passed in: fills `count` and `actionable`, drops below
     /// the trigger.
-    pub fn inspect_at(&mut self, candidate: &mut Alert, now: Instant) -> Verdict {
+    pub fn inspect_at(&mut self, candidate: &mut Candidate, now: Instant) -> Verdict {
         let hit = &candidate.hit;
         let proven = hit.kind.is_proven();
         let obs = self
@@ -356,7 +356,7 @@ impl Filter for TriggerFilter {
         "trigger"
     }
 
-    fn inspect(&mut self, candidate: &mut Alert) -> Verdict {
+    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
         self.inspect_at(candidate, Instant::now())
     }
 
@@ -681,8 +681,8 @@ mod tests {
         assert_eq!(t.len(), 2);
     }
 
-    fn alert(src: &str, port: u16, mode: Mode) -> Alert {
-        Alert {
+    fn alert(src: &str, port: u16, mode: Mode) -> Candidate {
+        Candidate {
             hit: Hit::now(ip(src), port, mode, ProbeKind::Syn),
             count: 0,
             already_blocked: false,
@@ -805,7 +805,7 @@ mod tests {
         config.forgeable_scan_trigger = 2;
         let mut f = TriggerFilter::new(&config);
         let t0 = Instant::now();
-        let alert = |port, kind| Alert {
+        let alert = |port, kind| Candidate {
             hit: Hit::now(ip("10.0.0.9"), port, Mode::Stcp, kind),
             count: 0,
             already_blocked: false,

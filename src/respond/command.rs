@@ -106,10 +106,10 @@ pub fn run_shell(command_line: &str, timeout: Duration) -> CommandReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Alert, Hit, Mode, ProbeKind};
+    use crate::event::{Candidate, Hit, Mode, ProbeKind};
 
-    fn alert() -> Alert {
-        Alert {
+    fn alert() -> Candidate {
+        Candidate {
             hit: Hit::now(
                 "fd77::9".parse().unwrap(),
                 31337,

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::event::Alert;
+use crate::event::Candidate;
 pub use crate::record::{Action, Target, Undo};
 
 /// Everything a responder may need about one block (or, for Lua `alert` handlers, one
@@ -29,7 +29,7 @@ pub use crate::record::{Action, Target, Undo};
 pub struct ResponseContext<'a> {
     /// The alert being acted on: the probe behind a scan block, a stand-in (port 0) for a
     /// block made by hand or restored from the journal.
-    pub alert: &'a Alert,
+    pub alert: &'a Candidate,
     /// Who is blocked: the alert's source, or a network for blocks made by hand.
     pub target: Target,
     /// Reverse-DNS name when `RESOLVE_HOST=1` found one, else the IP as text.
@@ -46,7 +46,7 @@ pub struct ResponseContext<'a> {
 impl<'a> ResponseContext<'a> {
     /// The context of a new, permanent block of the alert's source (Lua `alert` handlers,
     /// tests).
-    pub fn for_alert(alert: &'a Alert, resolved: &'a str, config: &'a Config) -> Self {
+    pub fn for_alert(alert: &'a Candidate, resolved: &'a str, config: &'a Config) -> Self {
         ResponseContext {
             alert,
             target: crate::record::host_target(alert.hit.src),
@@ -121,7 +121,7 @@ pub(crate) fn respond_once(
     kind: crate::event::ProbeKind,
 ) -> Outcome {
     let config = crate::config::build::defaults(std::path::Path::new("portsentry.conf"));
-    let alert = Alert {
+    let alert = Candidate {
         hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
         count: 1,
         already_blocked: false,

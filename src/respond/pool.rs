@@ -20,7 +20,7 @@ use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
 use crate::config::{BlockLevel, Config};
-use crate::event::Alert;
+use crate::event::Candidate;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::record::{BlockRecord, Target, target_text};
@@ -165,7 +165,7 @@ pub struct ApplyJob {
     /// Who is blocked.
     pub target: Target,
     /// The probe behind it (a stand-in for blocks made by hand or restored).
-    pub alert: Alert,
+    pub alert: Candidate,
     /// Reverse-DNS name or the address.
     pub resolved: String,
     /// Which responders run.
@@ -482,7 +482,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         crate::event::Proto::Tcp => crate::event::ProbeKind::Connect,
         crate::event::Proto::Udp => crate::event::ProbeKind::Udp,
     };
-    let alert = Alert {
+    let alert = Candidate {
         hit: crate::event::Hit {
             src: record.target.addr(),
             port,

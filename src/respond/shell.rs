@@ -126,7 +126,7 @@ mod tests {
     fn undo_under(r: &mut ShellResponder, text: &str) -> Undo {
         let raw = crate::config::parse(std::path::Path::new("p.conf"), text).unwrap();
         let config = crate::config::build(&raw).unwrap();
-        let alert = crate::event::Alert {
+        let alert = crate::event::Candidate {
             hit: crate::event::Hit::now(
                 "10.77.1.2".parse().unwrap(),
                 79,

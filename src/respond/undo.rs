@@ -128,7 +128,7 @@ fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Alert, Hit, Mode, ProbeKind};
+    use crate::event::{Candidate, Hit, Mode, ProbeKind};
 
     fn undo(undo: Undo) -> UndoOutcome {
         undo_within(undo, Duration::from_secs(5))
@@ -136,7 +136,7 @@ mod tests {
 
     fn undo_within(undo: Undo, timeout: Duration) -> UndoOutcome {
         let config = crate::config::build::defaults(std::path::Path::new("p.conf"));
-        let alert = Alert {
+        let alert = Candidate {
             hit: Hit::now(
                 "10.77.1.2".parse().unwrap(),
                 79,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use portsentry::config::Config;
-use portsentry::event::{Alert, Hit, Mode, ProbeKind, Proto};
+use portsentry::event::{Candidate, Hit, Mode, ProbeKind, Proto};
 use portsentry::respond::lua::{HostProgram, LuaError, LuaPlugins, test_plugin};
 use portsentry::respond::undo::UnblockReason;
 use portsentry::respond::{Outcome, ResponseContext, Undo};
@@ -50,7 +50,7 @@ fn try_plugin(plugin: &Path, target: &str, config: &Config) -> (i32, String) {
 
 /// Runs the responders of `plugins` for one alert, as the pipeline does.
 fn respond(plugins: &LuaPlugins, config: &Config, target: &str, resolved: &str) -> Vec<Outcome> {
-    let alert = Alert {
+    let alert = Candidate {
         hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
@@ -188,7 +188,7 @@ fn unblock(
     plugin: &str,
     target: &str,
 ) -> Result<String, String> {
-    let alert = Alert {
+    let alert = Candidate {
         hit: Hit::now(ip(target), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
@@ -250,7 +250,7 @@ fn nftables_element_timeout_follows_the_block_time_left() {
         &[("NFTABLES_NETNS", &lab.def), ("NFTABLES_TIMEOUT", "1d")],
     );
     let plugins = LuaPlugins::load(&c).expect("nftables loads");
-    let alert = Alert {
+    let alert = Candidate {
         hit: Hit::now(ip("192.0.2.7"), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,
@@ -421,7 +421,7 @@ fn mail_plugin_stays_quiet_for_restored_blocks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (c, spool) = mail_config(dir.path(), &[]);
     let plugins = LuaPlugins::load(&c).expect("mail loads");
-    let alert = Alert {
+    let alert = Candidate {
         hit: Hit::now(ip("192.0.2.1"), 31337, Mode::Stcp, ProbeKind::Syn),
         count: 1,
         already_blocked: false,

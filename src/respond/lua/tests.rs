@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::event::{Alert, Hit, Mode, ProbeKind};
+use crate::event::{Candidate, Hit, Mode, ProbeKind};
 use crate::respond::UnblockReason;
 
 struct Fixture {
@@ -49,9 +49,9 @@ impl Fixture {
     }
 }
 
-fn alert(ip: &str, port: u16) -> Alert {
+fn alert(ip: &str, port: u16) -> Candidate {
     let ip: IpAddr = ip.parse().expect("ip");
-    Alert {
+    Candidate {
         hit: Hit::now(ip, port, Mode::Stcp, ProbeKind::Syn),
         count: 3,
         already_blocked: false,

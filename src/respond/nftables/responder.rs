@@ -240,7 +240,7 @@ mod tests {
     fn a_network_is_skipped_and_a_closed_backend_fails_without_the_kernel() {
         let mut r = NftResponder::new(NftHandle::closed());
         let c = config();
-        let alert = crate::event::Alert {
+        let alert = crate::event::Candidate {
             hit: crate::event::Hit::now(
                 "10.77.1.0".parse().unwrap(),
                 0,
