@@ -17,7 +17,7 @@ use signal_hook::iterator::Signals;
 use crate::announce::Announcer;
 use crate::block::manager::BlockManager;
 use crate::config::preflight::{key_line, preflight};
-use crate::config::watch::{ConfigWatcher, WatchSet, WatchTiming};
+use crate::config::watcher::{ConfigWatcher, WatchSet, WatchTiming};
 use crate::config::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::control::metrics::{MetricsServer, Sources};
 use crate::control::notify;

@@ -39,7 +39,7 @@ impl Generation {
     /// [`ConfigErrors`] naming file and line, so that a bad file refuses the reload instead
     /// of half-applying it. It must not touch running state (sockets, the blocked set): a
     /// refused generation is simply dropped. The files it reads are the ones
-    /// [`crate::config::watch::WatchSet::for_config`] watches; a new kind of source file
+    /// [`crate::config::watcher::WatchSet::for_config`] watches; a new kind of source file
     /// should be added there too.
     pub fn load(number: u64, config_path: &Path) -> Result<Loaded, ConfigErrors> {
         let config = crate::config::load(config_path)?;

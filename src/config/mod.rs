@@ -12,7 +12,7 @@ pub mod ports;
 pub mod preflight;
 pub mod read;
 pub mod unkill;
-pub mod watch;
+pub mod watcher;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

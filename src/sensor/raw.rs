@@ -9,7 +9,7 @@
 //! 2. [`capture`] reads it with the kernel's checksum verdict.
 //! 3. What this host sent is named by [`classify::outgoing`] and, if it left from one of
 //!    this host's addresses and a watched port, remembered in the [`flows`] table.
-//! 4. What came in is named by [`classify::inspect`] (pure function), and [`watch`] decides
+//! 4. What came in is named by [`classify::inspect`] (pure function), and [`watched`] decides
 //!    whether it counts: sent to one of this host's addresses, to a watched port with no
 //!    listener. Then it must not answer a flow this host started ([`flows`]), and a UDP
 //!    datagram, bare ACK or FIN+ACK must not be taken by a socket the kernel knows of at
@@ -30,7 +30,7 @@ pub mod capture;
 pub mod flows;
 pub mod live;
 pub mod ports;
-pub mod watch;
+pub mod watched;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -53,7 +53,7 @@ use self::bpf::{BuildError, Program};
 use self::capture::{Capture, Packet};
 use self::flows::Flows;
 use self::live::LiveSockets;
-use self::watch::Watch;
+use self::watched::Watch;
 use crate::local_addrs::LocalAddrs;
 
 /// How often listeners and host addresses are re-read: a service that starts or stops is
