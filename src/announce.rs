@@ -12,7 +12,7 @@ use crate::config::BlockLevel;
 use crate::event::Candidate;
 use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
-use crate::report;
+use crate::log_lines;
 use crate::respond::ResponseContext;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::resolve::{Resolver, system_lookup};
@@ -65,12 +65,12 @@ impl Announcer {
         } else {
             ip.to_string()
         };
-        log::info!("{}", report::detection(alert, &resolved));
+        log::info!("{}", log_lines::detection(alert, &resolved));
         if self.events.enabled() {
             self.events.send(Event::alert(alert, &resolved));
         }
         if alert.hit.ip_options {
-            log::info!("{}", report::ip_options(alert, &resolved));
+            log::info!("{}", log_lines::ip_options(alert, &resolved));
         }
         // Below the forgeable trigger an alert is logged (within the budget) but neither
         // acted on nor handed to the plugins, whose "alert" event means one that may block.
@@ -79,7 +79,7 @@ impl Announcer {
                 .on_alert(&ResponseContext::for_alert(alert, &resolved, &config));
         }
         if alert.already_blocked {
-            log::info!("{}", report::already_blocked(alert, &resolved));
+            log::info!("{}", log_lines::already_blocked(alert, &resolved));
             return;
         }
         if !alert.actionable {
@@ -87,7 +87,7 @@ impl Announcer {
         }
         let proto = alert.hit.proto();
         if config.block_level(proto) == BlockLevel::LogOnly {
-            log::info!("{}", report::ignoring_response(proto));
+            log::info!("{}", log_lines::ignoring_response(proto));
             return;
         }
         let request = BlockRequest {
@@ -97,7 +97,7 @@ impl Announcer {
         if !self.blocks.request(request) {
             log::warn!(
                 "{}",
-                report::block_dropped(&ip.to_string(), "too many hosts waiting to be blocked")
+                log_lines::block_dropped(&ip.to_string(), "too many hosts waiting to be blocked")
             );
         }
     }

@@ -32,8 +32,8 @@ use crate::filter::standard_chain;
 use crate::generation::{Generation, Reloaded};
 use crate::heartbeat;
 use crate::history::History;
+use crate::log_lines;
 use crate::pipeline::Pipeline;
-use crate::report;
 use crate::respond::lua::LuaPlugins;
 use crate::sensor::bound::BoundSensor;
 use crate::sensor::raw::RawSensor;
@@ -106,7 +106,7 @@ fn log_warnings(warnings: &[ConfigWarning], modes: &[Mode]) {
         if !advanced && w.message.starts_with("ADVANCED_PORTS_") {
             continue;
         }
-        log::warn!("{}", report::warning(w));
+        log::warn!("{}", log_lines::warning(w));
     }
 }
 
@@ -140,12 +140,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     log::info!(
         "{}",
-        report::starting(env!("CARGO_PKG_VERSION"), &options.modes)
+        log_lines::starting(env!("CARGO_PKG_VERSION"), &options.modes)
     );
     // The same checks as `--check-config`: a plugin that does not load and a file that the
     // modes cannot run with refuse the start, with file and line.
     let refused =
-        |e: ConfigErrors| anyhow::anyhow!("{e}\n{}", report::config_refused_not_starting());
+        |e: ConfigErrors| anyhow::anyhow!("{e}\n{}", log_lines::config_refused_not_starting());
     let (generation, mut warnings) = Generation::load(1, &options.config_path).map_err(refused)?;
     let problems = preflight(&generation.config, &options.modes);
     if !problems.is_empty() {
@@ -198,7 +198,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     for sensor in sensors {
         handles.push(spawn_sensor(sensor, pipeline.sink())?);
     }
-    log::info!("{}", report::active());
+    log::info!("{}", log_lines::active());
     notify::ready(&notify::in_force(generation.number, &options.modes));
     let watchdog = notify::Watchdog::start();
 
@@ -240,7 +240,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    log::info!("{}", report::shutting_down());
+    log::info!("{}", log_lines::shutting_down());
     notify::stopping();
     if let Some(w) = watchdog {
         w.stop();
@@ -273,7 +273,7 @@ fn start_control(path: &Path, calls: Sender<ControlCall>) -> anyhow::Result<Opti
         Ok(server) => Ok(Some(server)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!("{e}")),
         Err(e) => {
-            log::warn!("{}", report::no_control_socket(e));
+            log::warn!("{}", log_lines::no_control_socket(e));
             Ok(None)
         }
     }
@@ -365,7 +365,7 @@ fn start_watcher(
     match ConfigWatcher::start(set, requests, DaemonRequest::Reload, WatchTiming::default()) {
         Ok(w) => Some(w),
         Err(e) => {
-            log::warn!("{}", report::config_not_watched(e));
+            log::warn!("{}", log_lines::config_not_watched(e));
             None
         }
     }
@@ -479,15 +479,15 @@ impl Reloader<'_> {
                 }
                 log::info!(
                     "{}",
-                    report::config_reloaded(self.current.number, started.elapsed().as_millis())
+                    log_lines::config_reloaded(self.current.number, started.elapsed().as_millis())
                 );
                 Ok(self.current.number)
             }
             Err(errors) => {
                 for e in &errors.0 {
-                    log::error!("{}", report::reload_refused(e));
+                    log::error!("{}", log_lines::reload_refused(e));
                 }
-                log::error!("{}", report::keeping_generation(self.current.number));
+                log::error!("{}", log_lines::keeping_generation(self.current.number));
                 // Watch what the broken text names too, so that fixing it is seen.
                 if let Some(w) = self.watcher {
                     w.follow(
@@ -535,9 +535,9 @@ impl Reloader<'_> {
             Ok(modes) if modes == self.options.modes => {}
             Ok(modes) => log::warn!(
                 "{}",
-                report::modes_need_restart(path, &modes, &self.options.modes)
+                log_lines::modes_need_restart(path, &modes, &self.options.modes)
             ),
-            Err(e) => log::warn!("{}", report::modes_unchanged(e)),
+            Err(e) => log::warn!("{}", log_lines::modes_unchanged(e)),
         }
     }
 
@@ -571,7 +571,7 @@ impl Reloader<'_> {
             .pipeline
             .sync(deadline.saturating_duration_since(Instant::now()))
         {
-            log::warn!("{}", report::filters_slow_to_reload());
+            log::warn!("{}", log_lines::filters_slow_to_reload());
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::block::journal::UnblockReason;
 use crate::block::{BlockRecord, target_text};
 use crate::config::Config;
 use crate::event::Candidate;
-use crate::report;
+use crate::log_lines;
 use crate::respond::undo::UndoOutcome;
 
 /// Events waiting for the writer at most; beyond, an event is dropped and counted.
@@ -541,7 +541,7 @@ impl Writer {
         self.flush();
         let Some(path) = path else {
             if let Some(old) = self.path.take() {
-                log::info!("{}", crate::report::event_log_closed(&old));
+                log::info!("{}", crate::log_lines::event_log_closed(&old));
             }
             self.file = None;
             return;
@@ -549,7 +549,7 @@ impl Writer {
         match open_append(&path) {
             Ok(file) => {
                 if self.path.as_ref() != Some(&path) {
-                    log::info!("{}", crate::report::event_log_opened(&path));
+                    log::info!("{}", crate::log_lines::event_log_opened(&path));
                 }
                 self.file = Some(BufWriter::with_capacity(64 * 1024, file));
                 self.path = Some(path);
@@ -558,9 +558,9 @@ impl Writer {
             Err(e) => match &self.path {
                 Some(old) if self.file.is_some() => log::error!(
                     "{}",
-                    crate::report::event_log_open_failed_keeping(&path, e, old)
+                    crate::log_lines::event_log_open_failed_keeping(&path, e, old)
                 ),
-                _ => log::error!("{}", crate::report::event_log_open_failed(&path, e)),
+                _ => log::error!("{}", crate::log_lines::event_log_open_failed(&path, e)),
             },
         }
     }
@@ -577,7 +577,7 @@ impl Writer {
         }
         self.line.clear();
         if let Err(e) = event.encode(&self.host, &mut self.line) {
-            log::error!("{}", crate::report::event_encode_failed(e));
+            log::error!("{}", crate::log_lines::event_encode_failed(e));
             return;
         }
         self.line.push(b'\n');
@@ -601,7 +601,7 @@ impl Writer {
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         if !self.failing {
             let path = self.path.as_deref().unwrap_or(Path::new("?"));
-            log::error!("{}", crate::report::event_log_write_failed(path, e));
+            log::error!("{}", crate::log_lines::event_log_write_failed(path, e));
             self.failing = true;
         }
     }
@@ -619,7 +619,7 @@ impl Writer {
         self.reported = now;
         if over + full > 0 {
             let path = self.path.as_deref().unwrap_or(Path::new("EVENT_LOG"));
-            log::warn!("{}", report::events_not_written(path, over, full, secs));
+            log::warn!("{}", log_lines::events_not_written(path, over, full, secs));
         }
     }
 }

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::report;
+use crate::log_lines;
 
 /// How old the address set may get before it is re-read: short enough that a new DHCP lease
 /// is covered almost at once (the raw sensor's listener refresh runs at the same pace), long
@@ -181,7 +181,7 @@ impl LocalAddrs {
             Err(e) => {
                 log::warn!(
                     "{}",
-                    report::refresh_failed("the host addresses", &e.to_string())
+                    log_lines::refresh_failed("the host addresses", &e.to_string())
                 );
                 if let Some(read) = crate::sync::lock(&LAST_READ).as_ref() {
                     self.addrs = Arc::clone(&read.set);

@@ -243,7 +243,7 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
                 root = root.appender("syslog");
             }
             Err(e) => {
-                note = Some(crate::report::syslog_unavailable(path, e));
+                note = Some(crate::log_lines::syslog_unavailable(path, e));
             }
         }
     }

@@ -22,8 +22,8 @@ use crate::event::{Candidate, Hit};
 use crate::filter::{DropReason, Filter, Verdict};
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
+use crate::log_lines;
 use crate::logging;
-use crate::report;
 use crate::respond::lua::LuaPlugins;
 use crate::sensor::HitSink;
 
@@ -184,10 +184,10 @@ impl DropReport {
         let secs = now.duration_since(self.since).as_secs().max(1);
         let mut lines = Vec::new();
         if counts.0 > self.reported.0 {
-            lines.push(report::probes_dropped(counts.0 - self.reported.0, secs));
+            lines.push(log_lines::probes_dropped(counts.0 - self.reported.0, secs));
         }
         if counts.1 > self.reported.1 {
-            lines.push(report::alerts_dropped(counts.1 - self.reported.1, secs));
+            lines.push(log_lines::alerts_dropped(counts.1 - self.reported.1, secs));
         }
         for line in &lines {
             log::warn!("{line}");
@@ -263,7 +263,7 @@ impl LogBudget {
         if self.probes == 0 {
             return None;
         }
-        let line = report::not_acted_on(
+        let line = log_lines::not_acted_on(
             self.probes,
             self.sources.len() as u64,
             self.capped,
@@ -435,7 +435,7 @@ mod tests {
         let line = b.summary(t0 + Duration::from_secs(10)).unwrap();
         assert_eq!(
             line,
-            report::not_acted_on(2000, 1001, false, 150, 10),
+            log_lines::not_acted_on(2000, 1001, false, 150, 10),
             "{line}"
         );
         assert!(
@@ -462,12 +462,15 @@ mod tests {
         let t1 = t0 + DROP_REPORT_INTERVAL;
         assert_eq!(
             r.report((7, 2), t1 + Duration::from_secs(3)),
-            vec![report::probes_dropped(7, 3), report::alerts_dropped(2, 3)]
+            vec![
+                log_lines::probes_dropped(7, 3),
+                log_lines::alerts_dropped(2, 3)
+            ]
         );
         // Only what grew since is reported next time.
         assert_eq!(
             r.report((7, 5), t1 + Duration::from_secs(13)),
-            vec![report::alerts_dropped(3, 10)]
+            vec![log_lines::alerts_dropped(3, 10)]
         );
     }
 }

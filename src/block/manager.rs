@@ -31,8 +31,8 @@ use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::history::{History, history_line};
 use crate::local_addrs::LocalAddrs;
+use crate::log_lines;
 use crate::protected::ProtectView;
-use crate::report;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::{NftHandle, host_of};
 use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
@@ -256,13 +256,13 @@ impl BlockManager {
         let (mut journal, replay) = Journal::open(state_file)
             .with_context(|| format!("cannot open block state file {}", state_file.display()))?;
         for w in &replay.warnings {
-            log::warn!("{}", report::warning(w));
+            log::warn!("{}", log_lines::warning(w));
         }
         let mut active = replay.active;
         if !existed {
             let (imported, warnings) = journal::import_legacy(&config.blocked_file);
             for w in &warnings {
-                log::warn!("{}", report::warning(w));
+                log::warn!("{}", log_lines::warning(w));
             }
             if !imported.is_empty() {
                 let entries: Vec<Entry> = imported.iter().cloned().map(Entry::Block).collect();
@@ -271,7 +271,7 @@ impl BlockManager {
                 })?;
                 log::info!(
                     "{}",
-                    report::legacy_blocks_imported(imported.len(), &config.blocked_file)
+                    log_lines::legacy_blocks_imported(imported.len(), &config.blocked_file)
                 );
                 for r in imported {
                     active.insert(r.target, r);
@@ -759,25 +759,28 @@ impl Manager {
     fn reconfigure(&mut self, generation: Generation, lua: LuaPlugins) {
         let (old, new) = (&self.generation.config, &generation.config);
         if new.block_state_file != old.block_state_file {
-            log::warn!("{}", report::state_file_needs_restart(self.journal.path()));
+            log::warn!(
+                "{}",
+                log_lines::state_file_needs_restart(self.journal.path())
+            );
         }
         if new.history_file != *self.history.path() {
             match History::open(&new.history_file) {
                 Ok(history) => {
                     log::info!(
                         "{}",
-                        report::history_file_moved(&new.history_file, self.history.path())
+                        log_lines::history_file_moved(&new.history_file, self.history.path())
                     );
                     self.history = history;
                 }
-                Err(e) => log::error!("{}", report::history_open_failed(e, self.history.path())),
+                Err(e) => log::error!("{}", log_lines::history_open_failed(e, self.history.path())),
             }
         }
         let moved = new.blocked_file != old.blocked_file;
         if moved {
             log::info!(
                 "{}",
-                report::blocked_file_moved(&new.blocked_file, &old.blocked_file)
+                log_lines::blocked_file_moved(&new.blocked_file, &old.blocked_file)
             );
         }
         // New blocks go to the table the new config names; blocks in force stay where
@@ -821,13 +824,19 @@ impl Manager {
         let target = host_target(req.alert.hit.src);
         match self.hosts.get_mut(&target) {
             Some(Host::Active { .. }) => {
-                log::info!("{}", report::already_blocked(&req.alert, &req.resolved));
+                log::info!("{}", log_lines::already_blocked(&req.alert, &req.resolved));
             }
             Some(Host::Applying(_)) => {
-                log::info!("{}", report::block_in_progress(&req.alert, &req.resolved));
+                log::info!(
+                    "{}",
+                    log_lines::block_in_progress(&req.alert, &req.resolved)
+                );
             }
             Some(Host::Releasing { reblock, .. }) => {
-                log::info!("{}", report::block_in_progress(&req.alert, &req.resolved));
+                log::info!(
+                    "{}",
+                    log_lines::block_in_progress(&req.alert, &req.resolved)
+                );
                 if reblock.is_none() {
                     *reblock = Some(req);
                 }
@@ -944,7 +953,7 @@ impl Manager {
         if self.deferred_recently > 0 {
             log::warn!(
                 "{}",
-                report::blocks_deferred(
+                log_lines::blocks_deferred(
                     self.deferred_recently,
                     secs,
                     self.deferred.len(),
@@ -961,7 +970,7 @@ impl Manager {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 "{}",
-                report::block_dropped(&who, "too many hosts waiting to be blocked")
+                log_lines::block_dropped(&who, "too many hosts waiting to be blocked")
             );
             return;
         }
@@ -1113,7 +1122,7 @@ impl Manager {
         if let Some((ip, reason)) = self.protect.snapshot().protected_in(target) {
             return Some(format!(
                 "refused: {ip} is protected ({})",
-                report::protection_reason(reason)
+                log_lines::protection_reason(reason)
             ));
         }
         let ignore = &self.generation.ignore;
@@ -1224,7 +1233,7 @@ impl Manager {
         if restored + expired > 0 {
             log::info!(
                 "{}",
-                report::restoring(restored, self.journal.path(), expired)
+                log_lines::restoring(restored, self.journal.path(), expired)
             );
         }
         // The 1.2 list says what is blocked now from the first moment; the next change is
@@ -1366,7 +1375,7 @@ impl Manager {
                     if !vetoed {
                         self.counters.failed.fetch_add(1, Ordering::Relaxed);
                         self.effects
-                            .push(Effect::Warn(report::could_not_block(&who)));
+                            .push(Effect::Warn(log_lines::could_not_block(&who)));
                     }
                     let detail = if vetoed {
                         "vetoed by a responder".to_string()
@@ -1400,8 +1409,11 @@ impl Manager {
                     )));
                 }
                 if let Some(d) = record.duration() {
-                    self.effects
-                        .push(Effect::Info(report::blocked_for(&who, d, record.offences)));
+                    self.effects.push(Effect::Info(log_lines::blocked_for(
+                        &who,
+                        d,
+                        record.offences,
+                    )));
                 }
                 let detail = record
                     .actions
@@ -1435,7 +1447,7 @@ impl Manager {
                     });
                     self.remember(&record, now);
                     self.effects
-                        .push(Effect::Warn(report::restore_failed(&who)));
+                        .push(Effect::Warn(log_lines::restore_failed(&who)));
                     if self.events.enabled() {
                         let event = Event::unblock(&record, UnblockReason::Released, now, &[]);
                         self.effects.push(Effect::Event(Box::new(event)));
@@ -1473,7 +1485,7 @@ impl Manager {
         if r.left == 0
             && let Some(started) = r.started.take()
         {
-            self.effects.push(Effect::Info(report::restored(
+            self.effects.push(Effect::Info(log_lines::restored(
                 r.total - r.failed,
                 r.failed,
                 started.elapsed(),
@@ -1569,23 +1581,23 @@ impl Manager {
                         .fetch_add(1, Ordering::Relaxed);
                     details.push(format!("{responder}: FAILED: {e}"));
                     self.effects
-                        .push(Effect::Warn(report::undo_failed(&who, responder, e)));
+                        .push(Effect::Warn(log_lines::undo_failed(&who, responder, e)));
                 }
                 UndoOutcome::Impossible(e) => {
                     details.push(format!("{responder}: left in place: {e}"));
                     self.effects
-                        .push(Effect::Warn(report::undo_impossible(&who, responder, e)));
+                        .push(Effect::Warn(log_lines::undo_impossible(&who, responder, e)));
                 }
             }
         }
         let line = match why {
             UnblockReason::Expired => {
                 self.counters.expired.fetch_add(1, Ordering::Relaxed);
-                report::unblocked_expired(&who, record.duration().unwrap_or_default())
+                log_lines::unblocked_expired(&who, record.duration().unwrap_or_default())
             }
             _ => {
                 self.counters.unblocked.fetch_add(1, Ordering::Relaxed);
-                report::unblocked_by_operator(&who)
+                log_lines::unblocked_by_operator(&who)
             }
         };
         self.effects.push(Effect::Info(line));
@@ -1618,7 +1630,7 @@ impl Manager {
             if let Err(e) = self.journal.append(&entries) {
                 log::error!(
                     "{}",
-                    report::state_file_write_failed(self.journal.path(), e)
+                    log_lines::state_file_write_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1628,7 +1640,10 @@ impl Manager {
                 Effect::Warn(line) => log::warn!("{line}"),
                 Effect::History(line) => {
                     if let Err(e) = self.history.append(&line) {
-                        log::error!("{}", report::history_write_failed(self.history.path(), e));
+                        log::error!(
+                            "{}",
+                            log_lines::history_write_failed(self.history.path(), e)
+                        );
                     }
                 }
                 Effect::Reply(reply) => reply(),
@@ -1651,7 +1666,7 @@ impl Manager {
             if let Err(e) = self.journal.compact(records.iter(), self.offences.iter()) {
                 log::error!(
                     "{}",
-                    report::state_file_compact_failed(self.journal.path(), e)
+                    log_lines::state_file_compact_failed(self.journal.path(), e)
                 );
             }
         }
@@ -1680,7 +1695,7 @@ impl Manager {
             _ => None,
         });
         if let Err(e) = journal::write_blocked_file(&path, active) {
-            log::error!("{}", report::blocked_file_write_failed(&path, e));
+            log::error!("{}", log_lines::blocked_file_write_failed(&path, e));
         }
         self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());

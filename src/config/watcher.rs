@@ -452,14 +452,14 @@ impl WatchState {
         let (events_tx, events) = unbounded();
         match notify::recommended_watcher(events_tx) {
             Ok(watcher) => {
-                log::warn!("{}", crate::report::config_watcher_restarted());
+                log::warn!("{}", crate::log_lines::config_watcher_restarted());
                 self.watcher = watcher;
                 self.events = events;
                 self.armed.clear();
                 self.rearm(true);
             }
             Err(e) => {
-                log::error!("{}", crate::report::config_watcher_lost(e));
+                log::error!("{}", crate::log_lines::config_watcher_lost(e));
                 // Nothing will arrive on the dead channel; keep serving control messages.
                 self.events = crossbeam_channel::never();
             }

@@ -406,7 +406,7 @@ impl MetricsServer {
             if let Some(r) = running.take() {
                 let was = r.addr;
                 r.stop();
-                log::info!("{}", crate::report::metrics_stopped(was));
+                log::info!("{}", crate::log_lines::metrics_stopped(was));
             }
             return;
         };
@@ -430,7 +430,7 @@ impl MetricsServer {
                     r.stop();
                 }
                 *running = Some(new);
-                log::info!("{}", crate::report::metrics_serving(addr));
+                log::info!("{}", crate::log_lines::metrics_serving(addr));
             }
             Err(e) => {
                 let now = match running.as_ref() {
@@ -445,7 +445,7 @@ impl MetricsServer {
                         _ => "no metrics server".to_string(),
                     },
                 };
-                log::error!("{}", crate::report::metrics_listen_failed(addr, e, &now));
+                log::error!("{}", crate::log_lines::metrics_listen_failed(addr, e, &now));
             }
         }
     }

@@ -59,7 +59,7 @@ static NOTIFIER: LazyLock<Option<Notifier>> = LazyLock::new(|| {
     match Notifier::new(&target) {
         Ok(n) => Some(n),
         Err(e) => {
-            log::warn!("{}", crate::report::notify_socket_unusable(&target, e));
+            log::warn!("{}", crate::log_lines::notify_socket_unusable(&target, e));
             None
         }
     }
@@ -199,7 +199,7 @@ impl Watchdog {
                 thread: Some(t),
             }),
             Err(e) => {
-                log::error!("{}", crate::report::watchdog_thread_failed(e));
+                log::error!("{}", crate::log_lines::watchdog_thread_failed(e));
                 None
             }
         }
@@ -220,7 +220,7 @@ fn ping_if_healthy(registry: &Registry, notifier: &Notifier, was_pinging: bool) 
     match registry.check(Instant::now()) {
         Ok(()) => {
             if !was_pinging {
-                log::info!("{}", crate::report::watchdog_resumed());
+                log::info!("{}", crate::log_lines::watchdog_resumed());
             }
             if let Err(e) = notifier.send("WATCHDOG=1") {
                 log::debug!("sd_notify WATCHDOG=1 failed: {e}");
@@ -229,7 +229,7 @@ fn ping_if_healthy(registry: &Registry, notifier: &Notifier, was_pinging: bool) 
         }
         Err(why) => {
             if was_pinging {
-                log::warn!("{}", crate::report::watchdog_stopped(why));
+                log::warn!("{}", crate::log_lines::watchdog_stopped(why));
             }
             false
         }

@@ -37,7 +37,7 @@ use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
 use crate::event::Candidate;
-use crate::report;
+use crate::log_lines;
 
 pub use crate::protected::{Peer, ProtectView, Reason, Snapshot};
 pub use refresher::REFRESH_INTERVAL;
@@ -75,7 +75,7 @@ impl Protector {
             .name("protect".into())
             .spawn(move || refresher::run(settings, writer, rx, ready_tx))?;
         if ready.recv_timeout(READY_WAIT).is_err() {
-            log::warn!("{}", report::protected_not_ready(READY_WAIT.as_secs()));
+            log::warn!("{}", log_lines::protected_not_ready(READY_WAIT.as_secs()));
         }
         Ok(Protector {
             view,
@@ -95,7 +95,7 @@ impl Protector {
         let (done, applied) = bounded(1);
         let msg = refresher::Msg::Reconfigure(refresher::Settings::of(config), done);
         if self.control.send(msg).is_err() || applied.recv_timeout(READY_WAIT).is_err() {
-            log::warn!("{}", report::protected_slow_to_reload());
+            log::warn!("{}", log_lines::protected_slow_to_reload());
         }
     }
 
@@ -211,7 +211,7 @@ impl ProtectFilter {
                 let line = self
                     .gate
                     .admit(hit.src.to_canonical(), now)
-                    .then(|| report::protected(candidate, reason));
+                    .then(|| log_lines::protected(candidate, reason));
                 (Verdict::Drop(DropReason::Protected), line)
             }
         }

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::config::read::{HOSTS_DENY_CAP, ReadError, read_regular};
+use crate::log_lines;
 use crate::record::{self, Target};
-use crate::report;
 
 /// Serialises edits of deny files by this process (appends and removals both run on the
 /// block manager's responder workers, several at once).
@@ -133,7 +133,10 @@ impl Responder for HostsDenyResponder {
         let line = expand_macros(&template, ctx);
         match self.append(&line) {
             Ok(written) => {
-                log::info!("{}", report::blocked_via_wrappers(ctx.target_text(), &line));
+                log::info!(
+                    "{}",
+                    log_lines::blocked_via_wrappers(ctx.target_text(), &line)
+                );
                 let note = if written {
                     ""
                 } else {

@@ -23,8 +23,8 @@ use crate::config::{BlockLevel, Config};
 use crate::event::Candidate;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
+use crate::log_lines;
 use crate::record::{BlockRecord, Target, target_text};
-use crate::report;
 
 /// Workers running responders at once: enough that a few hanging commands leave the others
 /// free, few enough that a burst of blocks cannot fork hundreds of processes.
@@ -346,7 +346,7 @@ impl Pool {
             ) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    log::error!("{}", report::responder_thread_failed(n, &e));
+                    log::error!("{}", log_lines::responder_thread_failed(n, &e));
                     last_error = Some(e);
                 }
             }
@@ -439,7 +439,7 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
                 if action.responder.starts_with("lua:") {
                     log::info!(
                         "{}",
-                        report::blocked_via_plugin(&who, &action.responder, &action.detail)
+                        log_lines::blocked_via_plugin(&who, &action.responder, &action.detail)
                     );
                 }
                 actions.push(action);
@@ -451,11 +451,11 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
                 failures += 1;
                 log::warn!(
                     "{}",
-                    report::responder_failed(&who, &responder.name(), &why)
+                    log_lines::responder_failed(&who, &responder.name(), &why)
                 );
             }
             Outcome::Veto(why) => {
-                log::info!("{}", report::vetoed(&who, &responder.name(), &why));
+                log::info!("{}", log_lines::vetoed(&who, &responder.name(), &why));
                 vetoed = true;
                 break;
             }

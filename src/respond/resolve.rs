@@ -58,7 +58,7 @@ impl Resolver {
                 }
             });
         if let Err(e) = spawned {
-            log::error!("{}", crate::report::resolver_thread_failed(e));
+            log::error!("{}", crate::log_lines::resolver_thread_failed(e));
         }
         Resolver {
             requests,

@@ -10,7 +10,7 @@ use super::command::{expand_macros, run_shell};
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::config::unkill::{NO_UNKILL_RUN_CMD, no_unkill_route_why};
 use crate::config::{Config, Template};
-use crate::report;
+use crate::log_lines;
 
 /// What iproute2 answers when the route to add is already there (exit 2): after a crash
 /// between the route and the record, or a restart re-applying a block, that is success.
@@ -36,7 +36,7 @@ impl ShellResponder {
             name: "route",
             template: template.to_string(),
             timeout,
-            success_line: report::blocked_via_route,
+            success_line: log_lines::blocked_via_route,
             undo: |c| {
                 c.unkill_route
                     .as_ref()
@@ -53,7 +53,7 @@ impl ShellResponder {
             name: "run_cmd",
             template: template.to_string(),
             timeout,
-            success_line: report::external_command_run,
+            success_line: log_lines::external_command_run,
             undo: |c| c.unkill_run_cmd.as_ref().ok_or(NO_UNKILL_RUN_CMD),
             tolerate_existing: false,
         }

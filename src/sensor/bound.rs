@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{HitSink, Sensor, SensorControl};
 use crate::config::Config;
 use crate::event::{Hit, Mode, ProbeKind, Proto};
-use crate::report;
+use crate::log_lines;
 
 /// How often the loop looks at its control channel when no packet arrives.
 const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
@@ -27,7 +27,7 @@ const CONTROL_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum BoundSensorError {
     /// Every trap port of a mode was taken or refused: 1.2 shuts down in that case.
-    #[error("{}", report::nothing_bound(.0))]
+    #[error("{}", log_lines::nothing_bound(.0))]
     NothingBound(&'static str),
     /// The poll instance could not be created.
     #[error("cannot create poll instance: {0}")]
@@ -138,7 +138,7 @@ impl BoundSensor {
                 .collect();
             for token in stale {
                 if let Some(l) = self.listeners.remove(&token) {
-                    log::info!("{}", report::no_longer_listening(mode.proto(), l.port));
+                    log::info!("{}", log_lines::no_longer_listening(mode.proto(), l.port));
                     self.deregister(l);
                 }
             }
@@ -152,7 +152,7 @@ impl BoundSensor {
             if !failed.is_empty() {
                 log::error!(
                     "{}",
-                    report::bind_summary(mode.proto(), new_ports.len(), &failed)
+                    log_lines::bind_summary(mode.proto(), new_ports.len(), &failed)
                 );
             }
         }
@@ -194,13 +194,13 @@ impl BoundSensor {
         }
         match (v4_error, v6_error) {
             (None, _) => {
-                log::info!("{}", report::listen_mode(proto, port));
+                log::info!("{}", log_lines::listen_mode(proto, port));
                 Ok(())
             }
             (Some(v4), None) => {
                 log::info!(
                     "{}",
-                    report::listen_mode_v6_only(proto, port, &errno_text(&v4))
+                    log_lines::listen_mode_v6_only(proto, port, &errno_text(&v4))
                 );
                 Ok(())
             }
@@ -317,7 +317,7 @@ impl Sensor for BoundSensor {
             }
             if let Err(e) = self.poll.poll(&mut events, Some(CONTROL_INTERVAL)) {
                 if e.kind() != ErrorKind::Interrupted {
-                    log::error!("{}", report::poll_failed(e));
+                    log::error!("{}", log_lines::poll_failed(e));
                     std::thread::sleep(CONTROL_INTERVAL);
                 }
                 continue;
@@ -466,7 +466,7 @@ mod tests {
             vec![22, 80, 443],
         );
         assert_eq!(
-            report::bind_summary(Proto::Tcp, 120, &failed),
+            log_lines::bind_summary(Proto::Tcp, 120, &failed),
             "adminalert: ERROR: could not bind 3 of 120 TCP ports: 22, 80, 443 \
              (Address already in use (EADDRINUSE)). Attempting to continue"
         );
@@ -474,7 +474,7 @@ mod tests {
             errno_text(&std::io::Error::from_raw_os_error(libc::EMFILE)),
             (1000..1100).collect(),
         );
-        let line = report::bind_summary(Proto::Tcp, 65535, &failed);
+        let line = log_lines::bind_summary(Proto::Tcp, 65535, &failed);
         assert!(
             line.contains("could not bind 103 of 65535 TCP ports"),
             "{line}"

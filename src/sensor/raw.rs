@@ -44,7 +44,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::Config;
 use crate::event::{Hit, Mode, ProbeKind, Proto};
-use crate::report;
+use crate::log_lines;
 use crate::sensor::classify::{self, ChecksumCheck, Probe};
 use crate::sensor::listeners::Listeners;
 use crate::sensor::{HitSink, Sensor, SensorControl};
@@ -206,10 +206,10 @@ impl RawSensor {
         match self.watch.program() {
             Ok(p) if p != self.program => match self.capture.set_filter(&p.sock_filters()) {
                 Ok(()) => self.program = p,
-                Err(e) => log::error!("{}", report::prefilter_refused(e)),
+                Err(e) => log::error!("{}", log_lines::prefilter_refused(e)),
             },
             Ok(_) => {}
-            Err(e) => log::error!("{}", report::prefilter_not_built(e)),
+            Err(e) => log::error!("{}", log_lines::prefilter_not_built(e)),
         }
     }
 
@@ -225,7 +225,7 @@ impl RawSensor {
             }
             Err(e) => log::warn!(
                 "{}",
-                report::refresh_failed("the listening sockets", &e.to_string())
+                log_lines::refresh_failed("the listening sockets", &e.to_string())
             ),
         }
         let ended = self.watch.expire(now);
@@ -237,9 +237,9 @@ impl RawSensor {
         }
         for c in changes.into_iter().chain(ended) {
             if c.appeared {
-                log::info!("{}", report::listener_appeared(c.proto, c.port));
+                log::info!("{}", log_lines::listener_appeared(c.proto, c.port));
             } else {
-                log::info!("{}", report::listener_gone(c.proto, c.port));
+                log::info!("{}", log_lines::listener_gone(c.proto, c.port));
             }
         }
         self.watch.refresh_addrs(now);
@@ -247,7 +247,7 @@ impl RawSensor {
 
     fn reconfigure(&mut self, config: Arc<Config>) {
         if self.watch.reconfigure(&self.modes, &config) {
-            log::info!("{}", report::reconfigured(&self.modes_label()));
+            log::info!("{}", log_lines::reconfigured(&self.modes_label()));
             for line in self.watch.startup_lines(&config) {
                 log::info!("{line}");
             }
@@ -281,14 +281,14 @@ impl RawSensor {
                 if kernel_drops > 0 {
                     log::warn!(
                         "{}",
-                        report::kernel_dropped(kernel_drops, DROP_REPORT.as_secs())
+                        log_lines::kernel_dropped(kernel_drops, DROP_REPORT.as_secs())
                     );
                     kernel_drops = 0;
                 }
                 if self.state.unchecked_since_report > 0 {
                     log::warn!(
                         "{}",
-                        report::live_check_failed(
+                        log_lines::live_check_failed(
                             self.state.unchecked_since_report,
                             DROP_REPORT.as_secs(),
                             &self.state.last_live_error
@@ -307,7 +307,7 @@ impl RawSensor {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    log::error!("{}", report::capture_wait_failed(e));
+                    log::error!("{}", log_lines::capture_wait_failed(e));
                     std::thread::sleep(CONTROL_TICK);
                     continue;
                 }
@@ -322,7 +322,7 @@ impl RawSensor {
                     Ok(Some(pkt)) => handle(&pkt, &self.watch, &mut self.state, sink),
                     Ok(None) => break,
                     Err(e) => {
-                        log::error!("{}", report::capture_read_failed(e));
+                        log::error!("{}", log_lines::capture_read_failed(e));
                         std::thread::sleep(CONTROL_TICK);
                         break;
                     }

@@ -16,7 +16,7 @@ use super::resolv::ResolvFile;
 use super::routes::{self, Gateways, RouteWatch};
 use super::sessions::{self, MAX_PEERS, PeerTable};
 use crate::config::Config;
-use crate::report;
+use crate::log_lines;
 
 /// How often sessions and `RESOLV_CONF` are looked at (and the routes, when the kernel's
 /// change notifications are unavailable): a session is protected at most this long after
@@ -218,7 +218,7 @@ impl Refresher {
         let result = self.resolv.poll();
         let changed = self.settled(Source::Resolv, result).unwrap_or(false);
         if changed && self.resolv.is_missing() {
-            log::warn!("{}", report::resolv_conf_missing(self.resolv.path()));
+            log::warn!("{}", log_lines::resolv_conf_missing(self.resolv.path()));
         }
         changed
     }
@@ -237,7 +237,7 @@ impl Refresher {
             return false;
         };
         if s.overflow && !self.peers_full {
-            log::warn!("{}", report::established_peers_full(MAX_PEERS));
+            log::warn!("{}", log_lines::established_peers_full(MAX_PEERS));
         }
         self.peers_full = s.overflow;
         self.peers.update(&s, seen_at);
@@ -254,7 +254,10 @@ impl Refresher {
             }
             Err(e) => {
                 if self.failing.insert(source) {
-                    log::error!("{}", report::refresh_failed(source.what(), &e.to_string()));
+                    log::error!(
+                        "{}",
+                        log_lines::refresh_failed(source.what(), &e.to_string())
+                    );
                 }
                 None
             }
@@ -271,7 +274,7 @@ impl Refresher {
         let snapshot = super::snapshot(&self.gateways, resolvers, self.peers.peers());
         let default: Vec<_> = self.gateways.default.iter().copied().collect();
         let routers: Vec<_> = self.gateways.routers.iter().copied().collect();
-        let line = report::protected_addresses(&default, &routers, resolvers);
+        let line = log_lines::protected_addresses(&default, &routers, resolvers);
         if self.announced.as_ref() != Some(&line) {
             log::info!("{line}");
             self.announced = Some(line);

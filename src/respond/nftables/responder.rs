@@ -15,7 +15,7 @@ use nix::errno::Errno;
 
 use super::{NftBackend, NftError, NftSettings, host_of, probe, set_of};
 use crate::config::{Config, ConfigWarning};
-use crate::report;
+use crate::log_lines;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 
 /// The daemon's nftables backend, shared by the responder workers; empty while
@@ -50,7 +50,7 @@ impl NftHandle {
             None => {
                 if let Some(had) = have {
                     *slot = None;
-                    log::info!("{}", report::nftables_off(&had.table));
+                    log::info!("{}", log_lines::nftables_off(&had.table));
                 }
             }
             Some(s) if have.as_ref() == Some(&s) => {}
@@ -59,12 +59,12 @@ impl NftHandle {
                     *slot = Some(b);
                     log::info!(
                         "{}",
-                        report::nftables_ready(&s.table, s.set_size, s.forward)
+                        log_lines::nftables_ready(&s.table, s.set_size, s.forward)
                     );
                 }
                 Err(e) => {
                     *slot = None;
-                    log::error!("{}", report::nftables_unusable(e));
+                    log::error!("{}", log_lines::nftables_unusable(e));
                 }
             },
         }
@@ -87,7 +87,7 @@ impl NftHandle {
             Err(e @ NftError::Kernel { .. }) if is_missing(&e) => {
                 let mut fresh = NftBackend::open(backend.settings())?;
                 fresh.add(elements)?;
-                log::warn!("{}", report::nftables_remade(&table, &e));
+                log::warn!("{}", log_lines::nftables_remade(&table, &e));
                 *backend = fresh;
                 Ok(table)
             }
@@ -107,10 +107,10 @@ impl NftHandle {
         match self.add(elements) {
             Ok(table) => log::info!(
                 "{}",
-                report::nftables_loaded(elements.len(), &table, started.elapsed())
+                log_lines::nftables_loaded(elements.len(), &table, started.elapsed())
             ),
             Err(NftError::Closed) => {}
-            Err(e) => log::error!("{}", report::nftables_load_failed(e)),
+            Err(e) => log::error!("{}", log_lines::nftables_load_failed(e)),
         }
     }
 
@@ -165,7 +165,7 @@ impl Responder for NftResponder {
                 let set = set_of(addr);
                 log::info!(
                     "{}",
-                    report::blocked_via_nftables(ctx.target_text(), &table, set)
+                    log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
                 );
                 let until = timeout.map_or_else(String::new, |t| {
                     format!(

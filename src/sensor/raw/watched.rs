@@ -22,7 +22,7 @@ use crate::sensor::listeners::Listeners;
 use super::bpf::{self, BuildError, Program};
 use super::flows::UDP_FLOW_TTL;
 use super::ports::PortSet;
-use crate::report;
+use crate::log_lines;
 
 /// Why a well-formed probe does not become a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,26 +266,26 @@ impl Watch {
             match mode {
                 Mode::Stcp | Mode::Sudp => {
                     for p in config.trap_ports(proto) {
-                        out.push(report::stealth_listen(proto, *p));
+                        out.push(log_lines::stealth_listen(proto, *p));
                         if listening.contains(p) {
-                            out.push(report::stealth_port_in_use(*p));
+                            out.push(log_lines::stealth_port_in_use(*p));
                         }
                     }
                 }
                 Mode::Atcp | Mode::Audp => {
                     let (limit, exclude) = config.advanced(proto);
-                    out.push(report::advanced_monitor_first(limit));
+                    out.push(log_lines::advanced_monitor_first(limit));
                     if exclude.is_empty() {
-                        out.push(report::advanced_exclude_none());
+                        out.push(log_lines::advanced_exclude_none());
                     }
                     for p in exclude {
-                        out.push(report::advanced_exclude(*p));
+                        out.push(log_lines::advanced_exclude(*p));
                     }
                     for p in listening.iter().filter(|p| **p < limit) {
-                        out.push(report::advanced_ignored(proto, *p));
+                        out.push(log_lines::advanced_ignored(proto, *p));
                     }
                     for p in exclude {
-                        out.push(report::advanced_ignored(proto, *p));
+                        out.push(log_lines::advanced_ignored(proto, *p));
                     }
                 }
                 Mode::Tcp | Mode::Udp => {}
