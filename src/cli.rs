@@ -112,55 +112,6 @@ pub fn command() -> clap::Command {
     Args::command()
 }
 
-/// `--generate-man DIR` and/or `--generate-completions DIR`, alone on the command line: the
-/// package build's step, writing [`crate::docs`]' files and naming each on stdout. Read
-/// before clap, so that neither `--help`, the man pages nor the completions offer admins a
-/// maintainer's flag. `None`: not such a command line.
-fn generate_docs(argv: &[String]) -> Option<i32> {
-    let mut rest = argv.get(1..)?;
-    if !rest.first()?.starts_with("--generate-") {
-        return None;
-    }
-    let mut jobs = Vec::new();
-    while let Some((flag, tail)) = rest.split_first() {
-        let man = match flag.as_str() {
-            "--generate-man" => true,
-            "--generate-completions" => false,
-            other => {
-                eprintln!(
-                    "portsentry: {other}: expected --generate-man DIR or --generate-completions DIR"
-                );
-                return Some(EXIT_USAGE);
-            }
-        };
-        let Some((dir, tail)) = tail.split_first() else {
-            eprintln!("portsentry: {flag} needs a directory");
-            return Some(EXIT_USAGE);
-        };
-        jobs.push((Path::new(dir), man));
-        rest = tail;
-    }
-    for (dir, man) in jobs {
-        let files = if man {
-            crate::docs::man_pages()
-        } else {
-            crate::docs::completions()
-        };
-        match crate::docs::write_all(dir, &files) {
-            Ok(paths) => {
-                for p in paths {
-                    println!("{}", p.display());
-                }
-            }
-            Err(e) => {
-                eprintln!("portsentry: {e}");
-                return Some(EXIT_FAILURE);
-            }
-        }
-    }
-    Some(0)
-}
-
 /// Client commands: each asks the running daemon over its control socket.
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -468,9 +419,6 @@ fn test_plugin(plugin: &Path, args: &Args) -> i32 {
 /// Entry point of the binary; returns the exit code.
 pub fn main() -> i32 {
     let argv: Vec<String> = std::env::args().collect();
-    if let Some(code) = generate_docs(&argv) {
-        return code;
-    }
     let argv = rewrite_legacy_flags(argv);
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
@@ -665,33 +613,8 @@ mod tests {
     }
 
     #[test]
-    fn generate_flags_write_the_docs_and_nothing_else_takes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let man = dir.path().join("man");
-        let comp = dir.path().join("completions");
-        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let code = generate_docs(&argv(&[
-            "portsentry",
-            "--generate-man",
-            man.to_str().unwrap(),
-            "--generate-completions",
-            comp.to_str().unwrap(),
-        ]));
-        assert_eq!(code, Some(0));
-        assert!(man.join("portsentry.8").is_file());
-        assert!(man.join("portsentry.conf.5").is_file());
-        assert!(comp.join("_portsentry").is_file());
-        assert_eq!(
-            generate_docs(&argv(&["portsentry", "--generate-man"])),
-            Some(EXIT_USAGE)
-        );
-        assert_eq!(
-            generate_docs(&argv(&["portsentry", "--generate-man", "/x", "-tcp"])),
-            Some(EXIT_USAGE)
-        );
-        assert_eq!(generate_docs(&argv(&["portsentry", "-tcp"])), None);
-        assert_eq!(generate_docs(&argv(&["portsentry"])), None);
-        // Not a flag clap knows: the daemon's command line refuses it.
+    fn generate_flags_are_no_flags_of_the_daemon() {
+        // `portsentry::docs::generate` takes them before clap (see main.rs).
         assert!(parse(&["portsentry", "--generate-man", "/x"]).is_err());
     }
 }

@@ -94,6 +94,51 @@ pub fn write_all(dir: &Path, files: &[Generated]) -> io::Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// `--generate-man DIR` and/or `--generate-completions DIR`, alone on the command line: the
+/// package build's step, writing these files and naming each on stdout. Read
+/// before clap, so that neither `--help`, the man pages nor the completions offer admins a
+/// maintainer's flag. `None`: not such a command line.
+pub fn generate(argv: &[String]) -> Option<i32> {
+    let mut rest = argv.get(1..)?;
+    if !rest.first()?.starts_with("--generate-") {
+        return None;
+    }
+    let mut jobs = Vec::new();
+    while let Some((flag, tail)) = rest.split_first() {
+        let man = match flag.as_str() {
+            "--generate-man" => true,
+            "--generate-completions" => false,
+            other => {
+                eprintln!(
+                    "portsentry: {other}: expected --generate-man DIR or --generate-completions DIR"
+                );
+                return Some(EXIT_USAGE);
+            }
+        };
+        let Some((dir, tail)) = tail.split_first() else {
+            eprintln!("portsentry: {flag} needs a directory");
+            return Some(EXIT_USAGE);
+        };
+        jobs.push((Path::new(dir), man));
+        rest = tail;
+    }
+    for (dir, man) in jobs {
+        let files = if man { man_pages() } else { completions() };
+        match write_all(dir, &files) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("portsentry: {e}");
+                return Some(EXIT_FAILURE);
+            }
+        }
+    }
+    Some(0)
+}
+
 /// `portsentry 0.1.0`: the footer's source field.
 fn source() -> String {
     format!("portsentry {}", env!("CARGO_PKG_VERSION"))
@@ -337,6 +382,35 @@ fn conf_page() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn generate_flags_write_the_docs_and_nothing_else_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let man = dir.path().join("man");
+        let comp = dir.path().join("completions");
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let code = generate(&argv(&[
+            "portsentry",
+            "--generate-man",
+            man.to_str().unwrap(),
+            "--generate-completions",
+            comp.to_str().unwrap(),
+        ]));
+        assert_eq!(code, Some(0));
+        assert!(man.join("portsentry.8").is_file());
+        assert!(man.join("portsentry.conf.5").is_file());
+        assert!(comp.join("_portsentry").is_file());
+        assert_eq!(
+            generate(&argv(&["portsentry", "--generate-man"])),
+            Some(EXIT_USAGE)
+        );
+        assert_eq!(
+            generate(&argv(&["portsentry", "--generate-man", "/x", "-tcp"])),
+            Some(EXIT_USAGE)
+        );
+        assert_eq!(generate(&argv(&["portsentry", "-tcp"])), None);
+        assert_eq!(generate(&argv(&["portsentry"])), None);
+    }
+
     use super::*;
 
     fn page<'a>(pages: &'a [Generated], name: &str) -> &'a str {

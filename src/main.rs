@@ -8,5 +8,11 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(host::HOST_FLAG)) {
         std::process::exit(host::host_main());
     }
+    // The package build's `--generate-man DIR` / `--generate-completions DIR`: read before
+    // clap, so that no help text, man page or completion offers admins a maintainer's flag.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(code) = portsentry::docs::generate(&argv) {
+        std::process::exit(code);
+    }
     std::process::exit(portsentry::cli::main());
 }

@@ -385,7 +385,7 @@ pub const KEYS: &[KeySpec] = &[
             c.fleet.lapi_url = if e.value.trim().is_empty() {
                 None
             } else {
-                Some(crate::fleet::check_lapi_url(&e.value)?)
+                Some(super::fleet::check_lapi_url(&e.value)?)
             };
             Ok(())
         },
@@ -559,7 +559,7 @@ pub fn defaults(path: &Path) -> Config {
         lua_lib_dir: PathBuf::from("/usr/share/portsentry/lua"),
         lua_responders: Vec::new(),
         lua_responders_first: false,
-        fleet: crate::fleet::FleetSettings::default(),
+        fleet: super::fleet::FleetSettings::default(),
         raw: BTreeMap::new(),
         warnings: Vec::new(),
     }

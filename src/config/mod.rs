@@ -5,6 +5,7 @@
 //! a value: the daemon holds it in an `Arc` and a reload swaps in a whole new one.
 
 pub mod build;
+pub mod fleet;
 pub mod ignore;
 pub mod modes;
 pub mod parse;
@@ -190,7 +191,7 @@ pub struct Config {
     /// `NFTABLES_FORWARD` (ours): also drop blocked sources on the forward hook.
     pub nftables_forward: bool,
     /// `CROWDSEC_*` (ours): the fleet's Local API, push and pull.
-    pub fleet: crate::fleet::FleetSettings,
+    pub fleet: fleet::FleetSettings,
     /// `SCAN_TRIGGER`: 0 and 1 fire on the first probe, N on the Nth distinct one.
     pub scan_trigger: u32,
     /// `SCAN_TRIGGER_WINDOW` (ours): probes older than this no longer count.

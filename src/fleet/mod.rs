@@ -20,84 +20,20 @@ pub mod pull;
 pub mod push;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
 
 use crate::block::manager::{BlockManager, NOTE_QUEUE};
 use crate::config::Config;
+pub use crate::config::fleet::{DEFAULT_POLL_INTERVAL, FleetSettings, check_lapi_url};
 use client::LapiError;
 
-/// `CROWDSEC_POLL_INTERVAL` default.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// The origin of the decisions this host posts (and deletes, exactly).
 pub const ORIGIN: &str = "portsentry";
-/// The outbox file's name beside `BLOCK_STATE_FILE` when `CROWDSEC_OUTBOX_FILE` is unset.
-const OUTBOX_NAME: &str = "crowdsec.outbox";
-
-/// The `CROWDSEC_*` keys, as plain data (the config build checks which combinations make
-/// sense; this module builds threads from it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetSettings {
-    /// `CROWDSEC_LAPI_URL`: `http(s)://host:port` of the Local API; `None`: no fleet.
-    pub lapi_url: Option<String>,
-    /// `CROWDSEC_MACHINE_ID`: the machine login that pushes.
-    pub machine_id: Option<String>,
-    /// `CROWDSEC_PASSWORD_FILE`: the file holding that machine's password.
-    pub password_file: Option<PathBuf>,
-    /// `CROWDSEC_BOUNCER_KEY_FILE`: the file holding the bouncer API key that pulls.
-    pub bouncer_key_file: Option<PathBuf>,
-    /// `CROWDSEC_POLL_INTERVAL`: time between two pulls of the decision stream.
-    pub poll_interval: Duration,
-    /// `CROWDSEC_OUTBOX_FILE`: where undelivered pushes wait; `None`: beside
-    /// `BLOCK_STATE_FILE`.
-    pub outbox_file: Option<PathBuf>,
-}
-
-impl Default for FleetSettings {
-    fn default() -> Self {
-        FleetSettings {
-            lapi_url: None,
-            machine_id: None,
-            password_file: None,
-            bouncer_key_file: None,
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            outbox_file: None,
-        }
-    }
-}
-
-impl FleetSettings {
-    /// The outbox file in use: `CROWDSEC_OUTBOX_FILE`, or `crowdsec.outbox` beside the
-    /// block journal.
-    pub fn outbox_path(&self, block_state_file: &Path) -> PathBuf {
-        self.outbox_file
-            .clone()
-            .unwrap_or_else(|| block_state_file.with_file_name(OUTBOX_NAME))
-    }
-}
-
-/// Checks `CROWDSEC_LAPI_URL`'s value: `http://` or `https://`, a host, nothing after the
-/// port but an optional `/`.
-pub fn check_lapi_url(value: &str) -> Result<String, String> {
-    let text = value.trim().trim_end_matches('/');
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-        .ok_or(
-            "expected a URL starting with http:// or https://, e.g. \"http://127.0.0.1:8080\"",
-        )?;
-    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
-        return Err(
-            "expected the LAPI's base URL, scheme, host and port only, e.g. \
-             \"http://127.0.0.1:8080\""
-                .into(),
-        );
-    }
-    Ok(text.to_string())
-}
+/// Longest secret file read (a FIFO or a device in its place is refused unread).
+const SECRET_CAP: u64 = 64 * 1024;
 
 /// Reads a secret file: trimmed, not empty, and not readable by other users. The error
 /// names the file and the problem, never the content.
@@ -112,8 +48,8 @@ pub fn read_secret(key: &str, path: &Path) -> Result<String, String> {
             mode & 0o7777
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let text = crate::config::read::read_regular_text(path, SECRET_CAP, "secret file")
+        .map_err(|e| format!("{key}: cannot read {}: {}", path.display(), e.reason()))?;
     let secret = text.trim();
     if secret.is_empty() || secret.len() > 4096 {
         return Err(format!(

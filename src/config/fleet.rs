@@ -1,0 +1,73 @@
+//! The `CROWDSEC_*` keys as plain data: the config build checks them, the fleet module
+//! (`crate::fleet`) builds its threads from them. Here so that config/ imports nothing that
+//! runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `CROWDSEC_POLL_INTERVAL` default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// The outbox file's name beside `BLOCK_STATE_FILE` when `CROWDSEC_OUTBOX_FILE` is unset.
+const OUTBOX_NAME: &str = "crowdsec.outbox";
+
+/// The `CROWDSEC_*` keys, as plain data (the config build checks which combinations make
+/// sense; this module builds threads from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// `CROWDSEC_LAPI_URL`: `http(s)://host:port` of the Local API; `None`: no fleet.
+    pub lapi_url: Option<String>,
+    /// `CROWDSEC_MACHINE_ID`: the machine login that pushes.
+    pub machine_id: Option<String>,
+    /// `CROWDSEC_PASSWORD_FILE`: the file holding that machine's password.
+    pub password_file: Option<PathBuf>,
+    /// `CROWDSEC_BOUNCER_KEY_FILE`: the file holding the bouncer API key that pulls.
+    pub bouncer_key_file: Option<PathBuf>,
+    /// `CROWDSEC_POLL_INTERVAL`: time between two pulls of the decision stream.
+    pub poll_interval: Duration,
+    /// `CROWDSEC_OUTBOX_FILE`: where undelivered pushes wait; `None`: beside
+    /// `BLOCK_STATE_FILE`.
+    pub outbox_file: Option<PathBuf>,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            lapi_url: None,
+            machine_id: None,
+            password_file: None,
+            bouncer_key_file: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            outbox_file: None,
+        }
+    }
+}
+
+impl FleetSettings {
+    /// The outbox file in use: `CROWDSEC_OUTBOX_FILE`, or `crowdsec.outbox` beside the
+    /// block journal.
+    pub fn outbox_path(&self, block_state_file: &Path) -> PathBuf {
+        self.outbox_file
+            .clone()
+            .unwrap_or_else(|| block_state_file.with_file_name(OUTBOX_NAME))
+    }
+}
+
+/// Checks `CROWDSEC_LAPI_URL`'s value: `http://` or `https://`, a host, nothing after the
+/// port but an optional `/`.
+pub fn check_lapi_url(value: &str) -> Result<String, String> {
+    let text = value.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or(
+            "expected a URL starting with http:// or https://, e.g. \"http://127.0.0.1:8080\"",
+        )?;
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(
+            "expected the LAPI's base URL, scheme, host and port only, e.g. \
+             \"http://127.0.0.1:8080\""
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
