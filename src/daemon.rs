@@ -504,7 +504,7 @@ impl Reloader<'_> {
     /// watch what the broken text names so that fixing it is seen.
     fn report_partial(&self, refused: &[ConfigError], applied: &[PathBuf]) {
         for e in refused {
-            log::error!("adminalert: ERROR: reload refused: {e}");
+            log::error!("{}", log_lines::reload_refused(e));
         }
         let mut files: Vec<String> = refused
             .iter()
@@ -512,11 +512,7 @@ impl Reloader<'_> {
             .collect();
         files.dedup();
         let applied: Vec<String> = applied.iter().map(|p| p.display().to_string()).collect();
-        log::error!(
-            "adminalert: ERROR: {} refused, its last good version stays in force; {} applied",
-            files.join(", "),
-            applied.join(", ")
-        );
+        log::error!("{}", log_lines::reload_partly_applied(&files, &applied));
         if let Some(w) = self.watcher {
             w.follow(
                 WatchSet::for_config(&self.current.config)

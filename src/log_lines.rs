@@ -623,6 +623,83 @@ pub fn reload_refused(err: impl Display) -> String {
     format!("adminalert: ERROR: reload refused: {err}")
 }
 
+/// Ours: a reload that applied some files and refused others names both sides.
+pub fn reload_partly_applied(refused: &[String], applied: &[String]) -> String {
+    format!(
+        "adminalert: ERROR: {} refused, its last good version stays in force; {} applied",
+        refused.join(", "),
+        applied.join(", ")
+    )
+}
+
+/// Ours: the CrowdSec LAPI answered after failing (`direction`: push or pull).
+pub fn fleet_reachable_again(url: &str, direction: &str) -> String {
+    format!("adminalert: CrowdSec LAPI {url}: reachable again ({direction})")
+}
+
+/// Ours: the CrowdSec LAPI answered for the first time.
+pub fn fleet_connected(url: &str, direction: &str) -> String {
+    format!("adminalert: CrowdSec LAPI {url}: connected ({direction})")
+}
+
+/// Ours: the CrowdSec LAPI failed; said once per change of state, not per attempt.
+pub fn fleet_failing(url: &str, err: impl Display, direction: &str) -> String {
+    format!("adminalert: WARNING: CrowdSec LAPI {url}: {err}, will retry ({direction})")
+}
+
+/// Ours: a reload changed the `CROWDSEC_*` settings or the secrets in their files.
+pub fn fleet_settings_changed() -> &'static str {
+    "adminalert: CrowdSec settings changed, restarting the fleet threads"
+}
+
+/// Ours: one direction of the fleet could not start (`direction`: push or pull).
+pub fn fleet_not_started(direction: &str, err: impl Display) -> String {
+    format!("adminalert: ERROR: CrowdSec {direction} not started: {err}")
+}
+
+/// Ours: one direction of the fleet is off because its settings or secret file are not
+/// usable.
+pub fn fleet_off(direction: &str, err: impl Display) -> String {
+    format!("adminalert: ERROR: {err}; CrowdSec {direction} is off")
+}
+
+/// Ours: changes the pusher still has to deliver after a restart.
+pub fn fleet_backlog(waiting: usize) -> String {
+    format!(
+        "adminalert: CrowdSec push: {waiting} change(s) from before the restart still to deliver"
+    )
+}
+
+/// Ours: the outbox could not be written (`and_then`: what it means for those changes).
+pub fn fleet_outbox_unwritable(
+    path: &std::path::Path,
+    err: impl Display,
+    and_then: &str,
+) -> String {
+    format!(
+        "adminalert: ERROR: cannot write the CrowdSec outbox {}: {err}{and_then}",
+        path.display()
+    )
+}
+
+/// Ours: the bounded outbox dropped its oldest changes.
+pub fn fleet_outbox_full(dropped: u64) -> String {
+    format!(
+        "adminalert: WARNING: CrowdSec outbox full: {dropped} oldest undelivered change(s) dropped"
+    )
+}
+
+/// Ours: the LAPI refused one change too many times in a row, or refused changes for good.
+pub fn fleet_refused(url: &str, what: impl Display) -> String {
+    format!("adminalert: ERROR: CrowdSec LAPI {url} refused {what}; dropped")
+}
+
+/// Ours: a pulled decision names an address this host does not block (protected, ignored,
+/// its own); said once per address.
+pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> String {
+    format!("adminalert: WARNING: CrowdSec decision for {target} ({source}) not applied: {why}")
+}
+
 /// Ours: after a refused reload, the generation still in force.
 pub fn keeping_generation(generation: u64) -> String {
     format!("adminalert: ERROR: keeping configuration generation {generation}")

@@ -28,6 +28,7 @@ use crossbeam_channel::{Sender, bounded};
 use crate::block::manager::{BlockManager, NOTE_QUEUE};
 use crate::config::Config;
 pub use crate::config::fleet::{DEFAULT_POLL_INTERVAL, FleetSettings, check_lapi_url};
+use crate::log_lines;
 use client::LapiError;
 
 /// The origin of the decisions this host posts (and deletes, exactly).
@@ -98,15 +99,10 @@ impl Health {
         match self.up {
             Some(true) => {}
             Some(false) => log::info!(
-                "adminalert: CrowdSec LAPI {}: reachable again ({})",
-                self.url,
-                self.direction
+                "{}",
+                log_lines::fleet_reachable_again(&self.url, self.direction)
             ),
-            None => log::info!(
-                "adminalert: CrowdSec LAPI {}: connected ({})",
-                self.url,
-                self.direction
-            ),
+            None => log::info!("{}", log_lines::fleet_connected(&self.url, self.direction)),
         }
         self.up = Some(true);
     }
@@ -114,11 +110,7 @@ impl Health {
     /// A request failed in a way worth retrying.
     pub(crate) fn failed(&mut self, e: &LapiError) {
         if self.up != Some(false) {
-            log::warn!(
-                "adminalert: WARNING: CrowdSec LAPI {}: {e}, will retry ({})",
-                self.url,
-                self.direction
-            );
+            log::warn!("{}", log_lines::fleet_failing(&self.url, e, self.direction));
         }
         self.up = Some(false);
     }
@@ -163,7 +155,7 @@ impl Fleet {
         if built == self.built {
             return;
         }
-        log::info!("adminalert: CrowdSec settings changed, restarting the fleet threads");
+        log::info!("{}", log_lines::fleet_settings_changed());
         self.halt(blocks);
         self.launch(built, blocks);
     }
@@ -190,13 +182,13 @@ impl Fleet {
                     blocks.observe(Some(notes_tx));
                     self.threads.push(t);
                 }
-                Err(e) => log::error!("adminalert: ERROR: CrowdSec push not started: {e}"),
+                Err(e) => log::error!("{}", log_lines::fleet_not_started("push", e)),
             }
         }
         if let Some(cfg) = &built.pull {
             match pull::spawn(cfg.clone(), blocks.fleet_input(), stop_rx) {
                 Ok(t) => self.threads.push(t),
-                Err(e) => log::error!("adminalert: ERROR: CrowdSec pull not started: {e}"),
+                Err(e) => log::error!("{}", log_lines::fleet_not_started("pull", e)),
             }
         }
         self.stop = Some(stop_tx);
@@ -222,7 +214,7 @@ fn build(config: &Config) -> Built {
                 outbox_file: s.outbox_path(&config.block_state_file),
             }),
             Err(e) => {
-                log::error!("adminalert: ERROR: {e}; CrowdSec push is off");
+                log::error!("{}", log_lines::fleet_off("push", e));
                 None
             }
         },
@@ -236,7 +228,7 @@ fn build(config: &Config) -> Built {
                 poll_interval: s.poll_interval,
             }),
             Err(e) => {
-                log::error!("adminalert: ERROR: {e}; CrowdSec pull is off");
+                log::error!("{}", log_lines::fleet_off("pull", e));
                 None
             }
         },

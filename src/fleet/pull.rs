@@ -21,6 +21,7 @@ use super::duration::{self, Remaining};
 use super::{Health, Secret};
 use crate::block::manager::{BlockOutcome, FleetInput};
 use crate::block::{Target, parse_target, target_text};
+use crate::log_lines;
 
 /// Addresses remembered as "refusal already said" at most (then forgotten all at once).
 const WARNED_MEMORY: usize = 10_000;
@@ -146,10 +147,12 @@ impl Puller {
         }
         if self.warned.insert(target) {
             log::warn!(
-                "adminalert: WARNING: CrowdSec decision for {} ({}) not applied: {}",
-                target_text(&target),
-                crate::record::excerpt(source),
-                outcome.detail
+                "{}",
+                log_lines::fleet_decision_not_applied(
+                    &target_text(&target),
+                    &crate::record::excerpt(source),
+                    &outcome.detail
+                )
             );
         }
     }

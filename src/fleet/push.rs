@@ -19,6 +19,7 @@ use super::outbox::{Delete, Outbox, Post, Work};
 use super::{Health, ORIGIN, Secret, duration};
 use crate::block::manager::BlockNote;
 use crate::block::{BlockRecord, Origin, target_text};
+use crate::log_lines;
 
 /// Alerts in one POST at most.
 const BATCH: usize = 100;
@@ -61,13 +62,11 @@ pub fn spawn(
         )
     })?;
     for w in warnings {
-        log::warn!("adminalert: WARNING: {w}");
+        log::warn!("{}", log_lines::warning(w));
     }
     let waiting = outbox.pending().count();
     if waiting > 0 {
-        log::info!(
-            "adminalert: CrowdSec push: {waiting} change(s) from before the restart still to deliver"
-        );
+        log::info!("{}", log_lines::fleet_backlog(waiting));
     }
     let mut pusher = Pusher {
         lapi: Lapi::new(&config.lapi_url),
@@ -137,16 +136,16 @@ impl Pusher {
     fn store(&mut self, work: Vec<Work>) {
         if let Err(e) = self.outbox.push(work) {
             log::error!(
-                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}; those changes \
-                 are delivered only if the daemon stays up",
-                self.outbox.path().display()
+                "{}",
+                log_lines::fleet_outbox_unwritable(
+                    self.outbox.path(),
+                    e,
+                    "; those changes are delivered only if the daemon stays up"
+                )
             );
         }
         if self.outbox.dropped > 0 {
-            log::warn!(
-                "adminalert: WARNING: CrowdSec outbox full: {} oldest undelivered change(s) dropped",
-                self.outbox.dropped
-            );
+            log::warn!("{}", log_lines::fleet_outbox_full(self.outbox.dropped));
             self.outbox.dropped = 0;
         }
     }
@@ -202,9 +201,11 @@ impl Pusher {
             self.refusals = if refused { self.refusals + 1 } else { 0 };
             if refused && ids.len() == 1 && self.refusals >= DROP_AFTER {
                 log::error!(
-                    "adminalert: ERROR: CrowdSec LAPI {} refused the same change {DROP_AFTER} \
-                     times in a row; dropped",
-                    self.lapi.base()
+                    "{}",
+                    log_lines::fleet_refused(
+                        self.lapi.base(),
+                        format_args!("the same change {DROP_AFTER} times in a row")
+                    )
                 );
                 self.refusals = 0;
                 self.acknowledge(&ids);
@@ -219,9 +220,11 @@ impl Pusher {
                 Err(Failure::Request(e)) if !e.retryable() => {
                     self.health.ok();
                     log::error!(
-                        "adminalert: ERROR: CrowdSec LAPI {} refused {} change(s): {e}; dropped",
-                        self.lapi.base(),
-                        ids.len()
+                        "{}",
+                        log_lines::fleet_refused(
+                            self.lapi.base(),
+                            format_args!("{} change(s): {e}", ids.len())
+                        )
                     );
                     self.acknowledge(&ids);
                 }
@@ -238,8 +241,8 @@ impl Pusher {
     fn acknowledge(&mut self, ids: &[u64]) {
         if let Err(e) = self.outbox.ack(ids) {
             log::error!(
-                "adminalert: ERROR: cannot write the CrowdSec outbox {}: {e}",
-                self.outbox.path().display()
+                "{}",
+                log_lines::fleet_outbox_unwritable(self.outbox.path(), e, "")
             );
         }
     }

@@ -62,8 +62,8 @@ impl LapiServer {
         .expect("write config.yaml");
         std::fs::write(
             dir.path().join("profiles.yaml"),
-            "name: default_ip_remediation\nfilters:\n - Candidate.Remediation == true && \
-             Candidate.GetScope() == \"Ip\"\ndecisions:\n - type: ban\n   duration: 4h\n\
+            "name: default_ip_remediation\nfilters:\n - Alert.Remediation == true && \
+             Alert.GetScope() == \"Ip\"\ndecisions:\n - type: ban\n   duration: 4h\n\
              on_success: break\n",
         )
         .expect("write profiles.yaml");
