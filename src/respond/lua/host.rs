@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -76,12 +76,33 @@ pub struct HostProgram {
 
 static PROGRAM: OnceLock<HostProgram> = OnceLock::new();
 
+/// The binary as the command line named it (`argv[0]`): absolute, relative to the working
+/// directory, or looked up in `PATH` the way the shell found it.
+fn started_as() -> Option<PathBuf> {
+    let argv0 = PathBuf::from(std::env::args_os().next()?);
+    if argv0.components().count() > 1 {
+        return std::path::absolute(&argv0).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(&argv0))
+        .find(|candidate| candidate.is_file())
+}
+
 impl HostProgram {
-    /// This very binary (`/proc/self/exe`, which still works after a package upgrade
-    /// replaced the file) with the hidden flag: right for the daemon and `--test-plugin`.
+    /// This very binary with the hidden flag: right for the daemon and `--test-plugin`.
+    /// `/proc/self/exe` when /proc is mounted (it still works after a package upgrade
+    /// replaced the file); otherwise (a chroot, an early-boot rescue shell) the path the
+    /// binary was started by, made absolute now so a later `chdir` cannot change it.
     pub fn this_binary() -> HostProgram {
+        let proc_exe = Path::new("/proc/self/exe");
+        let program = if proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            started_as().unwrap_or_else(|| proc_exe.to_path_buf())
+        };
         HostProgram {
-            program: PathBuf::from("/proc/self/exe"),
+            program,
             args: vec![OsString::from(HOST_FLAG)],
             env: Vec::new(),
         }
@@ -579,6 +600,12 @@ fn read_message(input: &mut BufReader<UnixStream>) -> Result<Option<ToHost>, Str
 /// be reachable from a plugin (standard input is the pipe to the daemon).
 fn close_inherited_fds() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        // No /proc (a chroot): every descriptor number the limit allows, at most 2^20.
+        let highest = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(1 << 20));
+        for fd in 3..i32::try_from(highest).unwrap_or(1 << 20) {
+            let _ = nix::unistd::close(fd);
+        }
         return;
     };
     let fds: Vec<i32> = dir
@@ -640,6 +667,16 @@ pub(crate) mod tests {
             .collect(),
             env: vec![(OsString::from(HOST_ENV), OsString::from("1"))],
         }
+    }
+
+    #[test]
+    fn without_proc_the_host_is_the_binary_the_command_line_named() {
+        let p = started_as().expect("argv[0] resolves");
+        assert!(p.is_absolute() && p.is_file(), "{}", p.display());
+        assert_eq!(
+            std::fs::canonicalize(&p).unwrap(),
+            std::fs::canonicalize("/proc/self/exe").unwrap()
+        );
     }
 
     /// Not a test: the plugin host when this binary is re-executed by [`test_binary`].
