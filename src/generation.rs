@@ -196,15 +196,17 @@ impl Generation {
         })
     }
 
-    /// `--check-config`: every file's errors and warnings in one run. When the config does
-    /// not load, the ignore file its text names (or the default) is still checked; when it
-    /// loads, `build` (the plugins) runs on it even if the ignore file is broken.
+    /// `--check-config`: every file's errors and warnings in one run. When the config cannot
+    /// be read, the ignore file its text names (or the default) is still checked; when it
+    /// can, `build` (the plugins) runs on it as far as it was read (defaults where a value
+    /// was refused), even if the ignore file is broken.
     pub fn check<P>(config_path: &Path, build: impl FnOnce(&Generation) -> Built<P>) -> Checked<P> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let config = crate::config::load(config_path)
-            .map_err(|e| errors.extend(e.0))
-            .ok();
+        // The config as far as it could be read, so that one bad value does not hide what
+        // the rest of it (plugins, ports, output files) would make fail.
+        let (config, config_errors) = crate::config::build::load_collect(config_path);
+        errors.extend(config_errors);
         let ignore_file = match &config {
             Some(c) => c.ignore_file.clone(),
             None => crate::config::preflight::key_value(config_path, "IGNORE_FILE")
@@ -252,8 +254,9 @@ impl Generation {
 
 /// What `--check-config` found in every file.
 pub struct Checked<P> {
-    /// The generation, when portsentry.conf loaded (its ignore list is empty when the
-    /// ignore file did not).
+    /// The generation, when portsentry.conf could be read: its values as far as they were
+    /// valid (defaults for the refused ones), its ignore list empty when the ignore file did
+    /// not load.
     pub generation: Option<Generation>,
     /// What `build` made of it (the plugins), when it succeeded.
     pub built: Option<P>,
@@ -404,6 +407,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_does_not_hide_a_missing_plugin() {
+        let f = Files::new();
+        f.config("KILL_CMD_TIMEOUT=\"1ns\"\nLUA_RESPONDERS=\"nope\"\n");
+        let c = Generation::check(&f.path("portsentry.conf"), build_plugins);
+        let text: Vec<String> = c.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].contains("KILL_CMD_TIMEOUT"), "{text:?}");
+        assert!(text[1].contains("nope"), "{text:?}");
+    }
+
+    #[test]
     fn check_reports_config_and_ignore_errors_together() {
         let f = Files::new();
         f.config("TCP_PORTS=\"1,x\"\n");
@@ -417,7 +431,8 @@ mod tests {
                 f.path("portsentry.ignore").as_path()
             ]
         );
-        assert!(c.generation.is_none());
+        // The config as far as it was read still comes back, for the checks after it.
+        assert!(c.generation.is_some());
         // Positive control: valid files, no error.
         f.config("TCP_PORTS=\"1\"\n");
         f.ignore("10.0.0.1\n");

@@ -578,23 +578,32 @@ pub fn build(raw: &RawConfig) -> Result<Config, ConfigErrors> {
 /// Reads, parses and builds a config file, reporting syntax and value errors together.
 /// A missing or unreadable file is an error on line 0.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = super::read::read_regular(path, super::read::TEXT_CAP, "configuration file")
-        .map_err(|e| {
-            ConfigErrors(vec![ConfigError {
+    match load_collect(path) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// As [`load`], but keeps the config as far as it could be read (defaults where a value was
+/// refused) beside every error, so that `--check-config` goes on, in the same run, to what
+/// depends on it (plugins, ports, output files). `None`: the file could not be read at all.
+pub fn load_collect(path: &Path) -> (Option<Config>, Vec<ConfigError>) {
+    let bytes = match super::read::read_regular(path, super::read::TEXT_CAP, "configuration file") {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let error = ConfigError {
                 file: path.to_path_buf(),
                 line: 0,
                 message: format!("cannot read the configuration file: {}", e.reason()),
-            }])
-        })?;
+            };
+            return (None, vec![error]);
+        }
+    };
     let (raw, mut errors) = super::parse::parse_collect(path, &bytes);
     let (config, build_errors) = build_collect(&raw);
     errors.extend(build_errors);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        errors.sort_by_key(|e| e.line);
-        Err(ConfigErrors(errors))
-    }
+    errors.sort_by_key(|e| e.line);
+    (Some(config), errors)
 }
 
 /// The build pass: the config as far as it could be read, and every error found.
