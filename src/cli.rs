@@ -322,6 +322,8 @@ fn check_config(args: &Args) -> i32 {
         }
         more.extend(crate::respond::nftables::config_warnings(config));
         warnings.extend(more.iter().map(ToString::to_string));
+        // A secret the start cannot use turns that fleet direction off: an error here.
+        errors.extend(crate::fleet::check_secrets(config));
         // Without modes, the checks that do not depend on them (output files) still run.
         errors.extend(
             config::preflight::preflight(config, modes.as_deref().unwrap_or_default())

@@ -196,6 +196,23 @@ impl Fleet {
     }
 }
 
+/// `--check-config`: the secret files the config names, read as the start would read them
+/// (a missing, empty, world-readable or non-regular file turns that direction off at start).
+/// Each problem names the key and the file, never the content.
+pub fn check_secrets(config: &Config) -> Vec<String> {
+    let s = &config.fleet;
+    if s.lapi_url.is_none() {
+        return Vec::new();
+    }
+    [
+        ("CROWDSEC_PASSWORD_FILE", &s.password_file),
+        ("CROWDSEC_BOUNCER_KEY_FILE", &s.bouncer_key_file),
+    ]
+    .into_iter()
+    .filter_map(|(key, file)| read_secret(key, file.as_deref()?).err())
+    .collect()
+}
+
 /// What to run for this config, with the secrets read now.
 fn build(config: &Config) -> Built {
     let s = &config.fleet;
@@ -240,6 +257,42 @@ fn build(config: &Config) -> Built {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_names_each_unusable_secret_file_and_never_its_content() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "s3cret-key\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut config = crate::config::build::defaults(Path::new("f.conf"));
+        config.fleet.lapi_url = Some("http://127.0.0.1:1".into());
+        config.fleet.bouncer_key_file = Some(key.clone());
+        config.fleet.password_file = Some(dir.path().join("missing"));
+        let problems = check_secrets(&config);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("CROWDSEC_PASSWORD_FILE: cannot read"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("readable by every user"),
+            "{problems:?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.contains("s3cret")),
+            "{problems:?}"
+        );
+        // Positive control: the same files made usable pass.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("missing"), "pw\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("missing"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(check_secrets(&config), Vec::<String>::new());
+    }
 
     #[test]
     fn lapi_urls_are_base_urls_only() {
