@@ -1,7 +1,7 @@
 //! Configuration: `portsentry.conf` as 1.2 wrote it, plus our additive keys.
 //!
-//! Two stages, as in ripgrep: [`parse`] turns text into raw `KEY -> (value, line)` entries
-//! close to the file, [`build`] turns those into a typed, immutable [`Config`]. A `Config` is
+//! Two stages, as in ripgrep: [`parse()`] turns text into raw `KEY -> (value, line)` entries
+//! close to the file, [`build()`] turns those into a typed, immutable [`Config`]. A `Config` is
 //! a value: the daemon holds it in an `Arc` and a reload swaps in a whole new one.
 
 pub mod build;

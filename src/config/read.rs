@@ -66,7 +66,7 @@ impl ReadError {
         matches!(self, ReadError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
-    /// The message without the leading "cannot read the <what> <path>: " context, for
+    /// The message without the leading "cannot read the WHAT PATH: " context, for
     /// callers that already name the file (a `file:line:` prefix).
     pub fn reason(&self) -> String {
         match self {

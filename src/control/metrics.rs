@@ -515,7 +515,7 @@ impl MetricsServer {
         }
     }
 
-    /// Stops serving: the accept thread at once, the handlers within [`POLL`] unless one is
+    /// Stops serving: the accept thread at once, the handlers within `POLL` unless one is
     /// writing an answer ([`WRITE_TIMEOUT`] at most).
     pub fn stop(self) {
         if let Some(r) = self.lock().take() {
@@ -645,7 +645,7 @@ fn head_complete(bytes: &[u8]) -> bool {
 }
 
 /// Reads a request head into `head` before `deadline`, at most `max` bytes, looking at
-/// `stop` every [`POLL`].
+/// `stop` every `POLL`.
 pub fn read_head(
     stream: &mut impl ReadTimeout,
     head: &mut Vec<u8>,

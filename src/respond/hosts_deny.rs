@@ -175,7 +175,7 @@ pub enum Removal {
 /// Where that cannot be done because the file is writable but its directory is not — the
 /// systemd unit's `ProtectSystem=strict` with `ReadWritePaths=/etc/hosts.deny` makes `/etc`
 /// read-only and the file a bind mount, which nothing can be renamed over — the file is
-/// rewritten in place instead (see [`rewrite_in_place`]).
+/// rewritten in place instead (see `rewrite_in_place`).
 pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
     let _edit = crate::sync::lock(&EDIT_LOCK);
     let real = match std::fs::canonicalize(file) {
