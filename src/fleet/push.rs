@@ -670,6 +670,53 @@ mod tests {
     }
 
     #[test]
+    fn a_lifted_block_deletes_its_own_decision_ids_and_an_unknown_one_falls_back() {
+        let (base, seen) = scripted_lapi(|request, _, _| match request {
+            "POST /v1/watchers/login" => (200, "{\"token\":\"t\"}".into()),
+            "POST /v1/alerts" => (201, "[\"5\",\"6\"]".into()),
+            "GET /v1/alerts/5" => (200, "{\"id\":5,\"decisions\":[{\"id\":50}]}".into()),
+            "GET /v1/alerts/6" => (500, "{\"message\":\"db locked\"}".into()),
+            "DELETE /v1/decisions/50" => (200, "{\"nbDeleted\":\"1\"}".into()),
+            r if r.starts_with("DELETE /v1/decisions?") => (200, "{\"nbDeleted\":\"1\"}".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pusher(&base, dir.path(), &["10.0.0.1", "10.0.0.2"]);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert_eq!(p.outbox.known_ids("10.0.0.1"), Some(&[50][..]));
+        assert_eq!(p.outbox.known_ids("10.0.0.2"), None, "its GET failed");
+        for v in ["10.0.0.1", "10.0.0.2"] {
+            let mut r = scan_record(v);
+            r.until = None;
+            p.store(vec![work_of(&BlockNote::Lifted(r))]);
+        }
+        p.deliver(&stop);
+        assert!(p.outbox.is_empty());
+        assert_eq!(
+            p.outbox.known_ids("10.0.0.1"),
+            None,
+            "forgotten once deleted"
+        );
+        let requests: Vec<String> = seen.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+        assert_eq!(
+            requests,
+            [
+                "POST /v1/watchers/login",
+                "POST /v1/alerts",
+                "GET /v1/alerts/5",
+                "GET /v1/alerts/6",
+                "DELETE /v1/decisions/50",
+                "DELETE /v1/decisions?scopes=Ip&value=10.0.0.2&origin=portsentry",
+            ]
+        );
+        assert!(p.fallback_said);
+        drop(p);
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox")).unwrap();
+        assert_eq!(outbox.known_ids("10.0.0.1"), None, "forgotten on disk too");
+    }
+
+    #[test]
     fn backoff_doubles_from_half_a_second_and_is_capped() {
         let got: Vec<u64> = (1..=7).map(|n| backoff(n).as_millis() as u64).collect();
         assert_eq!(got, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
