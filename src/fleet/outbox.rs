@@ -50,7 +50,8 @@ pub struct Post {
     pub until: Option<SystemTime>,
 }
 
-/// A decision to delete (exactly: scope, value, our origin).
+/// A decision to delete: by the ids remembered for `value` when known, else by scope, value
+/// and our origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delete {
     /// `Ip` or `Range`.
