@@ -280,27 +280,35 @@ impl Pusher {
     /// Learns the decision ids of the alerts just posted (`values[i]` got `alert_ids[i]`)
     /// and remembers them in the outbox, so that lifting the block deletes exactly those.
     /// One GET per alert, each bounded by the request timeout; the first failure (or a
-    /// stop) ends the learning: those values stay unknown and their delete falls back to
-    /// scope, value and origin. The posts themselves are already acknowledged, so nothing
-    /// here can post twice.
+    /// stop) ends the learning: the values not learnt become unknown (ids remembered for
+    /// them from an earlier post are forgotten too, or their delete would leave this post's
+    /// decision behind), so their delete falls back to scope, value and origin. The posts
+    /// themselves are already acknowledged, so nothing here can post twice.
     fn learn(&mut self, values: &[String], alert_ids: &[String], stop: &Receiver<()>) {
-        if values.len() != alert_ids.len() {
-            // Not one id per alert: which id is whose cannot be told.
-            return;
+        // Not one id per alert: which id is whose cannot be told.
+        let mut learnt = 0;
+        if values.len() == alert_ids.len() {
+            for (value, alert) in values.iter().zip(alert_ids) {
+                if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+                    break;
+                }
+                let found = self.with_login(|lapi, token| lapi.alert_decision_ids(token, alert));
+                let Ok(decisions) = found else { break };
+                if decisions.is_empty() {
+                    break;
+                }
+                if let Err(e) = self.outbox.remember(value, &decisions) {
+                    log::error!(
+                        "{}",
+                        log_lines::fleet_outbox_unwritable(self.outbox.path(), e, "")
+                    );
+                    break;
+                }
+                learnt += 1;
+            }
         }
-        for (value, alert) in values.iter().zip(alert_ids) {
-            if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
-                return;
-            }
-            let found = self.with_login(|lapi, token| lapi.alert_decision_ids(token, alert));
-            let Ok(decisions) = found else { return };
-            if let Err(e) = self.outbox.remember(value, &decisions) {
-                log::error!(
-                    "{}",
-                    log_lines::fleet_outbox_unwritable(self.outbox.path(), e, "")
-                );
-                return;
-            }
+        for value in &values[learnt..] {
+            self.forget(value);
         }
     }
 
@@ -682,10 +690,16 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let mut p = pusher(&base, dir.path(), &["10.0.0.1", "10.0.0.2"]);
+        // An id from an earlier post of 10.0.0.2: deleting only it would leave the new one.
+        p.outbox.remember("10.0.0.2", &[40]).unwrap();
         let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         p.deliver(&stop);
         assert_eq!(p.outbox.known_ids("10.0.0.1"), Some(&[50][..]));
-        assert_eq!(p.outbox.known_ids("10.0.0.2"), None, "its GET failed");
+        assert_eq!(
+            p.outbox.known_ids("10.0.0.2"),
+            None,
+            "its GET failed: unknown, earlier ids forgotten"
+        );
         for v in ["10.0.0.1", "10.0.0.2"] {
             let mut r = scan_record(v);
             r.until = None;
