@@ -689,6 +689,17 @@ pub fn fleet_outbox_full(dropped: u64) -> String {
     )
 }
 
+/// Ours: a lifted block whose LAPI decision ids are unknown (the lookup after the post
+/// failed, or an outbox from an older version) is deleted by scope, value and origin, which
+/// also deletes other portsentry hosts' decisions for it; said once per start of the pusher.
+pub fn fleet_delete_fallback(value: &str) -> String {
+    format!(
+        "adminalert: WARNING: CrowdSec decision ids for {value} unknown; deleted by scope, \
+         value and origin portsentry instead, which also removes other portsentry hosts' \
+         decisions for it (said once)"
+    )
+}
+
 /// Ours: the LAPI refused one change too many times in a row, or refused changes for good.
 pub fn fleet_refused(url: &str, what: impl Display) -> String {
     format!("adminalert: ERROR: CrowdSec LAPI {url} refused {what}; dropped")

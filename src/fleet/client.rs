@@ -97,6 +97,20 @@ where
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// The answer of a delete: how many, as a string (`{"nbDeleted":"1"}`).
+#[derive(Deserialize)]
+struct Deleted {
+    #[serde(rename = "nbDeleted", default)]
+    deleted: String,
+}
+
+impl Deleted {
+    /// The count; a missing or odd one is 0 (the delete itself succeeded).
+    fn count(&self) -> u64 {
+        self.deleted.parse().unwrap_or(0)
+    }
+}
+
 /// `POST /v1/watchers/login`'s body.
 #[derive(Serialize)]
 struct Login<'a> {
@@ -161,15 +175,69 @@ impl Lapi {
         Ok(answer.token)
     }
 
-    /// Posts alerts (a JSON array); `Ok` once the LAPI took them all.
-    pub fn post_alerts(&self, token: &str, alerts: &serde_json::Value) -> Result<(), LapiError> {
+    /// Posts alerts (a JSON array); `Ok` once the LAPI took them all, with the ids it gave
+    /// the alerts, in the order posted. An accepted POST whose answer is not a list of ids
+    /// is still `Ok` (with no ids): the alerts are in, and failing would post them twice;
+    /// the caller then falls back to deleting by scope, value and origin.
+    pub fn post_alerts(
+        &self,
+        token: &str,
+        alerts: &serde_json::Value,
+    ) -> Result<Vec<String>, LapiError> {
         let body = alerts.to_string();
         let request = self
             .agent
             .post(&self.url("/v1/alerts"))
             .set("Authorization", &format!("Bearer {token}"))
             .set("Content-Type", "application/json");
-        read(request.send_string(&body)).map(drop)
+        let answer = read(request.send_string(&body))?;
+        Ok(serde_json::from_slice::<Vec<String>>(&answer).unwrap_or_default())
+    }
+
+    /// The ids of the decisions of one alert (`GET /v1/alerts/:alert_id`), so that they
+    /// can later be deleted one by one without touching anyone else's decision for the
+    /// same address. `alert_id` comes from the LAPI: anything but digits is refused rather
+    /// than put into a path.
+    pub fn alert_decision_ids(&self, token: &str, alert_id: &str) -> Result<Vec<u64>, LapiError> {
+        #[derive(Deserialize)]
+        struct Alert {
+            #[serde(default, deserialize_with = "null_is_empty")]
+            decisions: Vec<DecisionId>,
+        }
+        #[derive(Deserialize)]
+        struct DecisionId {
+            id: u64,
+        }
+        if alert_id.is_empty() || !alert_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(LapiError::Garbage(format!(
+                "alert id \"{}\" is not a number",
+                crate::record::excerpt(alert_id)
+            )));
+        }
+        let request = self
+            .agent
+            .get(&self.url(&format!("/v1/alerts/{alert_id}")))
+            .set("Authorization", &format!("Bearer {token}"));
+        let alert: Alert = json(&read(request.call())?)?;
+        Ok(alert.decisions.into_iter().map(|d| d.id).collect())
+    }
+
+    /// Deletes one decision by its id (`DELETE /v1/decisions/:decision_id`, a soft delete
+    /// that bouncers see in the stream); answers how many were deleted. A decision that no
+    /// longer exists counts as done (`Ok(0)`): crowdsec 1.4.6 answers an unknown id with
+    /// `500 {"message":"decision with id 'N' doesn't exist: unable to delete"}`, which
+    /// retrying would never change; a 404 (other versions) is taken the same way.
+    pub fn delete_decision_by_id(&self, token: &str, id: u64) -> Result<u64, LapiError> {
+        let request = self
+            .agent
+            .delete(&self.url(&format!("/v1/decisions/{id}")))
+            .set("Authorization", &format!("Bearer {token}"));
+        match read(request.call()) {
+            Ok(body) => Ok(json::<Deleted>(&body)?.count()),
+            Err(LapiError::Status(404, _)) => Ok(0),
+            Err(LapiError::Status(500, text)) if text.contains("doesn't exist") => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes exactly the decisions of this scope, value and origin (never `?ip=`, which
@@ -181,11 +249,6 @@ impl Lapi {
         value: &str,
         origin: &str,
     ) -> Result<u64, LapiError> {
-        #[derive(Deserialize)]
-        struct Deleted {
-            #[serde(rename = "nbDeleted", default)]
-            deleted: String,
-        }
         let request = self
             .agent
             .delete(&self.url("/v1/decisions"))
@@ -194,7 +257,7 @@ impl Lapi {
             .query("origin", origin)
             .set("Authorization", &format!("Bearer {token}"));
         let answer: Deleted = json(&read(request.call())?)?;
-        Ok(answer.deleted.parse().unwrap_or(0))
+        Ok(answer.count())
     }
 
     /// One pull of the decision stream (`startup`: every active decision, and old deleted

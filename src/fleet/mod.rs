@@ -2,8 +2,10 @@
 //!
 //! - **Push** ([`push`]): the block manager tells an observer of every block this host makes
 //!   (scan or by hand) and every block lifted; the pusher thread turns them into alerts with
-//!   one `ban` decision (origin `portsentry`) and exact deletes, through a persistent
-//!   [`outbox`], so a LAPI that is down delays nothing here and loses nothing.
+//!   one `ban` decision (origin `portsentry`) and exact deletes (by the ids of this host's
+//!   own decisions, so another portsentry host's decision for the same address stays),
+//!   through a persistent [`outbox`], so a LAPI that is down delays nothing here and loses
+//!   nothing.
 //! - **Pull** ([`pull`]): a puller thread follows `/v1/decisions/stream` and hands `ban`
 //!   decisions to the block manager as blocks of origin `fleet`, and lifts them when their
 //!   decision goes.

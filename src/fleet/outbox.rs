@@ -6,8 +6,13 @@
 //! skipped with a warning. The file is rewritten with only what is pending once acks
 //! dominate it, and the number of pending items is bounded: beyond [`MAX_PENDING`] the
 //! oldest is dropped (counted and logged).
+//!
+//! The outbox also remembers which LAPI decision ids each posted value got (`known` lines,
+//! cancelled by `forget` lines), so that lifting a block deletes exactly this host's
+//! decisions by id, never another portsentry host's decision for the same address. Files
+//! written before those lines existed load as they are: their values are simply unknown.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,6 +23,10 @@ use serde::{Deserialize, Serialize};
 
 /// Items waiting at most; a LAPI down for days must not fill the disk.
 pub const MAX_PENDING: usize = 10_000;
+/// Values whose decision ids are remembered at most; beyond, a new value is not
+/// remembered (its delete falls back to scope, value and origin) rather than letting the
+/// file grow without bound.
+pub const MAX_KNOWN: usize = 100_000;
 /// Acknowledged lines tolerated in the file before it is rewritten.
 const COMPACT_AFTER: usize = 1_000;
 
@@ -41,7 +50,8 @@ pub struct Post {
     pub until: Option<SystemTime>,
 }
 
-/// A decision to delete (exactly: scope, value, our origin).
+/// A decision to delete: by the ids remembered for `value` when known, else by scope, value
+/// and our origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delete {
     /// `Ip` or `Range`.
@@ -64,8 +74,23 @@ pub enum Work {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Line {
-    Item { id: u64, work: Work },
-    Ack { ack: u64 },
+    Item {
+        id: u64,
+        work: Work,
+    },
+    Ack {
+        ack: u64,
+    },
+    /// The LAPI decision ids this host's posts for `known` (a value) got; added to any
+    /// already remembered for it.
+    Known {
+        known: String,
+        ids: Vec<u64>,
+    },
+    /// The decisions of this value were deleted: its ids are no longer remembered.
+    Forget {
+        forget: String,
+    },
 }
 
 /// The outbox: pending items in order, and the file that keeps them.
@@ -73,6 +98,8 @@ pub struct Outbox {
     path: PathBuf,
     file: File,
     pending: VecDeque<(u64, Work)>,
+    /// Decision ids per value, of this host's own posted decisions not yet deleted.
+    known: BTreeMap<String, Vec<u64>>,
     next_id: u64,
     /// Lines in the file that are no longer pending (acks and the items they ack).
     dead_lines: usize,
@@ -86,6 +113,7 @@ impl Outbox {
     pub fn open(path: &Path) -> std::io::Result<(Outbox, Vec<String>)> {
         let mut warnings = Vec::new();
         let mut pending: VecDeque<(u64, Work)> = VecDeque::new();
+        let mut known: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut next_id = 0;
         let mut lines = 0usize;
         if let Ok(f) = File::open(path) {
@@ -101,6 +129,14 @@ impl Outbox {
                         pending.push_back((id, work));
                     }
                     Ok(Line::Ack { ack }) => pending.retain(|(id, _)| *id != ack),
+                    Ok(Line::Known { known: value, ids }) => {
+                        if known.len() < MAX_KNOWN || known.contains_key(&value) {
+                            known.entry(value).or_default().extend(ids);
+                        }
+                    }
+                    Ok(Line::Forget { forget }) => {
+                        known.remove(&forget);
+                    }
                     Err(e) => warnings.push(format!(
                         "{}:{}: skipped an unreadable outbox line ({e})",
                         path.display(),
@@ -125,8 +161,9 @@ impl Outbox {
         let mut outbox = Outbox {
             path: path.to_path_buf(),
             file,
-            dead_lines: lines.saturating_sub(pending.len()),
+            dead_lines: lines.saturating_sub(pending.len() + known.len()),
             pending,
+            known,
             next_id,
             dropped: 0,
         };
@@ -187,6 +224,52 @@ impl Outbox {
         self.file.sync_data()
     }
 
+    /// The decision ids remembered for `value`, if any.
+    pub fn known_ids(&self, value: &str) -> Option<&[u64]> {
+        self.known
+            .get(value)
+            .map(Vec::as_slice)
+            .filter(|ids| !ids.is_empty())
+    }
+
+    /// Remembers (one write, one fsync) the decision ids a post of `value` got, beside any
+    /// already remembered for it; nothing when [`MAX_KNOWN`] values are remembered already.
+    pub fn remember(&mut self, value: &str, ids: &[u64]) -> std::io::Result<()> {
+        if ids.is_empty() || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(value)) {
+            return Ok(());
+        }
+        let line = Line::Known {
+            known: value.to_string(),
+            ids: ids.to_vec(),
+        };
+        let entry = self.known.entry(value.to_string()).or_default();
+        if !entry.is_empty() {
+            // The earlier line for this value is superseded by the compacted one.
+            self.dead_lines += 1;
+        }
+        entry.extend_from_slice(ids);
+        self.append(&line)
+    }
+
+    /// Forgets (one write, one fsync) the ids of `value` once its decisions are deleted.
+    pub fn forget(&mut self, value: &str) -> std::io::Result<()> {
+        if self.known.remove(value).is_none() {
+            return Ok(());
+        }
+        self.dead_lines += 2;
+        self.append(&Line::Forget {
+            forget: value.to_string(),
+        })?;
+        self.compact_if_due()
+    }
+
+    fn append(&mut self, line: &Line) -> std::io::Result<()> {
+        let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+        text.push('\n');
+        self.file.write_all(text.as_bytes())?;
+        self.file.sync_data()
+    }
+
     /// Marks items delivered (one write, one fsync), then compacts when due.
     pub fn ack(&mut self, ids: &[u64]) -> std::io::Result<()> {
         if ids.is_empty() {
@@ -206,14 +289,22 @@ impl Outbox {
         self.compact_if_due()
     }
 
-    /// Rewrites the file with only the pending items (temp file, fsync, rename) once the
-    /// dead lines outnumber them.
+    /// Rewrites the file with only the pending items and the remembered decision ids (temp
+    /// file, fsync, rename) once the dead lines outnumber them.
     fn compact_if_due(&mut self) -> std::io::Result<()> {
-        if self.dead_lines < COMPACT_AFTER.max(self.pending.len()) {
+        if self.dead_lines < COMPACT_AFTER.max(self.pending.len() + self.known.len()) {
             return Ok(());
         }
         let tmp = self.path.with_extension("outbox.tmp");
         let mut text = String::new();
+        for (value, ids) in &self.known {
+            let line = Line::Known {
+                known: value.clone(),
+                ids: ids.clone(),
+            };
+            text.push_str(&serde_json::to_string(&line).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
         for (id, work) in &self.pending {
             let line = Line::Item {
                 id: *id,
@@ -343,6 +434,49 @@ mod tests {
         drop(o);
         let (o, _) = Outbox::open(&path).unwrap();
         assert_eq!(values(&o), ["post 10.9.9.9"]);
+    }
+
+    #[test]
+    fn decision_ids_are_remembered_across_reopens_and_compaction_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o");
+        // A file from before the ids existed loads as it is: nothing known.
+        std::fs::write(
+            &path,
+            "{\"id\":0,\"work\":{\"op\":\"delete\",\"scope\":\"Ip\",\"value\":\"10.0.0.9\"}}\n",
+        )
+        .unwrap();
+        let (mut o, w) = Outbox::open(&path).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(values(&o), ["delete 10.0.0.9"]);
+        assert_eq!(o.known_ids("10.0.0.9"), None);
+        o.remember("10.0.0.1", &[7]).unwrap();
+        o.remember("10.0.0.1", &[9]).unwrap();
+        o.remember("fd77::1", &[8]).unwrap();
+        o.remember("10.0.0.2", &[]).unwrap();
+        drop(o);
+        let (mut o, w) = Outbox::open(&path).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.known_ids("10.0.0.1"), Some(&[7, 9][..]));
+        assert_eq!(o.known_ids("fd77::1"), Some(&[8][..]));
+        assert_eq!(o.known_ids("10.0.0.2"), None);
+        o.forget("fd77::1").unwrap();
+        drop(o);
+        let (mut o, _) = Outbox::open(&path).unwrap();
+        assert_eq!(o.known_ids("fd77::1"), None, "forgotten after the delete");
+        // Compaction keeps what is remembered (and the pending item).
+        for i in 0..1500u32 {
+            o.push(vec![post(&format!("10.1.{}.{}", i / 256, i % 256))])
+                .unwrap();
+            let id = o.pending().last().unwrap().0;
+            o.ack(&[id]).unwrap();
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 1100, "the file was compacted: {lines} lines");
+        drop(o);
+        let (o, _) = Outbox::open(&path).unwrap();
+        assert_eq!(o.known_ids("10.0.0.1"), Some(&[7, 9][..]));
+        assert_eq!(values(&o), ["delete 10.0.0.9"]);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The pusher thread: blocks made here become CrowdSec alerts with one `ban` decision, and
-//! blocks lifted here delete that decision, exactly (scope, value, origin `portsentry`).
+//! blocks lifted here delete that decision, exactly: by the decision ids learnt after the
+//! post (`GET /v1/alerts/:id`, kept in the outbox), so another portsentry host's decision
+//! for the same address stays; only when they are unknown (that GET failed, or an outbox
+//! from an older version) by scope, value and origin `portsentry`, which is logged once.
 //!
 //! Notes from the block manager go into the [`Outbox`] first (fsynced), then delivery is
 //! tried: consecutive posts share one `POST /v1/alerts` (a burst of blocks is one request),
@@ -77,6 +80,7 @@ pub fn spawn(
         failures: 0,
         refusals: 0,
         next_try: Instant::now(),
+        fallback_said: false,
     };
     std::thread::Builder::new()
         .name("fleet-push".into())
@@ -102,6 +106,8 @@ struct Pusher {
     /// Consecutive 5xx answers while the first pending item was in the request.
     refusals: u32,
     next_try: Instant,
+    /// Whether the fallback delete (ids unknown) was logged already: said once per start.
+    fallback_said: bool,
 }
 
 impl Pusher {
@@ -162,6 +168,11 @@ impl Pusher {
                 return;
             };
             let now = SystemTime::now();
+            // What a success leaves to do: the posted values to learn the decision ids of,
+            // with the alert ids the LAPI gave; or the value whose ids were deleted.
+            let mut posted: Vec<String> = Vec::new();
+            let mut alert_ids: Vec<String> = Vec::new();
+            let mut deleted: Option<String> = None;
             let (ids, result) = match first {
                 Work::Post(_) => {
                     let mut ids = Vec::new();
@@ -177,6 +188,7 @@ impl Pusher {
                         // A block that has ended since is not posted at all.
                         if let Some(alert) = alert_json(post, now) {
                             alerts.push(alert);
+                            posted.push(post.value.clone());
                         }
                     }
                     let result = if alerts.is_empty() {
@@ -184,15 +196,32 @@ impl Pusher {
                     } else {
                         let alerts = serde_json::Value::Array(alerts);
                         self.with_login(|lapi, token| lapi.post_alerts(token, &alerts))
+                            .map(|answer| alert_ids = answer)
                     };
                     (ids, result)
                 }
                 Work::Delete(d) => {
                     let (id, d) = (self.outbox.pending().next().map_or(0, |p| p.0), d.clone());
-                    let result = self.with_login(|lapi, token| {
-                        lapi.delete_decision(token, &d.scope, &d.value, ORIGIN)
-                            .map(drop)
-                    });
+                    let result = match self.outbox.known_ids(&d.value).map(<[u64]>::to_vec) {
+                        // Exactly this host's own decisions: another portsentry host's
+                        // decision for the same address stays.
+                        Some(known) => self.with_login(|lapi, token| {
+                            known
+                                .iter()
+                                .try_for_each(|&n| lapi.delete_decision_by_id(token, n).map(drop))
+                        }),
+                        None => {
+                            if !self.fallback_said {
+                                self.fallback_said = true;
+                                log::warn!("{}", log_lines::fleet_delete_fallback(&d.value));
+                            }
+                            self.with_login(|lapi, token| {
+                                lapi.delete_decision(token, &d.scope, &d.value, ORIGIN)
+                                    .map(drop)
+                            })
+                        }
+                    };
+                    deleted = Some(d.value);
                     (vec![id], result)
                 }
             };
@@ -209,6 +238,9 @@ impl Pusher {
                 );
                 self.refusals = 0;
                 self.acknowledge(&ids);
+                if let Some(value) = &deleted {
+                    self.forget(value);
+                }
                 continue;
             }
             match result {
@@ -216,6 +248,10 @@ impl Pusher {
                     self.health.ok();
                     self.failures = 0;
                     self.acknowledge(&ids);
+                    if let Some(value) = &deleted {
+                        self.forget(value);
+                    }
+                    self.learn(&posted, &alert_ids, stop);
                 }
                 Err(Failure::Request(e)) if !e.retryable() => {
                     self.health.ok();
@@ -227,6 +263,9 @@ impl Pusher {
                         )
                     );
                     self.acknowledge(&ids);
+                    if let Some(value) = &deleted {
+                        self.forget(value);
+                    }
                 }
                 Err(Failure::Request(e) | Failure::Login(e)) => {
                     self.health.failed(&e);
@@ -235,6 +274,51 @@ impl Pusher {
                     return;
                 }
             }
+        }
+    }
+
+    /// Learns the decision ids of the alerts just posted (`values[i]` got `alert_ids[i]`)
+    /// and remembers them in the outbox, so that lifting the block deletes exactly those.
+    /// One GET per alert, each bounded by the request timeout; the first failure (or a
+    /// stop) ends the learning: the values not learnt become unknown (ids remembered for
+    /// them from an earlier post are forgotten too, or their delete would leave this post's
+    /// decision behind), so their delete falls back to scope, value and origin. The posts
+    /// themselves are already acknowledged, so nothing here can post twice.
+    fn learn(&mut self, values: &[String], alert_ids: &[String], stop: &Receiver<()>) {
+        // Not one id per alert: which id is whose cannot be told.
+        let mut learnt = 0;
+        if values.len() == alert_ids.len() {
+            for (value, alert) in values.iter().zip(alert_ids) {
+                if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+                    break;
+                }
+                let found = self.with_login(|lapi, token| lapi.alert_decision_ids(token, alert));
+                let Ok(decisions) = found else { break };
+                if decisions.is_empty() {
+                    break;
+                }
+                if let Err(e) = self.outbox.remember(value, &decisions) {
+                    log::error!(
+                        "{}",
+                        log_lines::fleet_outbox_unwritable(self.outbox.path(), e, "")
+                    );
+                    break;
+                }
+                learnt += 1;
+            }
+        }
+        for value in &values[learnt..] {
+            self.forget(value);
+        }
+    }
+
+    /// Forgets the ids of a value whose delete is done (or given up).
+    fn forget(&mut self, value: &str) {
+        if let Err(e) = self.outbox.forget(value) {
+            log::error!(
+                "{}",
+                log_lines::fleet_outbox_unwritable(self.outbox.path(), e, "")
+            );
         }
     }
 
@@ -249,10 +333,10 @@ impl Pusher {
 
     /// Runs a request with a JWT, logging in first when there is none and again once on a
     /// 401 (expired token, or a LAPI restarted with a new secret).
-    fn with_login(
+    fn with_login<T>(
         &mut self,
-        request: impl Fn(&Lapi, &str) -> Result<(), LapiError>,
-    ) -> Result<(), Failure> {
+        mut request: impl FnMut(&Lapi, &str) -> Result<T, LapiError>,
+    ) -> Result<T, Failure> {
         let token = match self.token.take() {
             Some(t) => t,
             None => self.login()?,
@@ -496,6 +580,7 @@ mod tests {
             failures: 0,
             refusals: 0,
             next_try: Instant::now(),
+            fallback_said: false,
         }
     }
 
@@ -590,6 +675,59 @@ mod tests {
             DROP_AFTER - ALONE_AFTER,
             "posted alone before the drop"
         );
+    }
+
+    #[test]
+    fn a_lifted_block_deletes_its_own_decision_ids_and_an_unknown_one_falls_back() {
+        let (base, seen) = scripted_lapi(|request, _, _| match request {
+            "POST /v1/watchers/login" => (200, "{\"token\":\"t\"}".into()),
+            "POST /v1/alerts" => (201, "[\"5\",\"6\"]".into()),
+            "GET /v1/alerts/5" => (200, "{\"id\":5,\"decisions\":[{\"id\":50}]}".into()),
+            "GET /v1/alerts/6" => (500, "{\"message\":\"db locked\"}".into()),
+            "DELETE /v1/decisions/50" => (200, "{\"nbDeleted\":\"1\"}".into()),
+            r if r.starts_with("DELETE /v1/decisions?") => (200, "{\"nbDeleted\":\"1\"}".into()),
+            _ => (404, "{}".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pusher(&base, dir.path(), &["10.0.0.1", "10.0.0.2"]);
+        // An id from an earlier post of 10.0.0.2: deleting only it would leave the new one.
+        p.outbox.remember("10.0.0.2", &[40]).unwrap();
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        p.deliver(&stop);
+        assert_eq!(p.outbox.known_ids("10.0.0.1"), Some(&[50][..]));
+        assert_eq!(
+            p.outbox.known_ids("10.0.0.2"),
+            None,
+            "its GET failed: unknown, earlier ids forgotten"
+        );
+        for v in ["10.0.0.1", "10.0.0.2"] {
+            let mut r = scan_record(v);
+            r.until = None;
+            p.store(vec![work_of(&BlockNote::Lifted(r))]);
+        }
+        p.deliver(&stop);
+        assert!(p.outbox.is_empty());
+        assert_eq!(
+            p.outbox.known_ids("10.0.0.1"),
+            None,
+            "forgotten once deleted"
+        );
+        let requests: Vec<String> = seen.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+        assert_eq!(
+            requests,
+            [
+                "POST /v1/watchers/login",
+                "POST /v1/alerts",
+                "GET /v1/alerts/5",
+                "GET /v1/alerts/6",
+                "DELETE /v1/decisions/50",
+                "DELETE /v1/decisions?scopes=Ip&value=10.0.0.2&origin=portsentry",
+            ]
+        );
+        assert!(p.fallback_said);
+        drop(p);
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox")).unwrap();
+        assert_eq!(outbox.known_ids("10.0.0.1"), None, "forgotten on disk too");
     }
 
     #[test]

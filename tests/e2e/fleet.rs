@@ -3,7 +3,7 @@
 //! namespace with its own temp dir; nothing leaves the namespaces): blocks pushed as
 //! decisions and deleted exactly, decisions pulled and applied as routes and lifted, ranges
 //! v4 and v6, protected addresses, a LAPI down for 30 s, a LAPI answering 500 or garbage, and
-//! two daemons sharing one LAPI.
+//! two daemons sharing one LAPI (each deleting only its own decision for a shared scanner).
 
 pub mod lapi;
 
@@ -475,6 +475,82 @@ fn a_scan_of_one_host_gets_the_scanner_blocked_on_the_other() {
         "{:?}",
         lapi.decisions(None)
     );
+}
+
+#[test]
+fn two_hosts_blocking_the_same_scanner_each_delete_only_their_own_decision() {
+    let (a, b) = (Lab::new(), Lab::new());
+    let (here, _) = a.link_defenders(&b);
+    let listen = format!("{here}:8080");
+    let mut lapi = LapiServer::new(&a.def, &listen, &[]);
+    lapi.start();
+    // Push only: with pull, B would already block the scanner from A's decision and its
+    // own scan would push nothing.
+    let conf_a = daemon_config(&a, &lapi.daemon_config(a.dir.path(), true, None, "1s"));
+    let conf_b = daemon_config(&b, &lapi.daemon_config(b.dir.path(), true, None, "1s"));
+    let da = Daemon::start(&a, &["-c", &conf_a, "-tcp"]);
+    let db = Daemon::start(&b, &["-c", &conf_b, "-tcp"]);
+    // The same scanner address probes both hosts: A's attacker address is given to B's
+    // attacker too, and B's defender routes it there.
+    let scanner = a.att4.clone();
+    crate::lab::sh(&[
+        "ip",
+        "-n",
+        &b.att,
+        "addr",
+        "add",
+        &format!("{scanner}/32"),
+        "dev",
+        &b.att_dev,
+    ]);
+    let net = format!("{}.0/24", scanner.rsplit_once('.').unwrap().0);
+    crate::lab::sh(&["ip", "-n", &b.def, "route", "add", &net, "via", &b.att4]);
+
+    a.connect_from(&scanner, 79);
+    assert!(
+        wait_for(5, || lapi.decisions_for(&scanner).len() == 1),
+        "A's decision: {:?}\n{:?}",
+        lapi.decisions(None),
+        da.syslog()
+    );
+    let id_a = lapi.decisions_for(&scanner)[0]["id"].clone();
+    b.connect_from(&scanner, 79);
+    assert!(
+        wait_for(5, || lapi.decisions_for(&scanner).len() == 2),
+        "B's decision too: {:?}\n{:?}",
+        lapi.decisions(None),
+        db.syslog()
+    );
+    let ids = |lapi: &LapiServer| -> Vec<serde_json::Value> {
+        lapi.decisions(Some(&scanner))
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect()
+    };
+    let both = ids(&lapi);
+    // Positive control: A's decision is there before the unblock.
+    assert!(both.contains(&id_a), "{both:?}");
+    let id_b = both.iter().find(|i| **i != id_a).cloned().unwrap();
+    assert!(has_route(&a, &scanner) && has_route(&b, &scanner));
+
+    a.ctl_ok(&["unblock", &scanner]);
+    assert!(
+        wait_for(3, || !ids(&lapi).contains(&id_a)),
+        "A's decision is deleted: {:?}\n{:?}",
+        lapi.decisions(Some(&scanner)),
+        da.syslog()
+    );
+    // Let a wrong delete show up, then look again: B's decision is still active.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ids(&lapi), [id_b], "{:?}", lapi.decisions(None));
+    assert_eq!(lapi.decisions_for(&scanner)[0]["origin"], "portsentry");
+    assert_eq!(
+        da.count("deleted by scope, value and origin"),
+        0,
+        "no fallback: {:?}",
+        da.syslog()
+    );
+    assert!(has_route(&b, &scanner), "B still blocks it");
 }
 
 #[test]

@@ -160,3 +160,73 @@ fn delete_is_exact_by_scope_value_and_origin() {
     );
     assert!(head.contains("Bearer TOKEN"), "{head}");
 }
+
+#[test]
+fn a_post_answers_the_alert_ids_in_order_and_an_odd_answer_is_no_ids() {
+    let (base, _) = serve_once(Some(http("201 Created", br#"["12","13"]"#)));
+    let ids = Lapi::new(&base)
+        .post_alerts("T", &serde_json::json!([{}, {}]))
+        .unwrap();
+    assert_eq!(ids, ["12", "13"]);
+    let (base, _) = serve_once(Some(http("201 Created", b"null")));
+    assert_eq!(
+        Lapi::new(&base).post_alerts("T", &serde_json::json!([{}])),
+        Ok(Vec::new()),
+        "accepted all the same: posting again would post twice"
+    );
+}
+
+#[test]
+fn the_decision_ids_of_an_alert_come_from_get_alert_by_id() {
+    let body = br#"{"capacity":0,"decisions":[{"duration":"11m42s","id":41,"origin":"portsentry","scope":"Ip","type":"ban","value":"10.0.0.1"},{"id":42}],"events":null,"id":5,"source":{"scope":"Ip","value":"10.0.0.1"}}"#;
+    let (base, heads) = serve_once(Some(http("200 OK", body)));
+    let ids = Lapi::new(&base).alert_decision_ids("TOKEN", "5").unwrap();
+    assert_eq!(ids, [41, 42]);
+    let head = heads.recv().unwrap();
+    assert_eq!(head.lines().next(), Some("GET /v1/alerts/5 HTTP/1.1"));
+    assert!(head.contains("Bearer TOKEN"), "{head}");
+
+    let (base, _) = serve_once(Some(http("200 OK", br#"{"id":5,"decisions":null}"#)));
+    assert_eq!(
+        Lapi::new(&base).alert_decision_ids("T", "5"),
+        Ok(Vec::new())
+    );
+    let (base, _) = serve_once(Some(http(
+        "404 Not Found",
+        br#"{"message":"object not found"}"#,
+    )));
+    let err = Lapi::new(&base).alert_decision_ids("T", "6").unwrap_err();
+    assert!(matches!(err, LapiError::Status(404, _)), "{err}");
+    // An id that is not a number never reaches a path (no request is made at all).
+    let err = Lapi::new("http://127.0.0.1:9")
+        .alert_decision_ids("T", "../decisions")
+        .unwrap_err();
+    assert!(matches!(err, LapiError::Garbage(_)), "{err}");
+}
+
+#[test]
+fn delete_by_id_is_one_decision_and_a_decision_already_gone_counts_as_done() {
+    let (base, heads) = serve_once(Some(http("200 OK", br#"{"nbDeleted":"1"}"#)));
+    assert_eq!(Lapi::new(&base).delete_decision_by_id("TOKEN", 41), Ok(1));
+    let head = heads.recv().unwrap();
+    assert_eq!(
+        head.lines().next(),
+        Some("DELETE /v1/decisions/41 HTTP/1.1")
+    );
+    assert!(head.contains("Bearer TOKEN"), "{head}");
+    // What crowdsec 1.4.6 answers for an id it does not have.
+    let (base, _) = serve_once(Some(http(
+        "500 Internal Server Error",
+        br#"{"message":"decision with id '999' doesn't exist: unable to delete"}"#,
+    )));
+    assert_eq!(Lapi::new(&base).delete_decision_by_id("T", 999), Ok(0));
+    let (base, _) = serve_once(Some(http("404 Not Found", b"{}")));
+    assert_eq!(Lapi::new(&base).delete_decision_by_id("T", 999), Ok(0));
+    // Any other 500 is still a failure to retry.
+    let (base, _) = serve_once(Some(http(
+        "500 Internal Server Error",
+        br#"{"message":"database is locked"}"#,
+    )));
+    let err = Lapi::new(&base).delete_decision_by_id("T", 7).unwrap_err();
+    assert!(err.retryable(), "{err}");
+}
