@@ -447,6 +447,7 @@ impl Reloader<'_> {
                 blocks_dropped: load(&blocks.dropped),
                 responder_failures: load(&blocks.responder_failures),
             },
+            fleet: self.fleet.status(),
         }
     }
 

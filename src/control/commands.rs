@@ -355,7 +355,17 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
         }
     };
     rows.push(("last reload".into(), reload));
-    let counters_at = rows.len();
+    let reload_at = rows.len();
+    for link in &report.fleet {
+        let since = link
+            .since
+            .map(|at| format!(" since {}", local_time(at)))
+            .unwrap_or_default();
+        rows.push((
+            format!("crowdsec {}", link.direction),
+            format!("{}: {}{since}", link.url, link.state),
+        ));
+    }
     rows.extend(
         report
             .counters
@@ -367,7 +377,7 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
     let mut out = String::new();
     for (i, (key, value)) in rows.iter().enumerate() {
         out.push_str(&format!("{:<width$} {value}\n", format!("{key}:")));
-        if i + 1 == counters_at {
+        if i + 1 == reload_at {
             for e in reload_errors {
                 out.push_str(&format!("{:<width$}   {e}\n", ""));
             }

@@ -169,6 +169,10 @@ pub struct StatusReport {
     /// What the pipeline has done since start.
     #[serde(default)]
     pub counters: Counters,
+    /// The CrowdSec fleet's directions and the state of their link to the LAPI (empty
+    /// without `CROWDSEC_LAPI_URL`).
+    #[serde(default)]
+    pub fleet: Vec<crate::fleet::FleetLink>,
 }
 
 /// One reload attempt, so that a refused reload stays visible after the fact.
@@ -406,6 +410,12 @@ mod tests {
                 responder_failures: 1,
                 ..Counters::default()
             },
+            fleet: vec![crate::fleet::FleetLink {
+                direction: "pull".into(),
+                url: "http://127.0.0.1:8080".into(),
+                state: "connected".into(),
+                since: Some(at),
+            }],
         }));
         assert!(
             json.starts_with(r#"{"response":"status","version":"0.1.0""#),

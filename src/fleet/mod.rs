@@ -23,7 +23,10 @@ pub mod push;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use crossbeam_channel::{Sender, bounded};
 
@@ -80,11 +83,71 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The LAPI's state as one direction sees it, logged once per change (not per attempt).
+/// What `status` shows of one direction's link to the LAPI. Its thread's [`Health`] is the
+/// one writer; the main thread reads it when an operator asks (a published view, like the
+/// block manager's), so answering `status` never waits on a LAPI request.
+#[derive(Debug, Default)]
+pub struct LinkView {
+    /// [`LINK_UNTRIED`], [`LINK_UP`] or [`LINK_DOWN`].
+    state: AtomicU8,
+    /// When it last changed, in seconds since the Unix epoch (0: never).
+    since: AtomicU64,
+}
+
+/// One direction of the fleet as `portsentry status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FleetLink {
+    /// `push` or `pull`.
+    pub direction: String,
+    /// The LAPI's base URL.
+    pub url: String,
+    /// `connected`, `failing, retrying` or `not yet contacted`.
+    pub state: String,
+    /// When the state last changed.
+    #[serde(with = "crate::record::opt_time_text", default)]
+    pub since: Option<SystemTime>,
+}
+
+/// No request has answered or failed yet.
+const LINK_UNTRIED: u8 = 0;
+/// The last request was answered.
+const LINK_UP: u8 = 1;
+/// The last request failed and is being retried.
+const LINK_DOWN: u8 = 2;
+
+impl LinkView {
+    fn set(&self, state: u8) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.state.store(state, Ordering::Relaxed);
+        self.since.store(now, Ordering::Relaxed);
+    }
+
+    /// The state in words (`connected`, `unreachable, retrying`, `not yet contacted`) and
+    /// since when.
+    pub fn read(&self) -> (&'static str, Option<SystemTime>) {
+        let state = match self.state.load(Ordering::Relaxed) {
+            LINK_UP => "connected",
+            LINK_DOWN => "failing, retrying",
+            LINK_UNTRIED => "not yet contacted",
+            _ => "unknown",
+        };
+        let since = match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        };
+        (state, since)
+    }
+}
+
+/// The LAPI's state as one direction sees it, logged once per change (not per attempt) and
+/// published in a [`LinkView`] for `status`.
 pub(crate) struct Health {
     url: String,
     direction: &'static str,
     up: Option<bool>,
+    view: Arc<LinkView>,
 }
 
 impl Health {
@@ -93,7 +156,13 @@ impl Health {
             url: url.to_string(),
             direction,
             up: None,
+            view: Arc::new(LinkView::default()),
         }
+    }
+
+    /// The view `status` reads.
+    pub(crate) fn view(&self) -> Arc<LinkView> {
+        Arc::clone(&self.view)
     }
 
     /// A request succeeded.
@@ -106,6 +175,9 @@ impl Health {
             ),
             None => log::info!("{}", log_lines::fleet_connected(&self.url, self.direction)),
         }
+        if self.up != Some(true) {
+            self.view.set(LINK_UP);
+        }
         self.up = Some(true);
     }
 
@@ -113,6 +185,7 @@ impl Health {
     pub(crate) fn failed(&mut self, e: &LapiError) {
         if self.up != Some(false) {
             log::warn!("{}", log_lines::fleet_failing(&self.url, e, self.direction));
+            self.view.set(LINK_DOWN);
         }
         self.up = Some(false);
     }
@@ -130,6 +203,8 @@ pub struct Fleet {
     built: Built,
     stop: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
+    /// Each running direction with its URL and link view, for `status`.
+    links: Vec<(&'static str, String, Arc<LinkView>)>,
 }
 
 impl Fleet {
@@ -145,6 +220,7 @@ impl Fleet {
             },
             stop: None,
             threads: Vec::new(),
+            links: Vec::new(),
         };
         fleet.launch(built, blocks);
         fleet
@@ -173,6 +249,24 @@ impl Fleet {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.links.clear();
+    }
+
+    /// Each running direction (`push`, `pull`), its LAPI, the link's state and since when:
+    /// what `portsentry status` shows. Empty without a fleet.
+    pub fn status(&self) -> Vec<FleetLink> {
+        self.links
+            .iter()
+            .map(|(direction, url, view)| {
+                let (state, since) = view.read();
+                FleetLink {
+                    direction: direction.to_string(),
+                    url: url.clone(),
+                    state: state.to_string(),
+                    since,
+                }
+            })
+            .collect()
     }
 
     fn launch(&mut self, built: Built, blocks: &BlockManager) {
@@ -180,16 +274,20 @@ impl Fleet {
         if let Some(cfg) = &built.push {
             let (notes_tx, notes_rx) = bounded(NOTE_QUEUE);
             match push::spawn(cfg.clone(), notes_rx, stop_rx.clone()) {
-                Ok(t) => {
+                Ok((t, view)) => {
                     blocks.observe(Some(notes_tx));
                     self.threads.push(t);
+                    self.links.push(("push", cfg.lapi_url.clone(), view));
                 }
                 Err(e) => log::error!("{}", log_lines::fleet_not_started("push", e)),
             }
         }
         if let Some(cfg) = &built.pull {
             match pull::spawn(cfg.clone(), blocks.fleet_input(), stop_rx) {
-                Ok(t) => self.threads.push(t),
+                Ok((t, view)) => {
+                    self.threads.push(t);
+                    self.links.push(("pull", cfg.lapi_url.clone(), view));
+                }
                 Err(e) => log::error!("{}", log_lines::fleet_not_started("pull", e)),
             }
         }
@@ -259,6 +357,21 @@ fn build(config: &Config) -> Built {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_view_follows_each_change_of_state() {
+        let mut health = Health::new("http://127.0.0.1:1", "push");
+        let view = health.view();
+        assert_eq!(view.read(), ("not yet contacted", None));
+        health.ok();
+        let (state, since) = view.read();
+        assert_eq!(state, "connected");
+        assert!(since.is_some());
+        health.failed(&LapiError::Status(503, "down".into()));
+        assert_eq!(view.read().0, "failing, retrying");
+        health.ok();
+        assert_eq!(view.read().0, "connected");
+    }
 
     #[test]
     fn check_names_each_unusable_secret_file_and_never_its_content() {

@@ -11,6 +11,7 @@
 //! origin.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::client::{Decision, Lapi, Stream};
 use super::duration::{self, Remaining};
-use super::{Health, Secret};
+use super::{Health, LinkView, Secret};
 use crate::block::manager::{BlockOutcome, FleetInput};
 use crate::block::{Target, parse_target, target_text};
 use crate::log_lines;
@@ -42,7 +43,7 @@ pub fn spawn(
     config: PullConfig,
     blocks: FleetInput,
     stop: Receiver<()>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<(JoinHandle<()>, Arc<LinkView>), String> {
     let (outcomes_tx, outcomes) = unbounded();
     let mut puller = Puller {
         lapi: Lapi::new(&config.lapi_url),
@@ -53,9 +54,11 @@ pub fn spawn(
         warned: HashSet::new(),
         outcomes_tx,
     };
+    let view = puller.health.view();
     std::thread::Builder::new()
         .name("fleet-pull".into())
         .spawn(move || puller.run(&outcomes, &stop))
+        .map(|t| (t, view))
         .map_err(|e| format!("cannot start the thread: {e}"))
 }
 

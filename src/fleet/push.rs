@@ -11,6 +11,7 @@
 //! written to the outbox. Nothing here ever waits on the block manager or slows it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +20,7 @@ use serde_json::json;
 
 use super::client::{Lapi, LapiError};
 use super::outbox::{Delete, Outbox, Post, Work};
-use super::{Health, ORIGIN, Secret, duration};
+use super::{Health, LinkView, ORIGIN, Secret, duration};
 use crate::block::manager::BlockNote;
 use crate::block::{BlockRecord, Origin, target_text};
 use crate::log_lines;
@@ -57,7 +58,7 @@ pub fn spawn(
     config: PushConfig,
     notes: Receiver<BlockNote>,
     stop: Receiver<()>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<(JoinHandle<()>, Arc<LinkView>), String> {
     let (outbox, warnings) = Outbox::open(&config.outbox_file).map_err(|e| {
         format!(
             "cannot open the outbox {}: {e}",
@@ -82,9 +83,11 @@ pub fn spawn(
         next_try: Instant::now(),
         fallback_said: false,
     };
+    let view = pusher.health.view();
     std::thread::Builder::new()
         .name("fleet-push".into())
         .spawn(move || pusher.run(&notes, &stop))
+        .map(|t| (t, view))
         .map_err(|e| format!("cannot start the thread: {e}"))
 }
 

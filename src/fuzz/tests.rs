@@ -701,6 +701,7 @@ fn status() -> impl Strategy<Value = StatusReport> {
                     blocks_dropped: c[8],
                     responder_failures: c[9],
                 },
+                fleet: Vec::new(),
             },
         )
 }

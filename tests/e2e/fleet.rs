@@ -61,6 +61,13 @@ fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
         d.wait_line("CrowdSec LAPI", 1)
             .is_some_and(|l| l.contains("connected"))
     );
+    let status = lab.ctl_ok(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("crowdsec push:") && l.contains(": connected since")),
+        "{status}"
+    );
 
     // A range covering the scanner, from elsewhere in the fleet, must survive the unblock.
     let net = format!("{}.0/24", att.rsplit_once('.').unwrap().0);
@@ -263,6 +270,11 @@ fn blocks_made_while_the_lapi_is_down_for_30s_all_arrive_once_and_none_twice() {
     d.expect_line(
         "CrowdSec LAPI http://127.0.0.1:8080: unreachable (connection refused)",
         5,
+    );
+    let status = lab.ctl_ok(&["status"]);
+    assert!(
+        status.contains("http://127.0.0.1:8080: failing, retrying since"),
+        "{status}"
     );
     // A restart meanwhile: the outbox keeps what was not delivered.
     d.stop();

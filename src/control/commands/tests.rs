@@ -132,6 +132,12 @@ fn status_reads_as_aligned_key_value_lines() {
             responder_failures: 2,
             ..Counters::default()
         },
+        fleet: vec![crate::fleet::FleetLink {
+            direction: "push".into(),
+            url: "http://10.0.0.5:8080".into(),
+            state: "failing, retrying".into(),
+            since: None,
+        }],
     };
     let text = status_text(&report, at(1_700_000_160));
     let lines: Vec<&str> = text.lines().collect();
@@ -148,9 +154,13 @@ fn status_reads_as_aligned_key_value_lines() {
         lines[6],
         "                      portsentry.conf:3: TCP_PORTS: \"x\": bad"
     );
-    assert_eq!(lines[7], "probes seen:        12");
-    assert_eq!(lines[16], "responder failures: 2");
-    assert_eq!(lines.len(), 17);
+    assert_eq!(
+        lines[7],
+        "crowdsec push:      http://10.0.0.5:8080: failing, retrying"
+    );
+    assert_eq!(lines[8], "probes seen:        12");
+    assert_eq!(lines[17], "responder failures: 2");
+    assert_eq!(lines.len(), 18);
 }
 
 fn records() -> Vec<BlockRecord> {

@@ -31,6 +31,7 @@ fn report() -> StatusReport {
         generation: 2,
         last_reload: None,
         counters: Counters::default(),
+        fleet: Vec::new(),
     }
 }
 
