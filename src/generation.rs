@@ -301,6 +301,19 @@ mod tests {
             )
             .unwrap();
         }
+        /// A config whose `LUA_RESPONDERS` names plugin `p` in `plugins/`; the path of
+        /// `p.lua`, for the test to fill.
+        fn plugin_p(&self) -> PathBuf {
+            let plugins = self.path("plugins");
+            std::fs::create_dir(&plugins).unwrap();
+            self.config(&format!(
+                "TCP_PORTS=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}/lua\"\n\
+                 LUA_RESPONDERS=\"p\"\n",
+                plugins.display(),
+                env!("CARGO_MANIFEST_DIR")
+            ));
+            plugins.join("p.lua")
+        }
         fn ignore(&self, text: &str) {
             std::fs::write(self.path("portsentry.ignore"), text).unwrap();
         }
@@ -336,16 +349,8 @@ mod tests {
     #[test]
     fn a_valid_ignore_edit_applies_while_a_plugin_no_longer_loads() {
         let f = Files::new();
-        let plugins = f.path("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        let plugin = plugins.join("p.lua");
+        let plugin = f.plugin_p();
         std::fs::write(&plugin, "portsentry.on('block', function(ev) end)\n").unwrap();
-        f.config(&format!(
-            "TCP_PORTS=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}/lua\"\n\
-             LUA_RESPONDERS=\"p\"\n",
-            plugins.display(),
-            env!("CARGO_MANIFEST_DIR")
-        ));
         let conf = f.path("portsentry.conf");
         let (first, _) = Generation::load(1, &conf).unwrap();
         std::fs::write(&plugin, "portsentry.on('block', function(\n").unwrap();
@@ -388,15 +393,7 @@ mod tests {
     #[test]
     fn a_plugin_source_that_is_a_fifo_is_refused_at_once() {
         let f = Files::new();
-        let plugins = f.path("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        nix::unistd::mkfifo(&plugins.join("p.lua"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        f.config(&format!(
-            "TCP_PORTS=\"1\"\nPLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}/lua\"\n\
-             LUA_RESPONDERS=\"p\"\n",
-            plugins.display(),
-            env!("CARGO_MANIFEST_DIR")
-        ));
+        nix::unistd::mkfifo(&f.plugin_p(), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let conf = f.path("portsentry.conf");
         let c = crate::config::read::tests::within_5s(move || {
             Generation::check(&conf, build_plugins).errors

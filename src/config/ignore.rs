@@ -238,14 +238,16 @@ fn v6_net(a: Ipv6Addr, bits: u8) -> Option<IpNet> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
+    /// An address literal (tests of this list and of the filter that reads it).
+    pub(crate) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn list(text: &str) -> IgnoreList {
+    /// A list parsed from text that must be valid.
+    pub(crate) fn list(text: &str) -> IgnoreList {
         IgnoreList::parse(Path::new("portsentry.ignore"), text).unwrap()
     }
 

@@ -62,17 +62,10 @@ impl Filter for IgnoreFilter {
 mod tests {
     use super::*;
     use crate::event::{Hit, Mode, ProbeKind};
-    use std::net::IpAddr;
     use std::path::Path;
     use std::time::Duration;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn list(text: &str) -> IgnoreList {
-        IgnoreList::parse(Path::new("portsentry.ignore"), text).unwrap()
-    }
+    use crate::config::ignore::tests::{ip, list};
 
     fn alert(src: &str) -> Candidate {
         Candidate {

@@ -72,17 +72,7 @@ pub fn spawn(
     if waiting > 0 {
         log::info!("{}", log_lines::fleet_backlog(waiting));
     }
-    let mut pusher = Pusher {
-        lapi: Lapi::new(&config.lapi_url),
-        health: Health::new(&config.lapi_url, "push"),
-        config,
-        token: None,
-        outbox,
-        failures: 0,
-        refusals: 0,
-        next_try: Instant::now(),
-        fallback_said: false,
-    };
+    let mut pusher = Pusher::new(config, outbox);
     let view = pusher.health.view();
     std::thread::Builder::new()
         .name("fleet-push".into())
@@ -114,6 +104,21 @@ struct Pusher {
 }
 
 impl Pusher {
+    /// A pusher that has not logged in or failed yet, delivering `outbox` to `config`'s LAPI.
+    fn new(config: PushConfig, outbox: Outbox) -> Pusher {
+        Pusher {
+            lapi: Lapi::new(&config.lapi_url),
+            health: Health::new(&config.lapi_url, "push"),
+            config,
+            token: None,
+            outbox,
+            failures: 0,
+            refusals: 0,
+            next_try: Instant::now(),
+            fallback_said: false,
+        }
+    }
+
     fn run(&mut self, notes: &Receiver<BlockNote>, stop: &Receiver<()>) {
         let mut notes_open = true;
         loop {
@@ -569,22 +574,13 @@ mod tests {
             })
             .collect();
         outbox.push(work).unwrap();
-        Pusher {
-            config: PushConfig {
-                lapi_url: base.into(),
-                machine_id: "m".into(),
-                password: Secret("pw".into()),
-                outbox_file: dir.join("outbox"),
-            },
-            lapi: Lapi::new(base),
-            health: Health::new(base, "push"),
-            token: None,
-            outbox,
-            failures: 0,
-            refusals: 0,
-            next_try: Instant::now(),
-            fallback_said: false,
-        }
+        let config = PushConfig {
+            lapi_url: base.into(),
+            machine_id: "m".into(),
+            password: Secret("pw".into()),
+            outbox_file: dir.join("outbox"),
+        };
+        Pusher::new(config, outbox)
     }
 
     #[test]

@@ -21,6 +21,16 @@ use lapi::{LapiServer, daemon_config, has_route, time_until};
 /// the port is free).
 const LISTEN: &str = "127.0.0.1:8080";
 
+/// A LAPI in the lab with bouncer `host-a`, and a daemon that only pulls from it (1 s polls).
+fn pulling_daemon(lab: &Lab) -> (LapiServer, Daemon) {
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let conf = daemon_config(lab, &fleet);
+    let d = Daemon::start(lab, &["-c", &conf, "-tcp"]);
+    (lapi, d)
+}
+
 #[test]
 fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
     let lab = Lab::new();
@@ -104,11 +114,7 @@ fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
 #[test]
 fn a_cscli_decision_is_applied_within_a_poll_and_lifted_when_deleted() {
     let lab = Lab::new();
-    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
-    lapi.start();
-    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
-    let conf = daemon_config(&lab, &fleet);
-    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let (lapi, d) = pulling_daemon(&lab);
     d.expect_line("CrowdSec LAPI http://127.0.0.1:8080: connected (pull)", 5);
     let ip = "10.77.250.9";
     let added = Instant::now();
@@ -161,11 +167,7 @@ fn a_cscli_decision_is_applied_within_a_poll_and_lifted_when_deleted() {
 #[test]
 fn range_decisions_are_applied_for_v4_and_v6_and_a_local_block_is_never_lifted_by_the_fleet() {
     let lab = Lab::new();
-    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
-    lapi.start();
-    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
-    let conf = daemon_config(&lab, &fleet);
-    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let (lapi, d) = pulling_daemon(&lab);
     let att = lab.att4.clone();
     lab.connect_from(&att, 79);
     assert!(wait_for(5, || has_route(&lab, &att)), "{:?}", d.syslog());
@@ -213,11 +215,7 @@ fn a_decision_for_a_protected_or_ignored_address_is_not_applied_and_said_once() 
         format!("127.0.0.1/32\n0.0.0.0\n{ignored}\n"),
     )
     .unwrap();
-    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
-    lapi.start();
-    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
-    let conf = daemon_config(&lab, &fleet);
-    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let (lapi, d) = pulling_daemon(&lab);
     let own = lab.def4.clone();
     let control = "10.77.250.9";
     for ip in [own.as_str(), ignored, control] {

@@ -215,13 +215,21 @@ mod tests {
         assert_eq!(f.servers(), ips(&["fd77::53"]));
     }
 
-    #[test]
-    fn unreadable_file_is_an_error_and_keeps_the_servers() {
+    /// A resolv.conf naming 10.77.1.53, already read once, in a temp dir (kept alive by the
+    /// first element).
+    fn read_once_with_one_server() -> (tempfile::TempDir, std::path::PathBuf, ResolvFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
         std::fs::write(&path, "nameserver 10.77.1.53\n").unwrap();
         let mut f = ResolvFile::new(&path);
         f.poll().unwrap();
+        assert_eq!(f.servers(), ips(&["10.77.1.53"]));
+        (dir, path, f)
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error_and_keeps_the_servers() {
+        let (_dir, path, mut f) = read_once_with_one_server();
         // A directory in its place cannot be read as a file.
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
@@ -231,11 +239,7 @@ mod tests {
 
     #[test]
     fn a_fifo_or_dev_zero_in_its_place_is_refused_at_once_and_keeps_the_servers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("resolv.conf");
-        std::fs::write(&path, "nameserver 10.77.1.53\n").unwrap();
-        let mut f = ResolvFile::new(&path);
-        f.poll().unwrap();
+        let (_dir, path, mut f) = read_once_with_one_server();
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let (err, f) = crate::config::read::tests::within_5s(move || (f.poll(), f));
