@@ -1386,6 +1386,7 @@ impl Manager {
                     return;
                 }
                 let record = BlockRecord {
+                    members: Vec::new(),
                     target,
                     since: now,
                     until: a.duration.and_then(|d| now.checked_add(d)),

@@ -380,6 +380,7 @@ mod tests {
     fn sample_record() -> BlockRecord {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("10.0.0.0/24").unwrap(),
             since,
             until: None,

@@ -501,6 +501,7 @@ fn records(whole_seconds: bool) -> impl Strategy<Value = Vec<BlockRecord>> {
                 let until =
                     length.map(|l| UNIX_EPOCH + Duration::from_millis((ms + l).min(LAST * 1000)));
                 BlockRecord {
+                    members: Vec::new(),
                     target,
                     since,
                     until,

@@ -166,6 +166,7 @@ fn status_reads_as_aligned_key_value_lines() {
 fn records() -> Vec<BlockRecord> {
     vec![
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("10.0.0.5").unwrap(),
             since: at(1_700_000_000),
             until: Some(at(1_700_003_600)),
@@ -192,6 +193,7 @@ fn records() -> Vec<BlockRecord> {
             ],
         },
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("2001:db8::/64").unwrap(),
             since: at(1_700_000_000),
             until: None,
