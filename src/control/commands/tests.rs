@@ -280,6 +280,7 @@ fn answers_decide_output_and_exit_code() {
 
     let unblock = Request::Unblock {
         target: "10.0.0.5".into(),
+        covering: false,
     };
     let p = render(
         &unblock,
