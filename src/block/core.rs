@@ -45,8 +45,9 @@ const LONGEST: Duration = Duration::from_secs(100 * 365 * 86400);
 const DEFERRED_CAP: usize = 10_000;
 /// How often the summary of held-back blocks is logged.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
-/// Distinct ports remembered per held-back source at most (enough to rank scanners).
-const DEFERRED_PORTS: usize = 1024;
+/// Distinct ports remembered per held-back source at most (enough to rank scanners, and
+/// bounded so that ten thousand waiting sources stay small).
+const DEFERRED_PORTS: usize = 64;
 /// Prefixes whose escalation state or budget is remembered at most: a flood of forged
 /// sources from every prefix cannot grow memory (the least recently touched go first).
 const PREFIX_MEMORY: usize = 65_536;
@@ -415,6 +416,8 @@ pub struct BlockCore {
     prefix_rates: HashMap<Target, RateLimit>,
     escalations: HashMap<Target, Escalation>,
     deferred: HashMap<Target, Deferred>,
+    /// When the line of held-back sources is worth looking at again (`None`: at once).
+    serve_after: Option<Instant>,
     /// Sources held back since the last summary, and why the last one was.
     deferred_recently: u64,
     deferred_why: String,
@@ -474,6 +477,7 @@ impl BlockCore {
             prefix_rates: HashMap::new(),
             escalations: HashMap::new(),
             deferred: HashMap::new(),
+            serve_after: None,
             deferred_recently: 0,
             deferred_why: String::new(),
             summary_since: setup.now.mono,
@@ -572,15 +576,8 @@ impl BlockCore {
             wake = wake.min(at.duration_since(now.wall).unwrap_or_default());
         }
         if !self.deferred.is_empty() {
-            let mut next = self.rate.next_token();
-            for r in self.prefix_rates.values() {
-                if let Some(t) = r.next_token() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-            if let Some(next) = next {
-                wake = wake.min(next);
-            }
+            let at = self.serve_after.unwrap_or(now.mono);
+            wake = wake.min(at.saturating_duration_since(now.mono));
         }
         if self.deferred_recently > 0 {
             let since = now.mono.saturating_duration_since(self.summary_since);
@@ -757,6 +754,20 @@ impl BlockCore {
             d.add(req);
             return;
         }
+        if !self.deferred.is_empty() {
+            // Others wait already: join the line, the best goes first. The line is looked
+            // at again now only if this source's own prefix and the global budget have a
+            // token (otherwise nothing could move).
+            let why = self.deferred_why.clone();
+            let prefix = self.prefix_of(&target);
+            let own = self.config().block_rate_limit_per_prefix == 0
+                || self.prefix_rate(prefix, now.mono).has_token(now.mono);
+            if own && self.rate.has_token(now.mono) {
+                self.serve_after = None;
+            }
+            self.defer(target, req, why, now.mono);
+            return;
+        }
         match self.budget_allows(&target, now.mono) {
             Ok(()) => self.start_scan_block(target, req, now),
             Err(why) => self.defer(target, req, why, now.mono),
@@ -831,16 +842,14 @@ impl BlockCore {
         self.deferred_recently += 1;
         self.deferred_why = why;
         if self.deferred.len() >= DEFERRED_CAP {
-            let worst = self
-                .deferred
-                .iter()
-                .min_by_key(|(_, d)| d.rank())
-                .map(|(t, w)| (*t, w.rank()));
-            match worst {
-                Some((t, rank)) if rank < d.rank() => {
-                    self.deferred.remove(&t);
-                }
-                _ => return,
+            // Full: the weakest tenth gives way at once (one sort per thousand sources
+            // rather than a scan per source); a newcomer weaker still stays out.
+            let mut ranks: Vec<_> = self.deferred.values().map(Deferred::rank).collect();
+            ranks.sort_unstable();
+            let cut = ranks[ranks.len() / 10];
+            self.deferred.retain(|_, w| w.rank() > cut);
+            if d.rank() <= cut {
+                return;
             }
         }
         self.deferred.insert(target, d);
@@ -849,9 +858,14 @@ impl BlockCore {
     /// Starts the best held-back blocks the budgets allow (a prefix out of budget lets the
     /// next prefix's source go first); forgets those older than the trigger window (a
     /// scanner that kept going has sent newer probes meanwhile) and those a network block
-    /// now covers.
+    /// now covers. Runs only when a token may have come back or a slot freed
+    /// (`serve_after`), so a long line costs nothing per message.
     fn serve_deferred(&mut self, now: Now) {
         if self.deferred.is_empty() || self.stopping {
+            self.serve_after = None;
+            return;
+        }
+        if self.serve_after.is_some_and(|t| now.mono < t) {
             return;
         }
         let window = self.config().scan_trigger_window;
@@ -859,31 +873,59 @@ impl BlockCore {
             self.deferred
                 .retain(|_, d| now.mono.saturating_duration_since(d.since) <= window);
         }
-        if self.max_active_reached().is_some() || !self.rate.has_token(now.mono) {
+        if let Some(why) = self.max_active_reached() {
+            // A release frees a slot and calls again; until then, look once a summary.
+            self.deferred_why = why;
+            self.serve_after = Some(now.mono + SUMMARY_INTERVAL);
             return;
         }
+        if !self.rate.has_token(now.mono) {
+            let wait = self.rate.next_token().unwrap_or(SUMMARY_INTERVAL);
+            self.serve_after = Some(now.mono + wait);
+            return;
+        }
+        let per_prefix = self.config().block_rate_limit_per_prefix;
         let mut order: Vec<_> = self.deferred.iter().map(|(t, d)| (d.rank(), *t)).collect();
         order.sort_by_key(|(rank, _)| Reverse(*rank));
+        let mut prefix_wait: Option<Duration> = None;
         for (_, target) in order {
             if self.hosts.contains_key(&target) || self.covering(target.addr()).is_some() {
                 self.deferred.remove(&target);
                 continue;
             }
-            match self.budget_allows(&target, now.mono) {
-                Ok(()) => {
-                    if let Some(d) = self.deferred.remove(&target) {
-                        self.start_scan_block(target, d.request, now);
-                    }
-                }
-                Err(why) => {
-                    let global = !why.starts_with("BLOCK_RATE_LIMIT_PER_PREFIX");
-                    self.deferred_why = why;
-                    if global {
-                        break;
-                    }
+            if !self.rate.has_token(now.mono) || self.max_active_reached().is_some() {
+                break;
+            }
+            let prefix = self.prefix_of(&target);
+            if per_prefix > 0 {
+                let bucket = self.prefix_rate(prefix, now.mono);
+                if !bucket.has_token(now.mono) {
+                    let wait = bucket.next_token().unwrap_or(SUMMARY_INTERVAL);
+                    prefix_wait = Some(prefix_wait.map_or(wait, |w| w.min(wait)));
+                    continue;
                 }
             }
+            if let Err(why) = self.budget_allows(&target, now.mono) {
+                self.deferred_why = why;
+                break;
+            }
+            if let Some(d) = self.deferred.remove(&target) {
+                self.start_scan_block(target, d.request, now);
+            }
         }
+        self.serve_after = if self.deferred.is_empty() {
+            None
+        } else {
+            let global = (!self.rate.has_token(now.mono))
+                .then(|| self.rate.next_token())
+                .flatten();
+            let wait = match (global, prefix_wait) {
+                (Some(g), Some(p)) => g.min(p),
+                (Some(w), None) | (None, Some(w)) => w,
+                (None, None) => SUMMARY_INTERVAL,
+            };
+            Some(now.mono + wait)
+        };
     }
 
     /// The summary line of held-back blocks, once per interval while there are any.
@@ -1122,6 +1164,7 @@ impl BlockCore {
             self.escalations.clear();
         }
         self.generation = generation;
+        self.serve_after = None;
     }
 
     // ---- escalation ----
@@ -1692,6 +1735,8 @@ impl BlockCore {
             at: now.wall,
             why,
         });
+        // A slot is free: the line may move.
+        self.serve_after = None;
         self.remember(&record, now.wall);
         self.out.blocked_file_dirty = true;
         let mut details = Vec::new();

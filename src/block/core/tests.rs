@@ -598,3 +598,29 @@ fn a_stop_keeps_scan_blocks_in_hand_and_leaves_restores_to_the_next_start() {
     assert!(r.core.stopped());
     assert_eq!(r.blocked(), ["192.0.2.1"]);
 }
+
+#[test]
+fn a_flood_of_forged_multi_port_sources_stays_bounded_and_a_real_scanner_goes_first() {
+    let mut r = Rig::new(config(|c| {
+        c.block_rate_limit = 60;
+        c.escalate_after_v4 = 0;
+    }));
+    // 60,000 forged sources, each in a /24 of its own, each with enough ports to act on.
+    for i in 0..60_000u32 {
+        let [_, b, c, d] = (0x0a00_0000 + i * 256).to_be_bytes();
+        r.probe(&format!("10.{b}.{c}.{d}"), 1, false);
+        if i % 1000 == 0 {
+            r.settle();
+        }
+    }
+    r.settle();
+    assert_eq!(r.blocked().len(), 60, "the budget holds");
+    assert!(r.core.deferred.len() <= DEFERRED_CAP);
+    assert!(r.core.prefix_rates.len() <= PREFIX_MEMORY);
+    // A proven scanner joins the line and is served first when the next token comes.
+    r.probe("192.0.2.200", 23, true);
+    r.advance(Duration::from_secs(1));
+    r.settle();
+    assert!(r.blocked().contains(&"192.0.2.200".to_string()));
+    assert_eq!(r.blocked().len(), 61);
+}
