@@ -191,6 +191,13 @@ pub enum Work {
         /// Re-applied after a restart.
         restored: bool,
     },
+    /// Renew the kernel timeouts of a block whose end moved later.
+    Refresh {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// The block, with its new end.
+        record: BlockRecord,
+    },
     /// Undo every action of a block.
     Undo {
         /// Job number, echoed in the result.
@@ -552,6 +559,7 @@ impl BlockCore {
                 // Restores and expiries not started yet are left to the next start.
                 self.waiting.retain(|work| match work {
                     Work::Apply { restored, .. } => !restored,
+                    Work::Refresh { .. } => true,
                     Work::Undo { .. } => false,
                 });
             }
@@ -1038,14 +1046,38 @@ impl BlockCore {
                 continue;
             }
             match self.hosts.get(&target) {
-                Some(Host::Active { record, .. }) => {
-                    batch.outcomes.push(refuse(match record.until {
-                        Some(u) => format!(
-                            "already blocked until {}",
-                            humantime::format_rfc3339_seconds(u)
-                        ),
-                        None => "already blocked (permanent)".into(),
-                    }));
+                Some(Host::Active {
+                    record,
+                    reapplying: None,
+                }) => {
+                    let wanted = duration
+                        .or_else(|| self.policy.next(self.past(&target, now.wall)))
+                        .map(|d| d.min(LONGEST));
+                    let outcome = match (record.until, wanted) {
+                        (None, _) => refuse("already blocked (permanent)".into()),
+                        (Some(u), Some(d)) if now.wall.checked_add(d).is_none_or(|e| e <= u) => {
+                            refuse(format!(
+                                "already blocked until {}, which is later than asked",
+                                humantime::format_rfc3339_seconds(u)
+                            ))
+                        }
+                        (Some(_), wanted) => {
+                            let until = wanted.and_then(|d| now.wall.checked_add(d));
+                            self.extend(target, until);
+                            BlockOutcome {
+                                target: who.clone(),
+                                ok: true,
+                                detail: match until {
+                                    Some(u) => format!(
+                                        "extended until {}",
+                                        humantime::format_rfc3339_seconds(u)
+                                    ),
+                                    None => "extended: permanent".into(),
+                                },
+                            }
+                        }
+                    };
+                    batch.outcomes.push(outcome);
                     continue;
                 }
                 Some(_) => {
@@ -1088,6 +1120,23 @@ impl BlockCore {
         } else {
             self.batches.insert(batch_id, batch);
         }
+    }
+
+    /// Gives a block in force a later end (`None`: permanent): journaled, with its expiry
+    /// moved, and the kernel's timeouts renewed by a job.
+    fn extend(&mut self, target: Target, until: Option<SystemTime>) {
+        let Some(Host::Active { record, .. }) = self.hosts.get_mut(&target) else {
+            return;
+        };
+        record.until = until;
+        let record = record.clone();
+        if let Some(u) = until {
+            self.expiries.push(Reverse((u, target)));
+        }
+        self.out.entries.push(Entry::Block(record.clone()));
+        self.out.blocked_file_dirty = true;
+        let id = self.next_id();
+        self.waiting.push_back(Work::Refresh { id, record });
     }
 
     /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
@@ -1467,6 +1516,18 @@ impl BlockCore {
                 target,
                 outcomes,
             } => self.on_undone(id, target, outcomes, now),
+            JobResult::Refreshed { target, error, .. } => {
+                if let Some(e) = error {
+                    let who = target_text(&target);
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::responder_failed(
+                            &who,
+                            "nftables (renewing the timeout)",
+                            &e,
+                        )));
+                }
+            }
         }
     }
 

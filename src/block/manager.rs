@@ -32,7 +32,7 @@ use crate::log_lines;
 use crate::protected::ProtectView;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::NftHandle;
-use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
+use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, RefreshJob, UndoJob, WORKERS};
 
 /// Block requests from scans waiting for the manager at most; beyond, a request is dropped
 /// (counted and logged) and the host's next probe asks again.
@@ -553,6 +553,7 @@ impl Manager {
                 generation: self.generation.clone(),
                 lua: self.lua.clone(),
             })),
+            Work::Refresh { id, record } => Job::Refresh(Box::new(RefreshJob { id, record })),
             Work::Undo { id, record, reason } => Job::Undo(Box::new(UndoJob {
                 id,
                 record,
