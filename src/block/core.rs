@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Entry, Offence, UnblockReason};
@@ -51,6 +51,28 @@ const DEFERRED_PORTS: usize = 64;
 /// Prefixes whose escalation state or budget is remembered at most: a flood of forged
 /// sources from every prefix cannot grow memory (the least recently touched go first).
 const PREFIX_MEMORY: usize = 65_536;
+
+/// Counters the core keeps for `status` and the metrics (atomics: read from other threads
+/// without asking the manager).
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Blocks applied (scan, manual, import; not restores).
+    pub made: AtomicU64,
+    /// Blocks no responder managed to apply.
+    pub failed: AtomicU64,
+    /// Blocks lifted at their expiry.
+    pub expired: AtomicU64,
+    /// Blocks lifted by an operator.
+    pub unblocked: AtomicU64,
+    /// Block requests dropped because too many were waiting.
+    pub dropped: AtomicU64,
+    /// Responder runs that failed (apply or undo).
+    pub responder_failures: AtomicU64,
+    /// How long the responder pool's jobs and responders take.
+    pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
+}
 
 /// The time of one message, read by the shell (or set by a test or a replay).
 #[derive(Debug, Clone, Copy)]
@@ -435,7 +457,7 @@ pub struct BlockCore {
     net_lens: BTreeMap<(bool, u8), usize>,
     expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
     offences: HashMap<Target, Offence>,
-    counters: Arc<super::manager::BlockCounters>,
+    counters: Arc<BlockCounters>,
     waiting: VecDeque<Work>,
     workers: usize,
     max_waiting: usize,
@@ -459,7 +481,7 @@ pub struct CoreSetup {
     /// Protected and local addresses.
     pub guard: Box<dyn Guard>,
     /// Shared with `status` and the metrics.
-    pub counters: Arc<super::manager::BlockCounters>,
+    pub counters: Arc<BlockCounters>,
     /// Repeat-offence memory from the journal.
     pub offences: HashMap<Target, Offence>,
     /// Jobs in flight at most (the pool's workers).
