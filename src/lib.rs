@@ -32,3 +32,4 @@ pub mod record;
 pub mod respond;
 pub mod sensor;
 pub mod sync;
+pub mod token_bucket;

@@ -34,6 +34,11 @@ const DEFAULT_ADVANCED_PORTS: u16 = 1024;
 /// `BLOCK_TIMEOUT_MAX` default: a week.
 const DEFAULT_BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// `LOG_RATE_LIMIT` default: detection lines a second for probes not acted on. One a second
+/// (after a burst of [`crate::pipeline::LOG_BURST`]) keeps the internet's endless background
+/// of scanning, and any forged flood, near 86,400 lines a day at most, plus the summaries.
+pub const DEFAULT_LOG_RATE_LIMIT: u32 = 1;
+
 /// `EVENT_LOG_RATE_LIMIT` default: alert events a second.
 const DEFAULT_EVENT_LOG_RATE_LIMIT: u32 = 500;
 
@@ -318,11 +323,13 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "LOG_RATE_LIMIT",
-        doc: "Detection lines a second at most for probes that are not acted on (default 200; \
-              \"0\": no limit); the rest are counted in a summary every 10 s.",
+        doc: "Detection lines a second at most for probes that are not acted on, after a \
+              burst of 10 (default 1; \"0\": no limit); the rest are counted in a summary \
+              every 10 s that says how many lines were held back. Sources that reach the \
+              trigger or a block get every line.",
         set: |c, e, _| {
             whole_number(&e.value, 0, 1_000_000)
-                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(200))
+                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(DEFAULT_LOG_RATE_LIMIT))
         },
     },
     KeySpec {
@@ -542,7 +549,7 @@ pub fn defaults(path: &Path) -> Config {
         forgeable_block_timeout: Some(Duration::from_secs(3600)),
         block_rate_limit: 60,
         max_active_blocks: 10_000,
-        log_rate_limit: 200,
+        log_rate_limit: DEFAULT_LOG_RATE_LIMIT,
         metrics_listen: None,
         event_log: None,
         event_log_rate_limit: DEFAULT_EVENT_LOG_RATE_LIMIT,

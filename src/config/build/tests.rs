@@ -1317,7 +1317,10 @@ fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
     assert_eq!(c.forgeable_block_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(c.block_rate_limit, 60);
     assert_eq!(c.max_active_blocks, 10_000);
-    assert_eq!(c.log_rate_limit, 200);
+    assert_eq!(
+        c.log_rate_limit, 1,
+        "one line a second keeps a flood readable"
+    );
     let c = build(
         &parse(
             Path::new("p.conf"),
