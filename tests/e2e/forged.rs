@@ -192,3 +192,129 @@ fn forged_multi_port_scans_are_blocked_at_the_rate_limit_best_evidence_first() {
     );
     assert!(routes.len() <= 12, "{routes:?}");
 }
+
+#[test]
+fn a_minute_of_forged_syns_at_2000_a_second_adds_about_100_log_lines_with_the_defaults() {
+    let lab = Lab::new();
+    // LOG_RATE_LIMIT is left at its default.
+    let conf = blocking_config(&lab, "");
+    let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = d.syslog().len();
+    let started = Instant::now();
+    // 120,000 SYNs, one every 400 µs asked (hping3 oversleeps: about 2,000 a second), each
+    // from another forged address, all to port 23.
+    let flood = {
+        let att = lab.att.clone();
+        let def4 = lab.def4.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("timeout")
+                .args(["90", "ip", "netns", "exec", &att])
+                .args([
+                    "hping3",
+                    "--rand-source",
+                    "-S",
+                    "-p",
+                    "23",
+                    "-i",
+                    "u400",
+                    "-c",
+                    "120000",
+                    "-q",
+                ])
+                .arg(&def4)
+                .output()
+                .expect("hping3")
+        })
+    };
+    // The real scanner, 20 s into the flood: 5 ports, no retries.
+    std::thread::sleep(Duration::from_secs(20));
+    lab.nmap(&["-sS", "--max-retries", "0", "-p", "20-24", &lab.def4]);
+    let out = flood.join().expect("flood thread");
+    let flood_time = started.elapsed();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("120000 packets transmitted"),
+        "hping3: {report}"
+    );
+    let probes = |d: &Daemon| {
+        d.syslog()
+            .iter()
+            .filter(|l| l.contains("SYN/Normal scan from host: ") && l.contains("to TCP port: 23"))
+            .count()
+    };
+    // The last summary comes at most 10 s after the flood.
+    std::thread::sleep(Duration::from_secs(11));
+    let lines: Vec<String> = d.syslog()[before..].to_vec();
+    let att = &lab.att4;
+    let mine =
+        |l: &&String| l.contains(&format!("{att}/{att}")) || l.contains(&format!("Host {att} "));
+    let scanner: Vec<&String> = lines.iter().filter(mine).collect();
+    let others: Vec<&String> = lines.iter().filter(|l| !mine(l)).collect();
+    eprintln!(
+        "flood of {:.1} s ({:.0} SYNs a second): {} log lines, {} of them the real scanner's, \
+         {} forged probe lines",
+        flood_time.as_secs_f64(),
+        120_000.0 / flood_time.as_secs_f64(),
+        lines.len(),
+        scanner.len(),
+        probes(&d)
+    );
+    // Positive control: the real scan inside the flood is blocked, and logged.
+    let routes = unreachable_routes(&lab);
+    assert_eq!(
+        routes
+            .iter()
+            .filter(|r| r.starts_with(&format!("unreachable {att} ")))
+            .count(),
+        1,
+        "the real scanner is blocked, no forged source: {routes:?}"
+    );
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(
+        scanner
+            .iter()
+            .any(|l| l.contains("has been blocked via dropped route")),
+        "{scanner:?}"
+    );
+    assert!(
+        scanner
+            .iter()
+            .filter(|l| l.contains("SYN/Normal scan from host"))
+            .count()
+            >= 3,
+        "the scanner's probes from the trigger on are logged: {scanner:?}"
+    );
+    // The flood itself: the burst, about one line a second, a summary every 10 s that says
+    // how many lines were held back.
+    let summaries: Vec<&&String> = others
+        .iter()
+        .filter(|l| l.contains("sources not acted on in the last"))
+        .collect();
+    assert!(
+        (5..=8).contains(&summaries.len()),
+        "{} summaries: {summaries:?}",
+        summaries.len()
+    );
+    assert!(
+        summaries
+            .iter()
+            .all(|l| l.contains("lines held back by LOG_RATE_LIMIT")),
+        "{summaries:?}"
+    );
+    let budget = 10 + flood_time.as_secs() as usize + 1 + summaries.len();
+    assert!(
+        others.len() <= budget,
+        "{} lines for the flood, budget {budget}: {others:#?}",
+        others.len()
+    );
+    assert!(
+        lines.len() <= 110,
+        "{} lines in all (about 100 allowed)",
+        lines.len()
+    );
+}
