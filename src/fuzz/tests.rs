@@ -618,7 +618,21 @@ proptest! {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Status),
-        Just(Request::List),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            proptest::option::of(".{0,10}"),
+        )
+            .prop_map(|(targets, origin)| Request::List { targets, origin }),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            any::<bool>(),
+            proptest::option::of(".{0,10}"),
+        )
+            .prop_map(|(targets, all, origin)| Request::UnblockMany {
+                targets,
+                all,
+                origin,
+            }),
         Just(Request::Reload),
         ".{0,20}".prop_map(|target| Request::Unblock { target }),
         (
