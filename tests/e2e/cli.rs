@@ -69,7 +69,7 @@ fn list_status_and_unblock_forms_against_blocks_of_several_origins() {
         "in the daemon's order"
     );
     // By origin, alone or with an address.
-    assert_eq!(listed(&lab, &["--origin", "scan"]), [att.clone()]);
+    assert_eq!(listed(&lab, &["--origin", "scan"]), [att.as_str()]);
     assert_eq!(listed(&lab, &["--origin", "fleet"]), [fleet_ip]);
     assert_eq!(listed(&lab, &["--origin", "fleet:cscli"]), [fleet_ip]);
     let manual = listed(&lab, &["--origin", "manual"]);
