@@ -197,6 +197,24 @@ pub struct UnblockResult {
     pub detail: Vec<String>,
 }
 
+/// Two outcomes of an `unblock` of several targets, one lifted and one not blocked: the
+/// protocol's and the client's tests read the same answer.
+#[cfg(test)]
+pub(crate) fn sample_unblock_results() -> Vec<UnblockResult> {
+    vec![
+        UnblockResult {
+            target: "10.0.0.5".into(),
+            ok: true,
+            detail: vec!["route: ip route del 10.0.0.5".into()],
+        },
+        UnblockResult {
+            target: "10.0.0.6".into(),
+            ok: false,
+            detail: vec!["10.0.0.6 is not blocked".into()],
+        },
+    ]
+}
+
 /// What `portsentry status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -513,18 +531,7 @@ mod tests {
             detail: vec!["route: ip route del 10.0.0.5".into()],
         });
         round_trip_response(Response::UnblockedMany {
-            results: vec![
-                UnblockResult {
-                    target: "10.0.0.5".into(),
-                    ok: true,
-                    detail: vec!["route: ip route del 10.0.0.5".into()],
-                },
-                UnblockResult {
-                    target: "10.0.0.6".into(),
-                    ok: false,
-                    detail: vec!["10.0.0.6 is not blocked".into()],
-                },
-            ],
+            results: sample_unblock_results(),
         });
         round_trip_response(Response::Blocked {
             results: vec![

@@ -73,23 +73,28 @@ impl Selection {
     }
 }
 
+/// A permanent block of `target` with this origin and reason, for the tests of the filters
+/// and of the server that applies them.
+#[cfg(test)]
+pub(crate) fn test_block(target: &str, origin: Origin, reason: &str) -> BlockRecord {
+    BlockRecord {
+        target: parse_target(target).expect("a test target"),
+        since: std::time::SystemTime::UNIX_EPOCH,
+        until: None,
+        offences: 1,
+        origin,
+        trigger: None,
+        reason: reason.into(),
+        actions: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
 
     fn block(target: &str, origin: Origin, reason: &str) -> BlockRecord {
-        BlockRecord {
-            target: parse_target(target).unwrap(),
-            since: SystemTime::UNIX_EPOCH,
-            until: None,
-            offences: 1,
-            origin,
-            trigger: None,
-            reason: reason.into(),
-            actions: Vec::new(),
-        }
+        test_block(target, origin, reason)
     }
 
     fn blocks() -> Vec<BlockRecord> {

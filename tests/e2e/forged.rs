@@ -59,37 +59,33 @@ fn blocking_config(lab: &Lab, extra: &str) -> String {
     .to_string()
 }
 
+/// Starts `hping3 --rand-source` in the attacker namespace: `count` SYNs to port 23 of the
+/// defender, one every `interval_us` µs asked, each from another address of the whole IPv4
+/// space (the defender has no route back to them: nothing leaves the lab).
+fn rand_source_flood(
+    lab: &Lab,
+    count: u32,
+    interval_us: u32,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let att = lab.att.clone();
+    let def4 = lab.def4.clone();
+    std::thread::spawn(move || {
+        std::process::Command::new("timeout")
+            .args(["120", "ip", "netns", "exec", &att])
+            .args(["hping3", "--rand-source", "-S", "-p", "23", "-q"])
+            .args(["-i", &format!("u{interval_us}"), "-c", &count.to_string()])
+            .arg(&def4)
+            .output()
+            .expect("hping3")
+    })
+}
+
 #[test]
 fn a_forged_flood_blocks_no_source_while_a_real_scan_inside_it_is_blocked() {
     let lab = Lab::new();
     let conf = blocking_config(&lab, "LOG_RATE_LIMIT=\"100\"");
     let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
-    // hping3 --rand-source: every SYN from another address of the whole IPv4 space, all to
-    // port 23 of the defender (the defender has no route back to them: nothing leaves the
-    // lab).
-    let flood = {
-        let att = lab.att.clone();
-        let def4 = lab.def4.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new("timeout")
-                .args(["60", "ip", "netns", "exec", &att])
-                .args([
-                    "hping3",
-                    "--rand-source",
-                    "-S",
-                    "-p",
-                    "23",
-                    "-i",
-                    "u100",
-                    "-c",
-                    "20000",
-                    "-q",
-                ])
-                .arg(&def4)
-                .output()
-                .expect("hping3")
-        })
-    };
+    let flood = rand_source_flood(&lab, 20_000, 100);
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(800));
     // The real scanner, 1 s into a 2.5 s flood of one-packet forged sources.
@@ -202,31 +198,8 @@ fn a_minute_of_forged_syns_at_2000_a_second_adds_about_100_log_lines_with_the_de
     std::thread::sleep(Duration::from_secs(1));
     let before = d.syslog().len();
     let started = Instant::now();
-    // 120,000 SYNs, one every 400 µs asked (hping3 oversleeps: about 2,000 a second), each
-    // from another forged address, all to port 23.
-    let flood = {
-        let att = lab.att.clone();
-        let def4 = lab.def4.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new("timeout")
-                .args(["90", "ip", "netns", "exec", &att])
-                .args([
-                    "hping3",
-                    "--rand-source",
-                    "-S",
-                    "-p",
-                    "23",
-                    "-i",
-                    "u400",
-                    "-c",
-                    "120000",
-                    "-q",
-                ])
-                .arg(&def4)
-                .output()
-                .expect("hping3")
-        })
-    };
+    // 120,000 SYNs, one every 400 µs asked (hping3 oversleeps: about 2,000 a second).
+    let flood = rand_source_flood(&lab, 120_000, 400);
     // The real scanner, 20 s into the flood: 5 ports, no retries.
     std::thread::sleep(Duration::from_secs(20));
     lab.nmap(&["-sS", "--max-retries", "0", "-p", "20-24", &lab.def4]);

@@ -379,18 +379,7 @@ fn unblock_of_several_prints_each_target_and_a_count() {
         all: true,
         origin: Some("scan".into()),
     };
-    let results = vec![
-        UnblockResult {
-            target: "10.0.0.5".into(),
-            ok: true,
-            detail: vec!["route: ip route del 10.0.0.5".into()],
-        },
-        UnblockResult {
-            target: "10.0.0.6".into(),
-            ok: false,
-            detail: vec!["10.0.0.6 is not blocked".into()],
-        },
-    ];
+    let results = crate::control::protocol::sample_unblock_results();
     let p = render(&many, &Response::UnblockedMany { results }, false);
     assert_eq!(
         p.out,

@@ -297,17 +297,8 @@ fn nobody_is_refused_by_peer_credentials_even_if_the_mode_is_loosened() {
 /// A stand-in daemon holding blocks of several origins: answers `list` with them and
 /// `unblock` by lifting one (an error for a target it does not hold); records the unblocks.
 fn daemon_with_blocks(calls: Receiver<ControlCall>) -> Arc<std::sync::Mutex<Vec<String>>> {
-    use crate::block::{BlockRecord, Origin, parse_target, target_text};
-    let record = |target: &str, origin: Origin, reason: &str| BlockRecord {
-        target: parse_target(target).unwrap(),
-        since: SystemTime::UNIX_EPOCH,
-        until: None,
-        offences: 1,
-        origin,
-        trigger: None,
-        reason: reason.into(),
-        actions: Vec::new(),
-    };
+    use crate::block::{Origin, target_text};
+    use crate::control::select::test_block as record;
     let lifted = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&lifted);
     std::thread::spawn(move || {
