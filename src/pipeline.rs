@@ -467,6 +467,12 @@ mod tests {
             LOG_BURST as usize + 59 + 6,
             "burst, one a second, summaries"
         );
+        // The key's documentation says the same.
+        let doc = crate::config::build::key_spec("LOG_RATE_LIMIT").map(|k| k.doc);
+        assert!(
+            doc.is_some_and(|d| d.contains(&format!("burst of {LOG_BURST} (default 1;"))),
+            "{doc:?}"
+        );
         // A quiet host: a burst of a few probes is logged whole, and no summary is needed.
         let later = t0 + Duration::from_secs(3600);
         b.summary(later);
