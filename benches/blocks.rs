@@ -56,6 +56,7 @@ fn write_journal(lab: &Lab, n: usize, left: Option<Duration>) {
     let entries: Vec<Entry> = (0..n)
         .map(|i| {
             Entry::Block(BlockRecord {
+                members: Vec::new(),
                 target: host_target(address(i)),
                 since,
                 until: left.map(|d| since + d),

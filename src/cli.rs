@@ -167,6 +167,10 @@ enum Command {
         /// fleet:SOURCE).
         #[arg(long, value_name = "ORIGIN", value_parser = origin_filter)]
         origin: Option<String>,
+        /// An ADDR with no block of its own but inside a blocked prefix: lift that prefix's
+        /// block (without this, unblock names the prefix and lifts nothing).
+        #[arg(long, conflicts_with = "all")]
+        covering: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -268,16 +272,18 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
         Command::Unblock {
             mut targets,
             all: false,
+            covering,
             client,
             ..
         } if targets.len() == 1 => {
             let target = targets.remove(0);
-            (client, Request::Unblock { target }, false)
+            (client, Request::Unblock { target, covering }, false)
         }
         Command::Unblock {
             targets,
             all,
             origin,
+            covering,
             client,
         } => (
             client,
@@ -285,6 +291,7 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
                 targets,
                 all,
                 origin,
+                covering,
             },
             false,
         ),
@@ -619,7 +626,16 @@ mod tests {
         assert_eq!(
             req,
             Request::Unblock {
-                target: "fd77::5".into()
+                target: "fd77::5".into(),
+                covering: false,
+            }
+        );
+        let (_, req, _) = request(&["portsentry", "unblock", "--covering", "fd77::5"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Unblock {
+                target: "fd77::5".into(),
+                covering: true,
             }
         );
         assert_eq!(
@@ -660,7 +676,8 @@ mod tests {
             Request::UnblockMany {
                 targets: vec!["fd77::5".into(), "10.0.0.1".into()],
                 all: false,
-                origin: None
+                origin: None,
+                covering: false
             }
         );
         let (_, req, _) =
@@ -670,7 +687,8 @@ mod tests {
             Request::UnblockMany {
                 targets: vec![],
                 all: true,
-                origin: Some("fleet:cscli".into())
+                origin: Some("fleet:cscli".into()),
+                covering: false
             }
         );
         // --origin only narrows --all; --all and addresses do not mix.
@@ -679,6 +697,7 @@ mod tests {
             &["portsentry", "unblock", "10.0.0.1", "--all"][..],
             &["portsentry", "unblock", "--all", "--origin", "bogus"][..],
             &["portsentry", "unblock", "--origin", "scan"][..],
+            &["portsentry", "unblock", "--all", "--covering"][..],
         ] {
             let err = parse(argv).unwrap_err();
             assert_eq!(err.exit_code(), EXIT_USAGE, "{argv:?}");

@@ -305,19 +305,21 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
         Request::UnblockMany { .. } => call.answer(Response::error(
             "unblock of several targets is split by the control server",
         )),
-        Request::Unblock { target } => match crate::block::parse_target(target) {
+        Request::Unblock { target, covering } => match crate::block::parse_target(target) {
             Err(e) => call.answer(Response::error(e)),
             Ok(t) => {
                 let text = crate::block::target_text(&t);
-                reloader.blocks.unblock(t, move |result| {
-                    call.answer(match result {
-                        Ok(detail) => Response::Unblocked {
-                            target: text,
-                            detail,
-                        },
-                        Err(e) => Response::error(e),
-                    })
-                });
+                reloader
+                    .blocks
+                    .unblock_covering(t, *covering, move |result| {
+                        call.answer(match result {
+                            Ok(detail) => Response::Unblocked {
+                                target: text,
+                                detail,
+                            },
+                            Err(e) => Response::error(e),
+                        })
+                    });
             }
         },
         Request::Block {

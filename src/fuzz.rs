@@ -316,10 +316,12 @@ pub fn fuzz_control_response(bytes: &[u8]) {
             targets: Vec::new(),
             all: true,
             origin: Some("scan".into()),
+            covering: false,
         },
         Request::Reload,
         Request::Unblock {
             target: "192.0.2.1".into(),
+            covering: false,
         },
         Request::Block {
             targets: vec!["192.0.2.1".into()],

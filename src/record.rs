@@ -186,6 +186,11 @@ pub struct BlockRecord {
     /// What each responder did, in order; undone in reverse.
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// For a prefix block escalated from host blocks (`ESCALATE_AFTER_V4` / `_V6`): the
+    /// hosts whose blocks it took over, so `list`, the Lua events and the fleet can say why
+    /// a whole network is blocked. Empty for every other block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<IpAddr>,
 }
 
 impl BlockRecord {
@@ -355,6 +360,7 @@ mod tests {
     fn record_round_trips_through_json_with_readable_times() {
         let since = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let rec = BlockRecord {
+            members: Vec::new(),
             target: parse_target("fd77::5").unwrap(),
             since,
             until: Some(since + Duration::from_secs(3600)),

@@ -74,18 +74,31 @@ impl TokenBucket {
         self.refilled = self.refilled.max(now);
     }
 
-    /// Takes one token if there is one at `now`; always true with no limit.
-    pub fn take(&mut self, now: Instant) -> bool {
+    /// Whether a token is there at `now`, none taken (to look before deciding); always true
+    /// with no limit.
+    pub fn has_token(&mut self, now: Instant) -> bool {
         if self.unlimited() {
             return true;
         }
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        self.tokens >= 1.0
+    }
+
+    /// Takes one token if there is one at `now`; always true with no limit.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if !self.has_token(now) {
+            return false;
         }
+        if !self.unlimited() {
+            self.tokens -= 1.0;
+        }
+        true
+    }
+
+    /// Full again at `now`: a bucket kept per key (a prefix's budget) can be forgotten.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
     }
 
     /// Time from the last refill until the next whole token (zero when one is there now);
@@ -164,6 +177,18 @@ mod tests {
         // A burst smaller than the rate changes nothing.
         let mut b = TokenBucket::per_second(200, t0).with_burst(10);
         assert_eq!(taken(&mut b, 1000, t0), 200);
+    }
+
+    #[test]
+    fn looking_takes_nothing_and_a_refilled_bucket_says_it_is_full() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::per_minute(2, t0);
+        assert!(b.is_full(t0));
+        assert!(b.has_token(t0) && b.has_token(t0) && b.has_token(t0));
+        assert!(b.take(t0) && b.take(t0));
+        assert!(!b.has_token(t0));
+        assert!(!b.is_full(t0 + Duration::from_secs(30)), "one token back");
+        assert!(b.is_full(t0 + Duration::from_secs(60)));
     }
 
     #[test]

@@ -482,6 +482,7 @@ fn imported(entry: &HistoryEntry, mode: Option<Mode>) -> BlockRecord {
         Proto::Udp => Mode::Udp,
     });
     BlockRecord {
+        members: Vec::new(),
         target,
         since: entry.time,
         until: None,
@@ -721,6 +722,7 @@ mod tests {
     /// A scan block of `addr` at `since`, lasting `secs` (`None`: permanent).
     fn record(addr: &str, since: u64, secs: Option<u64>) -> BlockRecord {
         BlockRecord {
+            members: Vec::new(),
             target: target(addr),
             since: at(since),
             until: secs.map(|s| at(since + s)),

@@ -42,6 +42,10 @@ pub enum Request {
     Unblock {
         /// Address or CIDR network.
         target: String,
+        /// An address with no block of its own: lift the network block that covers it
+        /// (a prefix escalated from host blocks) instead of refusing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covering: bool,
     },
     /// Lift several blocks: the `targets` listed, or with `all` every block in force (of
     /// `origin` only, when given). The control server sends one [`Request::Unblock`] per
@@ -57,6 +61,9 @@ pub enum Request {
         /// With `all`: only the blocks of this origin.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<String>,
+        /// As [`Request::Unblock`]'s `covering`, for each of `targets`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covering: bool,
     },
     /// Block by hand: the same responders a scan block runs.
     Block {
@@ -405,7 +412,8 @@ mod tests {
             round_trip_request(Request::UnblockMany {
                 targets: vec![],
                 all: true,
-                origin: Some("scan".into())
+                origin: Some("scan".into()),
+                covering: false
             }),
             r#"{"request":"unblock_many","all":true,"origin":"scan"}"#
         );
@@ -413,9 +421,10 @@ mod tests {
             round_trip_request(Request::UnblockMany {
                 targets: vec!["10.0.0.5".into(), "fd77::/64".into()],
                 all: false,
-                origin: None
+                origin: None,
+                covering: true
             }),
-            r#"{"request":"unblock_many","targets":["10.0.0.5","fd77::/64"]}"#
+            r#"{"request":"unblock_many","targets":["10.0.0.5","fd77::/64"],"covering":true}"#
         );
         assert_eq!(
             round_trip_request(Request::Reload),
@@ -423,9 +432,17 @@ mod tests {
         );
         assert_eq!(
             round_trip_request(Request::Unblock {
-                target: "10.0.0.5".into()
+                target: "10.0.0.5".into(),
+                covering: false,
             }),
             r#"{"request":"unblock","target":"10.0.0.5"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::Unblock {
+                target: "10.0.0.5".into(),
+                covering: true,
+            }),
+            r#"{"request":"unblock","target":"10.0.0.5","covering":true}"#
         );
         let json = round_trip_request(Request::Block {
             targets: vec!["10.0.0.5".into(), "fd77::/64".into()],
@@ -476,6 +493,7 @@ mod tests {
     fn sample_record() -> BlockRecord {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("10.0.0.0/24").unwrap(),
             since,
             until: None,

@@ -86,6 +86,7 @@ pub(crate) fn test_block(target: &str, origin: Origin, reason: &str) -> BlockRec
         trigger: None,
         reason: reason.into(),
         actions: Vec::new(),
+        members: Vec::new(),
     }
 }
 

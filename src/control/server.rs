@@ -263,13 +263,18 @@ fn handle(stream: &UnixStream, calls: &Sender<ControlCall>) -> Result<Response, 
              {{\"request\":\"status\"}}"
         )
     })?;
+    let deadline = Instant::now() + request.answer_timeout();
     match request {
         Request::List { targets, origin } => list(calls, &targets, origin.as_deref()),
         Request::UnblockMany {
             targets,
             all,
             origin,
-        } => unblock_many(calls, targets, all, origin.as_deref()),
+            covering,
+        } => {
+            let targets = unblock_targets(calls, targets, all, origin.as_deref(), covering)?;
+            Ok(unblock_each(calls, targets, covering, deadline))
+        }
         request => ask_daemon(calls, request),
     }
 }
@@ -296,31 +301,34 @@ fn every_block() -> Request {
     }
 }
 
-/// `unblock ADDR…` / `unblock --all [--origin O]`: one [`Request::Unblock`] per target, all
-/// handed to the daemon before any answer is awaited (the block manager undoes them side by
-/// side), the answers gathered in order within the request's time.
-fn unblock_many(
+/// The targets of `unblock ADDR…` (canonical, each once) or `unblock --all [--origin O]`
+/// (the blocks in force, from the daemon's list); `Err` for a request that names nothing or
+/// mixes the two forms.
+fn unblock_targets(
     calls: &Sender<ControlCall>,
     targets: Vec<String>,
     all: bool,
     origin: Option<&str>,
-) -> Result<Response, String> {
-    let targets = match (all, targets.is_empty()) {
+    covering: bool,
+) -> Result<Vec<String>, String> {
+    match (all, targets.is_empty()) {
+        (true, _) if covering => Err("unblock: covering goes with targets, not with all".into()),
         (true, true) => {
             let selection = Selection::new(&[], origin)?;
             match ask_daemon(calls, every_block())? {
-                Response::List { blocks } => selection
+                Response::List { blocks } => Ok(selection
                     .apply(blocks)
                     .iter()
                     .map(|b| crate::block::target_text(&b.target))
-                    .collect(),
-                other => return Ok(other),
+                    .collect()),
+                Response::Error { message } => Err(message),
+                other => Err(format!("unexpected answer \"{}\" to list", other.name())),
             }
         }
-        (true, false) => return Err("unblock: either targets or all, not both".into()),
-        (false, true) => return Err("unblock: no target (name addresses, or all)".into()),
+        (true, false) => Err("unblock: either targets or all, not both".into()),
+        (false, true) => Err("unblock: no target (name addresses, or all)".into()),
         (false, false) if origin.is_some() => {
-            return Err("unblock: origin goes with all, not with targets".into());
+            Err("unblock: origin goes with all, not with targets".into())
         }
         (false, false) => {
             let mut seen = std::collections::HashSet::new();
@@ -331,22 +339,27 @@ fn unblock_many(
                     canonical.push(t);
                 }
             }
-            canonical
+            Ok(canonical)
         }
-    };
-    let deadline = Instant::now()
-        + Request::UnblockMany {
-            targets: Vec::new(),
-            all,
-            origin: None,
-        }
-        .answer_timeout();
+    }
+}
+
+/// One [`Request::Unblock`] per target, all handed to the daemon before any answer is
+/// awaited (the block manager undoes them side by side), the answers gathered in order by
+/// `deadline`.
+fn unblock_each(
+    calls: &Sender<ControlCall>,
+    targets: Vec<String>,
+    covering: bool,
+    deadline: Instant,
+) -> Response {
     let mut pending = Vec::with_capacity(targets.len());
     for target in targets {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let call = ControlCall {
             request: Request::Unblock {
                 target: target.clone(),
+                covering,
             },
             reply,
         };
@@ -377,7 +390,7 @@ fn unblock_many(
             }
         })
         .collect();
-    Ok(Response::UnblockedMany { results })
+    Response::UnblockedMany { results }
 }
 
 fn failed(target: String, message: String) -> UnblockResult {

@@ -29,6 +29,7 @@ fn alert(src: &str, port: u16) -> Candidate {
 fn record(until: Option<Duration>) -> BlockRecord {
     let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     BlockRecord {
+        members: Vec::new(),
         target: parse_target("fd77:1::2").unwrap(),
         since,
         until: until.map(|d| since + d),
@@ -102,6 +103,7 @@ fn a_block_event_says_until_or_permanent_and_the_responders() {
     assert_eq!(v["proto"], "tcp");
     assert_eq!(v["responders"], serde_json::json!(["route"]));
     let manual = BlockRecord {
+        members: Vec::new(),
         origin: Origin::Manual,
         trigger: None,
         reason: "seen in a report".into(),

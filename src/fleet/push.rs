@@ -482,6 +482,7 @@ mod tests {
     fn scan_record(target: &str) -> BlockRecord {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         BlockRecord {
+            members: Vec::new(),
             target: parse_target(target).unwrap(),
             since,
             until: Some(since + Duration::from_secs(3600)),

@@ -501,6 +501,7 @@ fn records(whole_seconds: bool) -> impl Strategy<Value = Vec<BlockRecord>> {
                 let until =
                     length.map(|l| UNIX_EPOCH + Duration::from_millis((ms + l).min(LAST * 1000)));
                 BlockRecord {
+                    members: Vec::new(),
                     target,
                     since,
                     until,
@@ -627,14 +628,17 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::collection::vec(".{0,16}", 0..3),
             any::<bool>(),
             proptest::option::of(".{0,10}"),
+            any::<bool>(),
         )
-            .prop_map(|(targets, all, origin)| Request::UnblockMany {
+            .prop_map(|(targets, all, origin, covering)| Request::UnblockMany {
                 targets,
                 all,
                 origin,
+                covering,
             }),
         Just(Request::Reload),
-        ".{0,20}".prop_map(|target| Request::Unblock { target }),
+        (".{0,20}", any::<bool>())
+            .prop_map(|(target, covering)| Request::Unblock { target, covering }),
         (
             proptest::collection::vec(".{0,16}", 0..4),
             proptest::option::of(".{0,10}"),

@@ -166,6 +166,7 @@ fn status_reads_as_aligned_key_value_lines() {
 fn records() -> Vec<BlockRecord> {
     vec![
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("10.0.0.5").unwrap(),
             since: at(1_700_000_000),
             until: Some(at(1_700_003_600)),
@@ -192,6 +193,7 @@ fn records() -> Vec<BlockRecord> {
             ],
         },
         BlockRecord {
+            members: Vec::new(),
             target: parse_target("2001:db8::/64").unwrap(),
             since: at(1_700_000_000),
             until: None,
@@ -227,6 +229,20 @@ fn list_is_a_table_with_permanent_blocks_named() {
     let col = lines[0].find("SINCE").unwrap();
     assert!(lines.iter().all(|l| l[col - 2..col] == *"  "), "{text}");
     assert_eq!(list_text(&[]), "no blocks in force\n");
+}
+
+#[test]
+fn an_escalated_prefix_is_one_line_saying_how_many_hosts_it_took_over() {
+    let mut prefix = records().remove(0);
+    prefix.target = parse_target("2001:db8:1:2::/64").unwrap();
+    prefix.members = ["2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::c"]
+        .map(|a| a.parse().unwrap())
+        .to_vec();
+    let text = list_text(&[prefix]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].starts_with("2001:db8:1:2::/64 "), "{text}");
+    assert!(lines[1].contains("  scan, 3 hosts  "), "{text}");
 }
 
 #[test]
@@ -281,6 +297,7 @@ fn answers_decide_output_and_exit_code() {
 
     let unblock = Request::Unblock {
         target: "10.0.0.5".into(),
+        covering: false,
     };
     let p = render(
         &unblock,
@@ -378,6 +395,7 @@ fn unblock_of_several_prints_each_target_and_a_count() {
         targets: vec![],
         all: true,
         origin: Some("scan".into()),
+        covering: false,
     };
     let results = crate::control::protocol::sample_unblock_results();
     let p = render(&many, &Response::UnblockedMany { results }, false);

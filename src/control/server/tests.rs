@@ -319,7 +319,7 @@ fn daemon_with_blocks(calls: Receiver<ControlCall>) -> Arc<std::sync::Mutex<Vec<
                         blocks: blocks.clone(),
                     }
                 }
-                Request::Unblock { target } => {
+                Request::Unblock { target, .. } => {
                     let before = blocks.len();
                     blocks.retain(|b| target_text(&b.target) != *target);
                     if blocks.len() < before {
@@ -391,6 +391,7 @@ fn unblock_many(path: &Path, targets: &[&str], all: bool, origin: Option<&str>) 
         targets: targets.iter().map(|t| t.to_string()).collect(),
         all,
         origin: origin.map(str::to_string),
+        covering: false,
     };
     client::call(path, &request, Duration::from_secs(5)).unwrap()
 }
@@ -460,5 +461,16 @@ fn unblock_many_refuses_a_request_that_names_nothing_or_mixes_forms() {
         let r = unblock_many(&path, targets, all, origin);
         assert!(error_text(&r).contains(why), "{r:?}");
     }
+    let covering_all = Request::UnblockMany {
+        targets: vec![],
+        all: true,
+        origin: None,
+        covering: true,
+    };
+    let r = client::call(&path, &covering_all, Duration::from_secs(5)).unwrap();
+    assert!(
+        error_text(&r).contains("covering goes with targets"),
+        "{r:?}"
+    );
     assert!(lifted.lock().unwrap().is_empty(), "nothing lifted");
 }
