@@ -169,7 +169,12 @@ fn a_forged_flood_blocks_no_source_while_a_real_scan_inside_it_is_blocked() {
 #[test]
 fn forged_multi_port_scans_are_blocked_at_the_rate_limit_best_evidence_first() {
     let lab = Lab::new();
-    let conf = blocking_config(&lab, "BLOCK_RATE_LIMIT=\"10\"\nLOG_RATE_LIMIT=\"0\"");
+    // The global budget alone: the 500 sources share two /24s, whose own budget
+    // (BLOCK_RATE_LIMIT_PER_PREFIX) would otherwise be the one reached.
+    let conf = blocking_config(
+        &lab,
+        "BLOCK_RATE_LIMIT=\"10\"\nBLOCK_RATE_LIMIT_PER_PREFIX=\"0\"\nLOG_RATE_LIMIT=\"0\"",
+    );
     let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
     // 500 forged sources × 5 ports, then one that probes 9 ports.
     let plan: Vec<String> = (0..500)
