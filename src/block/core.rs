@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Entry, Offence, UnblockReason};
@@ -51,6 +51,28 @@ const DEFERRED_PORTS: usize = 64;
 /// Prefixes whose escalation state or budget is remembered at most: a flood of forged
 /// sources from every prefix cannot grow memory (the least recently touched go first).
 const PREFIX_MEMORY: usize = 65_536;
+
+/// Counters the core keeps for `status` and the metrics (atomics: read from other threads
+/// without asking the manager).
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Blocks applied (scan, manual, import; not restores).
+    pub made: AtomicU64,
+    /// Blocks no responder managed to apply.
+    pub failed: AtomicU64,
+    /// Blocks lifted at their expiry.
+    pub expired: AtomicU64,
+    /// Blocks lifted by an operator.
+    pub unblocked: AtomicU64,
+    /// Block requests dropped because too many were waiting.
+    pub dropped: AtomicU64,
+    /// Responder runs that failed (apply or undo).
+    pub responder_failures: AtomicU64,
+    /// How long the responder pool's jobs and responders take.
+    pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
+}
 
 /// The time of one message, read by the shell (or set by a test or a replay).
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +212,13 @@ pub enum Work {
         until: Option<SystemTime>,
         /// Re-applied after a restart.
         restored: bool,
+    },
+    /// Renew the kernel timeouts of a block whose end moved later.
+    Refresh {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// The block, with its new end.
+        record: BlockRecord,
     },
     /// Undo every action of a block.
     Undo {
@@ -428,7 +457,7 @@ pub struct BlockCore {
     net_lens: BTreeMap<(bool, u8), usize>,
     expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
     offences: HashMap<Target, Offence>,
-    counters: Arc<super::manager::BlockCounters>,
+    counters: Arc<BlockCounters>,
     waiting: VecDeque<Work>,
     workers: usize,
     max_waiting: usize,
@@ -452,7 +481,7 @@ pub struct CoreSetup {
     /// Protected and local addresses.
     pub guard: Box<dyn Guard>,
     /// Shared with `status` and the metrics.
-    pub counters: Arc<super::manager::BlockCounters>,
+    pub counters: Arc<BlockCounters>,
     /// Repeat-offence memory from the journal.
     pub offences: HashMap<Target, Offence>,
     /// Jobs in flight at most (the pool's workers).
@@ -552,6 +581,7 @@ impl BlockCore {
                 // Restores and expiries not started yet are left to the next start.
                 self.waiting.retain(|work| match work {
                     Work::Apply { restored, .. } => !restored,
+                    Work::Refresh { .. } => true,
                     Work::Undo { .. } => false,
                 });
             }
@@ -1038,14 +1068,38 @@ impl BlockCore {
                 continue;
             }
             match self.hosts.get(&target) {
-                Some(Host::Active { record, .. }) => {
-                    batch.outcomes.push(refuse(match record.until {
-                        Some(u) => format!(
-                            "already blocked until {}",
-                            humantime::format_rfc3339_seconds(u)
-                        ),
-                        None => "already blocked (permanent)".into(),
-                    }));
+                Some(Host::Active {
+                    record,
+                    reapplying: None,
+                }) => {
+                    let wanted = duration
+                        .or_else(|| self.policy.next(self.past(&target, now.wall)))
+                        .map(|d| d.min(LONGEST));
+                    let outcome = match (record.until, wanted) {
+                        (None, _) => refuse("already blocked (permanent)".into()),
+                        (Some(u), Some(d)) if now.wall.checked_add(d).is_none_or(|e| e <= u) => {
+                            refuse(format!(
+                                "already blocked until {}, which is later than asked",
+                                humantime::format_rfc3339_seconds(u)
+                            ))
+                        }
+                        (Some(_), wanted) => {
+                            let until = wanted.and_then(|d| now.wall.checked_add(d));
+                            self.extend(target, until);
+                            BlockOutcome {
+                                target: who.clone(),
+                                ok: true,
+                                detail: match until {
+                                    Some(u) => format!(
+                                        "extended until {}",
+                                        humantime::format_rfc3339_seconds(u)
+                                    ),
+                                    None => "extended: permanent".into(),
+                                },
+                            }
+                        }
+                    };
+                    batch.outcomes.push(outcome);
                     continue;
                 }
                 Some(_) => {
@@ -1088,6 +1142,23 @@ impl BlockCore {
         } else {
             self.batches.insert(batch_id, batch);
         }
+    }
+
+    /// Gives a block in force a later end (`None`: permanent): journaled, with its expiry
+    /// moved, and the kernel's timeouts renewed by a job.
+    fn extend(&mut self, target: Target, until: Option<SystemTime>) {
+        let Some(Host::Active { record, .. }) = self.hosts.get_mut(&target) else {
+            return;
+        };
+        record.until = until;
+        let record = record.clone();
+        if let Some(u) = until {
+            self.expiries.push(Reverse((u, target)));
+        }
+        self.out.entries.push(Entry::Block(record.clone()));
+        self.out.blocked_file_dirty = true;
+        let id = self.next_id();
+        self.waiting.push_back(Work::Refresh { id, record });
     }
 
     /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
@@ -1467,6 +1538,18 @@ impl BlockCore {
                 target,
                 outcomes,
             } => self.on_undone(id, target, outcomes, now),
+            JobResult::Refreshed { target, error, .. } => {
+                if let Some(e) = error {
+                    let who = target_text(&target);
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::responder_failed(
+                            &who,
+                            "nftables (renewing the timeout)",
+                            &e,
+                        )));
+                }
+            }
         }
     }
 
