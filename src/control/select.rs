@@ -2,7 +2,7 @@
 //! functions over the block manager's list: the control server applies them to the list it
 //! gets back, so the manager needs no filter of its own.
 
-use crate::block::{BlockRecord, Origin, Target, parse_target};
+use crate::record::{BlockRecord, Origin, Target, parse_target};
 
 /// The origins `--origin` takes, for messages.
 const ORIGINS: &str = "scan, manual, import, fleet or fleet:SOURCE";
@@ -19,7 +19,7 @@ pub fn origin_filter(text: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "\"{}\" is not an origin (expected {ORIGINS})",
-            crate::block::excerpt(text)
+            crate::record::excerpt(text)
         ))
     }
 }
@@ -114,7 +114,7 @@ mod tests {
             .unwrap()
             .apply(blocks())
             .iter()
-            .map(|b| crate::block::target_text(&b.target))
+            .map(|b| crate::record::target_text(&b.target))
             .collect()
     }
 
