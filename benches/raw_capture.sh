@@ -20,7 +20,8 @@
 #       ports from a real address of the attacker ($SCANNER). Recorded: whether the real scanner was
 #       blocked, how many forged sources were blocked, log lines written, daemon CPU. Ours
 #       runs with the shipped evidence rules (FORGEABLE_SCAN_TRIGGER=3, BLOCK_RATE_LIMIT=60,
-#       LOG_RATE_LIMIT=200); 1.2 with SCAN_TRIGGER=0, as shipped.
+#       LOG_RATE_LIMIT at its default: 1 a second since issue 21, results recorded before
+#       were taken at 200); 1.2 with SCAN_TRIGGER=0, as shipped.
 #
 # Medians of RUNS runs are written to benches/raw_capture.results.md and into the
 # "raw capture" section of BENCHMARKS.md.

@@ -301,9 +301,14 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
             };
             call.answer(response);
         }
-        Request::List => reloader
+        // The control server filters the list and splits an unblock of several targets into
+        // single unblocks: only the plain forms reach the daemon.
+        Request::List { .. } => reloader
             .blocks
             .list(move |blocks| call.answer(Response::List { blocks })),
+        Request::UnblockMany { .. } => call.answer(Response::error(
+            "unblock of several targets is split by the control server",
+        )),
         Request::Unblock { target, covering } => match crate::block::parse_target(target) {
             Err(e) => call.answer(Response::error(e)),
             Ok(t) => {

@@ -33,3 +33,4 @@ pub mod respond;
 pub mod sensor;
 pub mod storage;
 pub mod sync;
+pub mod token_bucket;

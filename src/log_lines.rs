@@ -457,16 +457,17 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Ours: probes below the forgeable trigger in the last interval (only some logged, within
-/// `LOG_RATE_LIMIT`). `sources` is a lower bound when `capped`.
+/// Ours: probes below the forgeable trigger in the last interval, and how many of their
+/// lines `LOG_RATE_LIMIT` held back. `sources` is a lower bound when `capped`.
 pub fn not_acted_on(probes: u64, sources: u64, capped: bool, logged: u64, seconds: u64) -> String {
     format!(
         "adminalert: {} probes from {}{} sources not acted on in the last {seconds} s: below the \
-         trigger ({} of them logged)",
+         trigger ({} logged, {} lines held back by LOG_RATE_LIMIT)",
         thousands(probes),
         if capped { "more than " } else { "" },
         thousands(sources),
-        thousands(logged)
+        thousands(logged),
+        thousands(probes.saturating_sub(logged))
     )
 }
 
@@ -1022,9 +1023,9 @@ mod tests {
         assert_eq!(thousands(27480), "27,480");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(
-            not_acted_on(27480, 27476, false, 2000, 10),
-            "adminalert: 27,480 probes from 27,476 sources not acted on in the last 10 s: below \
-             the trigger (2,000 of them logged)"
+            not_acted_on(19_990, 19_990, false, 10, 10),
+            "adminalert: 19,990 probes from 19,990 sources not acted on in the last 10 s: below \
+             the trigger (10 logged, 19,980 lines held back by LOG_RATE_LIMIT)"
         );
     }
 

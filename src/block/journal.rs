@@ -117,20 +117,9 @@ fn writable(time: &SystemTime) -> bool {
         .is_ok_and(|d| d.as_secs() < LAST_WRITABLE_SECS)
 }
 
-/// Why a block ended, kept in its Unblock line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnblockReason {
-    /// Its time ran out.
-    Expired,
-    /// An operator unblocked it.
-    Manual,
-    /// The manager gave it up (e.g. re-applying it after a restart failed).
-    Released,
-    /// A host block taken over by the block of its prefix (`ESCALATE_AFTER_V4` / `_V6`):
-    /// the prefix covers it from now on.
-    Escalated,
-}
+/// Why a block ended, kept in its Unblock line (plain data in [`crate::event`], which the
+/// event log shares without importing the block manager).
+pub use crate::event::UnblockReason;
 
 /// Repeat-offence memory for one target, so the next block of a returning scanner lasts
 /// longer, even across restarts.

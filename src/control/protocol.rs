@@ -26,14 +26,42 @@ pub const MAX_TARGETS_PER_REQUEST: usize = 50_000;
 pub enum Request {
     /// Version, modes, uptime, generation, last reload and counters.
     Status,
-    /// Every block in force.
-    List,
+    /// The blocks in force; with `targets` or `origin`, only those that match (the control
+    /// server filters the block manager's list).
+    List {
+        /// Addresses or networks: a block matches when it covers one of them or lies inside
+        /// one (`10.0.0.5` finds the block of `10.0.0.0/24`). Empty: every block.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        targets: Vec<String>,
+        /// Only the blocks of this origin (`scan`, `manual`, `import`, `fleet` or
+        /// `fleet:SOURCE`, see [`super::select`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+    },
     /// Lift one block (address or network as `list` shows it) and undo its actions.
     Unblock {
         /// Address or CIDR network.
         target: String,
         /// An address with no block of its own: lift the network block that covers it
         /// (a prefix escalated from host blocks) instead of refusing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covering: bool,
+    },
+    /// Lift several blocks: the `targets` listed, or with `all` every block in force (of
+    /// `origin` only, when given). The control server sends one [`Request::Unblock`] per
+    /// target to the daemon and gathers the answers, so the block manager only ever lifts
+    /// one block at a time.
+    UnblockMany {
+        /// Addresses or CIDR networks, as `list` shows them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        targets: Vec<String>,
+        /// Every block in force instead of `targets`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+        /// With `all`: only the blocks of this origin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+        /// As [`Request::Unblock`]'s `covering`, for each of `targets`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         covering: bool,
     },
@@ -57,7 +85,9 @@ impl Request {
     /// reload rebuilds everything (both can run external commands), the rest is a lookup.
     pub fn answer_timeout(&self) -> Duration {
         match self {
-            Request::Block { .. } | Request::Reload => Duration::from_secs(600),
+            Request::Block { .. } | Request::Reload | Request::UnblockMany { .. } => {
+                Duration::from_secs(600)
+            }
             _ => Duration::from_secs(30),
         }
     }
@@ -66,8 +96,9 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
-            Request::List => "list",
+            Request::List { .. } => "list",
             Request::Unblock { .. } => "unblock",
+            Request::UnblockMany { .. } => "unblock_many",
             Request::Block { .. } => "block",
             Request::Reload => "reload",
         }
@@ -97,6 +128,12 @@ pub enum Response {
         /// One line per action undone (or that could not be undone, and why).
         #[serde(default)]
         detail: Vec<String>,
+    },
+    /// Answer to [`Request::UnblockMany`]: one result per target, in order (for `all`, in
+    /// the order of the list).
+    UnblockedMany {
+        /// Per-target outcome.
+        results: Vec<UnblockResult>,
     },
     /// Answer to [`Request::Block`]: one result per target, in request order.
     Blocked {
@@ -137,6 +174,7 @@ impl Response {
             Response::Status(_) => "status",
             Response::List { .. } => "list",
             Response::Unblocked { .. } => "unblocked",
+            Response::UnblockedMany { .. } => "unblocked_many",
             Response::Blocked { .. } => "blocked",
             Response::Reloaded { .. } => "reloaded",
             Response::ReloadRefused { .. } => "reload_refused",
@@ -155,6 +193,37 @@ pub struct TargetResult {
     /// What was done, or why not (`already blocked`, `protected address`, responder errors).
     #[serde(default)]
     pub detail: String,
+}
+
+/// The outcome of lifting one target of a [`Request::UnblockMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnblockResult {
+    /// The target as the daemon names it.
+    pub target: String,
+    /// Whether the block is gone.
+    pub ok: bool,
+    /// One line per action undone (or that could not be undone, and why); when not `ok`,
+    /// why not (`not blocked`…).
+    #[serde(default)]
+    pub detail: Vec<String>,
+}
+
+/// Two outcomes of an `unblock` of several targets, one lifted and one not blocked: the
+/// protocol's and the client's tests read the same answer.
+#[cfg(test)]
+pub(crate) fn sample_unblock_results() -> Vec<UnblockResult> {
+    vec![
+        UnblockResult {
+            target: "10.0.0.5".into(),
+            ok: true,
+            detail: vec!["route: ip route del 10.0.0.5".into()],
+        },
+        UnblockResult {
+            target: "10.0.0.6".into(),
+            ok: false,
+            detail: vec!["10.0.0.6 is not blocked".into()],
+        },
+    ]
 }
 
 /// What `portsentry status` shows.
@@ -332,7 +401,39 @@ mod tests {
             round_trip_request(Request::Status),
             r#"{"request":"status"}"#
         );
-        assert_eq!(round_trip_request(Request::List), r#"{"request":"list"}"#);
+        assert_eq!(
+            round_trip_request(Request::List {
+                targets: vec![],
+                origin: None
+            }),
+            r#"{"request":"list"}"#,
+            "an unfiltered list reads as before"
+        );
+        assert_eq!(
+            round_trip_request(Request::List {
+                targets: vec!["10.0.0.5".into()],
+                origin: Some("fleet".into())
+            }),
+            r#"{"request":"list","targets":["10.0.0.5"],"origin":"fleet"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::UnblockMany {
+                targets: vec![],
+                all: true,
+                origin: Some("scan".into()),
+                covering: false
+            }),
+            r#"{"request":"unblock_many","all":true,"origin":"scan"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::UnblockMany {
+                targets: vec!["10.0.0.5".into(), "fd77::/64".into()],
+                all: false,
+                origin: None,
+                covering: true
+            }),
+            r#"{"request":"unblock_many","targets":["10.0.0.5","fd77::/64"],"covering":true}"#
+        );
         assert_eq!(
             round_trip_request(Request::Reload),
             r#"{"request":"reload"}"#
@@ -464,6 +565,9 @@ mod tests {
             target: "10.0.0.5".into(),
             detail: vec!["route: ip route del 10.0.0.5".into()],
         });
+        round_trip_response(Response::UnblockedMany {
+            results: sample_unblock_results(),
+        });
         round_trip_response(Response::Blocked {
             results: vec![
                 TargetResult {
@@ -508,6 +612,10 @@ mod tests {
     #[test]
     fn block_and_reload_may_wait_longer_than_lookups() {
         assert_eq!(Request::Reload.answer_timeout(), Duration::from_secs(600));
-        assert_eq!(Request::List.answer_timeout(), Duration::from_secs(30));
+        let list = Request::List {
+            targets: vec![],
+            origin: None,
+        };
+        assert_eq!(list.answer_timeout(), Duration::from_secs(30));
     }
 }

@@ -619,7 +619,23 @@ proptest! {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Status),
-        Just(Request::List),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            proptest::option::of(".{0,10}"),
+        )
+            .prop_map(|(targets, origin)| Request::List { targets, origin }),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            any::<bool>(),
+            proptest::option::of(".{0,10}"),
+            any::<bool>(),
+        )
+            .prop_map(|(targets, all, origin, covering)| Request::UnblockMany {
+                targets,
+                all,
+                origin,
+                covering,
+            }),
         Just(Request::Reload),
         (".{0,20}", any::<bool>())
             .prop_map(|(target, covering)| Request::Unblock { target, covering }),

@@ -427,11 +427,13 @@ mod tests {
         let real = dir.path().join("real.deny");
         std::fs::write(&real, "a\nALL: x\nb\n").unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
-        // Giving the file another owner needs root; without it only the mode is checked.
-        let root = nix::unistd::Uid::effective().is_root();
-        if root {
-            std::os::unix::fs::chown(&real, Some(1), Some(2)).unwrap();
-        }
+        // Giving the file another owner needs root: not being root fails the test, as the
+        // end-to-end tests do, rather than checking only half of it.
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root (to give the file another owner)"
+        );
+        std::os::unix::fs::chown(&real, Some(1), Some(2)).unwrap();
         let link = dir.path().join("hosts.deny");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert_eq!(remove_line(&link, "ALL: x").unwrap(), Removal::Removed(1));
@@ -443,9 +445,7 @@ mod tests {
         );
         let meta = std::fs::metadata(&real).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o640);
-        if root {
-            assert_eq!((meta.uid(), meta.gid()), (1, 2));
-        }
+        assert_eq!((meta.uid(), meta.gid()), (1, 2));
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "a\nb\n");
     }
 

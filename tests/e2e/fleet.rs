@@ -22,7 +22,7 @@ use lapi::{LapiServer, daemon_config, has_route, time_until};
 const LISTEN: &str = "127.0.0.1:8080";
 
 /// A LAPI in the lab with bouncer `host-a`, and a daemon that only pulls from it (1 s polls).
-fn pulling_daemon(lab: &Lab) -> (LapiServer, Daemon) {
+pub(crate) fn pulling_daemon(lab: &Lab) -> (LapiServer, Daemon) {
     let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
     lapi.start();
     let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");

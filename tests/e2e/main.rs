@@ -9,6 +9,7 @@
 mod answers;
 mod blocks;
 mod classic;
+mod cli;
 mod config_errors;
 mod fleet;
 mod forged;

@@ -580,6 +580,60 @@ fn port_banner_is_kept_verbatim_and_empty_means_none() {
     assert_eq!(clean("PORT_BANNER=\"\"\n").port_banner, None);
 }
 
+#[test]
+fn port_banner_takes_1_kib_as_1_2_did_and_refuses_more_on_its_line() {
+    let kib = "x".repeat(1024);
+    assert_eq!(
+        clean(&format!("PORT_BANNER=\"{kib}\"\n"))
+            .port_banner
+            .map(|b| b.len()),
+        Some(1024)
+    );
+    let e = error(&format!("A=\"1\"\nPORT_BANNER=\"{kib}{kib}\"\n"));
+    assert!(
+        e.starts_with("portsentry.conf:2: PORT_BANNER: \"xxxx"),
+        "file, line and key first: {e}"
+    );
+    assert!(
+        e.ends_with(
+            ": 2048 bytes, longer than the 1024 bytes allowed (sent as written, no newline \
+             added; PortSentry 1.2 kept a 1 KiB buffer)"
+        ),
+        "{e}"
+    );
+    // Bytes, not characters: 512 two-byte characters fill the buffer.
+    assert!(try_build(&format!("PORT_BANNER=\"{}\"\n", "é".repeat(512))).is_ok());
+    assert!(try_build(&format!("PORT_BANNER=\"{}\"\n", "é".repeat(513))).is_err());
+}
+
+#[test]
+fn every_key_and_plugin_setting_has_a_bound_and_says_so() {
+    for key in KEYS {
+        let bound = key.bound();
+        assert!(
+            bound.bytes >= 107 && bound.bytes <= 512 * 1024,
+            "{}",
+            key.name
+        );
+        assert!(bound.sentence().starts_with("At most "), "{}", key.name);
+        // One byte past the bound is refused, whatever the key.
+        let e = error(&format!(
+            "{}=\"{}\"\n",
+            key.name,
+            "1".repeat(bound.bytes + 1)
+        ));
+        assert!(e.contains("bytes, longer than the"), "{}: {e}", key.name);
+    }
+    assert_eq!(value_bound("CONTROL_SOCKET").bytes, 107, "sun_path");
+    assert_eq!(value_bound("HISTORY_FILE").bytes, 4095, "PATH_MAX");
+    // A plugin's setting is bounded too; an unknown key is only warned about.
+    let long = "m".repeat(MAX_VALUE + 1);
+    let e = error(&format!("LUA_RESPONDERS=\"mail\"\nMAIL_TO=\"{long}\"\n"));
+    assert!(e.starts_with("portsentry.conf:2: MAIL_TO: "), "{e}");
+    let c = built(&format!("NOT_A_KEY=\"{long}\"\n"));
+    assert_eq!(warnings(&c).len(), 1);
+}
+
 // ---- durations ----
 
 #[test]
@@ -1322,7 +1376,10 @@ fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
     assert_eq!(c.forgeable_block_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(c.block_rate_limit, 60);
     assert_eq!(c.max_active_blocks, 10_000);
-    assert_eq!(c.log_rate_limit, 200);
+    assert_eq!(
+        c.log_rate_limit, 1,
+        "one line a second keeps a flood readable"
+    );
     let c = build(
         &parse(
             Path::new("p.conf"),

@@ -308,7 +308,10 @@ fn an_escalated_prefix_is_one_line_saying_how_many_hosts_it_took_over() {
 fn list_json_is_the_blocks_array() {
     let blocks = records();
     let p = render(
-        &Request::List,
+        &Request::List {
+            targets: vec![],
+            origin: None,
+        },
         &Response::List {
             blocks: blocks.clone(),
         },
@@ -412,6 +415,87 @@ fn answers_decide_output_and_exit_code() {
             .contains("unexpected answer \"reloaded\" to \"status\""),
         "{}",
         p.err
+    );
+}
+
+#[test]
+fn status_json_is_the_report() {
+    let report = StatusReport {
+        version: "0.1.0".into(),
+        modes: vec!["atcp".into()],
+        started: SystemTime::UNIX_EPOCH,
+        uptime_secs: 5,
+        generation: 2,
+        last_reload: None,
+        counters: Default::default(),
+        fleet: Vec::new(),
+        storage: Vec::new(),
+    };
+    let p = render(&Request::Status, &Response::Status(report.clone()), true);
+    assert_eq!(p.code, 0);
+    let back: StatusReport = serde_json::from_str(&p.out).unwrap();
+    assert_eq!(back, report);
+}
+
+#[test]
+fn a_filtered_list_that_matches_nothing_says_so() {
+    let filtered = Request::List {
+        targets: vec!["10.0.0.5".into()],
+        origin: None,
+    };
+    let p = render(&filtered, &Response::List { blocks: vec![] }, false);
+    assert_eq!((p.out.as_str(), p.code), ("no block in force matches\n", 0));
+    let p = render(&filtered, &Response::List { blocks: vec![] }, true);
+    assert_eq!((p.out.as_str(), p.code), ("[]\n", 0));
+}
+
+#[test]
+fn unblock_of_several_prints_each_target_and_a_count() {
+    let many = Request::UnblockMany {
+        targets: vec![],
+        all: true,
+        origin: Some("scan".into()),
+        covering: false,
+    };
+    let results = crate::control::protocol::sample_unblock_results();
+    let p = render(&many, &Response::UnblockedMany { results }, false);
+    assert_eq!(
+        p.out,
+        "10.0.0.5: unblocked\n  route: ip route del 10.0.0.5\n\
+         10.0.0.6: NOT unblocked: 10.0.0.6 is not blocked\n1 unblocked, 1 failed\n"
+    );
+    assert_eq!(p.code, 1);
+    let p = render(&many, &Response::UnblockedMany { results: vec![] }, false);
+    assert_eq!(
+        (p.out.as_str(), p.code),
+        ("no block of origin scan in force\n", 0)
+    );
+}
+
+#[test]
+fn a_block_the_daemon_extended_says_so() {
+    let block = Request::Block {
+        targets: vec![],
+        duration: Some("2h".into()),
+        reason: String::new(),
+    };
+    let p = render(
+        &block,
+        &Response::Blocked {
+            results: vec![TargetResult {
+                target: "10.0.0.5".into(),
+                ok: true,
+                detail: "extended until 2026-12-07 14:00:00".into(),
+            }],
+        },
+        false,
+    );
+    assert_eq!(
+        (p.out.as_str(), p.code),
+        (
+            "10.0.0.5: blocked (extended until 2026-12-07 14:00:00)\n",
+            0
+        )
     );
 }
 
