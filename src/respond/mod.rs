@@ -111,7 +111,9 @@ pub trait Responder: Send {
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome;
 }
 
-/// Test support: runs a responder once for a probe from `src`, with default config.
+/// Test support: runs a responder once for a probe from `src`, with default config; `src`
+/// may be a network (`10.0.0.0/24`), which is then the target (the probe comes from its
+/// network address).
 #[cfg(test)]
 pub(crate) fn respond_once(
     responder: &mut dyn Responder,
@@ -121,11 +123,15 @@ pub(crate) fn respond_once(
     kind: crate::event::ProbeKind,
 ) -> Outcome {
     let config = crate::config::build::defaults(std::path::Path::new("portsentry.conf"));
+    let target = crate::record::parse_target(src).expect("test address or network");
     let alert = Candidate {
-        hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
+        hit: crate::event::Hit::now(target.addr(), port, mode, kind),
         count: 1,
         already_blocked: false,
         actionable: true,
     };
-    responder.respond(&ResponseContext::for_alert(&alert, src, &config))
+    responder.respond(&ResponseContext {
+        target,
+        ..ResponseContext::for_alert(&alert, src, &config)
+    })
 }

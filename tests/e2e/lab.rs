@@ -247,6 +247,12 @@ impl Lab {
         (here, there)
     }
 
+    /// The lab's number: the third octet of its IPv4 net (10.77.N.0/24) and the second group
+    /// of its IPv6 one (fd77:N::/64), for tests that name other nets of the lab's own.
+    pub fn net(&self) -> u32 {
+        self.net
+    }
+
     /// A path inside the lab's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
