@@ -126,6 +126,35 @@ pub fn unblocked_expired(who: &str, lasted: std::time::Duration) -> String {
     )
 }
 
+/// Ours: a prefix is blocked whole because `hosts` of its hosts were blocked on evidence
+/// that counts (`ESCALATE_AFTER_V4` / `_V6`); their host blocks are folded into it.
+pub fn prefix_escalated(prefix: &str, hosts: usize, window: std::time::Duration) -> String {
+    format!(
+        "attackalert: Prefix {prefix} is blocked: {hosts} of its hosts were blocked within {} \
+         (escalation)",
+        humantime::format_duration(round_secs(window))
+    )
+}
+
+/// Ours: a prefix that met the escalation rule is not blocked whole, because it holds an
+/// address that must never be blocked; said once per prefix.
+pub fn prefix_not_escalated(prefix: &str, why: &str) -> String {
+    format!("adminalert: Prefix {prefix} not escalated, its hosts stay host blocks: {why}")
+}
+
+/// Ours (debug): a host block was taken over by the block of its prefix.
+pub fn folded_into_prefix(who: &str, prefix: &str) -> String {
+    format!("attackalert: Host {who} is now covered by the block of {prefix}")
+}
+
+/// Ours: `unblock` of an address that has no block of its own but lies in a blocked network.
+pub fn covered_not_unblocked(who: &str, net: &str) -> String {
+    format!(
+        "{who} has no block of its own: it is covered by the block of {net} \
+         (`portsentry unblock {net}` or `portsentry unblock --covering {who}` lifts that)"
+    )
+}
+
 /// Ours: an operator lifted the block.
 pub fn unblocked_by_operator(who: &str) -> String {
     format!("attackalert: Host {who} has been unblocked (by the operator)")

@@ -119,6 +119,9 @@ pub enum UnblockReason {
     Manual,
     /// The manager gave it up (e.g. re-applying it after a restart failed).
     Released,
+    /// A host block taken over by the block of its prefix (`ESCALATE_AFTER_V4` / `_V6`):
+    /// the prefix covers it from now on.
+    Escalated,
 }
 
 /// Repeat-offence memory for one target, so the next block of a returning scanner lasts

@@ -317,6 +317,70 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "BLOCK_RATE_LIMIT_PER_PREFIX",
+        doc: "New blocks a minute at most for the hosts of one prefix (ESCALATE_PREFIX_V4 / \
+              _V6), inside BLOCK_RATE_LIMIT (default 10; \"0\": no limit of its own): one \
+              attacker's prefix never spends the budget the next attacker's block needs.",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 1_000_000)
+                .map(|v| c.block_rate_limit_per_prefix = u32::try_from(v).unwrap_or(10))
+        },
+    },
+    KeySpec {
+        name: "SCAN_PREFIX_V4",
+        doc: "SCAN_TRIGGER counts the distinct ports probed by each IPv4 prefix of this length \
+              (0-32, default 32: per host, as in 1.2).",
+        set: |c, e, _| whole_number(&e.value, 0, 32).map(|v| c.scan_prefix_v4 = prefix_len(v)),
+    },
+    KeySpec {
+        name: "SCAN_PREFIX_V6",
+        doc: "SCAN_TRIGGER counts the distinct ports probed by each IPv6 prefix of this length \
+              (0-128, default 64: a host that changes its address within its /64 is one \
+              scanner).",
+        set: |c, e, _| whole_number(&e.value, 0, 128).map(|v| c.scan_prefix_v6 = prefix_len(v)),
+    },
+    KeySpec {
+        name: "ESCALATE_AFTER_V4",
+        doc: "Once this many hosts of one IPv4 prefix (ESCALATE_PREFIX_V4) were blocked on \
+              proven evidence within SCAN_TRIGGER_WINDOW, the prefix is blocked instead \
+              (default 8; \"0\": never, e.g. behind CGNAT or on shared hosting).",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 65535)
+                .map(|v| c.escalate_after_v4 = u32::try_from(v).unwrap_or(8))
+        },
+    },
+    KeySpec {
+        name: "ESCALATE_AFTER_V6",
+        doc: "Once this many hosts of one IPv6 prefix (ESCALATE_PREFIX_V6) were blocked on \
+              proven evidence within SCAN_TRIGGER_WINDOW, the prefix is blocked instead \
+              (default 3; \"0\": never).",
+        set: |c, e, _| {
+            whole_number(&e.value, 0, 65535)
+                .map(|v| c.escalate_after_v6 = u32::try_from(v).unwrap_or(3))
+        },
+    },
+    KeySpec {
+        name: "ESCALATE_PREFIX_V4",
+        doc: "Length of the IPv4 prefix that escalation blocks and that shares one \
+              BLOCK_RATE_LIMIT_PER_PREFIX budget (8-32, default 24).",
+        set: |c, e, _| whole_number(&e.value, 8, 32).map(|v| c.escalate_prefix_v4 = prefix_len(v)),
+    },
+    KeySpec {
+        name: "ESCALATE_PREFIX_V6",
+        doc: "Length of the IPv6 prefix that escalation blocks and that shares one \
+              BLOCK_RATE_LIMIT_PER_PREFIX budget (16-128, default 64).",
+        set: |c, e, _| {
+            whole_number(&e.value, 16, 128).map(|v| c.escalate_prefix_v6 = prefix_len(v))
+        },
+    },
+    KeySpec {
+        name: "ESCALATE_FORGEABLE",
+        doc: "\"1\": host blocks made on forgeable evidence (raw segments, UDP) count towards \
+              escalation too. Default \"0\": a forger must not be able to blackhole someone \
+              else's prefix.",
+        set: |c, e, _| flag(&e.value).map(|v| c.escalate_forgeable = v),
+    },
+    KeySpec {
         name: "LOG_RATE_LIMIT",
         doc: "Detection lines a second at most for probes that are not acted on (default 200; \
               \"0\": no limit); the rest are counted in a summary every 10 s.",
@@ -542,6 +606,14 @@ pub fn defaults(path: &Path) -> Config {
         forgeable_block_timeout: Some(Duration::from_secs(3600)),
         block_rate_limit: 60,
         max_active_blocks: 10_000,
+        block_rate_limit_per_prefix: 10,
+        scan_prefix_v4: 32,
+        scan_prefix_v6: 64,
+        escalate_after_v4: 8,
+        escalate_after_v6: 3,
+        escalate_prefix_v4: 24,
+        escalate_prefix_v6: 64,
+        escalate_forgeable: false,
         log_rate_limit: 200,
         metrics_listen: None,
         event_log: None,
@@ -899,6 +971,11 @@ fn is_executable(path: &Path) -> bool {
 
 fn port_list(value: &str) -> Result<Vec<u16>, String> {
     super::ports::parse_port_list(value)
+}
+
+/// A prefix length already checked against its family's bound.
+fn prefix_len(v: u64) -> u8 {
+    u8::try_from(v).unwrap_or(u8::MAX)
 }
 
 fn flag(value: &str) -> Result<bool, String> {

@@ -168,6 +168,23 @@ pub struct Config {
     pub block_rate_limit: u32,
     /// `MAX_ACTIVE_BLOCKS` (ours): blocks in force at most; 0: no limit.
     pub max_active_blocks: usize,
+    /// `BLOCK_RATE_LIMIT_PER_PREFIX` (ours): new blocks a minute for the hosts of one
+    /// escalation prefix; 0: no limit of its own.
+    pub block_rate_limit_per_prefix: u32,
+    /// `SCAN_PREFIX_V4` (ours): IPv4 sources are counted by prefixes of this length.
+    pub scan_prefix_v4: u8,
+    /// `SCAN_PREFIX_V6` (ours): IPv6 sources are counted by prefixes of this length.
+    pub scan_prefix_v6: u8,
+    /// `ESCALATE_AFTER_V4` (ours): host blocks in one IPv4 prefix before it is blocked; 0: never.
+    pub escalate_after_v4: u32,
+    /// `ESCALATE_AFTER_V6` (ours): host blocks in one IPv6 prefix before it is blocked; 0: never.
+    pub escalate_after_v6: u32,
+    /// `ESCALATE_PREFIX_V4` (ours): the IPv4 prefix escalation blocks and budgets share.
+    pub escalate_prefix_v4: u8,
+    /// `ESCALATE_PREFIX_V6` (ours): the IPv6 prefix escalation blocks and budgets share.
+    pub escalate_prefix_v6: u8,
+    /// `ESCALATE_FORGEABLE` (ours): blocks on forgeable evidence count towards escalation.
+    pub escalate_forgeable: bool,
     /// `LOG_RATE_LIMIT` (ours): detection lines a second for probes not acted on; 0: no limit.
     pub log_rate_limit: u32,
     /// `METRICS_LISTEN` (ours): where `GET /metrics` is served (Prometheus text format);
@@ -216,7 +233,28 @@ pub struct Config {
 }
 
 impl Config {
-    /// The block level that applies to a protocol.
+    /// The prefix `SCAN_TRIGGER` counts `ip` in (`SCAN_PREFIX_V4` / `_V6`; an IPv4-mapped
+    /// address counts as its IPv4 form).
+    pub fn scan_prefix(&self, ip: std::net::IpAddr) -> ipnet::IpNet {
+        prefix_of(ip, self.scan_prefix_v4, self.scan_prefix_v6)
+    }
+
+    /// The prefix escalation would block for `ip`, and whose hosts share one
+    /// `BLOCK_RATE_LIMIT_PER_PREFIX` budget (`ESCALATE_PREFIX_V4` / `_V6`).
+    pub fn escalation_prefix(&self, ip: std::net::IpAddr) -> ipnet::IpNet {
+        prefix_of(ip, self.escalate_prefix_v4, self.escalate_prefix_v6)
+    }
+
+    /// Host blocks in `ip`'s escalation prefix that make it blocked whole; 0: never.
+    pub fn escalate_after(&self, ip: std::net::IpAddr) -> u32 {
+        if ip.to_canonical().is_ipv4() {
+            self.escalate_after_v4
+        } else {
+            self.escalate_after_v6
+        }
+    }
+
+    /// Which responders block a probe of this protocol (`BLOCK_TCP` / `BLOCK_UDP`).
     pub fn block_level(&self, proto: Proto) -> BlockLevel {
         match proto {
             Proto::Tcp => self.block_tcp,
@@ -263,4 +301,17 @@ impl Config {
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or_else(|| Path::new("."))
     }
+}
+
+/// `ip` (IPv4-mapped as IPv4) truncated to the length of its family.
+fn prefix_of(ip: std::net::IpAddr, v4: u8, v6: u8) -> ipnet::IpNet {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() {
+        v4.min(32)
+    } else {
+        v6.min(128)
+    };
+    ipnet::IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| ipnet::IpNet::from(ip))
 }

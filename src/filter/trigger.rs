@@ -11,6 +11,12 @@
 //! `max(SCAN_TRIGGER, FORGEABLE_SCAN_TRIGGER)` distinct ports: one forged packet "from" the
 //! gateway can no longer blackhole it, and a flood of one-packet forged sources blocks nobody.
 //!
+//! Sources are counted by prefix (`SCAN_PREFIX_V4`, default 32: per host as in 1.2;
+//! `SCAN_PREFIX_V6`, default 64): a scanner that takes a new address of its /64 for every probe
+//! is still one scanner, and its ports add up. Being *proven* stays a property of a host: one
+//! completed handshake from a prefix does not make forged probes "from" its neighbours
+//! actionable at the lower threshold.
+//!
 //! The table has a fixed capacity (`SCAN_TRIGGER_TABLE_SIZE`), as scanlogd's does: a flood of
 //! forged sources evicts the least recently seen ones and never grows memory. Each source keeps
 //! at most as many probes as the higher threshold, which is all the decision needs.
@@ -31,7 +37,7 @@ pub struct Observation {
     /// Distinct (protocol, port) probes from this source within the window, this one
     /// included; capped at `max(SCAN_TRIGGER, 1)`.
     pub count: u32,
-    /// The source has reached the trigger (now or earlier, within the window).
+    /// The source (its prefix) has reached the trigger (now or earlier, within the window).
     pub fired: bool,
     /// The evidence is enough to act on: the trigger for a source that proved itself, the
     /// forgeable trigger otherwise.
@@ -59,9 +65,13 @@ struct Source {
     fired: bool,
     /// The actionable threshold was reached (sticky like `fired`).
     actionable: bool,
-    /// A completed handshake came from this source: it is not forged.
-    proven: bool,
+    /// Hosts of this prefix a completed handshake came from: they are not forged. At most
+    /// [`PROVEN_HOSTS`]; a prefix with more is a scanner proven many times over.
+    proven: Vec<IpAddr>,
 }
+
+/// Proven hosts remembered per prefix at most.
+const PROVEN_HOSTS: usize = 16;
 
 /// Per-source SCAN_TRIGGER state with a fixed capacity and least-recently-seen eviction.
 /// Time is passed in, so the behaviour is deterministic under test.
@@ -72,6 +82,10 @@ pub struct TriggerTable {
     forgeable: u32,
     window: Duration,
     capacity: usize,
+    /// `SCAN_PREFIX_V4` / `SCAN_PREFIX_V6`: sources are keyed by their prefix.
+    prefix_v4: u8,
+    prefix_v6: u8,
+    /// Per prefix (its network address).
     sources: HashMap<IpAddr, Source>,
     /// Sources by the tick of their last probe: the first entry is the one to evict. Every
     /// probe moves its source to a new, unique tick, so this is an O(log n) LRU.
@@ -89,6 +103,8 @@ impl TriggerTable {
             forgeable: 0,
             window,
             capacity: capacity.max(1),
+            prefix_v4: 32,
+            prefix_v6: 128,
             sources: HashMap::new(),
             by_age: BTreeMap::new(),
             tick: 0,
@@ -101,6 +117,14 @@ impl TriggerTable {
         self
     }
 
+    /// The same table counting sources by prefixes of these lengths (`SCAN_PREFIX_V4`,
+    /// `SCAN_PREFIX_V6`).
+    pub fn with_prefixes(mut self, v4: u8, v6: u8) -> TriggerTable {
+        self.prefix_v4 = v4.min(32);
+        self.prefix_v6 = v6.min(128);
+        self
+    }
+
     /// The table a config asks for.
     pub fn from_config(config: &Config) -> TriggerTable {
         TriggerTable::new(
@@ -109,6 +133,17 @@ impl TriggerTable {
             config.scan_trigger_table_size,
         )
         .with_forgeable(config.forgeable_scan_trigger)
+        .with_prefixes(config.scan_prefix_v4, config.scan_prefix_v6)
+    }
+
+    /// The key of `src` (canonical): the network address of its prefix.
+    fn key(&self, src: IpAddr) -> IpAddr {
+        let len = if src.is_ipv4() {
+            self.prefix_v4
+        } else {
+            self.prefix_v6
+        };
+        ipnet::IpNet::new(src, len).map_or(src, |n| n.network())
     }
 
     /// Distinct probes a source must send to fire: 0 and 1 both mean the first.
@@ -145,6 +180,7 @@ impl TriggerTable {
         now: Instant,
     ) -> Observation {
         let src = src.to_canonical();
+        let key = self.key(src);
         self.tick += 1;
         let tick = self.tick;
         let needed = self.needed();
@@ -153,21 +189,21 @@ impl TriggerTable {
         let expired =
             |seen: Instant| !window.is_zero() && now.saturating_duration_since(seen) > window;
 
-        if let Some(s) = self.sources.get_mut(&src) {
+        if let Some(s) = self.sources.get_mut(&key) {
             self.by_age.remove(&s.touched);
-            self.by_age.insert(tick, src);
+            self.by_age.insert(tick, key);
             s.touched = tick;
             if expired(s.last_seen) {
                 s.fired = false;
                 s.actionable = false;
-                s.proven = false;
+                s.proven.clear();
                 s.probes.clear();
             } else {
                 s.probes.retain(|p| !expired(p.seen));
             }
             s.last_seen = now;
             record_probe(s, proto, port, now, needed);
-            return judge(s, proven, log_needed, forgeable_needed);
+            return judge(s, src, proven, log_needed, forgeable_needed);
         }
 
         while self.sources.len() >= self.capacity {
@@ -181,12 +217,12 @@ impl TriggerTable {
             probes: Vec::with_capacity(needed.min(8)),
             fired: false,
             actionable: false,
-            proven: false,
+            proven: Vec::new(),
         };
         record_probe(&mut s, proto, port, now, needed);
-        let obs = judge(&mut s, proven, log_needed, forgeable_needed);
-        self.by_age.insert(tick, src);
-        self.sources.insert(src, s);
+        let obs = judge(&mut s, src, proven, log_needed, forgeable_needed);
+        self.by_age.insert(tick, key);
+        self.sources.insert(key, s);
         obs
     }
 
@@ -196,6 +232,18 @@ impl TriggerTable {
     pub fn reconfigure(&mut self, trigger: u32, window: Duration, capacity: usize) {
         self.trigger = trigger;
         self.reconfigure_tail(window, capacity);
+    }
+
+    /// Follows a change of `SCAN_PREFIX_V4` / `_V6`: the counts of the old prefixes mean
+    /// nothing for the new ones, so the table starts afresh (only when they changed).
+    pub fn reconfigure_prefixes(&mut self, v4: u8, v6: u8) {
+        let (v4, v6) = (v4.min(32), v6.min(128));
+        if (v4, v6) != (self.prefix_v4, self.prefix_v6) {
+            self.prefix_v4 = v4;
+            self.prefix_v6 = v6;
+            self.sources.clear();
+            self.by_age.clear();
+        }
     }
 
     /// [`TriggerTable::reconfigure`] with the forgeable trigger too.
@@ -246,9 +294,9 @@ impl TriggerTable {
         self.capacity
     }
 
-    /// Whether `src` is tracked (not yet evicted).
+    /// Whether `src` (its prefix) is tracked (not yet evicted).
     pub fn contains(&self, src: IpAddr) -> bool {
-        self.sources.contains_key(&src.to_canonical())
+        self.sources.contains_key(&self.key(src.to_canonical()))
     }
 
     /// Drops the least recently seen source; false when the table is empty.
@@ -267,25 +315,33 @@ fn count_of(s: &Source) -> u32 {
     u32::try_from(s.probes.len()).unwrap_or(u32::MAX)
 }
 
-/// Marks the thresholds a source has reached (sticky until it goes quiet for a window).
-fn judge(s: &mut Source, proven: bool, log_needed: usize, forgeable_needed: usize) -> Observation {
-    s.proven |= proven;
+/// Marks the thresholds a source (prefix) has reached, sticky until it goes quiet for a
+/// window, and whether `host`'s probe may be acted on: at the trigger when `host` proved
+/// itself, at the forgeable trigger otherwise (the prefix's ports counted either way).
+fn judge(
+    s: &mut Source,
+    host: IpAddr,
+    proven: bool,
+    log_needed: usize,
+    forgeable_needed: usize,
+) -> Observation {
+    let host_proven = proven || s.proven.contains(&host);
+    if proven && !s.proven.contains(&host) && s.proven.len() < PROVEN_HOSTS {
+        s.proven.push(host);
+    }
     let held = s.probes.len();
     if held >= log_needed {
         s.fired = true;
     }
-    let act_needed = if s.proven {
-        log_needed
-    } else {
-        forgeable_needed
-    };
-    if s.fired && held >= act_needed {
+    if s.fired && held >= forgeable_needed {
+        // Enough distinct ports that even forged evidence is acted on: sticky.
         s.actionable = true;
     }
+    let actionable = s.actionable || (s.fired && host_proven && held >= log_needed);
     Observation {
         count: count_of(s),
         fired: s.fired,
-        actionable: s.actionable,
+        actionable,
     }
 }
 
@@ -361,6 +417,8 @@ impl Filter for TriggerFilter {
     }
 
     fn reconfigure(&mut self, c: &Config, _ignore: &Arc<IgnoreList>) {
+        self.table
+            .reconfigure_prefixes(c.scan_prefix_v4, c.scan_prefix_v6);
         self.table.reconfigure_evidence(
             c.scan_trigger,
             c.forgeable_scan_trigger,
@@ -385,6 +443,55 @@ mod tests {
 
     fn secs(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_v6_prefix_rotating_its_address_adds_up_its_ports() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(3, HOUR, 10).with_prefixes(32, 64);
+        assert!(!t.observe(ip("2001:db8:1:2::a"), Proto::Tcp, 1, t0).fired);
+        assert!(!t.observe(ip("2001:db8:1:2::b"), Proto::Tcp, 2, t0).fired);
+        let third = t.observe(ip("2001:db8:1:2:ffff::c"), Proto::Tcp, 3, t0);
+        assert!(third.fired && third.actionable, "{third:?}");
+        assert_eq!(third.count, 3);
+        // Control: another /64 starts from nothing, and so does IPv4 per host at /32.
+        assert!(!t.observe(ip("2001:db8:1:3::a"), Proto::Tcp, 4, t0).fired);
+        assert!(!t.observe(ip("10.0.0.1"), Proto::Tcp, 1, t0).fired);
+        assert!(!t.observe(ip("10.0.0.2"), Proto::Tcp, 2, t0).fired);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_proven_neighbour_does_not_make_forged_probes_of_its_prefix_actionable() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10)
+            .with_forgeable(5)
+            .with_prefixes(24, 64);
+        let proven = t.observe_evidence(ip("10.0.0.1"), Proto::Tcp, 1, true, t0);
+        assert!(!proven.fired);
+        // A forged probe "from" the neighbour: the prefix fires, but it is no proof.
+        let forged = t.observe_evidence(ip("10.0.0.2"), Proto::Tcp, 2, false, t0);
+        assert!(forged.fired && !forged.actionable, "{forged:?}");
+        // The proven host itself is actionable at the trigger (positive control).
+        let again = t.observe_evidence(ip("10.0.0.1"), Proto::Tcp, 3, true, t0);
+        assert!(again.actionable, "{again:?}");
+        // Forged evidence reaching the forgeable trigger is acted on, from any host.
+        t.observe_evidence(ip("10.0.0.3"), Proto::Tcp, 4, false, t0);
+        let fifth = t.observe_evidence(ip("10.0.0.4"), Proto::Tcp, 5, false, t0);
+        assert!(fifth.actionable, "{fifth:?}");
+    }
+
+    #[test]
+    fn changing_the_prefix_lengths_starts_the_table_afresh() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 10).with_prefixes(32, 64);
+        t.observe(ip("10.0.0.1"), Proto::Tcp, 1, t0);
+        t.reconfigure_prefixes(32, 64);
+        assert_eq!(t.len(), 1, "unchanged lengths keep the counts");
+        t.reconfigure_prefixes(24, 64);
+        assert!(t.is_empty());
+        assert!(!t.observe(ip("10.0.0.1"), Proto::Tcp, 1, t0).fired);
+        assert!(t.observe(ip("10.0.0.9"), Proto::Tcp, 2, t0).fired);
     }
 
     #[test]

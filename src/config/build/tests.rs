@@ -869,7 +869,12 @@ fn every_table_key_builds_from_a_valid_value() {
         | "BLOCK_RATE_LIMIT"
         | "MAX_ACTIVE_BLOCKS"
         | "LOG_RATE_LIMIT"
-        | "EVENT_LOG_RATE_LIMIT" => "100",
+        | "EVENT_LOG_RATE_LIMIT"
+        | "BLOCK_RATE_LIMIT_PER_PREFIX" => "100",
+        "SCAN_PREFIX_V4" | "ESCALATE_PREFIX_V4" => "24",
+        "SCAN_PREFIX_V6" | "ESCALATE_PREFIX_V6" => "56",
+        "ESCALATE_AFTER_V4" | "ESCALATE_AFTER_V6" => "5",
+        "ESCALATE_FORGEABLE" => "1",
         "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST"
@@ -942,7 +947,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 57);
+    assert_eq!(KEYS.len(), 65);
 }
 
 // ---- load ----

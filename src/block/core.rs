@@ -1,0 +1,1831 @@
+//! The block manager's pure core: every decision about blocks, as a function of a message,
+//! the state and the time. No thread, no file, no socket and no clock of its own: the shell
+//! ([`super::manager`]) reads the clock, hands each message in with [`Now`], and carries out
+//! the [`Output`] — work for the responder pool, journal entries, log lines, history lines,
+//! replies, changes of the published view. So admission, deferral, both rate limits,
+//! escalation to prefixes, expiry and restore run in unit tests on a fake clock, and a
+//! replay can drive them on a capture's time.
+//!
+//! A block's life: *applying* (responders running; later probes say `block in progress`) →
+//! *active* (journaled, then reported, in the view) → *releasing* (undo running) → gone,
+//! remembered as an offence so the next block of the same target lasts longer. A block that
+//! failed or was dropped leaves no trace but its log line, so the host's next probe tries
+//! again.
+//!
+//! Prefixes: the hosts of one escalation prefix (`ESCALATE_PREFIX_V4` / `_V6`) share one
+//! budget (`BLOCK_RATE_LIMIT_PER_PREFIX`) inside the global one, and once `ESCALATE_AFTER_V4`
+//! / `_V6` of them were blocked on evidence that counts within `SCAN_TRIGGER_WINDOW`, the
+//! prefix is blocked as one record and their host blocks are folded into it — unless the
+//! prefix holds this host's address, a protected address or an ignore-list entry.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::journal::{Entry, Offence, UnblockReason};
+use super::policy::{DurationPolicy, Past};
+use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
+use crate::config::{BlockLevel, Config};
+use crate::event::{Candidate, Hit, Mode, ProbeKind, Proto};
+use crate::event_log::Event;
+use crate::generation::Generation;
+use crate::log_lines;
+use crate::respond::Action;
+use crate::respond::undo::UndoOutcome;
+
+/// Hosts whose past blocks are remembered at most (the oldest are forgotten first).
+const OFFENCE_MEMORY: usize = 100_000;
+/// Longest block with an end (a `--for 1000y` is taken as this): its end must stay a time
+/// the journal can write.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 86400);
+/// Scan blocks held back by the rate limit at most; beyond, the weakest evidence gives way.
+const DEFERRED_CAP: usize = 10_000;
+/// How often the summary of held-back blocks is logged.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// Distinct ports remembered per held-back source at most (enough to rank scanners).
+const DEFERRED_PORTS: usize = 1024;
+/// Prefixes whose escalation state or budget is remembered at most: a flood of forged
+/// sources from every prefix cannot grow memory (the least recently touched go first).
+const PREFIX_MEMORY: usize = 65_536;
+
+/// The time of one message, read by the shell (or set by a test or a replay).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Wall-clock time: block records, expiries, the journal.
+    pub wall: SystemTime,
+    /// Monotonic time: rate limits, deferral, escalation windows.
+    pub mono: Instant,
+}
+
+impl Now {
+    /// The clocks as they are.
+    pub fn read() -> Now {
+        Now {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// The same instant `d` later on both clocks.
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            wall: self.wall + d,
+            mono: self.mono + d,
+        }
+    }
+}
+
+/// What the core cannot know from data alone: which addresses are this host's own or
+/// protected (gateways, resolvers, sessions). The shell answers from the live sources.
+pub trait Guard: Send {
+    /// Why `target` must never be blocked (by hand, by the fleet, or as an escalated
+    /// prefix), if so, worded for the operator (`refused: … is protected (gateway)`).
+    fn refusal(&self, target: &Target) -> Option<String>;
+}
+
+/// Reply callbacks: the core never waits for whoever asked.
+pub type Reply<T> = Box<dyn FnOnce(T) + Send>;
+
+/// One scan's request to block its source.
+#[derive(Debug, Clone)]
+pub struct BlockRequest {
+    /// The alert that crossed the filters.
+    pub alert: Candidate,
+    /// Reverse-DNS name or the address, as logged.
+    pub resolved: String,
+}
+
+/// Result of one target of an operator's `block`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOutcome {
+    /// The target as text.
+    pub target: String,
+    /// Whether it is now blocked by this request.
+    pub ok: bool,
+    /// What happened (actions, or why not).
+    pub detail: String,
+}
+
+/// What the block observer (the CrowdSec pusher, `src/fleet/`) hears: blocks this host made
+/// from a scan or by hand, and blocks lifted (unblock, expiry). Blocks pulled from the fleet
+/// and restores at start are not told, so nothing goes round in circles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockNote {
+    /// A scan or manual block is in force (journaled).
+    Made(BlockRecord),
+    /// A scan or manual block ended.
+    Lifted(BlockRecord),
+}
+
+/// A message for the core.
+pub enum Input {
+    /// A scan asks to block its source.
+    Request(BlockRequest),
+    /// A responder job finished.
+    Result(crate::respond::pool::JobResult),
+    /// An operator's `block`.
+    Block {
+        /// What to block.
+        targets: Vec<Target>,
+        /// How long; `None`: the `BLOCK_TIMEOUT` rules.
+        duration: Option<Duration>,
+        /// The operator's reason.
+        reason: String,
+        /// Answered once every target is done.
+        reply: Reply<Vec<BlockOutcome>>,
+    },
+    /// An operator's `unblock`.
+    Unblock {
+        /// What to lift.
+        target: Target,
+        /// Lift the network block covering `target` when it has no block of its own.
+        covering: bool,
+        /// What was undone, or why not.
+        reply: Reply<Result<Vec<String>, String>>,
+    },
+    /// A CrowdSec decision pulled from the fleet.
+    FleetBlock {
+        /// What to block.
+        target: Target,
+        /// How long.
+        duration: Duration,
+        /// The decision's origin and scenario.
+        source: String,
+        /// The outcome.
+        reply: Reply<BlockOutcome>,
+    },
+    /// A fleet decision ended: lift its block, if it is the fleet's.
+    FleetUnblock(Target),
+    /// A new config generation (plain data).
+    Reconfigure(Generation),
+    /// Whether a block observer listens (notes are made only then).
+    Observing(bool),
+    /// Finish what is in hand and stop.
+    Stop,
+    /// Time passes: expiries, held-back blocks, summaries.
+    Tick,
+}
+
+/// Work for the responder pool; the shell adds the running parts (Lua plugins) and the
+/// generation in force.
+#[derive(Debug)]
+pub enum Work {
+    /// Run the responders for a block.
+    Apply {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// Who is blocked.
+        target: Target,
+        /// The probe behind it (a stand-in for blocks made by hand, restored or escalated).
+        alert: Candidate,
+        /// Reverse-DNS name or the address.
+        resolved: String,
+        /// Which responders run.
+        level: BlockLevel,
+        /// When the block ends.
+        until: Option<SystemTime>,
+        /// Re-applied after a restart.
+        restored: bool,
+    },
+    /// Undo every action of a block.
+    Undo {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// The block to lift.
+        record: BlockRecord,
+        /// Why, told to Lua `unblock` handlers.
+        reason: crate::respond::undo::UnblockReason,
+    },
+}
+
+/// Things reported only once the journal holds what they report.
+pub enum Effect {
+    /// An info log line.
+    Info(String),
+    /// A warning log line.
+    Warn(String),
+    /// A debug log line.
+    Debug(String),
+    /// A history-file line.
+    History(String),
+    /// An answer to whoever asked.
+    Reply(Box<dyn FnOnce() + Send>),
+    /// An `EVENT_LOG` event.
+    Event(Box<Event>),
+    /// A note for the block observer.
+    Note(BlockNote),
+}
+
+/// A change of the view the filters read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewChange {
+    /// The target is blocked.
+    Insert(Target),
+    /// The target is not blocked any more.
+    Remove(Target),
+}
+
+/// What the shell carries out after a message, in this order: the view, the work, the
+/// journal entries (one fsync), then the effects.
+#[derive(Default)]
+pub struct Output {
+    /// Jobs for free workers (never more in flight than workers).
+    pub work: Vec<Work>,
+    /// Journal entries.
+    pub entries: Vec<Entry>,
+    /// Reports, once journaled.
+    pub effects: Vec<Effect>,
+    /// View changes, in order.
+    pub view: Vec<ViewChange>,
+    /// Hosts for `KILL_NFTABLES`'s one batch at start, with the time each has left.
+    pub preload: Vec<(IpAddr, Option<Duration>)>,
+    /// `BLOCKED_FILE` should be rewritten.
+    pub blocked_file_dirty: bool,
+}
+
+/// How a block came to be applied, kept while its responders run.
+struct Applying {
+    job: u64,
+    origin: Origin,
+    offences: u32,
+    duration: Option<Duration>,
+    trigger: Option<Trigger>,
+    reason: String,
+    /// Scan blocks: the history line's name and the probe's time.
+    history: Option<(String, SystemTime)>,
+    batch: Option<u64>,
+    /// The evidence counts towards escalation of its prefix.
+    escalates: bool,
+    /// An escalated prefix: the hosts it takes over.
+    members: Vec<IpAddr>,
+}
+
+/// Everything the core knows about one target.
+enum Host {
+    /// Responders running for a new block.
+    Applying(Box<Applying>),
+    /// Blocked (journaled); `reapplying` while a restore runs its responders again.
+    Active {
+        record: BlockRecord,
+        reapplying: Option<u64>,
+    },
+    /// Undo running; a probe meanwhile asks for a new block once it is done.
+    Releasing {
+        job: u64,
+        record: BlockRecord,
+        why: UnblockReason,
+        reply: Option<Reply<Result<Vec<String>, String>>>,
+        reblock: Option<BlockRequest>,
+    },
+}
+
+/// An operator's `block` of several targets.
+struct Batch {
+    left: usize,
+    outcomes: Vec<BlockOutcome>,
+    reply: Reply<Vec<BlockOutcome>>,
+}
+
+/// A token bucket of blocks a minute that starts full.
+#[derive(Debug, Clone)]
+struct RateLimit {
+    per_minute: u32,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    fn new(per_minute: u32, now: Instant) -> RateLimit {
+        RateLimit {
+            per_minute,
+            tokens: f64::from(per_minute),
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(self.per_minute));
+        self.refilled = now;
+    }
+
+    /// Whether a token is there now (none taken); always with no limit.
+    fn has_token(&mut self, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
+    /// Whether a block may start now (taking a token); always with no limit.
+    fn take(&mut self, now: Instant) -> bool {
+        if !self.has_token(now) {
+            return false;
+        }
+        if self.per_minute > 0 {
+            self.tokens -= 1.0;
+        }
+        true
+    }
+
+    /// Takes a token if there is one: for a block that goes ahead anyway (an escalated
+    /// prefix replaces blocks, it does not add to them) but is paid for.
+    fn charge(&mut self, now: Instant) {
+        let _ = self.take(now);
+    }
+
+    /// Until the next token, when there is a limit.
+    fn next_token(&self) -> Option<Duration> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let missing = (1.0 - self.tokens).max(0.0);
+        let per_sec = f64::from(self.per_minute) / 60.0;
+        Some(Duration::from_secs_f64(missing / per_sec).max(Duration::from_millis(5)))
+    }
+
+    /// Full again: nothing to remember.
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= f64::from(self.per_minute)
+    }
+}
+
+/// A scan block held back by the budget, ranked by its evidence.
+struct Deferred {
+    request: BlockRequest,
+    proven: bool,
+    /// Distinct ports the trigger had counted when it was held back.
+    counted: u32,
+    /// Distinct (protocol, port) probes seen since, the first one included.
+    ports: HashSet<(Proto, u16)>,
+    since: Instant,
+}
+
+impl Deferred {
+    /// Proven first, then the most distinct ports, then the earliest.
+    fn rank(&self) -> (bool, usize, Reverse<Instant>) {
+        let ports = self.counted as usize + self.ports.len().saturating_sub(1);
+        (self.proven, ports, Reverse(self.since))
+    }
+
+    /// Adds the evidence of one more request for the same source.
+    fn add(&mut self, req: BlockRequest) {
+        let hit = &req.alert.hit;
+        self.proven |= hit.kind.is_proven();
+        if self.ports.len() < DEFERRED_PORTS {
+            self.ports.insert((hit.proto(), hit.port));
+        }
+        self.request = req;
+    }
+}
+
+/// One escalation prefix's recent host blocks.
+struct Escalation {
+    /// Distinct hosts blocked on evidence that counts, with when; at most `ESCALATE_AFTER`.
+    hosts: Vec<(IpAddr, Instant)>,
+    /// The prefix holds an address that must never be blocked: said once.
+    refused: bool,
+    touched: Instant,
+}
+
+/// Re-applies still running since start, for the line that says when all are back.
+#[derive(Debug, Default)]
+struct RestoreProgress {
+    left: usize,
+    total: usize,
+    failed: usize,
+    started: Option<Instant>,
+}
+
+/// The state of every block, and the rules that change it.
+pub struct BlockCore {
+    guard: Box<dyn Guard>,
+    generation: Generation,
+    policy: DurationPolicy,
+    /// Durations of blocks made on forgeable evidence (`FORGEABLE_BLOCK_TIMEOUT`).
+    forgeable_policy: DurationPolicy,
+    rate: RateLimit,
+    /// `BLOCK_RATE_LIMIT_PER_PREFIX`, by escalation prefix.
+    prefix_rates: HashMap<Target, RateLimit>,
+    escalations: HashMap<Target, Escalation>,
+    deferred: HashMap<Target, Deferred>,
+    /// Sources held back since the last summary, and why the last one was.
+    deferred_recently: u64,
+    deferred_why: String,
+    summary_since: Instant,
+    hosts: HashMap<Target, Host>,
+    /// Network targets in `hosts` by (IPv4, prefix length): an address's covering block is
+    /// a handful of lookups.
+    net_lens: BTreeMap<(bool, u8), usize>,
+    expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
+    offences: HashMap<Target, Offence>,
+    counters: Arc<super::manager::BlockCounters>,
+    waiting: VecDeque<Work>,
+    workers: usize,
+    max_waiting: usize,
+    in_flight: usize,
+    next_id: u64,
+    batches: HashMap<u64, Batch>,
+    /// Unblocks asked for while the block was still being applied or re-applied: done as
+    /// soon as it is in force.
+    queued_unblocks: HashMap<Target, Reply<Result<Vec<String>, String>>>,
+    stopping: bool,
+    restore: RestoreProgress,
+    events: bool,
+    observing: bool,
+    out: Output,
+}
+
+/// How the core is set up.
+pub struct CoreSetup {
+    /// The generation in force.
+    pub generation: Generation,
+    /// Protected and local addresses.
+    pub guard: Box<dyn Guard>,
+    /// Shared with `status` and the metrics.
+    pub counters: Arc<super::manager::BlockCounters>,
+    /// Repeat-offence memory from the journal.
+    pub offences: HashMap<Target, Offence>,
+    /// Jobs in flight at most (the pool's workers).
+    pub workers: usize,
+    /// Jobs waiting for a worker at most; beyond, new scan blocks are dropped.
+    pub max_waiting: usize,
+    /// `EVENT_LOG` is on: make block and unblock events.
+    pub events: bool,
+    /// The start's time.
+    pub now: Now,
+}
+
+impl BlockCore {
+    /// A core with nothing blocked yet (see [`BlockCore::restore`]).
+    pub fn new(setup: CoreSetup) -> BlockCore {
+        let config = Arc::clone(&setup.generation.config);
+        BlockCore {
+            guard: setup.guard,
+            policy: DurationPolicy::from_config(&config),
+            forgeable_policy: forgeable_policy(&config),
+            rate: RateLimit::new(config.block_rate_limit, setup.now.mono),
+            prefix_rates: HashMap::new(),
+            escalations: HashMap::new(),
+            deferred: HashMap::new(),
+            deferred_recently: 0,
+            deferred_why: String::new(),
+            summary_since: setup.now.mono,
+            generation: setup.generation,
+            hosts: HashMap::new(),
+            net_lens: BTreeMap::new(),
+            expiries: BinaryHeap::new(),
+            offences: setup.offences,
+            counters: setup.counters,
+            waiting: VecDeque::new(),
+            workers: setup.workers.max(1),
+            max_waiting: setup.max_waiting,
+            in_flight: 0,
+            next_id: 0,
+            batches: HashMap::new(),
+            queued_unblocks: HashMap::new(),
+            stopping: false,
+            restore: RestoreProgress::default(),
+            events: setup.events,
+            observing: false,
+            out: Output::default(),
+        }
+    }
+
+    /// Handles one message at `now` and says what to do.
+    pub fn handle(&mut self, input: Input, now: Now) -> Output {
+        match input {
+            Input::Request(req) => self.on_request(req, now),
+            Input::Result(result) => self.on_result(result, now),
+            Input::Block {
+                targets,
+                duration,
+                reason,
+                reply,
+            } => self.block_by_hand(targets, duration, reason, Origin::Manual, reply, now),
+            Input::Unblock {
+                target,
+                covering,
+                reply,
+            } => self.unblock_by_hand(target, covering, reply),
+            Input::FleetBlock {
+                target,
+                duration,
+                source,
+                reply,
+            } => self.block_by_hand(
+                vec![target],
+                Some(duration),
+                source,
+                Origin::Fleet,
+                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
+                    if let Some(outcome) = outcomes.pop() {
+                        reply(outcome);
+                    }
+                }),
+                now,
+            ),
+            Input::FleetUnblock(target) => {
+                let from_fleet = match self.hosts.get(&target) {
+                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
+                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
+                    _ => false,
+                };
+                if from_fleet {
+                    self.unblock_by_hand(target, false, Box::new(|_| {}));
+                }
+            }
+            Input::Reconfigure(generation) => self.reconfigure(generation, now),
+            Input::Observing(on) => self.observing = on,
+            Input::Stop => {
+                self.stopping = true;
+                // Restores and expiries not started yet are left to the next start.
+                self.waiting.retain(|work| match work {
+                    Work::Apply { restored, .. } => !restored,
+                    Work::Undo { .. } => false,
+                });
+            }
+            Input::Tick => {}
+        }
+        self.expire_due(now);
+        self.serve_deferred(now);
+        self.summarize(now);
+        self.pump();
+        std::mem::take(&mut self.out)
+    }
+
+    /// True once a stop was asked for and nothing is left in hand.
+    pub fn stopped(&self) -> bool {
+        self.stopping && self.in_flight == 0 && self.waiting.is_empty()
+    }
+
+    /// Until the next expiry, token or summary, at most `cap`.
+    pub fn next_wake(&self, now: Now, cap: Duration) -> Duration {
+        let mut wake = cap;
+        if let Some(Reverse((at, _))) = self.expiries.peek() {
+            wake = wake.min(at.duration_since(now.wall).unwrap_or_default());
+        }
+        if !self.deferred.is_empty() {
+            let mut next = self.rate.next_token();
+            for r in self.prefix_rates.values() {
+                if let Some(t) = r.next_token() {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+            if let Some(next) = next {
+                wake = wake.min(next);
+            }
+        }
+        if self.deferred_recently > 0 {
+            let since = now.mono.saturating_duration_since(self.summary_since);
+            wake = wake.min(SUMMARY_INTERVAL.saturating_sub(since));
+        }
+        if self.stopping {
+            wake = wake.min(Duration::from_millis(50));
+        }
+        wake
+    }
+
+    /// The blocks in force, oldest first.
+    pub fn active(&self) -> Vec<BlockRecord> {
+        let mut blocks: Vec<BlockRecord> = self
+            .hosts
+            .values()
+            .filter_map(|h| match h {
+                Host::Active { record, .. } => Some(record.clone()),
+                _ => None,
+            })
+            .collect();
+        blocks.sort_by_key(|r| r.since);
+        blocks
+    }
+
+    /// Every block in force, unsorted, for `BLOCKED_FILE`.
+    pub fn active_records(&self) -> impl Iterator<Item = &BlockRecord> {
+        self.hosts.values().filter_map(|h| match h {
+            Host::Active { record, .. } => Some(record),
+            _ => None,
+        })
+    }
+
+    /// Every block with a record (active, being re-applied, or being lifted): what a
+    /// compacted journal must hold.
+    pub fn records(&self) -> impl Iterator<Item = &BlockRecord> {
+        self.hosts.values().filter_map(|h| match h {
+            Host::Active { record, .. } | Host::Releasing { record, .. } => Some(record),
+            Host::Applying(_) => None,
+        })
+    }
+
+    /// An upper bound of [`BlockCore::records`] in O(1).
+    pub fn targets(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The repeat-offence memory, for a compacted journal.
+    pub fn offences(&self) -> impl Iterator<Item = (&Target, &Offence)> {
+        self.offences.iter()
+    }
+
+    /// The generation the core decides with.
+    pub fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
+    fn config(&self) -> &Config {
+        &self.generation.config
+    }
+
+    // ---- the hosts map, with its index of network lengths ----
+
+    fn put(&mut self, target: Target, host: Host) {
+        if self.hosts.insert(target, host).is_none() && is_network(&target) {
+            *self.net_lens.entry(len_key(&target)).or_default() += 1;
+        }
+    }
+
+    fn take(&mut self, target: &Target) -> Option<Host> {
+        let host = self.hosts.remove(target)?;
+        if is_network(target) {
+            let key = len_key(target);
+            if let Some(n) = self.net_lens.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.net_lens.remove(&key);
+                }
+            }
+        }
+        Some(host)
+    }
+
+    /// The network block (any state) that covers `ip`, if any; the longest prefix first.
+    fn covering(&self, ip: IpAddr) -> Option<Target> {
+        let ip = ip.to_canonical();
+        self.net_lens
+            .keys()
+            .rev()
+            .filter(|(v4, _)| *v4 == ip.is_ipv4())
+            .filter_map(|&(_, len)| Target::new(ip, len).ok().map(|n| n.trunc()))
+            .find(|net| self.hosts.contains_key(net))
+    }
+
+    /// Whether `net` is a prefix blocked by escalation (its host blocks are folded into it).
+    fn is_escalated(&self, net: &Target) -> bool {
+        matches!(self.hosts.get(net), Some(Host::Active { record, .. })
+            if record.origin == Origin::Scan && is_network(net))
+    }
+
+    /// The network block in force that covers `ip`, if any.
+    fn covering_active(&self, ip: IpAddr) -> Option<Target> {
+        self.covering(ip)
+            .filter(|net| matches!(self.hosts.get(net), Some(Host::Active { .. })))
+    }
+
+    // ---- starting blocks ----
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The remembered past of a target, if it is recent enough to count.
+    fn past(&self, target: &Target, now: SystemTime) -> Option<Past> {
+        let o = self.offences.get(target)?;
+        let horizon = self.policy.max.max(self.policy.base.unwrap_or_default());
+        let forgotten = o
+            .ended
+            .checked_add(horizon)
+            .is_some_and(|until| until < now);
+        (!forgotten).then_some(Past {
+            offences: o.offences,
+            last: o.last_duration,
+        })
+    }
+
+    fn on_request(&mut self, req: BlockRequest, now: Now) {
+        let target = host_target(req.alert.hit.src);
+        if !self.hosts.contains_key(&target)
+            && let Some(net) = self.covering(target.addr())
+        {
+            // Its prefix is blocked, or being blocked: nothing to add.
+            let line = match self.hosts.get(&net) {
+                Some(Host::Active { .. }) => log_lines::already_blocked(&req.alert, &req.resolved),
+                _ => log_lines::block_in_progress(&req.alert, &req.resolved),
+            };
+            self.out.effects.push(Effect::Info(line));
+            return;
+        }
+        match self.hosts.get_mut(&target) {
+            Some(Host::Active { .. }) => {
+                let line = log_lines::already_blocked(&req.alert, &req.resolved);
+                self.out.effects.push(Effect::Info(line));
+            }
+            Some(Host::Applying(_)) => {
+                let line = log_lines::block_in_progress(&req.alert, &req.resolved);
+                self.out.effects.push(Effect::Info(line));
+            }
+            Some(Host::Releasing { reblock, .. }) => {
+                let line = log_lines::block_in_progress(&req.alert, &req.resolved);
+                if reblock.is_none() {
+                    *reblock = Some(req);
+                }
+                self.out.effects.push(Effect::Info(line));
+            }
+            None => self.admit_scan_block(target, req, now),
+        }
+    }
+
+    /// Starts a scan block if the budget allows (`BLOCK_RATE_LIMIT`, its prefix's
+    /// `BLOCK_RATE_LIMIT_PER_PREFIX`, `MAX_ACTIVE_BLOCKS`), otherwise holds it back, ranked
+    /// by evidence, to be served as the budget refills.
+    fn admit_scan_block(&mut self, target: Target, req: BlockRequest, now: Now) {
+        if let Some(d) = self.deferred.get_mut(&target) {
+            // Held back already: its evidence grows, its place in the line with it.
+            d.add(req);
+            return;
+        }
+        match self.budget_allows(&target, now.mono) {
+            Ok(()) => self.start_scan_block(target, req, now),
+            Err(why) => self.defer(target, req, why, now.mono),
+        }
+    }
+
+    /// The escalation prefix of a target, the unit of the per-prefix budget.
+    fn prefix_of(&self, target: &Target) -> Target {
+        self.config().escalation_prefix(target.addr())
+    }
+
+    fn max_active_reached(&self) -> Option<String> {
+        let max = self.config().max_active_blocks;
+        (max > 0 && self.hosts.len() >= max).then(|| format!("MAX_ACTIVE_BLOCKS ({max}) reached"))
+    }
+
+    /// Whether one more scan block of `target` may start now; takes its tokens when it
+    /// may. A target whose prefix has spent its own budget waits without touching the
+    /// global one.
+    fn budget_allows(&mut self, target: &Target, now: Instant) -> Result<(), String> {
+        if let Some(why) = self.max_active_reached() {
+            return Err(why);
+        }
+        let per_prefix = self.config().block_rate_limit_per_prefix;
+        let prefix = self.prefix_of(target);
+        if per_prefix > 0 && !self.prefix_rate(prefix, now).has_token(now) {
+            return Err(format!(
+                "BLOCK_RATE_LIMIT_PER_PREFIX ({per_prefix} a minute) reached for {}",
+                target_text(&prefix)
+            ));
+        }
+        if !self.rate.take(now) {
+            return Err(format!(
+                "BLOCK_RATE_LIMIT ({} a minute) reached",
+                self.rate.per_minute
+            ));
+        }
+        if per_prefix > 0 {
+            self.prefix_rate(prefix, now).take(now);
+        }
+        Ok(())
+    }
+
+    /// The budget of one prefix, made full on first use; the memory of budgets is bounded
+    /// (full buckets are forgotten first: they hold nothing worth keeping).
+    fn prefix_rate(&mut self, prefix: Target, now: Instant) -> &mut RateLimit {
+        let per_minute = self.config().block_rate_limit_per_prefix;
+        if !self.prefix_rates.contains_key(&prefix) && self.prefix_rates.len() >= PREFIX_MEMORY {
+            self.prefix_rates.retain(|_, r| !r.is_full(now));
+            if self.prefix_rates.len() >= PREFIX_MEMORY {
+                // All busy (a flood from every prefix): forget the fullest tenth.
+                let mut levels: Vec<f64> = self.prefix_rates.values().map(|r| r.tokens).collect();
+                levels.sort_by(|a, b| b.total_cmp(a));
+                let cut = levels[levels.len() / 10];
+                self.prefix_rates.retain(|_, r| r.tokens < cut);
+            }
+        }
+        self.prefix_rates
+            .entry(prefix)
+            .or_insert_with(|| RateLimit::new(per_minute, now))
+    }
+
+    fn defer(&mut self, target: Target, req: BlockRequest, why: String, now: Instant) {
+        let hit = &req.alert.hit;
+        let d = Deferred {
+            proven: hit.kind.is_proven(),
+            counted: req.alert.count,
+            ports: HashSet::from([(hit.proto(), hit.port)]),
+            request: req,
+            since: now,
+        };
+        self.deferred_recently += 1;
+        self.deferred_why = why;
+        if self.deferred.len() >= DEFERRED_CAP {
+            let worst = self
+                .deferred
+                .iter()
+                .min_by_key(|(_, d)| d.rank())
+                .map(|(t, w)| (*t, w.rank()));
+            match worst {
+                Some((t, rank)) if rank < d.rank() => {
+                    self.deferred.remove(&t);
+                }
+                _ => return,
+            }
+        }
+        self.deferred.insert(target, d);
+    }
+
+    /// Starts the best held-back blocks the budgets allow (a prefix out of budget lets the
+    /// next prefix's source go first); forgets those older than the trigger window (a
+    /// scanner that kept going has sent newer probes meanwhile) and those a network block
+    /// now covers.
+    fn serve_deferred(&mut self, now: Now) {
+        if self.deferred.is_empty() || self.stopping {
+            return;
+        }
+        let window = self.config().scan_trigger_window;
+        if !window.is_zero() {
+            self.deferred
+                .retain(|_, d| now.mono.saturating_duration_since(d.since) <= window);
+        }
+        if self.max_active_reached().is_some() || !self.rate.has_token(now.mono) {
+            return;
+        }
+        let mut order: Vec<_> = self.deferred.iter().map(|(t, d)| (d.rank(), *t)).collect();
+        order.sort_by_key(|(rank, _)| Reverse(*rank));
+        for (_, target) in order {
+            if self.hosts.contains_key(&target) || self.covering(target.addr()).is_some() {
+                self.deferred.remove(&target);
+                continue;
+            }
+            match self.budget_allows(&target, now.mono) {
+                Ok(()) => {
+                    if let Some(d) = self.deferred.remove(&target) {
+                        self.start_scan_block(target, d.request, now);
+                    }
+                }
+                Err(why) => {
+                    let global = !why.starts_with("BLOCK_RATE_LIMIT_PER_PREFIX");
+                    self.deferred_why = why;
+                    if global {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The summary line of held-back blocks, once per interval while there are any.
+    fn summarize(&mut self, now: Now) {
+        let since = now.mono.saturating_duration_since(self.summary_since);
+        if since < SUMMARY_INTERVAL {
+            return;
+        }
+        self.summary_since = now.mono;
+        if self.deferred_recently > 0 {
+            self.out
+                .effects
+                .push(Effect::Warn(log_lines::blocks_deferred(
+                    self.deferred_recently,
+                    since.as_secs(),
+                    self.deferred.len(),
+                    &self.deferred_why,
+                )));
+            self.deferred_recently = 0;
+        }
+    }
+
+    fn start_scan_block(&mut self, target: Target, req: BlockRequest, now: Now) {
+        let who = target_text(&target);
+        if self.waiting.len() >= self.max_waiting {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.out.effects.push(Effect::Warn(log_lines::block_dropped(
+                &who,
+                "too many hosts waiting to be blocked",
+            )));
+            return;
+        }
+        let past = self.past(&target, now.wall);
+        let hit = &req.alert.hit;
+        let proven = hit.kind.is_proven();
+        let level = self.config().block_level(hit.proto());
+        let policy = if proven {
+            &self.policy
+        } else {
+            &self.forgeable_policy
+        };
+        let applying = Applying {
+            job: 0,
+            origin: Origin::Scan,
+            offences: past.map_or(0, |p| p.offences) + 1,
+            duration: policy.next_with_jitter(past),
+            trigger: Some(trigger_of(hit)),
+            reason: String::new(),
+            history: Some((req.resolved.clone(), hit.time)),
+            batch: None,
+            escalates: proven || self.config().escalate_forgeable,
+            members: Vec::new(),
+        };
+        self.start_apply(target, applying, req.alert, req.resolved, level, now);
+    }
+
+    fn start_apply(
+        &mut self,
+        target: Target,
+        mut applying: Applying,
+        alert: Candidate,
+        resolved: String,
+        level: BlockLevel,
+        now: Now,
+    ) {
+        let id = self.next_id();
+        applying.job = id;
+        applying.duration = applying.duration.map(|d| d.min(LONGEST));
+        let until = applying.duration.and_then(|d| now.wall.checked_add(d));
+        self.waiting.push_back(Work::Apply {
+            id,
+            target,
+            alert,
+            resolved,
+            level,
+            until,
+            restored: false,
+        });
+        self.put(target, Host::Applying(Box::new(applying)));
+    }
+
+    fn block_by_hand(
+        &mut self,
+        targets: Vec<Target>,
+        duration: Option<Duration>,
+        reason: String,
+        origin: Origin,
+        reply: Reply<Vec<BlockOutcome>>,
+        now: Now,
+    ) {
+        let batch_id = self.next_id();
+        let mut batch = Batch {
+            left: 0,
+            outcomes: Vec::new(),
+            reply,
+        };
+        for target in targets {
+            let who = target_text(&target);
+            let refuse = |why: String| BlockOutcome {
+                target: who.clone(),
+                ok: false,
+                detail: why,
+            };
+            if let Some(why) = self.refusal(&target) {
+                batch.outcomes.push(refuse(why));
+                continue;
+            }
+            if let Some(why) = self.max_active_reached() {
+                batch.outcomes.push(refuse(format!("refused: {why}")));
+                continue;
+            }
+            match self.hosts.get(&target) {
+                Some(Host::Active { record, .. }) => {
+                    batch.outcomes.push(refuse(match record.until {
+                        Some(u) => format!(
+                            "already blocked until {}",
+                            humantime::format_rfc3339_seconds(u)
+                        ),
+                        None => "already blocked (permanent)".into(),
+                    }));
+                    continue;
+                }
+                Some(_) => {
+                    batch
+                        .outcomes
+                        .push(refuse("a block or unblock of it is under way".into()));
+                    continue;
+                }
+                None => {}
+            }
+            if let Some(net) = self
+                .covering(target.addr())
+                .filter(|net| net.prefix_len() < target.prefix_len())
+            {
+                batch.outcomes.push(refuse(format!(
+                    "already covered by the block of {}",
+                    target_text(&net)
+                )));
+                continue;
+            }
+            let past = self.past(&target, now.wall);
+            let applying = Applying {
+                job: 0,
+                origin,
+                offences: past.map_or(0, |p| p.offences) + 1,
+                duration: duration.or_else(|| self.policy.next_with_jitter(past)),
+                trigger: None,
+                reason: reason.clone(),
+                history: None,
+                batch: Some(batch_id),
+                escalates: false,
+                members: Vec::new(),
+            };
+            let alert = stand_in_alert(&target, None, now.wall);
+            batch.left += 1;
+            self.start_apply(target, applying, alert, who, BlockLevel::All, now);
+        }
+        if batch.left == 0 {
+            let (reply, outcomes) = (batch.reply, batch.outcomes);
+            self.out
+                .effects
+                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+        } else {
+            self.batches.insert(batch_id, batch);
+        }
+    }
+
+    /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
+    /// the ignore list (an entry inside it, or one covering it), and what the guard knows
+    /// (this host's own addresses, protected addresses).
+    fn refusal(&self, target: &Target) -> Option<String> {
+        let addr = target.addr();
+        let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        if special(addr) || (is_network(target) && target.contains(&loopback_of(addr))) {
+            return Some("refused: loopback or unspecified address".into());
+        }
+        if let Some(why) = self.guard.refusal(target) {
+            return Some(why);
+        }
+        let ignore = &self.generation.ignore;
+        if let Some(entry) = ignore
+            .entries()
+            .iter()
+            .find(|e| e.contains(&target.addr()) || target.contains(&e.addr()))
+        {
+            return Some(format!(
+                "refused: in the ignore list ({})",
+                target_text(entry)
+            ));
+        }
+        None
+    }
+
+    fn unblock_by_hand(
+        &mut self,
+        target: Target,
+        covering: bool,
+        reply: Reply<Result<Vec<String>, String>>,
+    ) {
+        let who = target_text(&target);
+        match self.hosts.get(&target) {
+            Some(Host::Active {
+                reapplying: None, ..
+            }) => self.start_release(target, UnblockReason::Manual, Some(reply)),
+            // Lifted as soon as its responders are done.
+            Some(Host::Active { .. } | Host::Applying(_)) => {
+                if let Some(earlier) = self.queued_unblocks.insert(target, reply) {
+                    let said = format!("{who}: a later unblock request replaced this one");
+                    self.out
+                        .effects
+                        .push(Effect::Reply(Box::new(move || earlier(Err(said)))));
+                }
+            }
+            Some(Host::Releasing { .. }) => {
+                let said = format!("{who}: already being unblocked");
+                self.out
+                    .effects
+                    .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+            }
+            None => match self.covering(target.addr()) {
+                Some(net) if covering => self.unblock_by_hand(net, false, reply),
+                Some(net) => {
+                    let said = log_lines::covered_not_unblocked(&who, &target_text(&net));
+                    self.out
+                        .effects
+                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                }
+                None => {
+                    let said = format!("{who} is not blocked");
+                    self.out
+                        .effects
+                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                }
+            },
+        }
+    }
+
+    fn reconfigure(&mut self, generation: Generation, now: Now) {
+        let new = &generation.config;
+        self.policy = DurationPolicy::from_config(new);
+        self.forgeable_policy = forgeable_policy(new);
+        if new.block_rate_limit != self.rate.per_minute {
+            self.rate = RateLimit::new(new.block_rate_limit, now.mono);
+        }
+        let old = &self.generation.config;
+        if new.block_rate_limit_per_prefix != old.block_rate_limit_per_prefix
+            || new.escalate_prefix_v4 != old.escalate_prefix_v4
+            || new.escalate_prefix_v6 != old.escalate_prefix_v6
+        {
+            self.prefix_rates.clear();
+            self.escalations.clear();
+        }
+        self.generation = generation;
+    }
+
+    // ---- escalation ----
+
+    /// A scan block of a host is in force: it counts towards its prefix, which is blocked
+    /// whole once enough of its hosts were.
+    fn count_for_escalation(&mut self, host: Target, now: Now) {
+        let ip = host.addr();
+        let after = self.config().escalate_after(ip) as usize;
+        if after == 0 || is_network(&host) {
+            return;
+        }
+        let prefix = self.prefix_of(&host);
+        if prefix.prefix_len() == host.prefix_len() {
+            return;
+        }
+        let window = self.config().scan_trigger_window;
+        if !self.escalations.contains_key(&prefix) && self.escalations.len() >= PREFIX_MEMORY {
+            // Forget the least recently touched tenth at once rather than one per insert.
+            let mut touched: Vec<Instant> = self.escalations.values().map(|e| e.touched).collect();
+            touched.sort();
+            let cut = touched[touched.len() / 10];
+            self.escalations.retain(|_, e| e.touched > cut);
+        }
+        let esc = self.escalations.entry(prefix).or_insert(Escalation {
+            hosts: Vec::new(),
+            refused: false,
+            touched: now.mono,
+        });
+        esc.touched = now.mono;
+        if !window.is_zero() {
+            esc.hosts
+                .retain(|(_, at)| now.mono.saturating_duration_since(*at) <= window);
+        }
+        if !esc.hosts.iter().any(|(h, _)| *h == ip) {
+            if esc.hosts.len() >= after {
+                esc.hosts.remove(0);
+            }
+            esc.hosts.push((ip, now.mono));
+        }
+        if esc.hosts.len() >= after {
+            self.escalate(prefix, now);
+        }
+    }
+
+    /// Blocks `prefix` whole (one record, one token, one slot), lasting as long as the
+    /// longest of its members would have and at least what its own past asks for; its host
+    /// blocks are folded once it is in force. Never over an address that must not be
+    /// blocked: then its hosts stay host blocks, and that is said once.
+    fn escalate(&mut self, prefix: Target, now: Now) {
+        if self.hosts.contains_key(&prefix) || self.covering(prefix.addr()).is_some() {
+            return;
+        }
+        let who = target_text(&prefix);
+        if let Some(why) = self.refusal(&prefix) {
+            let why = why.strip_prefix("refused: ").unwrap_or(&why).to_string();
+            if let Some(esc) = self.escalations.get_mut(&prefix)
+                && !esc.refused
+            {
+                esc.refused = true;
+                let line = log_lines::prefix_not_escalated(&who, &why);
+                self.out.effects.push(Effect::Warn(line));
+            }
+            return;
+        }
+        let members: Vec<&BlockRecord> = self
+            .hosts
+            .iter()
+            .filter(|(t, _)| !is_network(t) && prefix.contains(&t.addr()))
+            .filter_map(|(_, h)| match h {
+                Host::Active { record, .. } if record.origin == Origin::Scan => Some(record),
+                _ => None,
+            })
+            .collect();
+        let Some(last) = members.iter().max_by_key(|r| r.since) else {
+            return;
+        };
+        let trigger = last.trigger.clone();
+        let permanent = members.iter().any(|r| r.until.is_none());
+        let longest = members
+            .iter()
+            .filter_map(|r| r.until)
+            .max()
+            .map(|u| u.duration_since(now.wall).unwrap_or_default());
+        let mut addrs: Vec<IpAddr> = members.iter().map(|r| r.target.addr()).collect();
+        addrs.sort();
+        let past = self.past(&prefix, now.wall);
+        let own = self.policy.next_with_jitter(past);
+        let duration = if permanent || own.is_none() {
+            None
+        } else {
+            own.max(longest)
+        };
+        self.rate.charge(now.mono);
+        let level = trigger
+            .as_ref()
+            .map_or(BlockLevel::All, |t| self.config().block_level(t.proto));
+        let alert = stand_in_alert(&prefix, trigger.as_ref(), now.wall);
+        let window = self.config().scan_trigger_window;
+        self.out
+            .effects
+            .push(Effect::Warn(log_lines::prefix_escalated(
+                &who,
+                addrs.len(),
+                window,
+            )));
+        let applying = Applying {
+            job: 0,
+            origin: Origin::Scan,
+            offences: past.map_or(0, |p| p.offences) + 1,
+            duration,
+            trigger,
+            reason: String::new(),
+            history: None,
+            batch: None,
+            escalates: false,
+            members: addrs,
+        };
+        self.escalations.remove(&prefix);
+        self.start_apply(prefix, applying, alert, who, level, now);
+    }
+
+    /// A network block is in force: the scan blocks of hosts inside it are folded into it
+    /// (undone: the network covers them), and sources waiting inside it wait no more.
+    fn fold_into(&mut self, net: Target) {
+        let inside: Vec<Target> = self
+            .hosts
+            .iter()
+            .filter(|(t, h)| {
+                !is_network(t)
+                    && net.contains(&t.addr())
+                    && matches!(h, Host::Active { record, reapplying: None }
+                        if record.origin == Origin::Scan)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for host in inside {
+            self.start_release(host, UnblockReason::Escalated, None);
+        }
+        self.deferred.retain(|t, _| !net.contains(&t.addr()));
+    }
+
+    // ---- restore, expiry, release ----
+
+    /// At start: every journaled block is in the view at once; those that expired while the
+    /// daemon was down are undone, the others re-applied (idempotently).
+    pub fn restore(&mut self, active: HashMap<Target, BlockRecord>, now: Now) -> Output {
+        let (mut expired, mut restored) = (0, 0);
+        let mut records: Vec<BlockRecord> = active.into_values().collect();
+        records.sort_by_key(|r| r.since);
+        for record in records {
+            let target = record.target;
+            if record.expired(now.wall) {
+                expired += 1;
+                self.put(
+                    target,
+                    Host::Active {
+                        record,
+                        reapplying: None,
+                    },
+                );
+                self.start_release(target, UnblockReason::Expired, None);
+                continue;
+            }
+            restored += 1;
+            self.out.view.push(ViewChange::Insert(target));
+            if let Some(until) = record.until {
+                self.expiries.push(Reverse((until, target)));
+            }
+            let id = self.next_id();
+            let level = match &record.trigger {
+                Some(t) if record.origin == Origin::Scan => self.config().block_level(t.proto),
+                _ => BlockLevel::All,
+            };
+            if level == BlockLevel::All && !is_network(&target) {
+                let left = record
+                    .until
+                    .map(|u| u.duration_since(now.wall).unwrap_or_default());
+                self.out.preload.push((target.addr(), left));
+            }
+            let alert = stand_in_alert(&target, record.trigger.as_ref(), record.since);
+            self.waiting.push_back(Work::Apply {
+                id,
+                target,
+                alert,
+                resolved: target_text(&target),
+                level,
+                until: record.until,
+                restored: true,
+            });
+            self.put(
+                target,
+                Host::Active {
+                    record,
+                    reapplying: Some(id),
+                },
+            );
+        }
+        self.restore = RestoreProgress {
+            left: restored,
+            total: restored,
+            failed: 0,
+            started: Some(now.mono),
+        };
+        if restored + expired > 0 {
+            let line = log_lines::restoring(restored, &self.config().block_state_file, expired);
+            self.out.effects.push(Effect::Info(line));
+        }
+        self.out.blocked_file_dirty = true;
+        self.pump();
+        std::mem::take(&mut self.out)
+    }
+
+    fn expire_due(&mut self, now: Now) {
+        while let Some(Reverse((at, target))) = self.expiries.peek().copied() {
+            if at > now.wall {
+                break;
+            }
+            self.expiries.pop();
+            let due = matches!(
+                self.hosts.get(&target),
+                Some(Host::Active { record, reapplying: None }) if record.until == Some(at)
+            );
+            if due {
+                self.start_release(target, UnblockReason::Expired, None);
+            }
+            // A block still being re-applied expires once that is done.
+        }
+    }
+
+    fn start_release(
+        &mut self,
+        target: Target,
+        why: UnblockReason,
+        reply: Option<Reply<Result<Vec<String>, String>>>,
+    ) {
+        let record = match self.take(&target) {
+            Some(Host::Active { record, .. }) => record,
+            Some(other) => {
+                self.put(target, other);
+                return;
+            }
+            None => return,
+        };
+        // From now on probes reach the core, which blocks again once the undo is done.
+        self.out.view.push(ViewChange::Remove(target));
+        let id = self.next_id();
+        self.waiting.push_back(Work::Undo {
+            id,
+            record: record.clone(),
+            reason: match why {
+                UnblockReason::Expired => crate::respond::undo::UnblockReason::Expired,
+                _ => crate::respond::undo::UnblockReason::Unblock,
+            },
+        });
+        self.put(
+            target,
+            Host::Releasing {
+                job: id,
+                record,
+                why,
+                reply,
+                reblock: None,
+            },
+        );
+    }
+
+    /// Hands waiting jobs to free workers; never more in flight than workers, so a job
+    /// never queues behind a hanging one.
+    fn pump(&mut self) {
+        while self.in_flight < self.workers {
+            let Some(work) = self.waiting.pop_front() else {
+                break;
+            };
+            self.in_flight += 1;
+            self.out.work.push(work);
+        }
+    }
+
+    // ---- results ----
+
+    fn on_result(&mut self, result: crate::respond::pool::JobResult, now: Now) {
+        use crate::respond::pool::JobResult;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match result {
+            JobResult::Applied {
+                id,
+                target,
+                actions,
+                failures,
+                vetoed,
+            } => {
+                self.counters
+                    .responder_failures
+                    .fetch_add(failures as u64, Ordering::Relaxed);
+                self.on_applied(id, target, actions, vetoed, now);
+            }
+            JobResult::Undone {
+                id,
+                target,
+                outcomes,
+            } => self.on_undone(id, target, outcomes, now),
+        }
+    }
+
+    fn on_applied(
+        &mut self,
+        id: u64,
+        target: Target,
+        actions: Vec<Action>,
+        vetoed: bool,
+        now: Now,
+    ) {
+        self.apply_result(id, target, actions, vetoed, now);
+        if let Some(reply) = self.queued_unblocks.remove(&target) {
+            let who = target_text(&target);
+            match self.hosts.get(&target) {
+                Some(Host::Active {
+                    reapplying: None, ..
+                }) => self.start_release(target, UnblockReason::Manual, Some(reply)),
+                Some(Host::Releasing { .. }) => {
+                    self.out.effects.push(Effect::Reply(Box::new(move || {
+                        reply(Err(format!("{who}: already being unblocked")))
+                    })));
+                }
+                _ => {
+                    self.out.effects.push(Effect::Reply(Box::new(move || {
+                        reply(Err(format!("{who} is not blocked (its block failed)")))
+                    })));
+                }
+            }
+        }
+    }
+
+    fn apply_result(
+        &mut self,
+        id: u64,
+        target: Target,
+        actions: Vec<Action>,
+        vetoed: bool,
+        now: Now,
+    ) {
+        let who = target_text(&target);
+        match self.take(&target) {
+            Some(Host::Applying(a)) if a.job == id => {
+                if actions.is_empty() {
+                    if !vetoed {
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        self.out
+                            .effects
+                            .push(Effect::Warn(log_lines::could_not_block(&who)));
+                    }
+                    let detail = if vetoed {
+                        "vetoed by a responder".to_string()
+                    } else {
+                        "no responder could block it".to_string()
+                    };
+                    self.finish_batch(a.batch, &who, false, detail);
+                    return;
+                }
+                let a = *a;
+                let record = BlockRecord {
+                    target,
+                    since: now.wall,
+                    until: a.duration.and_then(|d| now.wall.checked_add(d)),
+                    offences: a.offences,
+                    origin: a.origin,
+                    trigger: a.trigger,
+                    reason: a.reason,
+                    actions,
+                    members: a.members,
+                };
+                self.counters.made.fetch_add(1, Ordering::Relaxed);
+                self.out.entries.push(Entry::Block(record.clone()));
+                if let Some((resolved, time)) = &a.history
+                    && let Some(t) = &record.trigger
+                {
+                    self.out
+                        .effects
+                        .push(Effect::History(crate::history::history_line(
+                            *time,
+                            resolved,
+                            target.addr(),
+                            t.port,
+                            t.proto,
+                        )));
+                }
+                if let Some(d) = record.duration() {
+                    self.out.effects.push(Effect::Info(log_lines::blocked_for(
+                        &who,
+                        d,
+                        record.offences,
+                    )));
+                }
+                let detail = record
+                    .actions
+                    .iter()
+                    .map(|a| a.responder.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.finish_batch(a.batch, &who, true, format!("blocked via {detail}"));
+                if self.events {
+                    self.out
+                        .effects
+                        .push(Effect::Event(Box::new(Event::block(&record))));
+                }
+                if self.observing && record.origin != Origin::Fleet {
+                    self.out
+                        .effects
+                        .push(Effect::Note(BlockNote::Made(record.clone())));
+                }
+                let escalated = is_network(&target) && record.origin == Origin::Scan;
+                self.activate(record);
+                if escalated {
+                    // A network blocked by hand or by the fleet leaves the host blocks
+                    // inside it alone: they outlive it when it is lifted first.
+                    self.fold_into(target);
+                } else if a.origin == Origin::Scan {
+                    if self
+                        .covering_active(target.addr())
+                        .is_some_and(|net| self.is_escalated(&net))
+                    {
+                        // Its prefix was blocked while its own block was being applied.
+                        self.start_release(target, UnblockReason::Escalated, None);
+                    } else if a.escalates {
+                        self.count_for_escalation(target, now);
+                    }
+                }
+            }
+            Some(Host::Active {
+                mut record,
+                reapplying: Some(job),
+            }) if job == id => {
+                self.restore_done(actions.is_empty(), now);
+                if actions.is_empty() {
+                    // Not in the kernel any more: say so and let the next probe block again.
+                    self.out.view.push(ViewChange::Remove(target));
+                    self.out.entries.push(Entry::Unblock {
+                        target,
+                        at: now.wall,
+                        why: UnblockReason::Released,
+                    });
+                    self.remember(&record, now.wall);
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::restore_failed(&who)));
+                    if self.events {
+                        let event = Event::unblock(&record, UnblockReason::Released, now.wall, &[]);
+                        self.out.effects.push(Effect::Event(Box::new(event)));
+                    }
+                    self.out.blocked_file_dirty = true;
+                    return;
+                }
+                record.actions = actions;
+                self.out.entries.push(Entry::Block(record.clone()));
+                let expired = record.expired(now.wall);
+                self.put(
+                    target,
+                    Host::Active {
+                        record,
+                        reapplying: None,
+                    },
+                );
+                if expired {
+                    self.start_release(target, UnblockReason::Expired, None);
+                }
+            }
+            Some(other) => {
+                // Not this job's host state (cannot happen): keep what is there.
+                self.put(target, other);
+            }
+            None => {}
+        }
+    }
+
+    /// Counts a finished re-apply; the last one logs how long restoring took.
+    fn restore_done(&mut self, failed: bool, now: Now) {
+        let r = &mut self.restore;
+        r.left = r.left.saturating_sub(1);
+        r.failed += usize::from(failed);
+        if r.left == 0
+            && let Some(started) = r.started.take()
+        {
+            self.out.effects.push(Effect::Info(log_lines::restored(
+                r.total - r.failed,
+                r.failed,
+                now.mono.saturating_duration_since(started),
+            )));
+        }
+    }
+
+    fn activate(&mut self, record: BlockRecord) {
+        let target = record.target;
+        if let Some(until) = record.until {
+            self.expiries.push(Reverse((until, target)));
+        }
+        self.offences.remove(&target);
+        self.out.view.push(ViewChange::Insert(target));
+        self.out.blocked_file_dirty = true;
+        self.put(
+            target,
+            Host::Active {
+                record,
+                reapplying: None,
+            },
+        );
+    }
+
+    fn finish_batch(&mut self, batch: Option<u64>, who: &str, ok: bool, detail: String) {
+        let Some(id) = batch else { return };
+        let Some(b) = self.batches.get_mut(&id) else {
+            return;
+        };
+        b.outcomes.push(BlockOutcome {
+            target: who.to_string(),
+            ok,
+            detail,
+        });
+        b.left = b.left.saturating_sub(1);
+        if b.left == 0
+            && let Some(b) = self.batches.remove(&id)
+        {
+            let (reply, outcomes) = (b.reply, b.outcomes);
+            self.out
+                .effects
+                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+        }
+    }
+
+    fn remember(&mut self, record: &BlockRecord, ended: SystemTime) {
+        if self.offences.len() >= OFFENCE_MEMORY {
+            // Forget the oldest tenth at once rather than one per insert.
+            let mut ends: Vec<SystemTime> = self.offences.values().map(|o| o.ended).collect();
+            ends.sort();
+            let cut = ends[ends.len() / 10];
+            self.offences.retain(|_, o| o.ended > cut);
+        }
+        self.offences.insert(
+            record.target,
+            Offence {
+                offences: record.offences,
+                last_duration: record.duration(),
+                ended,
+            },
+        );
+    }
+
+    fn on_undone(
+        &mut self,
+        id: u64,
+        target: Target,
+        outcomes: Vec<(String, UndoOutcome)>,
+        now: Now,
+    ) {
+        let who = target_text(&target);
+        let (record, why, reply, reblock) = match self.take(&target) {
+            Some(Host::Releasing {
+                job,
+                record,
+                why,
+                reply,
+                reblock,
+            }) if job == id => (record, why, reply, reblock),
+            Some(other) => {
+                self.put(target, other);
+                return;
+            }
+            None => return,
+        };
+        self.out.entries.push(Entry::Unblock {
+            target,
+            at: now.wall,
+            why,
+        });
+        self.remember(&record, now.wall);
+        self.out.blocked_file_dirty = true;
+        let mut details = Vec::new();
+        for (responder, outcome) in &outcomes {
+            match outcome {
+                UndoOutcome::Done(d) => details.push(format!("{responder}: {d}")),
+                UndoOutcome::Failed(e) => {
+                    self.counters
+                        .responder_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    details.push(format!("{responder}: FAILED: {e}"));
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::undo_failed(&who, responder, e)));
+                }
+                UndoOutcome::Impossible(e) => {
+                    details.push(format!("{responder}: left in place: {e}"));
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::undo_impossible(&who, responder, e)));
+                }
+            }
+        }
+        let line = match why {
+            UnblockReason::Expired => {
+                self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                Effect::Info(log_lines::unblocked_expired(
+                    &who,
+                    record.duration().unwrap_or_default(),
+                ))
+            }
+            UnblockReason::Escalated => {
+                let net = self
+                    .covering(target.addr())
+                    .map_or_else(String::new, |n| target_text(&n));
+                Effect::Debug(log_lines::folded_into_prefix(&who, &net))
+            }
+            _ => {
+                self.counters.unblocked.fetch_add(1, Ordering::Relaxed);
+                Effect::Info(log_lines::unblocked_by_operator(&who))
+            }
+        };
+        self.out.effects.push(line);
+        if self.events {
+            let event = Event::unblock(&record, why, now.wall, &outcomes);
+            self.out.effects.push(Effect::Event(Box::new(event)));
+        }
+        if self.observing && record.origin != Origin::Fleet {
+            self.out
+                .effects
+                .push(Effect::Note(BlockNote::Lifted(record.clone())));
+        }
+        if let Some(reply) = reply {
+            self.out
+                .effects
+                .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
+        }
+        if let Some(req) = reblock
+            && !self.stopping
+        {
+            self.on_request(req, now);
+        }
+    }
+}
+
+fn is_network(target: &Target) -> bool {
+    target.prefix_len() < target.max_prefix_len()
+}
+
+fn len_key(target: &Target) -> (bool, u8) {
+    (target.addr().is_ipv4(), target.prefix_len())
+}
+
+fn trigger_of(hit: &Hit) -> Trigger {
+    Trigger {
+        port: hit.port,
+        proto: hit.proto(),
+        mode: hit.mode,
+        kind: hit.kind.describe(),
+    }
+}
+
+/// Durations of blocks made on forgeable evidence: `FORGEABLE_BLOCK_TIMEOUT` as the first
+/// block, or `BLOCK_TIMEOUT` when it is `0`; growing like any block.
+fn forgeable_policy(config: &Config) -> DurationPolicy {
+    DurationPolicy {
+        base: config.forgeable_block_timeout.or(config.block_timeout),
+        ..DurationPolicy::from_config(config)
+    }
+}
+
+/// A 127.0.0.1 / ::1 of the target's family, to tell whether a network covers loopback.
+fn loopback_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// The alert responders see for a block without a live probe (by hand, restored,
+/// escalated): the target's address, the trigger's port and mode when known, else port 0
+/// over TCP.
+fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) -> Candidate {
+    let (port, mode) = trigger.map_or((0, Mode::Tcp), |t| (t.port, t.mode));
+    let kind = match mode.proto() {
+        Proto::Tcp => ProbeKind::Connect,
+        Proto::Udp => ProbeKind::Udp,
+    };
+    Candidate {
+        hit: Hit {
+            src: target.addr(),
+            port,
+            mode,
+            kind,
+            ip_options: false,
+            time,
+        },
+        count: 0,
+        already_blocked: false,
+        actionable: true,
+    }
+}
+
+#[cfg(test)]
+mod tests;
