@@ -189,6 +189,9 @@ pub enum Work {
         until: Option<SystemTime>,
         /// Re-applied after a restart.
         restored: bool,
+        /// The hosts an escalated prefix block took over (empty otherwise), for the Lua
+        /// events.
+        members: Vec<IpAddr>,
     },
     /// Undo every action of a block.
     Undo {
@@ -954,6 +957,7 @@ impl BlockCore {
             level,
             until,
             restored: false,
+            members: applying.members.clone(),
         });
         self.put(target, Host::Applying(Box::new(applying)));
     }
@@ -1319,6 +1323,7 @@ impl BlockCore {
                 level,
                 until: record.until,
                 restored: true,
+                members: record.members.clone(),
             });
             self.put(
                 target,

@@ -591,6 +591,7 @@ impl Manager {
                 level,
                 until,
                 restored,
+                members,
             } => Job::Apply(Box::new(ApplyJob {
                 id,
                 target,
@@ -599,6 +600,7 @@ impl Manager {
                 level,
                 until,
                 restored,
+                members,
                 generation: self.generation.clone(),
                 lua: self.lua.clone(),
             })),

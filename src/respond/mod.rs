@@ -41,6 +41,9 @@ pub struct ResponseContext<'a> {
     pub until: Option<SystemTime>,
     /// The block is re-applied after a restart, not new: notifications may stay quiet.
     pub restored: bool,
+    /// The hosts a prefix block escalated from took over (their blocks were folded into
+    /// it); empty for every other block.
+    pub members: &'a [IpAddr],
 }
 
 impl<'a> ResponseContext<'a> {
@@ -54,6 +57,7 @@ impl<'a> ResponseContext<'a> {
             config,
             until: None,
             restored: false,
+            members: &[],
         }
     }
 
