@@ -132,6 +132,10 @@ enum Command {
         /// The blocked address or network, as `list` shows it.
         #[arg(value_name = "ADDR", value_parser = canonical_target)]
         target: String,
+        /// ADDR has no block of its own but lies in a blocked prefix: lift that prefix's
+        /// block (without this, unblock names the prefix and lifts nothing).
+        #[arg(long)]
+        covering: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -224,7 +228,11 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
     Ok(match command {
         Command::Status(client) => (client, Request::Status, false),
         Command::List { json, client } => (client, Request::List, json),
-        Command::Unblock { target, client } => (client, Request::Unblock { target }, false),
+        Command::Unblock {
+            target,
+            covering,
+            client,
+        } => (client, Request::Unblock { target, covering }, false),
         Command::Reload(client) => (client, Request::Reload, false),
         Command::Block(args) => {
             let targets = match &args.from_file {
@@ -550,7 +558,16 @@ mod tests {
         assert_eq!(
             req,
             Request::Unblock {
-                target: "fd77::5".into()
+                target: "fd77::5".into(),
+                covering: false,
+            }
+        );
+        let (_, req, _) = request(&["portsentry", "unblock", "--covering", "fd77::5"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Unblock {
+                target: "fd77::5".into(),
+                covering: true,
             }
         );
         assert_eq!(

@@ -300,19 +300,21 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
         Request::List => reloader
             .blocks
             .list(move |blocks| call.answer(Response::List { blocks })),
-        Request::Unblock { target } => match crate::block::parse_target(target) {
+        Request::Unblock { target, covering } => match crate::block::parse_target(target) {
             Err(e) => call.answer(Response::error(e)),
             Ok(t) => {
                 let text = crate::block::target_text(&t);
-                reloader.blocks.unblock(t, move |result| {
-                    call.answer(match result {
-                        Ok(detail) => Response::Unblocked {
-                            target: text,
-                            detail,
-                        },
-                        Err(e) => Response::error(e),
-                    })
-                });
+                reloader
+                    .blocks
+                    .unblock_covering(t, *covering, move |result| {
+                        call.answer(match result {
+                            Ok(detail) => Response::Unblocked {
+                                target: text,
+                                detail,
+                            },
+                            Err(e) => Response::error(e),
+                        })
+                    });
             }
         },
         Request::Block {

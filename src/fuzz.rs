@@ -312,6 +312,7 @@ pub fn fuzz_control_response(bytes: &[u8]) {
         Request::Reload,
         Request::Unblock {
             target: "192.0.2.1".into(),
+            covering: false,
         },
         Request::Block {
             targets: vec!["192.0.2.1".into()],

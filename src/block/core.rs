@@ -645,6 +645,13 @@ impl BlockCore {
         &self.generation.config
     }
 
+    /// Answers whoever asked, once the journal holds what came before.
+    fn answer<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.out
+            .effects
+            .push(Effect::Reply(Box::new(move || reply(value))));
+    }
+
     // ---- the hosts map, with its index of network lengths ----
 
     fn put(&mut self, target: Target, host: Host) {
@@ -1039,10 +1046,7 @@ impl BlockCore {
             self.start_apply(target, applying, alert, who, BlockLevel::All, now);
         }
         if batch.left == 0 {
-            let (reply, outcomes) = (batch.reply, batch.outcomes);
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+            self.answer(batch.reply, batch.outcomes);
         } else {
             self.batches.insert(batch_id, batch);
         }
@@ -1089,31 +1093,19 @@ impl BlockCore {
             Some(Host::Active { .. } | Host::Applying(_)) => {
                 if let Some(earlier) = self.queued_unblocks.insert(target, reply) {
                     let said = format!("{who}: a later unblock request replaced this one");
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || earlier(Err(said)))));
+                    self.answer(earlier, Err(said));
                 }
             }
             Some(Host::Releasing { .. }) => {
-                let said = format!("{who}: already being unblocked");
-                self.out
-                    .effects
-                    .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                self.answer(reply, Err(format!("{who}: already being unblocked")));
             }
             None => match self.covering(target.addr()) {
                 Some(net) if covering => self.unblock_by_hand(net, false, reply),
                 Some(net) => {
                     let said = log_lines::covered_not_unblocked(&who, &target_text(&net));
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                    self.answer(reply, Err(said));
                 }
-                None => {
-                    let said = format!("{who} is not blocked");
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
-                }
+                None => self.answer(reply, Err(format!("{who} is not blocked"))),
             },
         }
     }
@@ -1456,14 +1448,13 @@ impl BlockCore {
                     reapplying: None, ..
                 }) => self.start_release(target, UnblockReason::Manual, Some(reply)),
                 Some(Host::Releasing { .. }) => {
-                    self.out.effects.push(Effect::Reply(Box::new(move || {
-                        reply(Err(format!("{who}: already being unblocked")))
-                    })));
+                    self.answer(reply, Err(format!("{who}: already being unblocked")));
                 }
                 _ => {
-                    self.out.effects.push(Effect::Reply(Box::new(move || {
-                        reply(Err(format!("{who} is not blocked (its block failed)")))
-                    })));
+                    self.answer(
+                        reply,
+                        Err(format!("{who} is not blocked (its block failed)")),
+                    );
                 }
             }
         }
@@ -1657,10 +1648,7 @@ impl BlockCore {
         if b.left == 0
             && let Some(b) = self.batches.remove(&id)
         {
-            let (reply, outcomes) = (b.reply, b.outcomes);
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+            self.answer(b.reply, b.outcomes);
         }
     }
 
@@ -1762,9 +1750,7 @@ impl BlockCore {
                 .push(Effect::Note(BlockNote::Lifted(record.clone())));
         }
         if let Some(reply) = reply {
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
+            self.answer(reply, Ok(details));
         }
         if let Some(req) = reblock
             && !self.stopping

@@ -71,26 +71,9 @@ pub const NOTE_QUEUE: usize = 4096;
 enum Msg {
     Reconfigure(Generation, LuaPlugins),
     List(Reply<Vec<BlockRecord>>),
-    Block {
-        targets: Vec<Target>,
-        duration: Option<Duration>,
-        reason: String,
-        reply: Reply<Vec<BlockOutcome>>,
-    },
-    Unblock {
-        target: Target,
-        covering: bool,
-        reply: Reply<Result<Vec<String>, String>>,
-    },
-    FleetBlock {
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: Reply<BlockOutcome>,
-    },
-    FleetUnblock(Target),
     Observe(Option<Sender<BlockNote>>),
-    Stop,
+    /// Everything the core decides on by itself.
+    Core(Input),
 }
 
 /// The sending side the announcing thread uses: never blocks.
@@ -134,19 +117,19 @@ impl FleetInput {
         source: String,
         reply: impl FnOnce(BlockOutcome) + Send + 'static,
     ) {
-        let _ = self.control.send(Msg::FleetBlock {
+        let _ = self.control.send(Msg::Core(Input::FleetBlock {
             target,
             duration,
             source,
             reply: Box::new(reply),
-        });
+        }));
     }
 
     /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
     /// block of any other origin for the same target stays (idempotent: nothing to lift is
     /// not an error).
     pub fn fleet_unblock(&self, target: Target) {
-        let _ = self.control.send(Msg::FleetUnblock(target));
+        let _ = self.control.send(Msg::Core(Input::FleetUnblock(target)));
     }
 }
 
@@ -329,12 +312,12 @@ impl BlockManager {
         reason: String,
         reply: impl FnOnce(Vec<BlockOutcome>) + Send + 'static,
     ) {
-        let _ = self.control.send(Msg::Block {
+        let _ = self.control.send(Msg::Core(Input::Block {
             targets,
             duration,
             reason,
             reply: Box::new(reply),
-        });
+        }));
     }
 
     /// Lifts a block now (every action undone); answers with what was undone, or why not.
@@ -355,11 +338,11 @@ impl BlockManager {
         covering: bool,
         reply: impl FnOnce(Result<Vec<String>, String>) + Send + 'static,
     ) {
-        let _ = self.control.send(Msg::Unblock {
+        let _ = self.control.send(Msg::Core(Input::Unblock {
             target,
             covering,
             reply: Box::new(reply),
-        });
+        }));
     }
 
     /// What the fleet puller applies and lifts decisions through.
@@ -380,7 +363,7 @@ impl BlockManager {
     /// finish and are journaled; restores and expiries not yet started wait for the next
     /// start (the journal still holds them).
     pub fn stop(mut self) {
-        let _ = self.control.send(Msg::Stop);
+        let _ = self.control.send(Msg::Core(Input::Stop));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -390,7 +373,7 @@ impl BlockManager {
 impl Drop for BlockManager {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.control.send(Msg::Stop);
+            let _ = self.control.send(Msg::Core(Input::Stop));
             let _ = t.join();
         }
     }
@@ -505,44 +488,12 @@ impl Manager {
         match msg {
             Msg::Reconfigure(generation, lua) => self.reconfigure(generation, lua),
             Msg::List(reply) => reply(self.core.active()),
-            Msg::Block {
-                targets,
-                duration,
-                reason,
-                reply,
-            } => self.feed(Input::Block {
-                targets,
-                duration,
-                reason,
-                reply,
-            }),
-            Msg::Unblock {
-                target,
-                covering,
-                reply,
-            } => self.feed(Input::Unblock {
-                target,
-                covering,
-                reply,
-            }),
-            Msg::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            } => self.feed(Input::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            }),
-            Msg::FleetUnblock(target) => self.feed(Input::FleetUnblock(target)),
             Msg::Observe(observer) => {
                 let on = observer.is_some();
                 self.observer = observer;
                 self.feed(Input::Observing(on));
             }
-            Msg::Stop => self.feed(Input::Stop),
+            Msg::Core(input) => self.feed(input),
         }
     }
 

@@ -419,11 +419,20 @@ fn list_text(blocks: &[BlockRecord]) -> String {
             b.offences.to_string(),
             mode,
             port,
-            b.origin_text(),
+            origin_column(b),
             actions,
         ]);
     }
     table(&rows)
+}
+
+/// The origin, and for a prefix escalated from host blocks how many hosts it took over
+/// (`scan, 3 hosts`): why a whole network is blocked, on the block's one line.
+fn origin_column(b: &BlockRecord) -> String {
+    match b.members.len() {
+        0 => b.origin_text(),
+        n => format!("{}, {n} hosts", b.origin_text()),
+    }
 }
 
 /// Left-aligned columns two spaces apart, no trailing blanks.

@@ -32,6 +32,10 @@ pub enum Request {
     Unblock {
         /// Address or CIDR network.
         target: String,
+        /// An address with no block of its own: lift the network block that covers it
+        /// (a prefix escalated from host blocks) instead of refusing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covering: bool,
     },
     /// Block by hand: the same responders a scan block runs.
     Block {
@@ -327,9 +331,17 @@ mod tests {
         );
         assert_eq!(
             round_trip_request(Request::Unblock {
-                target: "10.0.0.5".into()
+                target: "10.0.0.5".into(),
+                covering: false,
             }),
             r#"{"request":"unblock","target":"10.0.0.5"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::Unblock {
+                target: "10.0.0.5".into(),
+                covering: true,
+            }),
+            r#"{"request":"unblock","target":"10.0.0.5","covering":true}"#
         );
         let json = round_trip_request(Request::Block {
             targets: vec!["10.0.0.5".into(), "fd77::/64".into()],

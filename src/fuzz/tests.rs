@@ -621,7 +621,8 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         Just(Request::List),
         Just(Request::Reload),
-        ".{0,20}".prop_map(|target| Request::Unblock { target }),
+        (".{0,20}", any::<bool>())
+            .prop_map(|(target, covering)| Request::Unblock { target, covering }),
         (
             proptest::collection::vec(".{0,16}", 0..4),
             proptest::option::of(".{0,10}"),

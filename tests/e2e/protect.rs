@@ -57,9 +57,15 @@ fn expect_blocked(d: &Daemon, lab: &Lab, src: &str) {
         "no route for the control {src}:\n{}",
         lab.def_routes()
     );
+    // The history line follows the journal commit, a moment after the responder's line.
+    let wanted = format!(" Host: {src}/{src} Port: ");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lab.read("portsentry.history").contains(&wanted) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
-        lab.read("portsentry.history")
-            .contains(&format!(" Host: {src}/{src} Port: ")),
+        lab.read("portsentry.history").contains(&wanted),
         "no history line for the control {src}"
     );
 }

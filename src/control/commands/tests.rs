@@ -232,6 +232,20 @@ fn list_is_a_table_with_permanent_blocks_named() {
 }
 
 #[test]
+fn an_escalated_prefix_is_one_line_saying_how_many_hosts_it_took_over() {
+    let mut prefix = records().remove(0);
+    prefix.target = parse_target("2001:db8:1:2::/64").unwrap();
+    prefix.members = ["2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::c"]
+        .map(|a| a.parse().unwrap())
+        .to_vec();
+    let text = list_text(&[prefix]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].starts_with("2001:db8:1:2::/64 "), "{text}");
+    assert!(lines[1].contains("  scan, 3 hosts  "), "{text}");
+}
+
+#[test]
 fn list_json_is_the_blocks_array() {
     let blocks = records();
     let p = render(
@@ -280,6 +294,7 @@ fn answers_decide_output_and_exit_code() {
 
     let unblock = Request::Unblock {
         target: "10.0.0.5".into(),
+        covering: false,
     };
     let p = render(
         &unblock,
