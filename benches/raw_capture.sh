@@ -58,6 +58,8 @@ DROP_REPORT_SECS=11 # src/sensor/raw.rs DROP_REPORT and src/pipeline.rs DROP_REP
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/benches/raw_capture
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "raw_capture.sh: needs root" >&2; exit 1; }
 
 W=$(mktemp -d /tmp/psbench.XXXXXX)
@@ -88,12 +90,7 @@ SYSLOG_COUNT=$ROOT/target/release/examples/syslog_count
 OURS_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then OURS_REV="$OURS_REV+changes"; fi
 
-echo "== fetching Debian's portsentry 1.2"
-(cd "$W" && apt-get download -q portsentry >/dev/null 2>&1) || {
-  echo "raw_capture.sh: apt-get download portsentry failed (run apt-get update?)" >&2; exit 1; }
-dpkg -x "$W"/portsentry_*.deb "$W/deb"
-OLD=$W/deb/usr/sbin/portsentry
-OLD_VERSION=$(basename "$W"/portsentry_*.deb .deb | sed 's/^portsentry_//')
+fetch_old12
 
 echo "== network namespaces"
 ip netns add "$DEF"; ip netns add "$ATT"
@@ -168,27 +165,7 @@ start_daemon() { # $1 = ours|old, $2 = quiet|stderr (ours only), $3 = block (opt
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
   else
-    mkdir -p "$W/etc-up" "$W/etc-work" "$W/olddev"
-    ip netns exec "$DEF" unshare -m --propagation private sh -c "
-      set -e
-      mount --rbind /dev '$W/olddev'
-      mount -t tmpfs tmpfs /dev
-      for n in null zero random urandom; do touch /dev/\$n; mount --bind '$W/olddev'/\$n /dev/\$n; done
-      touch /dev/log; mount --bind '$W/old.log.sock' /dev/log
-      mount -t overlay overlay -o lowerdir=/etc,upperdir='$W/etc-up',workdir='$W/etc-work' /etc
-      mkdir -p /etc/portsentry
-      cp '$W/old-etc/portsentry.conf' /etc/portsentry/portsentry.conf
-      exec '$OLD' -atcp" </dev/null >/dev/null 2>&1
-    # 1.2 daemonizes: find the process left in the namespace.
-    DAEMON_PID=""
-    for _ in $(seq 50); do
-      for p in $(ip netns pids "$DEF"); do
-        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = portsentry ] && DAEMON_PID=$p
-      done
-      [ -n "$DAEMON_PID" ] && break
-      sleep 0.1
-    done
-    [ -n "$DAEMON_PID" ] || { echo "1.2 did not start" >&2; exit 1; }
+    start_old12 "$DEF" "$W/old-etc/portsentry.conf" -atcp "$W/old.log.sock"
     PIDS+=("$DAEMON_PID")
   fi
   sleep 2 # start-up (1.2 tries to bind every port below the limit)
@@ -360,9 +337,6 @@ for run in $(seq "$RUNS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-m() { local v; v=$(echo "${1:-}" | median); echo "${v:-not run}"; }
-l() { echo "${1:-}" | sed 's/ *$//'; } # a per-run list, without its trailing space
 
 KERNEL=$(uname -r)
 CPU_MODEL=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
@@ -422,19 +396,5 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
 } > "$RESULT"
 cat "$RESULT"
 
-# Replace (or add) the section in BENCHMARKS.md.
-BM=$ROOT/BENCHMARKS.md
-[ -f "$BM" ] || printf '# Benchmarks\n' > "$BM"
-python3 - "$BM" "$RESULT" <<'EOF'
-import sys
-bm, res = sys.argv[1], sys.argv[2]
-text = open(bm).read()
-section = "<!-- raw_capture:begin -->\n" + open(res).read() + "<!-- raw_capture:end -->\n"
-b, e = "<!-- raw_capture:begin -->", "<!-- raw_capture:end -->\n"
-if b in text and e in text:
-    text = text[:text.index(b)] + section + text[text.index(e) + len(e):]
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(bm, "w").write(text)
-EOF
-echo "== written to $RESULT and $BM"
+put_section raw_capture "$RESULT"
+echo "== written to $RESULT and $ROOT/BENCHMARKS.md"

@@ -1,0 +1,70 @@
+# Shared by the benchmark scripts (sourced, not run): Debian's PortSentry 1.2 fetched and run
+# safely, medians, and the BENCHMARKS.md sections. Needs $W (the script's temp dir) and $ROOT.
+
+# Fetches Debian's portsentry .deb with `apt-get download` and unpacks it into $W/deb: sets
+# OLD (its binary) and OLD_VERSION.
+fetch_old12() {
+  echo "== fetching Debian's portsentry 1.2"
+  (cd "$W" && apt-get download -q portsentry >/dev/null 2>&1) || {
+    echo "$(basename "$0"): apt-get download portsentry failed (run apt-get update?)" >&2; exit 1; }
+  dpkg -x "$W"/portsentry_*.deb "$W/deb"
+  OLD=$W/deb/usr/sbin/portsentry
+  OLD_VERSION=$(basename "$W"/portsentry_*.deb .deb | sed 's/^portsentry_//')
+}
+
+# Starts 1.2 in network namespace $1 with config file $2 and mode flag $3 (`-atcp`), and
+# sets DAEMON_PID. 1.2 has a fixed config path and always logs to /dev/log, so it runs in a
+# private mount namespace with an overlay on /etc (its config, and the /etc/hosts.deny it
+# writes, go to the overlay's upper dir $W/etc-up) and a private /dev whose `log` is the
+# socket $4 (none: 1.2's syslog lines go nowhere): nothing on the host is touched. 1.2
+# daemonizes: its process is found in the network namespace.
+start_old12() { # $1 = netns, $2 = config file, $3 = mode flag, $4 = syslog socket (optional)
+  local log=""
+  [ -n "${4:-}" ] && log="touch /dev/log; mount --bind '$4' /dev/log"
+  mkdir -p "$W/etc-up" "$W/etc-work" "$W/olddev"
+  ip netns exec "$1" unshare -m --propagation private sh -c "
+    set -e
+    mount --rbind /dev '$W/olddev'
+    mount -t tmpfs tmpfs /dev
+    for n in null zero random urandom; do touch /dev/\$n; mount --bind '$W/olddev'/\$n /dev/\$n; done
+    $log
+    mount -t overlay overlay -o lowerdir=/etc,upperdir='$W/etc-up',workdir='$W/etc-work' /etc
+    mkdir -p /etc/portsentry
+    cp '$2' /etc/portsentry/portsentry.conf
+    exec '$OLD' $3" </dev/null >/dev/null 2>&1
+  DAEMON_PID=""
+  for _ in $(seq 50); do
+    for p in $(ip netns pids "$1"); do
+      [ "$(cat /proc/"$p"/comm 2>/dev/null)" = portsentry ] && DAEMON_PID=$p
+    done
+    [ -n "$DAEMON_PID" ] && break
+    sleep 0.1
+  done
+  [ -n "$DAEMON_PID" ] || { echo "1.2 did not start" >&2; exit 1; }
+}
+
+# The median of the numbers on stdin (blank-separated), empty when there are none.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# The median of a per-run list, or "not run".
+m() { local v; v=$(echo "${1:-}" | median); echo "${v:-not run}"; }
+# A per-run list without its trailing space.
+l() { echo "${1:-}" | sed 's/ *$//'; }
+
+# Replaces (or adds) the section `<!-- $1:begin -->` … `<!-- $1:end -->` of BENCHMARKS.md
+# with the contents of file $2.
+put_section() { # $1 = section name, $2 = results file
+  local bm=$ROOT/BENCHMARKS.md
+  [ -f "$bm" ] || printf '# Benchmarks\n' > "$bm"
+  python3 - "$bm" "$1" "$2" <<'PY'
+import sys
+bm, name, res = sys.argv[1], sys.argv[2], sys.argv[3]
+text = open(bm).read()
+b, e = f"<!-- {name}:begin -->", f"<!-- {name}:end -->\n"
+section = b + "\n" + open(res).read() + e
+if b in text and e in text:
+    text = text[:text.index(b)] + section + text[text.index(e) + len(e):]
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(bm, "w").write(text)
+PY
+}
