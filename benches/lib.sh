@@ -1,5 +1,45 @@
-# Shared by the benchmark scripts (sourced, not run): Debian's PortSentry 1.2 fetched and run
-# safely, medians, and the BENCHMARKS.md sections. Needs $W (the script's temp dir) and $ROOT.
+# Shared by the benchmark scripts (sourced, not run): their start and clean-up, Debian's
+# PortSentry 1.2 fetched and run safely, medians, and the BENCHMARKS.md sections. Needs $ROOT.
+
+# The common start of a benchmark: root only; W a fresh temp dir /tmp/$1.XXXXXX; DEF and ATT
+# the names of its defender and attacker network namespaces; PIDS the background processes
+# that [cleanup] kills at exit.
+bench_init() { # $1 = short name (psbench, psrot)
+  [ "$(id -u)" = 0 ] || { echo "$(basename "$0"): needs root" >&2; exit 1; }
+  W=$(mktemp -d "/tmp/$1.XXXXXX")
+  DEF=$1-$$-d
+  ATT=$1-$$-a
+  PIDS=()
+  trap cleanup EXIT
+}
+
+# Kills what is left in the two namespaces and deletes them.
+teardown_namespaces() {
+  for ns in "$DEF" "$ATT"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+# At exit: the background processes, the namespaces, and the temp dir (kept with KEEP=1).
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  teardown_namespaces
+  if [ "${KEEP:-0}" = 1 ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
+}
+
+# The revision of ours being measured: the short commit, with "+changes" when src/ differs.
+ours_rev() {
+  local rev
+  rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then rev="$rev+changes"; fi
+  echo "$rev"
+}
+
+# The machine, for the results: "kernel K, CPU model, N cores".
+machine() {
+  echo "kernel $(uname -r), $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), $(nproc) cores"
+}
 
 # Fetches Debian's portsentry .deb with `apt-get download` and unpacks it into $W/deb: sets
 # OLD (its binary) and OLD_VERSION.
@@ -31,16 +71,16 @@ start_old12() { # $1 = netns, $2 = config file, $3 = mode flag, $4 = syslog sock
     mount -t overlay overlay -o lowerdir=/etc,upperdir='$W/etc-up',workdir='$W/etc-work' /etc
     mkdir -p /etc/portsentry
     cp '$2' /etc/portsentry/portsentry.conf
-    exec '$OLD' $3" </dev/null >/dev/null 2>&1
+    exec '$OLD' $3" </dev/null >/dev/null 2>"$W/old12.start.log"
   DAEMON_PID=""
-  for _ in $(seq 50); do
+  for _ in $(seq 100); do
     for p in $(ip netns pids "$1"); do
       [ "$(cat /proc/"$p"/comm 2>/dev/null)" = portsentry ] && DAEMON_PID=$p
     done
     [ -n "$DAEMON_PID" ] && break
     sleep 0.1
   done
-  [ -n "$DAEMON_PID" ] || { echo "1.2 did not start" >&2; exit 1; }
+  [ -n "$DAEMON_PID" ] || { echo "1.2 did not start:" >&2; cat "$W/old12.start.log" >&2; exit 1; }
 }
 
 # The median of the numbers on stdin (blank-separated), empty when there are none.

@@ -60,35 +60,19 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/benches/raw_capture
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
-[ "$(id -u)" = 0 ] || { echo "raw_capture.sh: needs root" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/psbench.XXXXXX)
-DEF=psbench-$$-d
-ATT=psbench-$$-a
+bench_init psbench
 DEF4=10.77.250.1
 ATT4=10.77.250.2
 # The real scanner of (d): not ATT4, which routes the forged 10.78.0.0/16 back and so is a
 # gateway of the defender (protected, never blocked, by design).
 SCANNER=10.77.250.3
-PIDS=()
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for ns in "$DEF" "$ATT"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$W"
-}
-trap cleanup EXIT
 
 echo "== building our daemon and the benchmark's tools (release)"
 (cd "$ROOT" && cargo build --release --quiet --bins --example synflood --example syslog_count)
 OURS=$ROOT/target/release/portsentry
 SYNFLOOD=$ROOT/target/release/examples/synflood
 SYSLOG_COUNT=$ROOT/target/release/examples/syslog_count
-OURS_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then OURS_REV="$OURS_REV+changes"; fi
+OURS_REV=$(ours_rev)
 
 fetch_old12
 
@@ -338,15 +322,13 @@ for run in $(seq "$RUNS"); do
 done
 
 
-KERNEL=$(uname -r)
-CPU_MODEL=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 RESULT=$ROOT/benches/raw_capture.results.md
 O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
 {
   echo "## Raw capture: -atcp against PortSentry $OLD_VERSION"
   echo
   echo "Command (root): \`RUNS=$RUNS BULK_MB=$BULK_MB PROBES=$PROBES RATE=$RATE HIGH_RATE=$HIGH_RATE HIGH_PROBES=$HIGH_PROBES benches/raw_capture.sh\`"
-  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU_MODEL, $(nproc) cores)."
+  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV ($(machine))."
   echo "Medians of $RUNS runs; both daemons alone in a defender network namespace, traffic from"
   echo "a second namespace over a veth pair; CPU = user + system time of the daemon process."
   echo "Probes from \`examples/synflood.rs\`; syslog counted by \`examples/syslog_count.rs\` in the"

@@ -7,7 +7,8 @@
 #       (cycling through the trap ports), GAP_MS apart
 #   (2) right after, 120 probes from 120 addresses of one IPv4 /24 (10.78.5.0/24)
 #   (3) right after, one probe from a fresh address of another /24 (10.77.250.9): is it
-#       blocked, and how many ms after its probe does its route appear?
+#       blocked, and how many ms after its connect does its route appear (routes polled
+#       every ~20-40 ms)?
 #
 # Each probe is one non-blocking connect; it is "answered" when a SYN-ACK or an RST came back
 # within WAIT_MS (the scanner learned the port), silent when not (the source was blocked):
@@ -21,13 +22,14 @@
 # fixed /etc/hosts.deny is on an overlay, see benches/lib.sh; ours writes one in the temp
 # dir). Ours: every other key at its default (rate limits, SCAN_PREFIX_*, ESCALATE_*).
 # The defender reaches the rotated prefixes by on-link routes (no gateway: a gateway would be
-# protected). Routes and the daemons' files are reset before every run.
+# protected). Each daemon run gets fresh namespaces and files.
 #
 # Medians of RUNS runs are written to benches/rotation.results.md and into the "Prefix
 # rotation" section of BENCHMARKS.md. Needs root, python3, iproute2, util-linux (unshare),
 # cargo, and network access to Debian's archive (for the .deb).
 # Usage: benches/rotation.sh   (env: RUNS GAP_MS WAIT_MS FRESH_WAIT PROFILE=release|debug;
-# OURS_BIN=path OURS_REV=label to run another build of ours instead of building this tree)
+# OURS_BIN=path OURS_REV=label to run another build of ours instead of building this tree;
+# KEEP=1 keeps the temp dir with the daemons' syslog lines of every run)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -40,11 +42,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/benches/rotation
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
-[ "$(id -u)" = 0 ] || { echo "rotation.sh: needs root" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/psrot.XXXXXX)
-DEF=psrot-$$-d
-ATT=psrot-$$-a
+bench_init psrot
 DEF4=10.77.250.1
 ATT4=10.77.250.2
 DEF6=fd77:250::1
@@ -53,17 +51,6 @@ FRESH=10.77.250.9
 NET6=fd77:250:5::/64
 NET4=10.78.5.0/24
 PORTS=$(seq -s, 2000 2049)
-PIDS=()
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for ns in "$DEF" "$ATT"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$W"
-}
-trap cleanup EXIT
 
 if [ -n "${OURS_BIN:-}" ]; then
   # Another build of ours (e.g. an older revision, for before/after figures): OURS_REV names it.
@@ -77,20 +64,13 @@ else
     (cd "$ROOT" && cargo build --quiet --bins)
   fi
   OURS=$ROOT/target/$PROFILE/portsentry
-  OURS_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then OURS_REV="$OURS_REV+changes"; fi
+  OURS_REV=$(ours_rev)
 fi
 fetch_old12
 
-echo "== network namespaces"
-ip netns add "$DEF"; ip netns add "$ATT"
-ip link add vd netns "$DEF" type veth peer name va netns "$ATT"
-ip -n "$DEF" addr add $DEF4/24 dev vd; ip -n "$ATT" addr add $ATT4/24 dev va
-ip -n "$DEF" addr add $DEF6/64 dev vd nodad; ip -n "$ATT" addr add $ATT6/64 dev va nodad
-for ns in "$DEF" "$ATT"; do ip -n "$ns" link set lo up; done
-ip -n "$DEF" link set vd up; ip -n "$ATT" link set va up
-# The rotating addresses, and on-link routes to them that cover the prefixes (a route of the
-# prefix itself would stand in the way of `ip route add unreachable <prefix>`).
+# A fresh pair of namespaces for every daemon run: nothing of the previous run is left (routes,
+# and the TIME_WAIT sockets of its answered probes, which would keep 1.2 from binding its trap
+# ports: it sets no SO_REUSEADDR).
 SRC6=$(for i in $(seq 0 399); do printf 'fd77:250:5::%x ' $((0x1000 + i)); done)
 SRC4=$(for i in $(seq 1 120); do printf '10.78.5.%d ' "$i"; done)
 {
@@ -98,10 +78,22 @@ SRC4=$(for i in $(seq 1 120); do printf '10.78.5.%d ' "$i"; done)
   for a in $SRC4; do echo "addr add $a/24 dev va"; done
   echo "addr add $FRESH/24 dev va"
 } > "$W/addrs"
-ip -n "$ATT" -batch "$W/addrs"
-ip -n "$DEF" route add 10.78.0.0/16 dev vd
-ip -n "$DEF" route add fd77:250::/32 dev vd
+setup_lab() {
+  teardown_namespaces
+  ip netns add "$DEF"; ip netns add "$ATT"
+  ip link add vd netns "$DEF" type veth peer name va netns "$ATT"
+  ip -n "$DEF" addr add $DEF4/24 dev vd; ip -n "$ATT" addr add $ATT4/24 dev va
+  ip -n "$DEF" addr add $DEF6/64 dev vd nodad; ip -n "$ATT" addr add $ATT6/64 dev va nodad
+  for ns in "$DEF" "$ATT"; do ip -n "$ns" link set lo up; done
+  ip -n "$DEF" link set vd up; ip -n "$ATT" link set va up
+  # The rotating addresses, and on-link routes to them that cover the prefixes (a route of
+  # the prefix itself would stand in the way of `ip route add unreachable <prefix>`).
+  ip -n "$ATT" -batch "$W/addrs"
+  ip -n "$DEF" route add 10.78.0.0/16 dev vd
+  ip -n "$DEF" route add fd77:250::/32 dev vd
+}
 
+declare -A L4 L6
 write_conf() { # $1 = file, $2 = tag
   mkdir -p "$W/$2-etc"
   rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
@@ -123,28 +115,53 @@ CONF
   echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
 }
 
+# A syslog receiver for daemon $1 (both daemons log to syslog alike): the lines go to
+# $W/$1.syslog, kept for a look when a figure needs explaining.
+start_receiver() { # $1 = tag
+  rm -f "$W/$1.log.sock"
+  python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a") as out:
+    while True:
+        out.write(s.recv(8192).decode(errors="replace") + "\n")
+        out.flush()' "$W/$1.log.sock" "$W/$1.syslog" &
+  RX_PID=$!
+  PIDS+=("$RX_PID")
+  for _ in $(seq 50); do [ -S "$W/$1.log.sock" ] && break; sleep 0.1; done
+}
+
 start_daemon() { # $1 = ours|old
   local tag=$1
-  ip -n "$DEF" route flush type unreachable 2>/dev/null || true
-  ip -n "$DEF" -6 route flush type unreachable 2>/dev/null || true
+  setup_lab
   write_conf "$W/$tag.conf" "$tag"
+  start_receiver "$tag"
   if [ "$tag" = ours ]; then
-    ip netns exec "$DEF" "$OURS" -tcp -c "$W/ours.conf" --syslog-socket "$W/ours.log.sock" \
-      </dev/null >/dev/null 2>"$W/ours.stderr" &
+    ip netns exec "$DEF" "$OURS" -tcp -c "$W/ours.conf" --syslog-socket "$W/ours.log.sock" --quiet \
+      </dev/null >/dev/null 2>&1 &
     DAEMON_PID=$!
-    for _ in $(seq 200); do grep -q "now active and listening" "$W/ours.stderr" && break; sleep 0.1; done
+    for _ in $(seq 200); do grep -q "now active and listening" "$W/ours.syslog" 2>/dev/null && break; sleep 0.1; done
   else
-    start_old12 "$DEF" "$W/old.conf" -tcp
-    sleep 2 # it binds its ports after forking
+    start_old12 "$DEF" "$W/old.conf" -tcp "$W/old.log.sock"
+    for _ in $(seq 50); do grep -q "now active and listening" "$W/old.syslog" 2>/dev/null && break; sleep 0.1; done
   fi
   PIDS+=("$DAEMON_PID")
   kill -0 "$DAEMON_PID" 2>/dev/null || { echo "$tag daemon died at start" >&2; exit 1; }
+  # Which families it listens on (1.2 binds IPv4 sockets only): listening sockets on the
+  # trap ports, IPv4 (0.0.0.0:port) and IPv6 or dual-stack ([::]:port, *:port).
+  local ls; ls=$(ip netns exec "$DEF" ss -Hltn | awk '{print $4}' | grep ':20[0-4][0-9]$' || true)
+  L4[$tag]=$(echo "$ls" | grep -c '^0\.0\.0\.0:' || true)
+  L6[$tag]=$(echo "$ls" | grep -c '^\(\[::\]\|\*\):' || true)
 }
 
-stop_daemon() {
+stop_daemon() { # $1 = tag
   kill "$DAEMON_PID" 2>/dev/null || true
   wait "$DAEMON_PID" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+  kill "$RX_PID" 2>/dev/null || true
+  wait "$RX_PID" 2>/dev/null || true
+  mv "$W/$1.syslog" "$W/$1.run$run.syslog"
 }
 
 routes() { ip -n "$DEF" route show; ip -n "$DEF" -6 route show; }
@@ -170,30 +187,34 @@ for run in $(seq "$RUNS"); do
     out=$(probe $SRC4)
     A4[$tag]+="$(field answers "$out") "; B4[$tag]+="$(blocks_in 10.78.5.) "; W4[$tag]+="$(whole $NET4) "
     echo "   /24: $out; blocks $(blocks_in 10.78.5.), blocked whole $(whole $NET4)"
-    start=$(date +%s%N)
-    probe $FRESH >/dev/null &
+    rm -f "$W/sent"
+    PROBE_SENT_FILE=$W/sent probe $FRESH >/dev/null &
     pp=$!
     ms=""
+    start=$(date +%s%N)
     while [ $(( ($(date +%s%N) - start) / 1000000 )) -lt $((FRESH_WAIT * 1000)) ]; do
-      if routes | grep -q "^unreachable $FRESH "; then ms=$(( ($(date +%s%N) - start) / 1000000 )); break; fi
+      # (Counted, not `grep -q`: with pipefail, grep leaving early fails the pipeline.)
+      if [ -s "$W/sent" ] && [ "$(routes | grep -c "^unreachable $FRESH " || true)" -gt 0 ]; then
+        # From the probe's connect (written by probe.py) to the route seen.
+        ms=$(( ($(date +%s%N) - $(cat "$W/sent")) / 1000000 ))
+        break
+      fi
       sleep 0.02
     done
     wait "$pp" || true
     if [ -n "$ms" ]; then FB[$tag]+="1 "; FMS[$tag]+="$ms "; else FB[$tag]+="0 "; fi
-    echo "   fresh scanner: blocked ${ms:+after $ms ms}${ms:-no (not within $FRESH_WAIT s)}"
-    stop_daemon
+    if [ -n "$ms" ]; then echo "   fresh scanner: blocked after $ms ms"; else echo "   fresh scanner: not blocked within $FRESH_WAIT s"; fi
+    stop_daemon "$tag"
   done
 done
 
-KERNEL=$(uname -r)
-CPU_MODEL=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 RESULT=$ROOT/benches/rotation.results.md
 ms_or_none() { local v; v=$(m "${1:-}"); [ "$v" = "not run" ] && echo "never blocked" || echo "$v"; }
 {
   echo "## Prefix rotation: -tcp against PortSentry $OLD_VERSION"
   echo
   echo "Command (root): \`RUNS=$RUNS GAP_MS=$GAP_MS WAIT_MS=$WAIT_MS PROFILE=$PROFILE benches/rotation.sh\`${OURS_BIN:+ with OURS_BIN}."
-  echo "Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU_MODEL, $(nproc) cores)."
+  echo "Generated on $(date -u +%Y-%m-%d) from $OURS_REV ($(machine))."
   echo "Medians of $RUNS runs. A scanner changes its source address for every probe: one TCP"
   echo "connect per address, ${GAP_MS} ms apart, to the next of 50 trap ports; an answer is a"
   echo "SYN-ACK or an RST within ${WAIT_MS} ms (the port was learned). Both daemons: \`-tcp\`,"
@@ -202,6 +223,7 @@ ms_or_none() { local v; v=$(m "${1:-}"); [ "$v" = "not run" ] && echo "never blo
   echo
   echo "| measure | ours | 1.2 |"
   echo "|---|---|---|"
+  echo "| listening sockets on the trap ports, IPv4 / IPv6 or dual-stack (last run) | ${L4[ours]:-?} / ${L6[ours]:-?} | ${L4[old]:-?} / ${L6[old]:-?} |"
   echo "| (1) 400 probes from 400 addresses of one IPv6 /64: answers | $(m "${A6[ours]:-}") | $(m "${A6[old]:-}") |"
   echo "| ... blocks made inside the /64 | $(m "${B6[ours]:-}") | $(m "${B6[old]:-}") |"
   echo "| ... the /64 blocked whole (1 = yes) | $(m "${W6[ours]:-}") | $(m "${W6[old]:-}") |"
