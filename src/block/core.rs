@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Entry, Offence, UnblockReason};
@@ -45,11 +45,34 @@ const LONGEST: Duration = Duration::from_secs(100 * 365 * 86400);
 const DEFERRED_CAP: usize = 10_000;
 /// How often the summary of held-back blocks is logged.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
-/// Distinct ports remembered per held-back source at most (enough to rank scanners).
-const DEFERRED_PORTS: usize = 1024;
+/// Distinct ports remembered per held-back source at most (enough to rank scanners, and
+/// bounded so that ten thousand waiting sources stay small).
+const DEFERRED_PORTS: usize = 64;
 /// Prefixes whose escalation state or budget is remembered at most: a flood of forged
 /// sources from every prefix cannot grow memory (the least recently touched go first).
 const PREFIX_MEMORY: usize = 65_536;
+
+/// Counters the core keeps for `status` and the metrics (atomics: read from other threads
+/// without asking the manager).
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Blocks applied (scan, manual, import; not restores).
+    pub made: AtomicU64,
+    /// Blocks no responder managed to apply.
+    pub failed: AtomicU64,
+    /// Blocks lifted at their expiry.
+    pub expired: AtomicU64,
+    /// Blocks lifted by an operator.
+    pub unblocked: AtomicU64,
+    /// Block requests dropped because too many were waiting.
+    pub dropped: AtomicU64,
+    /// Responder runs that failed (apply or undo).
+    pub responder_failures: AtomicU64,
+    /// How long the responder pool's jobs and responders take.
+    pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
+}
 
 /// The time of one message, read by the shell (or set by a test or a replay).
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +215,13 @@ pub enum Work {
         /// The hosts an escalated prefix block took over (empty otherwise), for the Lua
         /// events.
         members: Vec<IpAddr>,
+    },
+    /// Renew the kernel timeouts of a block whose end moved later.
+    Refresh {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// The block, with its new end.
+        record: BlockRecord,
     },
     /// Undo every action of a block.
     Undo {
@@ -418,6 +448,8 @@ pub struct BlockCore {
     prefix_rates: HashMap<Target, RateLimit>,
     escalations: HashMap<Target, Escalation>,
     deferred: HashMap<Target, Deferred>,
+    /// When the line of held-back sources is worth looking at again (`None`: at once).
+    serve_after: Option<Instant>,
     /// Sources held back since the last summary, and why the last one was.
     deferred_recently: u64,
     deferred_why: String,
@@ -428,7 +460,7 @@ pub struct BlockCore {
     net_lens: BTreeMap<(bool, u8), usize>,
     expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
     offences: HashMap<Target, Offence>,
-    counters: Arc<super::manager::BlockCounters>,
+    counters: Arc<BlockCounters>,
     waiting: VecDeque<Work>,
     workers: usize,
     max_waiting: usize,
@@ -452,7 +484,7 @@ pub struct CoreSetup {
     /// Protected and local addresses.
     pub guard: Box<dyn Guard>,
     /// Shared with `status` and the metrics.
-    pub counters: Arc<super::manager::BlockCounters>,
+    pub counters: Arc<BlockCounters>,
     /// Repeat-offence memory from the journal.
     pub offences: HashMap<Target, Offence>,
     /// Jobs in flight at most (the pool's workers).
@@ -477,6 +509,7 @@ impl BlockCore {
             prefix_rates: HashMap::new(),
             escalations: HashMap::new(),
             deferred: HashMap::new(),
+            serve_after: None,
             deferred_recently: 0,
             deferred_why: String::new(),
             summary_since: setup.now.mono,
@@ -551,6 +584,7 @@ impl BlockCore {
                 // Restores and expiries not started yet are left to the next start.
                 self.waiting.retain(|work| match work {
                     Work::Apply { restored, .. } => !restored,
+                    Work::Refresh { .. } => true,
                     Work::Undo { .. } => false,
                 });
             }
@@ -575,15 +609,8 @@ impl BlockCore {
             wake = wake.min(at.duration_since(now.wall).unwrap_or_default());
         }
         if !self.deferred.is_empty() {
-            let mut next = self.rate.next_token();
-            for r in self.prefix_rates.values() {
-                if let Some(t) = r.next_token() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-            if let Some(next) = next {
-                wake = wake.min(next);
-            }
+            let at = self.serve_after.unwrap_or(now.mono);
+            wake = wake.min(at.saturating_duration_since(now.mono));
         }
         if self.deferred_recently > 0 {
             let since = now.mono.saturating_duration_since(self.summary_since);
@@ -760,6 +787,20 @@ impl BlockCore {
             d.add(req);
             return;
         }
+        if !self.deferred.is_empty() {
+            // Others wait already: join the line, the best goes first. The line is looked
+            // at again now only if this source's own prefix and the global budget have a
+            // token (otherwise nothing could move).
+            let why = self.deferred_why.clone();
+            let prefix = self.prefix_of(&target);
+            let own = self.config().block_rate_limit_per_prefix == 0
+                || self.prefix_rate(prefix, now.mono).has_token(now.mono);
+            if own && self.rate.has_token(now.mono) {
+                self.serve_after = None;
+            }
+            self.defer(target, req, why, now.mono);
+            return;
+        }
         match self.budget_allows(&target, now.mono) {
             Ok(()) => self.start_scan_block(target, req, now),
             Err(why) => self.defer(target, req, why, now.mono),
@@ -834,16 +875,14 @@ impl BlockCore {
         self.deferred_recently += 1;
         self.deferred_why = why;
         if self.deferred.len() >= DEFERRED_CAP {
-            let worst = self
-                .deferred
-                .iter()
-                .min_by_key(|(_, d)| d.rank())
-                .map(|(t, w)| (*t, w.rank()));
-            match worst {
-                Some((t, rank)) if rank < d.rank() => {
-                    self.deferred.remove(&t);
-                }
-                _ => return,
+            // Full: the weakest tenth gives way at once (one sort per thousand sources
+            // rather than a scan per source); a newcomer weaker still stays out.
+            let mut ranks: Vec<_> = self.deferred.values().map(Deferred::rank).collect();
+            ranks.sort_unstable();
+            let cut = ranks[ranks.len() / 10];
+            self.deferred.retain(|_, w| w.rank() > cut);
+            if d.rank() <= cut {
+                return;
             }
         }
         self.deferred.insert(target, d);
@@ -852,9 +891,14 @@ impl BlockCore {
     /// Starts the best held-back blocks the budgets allow (a prefix out of budget lets the
     /// next prefix's source go first); forgets those older than the trigger window (a
     /// scanner that kept going has sent newer probes meanwhile) and those a network block
-    /// now covers.
+    /// now covers. Runs only when a token may have come back or a slot freed
+    /// (`serve_after`), so a long line costs nothing per message.
     fn serve_deferred(&mut self, now: Now) {
         if self.deferred.is_empty() || self.stopping {
+            self.serve_after = None;
+            return;
+        }
+        if self.serve_after.is_some_and(|t| now.mono < t) {
             return;
         }
         let window = self.config().scan_trigger_window;
@@ -862,31 +906,59 @@ impl BlockCore {
             self.deferred
                 .retain(|_, d| now.mono.saturating_duration_since(d.since) <= window);
         }
-        if self.max_active_reached().is_some() || !self.rate.has_token(now.mono) {
+        if let Some(why) = self.max_active_reached() {
+            // A release frees a slot and calls again; until then, look once a summary.
+            self.deferred_why = why;
+            self.serve_after = Some(now.mono + SUMMARY_INTERVAL);
             return;
         }
+        if !self.rate.has_token(now.mono) {
+            let wait = self.rate.next_token().unwrap_or(SUMMARY_INTERVAL);
+            self.serve_after = Some(now.mono + wait);
+            return;
+        }
+        let per_prefix = self.config().block_rate_limit_per_prefix;
         let mut order: Vec<_> = self.deferred.iter().map(|(t, d)| (d.rank(), *t)).collect();
         order.sort_by_key(|(rank, _)| Reverse(*rank));
+        let mut prefix_wait: Option<Duration> = None;
         for (_, target) in order {
             if self.hosts.contains_key(&target) || self.covering(target.addr()).is_some() {
                 self.deferred.remove(&target);
                 continue;
             }
-            match self.budget_allows(&target, now.mono) {
-                Ok(()) => {
-                    if let Some(d) = self.deferred.remove(&target) {
-                        self.start_scan_block(target, d.request, now);
-                    }
-                }
-                Err(why) => {
-                    let global = !why.starts_with("BLOCK_RATE_LIMIT_PER_PREFIX");
-                    self.deferred_why = why;
-                    if global {
-                        break;
-                    }
+            if !self.rate.has_token(now.mono) || self.max_active_reached().is_some() {
+                break;
+            }
+            let prefix = self.prefix_of(&target);
+            if per_prefix > 0 {
+                let bucket = self.prefix_rate(prefix, now.mono);
+                if !bucket.has_token(now.mono) {
+                    let wait = bucket.next_token().unwrap_or(SUMMARY_INTERVAL);
+                    prefix_wait = Some(prefix_wait.map_or(wait, |w| w.min(wait)));
+                    continue;
                 }
             }
+            if let Err(why) = self.budget_allows(&target, now.mono) {
+                self.deferred_why = why;
+                break;
+            }
+            if let Some(d) = self.deferred.remove(&target) {
+                self.start_scan_block(target, d.request, now);
+            }
         }
+        self.serve_after = if self.deferred.is_empty() {
+            None
+        } else {
+            let global = (!self.rate.has_token(now.mono))
+                .then(|| self.rate.next_token())
+                .flatten();
+            let wait = match (global, prefix_wait) {
+                (Some(g), Some(p)) => g.min(p),
+                (Some(w), None) | (None, Some(w)) => w,
+                (None, None) => SUMMARY_INTERVAL,
+            };
+            Some(now.mono + wait)
+        };
     }
 
     /// The summary line of held-back blocks, once per interval while there are any.
@@ -1000,14 +1072,38 @@ impl BlockCore {
                 continue;
             }
             match self.hosts.get(&target) {
-                Some(Host::Active { record, .. }) => {
-                    batch.outcomes.push(refuse(match record.until {
-                        Some(u) => format!(
-                            "already blocked until {}",
-                            humantime::format_rfc3339_seconds(u)
-                        ),
-                        None => "already blocked (permanent)".into(),
-                    }));
+                Some(Host::Active {
+                    record,
+                    reapplying: None,
+                }) => {
+                    let wanted = duration
+                        .or_else(|| self.policy.next(self.past(&target, now.wall)))
+                        .map(|d| d.min(LONGEST));
+                    let outcome = match (record.until, wanted) {
+                        (None, _) => refuse("already blocked (permanent)".into()),
+                        (Some(u), Some(d)) if now.wall.checked_add(d).is_none_or(|e| e <= u) => {
+                            refuse(format!(
+                                "already blocked until {}, which is later than asked",
+                                humantime::format_rfc3339_seconds(u)
+                            ))
+                        }
+                        (Some(_), wanted) => {
+                            let until = wanted.and_then(|d| now.wall.checked_add(d));
+                            self.extend(target, until);
+                            BlockOutcome {
+                                target: who.clone(),
+                                ok: true,
+                                detail: match until {
+                                    Some(u) => format!(
+                                        "extended until {}",
+                                        humantime::format_rfc3339_seconds(u)
+                                    ),
+                                    None => "extended: permanent".into(),
+                                },
+                            }
+                        }
+                    };
+                    batch.outcomes.push(outcome);
                     continue;
                 }
                 Some(_) => {
@@ -1050,6 +1146,23 @@ impl BlockCore {
         } else {
             self.batches.insert(batch_id, batch);
         }
+    }
+
+    /// Gives a block in force a later end (`None`: permanent): journaled, with its expiry
+    /// moved, and the kernel's timeouts renewed by a job.
+    fn extend(&mut self, target: Target, until: Option<SystemTime>) {
+        let Some(Host::Active { record, .. }) = self.hosts.get_mut(&target) else {
+            return;
+        };
+        record.until = until;
+        let record = record.clone();
+        if let Some(u) = until {
+            self.expiries.push(Reverse((u, target)));
+        }
+        self.out.entries.push(Entry::Block(record.clone()));
+        self.out.blocked_file_dirty = true;
+        let id = self.next_id();
+        self.waiting.push_back(Work::Refresh { id, record });
     }
 
     /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
@@ -1126,6 +1239,7 @@ impl BlockCore {
             self.escalations.clear();
         }
         self.generation = generation;
+        self.serve_after = None;
     }
 
     // ---- escalation ----
@@ -1429,6 +1543,18 @@ impl BlockCore {
                 target,
                 outcomes,
             } => self.on_undone(id, target, outcomes, now),
+            JobResult::Refreshed { target, error, .. } => {
+                if let Some(e) = error {
+                    let who = target_text(&target);
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::responder_failed(
+                            &who,
+                            "nftables (renewing the timeout)",
+                            &e,
+                        )));
+                }
+            }
         }
     }
 
@@ -1697,6 +1823,8 @@ impl BlockCore {
             at: now.wall,
             why,
         });
+        // A slot is free: the line may move.
+        self.serve_after = None;
         self.remember(&record, now.wall);
         self.out.blocked_file_dirty = true;
         let mut details = Vec::new();

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, 
 use super::core::{
     BlockCore, CoreSetup, Effect, Guard, Input, Now, Output, Reply, ViewChange, Work,
 };
-pub use super::core::{BlockNote, BlockOutcome, BlockRequest};
+pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
 use super::journal::{self, Entry, Journal};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
@@ -32,7 +32,7 @@ use crate::log_lines;
 use crate::protected::ProtectView;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::NftHandle;
-use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, UndoJob, WORKERS};
+use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, RefreshJob, UndoJob, WORKERS};
 
 /// Block requests from scans waiting for the manager at most; beyond, a request is dropped
 /// (counted and logged) and the host's next probe asks again.
@@ -43,27 +43,6 @@ pub const MAX_WAITING: usize = 4096;
 const BLOCKED_FILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages handled between two journal commits at most.
 const BATCH: usize = 512;
-
-/// Counters the manager keeps for `status` and the metrics.
-#[derive(Debug, Default)]
-pub struct BlockCounters {
-    /// Blocks applied (scan, manual, import; not restores).
-    pub made: AtomicU64,
-    /// Blocks no responder managed to apply.
-    pub failed: AtomicU64,
-    /// Blocks lifted at their expiry.
-    pub expired: AtomicU64,
-    /// Blocks lifted by an operator.
-    pub unblocked: AtomicU64,
-    /// Block requests dropped because too many were waiting.
-    pub dropped: AtomicU64,
-    /// Responder runs that failed (apply or undo).
-    pub responder_failures: AtomicU64,
-    /// How long the responder pool's jobs and responders take.
-    pub timings: Arc<crate::respond::pool::Timings>,
-    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
-    pub notes_dropped: AtomicU64,
-}
 
 /// Notes the observer may leave waiting at most; beyond, a note is dropped and counted.
 pub const NOTE_QUEUE: usize = 4096;
@@ -555,6 +534,7 @@ impl Manager {
                 generation: self.generation.clone(),
                 lua: self.lua.clone(),
             })),
+            Work::Refresh { id, record } => Job::Refresh(Box::new(RefreshJob { id, record })),
             Work::Undo { id, record, reason } => Job::Undo(Box::new(UndoJob {
                 id,
                 record,

@@ -198,12 +198,23 @@ pub struct UndoJob {
     pub lua: LuaPlugins,
 }
 
+/// Give a block in force a later end in the kernel: its nftables element gets the new
+/// time left (the other responders' actions have no end of their own).
+pub struct RefreshJob {
+    /// Manager's job number, echoed in the result.
+    pub id: u64,
+    /// The block, with its new end.
+    pub record: BlockRecord,
+}
+
 /// Work for the pool.
 pub enum Job {
     /// See [`ApplyJob`].
     Apply(Box<ApplyJob>),
     /// See [`UndoJob`].
     Undo(Box<UndoJob>),
+    /// See [`RefreshJob`].
+    Refresh(Box<RefreshJob>),
 }
 
 /// What a job did.
@@ -221,6 +232,15 @@ pub enum JobResult {
         failures: usize,
         /// A Lua responder vetoed the block (already logged).
         vetoed: bool,
+    },
+    /// A block's kernel timeout was renewed; `error` says why not.
+    Refreshed {
+        /// The job.
+        id: u64,
+        /// Its target.
+        target: Target,
+        /// What failed, if anything did.
+        error: Option<String>,
     },
     /// A block's actions were undone (as far as possible).
     Undone {
@@ -407,12 +427,42 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nf
                 result
             }
             Job::Undo(job) => undo(&job, timings, nft),
+            Job::Refresh(job) => refresh(&job.record, job.id, nft),
         };
         heartbeat::idle();
         crate::logging::flush();
         if results.send(result).is_err() {
             return;
         }
+    }
+}
+
+/// Puts a block's nftables element back with the time its record now has left (delete and
+/// add: the kernel keeps an element's first timeout otherwise). A block without an
+/// nftables action has nothing to renew.
+fn refresh(record: &BlockRecord, id: u64, nft: &NftHandle) -> JobResult {
+    let tables = record.actions.iter().filter_map(|a| match &a.undo {
+        crate::record::Undo::Nftables { table } => Some(table.clone()),
+        _ => None,
+    });
+    let left = record
+        .remaining(SystemTime::now())
+        .map(|d| d.max(Duration::from_secs(1)));
+    let mut error = None;
+    let host = record.target.prefix_len() == record.target.max_prefix_len();
+    for table in tables.filter(|_| host) {
+        let addr = record.target.addr();
+        let renewed = nft
+            .delete(&table, addr)
+            .and_then(|()| nft.add(&[(addr, left)]));
+        if let Err(e) = renewed {
+            error = Some(e.to_string());
+        }
+    }
+    JobResult::Refreshed {
+        id,
+        target: record.target,
+        error,
     }
 }
 

@@ -411,3 +411,50 @@ fn a_reload_to_another_table_takes_new_blocks_there_and_old_ones_end_where_they_
         "table inet portsentry\ntable inet ps2\n"
     );
 }
+
+#[test]
+fn block_of_a_blocked_host_for_longer_extends_it_in_the_journal_and_the_kernel() {
+    let lab = Lab::new();
+    let conf = config(&lab, "");
+    let _d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let (a4, _) = lab.add_attacker_addrs(21);
+    lab.ctl_ok(&["block", &a4, "--for", "1h"]);
+    let first = element(&lab, "portsentry", &a4);
+    assert!(
+        first.as_deref().is_some_and(|e| times_out_after(e, HOUR)),
+        "{first:?}"
+    );
+    // Shorter than what is in force: refused, the kernel element unchanged.
+    let shorter = lab.ctl(&["block", &a4, "--for", "10m"]);
+    assert_eq!(shorter.status.code(), Some(1), "{shorter:?}");
+    assert!(
+        String::from_utf8_lossy(&shorter.stdout).contains("which is later than asked"),
+        "{shorter:?}"
+    );
+    assert!(element(&lab, "portsentry", &a4).is_some_and(|e| times_out_after(&e, HOUR)));
+    // Longer: extended, and the kernel gets the new time left.
+    let longer = lab.ctl_ok(&["block", &a4, "--for", "3h"]);
+    assert!(longer.contains("extended until "), "{longer}");
+    let renewed = element(&lab, "portsentry", &a4);
+    assert!(
+        renewed
+            .as_deref()
+            .is_some_and(|e| times_out_after(e, 3 * HOUR)),
+        "{renewed:?}"
+    );
+    let listed = crate::blocks::list(&lab);
+    let until = listed
+        .iter()
+        .find(|b| {
+            b["target"]
+                .as_str()
+                .is_some_and(|t| t == a4 || t.starts_with(&format!("{a4}/")))
+        })
+        .and_then(|b| b["until"].as_str().map(str::to_owned))
+        .expect("listed with an end");
+    let until = humantime::parse_rfc3339_weak(&until).expect("RFC 3339 end");
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(left > 3 * HOUR - Duration::from_secs(60), "{left:?}");
+}

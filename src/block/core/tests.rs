@@ -136,6 +136,11 @@ impl Rig {
                         failures: 0,
                         vetoed: false,
                     },
+                    Work::Refresh { id, record } => JobResult::Refreshed {
+                        id,
+                        target: record.target,
+                        error: None,
+                    },
                     Work::Undo { id, record, .. } => JobResult::Undone {
                         id,
                         target: record.target,
@@ -597,4 +602,78 @@ fn a_stop_keeps_scan_blocks_in_hand_and_leaves_restores_to_the_next_start() {
     r.settle();
     assert!(r.core.stopped());
     assert_eq!(r.blocked(), ["192.0.2.1"]);
+}
+
+#[test]
+fn a_flood_of_forged_multi_port_sources_stays_bounded_and_a_real_scanner_goes_first() {
+    let mut r = Rig::new(config(|c| {
+        c.block_rate_limit = 60;
+        c.escalate_after_v4 = 0;
+    }));
+    // 60,000 forged sources, each in a /24 of its own, each with enough ports to act on.
+    for i in 0..60_000u32 {
+        let [_, b, c, d] = (0x0a00_0000 + i * 256).to_be_bytes();
+        r.probe(&format!("10.{b}.{c}.{d}"), 1, false);
+        if i % 1000 == 0 {
+            r.settle();
+        }
+    }
+    r.settle();
+    assert_eq!(r.blocked().len(), 60, "the budget holds");
+    assert!(r.core.deferred.len() <= DEFERRED_CAP);
+    assert!(r.core.prefix_rates.len() <= PREFIX_MEMORY);
+    // A proven scanner joins the line and is served first when the next token comes.
+    r.probe("192.0.2.200", 23, true);
+    r.advance(Duration::from_secs(1));
+    r.settle();
+    assert!(r.blocked().contains(&"192.0.2.200".to_string()));
+    assert_eq!(r.blocked().len(), 61);
+}
+
+/// An operator's `block` of `target` for `secs`, answered.
+fn block_for(r: &mut Rig, target: &str, secs: u64) -> BlockOutcome {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let o = Arc::clone(&outcomes);
+    r.send(Input::Block {
+        targets: vec![net(target)],
+        duration: Some(Duration::from_secs(secs)),
+        reason: "by hand".into(),
+        reply: Box::new(move |v| o.lock().unwrap().extend(v)),
+    });
+    r.settle();
+    let got = outcomes.lock().unwrap().pop();
+    got.expect("answered")
+}
+
+#[test]
+fn block_of_a_blocked_address_extends_it_when_the_new_end_is_later_and_refuses_otherwise() {
+    let mut r = Rig::new(config(|_| {}));
+    r.probe("192.0.2.7", 23, true);
+    r.settle();
+    let first = r.core.active().pop().unwrap().until.unwrap();
+    let shorter = block_for(&mut r, "192.0.2.7", 60);
+    assert!(!shorter.ok, "{shorter:?}");
+    assert!(
+        shorter.detail.contains("which is later than asked"),
+        "{shorter:?}"
+    );
+    assert_eq!(r.core.active().pop().unwrap().until, Some(first));
+    let longer = block_for(&mut r, "192.0.2.7", 7200);
+    assert!(
+        longer.ok && longer.detail.starts_with("extended until "),
+        "{longer:?}"
+    );
+    let record = r.core.active().pop().unwrap();
+    assert_eq!(record.until, Some(r.now.wall + Duration::from_secs(7200)));
+    assert!(
+        matches!(r.entries.last(), Some(Entry::Block(b)) if b.until == record.until),
+        "the new end is journaled"
+    );
+    // The old end passes: still blocked; the new one lifts it.
+    r.advance(Duration::from_secs(601));
+    r.settle();
+    assert_eq!(r.blocked(), ["192.0.2.7"]);
+    r.advance(Duration::from_secs(7200));
+    r.settle();
+    assert!(r.blocked().is_empty());
 }
