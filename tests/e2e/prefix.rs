@@ -763,3 +763,62 @@ fn an_expired_prefix_block_leaves_no_route_element_or_hosts_deny_line() {
     }
     assert!(wait_for(5, || list(&lab).is_empty()), "{:?}", list(&lab));
 }
+
+/// A Lua responder that writes each block and unblock event it hears to `RECORDER_FILE`:
+/// event, target, prefix length, and the members, comma-separated.
+const RECORDER: &str = r#"
+local function note(ev)
+  portsentry.append_line(portsentry.config.file, table.concat({ ev.event, ev.target,
+    ev.prefix_len, table.concat(ev.members, ",") }, " "))
+  return "noted " .. ev.target
+end
+portsentry.on("block", note)
+portsentry.on("unblock", note)
+"#;
+
+#[test]
+fn lua_plugins_hear_an_escalated_prefix_with_its_member_hosts() {
+    let lab = Lab::new();
+    let plugins = lab.path("plugins");
+    std::fs::create_dir(&plugins).expect("plugin dir");
+    std::fs::write(plugins.join("recorder.lua"), RECORDER).expect("write the plugin");
+    let events = lab.path("events");
+    let d = start(
+        &lab,
+        Mode::Tcp,
+        &format!(
+            "PLUGIN_DIR=\"{}\"\nLUA_PATH_DIR=\"{}\"\nLUA_RESPONDERS=\"recorder\"\n\
+             RECORDER_FILE=\"{}\"",
+            plugins.display(),
+            crate::lab::repo("lua").display(),
+            events.display()
+        ),
+    );
+    let p = Prefix::v6(&lab, 5, 20);
+    let probed = rotate(&lab, &p.hosts, &Mode::Tcp.ports());
+    expect_escalated(&d, &lab, &p, &probed);
+    let rec = record(&lab, &p.net).expect("listed");
+    let members: Vec<String> = members(&rec).iter().map(IpAddr::to_string).collect();
+    let block = format!("block {} 64 {}", p.net, members.join(","));
+    let unblock = format!("unblock {} 64 {}", p.net, members.join(","));
+    assert!(
+        wait_for(5, || lab.read("events").lines().any(|l| l == block)),
+        "{block:?} in:\n{}",
+        lab.read("events")
+    );
+    // The hosts before it: their own address, the full length, no members.
+    let first = format!("block {} 128 ", p.hosts[0]);
+    assert!(
+        lab.read("events")
+            .lines()
+            .any(|l| l == first.trim_end() || l == first),
+        "{first:?} in:\n{}",
+        lab.read("events")
+    );
+    lab.ctl_ok(&["unblock", &p.net]);
+    assert!(
+        wait_for(5, || lab.read("events").lines().any(|l| l == unblock)),
+        "{unblock:?} in:\n{}",
+        lab.read("events")
+    );
+}
