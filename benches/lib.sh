@@ -2,13 +2,15 @@
 # PortSentry 1.2 fetched and run safely, medians, and the BENCHMARKS.md sections. Needs $ROOT.
 
 # The common start of a benchmark: root only; W a fresh temp dir /tmp/$1.XXXXXX; DEF and ATT
-# the names of its defender and attacker network namespaces; PIDS the background processes
-# that [cleanup] kills at exit.
+# the names of its defender and attacker network namespaces, DEF4 and ATT4 their IPv4
+# addresses; PIDS the background processes that [cleanup] kills at exit.
 bench_init() { # $1 = short name (psbench, psrot)
   [ "$(id -u)" = 0 ] || { echo "$(basename "$0"): needs root" >&2; exit 1; }
   W=$(mktemp -d "/tmp/$1.XXXXXX")
   DEF=$1-$$-d
   ATT=$1-$$-a
+  DEF4=10.77.250.1
+  ATT4=10.77.250.2
   PIDS=()
   trap cleanup EXIT
 }
@@ -39,6 +41,34 @@ ours_rev() {
 # The machine, for the results: "kernel K, CPU model, N cores".
 machine() {
   echo "kernel $(uname -r), $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), $(nproc) cores"
+}
+
+# Writes a benchmark config for daemon $2 to file $1: the lines on stdin first (the first
+# occurrence of a key wins, in 1.2 and ours), then what every benchmark config holds: the
+# files the daemon reads in $W/$2-etc (an ignore file of 127.0.0.1 only), the files it
+# writes in $W/$2-var (emptied here), as Debian lays them out (/etc/portsentry,
+# /var/lib/portsentry: ours watches its config's directory, and a history file written
+# beside the config would wake the watcher on every logged probe), no reverse DNS, no UDP
+# blocking, an unreachable route as KILL_ROUTE, and SCAN_TRIGGER="0".
+write_bench_conf() { # $1 = file, $2 = tag; the config's own lines on stdin
+  mkdir -p "$W/$2-etc"
+  rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
+  echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
+  {
+    cat
+    cat <<CONF
+IGNORE_FILE="$W/$2-etc/portsentry.ignore"
+HISTORY_FILE="$W/$2-var/portsentry.history"
+BLOCKED_FILE="$W/$2-var/portsentry.blocked"
+HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
+BLOCK_STATE_FILE="$W/$2-var/portsentry.state"
+CONTROL_SOCKET="$W/$2-var/portsentry.sock"
+RESOLVE_HOST="0"
+BLOCK_UDP="0"
+KILL_ROUTE="/sbin/ip route add unreachable \$TARGET\$"
+SCAN_TRIGGER="0"
+CONF
+  } > "$1"
 }
 
 # Fetches Debian's portsentry .deb with `apt-get download` and unpacks it into $W/deb: sets

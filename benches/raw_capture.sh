@@ -61,8 +61,6 @@ HERE=$ROOT/benches/raw_capture
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
 bench_init psbench
-DEF4=10.77.250.1
-ATT4=10.77.250.2
 # The real scanner of (d): not ATT4, which routes the forged 10.78.0.0/16 back and so is a
 # gateway of the defender (protected, never blocked, by design).
 SCANNER=10.77.250.3
@@ -95,33 +93,18 @@ ip -n "$DEF" route add 10.78.0.0/16 via $ATT4
 # only, before its receivers are created (a socket takes the value at creation).
 ip netns exec "$DEF" sysctl -q -w net.unix.max_dgram_qlen=512
 
-# Config and ignore file in $W/<tag>-etc, the files the daemon writes in $W/<tag>-var, as
-# Debian lays them out (/etc/portsentry, /var/lib/portsentry): ours watches its config's
-# directory for changes, and a history file written beside the config would wake the
-# watcher on every logged probe.
+# The config of (a)-(c), or of (d) with blocking on (see write_bench_conf).
 write_conf() { # $1 = file, $2 = tag, $3 = block (optional: blocking on, for (d))
   local block_tcp=0
   [ "${3:-}" = block ] && block_tcp=1
-  cat > "$1" <<EOF
+  write_bench_conf "$1" "$2" <<EOF
 ADVANCED_PORTS_TCP="1024"
 ADVANCED_PORTS_UDP="1024"
 ADVANCED_EXCLUDE_TCP="113,139"
 ADVANCED_EXCLUDE_UDP="520,138,137,67"
-IGNORE_FILE="$W/$2-etc/portsentry.ignore"
-HISTORY_FILE="$W/$2-var/portsentry.history"
-BLOCKED_FILE="$W/$2-var/portsentry.blocked"
-HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
-BLOCK_STATE_FILE="$W/$2-var/portsentry.state"
-CONTROL_SOCKET="$W/$2-var/portsentry.sock"
-RESOLVE_HOST="0"
 BLOCK_TCP="$block_tcp"
-BLOCK_UDP="0"
-KILL_ROUTE="/sbin/ip route add unreachable \$TARGET\$"
 KILL_HOSTS_DENY=""
-SCAN_TRIGGER="0"
 EOF
-  echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
-  rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
 }
 
 PATTERN="SYN/Normal scan from host"

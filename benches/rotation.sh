@@ -43,8 +43,6 @@ HERE=$ROOT/benches/rotation
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
 bench_init psrot
-DEF4=10.77.250.1
-ATT4=10.77.250.2
 DEF6=fd77:250::1
 ATT6=fd77:250::2
 FRESH=10.77.250.9
@@ -94,25 +92,13 @@ setup_lab() {
 }
 
 declare -A L4 L6
+# Both daemons' config (see write_bench_conf): the trap ports, blocking on, and hosts.deny.
 write_conf() { # $1 = file, $2 = tag
-  mkdir -p "$W/$2-etc"
-  rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
-  cat > "$1" <<CONF
+  write_bench_conf "$1" "$2" <<CONF
 TCP_PORTS="$PORTS"
-IGNORE_FILE="$W/$2-etc/portsentry.ignore"
-HISTORY_FILE="$W/$2-var/portsentry.history"
-BLOCKED_FILE="$W/$2-var/portsentry.blocked"
-HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
-BLOCK_STATE_FILE="$W/$2-var/portsentry.state"
-CONTROL_SOCKET="$W/$2-var/portsentry.sock"
-RESOLVE_HOST="0"
 BLOCK_TCP="1"
-BLOCK_UDP="0"
-KILL_ROUTE="/sbin/ip route add unreachable \$TARGET\$"
 KILL_HOSTS_DENY="ALL: \$TARGET\$ : DENY"
-SCAN_TRIGGER="0"
 CONF
-  echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
 }
 
 # A syslog receiver for daemon $1 (both daemons log to syslog alike): the lines go to
