@@ -297,6 +297,7 @@ impl Args {
 /// the modes file, as the start takes them), so that what it passes starts.
 fn check_config(args: &Args) -> i32 {
     let path = &args.config;
+    lua::load_warnings_to_stderr();
     // Every plugin is loaded (each in its own process), as a reload would.
     let checked = crate::generation::Generation::check(path, |g| {
         crate::respond::lua::LuaPlugins::for_generation(g)
@@ -330,6 +331,8 @@ fn check_config(args: &Args) -> i32 {
         }
         more.extend(crate::respond::nftables::config_warnings(config));
         warnings.extend(more.iter().map(ToString::to_string));
+        // A full or read-only disk under the state and log files: the start goes on.
+        warnings.extend(config::preflight::storage_warnings(config));
         // A secret the start cannot use turns that fleet direction off: an error here.
         errors.extend(crate::fleet::check_secrets(config));
         // Without modes, the checks that do not depend on them (output files) still run.
@@ -417,6 +420,7 @@ fn test_plugin(plugin: &Path, args: &Args) -> i32 {
         eprintln!("portsentry: --test-plugin: cannot start the watchdog: {e}");
         return EXIT_FAILURE;
     }
+    lua::load_warnings_to_stderr();
     let options = lua::TestOptions {
         target,
         port: args.port,

@@ -160,8 +160,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     // First, so that a second daemon stops here before it touches the journal.
     let (calls_tx, calls) = crossbeam_channel::bounded(16);
     let control = start_control(&config.control_socket, calls_tx)?;
-    let history = History::open(&config.history_file)
-        .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
+    // A full or read-only disk does not stop the start: the history, the journal and the
+    // blocked file say so and keep what they cannot write until they can.
+    for w in crate::config::preflight::storage_warnings(&config) {
+        log::warn!("{}", log_lines::warning(w));
+    }
+    let history = History::open_or_wait(&config.history_file);
 
     let sensors = open_sensors(&options.modes, &generation)?;
     let events = EventLog::start(&config).context("cannot start the event log thread")?;
@@ -450,6 +454,7 @@ impl Reloader<'_> {
                 responder_failures: load(&blocks.responder_failures),
             },
             fleet: self.fleet.status(),
+            storage: blocks.storage.snapshot(),
         }
     }
 

@@ -902,35 +902,80 @@ pub fn restoring(restored: usize, from: &Path, expired: usize) -> String {
     )
 }
 
-/// Ours: the block state file could not be appended to.
-pub fn state_file_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: an entry the block state file cannot hold (a time after 9999) was left out; `err`
+/// names the file and the target.
+pub fn state_file_entry_refused(err: impl Display) -> String {
     format!(
-        "adminalert: ERROR: cannot write block state file {}: {err}; the blocks are in force \
-         but will not be restored after a restart",
+        "adminalert: ERROR: {err}; the block is in force but will not be restored after a \
+         restart"
+    )
+}
+
+/// Ours: a file the daemon keeps writing (`what`: block state file, history file, blocked
+/// file) cannot be written or opened (a full or read-only disk, a permission); detection and
+/// blocking go on, `kept` says what happens meanwhile.
+pub fn file_write_failing(what: &str, path: &Path, err: impl Display, kept: &str) -> String {
+    format!(
+        "adminalert: ERROR: cannot write {what} {}: {err}; detection and blocking go on; \
+         {kept}",
         path.display()
     )
 }
 
-/// Ours: the block state file could not be compacted (it keeps growing until it can).
-pub fn state_file_compact_failed(path: &Path, err: impl Display) -> String {
+/// Ours: once a minute while a file still cannot be written.
+pub fn file_still_failing(
+    what: &str,
+    path: &Path,
+    since: std::time::SystemTime,
+    err: impl Display,
+    kept: &str,
+) -> String {
     format!(
-        "adminalert: ERROR: cannot compact block state file {}: {err}",
+        "adminalert: ERROR: {what} {} still cannot be written (failing since {}): {err}; {kept}",
+        path.display(),
+        humantime::format_rfc3339_seconds(since)
+    )
+}
+
+/// Ours: a file that could not be written takes writes again; `done` says what was caught up.
+pub fn file_writable_again(
+    what: &str,
+    path: &Path,
+    after: std::time::Duration,
+    done: &str,
+) -> String {
+    format!(
+        "adminalert: {what} {} can be written again after {} of failures; {done}",
+        path.display(),
+        humantime::format_duration(round_secs(after))
+    )
+}
+
+/// Ours: the block state file exists but cannot be read at start.
+pub fn state_file_unread(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot read block state file {}: {err}; its blocks are not \
+         restored now (they come back at the next start that can read it) and it is only \
+         appended to, never rewritten, until then",
         path.display()
     )
 }
 
-/// Ours: a history line could not be written.
-pub fn history_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: the daemon stops while the block state file still cannot be written.
+pub fn state_file_lost_at_stop(path: &Path, blocks: u64) -> String {
     format!(
-        "adminalert: ERROR: cannot write history file {}: {err}",
+        "adminalert: ERROR: stopping while block state file {} still cannot be written: {blocks} \
+         block(s) made or changed since it failed are not in it and will not be restored at \
+         the next start",
         path.display()
     )
 }
 
-/// Ours: 1.2's blocked file could not be rewritten.
-pub fn blocked_file_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: the daemon stops while the history file still cannot be written.
+pub fn history_lost_at_stop(path: &Path, lines: usize) -> String {
     format!(
-        "adminalert: ERROR: cannot write blocked file {}: {err}",
+        "adminalert: ERROR: stopping while history file {} still cannot be written: {lines} \
+         line(s) that waited for it are lost",
         path.display()
     )
 }
@@ -1092,9 +1137,35 @@ mod tests {
             "adminalert: WARNING: portsentry.conf:3: FOO: unknown key"
         );
         assert_eq!(
-            state_file_write_failed(Path::new("/var/lib/portsentry/blocks"), "disk full"),
-            "adminalert: ERROR: cannot write block state file /var/lib/portsentry/blocks: disk \
-             full; the blocks are in force but will not be restored after a restart"
+            file_write_failing(
+                "block state file",
+                Path::new("/var/lib/portsentry/blocks"),
+                "No space left on device (os error 28)",
+                "2 entries kept"
+            ),
+            "adminalert: ERROR: cannot write block state file /var/lib/portsentry/blocks: No \
+             space left on device (os error 28); detection and blocking go on; 2 entries kept"
+        );
+        assert_eq!(
+            file_still_failing(
+                "history file",
+                Path::new("/h"),
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+                "Read-only file system (os error 30)",
+                "3 line(s) kept"
+            ),
+            "adminalert: ERROR: history file /h still cannot be written (failing since \
+             2023-11-14T22:13:20Z): Read-only file system (os error 30); 3 line(s) kept"
+        );
+        assert_eq!(
+            file_writable_again(
+                "blocked file",
+                Path::new("/b"),
+                std::time::Duration::from_millis(61_600),
+                "it lists the blocks in force again"
+            ),
+            "adminalert: blocked file /b can be written again after 1m 2s of failures; it lists \
+             the blocks in force again"
         );
     }
 }

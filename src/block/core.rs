@@ -72,6 +72,9 @@ pub struct BlockCounters {
     pub timings: Arc<crate::respond::pool::Timings>,
     /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
     pub notes_dropped: AtomicU64,
+    /// Whether the journal, the history file and the blocked file take writes, and what
+    /// waits in memory for them.
+    pub storage: crate::storage::StorageHealth,
 }
 
 /// The time of one message, read by the shell (or set by a test or a replay).

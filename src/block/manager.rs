@@ -20,7 +20,7 @@ use super::core::{
     BlockCore, CoreSetup, Effect, Guard, Input, Now, Output, Reply, ViewChange, Work,
 };
 pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
-use super::journal::{self, Entry, Journal};
+use super::journal::{self, BlockedFile, Entry, Journal};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
 use crate::event_log::EventSink;
@@ -160,7 +160,7 @@ impl BlockManager {
     fn start_with(
         generation: Generation,
         lua: LuaPlugins,
-        history: History,
+        mut history: History,
         protect: ProtectView,
         max_waiting: usize,
         events: EventSink,
@@ -181,10 +181,8 @@ impl BlockManager {
                 log::warn!("{}", log_lines::warning(w));
             }
             if !imported.is_empty() {
-                let entries: Vec<Entry> = imported.iter().cloned().map(Entry::Block).collect();
-                journal.append(&entries).with_context(|| {
-                    format!("cannot write block state file {}", state_file.display())
-                })?;
+                // Kept in memory until written, should the file not take them now.
+                journal.record(imported.iter().cloned().map(Entry::Block).collect());
                 log::info!(
                     "{}",
                     log_lines::legacy_blocks_imported(imported.len(), &config.blocked_file)
@@ -205,6 +203,10 @@ impl BlockManager {
             timings: pool.timings(),
             ..BlockCounters::default()
         });
+        let mut blocked_file = BlockedFile::new(&config.blocked_file);
+        journal.report_to(&counters.storage);
+        history.report_to(&counters.storage);
+        blocked_file.report_to(&counters.storage);
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
@@ -229,6 +231,7 @@ impl BlockManager {
             pool,
             pending_entries: Vec::new(),
             pending_effects: Vec::new(),
+            blocked_file,
             blocked_file_dirty: false,
             blocked_file_written: None,
             events,
@@ -398,6 +401,8 @@ struct Manager {
     pending_entries: Vec<Entry>,
     /// Reports of this batch, made once the journal holds what they report.
     pending_effects: Vec<Effect>,
+    /// `BLOCKED_FILE`'s writer (and its health).
+    blocked_file: BlockedFile,
     blocked_file_dirty: bool,
     blocked_file_written: Option<Instant>,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
@@ -447,6 +452,7 @@ impl Manager {
                 break;
             }
         }
+        self.keep_journal(true);
         self.write_blocked_file(true);
         crate::logging::flush();
     }
@@ -555,11 +561,13 @@ impl Manager {
         }
         if new.history_file != *self.history.path() {
             match History::open(&new.history_file) {
-                Ok(history) => {
+                Ok(mut history) => {
                     log::info!(
                         "{}",
                         log_lines::history_file_moved(&new.history_file, self.history.path())
                     );
+                    history.report_to(&self.counters.storage);
+                    history.take_waiting_from(&mut self.history);
                     self.history = history;
                 }
                 Err(e) => log::error!("{}", log_lines::history_open_failed(e, self.history.path())),
@@ -589,27 +597,18 @@ impl Manager {
     /// Appends what changed to the journal (one fsync), then reports it: log lines,
     /// history lines, replies. Compacts the journal when it has grown.
     fn commit(&mut self) {
-        if !self.pending_entries.is_empty() {
-            let entries = std::mem::take(&mut self.pending_entries);
-            if let Err(e) = self.journal.append(&entries) {
-                log::error!(
-                    "{}",
-                    log_lines::state_file_write_failed(self.journal.path(), e)
-                );
-            }
-        }
+        // Kept in memory and written later should the file not take them now: what is
+        // reported below is in force either way.
+        self.journal
+            .record(std::mem::take(&mut self.pending_entries));
         for effect in std::mem::take(&mut self.pending_effects) {
             match effect {
                 Effect::Info(line) => log::info!("{line}"),
                 Effect::Warn(line) => log::warn!("{line}"),
                 Effect::Debug(line) => log::debug!("{line}"),
+                // A line the file does not take now waits for it (the history logs that).
                 Effect::History(line) => {
-                    if let Err(e) = self.history.append(&line) {
-                        log::error!(
-                            "{}",
-                            log_lines::history_write_failed(self.history.path(), e)
-                        );
-                    }
+                    let _ = self.history.append(&line);
                 }
                 Effect::Reply(reply) => reply(),
                 Effect::Event(event) => self.events.send(*event),
@@ -621,6 +620,19 @@ impl Manager {
                 }
             }
         }
+        self.keep_journal(false);
+    }
+
+    /// Writes what the journal and the history still hold back (on their retry timers) and
+    /// compacts the journal when it has grown or fell too far behind. `last`: before
+    /// stopping, whatever the timers say; what still cannot be written is logged as lost.
+    fn keep_journal(&mut self, last: bool) {
+        let now = Instant::now();
+        if last {
+            self.journal.expedite();
+        }
+        self.journal.retry_pending(now);
+        self.history.retry_pending(now);
         // The targets bound the records from above: counting them (a walk of every block)
         // only when that bound says compaction may be due keeps a commit O(1) while
         // thousands of restored blocks come back one by one.
@@ -628,12 +640,12 @@ impl Manager {
             && self.journal.needs_compaction(self.core.records().count())
         {
             let records: Vec<BlockRecord> = self.core.records().cloned().collect();
-            if let Err(e) = self.journal.compact(records.iter(), self.core.offences()) {
-                log::error!(
-                    "{}",
-                    log_lines::state_file_compact_failed(self.journal.path(), e)
-                );
-            }
+            // A failure is the journal's to log (once a minute at most).
+            let _ = self.journal.compact(records.iter(), self.core.offences());
+        }
+        if last {
+            self.journal.close();
+            self.history.close();
         }
     }
 
@@ -647,10 +659,10 @@ impl Manager {
             return;
         }
         let path = self.generation.config.blocked_file.clone();
-        if let Err(e) = journal::write_blocked_file(&path, self.core.active_records()) {
-            log::error!("{}", log_lines::blocked_file_write_failed(&path, e));
+        // One that fails stays marked as changed and is tried again (the writer logs it).
+        if self.blocked_file.write(&path, self.core.active_records()) {
+            self.blocked_file_dirty = false;
         }
-        self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
     }
 }
@@ -661,7 +673,7 @@ mod tests {
     use crate::config::BlockLevel;
     use crate::config::Template;
     use crate::event::{Candidate, Hit, Mode, ProbeKind};
-    use crate::record::Origin;
+    use crate::record::{Origin, target_text};
 
     fn request(ip: &str) -> BlockRequest {
         BlockRequest {
@@ -811,6 +823,51 @@ mod tests {
         let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));
         manager.stop();
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_written_at_start_keeps_its_blocks_until_it_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let (generation, history) = run_cmd_generation(dir.path(), "true");
+        // A file where the journal's directory should be: nothing can be created there.
+        let blocker = dir.path().join("lib");
+        std::fs::write(&blocker, "").unwrap();
+        let state = blocker.join("portsentry.state");
+        let mut config = (*generation.config).clone();
+        config.block_state_file = state.clone();
+        let generation = Generation::from_parts(1, config, Default::default());
+        let manager =
+            BlockManager::start(generation, LuaPlugins::none(), history, ProtectView::new())
+                .expect("the manager starts without its journal");
+        let (view, counters) = (manager.view(), manager.counters());
+        let journal = || {
+            counters
+                .storage
+                .get(crate::storage::StoredFile::Journal)
+                .unwrap()
+        };
+        assert!(journal().failing_since.is_some());
+        assert!(manager.requester().request(request("10.77.6.1")));
+        assert!(wait_for(|| view.is_blocked("10.77.6.1".parse().unwrap())));
+        assert!(
+            wait_for(|| journal().blocks_unwritten == 1),
+            "{:?}",
+            journal()
+        );
+        // Room again: the next retry writes the block.
+        std::fs::remove_file(&blocker).unwrap();
+        assert!(
+            wait_for(|| journal().failing_since.is_none()),
+            "{:?}",
+            journal()
+        );
+        assert_eq!(journal().blocks_unwritten, 0);
+        manager.stop();
+        let (_, replay) = Journal::open(&state).unwrap();
+        assert_eq!(
+            replay.active.keys().map(target_text).collect::<Vec<_>>(),
+            ["10.77.6.1"]
+        );
     }
 
     #[test]

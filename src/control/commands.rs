@@ -366,6 +366,7 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
             format!("{}: {}{since}", link.url, link.state),
         ));
     }
+    rows.extend(storage_rows(&report.storage));
     rows.extend(
         report
             .counters
@@ -384,6 +385,43 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// The journal's row (always), and the history and blocked files' rows when they fail:
+/// `ok (path)`, or `failing since <time> (<error>); <what waits>`.
+fn storage_rows(storage: &[crate::storage::FileHealth]) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for f in storage {
+        let key = match f.file.as_str() {
+            "journal" => "journal".to_string(),
+            other => format!("{other} file"),
+        };
+        let Some(since) = f.failing_since else {
+            if f.file == "journal" {
+                rows.push((key, format!("ok ({})", f.path)));
+            }
+            continue;
+        };
+        let mut value = format!("failing since {} ({})", local_time(since), f.error);
+        let mut waiting = Vec::new();
+        if f.file == "journal" {
+            waiting.push(format!("{} block(s) not yet journaled", f.blocks_unwritten));
+            if f.waiting > 0 {
+                waiting.push(format!("{} entr(y/ies) waiting in memory", f.waiting));
+            }
+        } else if f.waiting > 0 {
+            waiting.push(format!("{} line(s) waiting in memory", f.waiting));
+        }
+        if f.dropped > 0 {
+            waiting.push(format!("{} dropped at the memory bound", f.dropped));
+        }
+        if !waiting.is_empty() {
+            value.push_str("; ");
+            value.push_str(&waiting.join(", "));
+        }
+        rows.push((key, value));
+    }
+    rows
 }
 
 /// `list`: one row a block, columns aligned.

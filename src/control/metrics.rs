@@ -37,6 +37,7 @@ use crate::event_log::EventCounters;
 use crate::pipeline::Stats;
 use crate::respond::pool::DurationSnapshot;
 use crate::sensor::HitSink;
+use crate::storage::StoredFile;
 
 /// Clients served at once; a connection beyond them is closed at once.
 pub const MAX_CLIENTS: usize = 4;
@@ -292,6 +293,27 @@ impl Collector for Collect {
             "Blocks in force now",
             &ConstGauge::new(self.sources.view.len() as i64),
         )?;
+        let storage = blocks.storage.snapshot();
+        let health = |file: StoredFile| storage.iter().find(|f| f.file == file.key());
+        single(
+            e,
+            "portsentry_blocks_unjournaled",
+            "Blocks in force that the block state file does not hold yet (its writes fail; \
+             they are kept in memory and written as soon as it can be)",
+            &ConstGauge::new(health(StoredFile::Journal).map_or(0, |f| f.blocks_unwritten) as i64),
+        )?;
+        let mut failing = e.encode_descriptor(
+            "portsentry_file_write_failing",
+            "1 while writes to the file fail: journal (BLOCK_STATE_FILE), history \
+             (HISTORY_FILE), blocked (BLOCKED_FILE)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for file in StoredFile::ALL {
+            let on = health(file).is_some_and(|f| f.failing_since.is_some());
+            ConstGauge::new(i64::from(on))
+                .encode(failing.encode_family(&[("file", file.key())])?)?;
+        }
 
         let timings = &blocks.timings;
         let mut jobs = e.encode_descriptor(

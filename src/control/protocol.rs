@@ -78,6 +78,10 @@ impl Request {
 /// `"response"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one response per connection, serialized at once: boxing the status buys nothing"
+)]
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(StatusReport),
@@ -177,6 +181,10 @@ pub struct StatusReport {
     /// without `CROWDSEC_LAPI_URL`).
     #[serde(default)]
     pub fleet: Vec<crate::fleet::FleetLink>,
+    /// Whether the block journal, the history file and the blocked file take writes, and
+    /// what waits in memory for them (empty from a daemon older than this field).
+    #[serde(default)]
+    pub storage: Vec<crate::storage::FileHealth>,
 }
 
 /// One reload attempt, so that a refused reload stays visible after the fact.
@@ -428,6 +436,15 @@ mod tests {
                 url: "http://127.0.0.1:8080".into(),
                 state: "connected".into(),
                 since: Some(at),
+            }],
+            storage: vec![crate::storage::FileHealth {
+                file: "journal".into(),
+                path: "/var/lib/portsentry/portsentry.state".into(),
+                failing_since: Some(at),
+                error: "No space left on device (os error 28)".into(),
+                waiting: 4,
+                blocks_unwritten: 2,
+                dropped: 0,
             }],
         }));
         assert!(

@@ -704,6 +704,7 @@ fn status() -> impl Strategy<Value = StatusReport> {
                     responder_failures: c[9],
                 },
                 fleet: Vec::new(),
+                storage: Vec::new(),
             },
         )
 }

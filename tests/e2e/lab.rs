@@ -626,6 +626,19 @@ impl Daemon {
     /// command put after `wrapper` (e.g. `unshare --mount sh -c '…; exec "$@"' sh`), without
     /// waiting for the active line.
     pub fn spawn_with(lab: &Lab, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Daemon::spawn_wrapped(lab, wrapper, &[], env, args)
+    }
+
+    /// [`Daemon::spawn_with`] with a second wrapper inside the defender namespace, right
+    /// before the binary (`ip netns exec NS <inner…> portsentry …`): a sandbox such as
+    /// `bwrap …` that must be set up in the namespace the daemon runs in.
+    pub fn spawn_wrapped(
+        lab: &Lab,
+        wrapper: &[&str],
+        inner: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Daemon {
         let sock_path = lab.path("log.sock");
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).expect("bind syslog socket");
@@ -656,7 +669,9 @@ impl Daemon {
         let mut child = Command::new("timeout")
             .arg("300")
             .args(wrapper)
-            .args(["ip", "netns", "exec", &lab.def, binary()])
+            .args(["ip", "netns", "exec", &lab.def])
+            .args(inner)
+            .arg(binary())
             .args(args)
             .envs(env.iter().copied())
             .arg("--syslog-socket")

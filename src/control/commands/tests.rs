@@ -138,6 +138,19 @@ fn status_reads_as_aligned_key_value_lines() {
             state: "failing, retrying".into(),
             since: None,
         }],
+        storage: vec![
+            crate::storage::FileHealth {
+                file: "journal".into(),
+                path: "/var/lib/portsentry/portsentry.state".into(),
+                ..Default::default()
+            },
+            // Healthy: not shown.
+            crate::storage::FileHealth {
+                file: "blocked".into(),
+                path: "/var/lib/portsentry/portsentry.blocked".into(),
+                ..Default::default()
+            },
+        ],
     };
     let text = status_text(&report, at(1_700_000_160));
     let lines: Vec<&str> = text.lines().collect();
@@ -158,9 +171,55 @@ fn status_reads_as_aligned_key_value_lines() {
         lines[7],
         "crowdsec push:      http://10.0.0.5:8080: failing, retrying"
     );
-    assert_eq!(lines[8], "probes seen:        12");
-    assert_eq!(lines[17], "responder failures: 2");
-    assert_eq!(lines.len(), 18);
+    assert_eq!(
+        lines[8],
+        "journal:            ok (/var/lib/portsentry/portsentry.state)"
+    );
+    assert_eq!(lines[9], "probes seen:        12");
+    assert_eq!(lines[18], "responder failures: 2");
+    assert_eq!(lines.len(), 19);
+}
+
+#[test]
+fn status_says_since_when_the_journal_and_the_history_fail_and_what_waits() {
+    let failing = |file: &str, waiting, blocks| crate::storage::FileHealth {
+        file: file.into(),
+        path: format!("/var/lib/portsentry/{file}"),
+        failing_since: Some(at(1_700_000_000)),
+        error: "No space left on device (os error 28)".into(),
+        waiting,
+        blocks_unwritten: blocks,
+        dropped: 0,
+    };
+    let report = StatusReport {
+        version: "0.1.0".into(),
+        modes: vec!["tcp".into()],
+        started: at(1_700_000_000),
+        uptime_secs: 60,
+        generation: 1,
+        last_reload: None,
+        counters: Counters::default(),
+        fleet: Vec::new(),
+        storage: vec![failing("journal", 5, 3), failing("history", 3, 0)],
+    };
+    let text = status_text(&report, at(1_700_000_060));
+    let since = local_time(at(1_700_000_000));
+    let journal = text.lines().find(|l| l.starts_with("journal:")).unwrap();
+    assert_eq!(
+        journal,
+        format!(
+            "journal:            failing since {since} (No space left on device (os error 28)); \
+             3 block(s) not yet journaled, 5 entr(y/ies) waiting in memory"
+        )
+    );
+    let history = text
+        .lines()
+        .find(|l| l.starts_with("history file:"))
+        .unwrap();
+    assert!(
+        history.ends_with("; 3 line(s) waiting in memory"),
+        "{history}"
+    );
 }
 
 fn records() -> Vec<BlockRecord> {

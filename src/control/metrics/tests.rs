@@ -298,6 +298,34 @@ fn the_page_reads_the_owners_counters_at_scrape_time() {
 }
 
 #[test]
+fn a_failing_journal_shows_its_unjournaled_blocks_and_which_files_fail() {
+    use crate::storage::{Outage, StoredFile};
+    let s = sources();
+    let server = MetricsServer::new(s.clone(), 1);
+    let scrape = parse(&server.render());
+    assert_eq!(value(&scrape, "portsentry_blocks_unjournaled", &[]), 0.0);
+    for file in ["journal", "history", "blocked"] {
+        assert_eq!(
+            value(&scrape, "portsentry_file_write_failing", &[("file", file)]),
+            0.0,
+            "{file}"
+        );
+    }
+    let mut journal = Outage::new(StoredFile::Journal, std::path::Path::new("/x/state"));
+    journal.report_to(&s.blocks.storage);
+    journal.failed(
+        &std::io::Error::from_raw_os_error(libc::ENOSPC),
+        "kept",
+        std::time::Instant::now(),
+    );
+    journal.keep(7, 4, 0);
+    let scrape = parse(&server.render());
+    assert_eq!(value(&scrape, "portsentry_blocks_unjournaled", &[]), 4.0);
+    let failing = |file| value(&scrape, "portsentry_file_write_failing", &[("file", file)]);
+    assert_eq!((failing("journal"), failing("history")), (1.0, 0.0));
+}
+
+#[test]
 fn responder_durations_are_histograms_per_responder_and_way() {
     let s = sources();
     let server = MetricsServer::new(s.clone(), 1);

@@ -32,6 +32,7 @@ fn report() -> StatusReport {
         last_reload: None,
         counters: Counters::default(),
         fleet: Vec::new(),
+        storage: Vec::new(),
     }
 }
 

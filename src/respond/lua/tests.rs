@@ -116,6 +116,43 @@ fn block_handler_string_becomes_the_action_detail() {
 }
 
 #[test]
+fn setid_reads_the_mode_bits_and_no_new_privs_the_processs_flag() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 local c = portsentry.config
+                 return table.concat({ tostring(portsentry.setid(c.setgid_file)),
+                   tostring(portsentry.setid(c.setuid_file)), tostring(portsentry.setid(c.plain_file)),
+                   tostring(portsentry.setid(c.plain_file .. ".missing")),
+                   tostring(portsentry.no_new_privs()) }, " ")
+               end)"#,
+        )],
+        &[],
+    );
+    let mut config = f.config.clone();
+    for (key, name, mode) in [
+        ("P_SETGID_FILE", "g", 0o2755),
+        ("P_SETUID_FILE", "u", 0o4755),
+        ("P_PLAIN_FILE", "plain", 0o755),
+    ] {
+        let path = f.path(name);
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        config.raw.insert(key.into(), path.display().to_string());
+    }
+    let plugins = LuaPlugins::load(&config).expect("load");
+    // SAFETY: PR_GET_NO_NEW_PRIVS only reads this thread's flag, which the plugin's process
+    // inherits.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+    match block1(&plugins, &config, "192.0.2.7", 1) {
+        Outcome::Done(a) => assert_eq!(a.detail, format!("setgid setuid nil nil {nnp}")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn block_without_detail_records_the_commands_run() {
     let f = Fixture::new(
         &[(
