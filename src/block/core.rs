@@ -215,6 +215,9 @@ pub enum Work {
         until: Option<SystemTime>,
         /// Re-applied after a restart.
         restored: bool,
+        /// The hosts an escalated prefix block took over (empty otherwise), for the Lua
+        /// events.
+        members: Vec<IpAddr>,
     },
     /// Renew the kernel timeouts of a block whose end moved later.
     Refresh {
@@ -1036,6 +1039,7 @@ impl BlockCore {
             level,
             until,
             restored: false,
+            members: applying.members.clone(),
         });
         self.put(target, Host::Applying(Box::new(applying)));
     }
@@ -1428,6 +1432,7 @@ impl BlockCore {
                 level,
                 until: record.until,
                 restored: true,
+                members: record.members.clone(),
             });
             self.put(
                 target,

@@ -527,6 +527,7 @@ impl Manager {
                 level,
                 until,
                 restored,
+                members,
             } => Job::Apply(Box::new(ApplyJob {
                 id,
                 target,
@@ -535,6 +536,7 @@ impl Manager {
                 level,
                 until,
                 restored,
+                members,
                 generation: self.generation.clone(),
                 lua: self.lua.clone(),
             })),

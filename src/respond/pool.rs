@@ -6,6 +6,7 @@
 //! [`JobResult`] back; the manager decides what that means.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -175,6 +176,8 @@ pub struct ApplyJob {
     /// Re-applied after a restart (notifications stay quiet, `KILL_RUN_CMD` runs only when
     /// it can be undone).
     pub restored: bool,
+    /// The hosts an escalated prefix block took over (empty otherwise).
+    pub members: Vec<IpAddr>,
     /// The generation whose responders run.
     pub generation: Generation,
     /// The Lua plugins built from it (its `LUA_RESPONDERS`).
@@ -473,6 +476,7 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         config,
         until: job.until,
         restored: job.restored,
+        members: &job.members,
     };
     let who = target_text(&job.target);
     let chain = responder_chain(config, job.level, job.restored, job.lua.responders(), nft);
@@ -554,6 +558,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         config,
         until: record.until,
         restored: false,
+        members: &record.members,
     };
     let outcomes = record
         .actions

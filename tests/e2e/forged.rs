@@ -7,32 +7,41 @@ use std::time::{Duration, Instant};
 
 use crate::lab::{Daemon, Lab};
 
-/// Sends TCP SYNs from forged IPv4 sources to `dst` from inside the attacker namespace: for
-/// each `(source, ports)` one SYN per port. Raw socket, correct checksums.
+/// Sends TCP SYNs from forged sources to `dst` from inside the attacker namespace: for each
+/// `source@ports` one SYN per port (`10.79.0.1@21,22`, `fd77:5:8::1@100`). Raw socket, IPv4
+/// or IPv6 by `dst` (every source of one call of its family), correct checksums.
 const FORGE: &str = r#"
 import socket, struct, sys, random
 dst = sys.argv[1]
-plan = [(s.split(':')[0], [int(p) for p in s.split(':')[1].split(',')]) for s in sys.argv[2:]]
+plan = [(s.split('@')[0], [int(p) for p in s.split('@')[1].split(',')]) for s in sys.argv[2:]]
 def csum(b):
     if len(b) % 2: b += b'\0'
     s = sum(struct.unpack('!%dH' % (len(b)//2), b))
     while s >> 16: s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
-r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-d = socket.inet_aton(dst)
+v6 = ':' in dst
+fam = socket.AF_INET6 if v6 else socket.AF_INET
+r = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+d = socket.inet_pton(fam, dst)
 for src, ports in plan:
-    s = socket.inet_aton(src)
+    s = socket.inet_pton(fam, src)
     for port in ports:
         sport = random.randint(1024, 65000)
         tcp = struct.pack('!HHIIBBHHH', sport, port, random.getrandbits(32), 0, 5 << 4, 0x02, 1024, 0, 0)
-        tcp = tcp[:16] + struct.pack('!H', csum(s + d + struct.pack('!BBH', 0, 6, len(tcp)) + tcp)) + tcp[18:]
-        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, random.getrandbits(16), 0, 64, 6, 0, s, d)
-        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+        if v6:
+            pseudo = s + d + struct.pack('!I3xB', len(tcp), 6)
+            ip = struct.pack('!IHBB', 6 << 28, len(tcp), 6, 64) + s + d
+        else:
+            pseudo = s + d + struct.pack('!BBH', 0, 6, len(tcp))
+            ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, random.getrandbits(16), 0, 64, 6, 0, s, d)
+            ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+        tcp = tcp[:16] + struct.pack('!H', csum(pseudo + tcp)) + tcp[18:]
         r.sendto(ip + tcp, (dst, 0))
 "#;
 
-fn forge(lab: &Lab, plan: &[String]) {
-    let mut args = vec!["python3", "-c", FORGE, lab.def4.as_str()];
+/// Sends the SYNs of `plan` (see [`FORGE`]) to `dst`.
+pub(crate) fn forge(lab: &Lab, dst: &str, plan: &[String]) {
+    let mut args = vec!["python3", "-c", FORGE, dst];
     args.extend(plan.iter().map(String::as_str));
     let out = lab.attack(&args);
     assert!(out.status.success(), "forge: {out:?}");
@@ -178,11 +187,11 @@ fn forged_multi_port_scans_are_blocked_at_the_rate_limit_best_evidence_first() {
     let d = Daemon::start(&lab, &["-c", &conf, "-atcp"]);
     // 500 forged sources × 5 ports, then one that probes 9 ports.
     let plan: Vec<String> = (0..500)
-        .map(|i| format!("10.79.{}.{}:21,22,23,25,80", i / 250, i % 250 + 1))
+        .map(|i| format!("10.79.{}.{}@21,22,23,25,80", i / 250, i % 250 + 1))
         .collect();
-    forge(&lab, &plan);
+    forge(&lab, &lab.def4, &plan);
     let best = "10.79.9.9";
-    forge(&lab, &[format!("{best}:1,2,3,4,5,6,7,8,9")]);
+    forge(&lab, &lab.def4, &[format!("{best}@1,2,3,4,5,6,7,8,9")]);
     // The bucket starts full: 10 blocks at once, then one every 6 s.
     std::thread::sleep(Duration::from_secs(3));
     let routes = unreachable_routes(&lab);

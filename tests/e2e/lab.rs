@@ -153,6 +153,8 @@ pub struct Lab {
     pub att6: String,
     /// The attacker's end of the veth (for `nmap -e` with a spoofed `-S` source).
     pub att_dev: String,
+    /// The defender's end of the veth (for routes to more attacker networks).
+    pub def_dev: String,
     /// The third octet of the IPv4 net and the second group of the IPv6 one.
     net: u32,
     /// Temp dir holding config, history, hosts.deny, syslog socket.
@@ -179,6 +181,7 @@ impl Lab {
             def6: format!("fd77:{net}::1"),
             att6: format!("fd77:{net}::2"),
             att_dev: va.clone(),
+            def_dev: vd.clone(),
             net,
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -245,6 +248,12 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         (here, there)
+    }
+
+    /// The lab's number: the third octet of its IPv4 net (10.77.N.0/24) and the second group
+    /// of its IPv6 one (fd77:N::/64), for tests that name other nets of the lab's own.
+    pub fn net(&self) -> u32 {
+        self.net
     }
 
     /// A path inside the lab's temp dir.

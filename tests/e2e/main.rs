@@ -21,6 +21,7 @@ mod lua_plugins;
 mod metrics;
 mod nftables;
 mod nftables_backend;
+mod prefix;
 mod protect;
 mod raw;
 mod raw_sensor;

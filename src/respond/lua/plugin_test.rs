@@ -256,6 +256,7 @@ fn run(
     let alert = EventData {
         name: EventName::Alert,
         target: crate::record::host_target(target),
+        members: Vec::new(),
         port,
         proto,
         mode,

@@ -1450,6 +1450,58 @@ fn network_targets_reach_plugins_as_cidr_text() {
 }
 
 #[test]
+fn prefix_blocks_reach_plugins_with_their_length_and_member_hosts_and_hosts_with_none() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"local function say(ev)
+                 return table.concat({ ev.event, ev.target, ev.ip, ev.prefix_len, #ev.members,
+                   table.concat(ev.members, ",") }, " ")
+               end
+               portsentry.on("block", say)
+               portsentry.on("unblock", say)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let members: Vec<IpAddr> = ["2001:db8:1:2::5", "2001:db8:1:2::9", "2001:db8:1:2::a"]
+        .iter()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    let a = alert("2001:db8:1:2::a", 79);
+    let ctx = ResponseContext {
+        target: crate::record::parse_target("2001:db8:1:2::/64").unwrap(),
+        members: &members,
+        ..ResponseContext::for_alert(&a, "2001:db8:1:2::/64", &f.config)
+    };
+    let said = "2001:db8:1:2::/64 2001:db8:1:2::/64 64 3 \
+                2001:db8:1:2::5,2001:db8:1:2::9,2001:db8:1:2::a";
+    let o = plugins.responders()[0].respond(&ctx);
+    assert_eq!(done_detail(&o), format!("block {said}"));
+    assert_eq!(
+        plugins.unblock("p", &ctx, UnblockReason::Expired),
+        Ok(format!("lua:p: unblock {said}"))
+    );
+    let v4 = ["10.77.5.3".parse().unwrap()];
+    let a = alert("10.77.5.3", 79);
+    let ctx = ResponseContext {
+        target: crate::record::parse_target("10.77.5.0/24").unwrap(),
+        members: &v4,
+        ..ResponseContext::for_alert(&a, "10.77.5.0/24", &f.config)
+    };
+    let o = plugins.responders()[0].respond(&ctx);
+    assert_eq!(
+        done_detail(&o),
+        "block 10.77.5.0/24 10.77.5.0/24 24 1 10.77.5.3"
+    );
+    // A host: its address, the full length, no members.
+    let o = block1(&plugins, &f.config, "192.0.2.7", 79);
+    assert_eq!(done_detail(&o), "block 192.0.2.7 192.0.2.7 32 0 ");
+    let o = block1(&plugins, &f.config, "2001:db8::7", 79);
+    assert_eq!(done_detail(&o), "block 2001:db8::7 2001:db8::7 128 0 ");
+}
+
+#[test]
 fn blocking_plugins_without_unblock_are_warned_about_when_blocks_expire() {
     let mut f = Fixture::new(
         &[
