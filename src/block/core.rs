@@ -1496,6 +1496,7 @@ impl BlockCore {
             record: record.clone(),
             reason: match why {
                 UnblockReason::Expired => crate::respond::undo::UnblockReason::Expired,
+                UnblockReason::Escalated => crate::respond::undo::UnblockReason::Escalated,
                 _ => crate::respond::undo::UnblockReason::Unblock,
             },
         });

@@ -80,14 +80,18 @@ pub enum UnblockReason {
     Expired,
     /// An operator lifted it (`portsentry unblock`).
     Unblock,
+    /// A host block taken over by the block of its prefix (escalation): the prefix's own
+    /// `block` event follows or came just before.
+    Escalated,
 }
 
 impl UnblockReason {
-    /// `"expired"` / `"unblock"`, the text of `ev.reason`.
+    /// `"expired"` / `"unblock"` / `"escalated"`, the text of `ev.reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             UnblockReason::Expired => "expired",
             UnblockReason::Unblock => "unblock",
+            UnblockReason::Escalated => "escalated",
         }
     }
 }
