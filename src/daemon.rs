@@ -177,7 +177,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         events.sink(),
     )?;
     // The fleet: pushes what the manager tells it, pulls decisions into it.
-    let mut fleet = crate::fleet::Fleet::start(&config, &blocks);
+    let mut fleet = crate::fleet::Fleet::start(&generation, &blocks, protector.view());
     let filters = standard_chain(
         &generation.config,
         &generation.ignore,
@@ -545,7 +545,7 @@ impl Reloader<'_> {
     fn swap(&mut self, next: Generation, lua: LuaPlugins) {
         self.blocks.reconfigure(next.clone(), lua.clone());
         self.protector.reconfigure(&next.config);
-        self.fleet.follow(&next.config, self.blocks);
+        self.fleet.follow(&next, self.blocks);
         for h in self.sensors {
             let _ = h
                 .control

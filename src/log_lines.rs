@@ -708,7 +708,55 @@ pub fn fleet_refused(url: &str, what: impl Display) -> String {
 /// Ours: a pulled decision names an address this host does not block (protected, ignored,
 /// its own); said once per address.
 pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> String {
-    format!("adminalert: WARNING: CrowdSec decision for {target} ({source}) not applied: {why}")
+    format!("CrowdSec decision for {target} ({source}) not applied: {why}")
+}
+
+/// Ours: one pull of the decision stream that changed something (one line a pull, never
+/// one a decision): decisions added and removed, refused, left out, what is in force per
+/// origin, and how long it took.
+pub fn fleet_pulled(
+    added: usize,
+    removed: usize,
+    refused: usize,
+    over_limit: usize,
+    held: usize,
+    per_origin: &[(String, u64)],
+    took: std::time::Duration,
+) -> String {
+    let origins = if per_origin.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = per_origin.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        format!(" ({})", each.join(", "))
+    };
+    let over = if over_limit > 0 {
+        format!(", {over_limit} over CROWDSEC_MAX_DECISIONS")
+    } else {
+        String::new()
+    };
+    format!(
+        "CrowdSec pull: {added} decisions added, {removed} removed, {refused} refused{over}; \
+         {held} in force{origins}; {} ms",
+        took.as_millis()
+    )
+}
+
+/// Ours: the fleet's decision table is full: said once when it fills up.
+pub fn fleet_limit_reached(max: usize) -> String {
+    format!(
+        "adminalert: WARNING: CROWDSEC_MAX_DECISIONS ({max}) reached: newer CrowdSec decisions \
+         are left out until older ones end (raise it, or narrow CROWDSEC_ORIGINS)"
+    )
+}
+
+/// Ours: the kernel refused the fleet's changes (and their rewrite).
+pub fn fleet_kernel_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: CrowdSec decisions not applied to the kernel: {err}")
+}
+
+/// Ours: pulled decisions have no way into the kernel.
+pub fn fleet_no_kernel_room(why: impl Display) -> String {
+    format!("adminalert: WARNING: CrowdSec decisions are pulled but not applied: {why}")
 }
 
 /// Ours: after a refused reload, the generation still in force.

@@ -12,7 +12,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -128,13 +127,6 @@ enum Msg {
         target: Target,
         reply: Reply<Result<Vec<String>, String>>,
     },
-    FleetBlock {
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: Reply<BlockOutcome>,
-    },
-    FleetUnblock(Target),
     Observe(Option<Sender<BlockNote>>),
     Stop,
 }
@@ -157,42 +149,6 @@ impl BlockRequester {
                 false
             }
         }
-    }
-}
-
-/// The fleet puller's way in: blocks from CrowdSec decisions and their lifting, by message
-/// like everything else that changes a block.
-#[derive(Clone)]
-pub struct FleetInput {
-    control: Sender<Msg>,
-}
-
-impl FleetInput {
-    /// Applies a CrowdSec decision pulled from the fleet as a block of origin
-    /// [`Origin::Fleet`] lasting `duration`; `source` (the decision's origin and scenario)
-    /// is kept for `list`. Refused like a block by hand for protected, ignored and local
-    /// addresses, and when the target is already blocked here (a decision this host pushed
-    /// coming back, or a local block that stands anyway).
-    pub fn fleet_block(
-        &self,
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: impl FnOnce(BlockOutcome) + Send + 'static,
-    ) {
-        let _ = self.control.send(Msg::FleetBlock {
-            target,
-            duration,
-            source,
-            reply: Box::new(reply),
-        });
-    }
-
-    /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
-    /// block of any other origin for the same target stays (idempotent: nothing to lift is
-    /// not an error).
-    pub fn fleet_unblock(&self, target: Target) {
-        let _ = self.control.send(Msg::FleetUnblock(target));
     }
 }
 
@@ -400,13 +356,6 @@ impl BlockManager {
             target,
             reply: Box::new(reply),
         });
-    }
-
-    /// What the fleet puller applies and lifts decisions through.
-    pub fn fleet_input(&self) -> FleetInput {
-        FleetInput {
-            control: self.control.clone(),
-        }
     }
 
     /// Sets (or, with `None`, removes) the block observer: the fleet pusher hears every
@@ -718,32 +667,6 @@ impl Manager {
                 reply,
             } => self.block_by_hand(targets, duration, reason, Origin::Manual, reply),
             Msg::Unblock { target, reply } => self.unblock_by_hand(target, reply),
-            Msg::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            } => self.block_by_hand(
-                vec![target],
-                Some(duration),
-                source,
-                Origin::Fleet,
-                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
-                    if let Some(outcome) = outcomes.pop() {
-                        reply(outcome);
-                    }
-                }),
-            ),
-            Msg::FleetUnblock(target) => {
-                let from_fleet = match self.hosts.get(&target) {
-                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
-                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
-                    _ => false,
-                };
-                if from_fleet {
-                    self.unblock_by_hand(target, Box::new(|_| {}));
-                }
-            }
             Msg::Observe(observer) => self.observer = observer,
             Msg::Stop => {
                 self.stopping = true;
@@ -1108,35 +1031,8 @@ impl Manager {
     /// Why a target must never be blocked by hand, if so: this host's own addresses,
     /// loopback, the unspecified address, and the ignore list.
     fn protected(&self, target: &Target, local: &LocalAddrs) -> Option<String> {
-        let addr = target.addr();
-        let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-        if special(addr)
-            || (target.prefix_len() < target.max_prefix_len()
-                && target.contains(&loopback_of(addr)))
-        {
-            return Some("refused: loopback or unspecified address".into());
-        }
-        if let Some(ip) = local.iter().find(|ip| target.contains(ip)) {
-            return Some(format!("refused: {ip} is this host's own address"));
-        }
-        if let Some((ip, reason)) = self.protect.snapshot().protected_in(target) {
-            return Some(format!(
-                "refused: {ip} is protected ({})",
-                log_lines::protection_reason(reason)
-            ));
-        }
-        let ignore = &self.generation.ignore;
-        if let Some(entry) = ignore
-            .entries()
-            .iter()
-            .find(|e| e.contains(&target.addr()) || target.contains(&e.addr()))
-        {
-            return Some(format!(
-                "refused: in the ignore list ({})",
-                target_text(entry)
-            ));
-        }
-        None
+        let protect = self.protect.snapshot();
+        crate::protected::refusal(target, local, &protect, &self.generation.ignore)
     }
 
     fn unblock_by_hand(&mut self, target: Target, reply: Reply<Result<Vec<String>, String>>) {
@@ -1712,13 +1608,6 @@ fn forgeable_policy(config: &crate::config::Config) -> DurationPolicy {
 }
 
 /// A 127.0.0.1 / ::1 of the target's family, to tell whether a network covers loopback.
-fn loopback_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
-        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-    }
-}
-
 /// The alert responders see for a block without a live probe (by hand, restored): the
 /// target's address, the trigger's port and mode when known, else port 0 over TCP.
 fn stand_in_alert(target: &Target, trigger: Option<&Trigger>, time: SystemTime) -> Candidate {
@@ -1828,7 +1717,7 @@ mod tests {
     }
 
     #[test]
-    fn the_observer_hears_local_blocks_only_and_the_fleet_lifts_only_its_own() {
+    fn the_observer_hears_blocks_made_and_lifted_here() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "true");
         let manager =
@@ -1836,59 +1725,10 @@ mod tests {
                 .unwrap();
         let (notes_tx, notes) = bounded(16);
         manager.observe(Some(notes_tx));
-        let view = manager.view();
-        let fleet = manager.fleet_input();
-        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let said = |o: &std::sync::Arc<std::sync::Mutex<Vec<BlockOutcome>>>| {
-            let o = std::sync::Arc::clone(o);
-            move |b: BlockOutcome| o.lock().unwrap().push(b)
-        };
-        // A scan block is told; a fleet block of another address is not.
         assert!(manager.requester().request(request("10.77.7.1")));
         let target = |t: &str| crate::record::parse_target(t).unwrap();
         let made = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(&made, BlockNote::Made(r) if r.origin == Origin::Scan));
-        fleet.fleet_block(
-            target("10.77.7.0/28"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        // The scanner's own address again, from the fleet: already blocked here.
-        fleet.fleet_block(
-            target("10.77.7.1"),
-            Duration::from_secs(60),
-            "portsentry portsentry/port-scan".into(),
-            said(&outcome),
-        );
-        // Loopback from the fleet: refused like a block by hand.
-        fleet.fleet_block(
-            target("127.0.0.1"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        assert!(wait_for(|| outcome.lock().unwrap().len() == 3));
-        let got = outcome.lock().unwrap().clone();
-        let by = |t: &str| got.iter().find(|o| o.target == t).unwrap().clone();
-        assert!(by("10.77.7.0/28").ok, "{got:?}");
-        assert!(
-            by("10.77.7.1").detail.starts_with("already blocked"),
-            "{got:?}"
-        );
-        assert!(by("127.0.0.1").detail.starts_with("refused"), "{got:?}");
-        // Deletion of a decision naming the scan-blocked address lifts nothing...
-        fleet.fleet_unblock(target("10.77.7.1"));
-        // ...while the fleet's own block goes, without a note (it was never pushed).
-        fleet.fleet_unblock(target("10.77.7.0/28"));
-        let lifted = |v: &BlockView| !v.is_blocked("10.77.7.0".parse().unwrap());
-        assert!(wait_for(|| lifted(&view)), "the fleet block is lifted");
-        assert!(
-            view.is_blocked("10.77.7.1".parse().unwrap()),
-            "the scan block stays"
-        );
-        assert!(notes.try_recv().is_err(), "no note for fleet blocks");
-        // Positive control of the unblock note: lifting the scan block is told.
         manager.unblock(target("10.77.7.1"), |_| {});
         let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));

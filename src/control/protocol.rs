@@ -415,6 +415,7 @@ mod tests {
                 url: "http://127.0.0.1:8080".into(),
                 state: "connected".into(),
                 since: Some(at),
+                decisions: None,
             }],
         }));
         assert!(

@@ -51,6 +51,8 @@ pub struct PushConfig {
     pub password: Secret,
     /// The persistent outbox.
     pub outbox_file: PathBuf,
+    /// Certificates for an `https://` LAPI.
+    pub tls: super::client::Tls,
 }
 
 /// Opens the outbox and starts the thread; `Err` when the outbox cannot be opened.
@@ -72,7 +74,7 @@ pub fn spawn(
     if waiting > 0 {
         log::info!("{}", log_lines::fleet_backlog(waiting));
     }
-    let mut pusher = Pusher::new(config, outbox);
+    let mut pusher = Pusher::new(config, outbox)?;
     let view = pusher.health.view();
     std::thread::Builder::new()
         .name("fleet-push".into())
@@ -105,9 +107,9 @@ struct Pusher {
 
 impl Pusher {
     /// A pusher that has not logged in or failed yet, delivering `outbox` to `config`'s LAPI.
-    fn new(config: PushConfig, outbox: Outbox) -> Pusher {
-        Pusher {
-            lapi: Lapi::new(&config.lapi_url),
+    fn new(config: PushConfig, outbox: Outbox) -> Result<Pusher, String> {
+        Ok(Pusher {
+            lapi: Lapi::with_tls(&config.lapi_url, &config.tls)?,
             health: Health::new(&config.lapi_url, "push"),
             config,
             token: None,
@@ -116,7 +118,7 @@ impl Pusher {
             refusals: 0,
             next_try: Instant::now(),
             fallback_said: false,
-        }
+        })
     }
 
     fn run(&mut self, notes: &Receiver<BlockNote>, stop: &Receiver<()>) {
@@ -579,8 +581,9 @@ mod tests {
             machine_id: "m".into(),
             password: Secret("pw".into()),
             outbox_file: dir.join("outbox"),
+            tls: Default::default(),
         };
-        Pusher::new(config, outbox)
+        Pusher::new(config, outbox).unwrap()
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn status_reads_as_aligned_key_value_lines() {
             url: "http://10.0.0.5:8080".into(),
             state: "failing, retrying".into(),
             since: None,
+            decisions: None,
         }],
     };
     let text = status_text(&report, at(1_700_000_160));

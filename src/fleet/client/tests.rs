@@ -51,18 +51,61 @@ fn http(status: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One pull without filters, parsed (an owned copy, for comparing).
+fn pulled(lapi: &Lapi) -> Result<Stream<'static>, LapiError> {
+    let body = lapi.stream("K", false, &StreamFilter::default())?;
+    let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+    parse_stream(body)
+}
+
+#[test]
+fn the_stream_carries_its_filters_as_query_parameters() {
+    let (base, heads) = serve_once(Some(http("200 OK", br#"{"new":null,"deleted":null}"#)));
+    let filter = StreamFilter {
+        origins: vec!["CAPI".into(), "lists".into()],
+        scenarios_containing: vec!["ssh".into()],
+        scenarios_not_containing: vec![],
+    };
+    Lapi::new(&base).stream("K", false, &filter).unwrap();
+    let head = heads.recv().unwrap();
+    assert!(
+        head.starts_with("GET /v1/decisions/stream?origins=CAPI%2Clists&scenarios_containing=ssh "),
+        "{head}"
+    );
+}
+
+#[test]
+fn the_filters_are_applied_again_to_what_comes_back() {
+    let filter = StreamFilter {
+        origins: vec!["CAPI".into()],
+        scenarios_containing: vec!["SSH".into(), "http".into()],
+        scenarios_not_containing: vec!["probing".into()],
+    };
+    assert!(filter.accepts("CAPI", "crowdsecurity/ssh-bf"));
+    assert!(!filter.accepts("cscli", "crowdsecurity/ssh-bf"), "origin");
+    assert!(
+        !filter.accepts("CAPI", "crowdsecurity/smb-bf"),
+        "no wanted word"
+    );
+    assert!(
+        !filter.accepts("CAPI", "crowdsecurity/http-probing"),
+        "unwanted word"
+    );
+    assert!(StreamFilter::default().accepts("anything", ""));
+}
+
 #[test]
 fn stream_nulls_are_empty_lists_and_decisions_keep_their_fields() {
     let body = br#"{"new":[{"id":7,"origin":"cscli","scenario":"manual 'ban' from 'h'","scope":"Range","type":"ban","value":"fd77:1::/64","duration":"29.9\u00b5s","until":"x"}],"deleted":null}"#;
     let (base, heads) = serve_once(Some(http("200 OK", body)));
-    let stream = Lapi::new(&base).stream("KEY", true).unwrap();
+    let body = Lapi::new(&base)
+        .stream("KEY", true, &StreamFilter::default())
+        .unwrap();
+    let stream = parse_stream(&body).unwrap();
     assert!(stream.deleted.is_empty());
     assert_eq!(stream.new.len(), 1);
     let d = &stream.new[0];
-    assert_eq!(
-        (d.id, d.scope.as_str(), d.kind.as_str()),
-        (7, "Range", "ban")
-    );
+    assert_eq!((d.id, &*d.scope, &*d.kind), (7, "Range", "ban"));
     assert_eq!(d.duration, "29.9\u{b5}s");
     let head = heads.recv().unwrap().to_ascii_lowercase();
     assert!(
@@ -73,13 +116,13 @@ fn stream_nulls_are_empty_lists_and_decisions_keep_their_fields() {
     assert!(head.contains("user-agent: portsentry/"), "{head}");
 
     let (base, _) = serve_once(Some(http("200 OK", br#"{"new":null,"deleted":null}"#)));
-    assert_eq!(Lapi::new(&base).stream("K", false), Ok(Stream::default()));
+    assert_eq!(pulled(&Lapi::new(&base)), Ok(Stream::default()));
 }
 
 #[test]
 fn garbage_and_error_statuses_are_errors_that_say_so() {
     let (base, _) = serve_once(Some(http("200 OK", b"<html>hello</html>")));
-    let err = Lapi::new(&base).stream("K", false).unwrap_err();
+    let err = pulled(&Lapi::new(&base)).unwrap_err();
     assert!(
         matches!(&err, LapiError::Garbage(t) if t.contains("<html>")),
         "{err}"
@@ -90,7 +133,7 @@ fn garbage_and_error_statuses_are_errors_that_say_so() {
         "500 Internal Server Error",
         b"{\"message\":\"db locked\"}",
     )));
-    let err = Lapi::new(&base).stream("K", false).unwrap_err();
+    let err = pulled(&Lapi::new(&base)).unwrap_err();
     assert_eq!(
         err,
         LapiError::Status(500, "{\"message\":\"db locked\"}".into())
@@ -114,10 +157,7 @@ fn a_huge_answer_is_cut_at_the_cap() {
     let mut body = b"{\"new\":[".to_vec();
     body.resize(BODY_CAP as usize + 4096, b' ');
     let (base, _) = serve_once(Some(http("200 OK", &body)));
-    assert_eq!(
-        Lapi::new(&base).stream("K", false),
-        Err(LapiError::TooLarge)
-    );
+    assert_eq!(pulled(&Lapi::new(&base)), Err(LapiError::TooLarge));
 }
 
 #[test]
@@ -129,7 +169,7 @@ fn a_silent_lapi_times_out_and_a_closed_port_is_refused() {
         Duration::from_millis(400),
     );
     let started = Instant::now();
-    let err = lapi.stream("K", false).unwrap_err();
+    let err = pulled(&lapi).unwrap_err();
     assert_eq!(err, LapiError::Unreachable("timed out".into()));
     assert!(
         started.elapsed() < Duration::from_secs(2),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
-use super::{NftBackend, NftError, NftSettings, host_of, probe, set_of};
+use super::{IntervalChanges, NftBackend, NftError, NftSettings, Room, host_of, probe, set_of};
 use crate::config::{Config, ConfigWarning};
 use crate::log_lines;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
@@ -54,19 +54,30 @@ impl NftHandle {
                 }
             }
             Some(s) if have.as_ref() == Some(&s) => {}
-            Some(s) => match NftBackend::open(&s) {
-                Ok(b) => {
-                    *slot = Some(b);
-                    log::info!(
-                        "{}",
-                        log_lines::nftables_ready(&s.table, s.set_size, s.forward)
-                    );
-                }
-                Err(e) => {
-                    *slot = None;
-                    log::error!("{}", log_lines::nftables_unusable(e));
-                }
-            },
+            Some(s) => {
+                drop(slot);
+                self.open(&s);
+            }
+        }
+    }
+
+    /// Opens (or makes) the table of `settings` in place of whatever was open; logs one line
+    /// for the outcome. For a second user of the same table (the fleet's puller), with a
+    /// socket of its own.
+    pub fn open(&self, settings: &NftSettings) {
+        let mut slot = self.lock();
+        match NftBackend::open(settings) {
+            Ok(b) => {
+                *slot = Some(b);
+                log::info!(
+                    "{}",
+                    log_lines::nftables_ready(&settings.table, settings.set_size, settings.forward)
+                );
+            }
+            Err(e) => {
+                *slot = None;
+                log::error!("{}", log_lines::nftables_unusable(e));
+            }
         }
     }
 
@@ -79,14 +90,40 @@ impl NftHandle {
     /// into. When our table or a set of it has vanished (`nft flush ruleset`, a firewall
     /// service reloading the whole ruleset), it is made again and the add is tried once more.
     pub fn add(&self, elements: &[(IpAddr, Option<Duration>)]) -> Result<String, NftError> {
+        self.with_remake(|b| b.add(elements))
+    }
+
+    /// Applies changes to a room of interval sets (the fleet's) in one transaction; returns
+    /// the table. A vanished table is made again and the changes tried once more, like
+    /// [`NftHandle::add`].
+    pub fn change_intervals(
+        &self,
+        room: Room,
+        changes: &IntervalChanges,
+    ) -> Result<String, NftError> {
+        self.with_remake(|b| b.change_intervals(room, changes))
+    }
+
+    /// The table in use, `None` while closed.
+    pub fn table(&self) -> Option<String> {
+        self.lock().as_ref().map(|b| b.settings().table.clone())
+    }
+
+    /// Runs `change` on the open backend; when our table or a set of it has vanished (`nft
+    /// flush ruleset`, a firewall service reloading the whole ruleset), makes it again and
+    /// runs `change` once more.
+    fn with_remake(
+        &self,
+        mut change: impl FnMut(&mut NftBackend) -> Result<(), NftError>,
+    ) -> Result<String, NftError> {
         let mut slot = self.lock();
         let backend = slot.as_mut().ok_or(NftError::Closed)?;
         let table = backend.settings().table.clone();
-        match backend.add(elements) {
+        match change(backend) {
             Ok(()) => Ok(table),
             Err(e @ NftError::Kernel { .. }) if is_missing(&e) => {
                 let mut fresh = NftBackend::open(backend.settings())?;
-                fresh.add(elements)?;
+                change(&mut fresh)?;
                 log::warn!("{}", log_lines::nftables_remade(&table, &e));
                 *backend = fresh;
                 Ok(table)

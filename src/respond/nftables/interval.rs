@@ -1,0 +1,413 @@
+//! Hosts and networks as interval elements (`flags interval, timeout` sets): the general
+//! API for sets that hold networks, used by the fleet's sets today.
+//!
+//! An interval `[start, end)` is two kernel elements: `start` (carrying the timeout) and
+//! `end` flagged `NFT_SET_ELEM_INTERVAL_END` (the first address after it; left out when the
+//! interval runs to the last address of the family), as `nft` itself sends them. A host is
+//! the interval of one address. The kernel refuses overlapping intervals (`EEXIST`), so
+//! the caller hands in disjoint ones: CIDR networks either nest or are disjoint, so keeping
+//! the widest of nested ones is always enough. Adjacent ones (`10.0.0.1` and `10.0.0.2`)
+//! are fine: an end and a start may share a key.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Subnets};
+
+use super::wire::{self, Attrs, Batch, Cmd};
+use super::{
+    ELEMENTS_PER_MESSAGE, FLEET_FAMILIES, Family, Label, NftBackend, NftError, errno_error,
+    timeout_ms,
+};
+
+/// Which pair of our interval sets (one per address family) a change goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// `fleet_ipv4` / `fleet_ipv6`: decisions pulled from CrowdSec.
+    Fleet,
+}
+
+impl Room {
+    fn families(self) -> &'static [Family; 2] {
+        match self {
+            Room::Fleet => &FLEET_FAMILIES,
+        }
+    }
+
+    /// The set that holds `net` in this room.
+    pub fn set_of(self, net: IpNet) -> &'static str {
+        self.families()[span(net).fam].set
+    }
+}
+
+/// One transaction of changes to a room, applied all or nothing: the sets emptied first
+/// (`flush`), then `remove`, then `add`. To give an element present already a new timeout,
+/// name it in both `remove` and `add`. The caller keeps the elements disjoint (see the
+/// module doc); `remove` must name elements that are there (an absent one fails the whole
+/// transaction with `ENOENT`: the caller then rewrites the room with `flush`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntervalChanges {
+    /// Empty both sets of the room first.
+    pub flush: bool,
+    /// Elements to delete.
+    pub remove: Vec<IpNet>,
+    /// Elements to add, each with its kernel timeout (`None`: until deleted).
+    pub add: Vec<(IpNet, Option<Duration>)>,
+}
+
+impl IntervalChanges {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.flush && self.remove.is_empty() && self.add.is_empty()
+    }
+}
+
+/// An interval as kernel keys: the family's index, the first address, and the first
+/// address after it (`None`: it runs to the family's last address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    fam: usize,
+    start: [u8; 16],
+    end: Option<[u8; 16]>,
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/120`) counts as IPv4, like hosts do.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
+    }
+    .trunc()
+}
+
+fn span(net: IpNet) -> Span {
+    match canonical(net) {
+        IpNet::V4(n) => {
+            let mut start = [0; 16];
+            start[..4].copy_from_slice(&n.network().octets());
+            let end = u32::from(n.broadcast()).checked_add(1).map(|e| {
+                let mut b = [0; 16];
+                b[..4].copy_from_slice(&e.to_be_bytes());
+                b
+            });
+            Span { fam: 0, start, end }
+        }
+        IpNet::V6(n) => Span {
+            fam: 1,
+            start: n.network().octets(),
+            end: u128::from(n.broadcast())
+                .checked_add(1)
+                .map(u128::to_be_bytes),
+        },
+    }
+}
+
+/// Writes one element list command for intervals of one family: each as its start (with
+/// the timeout when `timeouts`) and its end.
+fn interval_command(
+    batch: &mut Batch,
+    cmd: Cmd,
+    table: &str,
+    fam: &Family,
+    spans: &[(Span, Option<u64>)],
+    timeouts: bool,
+) -> u32 {
+    let flags = if cmd == Cmd::NewSetElem {
+        wire::NLM_F_CREATE
+    } else {
+        0
+    };
+    let len = fam.key_len as usize;
+    batch.command(cmd, flags, |w| {
+        w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
+        w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
+        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
+            for (span, timeout) in spans {
+                w.nested(wire::NFTA_LIST_ELEM, |w| {
+                    w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                        w.bytes(wire::NFTA_DATA_VALUE, &span.start[..len]);
+                    });
+                    if let (true, Some(ms)) = (timeouts, timeout) {
+                        w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
+                    }
+                });
+                if let Some(end) = &span.end {
+                    w.nested(wire::NFTA_LIST_ELEM, |w| {
+                        w.be32(wire::NFTA_SET_ELEM_FLAGS, wire::NFT_SET_ELEM_INTERVAL_END);
+                        w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                            w.bytes(wire::NFTA_DATA_VALUE, &end[..len]);
+                        });
+                    });
+                }
+            }
+        });
+    })
+}
+
+/// The spans of one family, with their timeouts in milliseconds.
+fn spans_of<'a>(
+    fam: usize,
+    nets: impl Iterator<Item = (&'a IpNet, Option<Duration>)>,
+) -> Vec<(Span, Option<u64>)> {
+    nets.map(|(n, t)| (span(*n), t.map(timeout_ms)))
+        .filter(|(s, _)| s.fam == fam)
+        .collect()
+}
+
+impl NftBackend {
+    /// Applies `changes` to the sets of `room` in one netlink transaction (all or nothing),
+    /// 500 intervals per message. An overlapping element makes the kernel refuse the whole
+    /// transaction (`EEXIST`), an absent one to delete too (`ENOENT`).
+    pub fn change_intervals(
+        &mut self,
+        room: Room,
+        changes: &IntervalChanges,
+    ) -> Result<(), NftError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let table = self.settings.table.clone();
+        let mut batch = self.sock.batch();
+        let mut labels = Vec::new();
+        let per_message = ELEMENTS_PER_MESSAGE / 2;
+        for (i, fam) in room.families().iter().enumerate() {
+            if changes.flush {
+                let seq = batch.command(Cmd::DelSetElem, 0, |w| {
+                    w.str(wire::NFTA_SET_ELEM_LIST_TABLE, &table);
+                    w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
+                });
+                labels.push(Label::new(
+                    seq,
+                    format!("emptying set inet {table} {}", fam.set),
+                ));
+            } else {
+                let gone = spans_of(i, changes.remove.iter().map(|n| (n, None)));
+                let what = format!(
+                    "deleting {} elements from set inet {table} {}",
+                    gone.len(),
+                    fam.set
+                );
+                for chunk in gone.chunks(per_message) {
+                    let seq =
+                        interval_command(&mut batch, Cmd::DelSetElem, &table, fam, chunk, false);
+                    labels.push(Label::new(seq, what.clone()));
+                }
+            }
+            let new = spans_of(i, changes.add.iter().map(|(n, t)| (n, *t)));
+            let what = format!(
+                "adding {} elements to set inet {table} {} (refused if one overlaps another)",
+                new.len(),
+                fam.set
+            );
+            for chunk in new.chunks(per_message) {
+                let seq = interval_command(&mut batch, Cmd::NewSetElem, &table, fam, chunk, true);
+                labels.push(Label::new(seq, what.clone()));
+            }
+        }
+        self.sock
+            .commit(batch)
+            .map_err(|r| self.rejected(r, &labels, "changing interval sets"))
+    }
+
+    /// The elements of `room`'s sets now, as networks (a host is a /32 or /128), with the
+    /// time each has left when it has a timeout. An interval that is no CIDR network (made
+    /// by hand) is listed as the networks that cover it.
+    pub fn list_intervals(&self, room: Room) -> Result<Vec<(IpNet, Option<Duration>)>, NftError> {
+        let table = self.settings.table.as_str();
+        let mut out = Vec::new();
+        for fam in room.families() {
+            // (key, is an end, time left)
+            let mut keys: Vec<(Vec<u8>, bool, Option<Duration>)> = Vec::new();
+            let answer = self.sock.request(
+                Cmd::GetSetElem,
+                true,
+                |w| {
+                    w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
+                    w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
+                },
+                |reply| {
+                    let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS)
+                    else {
+                        return Ok(());
+                    };
+                    keys.extend(elements.filter_map(|(_, e)| interval_key(Attrs(e))));
+                    Ok(())
+                },
+            )?;
+            answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))?;
+            out.extend(intervals_of(keys));
+        }
+        Ok(out)
+    }
+}
+
+/// One element of an interval set dump: its key, whether it ends an interval, time left.
+fn interval_key(e: Attrs<'_>) -> Option<(Vec<u8>, bool, Option<Duration>)> {
+    let key = e
+        .nested(wire::NFTA_SET_ELEM_KEY)?
+        .get(wire::NFTA_DATA_VALUE)?;
+    let end = e.be32(wire::NFTA_SET_ELEM_FLAGS).unwrap_or(0) & wire::NFT_SET_ELEM_INTERVAL_END != 0;
+    let left = e
+        .be64(wire::NFTA_SET_ELEM_EXPIRATION)
+        .or_else(|| e.be64(wire::NFTA_SET_ELEM_TIMEOUT))
+        .map(Duration::from_millis);
+    Some((key.to_vec(), end, left))
+}
+
+/// Pairs each start with the end after it (ends first at the same key: the end of one
+/// interval and the start of the next one).
+fn intervals_of(
+    mut keys: Vec<(Vec<u8>, bool, Option<Duration>)>,
+) -> Vec<(IpNet, Option<Duration>)> {
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut out = Vec::new();
+    let mut open: Option<(Vec<u8>, Option<Duration>)> = None;
+    let close = |start: &[u8], end: Option<&[u8]>, left, out: &mut Vec<_>| {
+        for net in cover(start, end) {
+            out.push((net, left));
+        }
+    };
+    for (key, is_end, left) in keys {
+        match (is_end, open.take()) {
+            (true, Some((start, l))) => close(&start, Some(&key), l, &mut out),
+            (true, None) => {}
+            (false, Some((start, l))) => {
+                // A start without its end: it ran to the next start.
+                close(&start, Some(&key), l, &mut out);
+                open = Some((key, left));
+            }
+            (false, None) => open = Some((key, left)),
+        }
+    }
+    if let Some((start, l)) = open {
+        close(&start, None, l, &mut out);
+    }
+    out
+}
+
+/// The CIDR networks that make up `[start, end)` (`end` `None`: to the last address).
+fn cover(start: &[u8], end: Option<&[u8]>) -> Vec<IpNet> {
+    match start.len() {
+        4 => {
+            let Ok(s) = <[u8; 4]>::try_from(start) else {
+                return Vec::new();
+            };
+            let last = match end.map(<[u8; 4]>::try_from) {
+                Some(Ok(e)) => match u32::from_be_bytes(e).checked_sub(1) {
+                    Some(l) => l,
+                    None => return Vec::new(),
+                },
+                Some(Err(_)) => return Vec::new(),
+                None => u32::MAX,
+            };
+            Ipv4Subnets::new(Ipv4Addr::from(s), Ipv4Addr::from(last), 0)
+                .map(IpNet::V4)
+                .collect()
+        }
+        16 => {
+            let Ok(s) = <[u8; 16]>::try_from(start) else {
+                return Vec::new();
+            };
+            let last = match end.map(<[u8; 16]>::try_from) {
+                Some(Ok(e)) => match u128::from_be_bytes(e).checked_sub(1) {
+                    Some(l) => l,
+                    None => return Vec::new(),
+                },
+                Some(Err(_)) => return Vec::new(),
+                None => u128::MAX,
+            };
+            Ipv6Subnets::new(Ipv6Addr::from(s), Ipv6Addr::from(last), 0)
+                .map(IpNet::V6)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_network_spans_from_its_first_address_to_the_one_after_its_last() {
+        let s = span(net("10.77.1.9/24"));
+        assert_eq!((s.fam, &s.start[..4]), (0, &[10, 77, 1, 0][..]));
+        assert_eq!(s.end.map(|e| e[..4].to_vec()), Some(vec![10, 77, 2, 0]));
+        let host = span(net("fd77::5/128"));
+        assert_eq!(host.fam, 1);
+        assert_eq!(host.end.unwrap()[15], 6);
+        assert_eq!(
+            span(net("255.255.255.0/24")).end,
+            None,
+            "runs to the last address"
+        );
+        let mapped = span(net("::ffff:10.77.0.0/112"));
+        assert_eq!((mapped.fam, &mapped.start[..4]), (0, &[10, 77, 0, 0][..]));
+    }
+
+    #[test]
+    fn a_dump_pairs_starts_with_ends_even_when_intervals_touch() {
+        let k = |b: [u8; 4], end: bool| (b.to_vec(), end, Some(Duration::from_secs(5)));
+        // 10.0.0.1, 10.0.0.2 (touching) and 10.1.0.0/16, in the kernel's descending order.
+        let keys = vec![
+            k([10, 2, 0, 0], true),
+            k([10, 1, 0, 0], false),
+            k([10, 0, 0, 3], true),
+            k([10, 0, 0, 2], false),
+            k([10, 0, 0, 2], true),
+            k([10, 0, 0, 1], false),
+        ];
+        let nets: Vec<String> = intervals_of(keys)
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.1/32", "10.0.0.2/32", "10.1.0.0/16"]);
+        let open = intervals_of(vec![k([255, 255, 255, 0], false)]);
+        assert_eq!(open[0].0, net("255.255.255.0/24"));
+    }
+
+    #[test]
+    fn a_range_that_is_no_cidr_network_is_listed_as_the_networks_covering_it() {
+        let nets = cover(&[10, 0, 0, 1], Some(&[10, 0, 0, 4]));
+        assert_eq!(nets, [net("10.0.0.1/32"), net("10.0.0.2/31")]);
+    }
+
+    #[test]
+    fn changes_write_two_elements_per_interval_and_flush_with_an_empty_list() {
+        let mut batch = Batch::new(1);
+        let spans = vec![
+            (span(net("10.0.0.0/24")), Some(1000)),
+            (span(net("10.0.1.5/32")), None),
+        ];
+        interval_command(
+            &mut batch,
+            Cmd::NewSetElem,
+            "t",
+            &FLEET_FAMILIES[0],
+            &spans,
+            true,
+        );
+        let f = batch.finish().unwrap().unwrap();
+        let msgs: Vec<_> = wire::replies(&f.bytes).map(|r| r.unwrap()).collect();
+        let list = msgs[1]
+            .attrs()
+            .nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS)
+            .unwrap();
+        let elements: Vec<_> = list.map(|(_, e)| interval_key(Attrs(e)).unwrap()).collect();
+        assert_eq!(elements.len(), 4);
+        assert_eq!(
+            elements[0],
+            (vec![10, 0, 0, 0], false, Some(Duration::from_secs(1)))
+        );
+        assert_eq!(elements[1], (vec![10, 0, 1, 0], true, None));
+        assert_eq!(elements[2], (vec![10, 0, 1, 5], false, None));
+        assert_eq!(elements[3], (vec![10, 0, 1, 6], true, None));
+    }
+}
