@@ -188,7 +188,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
-    let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
+    let metrics = MetricsServer::new(
+        Sources::of(&pipeline, &blocks, &events, &fleet),
+        generation.number,
+    );
     metrics.follow(config.metrics_listen);
 
     let (requests_tx, requests) = unbounded();
@@ -297,9 +300,12 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
             };
             call.answer(response);
         }
-        Request::List => reloader
-            .blocks
-            .list(move |blocks| call.answer(Response::List { blocks })),
+        Request::List => {
+            let fleet = reloader.fleet.decisions();
+            reloader
+                .blocks
+                .list(move |blocks| call.answer(Response::List { blocks, fleet }))
+        }
         Request::Unblock { target } => match crate::block::parse_target(target) {
             Err(e) => call.answer(Response::error(e)),
             Ok(t) => {

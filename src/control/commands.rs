@@ -235,7 +235,7 @@ pub fn render(request: &Request, response: &Response, json: bool) -> Printed {
             out: status_text(report, SystemTime::now()),
             ..Printed::default()
         },
-        (Request::List, Response::List { blocks }) if json => {
+        (Request::List, Response::List { blocks, .. }) if json => {
             match serde_json::to_string_pretty(blocks) {
                 Ok(text) => Printed {
                     out: text + "\n",
@@ -244,8 +244,8 @@ pub fn render(request: &Request, response: &Response, json: bool) -> Printed {
                 Err(e) => Printed::failure(format!("portsentry: {e}")),
             }
         }
-        (Request::List, Response::List { blocks }) => Printed {
-            out: list_text(blocks),
+        (Request::List, Response::List { blocks, fleet }) => Printed {
+            out: list_text(blocks) + &fleet_text(fleet.as_ref()),
             ..Printed::default()
         },
         (Request::Unblock { .. }, Response::Unblocked { target, detail }) => {
@@ -365,6 +365,9 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
             format!("crowdsec {}", link.direction),
             format!("{}: {}{since}", link.url, link.state),
         ));
+        if let Some(decisions) = &link.decisions {
+            rows.push(("crowdsec decisions".into(), decisions.summary()));
+        }
     }
     rows.extend(
         report
@@ -384,6 +387,12 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// `list`'s last line: the decisions pulled from the fleet, counted per origin (they are
+/// kernel elements of their own, not blocks: tens of thousands of rows would say less).
+fn fleet_text(fleet: Option<&crate::fleet::PullSnapshot>) -> String {
+    fleet.map_or_else(String::new, |f| format!("fleet: {}\n", f.summary()))
 }
 
 /// `list`: one row a block, columns aligned.

@@ -134,6 +134,32 @@ pub struct PullSnapshot {
     pub room: String,
 }
 
+impl PullSnapshot {
+    /// One line for `status` and `list`: `12000 decisions in force (CAPI 11990, crowdsec
+    /// 10), 11990 elements in nftables, 3 refused`.
+    pub fn summary(&self) -> String {
+        let origins = if self.per_origin.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = self
+                .per_origin
+                .iter()
+                .map(|(o, n)| format!("{o} {n}"))
+                .collect();
+            format!(" ({})", each.join(", "))
+        };
+        let over = if self.over_limit > 0 {
+            format!(", {} over CROWDSEC_MAX_DECISIONS", self.over_limit)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} decisions in force{origins}, {} elements in {}, {} refused{over}",
+            self.held, self.elements, self.room, self.refused
+        )
+    }
+}
+
 /// The puller's published [`PullSnapshot`]; one per [`Fleet`], kept across restarts of
 /// the puller, so that the metrics can hold it from the start.
 #[derive(Debug, Default)]
@@ -281,6 +307,14 @@ impl Fleet {
     /// What the puller publishes (empty without one), for the metrics.
     pub fn pulled(&self) -> Arc<PullView> {
         Arc::clone(&self.pulled)
+    }
+
+    /// What the puller holds now, for `list`; `None` without a puller.
+    pub fn decisions(&self) -> Option<PullSnapshot> {
+        self.links
+            .iter()
+            .any(|(d, _, _)| *d == "pull")
+            .then(|| (*self.pulled.read()).clone())
     }
 
     /// Follows a reload: re-reads the secret files and restarts the threads when the

@@ -6,7 +6,8 @@
 //! - Else, with `KILL_ROUTE`: routes of the type `KILL_ROUTE` names (`unreachable` unless it
 //!   says `blackhole` or `prohibit`), added and deleted over rtnetlink in batches of
 //!   messages, no command run, marked with a protocol number of our own
-//!   ([`ROUTE_PROTOCOL`]) so that exactly ours can be found again. Routes have no timeout:
+//!   ([`ROUTE_PROTOCOL`]) so that exactly ours can be found again, and a local block's
+//!   route is never replaced nor deleted by the fleet. Routes have no timeout:
 //!   the table removes them when their decision ends (at the next pull), and they are
 //!   removed when the puller stops, and found and removed at its next start (a crash).
 //! - Else nowhere, said once.
@@ -16,7 +17,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::route::{
@@ -221,7 +222,10 @@ fn flush_routes() -> io::Result<()> {
 
 /// Sends route adds (`add`) or deletes, [`ROUTES_PER_SEND`] messages a datagram, and reads
 /// every ack; an add that exists, a delete that is gone are no error; the first other
-/// error is returned after all were sent.
+/// error is returned after all were sent. Routes are one room with the routes `KILL_ROUTE`
+/// adds for local blocks: an add never replaces a route there already (`NLM_F_EXCL`: a
+/// local block keeps its own route), and a delete names our protocol, so that the kernel
+/// deletes only a route of ours.
 fn send_routes(routes: Vec<RouteMessage>, add: bool) -> io::Result<()> {
     if routes.is_empty() {
         return Ok(());
@@ -243,7 +247,7 @@ fn send_routes(routes: Vec<RouteMessage>, add: bool) -> io::Result<()> {
             header.sequence_number = seq;
             header.flags = NLM_F_REQUEST | NLM_F_ACK;
             let payload = if add {
-                header.flags |= NLM_F_CREATE | NLM_F_REPLACE;
+                header.flags |= NLM_F_CREATE | NLM_F_EXCL;
                 RouteNetlinkMessage::NewRoute(r)
             } else {
                 RouteNetlinkMessage::DelRoute(r)

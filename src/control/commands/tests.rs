@@ -231,12 +231,38 @@ fn list_is_a_table_with_permanent_blocks_named() {
 }
 
 #[test]
+fn list_text_ends_with_the_fleet_decisions_per_origin() {
+    let fleet = crate::fleet::PullSnapshot {
+        per_origin: vec![("CAPI".into(), 2), ("crowdsec".into(), 1)],
+        held: 3,
+        elements: 3,
+        refused: 1,
+        over_limit: 0,
+        room: "nftables".into(),
+    };
+    let p = render(
+        &Request::List,
+        &Response::List {
+            blocks: vec![],
+            fleet: Some(fleet),
+        },
+        false,
+    );
+    assert_eq!(
+        p.out,
+        "no blocks in force\nfleet: 3 decisions in force (CAPI 2, crowdsec 1), 3 elements in \
+         nftables, 1 refused\n"
+    );
+}
+
+#[test]
 fn list_json_is_the_blocks_array() {
     let blocks = records();
     let p = render(
         &Request::List,
         &Response::List {
             blocks: blocks.clone(),
+            fleet: None,
         },
         true,
     );
