@@ -67,6 +67,33 @@ fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
         left.starts_with("59m") || left.starts_with("1h0m0s"),
         "{left}"
     );
+    // The alert carries its evidence: `cscli alerts inspect -d` shows the probe.
+    let alerts = lapi.cscli_ok(&["alerts", "list", "-o", "json", "-a"]);
+    let alerts: Vec<serde_json::Value> = serde_json::from_str(&alerts).expect("alerts json");
+    let alert = alerts
+        .iter()
+        .find(|a| a["source"]["value"] == att.as_str())
+        .unwrap_or_else(|| panic!("no alert for {att}: {alerts:?}"));
+    let id = alert["id"].to_string();
+    let inspected = lapi.cscli_ok(&["alerts", "inspect", "-d", "-o", "json", &id]);
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).expect("inspect json");
+    let meta = &inspected["events"][0]["meta"];
+    let has = |k: &str, v: &str| {
+        meta.as_array()
+            .is_some_and(|m| m.iter().any(|p| p["key"] == k && p["value"] == v))
+    };
+    assert!(
+        has("destination_port", "79")
+            && has("protocol", "tcp")
+            && has("mode", "tcp")
+            && has("probe", "TCP connect")
+            && has("source_ip", &att),
+        "{inspected}"
+    );
+    assert!(
+        inspected["events"][0]["timestamp"].is_string(),
+        "{inspected}"
+    );
     assert!(
         d.wait_line("CrowdSec LAPI", 1)
             .is_some_and(|l| l.contains("connected"))
