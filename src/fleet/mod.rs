@@ -412,6 +412,7 @@ pub fn check_secrets(config: &Config) -> Vec<String> {
     [
         ("CROWDSEC_PASSWORD_FILE", &s.password_file),
         ("CROWDSEC_BOUNCER_KEY_FILE", &s.bouncer_key_file),
+        ("CROWDSEC_KEY", &s.key),
     ]
     .into_iter()
     .filter_map(|(key, file)| read_secret(key, file.as_deref()?).err())

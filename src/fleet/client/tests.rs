@@ -270,3 +270,198 @@ fn delete_by_id_is_one_decision_and_a_decision_already_gone_counts_as_done() {
     let err = Lapi::new(&base).delete_decision_by_id("T", 7).unwrap_err();
     assert!(err.retryable(), "{err}");
 }
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, made with
+/// Debian's `openssl` in `dir` (keys mode 0600): (ca, server cert, server key, client
+/// cert, client key).
+fn private_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use std::os::unix::fs::PermissionsExt;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req", "-subj", "/CN=127.0.0.1"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        run(&req);
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage={usage}\n"
+            ),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+        std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ]
+    .map(|f| dir.join(f))
+}
+
+/// A loopback HTTPS server that asks for a client certificate signed by `ca` and answers
+/// each connection that presents one with an empty stream; `true` on the channel for each
+/// request served, `false` for each handshake that failed.
+fn tls_lapi(pki: &[std::path::PathBuf; 5]) -> (String, mpsc::Receiver<bool>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki[0]).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::clone(&provider),
+    )
+    .build()
+    .unwrap();
+    let chain = CertificateDer::pem_file_iter(&pki[1])
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki[2]).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let conn = rustls::ServerConnection::new(std::sync::Arc::clone(&config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = String::new();
+            let mut reader = BufReader::new(&mut tls);
+            let served = loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break false,
+                    Ok(_) if line == "\r\n" => break true,
+                    Ok(_) => head.push_str(&line),
+                }
+            };
+            if served {
+                let _ = tls.write_all(&http("200 OK", br#"{"new":null,"deleted":null}"#));
+                let _ = tls.flush();
+            }
+            let _ = tx.send(served);
+        }
+    });
+    (base, rx)
+}
+
+#[test]
+fn a_lapi_behind_a_private_ca_asking_for_a_client_certificate_is_reached_with_the_three_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = private_pki(dir.path());
+    let (base, served) = tls_lapi(&pki);
+    let filter = StreamFilter::default();
+    let tls = Tls {
+        ca_cert: Some(pki[0].clone()),
+        client: Some((pki[3].clone(), pki[4].clone())),
+    };
+    // With the CA and the client certificate: answered.
+    let lapi = Lapi::with_tls(&base, &tls).unwrap();
+    let body = lapi.stream("K", true, &filter).unwrap();
+    assert_eq!(parse_stream(&body).unwrap(), Stream::default());
+    assert_eq!(served.recv_timeout(Duration::from_secs(5)), Ok(true));
+    // Without the CA: the server's certificate is not trusted.
+    let err = Lapi::new(&base).stream("K", true, &filter).unwrap_err();
+    assert!(
+        matches!(&err, LapiError::Unreachable(t) if t.to_lowercase().contains("issuer")),
+        "{err}"
+    );
+    // With the CA but no client certificate: the server refuses the handshake.
+    let ca_only = Tls {
+        ca_cert: Some(pki[0].clone()),
+        client: None,
+    };
+    let err = Lapi::with_tls(&base, &ca_only)
+        .unwrap()
+        .stream("K", true, &filter)
+        .unwrap_err();
+    assert!(matches!(err, LapiError::Unreachable(_)), "{err}");
+    assert!(
+        served.try_iter().all(|ok| !ok),
+        "nothing served without a certificate"
+    );
+}
+
+#[test]
+fn unusable_tls_files_are_errors_naming_the_key_and_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let tls = Tls {
+        ca_cert: Some(not_pem.clone()),
+        client: None,
+    };
+    let err = Lapi::with_tls("https://127.0.0.1:1", &tls).err().unwrap();
+    assert!(
+        err.starts_with("CROWDSEC_CA_CERT: ") && err.contains("ca.pem holds no PEM certificate"),
+        "{err}"
+    );
+    let pki = private_pki(dir.path());
+    std::fs::set_permissions(&pki[4], std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tls = Tls {
+        ca_cert: None,
+        client: Some((pki[3].clone(), pki[4].clone())),
+    };
+    let err = Lapi::with_tls("https://127.0.0.1:1", &tls).err().unwrap();
+    assert!(
+        err.starts_with("CROWDSEC_KEY: ") && err.contains("readable by every user"),
+        "{err}"
+    );
+}
