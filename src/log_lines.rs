@@ -741,6 +741,11 @@ pub fn fleet_pulled(
     )
 }
 
+/// Ours: what `CROWDSEC_PULL_RESPONDERS` did after a pull.
+pub fn fleet_responders_ran(applied: usize, undone: usize, failed: usize) -> String {
+    format!("CrowdSec pull responders: {applied} applied, {undone} undone, {failed} failed")
+}
+
 /// Ours: the fleet's decision table is full: said once when it fills up.
 pub fn fleet_limit_reached(max: usize) -> String {
     format!(

@@ -465,6 +465,25 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "CROWDSEC_PULL_RESPONDERS",
+        doc: "Responders also run for each pulled CrowdSec decision, comma-separated: \
+              hosts_deny, run_cmd, route (route with KILL_NFTABLES only); empty (default): \
+              none. Costs one run a decision (a process for a command).",
+        set: |c, e, _| {
+            let names = super::fleet::word_list(&e.value)?;
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !super::fleet::PULL_RESPONDER_NAMES.contains(&n.as_str()))
+            {
+                return Err(format!(
+                    "\"{bad}\" is not a responder: expected hosts_deny, run_cmd or route"
+                ));
+            }
+            c.fleet.pull_responders = names;
+            Ok(())
+        },
+    },
+    KeySpec {
         name: "CROWDSEC_CA_CERT",
         doc: "PEM file of the certificate authority an https:// LAPI's certificate is checked \
               against, besides the system's; empty: the system's only.",

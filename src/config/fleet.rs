@@ -8,6 +8,8 @@ use std::time::Duration;
 /// `CROWDSEC_MAX_DECISIONS` default: room for the community blocklist (some 25,000-30,000
 /// decisions) and many subscribed lists.
 pub const DEFAULT_MAX_DECISIONS: usize = 200_000;
+/// The names `CROWDSEC_PULL_RESPONDERS` takes.
+pub const PULL_RESPONDER_NAMES: [&str; 3] = ["hosts_deny", "run_cmd", "route"];
 /// `CROWDSEC_POLL_INTERVAL` default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// The outbox file's name beside `BLOCK_STATE_FILE` when `CROWDSEC_OUTBOX_FILE` is unset.
@@ -47,6 +49,9 @@ pub struct FleetSettings {
     pub cert: Option<PathBuf>,
     /// `CROWDSEC_KEY`: the client certificate's PEM private key.
     pub key: Option<PathBuf>,
+    /// `CROWDSEC_PULL_RESPONDERS`: responders also run for pulled decisions (`hosts_deny`,
+    /// `run_cmd`, `route`); empty: none.
+    pub pull_responders: Vec<String>,
 }
 
 impl Default for FleetSettings {
@@ -65,6 +70,7 @@ impl Default for FleetSettings {
             ca_cert: None,
             cert: None,
             key: None,
+            pull_responders: Vec::new(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod duration;
 pub mod outbox;
 pub mod pull;
 pub mod push;
+pub mod responders;
 pub mod room;
 pub mod table;
 
@@ -280,6 +281,8 @@ pub struct Fleet {
     pulled: Arc<PullView>,
     /// The protected addresses the puller refuses.
     protect: ProtectView,
+    /// The config in force, for the puller's responders.
+    config: Arc<Config>,
 }
 
 impl Fleet {
@@ -299,6 +302,7 @@ impl Fleet {
             links: Vec::new(),
             pulled: Arc::new(PullView::default()),
             protect,
+            config: Arc::clone(&generation.config),
         };
         fleet.launch(built, blocks);
         fleet
@@ -326,6 +330,7 @@ impl Fleet {
         }
         log::info!("{}", log_lines::fleet_settings_changed());
         self.halt(blocks);
+        self.config = Arc::clone(&generation.config);
         self.launch(built, blocks);
     }
 
@@ -379,6 +384,7 @@ impl Fleet {
                 blocks: blocks.view(),
                 protect: self.protect.clone(),
                 view: Arc::clone(&self.pulled),
+                config: Arc::clone(&self.config),
             };
             match pull::spawn(cfg.clone(), context, stop_rx) {
                 Ok((t, view)) => {
@@ -460,6 +466,7 @@ fn build(generation: &Generation) -> Built {
                 tls: tls_of(s),
                 room: room::RoomSettings::from_config(config),
                 ignore: Arc::clone(&generation.ignore),
+                responders: responders::ResponderKeys::from_config(config),
             }),
             Err(e) => {
                 log::error!("{}", log_lines::fleet_off("pull", e));

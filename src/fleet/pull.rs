@@ -12,7 +12,8 @@
 //! `--debug`. A decision of origin `portsentry` for a host this host blocks already is this
 //! host's own decision coming back: left alone. Filters (`CROWDSEC_ORIGINS`,
 //! `CROWDSEC_SCENARIOS_*`) go to the LAPI as the stream's query and are applied again to
-//! what comes back. What `status`, `list` and the metrics show is published in a
+//! what comes back. `CROWDSEC_PULL_RESPONDERS` ([`super::responders`]) runs other responders
+//! too, after the kernel has the pull's changes. What `status`, `list` and the metrics show is published in a
 //! [`PullView`] after each pull: they never wait on the LAPI.
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crossbeam_channel::Receiver;
 
 use super::client::{Decision, Lapi, StreamFilter, Tls};
 use super::duration::{self, Remaining};
+use super::responders::{PullResponders, ResponderKeys};
 use super::room::{KernelRoom, RoomSettings};
 use super::table::{DecisionTable, Incoming, Pulled, Verdict};
 use super::{Health, LinkView, ORIGIN, PullView, Secret};
@@ -32,6 +34,7 @@ use crate::config::ignore::IgnoreList;
 use crate::local_addrs::LocalAddrs;
 use crate::log_lines;
 use crate::protected::ProtectView;
+use crate::respond::nftables::NftHandle;
 
 /// Refusals named one by one at `--debug` in one pull at most (the rest are counted).
 const DEBUG_NAMES: usize = 1000;
@@ -56,6 +59,8 @@ pub struct PullConfig {
     /// The ignore list in force (a reload that changes it restarts the puller, which then
     /// re-reads the whole stream).
     pub ignore: Arc<IgnoreList>,
+    /// `CROWDSEC_PULL_RESPONDERS` and the keys of those responders.
+    pub responders: ResponderKeys,
 }
 
 /// What the puller reads of the rest of the daemon: the blocks in force here (to recognise
@@ -67,6 +72,8 @@ pub struct Context {
     pub protect: ProtectView,
     /// Where to publish the counts.
     pub view: Arc<PullView>,
+    /// The config in force, for `CROWDSEC_PULL_RESPONDERS`' context.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// Starts the thread.
@@ -77,7 +84,9 @@ pub fn spawn(
 ) -> Result<(JoinHandle<()>, Arc<LinkView>), String> {
     let lapi = Lapi::with_tls(&config.lapi_url, &config.tls)?;
     let room = KernelRoom::open(&config.room);
+    let responders = PullResponders::new(&config.responders, Arc::clone(&context.config));
     let mut puller = Puller {
+        responders,
         lapi,
         health: Health::new(&config.lapi_url, "pull"),
         table: DecisionTable::new(config.max_decisions, room.expires_itself()),
@@ -98,6 +107,7 @@ pub fn spawn(
 }
 
 struct Puller {
+    responders: Option<PullResponders>,
     config: PullConfig,
     context: Context,
     lapi: Lapi,
@@ -205,13 +215,31 @@ impl Puller {
             other => other,
         };
         match result {
-            Ok(()) => self.resync = false,
+            Ok(()) => {
+                self.resync = false;
+                self.run_responders();
+            }
             Err(e) => {
                 if !self.resync {
                     log::error!("{}", log_lines::fleet_kernel_failed(e));
                 }
                 self.resync = true;
             }
+        }
+    }
+
+    /// `CROWDSEC_PULL_RESPONDERS`: run for what the kernel now holds that they have not
+    /// seen, undone for what it no longer holds; one line when they did something.
+    fn run_responders(&mut self) {
+        let Some(r) = &mut self.responders else {
+            return;
+        };
+        let ran = r.follow(self.table.written(), &NftHandle::closed());
+        if ran != Default::default() {
+            log::info!(
+                "{}",
+                log_lines::fleet_responders_ran(ran.applied, ran.undone, ran.failed)
+            );
         }
     }
 
@@ -262,6 +290,9 @@ impl Drop for Puller {
     /// A stopped puller (reload, stop) leaves the kernel as it is: nftables elements expire
     /// on their own; routes are removed (they never would).
     fn drop(&mut self) {
+        if let Some(r) = &mut self.responders {
+            r.release(&NftHandle::closed());
+        }
         self.room.release();
         self.context.view.publish(super::PullSnapshot::default());
     }

@@ -186,6 +186,13 @@ impl DecisionTable {
         v
     }
 
+    /// The elements the kernel holds (as the table wrote them), each with its end.
+    pub fn written(&self) -> impl Iterator<Item = (&IpNet, SystemTime)> {
+        self.kernel
+            .iter()
+            .map(|(t, &until)| (t, SystemTime::UNIX_EPOCH + Duration::from_millis(until)))
+    }
+
     /// Whether `target` is held (by any decision).
     pub fn holds(&self, target: &IpNet) -> bool {
         self.by_target.contains_key(&target.trunc())

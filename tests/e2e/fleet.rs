@@ -806,3 +806,31 @@ fn crowdsec_origins_that_leave_an_origin_out_apply_none_of_its_decisions() {
         lab.ctl_ok(&["list"])
     );
 }
+
+#[test]
+fn crowdsec_pull_responders_runs_hosts_deny_for_pulled_decisions_and_undoes_it() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let d = nft_pulling_daemon(&lab, &lapi, "CROWDSEC_PULL_RESPONDERS=\"hosts_deny\"\n");
+    let ip = "10.77.252.4";
+    lapi.cscli_ok(&["decisions", "add", "--ip", ip, "--duration", "1h"]);
+    let line = format!("ALL: {ip} : DENY");
+    let deny = || std::fs::read_to_string(lab.path("hosts.deny")).unwrap_or_default();
+    assert!(
+        wait_for(3, || deny().contains(&line)
+            && fleet_v4(&lab) == [ip.to_string()]),
+        "{} {:?} {:?}",
+        deny(),
+        fleet_v4(&lab),
+        d.syslog()
+    );
+    d.expect_line("CrowdSec pull responders: 1 applied, 0 undone, 0 failed", 1);
+    lapi.cscli_ok(&["decisions", "delete", "--ip", ip]);
+    assert!(
+        wait_for(3, || !deny().contains(&line) && fleet_v4(&lab).is_empty()),
+        "{} {:?}",
+        deny(),
+        fleet_v4(&lab)
+    );
+}

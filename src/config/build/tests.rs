@@ -872,6 +872,7 @@ fn every_table_key_builds_from_a_valid_value() {
         | "CROWDSEC_MAX_DECISIONS"
         | "EVENT_LOG_RATE_LIMIT" => "100",
         "CROWDSEC_ORIGINS" => "CAPI,crowdsec",
+        "CROWDSEC_PULL_RESPONDERS" => "hosts_deny",
         "CROWDSEC_SCENARIOS_CONTAINING" | "CROWDSEC_SCENARIOS_NOT_CONTAINING" => "ssh,http",
         "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
@@ -974,7 +975,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 64);
+    assert_eq!(KEYS.len(), 65);
 }
 
 // ---- load ----
