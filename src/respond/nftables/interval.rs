@@ -16,8 +16,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Subnets};
 
 use super::wire::{self, Attrs, Batch, Cmd};
 use super::{
-    ELEMENTS_PER_MESSAGE, FLEET_FAMILIES, Family, Label, NftBackend, NftError, errno_error,
-    timeout_ms,
+    ELEMENTS_PER_MESSAGE, FLEET_FAMILIES, Family, Label, NftBackend, NftError, timeout_ms,
 };
 
 /// Which pair of our interval sets (one per address family) a change goes to.
@@ -216,28 +215,11 @@ impl NftBackend {
     /// time each has left when it has a timeout. An interval that is no CIDR network (made
     /// by hand) is listed as the networks that cover it.
     pub fn list_intervals(&self, room: Room) -> Result<Vec<(IpNet, Option<Duration>)>, NftError> {
-        let table = self.settings.table.as_str();
         let mut out = Vec::new();
         for fam in room.families() {
             // (key, is an end, time left)
             let mut keys: Vec<(Vec<u8>, bool, Option<Duration>)> = Vec::new();
-            let answer = self.sock.request(
-                Cmd::GetSetElem,
-                true,
-                |w| {
-                    w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
-                    w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-                },
-                |reply| {
-                    let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS)
-                    else {
-                        return Ok(());
-                    };
-                    keys.extend(elements.filter_map(|(_, e)| interval_key(Attrs(e))));
-                    Ok(())
-                },
-            )?;
-            answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))?;
+            self.dump_set(fam, |e| keys.extend(interval_key(e)))?;
             out.extend(intervals_of(keys));
         }
         Ok(out)
@@ -290,40 +272,36 @@ fn intervals_of(
 
 /// The CIDR networks that make up `[start, end)` (`end` `None`: to the last address).
 fn cover(start: &[u8], end: Option<&[u8]>) -> Vec<IpNet> {
-    match start.len() {
-        4 => {
-            let Ok(s) = <[u8; 4]>::try_from(start) else {
-                return Vec::new();
-            };
-            let last = match end.map(<[u8; 4]>::try_from) {
-                Some(Ok(e)) => match u32::from_be_bytes(e).checked_sub(1) {
-                    Some(l) => l,
-                    None => return Vec::new(),
-                },
-                Some(Err(_)) => return Vec::new(),
-                None => u32::MAX,
-            };
-            Ipv4Subnets::new(Ipv4Addr::from(s), Ipv4Addr::from(last), 0)
-                .map(IpNet::V4)
-                .collect()
-        }
-        16 => {
-            let Ok(s) = <[u8; 16]>::try_from(start) else {
-                return Vec::new();
-            };
-            let last = match end.map(<[u8; 16]>::try_from) {
-                Some(Ok(e)) => match u128::from_be_bytes(e).checked_sub(1) {
-                    Some(l) => l,
-                    None => return Vec::new(),
-                },
-                Some(Err(_)) => return Vec::new(),
-                None => u128::MAX,
-            };
-            Ipv6Subnets::new(Ipv6Addr::from(s), Ipv6Addr::from(last), 0)
-                .map(IpNet::V6)
-                .collect()
-        }
-        _ => Vec::new(),
+    // Addresses as numbers: IPv4 in the low 32 bits.
+    let number = |b: &[u8]| match b.len() {
+        4 => <[u8; 4]>::try_from(b)
+            .ok()
+            .map(|a| u128::from(u32::from_be_bytes(a))),
+        16 => <[u8; 16]>::try_from(b).ok().map(u128::from_be_bytes),
+        _ => None,
+    };
+    let max = if start.len() == 4 {
+        u128::from(u32::MAX)
+    } else {
+        u128::MAX
+    };
+    let Some(first) = number(start) else {
+        return Vec::new();
+    };
+    let last = match end.map(number) {
+        None => max,
+        Some(Some(e)) if e > first => e - 1,
+        Some(_) => return Vec::new(),
+    };
+    if start.len() == 4 {
+        let v4 = |n: u128| Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX));
+        Ipv4Subnets::new(v4(first), v4(last), 0)
+            .map(IpNet::V4)
+            .collect()
+    } else {
+        Ipv6Subnets::new(Ipv6Addr::from(first), Ipv6Addr::from(last), 0)
+            .map(IpNet::V6)
+            .collect()
     }
 }
 

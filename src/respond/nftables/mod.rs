@@ -571,28 +571,33 @@ impl NftBackend {
     /// The hosts in the sets now, with the time each has left when it has a timeout.
     /// Elements the kernel holds but has already expired are not listed.
     pub fn list(&self) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
-        let table = self.settings.table.as_str();
         let mut out = Vec::new();
         for fam in &FAMILIES {
-            let answer = self.sock.request(
-                Cmd::GetSetElem,
-                true,
-                |w| {
-                    w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
-                    w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-                },
-                |reply| {
-                    let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS)
-                    else {
-                        return Ok(());
-                    };
-                    out.extend(elements.filter_map(|(_, e)| parse_element(Attrs(e))));
-                    Ok(())
-                },
-            )?;
-            answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))?;
+            self.dump_set(fam, |e| out.extend(parse_element(e)))?;
         }
         Ok(out)
+    }
+
+    /// Hands every element of one set of ours, as the kernel dumps it, to `each`.
+    fn dump_set(&self, fam: &Family, mut each: impl FnMut(Attrs<'_>)) -> Result<(), NftError> {
+        let table = self.settings.table.as_str();
+        let answer = self.sock.request(
+            Cmd::GetSetElem,
+            true,
+            |w| {
+                w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
+                w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
+            },
+            |reply| {
+                if let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for (_, e) in elements {
+                        each(Attrs(e));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))
     }
 
     /// Reads what exists of our layout: gets by name, and the rules of our own chains.
