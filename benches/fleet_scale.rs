@@ -66,7 +66,7 @@ fn import(lab: &Lab, lapi: &LapiServer, first: u32, count: u32) {
     lapi.cscli_ok(&["decisions", "import", "-i", &csv.display().to_string()]);
 }
 
-/// The puller's own time at the end of its line (`…; 123 ms`).
+/// The puller's own times at the end of its line (`…; 123 ms (kernel 4 ms)`).
 fn pull_ms(line: &str) -> String {
     line.rsplit("; ")
         .next()

@@ -713,7 +713,7 @@ pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> Stri
 
 /// Ours: one pull of the decision stream that changed something (one line a pull, never
 /// one a decision): decisions added and removed, refused, left out, what is in force per
-/// origin, and how long it took.
+/// origin, how long the pull took (request, parse, apply) and the kernel's part of it.
 pub fn fleet_pulled(
     added: usize,
     removed: usize,
@@ -722,6 +722,7 @@ pub fn fleet_pulled(
     held: usize,
     per_origin: &[(String, u64)],
     took: std::time::Duration,
+    kernel: std::time::Duration,
 ) -> String {
     let origins = if per_origin.is_empty() {
         String::new()
@@ -736,8 +737,9 @@ pub fn fleet_pulled(
     };
     format!(
         "CrowdSec pull: {added} decisions added, {removed} removed, {refused} refused{over}; \
-         {held} in force{origins}; {} ms",
-        took.as_millis()
+         {held} in force{origins}; {} ms (kernel {} ms)",
+        took.as_millis(),
+        kernel.as_millis()
     )
 }
 

@@ -95,6 +95,7 @@ pub fn spawn(
         context,
         local: LocalAddrs::new(),
         resync: false,
+        kernel_time: Duration::ZERO,
         refused_total: 0,
         over_total: 0,
     };
@@ -117,6 +118,8 @@ struct Puller {
     local: LocalAddrs,
     /// The kernel refused the last changes: rewrite the room at the next pull.
     resync: bool,
+    /// Time the last pull's kernel changes took.
+    kernel_time: Duration,
     refused_total: u64,
     over_total: u64,
 }
@@ -203,9 +206,11 @@ impl Puller {
     /// Applies a pull's changes; when the kernel refuses them (an element expired or
     /// deleted under our feet, a table flushed by hand), rewrites the whole room once.
     fn apply(&mut self, pulled: &mut Pulled) {
+        self.kernel_time = Duration::ZERO;
         if pulled.changes.is_empty() {
             return;
         }
+        let started = Instant::now();
         let result = match self.room.apply(&pulled.changes) {
             Err(e) if !pulled.changes.flush => {
                 log::debug!("CrowdSec changes refused by the kernel ({e}); rewriting the set");
@@ -214,6 +219,7 @@ impl Puller {
             }
             other => other,
         };
+        self.kernel_time = started.elapsed();
         match result {
             Ok(()) => {
                 self.resync = false;
@@ -269,7 +275,8 @@ impl Puller {
                     pulled.over_limit,
                     self.table.len(),
                     &counts,
-                    started.elapsed()
+                    started.elapsed(),
+                    self.kernel_time
                 )
             );
         }

@@ -35,8 +35,11 @@ use crate::respond::nftables::{IntervalChanges, NftHandle, NftSettings, Room};
 /// no routing daemon uses): what
 /// tells ours from every other route of the table.
 pub const ROUTE_PROTOCOL: u8 = 247;
-/// Route messages sent in one datagram at most (their acks then fit the receive buffer).
-const ROUTES_PER_SEND: usize = 500;
+/// Route messages sent in one datagram at most: the kernel answers each with an ack of its
+/// own (an skb of about a kilobyte of buffer each), which must all fit [`ACK_BUFFER`].
+const ROUTES_PER_SEND: usize = 250;
+/// Receive buffer asked for the acks of one datagram.
+const ACK_BUFFER: usize = 1 << 20;
 
 /// The kind of route `KILL_ROUTE` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +236,10 @@ fn send_routes(routes: Vec<RouteMessage>, add: bool) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    socket2::SockRef::from(&socket).set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    // Best effort: the chunk size keeps the acks within the default buffer as well.
+    let _ = sock.set_recv_buffer_size(ACK_BUFFER);
     let mut first_error = None;
     let mut seq = 0u32;
     let mut routes = routes.into_iter().peekable();

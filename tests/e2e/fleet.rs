@@ -834,3 +834,63 @@ fn crowdsec_pull_responders_runs_hosts_deny_for_pulled_decisions_and_undoes_it()
         fleet_v4(&lab)
     );
 }
+
+#[test]
+fn the_route_room_adds_and_deletes_thousands_of_routes_of_its_own_protocol_only() {
+    use portsentry::fleet::room::{KernelRoom, RoomSettings, RouteKind};
+    use portsentry::respond::nftables::IntervalChanges;
+    let lab = Lab::new();
+    // A local block's route for one of the same hosts: never replaced nor deleted.
+    lab.defend_stdout(&["ip", "route", "add", "unreachable", "10.89.0.7"]);
+    let nets: Vec<ipnet::IpNet> = (0..2000u32)
+        .map(|i| {
+            format!("10.89.{}.{}/32", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let ours = |lab: &Lab| {
+        lab.defend_stdout(&["ip", "route", "show", "proto", "247"])
+            .lines()
+            .count()
+    };
+    let add = IntervalChanges {
+        add: nets.iter().map(|n| (*n, None)).collect(),
+        ..IntervalChanges::default()
+    };
+    let remove = IntervalChanges {
+        remove: nets[..1000].to_vec(),
+        ..IntervalChanges::default()
+    };
+    let (added, removed) = lab
+        .in_def(move || {
+            let mut room = KernelRoom::open(&RoomSettings::Routes(RouteKind::Unreachable));
+            let added = room.apply(&add);
+            let routes_after_add = ours_count();
+            let removed = room.apply(&remove);
+            let routes_after_remove = ours_count();
+            room.release();
+            ((added, routes_after_add), (removed, routes_after_remove))
+        })
+        .join()
+        .expect("route thread");
+    assert_eq!(added, (Ok(()), 1999), "all but the local block's own");
+    assert_eq!(removed, (Ok(()), 1000));
+    assert_eq!(ours(&lab), 0, "released");
+    assert!(
+        lab.def_routes()
+            .lines()
+            .any(|l| l.starts_with("unreachable 10.89.0.7")),
+        "the local route stays: {}",
+        lab.def_routes()
+    );
+}
+
+/// Routes of the fleet's protocol in the calling thread's namespace.
+fn ours_count() -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["route", "show", "proto", "247"])
+        .output()
+        .expect("ip route");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
