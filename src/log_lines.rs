@@ -711,19 +711,37 @@ pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> Stri
     format!("CrowdSec decision for {target} ({source}) not applied: {why}")
 }
 
+/// The numbers of [`fleet_pulled`]'s line.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetPullCounts {
+    /// Decisions taken.
+    pub added: usize,
+    /// Decisions gone.
+    pub removed: usize,
+    /// Decisions refused.
+    pub refused: usize,
+    /// Decisions left out (`CROWDSEC_MAX_DECISIONS`).
+    pub over_limit: usize,
+    /// Decisions in force after the pull.
+    pub held: usize,
+}
+
 /// Ours: one pull of the decision stream that changed something (one line a pull, never
 /// one a decision): decisions added and removed, refused, left out, what is in force per
 /// origin, how long the pull took (request, parse, apply) and the kernel's part of it.
 pub fn fleet_pulled(
-    added: usize,
-    removed: usize,
-    refused: usize,
-    over_limit: usize,
-    held: usize,
+    n: &FleetPullCounts,
     per_origin: &[(String, u64)],
     took: std::time::Duration,
     kernel: std::time::Duration,
 ) -> String {
+    let FleetPullCounts {
+        added,
+        removed,
+        refused,
+        over_limit,
+        held,
+    } = *n;
     let origins = if per_origin.is_empty() {
         String::new()
     } else {

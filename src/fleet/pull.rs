@@ -269,11 +269,13 @@ impl Puller {
             log::info!(
                 "{}",
                 log_lines::fleet_pulled(
-                    pulled.added,
-                    pulled.removed,
-                    pulled.refused.len(),
-                    pulled.over_limit,
-                    self.table.len(),
+                    &log_lines::FleetPullCounts {
+                        added: pulled.added,
+                        removed: pulled.removed,
+                        refused: pulled.refused.len(),
+                        over_limit: pulled.over_limit,
+                        held: self.table.len(),
+                    },
                     &counts,
                     started.elapsed(),
                     self.kernel_time
