@@ -64,10 +64,20 @@ const EXPECTED_TABLE: &str = "table inet portsentry {
 
 	set fleet_ipv4 {
 		type ipv4_addr
-		flags interval,timeout
+		flags timeout
 	}
 
 	set fleet_ipv6 {
+		type ipv6_addr
+		flags timeout
+	}
+
+	set fleet_net4 {
+		type ipv4_addr
+		flags interval,timeout
+	}
+
+	set fleet_net6 {
 		type ipv6_addr
 		flags interval,timeout
 	}
@@ -78,6 +88,8 @@ const EXPECTED_TABLE: &str = "table inet portsentry {
 		ip6 saddr @ipv6_addr drop
 		ip saddr @fleet_ipv4 drop
 		ip6 saddr @fleet_ipv6 drop
+		ip saddr @fleet_net4 drop
+		ip6 saddr @fleet_net6 drop
 	}
 }
 ";
@@ -92,13 +104,13 @@ fn open_creates_exactly_the_documented_table() {
     );
     assert_eq!(nft(&lab, &["list", "tables"]), "table inet portsentry\n");
 
-    // The JSON view agrees: four sets, one base chain, four rules.
+    // The JSON view agrees: six sets, one base chain, six rules.
     let json: serde_json::Value =
         serde_json::from_str(&nft(&lab, &["-j", "list", "table", "inet", "portsentry"]))
             .expect("nft -j output");
     let items = json["nftables"].as_array().expect("nftables array");
     let count = |kind: &str| items.iter().filter(|i| i.get(kind).is_some()).count();
-    assert_eq!((count("set"), count("chain"), count("rule")), (4, 1, 4));
+    assert_eq!((count("set"), count("chain"), count("rule")), (6, 1, 6));
     let chain = items.iter().find_map(|i| i.get("chain")).expect("chain");
     assert_eq!(chain["hook"], "input");
     assert_eq!(chain["prio"], -10);
@@ -570,7 +582,7 @@ pub(crate) fn fleet_elements(lab: &Lab, set: &str) -> Vec<(String, u64)> {
 }
 
 #[test]
-fn the_fleet_room_holds_touching_hosts_and_networks_with_timeouts_in_one_transaction() {
+fn the_fleet_room_holds_hosts_and_touching_networks_with_timeouts_in_one_transaction() {
     let lab = Lab::new();
     let mut b = open(&lab, settings()).expect("open");
     let t = |s| Some(Duration::from_secs(s));
@@ -581,25 +593,34 @@ fn the_fleet_room_holds_touching_hosts_and_networks_with_timeouts_in_one_transac
             (net("10.77.0.1/32"), t(600)),
             (net("10.77.0.2/32"), t(700)),
             (net("10.77.1.0/24"), t(800)),
+            (net("10.77.2.0/24"), t(850)),
             (net("fd77:9::5/128"), t(900)),
             (net("fd77:8::/64"), t(1000)),
         ],
     };
     b.change_intervals(Room::Fleet, &changes).expect("add");
+    // Hosts in the host sets, networks (touching ones too) in the interval sets.
     assert_eq!(
         fleet_elements(&lab, "fleet_ipv4"),
         [
             ("10.77.0.1".to_string(), 600),
-            ("10.77.0.2".to_string(), 700),
-            ("10.77.1.0/24".to_string(), 800)
+            ("10.77.0.2".to_string(), 700)
+        ]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4"),
+        [
+            ("10.77.1.0/24".to_string(), 800),
+            ("10.77.2.0/24".to_string(), 850)
         ]
     );
     assert_eq!(
         fleet_elements(&lab, "fleet_ipv6"),
-        [
-            ("fd77:8::/64".to_string(), 1000),
-            ("fd77:9::5".to_string(), 900)
-        ]
+        [("fd77:9::5".to_string(), 900)]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net6"),
+        [("fd77:8::/64".to_string(), 1000)]
     );
     // Reading them back gives the same networks.
     let mut listed: Vec<String> = b
@@ -621,14 +642,15 @@ fn the_fleet_room_holds_touching_hosts_and_networks_with_timeouts_in_one_transac
             "10.77.0.1/32",
             "10.77.0.2/32",
             "10.77.1.0/24",
+            "10.77.2.0/24",
             "fd77:8::/64",
             "fd77:9::5/128"
         ]
     );
-    // The host sets are untouched.
+    // The host sets of the blocks made here are untouched.
     assert!(!set_text(&lab, "ipv4_addr").contains("elements"));
 
-    // One removed and one replaced with a new timeout, in one transaction.
+    // One host removed and a network replaced with a new timeout, in one transaction.
     let changes = IntervalChanges {
         flush: false,
         remove: vec![net("10.77.0.1/32"), net("10.77.1.0/24")],
@@ -637,21 +659,30 @@ fn the_fleet_room_holds_touching_hosts_and_networks_with_timeouts_in_one_transac
     b.change_intervals(Room::Fleet, &changes).expect("change");
     assert_eq!(
         fleet_elements(&lab, "fleet_ipv4"),
+        [("10.77.0.2".to_string(), 700)]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4"),
         [
-            ("10.77.0.2".to_string(), 700),
-            ("10.77.1.0/24".to_string(), 50)
+            ("10.77.1.0/24".to_string(), 50),
+            ("10.77.2.0/24".to_string(), 850)
         ]
     );
 
-    // An overlapping element is refused, and the whole transaction with it.
+    // An overlapping network is refused, and the whole transaction with it.
     let overlap = IntervalChanges {
         flush: false,
         remove: vec![net("10.77.0.2/32")],
-        add: vec![(net("10.77.1.7/32"), t(60))],
+        add: vec![(net("10.77.1.128/25"), t(60))],
     };
     assert!(b.change_intervals(Room::Fleet, &overlap).is_err());
     assert_eq!(
         fleet_elements(&lab, "fleet_ipv4").len(),
+        1,
+        "nothing changed"
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4").len(),
         2,
         "nothing changed"
     );
@@ -673,11 +704,13 @@ fn the_fleet_room_holds_touching_hosts_and_networks_with_timeouts_in_one_transac
         fleet_elements(&lab, "fleet_ipv4"),
         [("10.77.3.3".to_string(), 30)]
     );
-    assert!(fleet_elements(&lab, "fleet_ipv6").is_empty());
+    for set in ["fleet_ipv6", "fleet_net4", "fleet_net6"] {
+        assert!(fleet_elements(&lab, set).is_empty(), "{set}");
+    }
 }
 
 #[test]
-fn a_source_in_a_fleet_network_is_dropped_and_its_neighbour_passes() {
+fn a_source_in_a_fleet_network_or_host_set_is_dropped_and_passes_once_removed() {
     let lab = Lab::new();
     let _service = lab.defender_echo_service(7002);
     let mut b = open(&lab, settings()).expect("open");
@@ -704,4 +737,22 @@ fn a_source_in_a_fleet_network_is_dropped_and_its_neighbour_passes() {
         (0..3).any(|_| connects(&lab, target)),
         "{attacker} cannot reach {target} after the removal"
     );
+    // The same with the attacker as a host of the fleet's host set.
+    let host = ipnet::IpNet::from(attacker);
+    let changes = IntervalChanges {
+        add: vec![(host, Some(Duration::from_secs(600)))],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("add host");
+    assert!(
+        !connects(&lab, target),
+        "{attacker} in fleet_ipv4 still connects"
+    );
+    let changes = IntervalChanges {
+        remove: vec![host],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes)
+        .expect("remove host");
+    assert!((0..3).any(|_| connects(&lab, target)));
 }

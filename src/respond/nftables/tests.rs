@@ -295,7 +295,7 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     let check = |sets: [Option<SetInfo>; 2], input: Option<ChainInfo>| {
         Survey {
             table: true,
-            sets: [sets[0], sets[1], None, None],
+            sets: [sets[0], sets[1], None, None, None, None],
             input,
             forward: None,
         }
@@ -329,11 +329,12 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
             .unwrap_err()
             .contains("set ipv6_addr holds another")
     );
-    // The fleet's sets must be interval sets.
+    // The fleet's host sets are plain sets; its network sets must be interval sets.
+    let unsized_good = SetInfo { size: None, ..good };
     let fleet = |info: SetInfo| {
         Survey {
             table: true,
-            sets: [None, None, Some(info), None],
+            sets: [None, None, Some(unsized_good), None, Some(info), None],
             input: None,
             forward: None,
         }
@@ -350,11 +351,11 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     assert!(
         fleet(good)
             .unwrap_err()
-            .contains("set fleet_ipv4 has no `flags interval`")
+            .contains("set fleet_net4 has no `flags interval`")
     );
     let regular = ChainInfo {
         hooknum: None,
-        drops: [true; 4],
+        drops: [true; 6],
     };
     assert!(
         check([None, None], Some(regular))
