@@ -648,6 +648,9 @@ fn a_reload_starts_the_fleet_and_a_world_readable_key_is_refused_unread() {
     );
 }
 
+/// The nameserver of the resolv.conf [`nft_pulling_daemon`] writes: a protected address.
+const LAB_RESOLVER: &str = "10.77.253.53";
+
 /// `count` ban decisions for hosts of 10.88.0.0/16 (250 a /24: 10.88.x.1-250) as a CSV for
 /// `cscli decisions import` (origin `cscli-import`), plus `extra` values.
 fn import_hosts(lab: &Lab, lapi: &LapiServer, count: u32, extra: &[&str]) {
@@ -667,9 +670,15 @@ fn import_hosts(lab: &Lab, lapi: &LapiServer, count: u32, extra: &[&str]) {
 /// pulling every second, with `extra` config lines.
 fn nft_pulling_daemon(lab: &Lab, lapi: &LapiServer, extra: &str) -> Daemon {
     let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let resolv = lab.path("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {LAB_RESOLVER}\n")).expect("resolv.conf");
     let conf = daemon_config(
         lab,
-        &format!("{fleet}{extra}KILL_NFTABLES=\"1\"\nKILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n"),
+        &format!(
+            "{fleet}{extra}KILL_NFTABLES=\"1\"\nKILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n\
+             RESOLV_CONF=\"{}\"\n",
+            resolv.display()
+        ),
     );
     Daemon::start(lab, &["-c", &conf, "-tcp"])
 }
@@ -687,9 +696,10 @@ fn twelve_thousand_pulled_decisions_are_one_batch_in_their_own_sets_and_a_scan_s
     let lab = Lab::new();
     let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
     lapi.start();
-    // 12,000 decisions, and one for this host's own address (refused and counted).
+    // 12,000 decisions, one for this host's own address and one for its nameserver (a
+    // protected address): those two refused and counted.
     let own = lab.def4.clone();
-    import_hosts(&lab, &lapi, 12_000, &[&own]);
+    import_hosts(&lab, &lapi, 12_000, &[&own, LAB_RESOLVER]);
     let started = Instant::now();
     let d = nft_pulling_daemon(&lab, &lapi, "");
     let took = time_until(Duration::from_secs(10), || fleet_v4(&lab).len() == 12_000)
@@ -713,11 +723,15 @@ fn twelve_thousand_pulled_decisions_are_one_batch_in_their_own_sets_and_a_scan_s
     assert!(
         list.contains(
             "fleet: 12000 decisions in force (cscli-import 12000), 12000 elements in nftables, \
-             1 refused"
+             2 refused"
         ),
         "{list}"
     );
     assert!(!fleet_v4(&lab).contains(&own), "this host's own address");
+    assert!(
+        !fleet_v4(&lab).contains(&LAB_RESOLVER.to_string()),
+        "the nameserver"
+    );
     let lines = d.syslog();
     assert_eq!(
         lines.iter().filter(|l| l.contains("10.88.")).count(),
@@ -730,7 +744,7 @@ fn twelve_thousand_pulled_decisions_are_one_batch_in_their_own_sets_and_a_scan_s
         .collect();
     assert_eq!(pulls.len(), 1, "{pulls:?}");
     assert!(
-        pulls[0].contains("12000 decisions added, 0 removed, 1 refused; 12000 in force"),
+        pulls[0].contains("12000 decisions added, 0 removed, 2 refused; 12000 in force"),
         "{pulls:?}"
     );
     assert!(lines.len() < 30, "{} lines: {lines:?}", lines.len());
