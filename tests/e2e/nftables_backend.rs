@@ -62,6 +62,16 @@ const EXPECTED_TABLE: &str = "table inet portsentry {
 		flags timeout
 	}
 
+	set ipv4_net {
+		type ipv4_addr
+		flags interval,timeout
+	}
+
+	set ipv6_net {
+		type ipv6_addr
+		flags interval,timeout
+	}
+
 	set fleet_ipv4 {
 		type ipv4_addr
 		flags timeout
@@ -86,6 +96,8 @@ const EXPECTED_TABLE: &str = "table inet portsentry {
 		type filter hook input priority filter - 10; policy accept;
 		ip saddr @ipv4_addr drop
 		ip6 saddr @ipv6_addr drop
+		ip saddr @ipv4_net drop
+		ip6 saddr @ipv6_net drop
 		ip saddr @fleet_ipv4 drop
 		ip6 saddr @fleet_ipv6 drop
 		ip saddr @fleet_net4 drop
@@ -104,13 +116,13 @@ fn open_creates_exactly_the_documented_table() {
     );
     assert_eq!(nft(&lab, &["list", "tables"]), "table inet portsentry\n");
 
-    // The JSON view agrees: six sets, one base chain, six rules.
+    // The JSON view agrees: eight sets, one base chain, eight rules.
     let json: serde_json::Value =
         serde_json::from_str(&nft(&lab, &["-j", "list", "table", "inet", "portsentry"]))
             .expect("nft -j output");
     let items = json["nftables"].as_array().expect("nftables array");
     let count = |kind: &str| items.iter().filter(|i| i.get(kind).is_some()).count();
-    assert_eq!((count("set"), count("chain"), count("rule")), (6, 1, 6));
+    assert_eq!((count("set"), count("chain"), count("rule")), (8, 1, 8));
     let chain = items.iter().find_map(|i| i.get("chain")).expect("chain");
     assert_eq!(chain["hook"], "input");
     assert_eq!(chain["prio"], -10);
@@ -319,7 +331,7 @@ fn mapped_ipv6_goes_to_the_ipv4_set_and_networks_are_refused() {
     let err = host_of("10.77.200.0/24".parse().unwrap()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "10.77.200.0/24 is a network; the nftables sets hold single hosts only"
+        "10.77.200.0/24 is a network; the host sets hold single hosts only"
     );
 }
 

@@ -19,14 +19,17 @@ use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Subnets};
 
 use super::wire::{self, Attrs, Batch, Cmd};
 use super::{
-    ELEMENTS_PER_MESSAGE, Element, FLEET_FAMILIES, FLEET_NET_FAMILIES, Family, Key, Label,
-    NftBackend, NftError, element_command, parse_element, timeout_ms,
+    ELEMENTS_PER_MESSAGE, Element, FAMILIES, FLEET_FAMILIES, FLEET_NET_FAMILIES, Family, Key,
+    Label, NET_FAMILIES, NftBackend, NftError, element_command, parse_element, timeout_ms,
 };
 
 /// Which sets of ours (hosts and networks, one of each per address family) a change goes
 /// to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Room {
+    /// `ipv4_addr` / `ipv6_addr` (hosts), `ipv4_net` / `ipv6_net` (networks): the blocks
+    /// made here.
+    Blocks,
     /// `fleet_ipv4` / `fleet_ipv6` (hosts), `fleet_net4` / `fleet_net6` (networks):
     /// decisions pulled from CrowdSec.
     Fleet,
@@ -36,6 +39,7 @@ impl Room {
     /// The host sets and the network sets, IPv4 first.
     fn sets(self) -> (&'static [Family; 2], &'static [Family; 2]) {
         match self {
+            Room::Blocks => (&FAMILIES, &NET_FAMILIES),
             Room::Fleet => (&FLEET_FAMILIES, &FLEET_NET_FAMILIES),
         }
     }

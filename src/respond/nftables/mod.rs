@@ -6,6 +6,8 @@
 //! table inet portsentry {
 //!     set ipv4_addr { type ipv4_addr; size N; flags timeout; }
 //!     set ipv6_addr { type ipv6_addr; size N; flags timeout; }
+//!     set ipv4_net { type ipv4_addr; flags interval,timeout; }
+//!     set ipv6_net { type ipv6_addr; flags interval,timeout; }
 //!     set fleet_ipv4 { type ipv4_addr; flags timeout; }
 //!     set fleet_ipv6 { type ipv6_addr; flags timeout; }
 //!     set fleet_net4 { type ipv4_addr; flags interval,timeout; }
@@ -14,6 +16,8 @@
 //!         type filter hook input priority filter - 10; policy accept;
 //!         ip saddr @ipv4_addr drop
 //!         ip6 saddr @ipv6_addr drop
+//!         ip saddr @ipv4_net drop
+//!         ip6 saddr @ipv6_net drop
 //!         ip saddr @fleet_ipv4 drop
 //!         ip6 saddr @fleet_ipv6 drop
 //!         ip saddr @fleet_net4 drop
@@ -64,6 +68,10 @@ pub const DEFAULT_TABLE: &str = "portsentry";
 pub const SET_V4: &str = "ipv4_addr";
 /// The set of blocked IPv6 hosts.
 pub const SET_V6: &str = "ipv6_addr";
+/// The interval set of IPv4 networks blocked here (blocks of a prefix).
+pub const SET_NET_V4: &str = "ipv4_net";
+/// The interval set of IPv6 networks blocked here.
+pub const SET_NET_V6: &str = "ipv6_net";
 /// The set of IPv4 hosts pulled from the fleet (CrowdSec decisions).
 pub const FLEET_SET_V4: &str = "fleet_ipv4";
 /// The set of IPv6 hosts pulled from the fleet.
@@ -163,9 +171,9 @@ pub enum NftError {
          needs CAP_NET_ADMIN (run as root, or grant the capability)"
     )]
     NoPermission,
-    /// A network, not a host: the sets hold single addresses, so the caller blocks it
-    /// another way (a route) or skips it.
-    #[error("{0} is a network; the nftables sets hold single hosts only")]
+    /// A network where a host was expected ([`host_of`]): networks go to the interval
+    /// sets ([`Room`]).
+    #[error("{0} is a network; the host sets hold single hosts only")]
     Network(IpNet),
     /// The set holds `set_size` hosts already; the whole batch was refused.
     #[error(
@@ -285,6 +293,26 @@ const FAMILIES: [Family; 2] = [
     },
 ];
 
+/// The network sets of the blocks made here: interval sets beside the host sets, so that
+/// a host block and a block of a prefix around it are both elements (the kernel refuses
+/// only overlapping intervals of one set), and host blocks keep the hash set's cost.
+const NET_FAMILIES: [Family; 2] = [
+    Family {
+        set: SET_NET_V4,
+        set_id: 7,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[0]
+    },
+    Family {
+        set: SET_NET_V6,
+        set_id: 8,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[1]
+    },
+];
+
 /// The fleet's host sets: decisions pulled from CrowdSec, in a room of their own so that a
 /// local block's undo never removes a fleet element and the other way round. Hosts are
 /// hash-set elements: adding 100 to a set of 100,000 costs the kernel well under a
@@ -324,9 +352,11 @@ const FLEET_NET_FAMILIES: [Family; 2] = [
 ];
 
 /// Every set of our layout, in the order their drop rules stand in each chain.
-const ALL_SETS: [&Family; 6] = [
+const ALL_SETS: [&Family; 8] = [
     &FAMILIES[0],
     &FAMILIES[1],
+    &NET_FAMILIES[0],
+    &NET_FAMILIES[1],
     &FLEET_FAMILIES[0],
     &FLEET_FAMILIES[1],
     &FLEET_NET_FAMILIES[0],
@@ -362,7 +392,7 @@ struct SetInfo {
 struct ChainInfo {
     hooknum: Option<u32>,
     /// Whether a rule drops sources found in each set of [`ALL_SETS`].
-    drops: [bool; 6],
+    drops: [bool; 8],
 }
 
 /// What of our layout the kernel already has; read from our table only.
@@ -370,7 +400,7 @@ struct ChainInfo {
 struct Survey {
     table: bool,
     /// Each set of [`ALL_SETS`].
-    sets: [Option<SetInfo>; 6],
+    sets: [Option<SetInfo>; 8],
     input: Option<ChainInfo>,
     forward: Option<ChainInfo>,
 }
@@ -645,6 +675,8 @@ impl NftBackend {
             sets: [
                 self.get_set(SET_V4)?,
                 self.get_set(SET_V6)?,
+                self.get_set(SET_NET_V4)?,
+                self.get_set(SET_NET_V6)?,
                 self.get_set(FLEET_SET_V4)?,
                 self.get_set(FLEET_SET_V6)?,
                 self.get_set(FLEET_NET_SET_V4)?,
@@ -717,7 +749,7 @@ impl NftBackend {
         if !exists {
             return Ok(None);
         }
-        let mut drops = [false; 6];
+        let mut drops = [false; 8];
         let answer = self.sock.request(
             Cmd::GetRule,
             true,
@@ -777,7 +809,7 @@ impl NftBackend {
                 });
                 labels.push(Label::new(seq, format!("creating chain {}", hook.chain)));
             }
-            let drops = info.map_or([false; 6], |i| i.drops);
+            let drops = info.map_or([false; 8], |i| i.drops);
             for (fam, present) in ALL_SETS.iter().zip(drops) {
                 if !present {
                     let seq =

@@ -8,6 +8,8 @@
 //! block state: which hosts are blocked is still the manager's alone.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -156,12 +158,41 @@ impl NftHandle {
     /// changed `NFTABLES_TABLE` or turned `KILL_NFTABLES` off). A host, set or table already
     /// gone is success.
     pub fn delete(&self, table: &str, addr: IpAddr) -> Result<(), NftError> {
+        self.on_table(table, |b| b.delete(&[addr]))
+    }
+
+    /// Deletes a block's target from the sets of `table`: a host from its host set
+    /// ([`NftHandle::delete`]), a network from its interval set ([`Room::Blocks`]); one
+    /// already gone is success. Returns the set it was in.
+    pub fn delete_target(&self, table: &str, target: IpNet) -> Result<&'static str, NftError> {
+        if let Ok(addr) = host_of(target) {
+            self.delete(table, addr)?;
+            return Ok(set_of(addr));
+        }
+        let changes = IntervalChanges {
+            remove: vec![target],
+            ..IntervalChanges::default()
+        };
+        match self.on_table(table, |b| b.change_intervals(Room::Blocks, &changes)) {
+            Err(e) if !is_missing(&e) => Err(e),
+            _ => Ok(Room::Blocks.set_of(target)),
+        }
+    }
+
+    /// Runs `change` on the open backend when it is `table`'s, else on a socket of its own
+    /// (the table of a block made before a reload changed `NFTABLES_TABLE` or turned
+    /// `KILL_NFTABLES` off).
+    fn on_table(
+        &self,
+        table: &str,
+        change: impl FnOnce(&mut NftBackend) -> Result<(), NftError>,
+    ) -> Result<(), NftError> {
         let mut slot = self.lock();
         if let Some(b) = slot.as_mut().filter(|b| b.settings().table == table) {
-            return b.delete(&[addr]);
+            return change(b);
         }
         drop(slot);
-        NftBackend::attach(table)?.delete(&[addr])
+        change(&mut NftBackend::attach(table)?)
     }
 }
 
@@ -190,16 +221,27 @@ impl Responder for NftResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let addr = match host_of(ctx.target) {
-            Ok(a) => a,
-            Err(e) => return Outcome::Skipped(format!("{e}; the other responders block it")),
-        };
         let timeout = ctx
             .until
             .map(|u| u.duration_since(SystemTime::now()).unwrap_or_default());
-        match self.handle.add(&[(addr, timeout)]) {
-            Ok(table) => {
-                let set = set_of(addr);
+        // A host into its hash set; a network (a block of a prefix) into its interval set.
+        let added = match host_of(ctx.target) {
+            Ok(addr) => self
+                .handle
+                .add(&[(addr, timeout)])
+                .map(|table| (table, set_of(addr))),
+            Err(_) => {
+                let changes = IntervalChanges {
+                    add: vec![(ctx.target, timeout)],
+                    ..IntervalChanges::default()
+                };
+                self.handle
+                    .change_intervals(Room::Blocks, &changes)
+                    .map(|table| (table, Room::Blocks.set_of(ctx.target)))
+            }
+        };
+        match added {
+            Ok((table, set)) => {
                 log::info!(
                     "{}",
                     log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
@@ -274,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn a_network_is_skipped_and_a_closed_backend_fails_without_the_kernel() {
+    fn a_closed_backend_fails_for_hosts_and_networks_without_the_kernel() {
         let mut r = NftResponder::new(NftHandle::closed());
         let c = config();
         let alert = crate::event::Candidate {
@@ -292,22 +334,17 @@ mod tests {
             target: "10.77.1.0/24".parse().unwrap(),
             ..ResponseContext::for_alert(&alert, "10.77.1.0/24", &c)
         };
-        match r.respond(&ctx) {
-            Outcome::Skipped(why) => assert_eq!(
-                why,
-                "10.77.1.0/24 is a network; the nftables sets hold single hosts only; the \
-                 other responders block it"
-            ),
-            other => panic!("{other:?}"),
-        }
+        let closed = Outcome::Failed(
+            "nftables: not in use (KILL_NFTABLES is off or could not be set up)".into(),
+        );
+        assert_eq!(
+            r.respond(&ctx),
+            closed,
+            "a network goes to the interval set"
+        );
         let o =
             crate::respond::respond_once(&mut r, "10.77.1.2", 79, Mode::Tcp, ProbeKind::Connect);
-        assert_eq!(
-            o,
-            Outcome::Failed(
-                "nftables: not in use (KILL_NFTABLES is off or could not be set up)".into()
-            )
-        );
+        assert_eq!(o, closed);
         assert!(!NftHandle::closed().is_open());
     }
 

@@ -295,7 +295,7 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     let check = |sets: [Option<SetInfo>; 2], input: Option<ChainInfo>| {
         Survey {
             table: true,
-            sets: [sets[0], sets[1], None, None, None, None],
+            sets: [sets[0], sets[1], None, None, None, None, None, None],
             input,
             forward: None,
         }
@@ -334,7 +334,16 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     let fleet = |info: SetInfo| {
         Survey {
             table: true,
-            sets: [None, None, Some(unsized_good), None, Some(info), None],
+            sets: [
+                None,
+                None,
+                None,
+                None,
+                Some(unsized_good),
+                None,
+                Some(info),
+                None,
+            ],
             input: None,
             forward: None,
         }
@@ -355,7 +364,7 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     );
     let regular = ChainInfo {
         hooknum: None,
-        drops: [true; 6],
+        drops: [true; 8],
     };
     assert!(
         check([None, None], Some(regular))
