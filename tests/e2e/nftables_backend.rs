@@ -612,7 +612,8 @@ fn the_fleet_room_holds_hosts_and_touching_networks_with_timeouts_in_one_transac
     };
     b.change_intervals(Room::Fleet, &changes).expect("add");
     // Adding the same elements again (a restart re-applying them) is no error.
-    b.change_intervals(Room::Fleet, &changes).expect("add again");
+    b.change_intervals(Room::Fleet, &changes)
+        .expect("add again");
     // Hosts in the host sets, networks (touching ones too) in the interval sets.
     assert_eq!(
         fleet_elements(&lab, "fleet_ipv4"),

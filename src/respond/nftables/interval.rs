@@ -20,7 +20,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Subnets};
 use super::wire::{self, Attrs, Batch, Cmd};
 use super::{
     ELEMENTS_PER_MESSAGE, Element, FAMILIES, FLEET_FAMILIES, FLEET_NET_FAMILIES, Family, Key,
-    Label, NET_FAMILIES, NftBackend, NftError, element_command, parse_element, timeout_ms,
+    Label, NET_FAMILIES, NftBackend, NftError, element_command, element_list_command,
+    parse_element, timeout_ms,
 };
 
 /// Which sets of ours (hosts and networks, one of each per address family) a change goes
@@ -135,35 +136,26 @@ fn interval_command(
     spans: &[(Span, Option<u64>)],
     timeouts: bool,
 ) -> u32 {
-    let flags = if cmd == Cmd::NewSetElem {
-        wire::NLM_F_CREATE
-    } else {
-        0
-    };
     let len = fam.key_len as usize;
-    batch.command(cmd, flags, |w| {
-        w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
-        w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
-            for (span, timeout) in spans {
-                w.nested(wire::NFTA_LIST_ELEM, |w| {
-                    w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
-                        w.bytes(wire::NFTA_DATA_VALUE, &span.start[..len]);
-                    });
-                    if let (true, Some(ms)) = (timeouts, timeout) {
-                        w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
-                    }
+    element_list_command(batch, cmd, table, fam, |w| {
+        for (span, timeout) in spans {
+            w.nested(wire::NFTA_LIST_ELEM, |w| {
+                w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                    w.bytes(wire::NFTA_DATA_VALUE, &span.start[..len]);
                 });
-                if let Some(end) = &span.end {
-                    w.nested(wire::NFTA_LIST_ELEM, |w| {
-                        w.be32(wire::NFTA_SET_ELEM_FLAGS, wire::NFT_SET_ELEM_INTERVAL_END);
-                        w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
-                            w.bytes(wire::NFTA_DATA_VALUE, &end[..len]);
-                        });
-                    });
+                if let (true, Some(ms)) = (timeouts, timeout) {
+                    w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
                 }
+            });
+            if let Some(end) = &span.end {
+                w.nested(wire::NFTA_LIST_ELEM, |w| {
+                    w.be32(wire::NFTA_SET_ELEM_FLAGS, wire::NFT_SET_ELEM_INTERVAL_END);
+                    w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                        w.bytes(wire::NFTA_DATA_VALUE, &end[..len]);
+                    });
+                });
             }
-        });
+        }
     })
 }
 

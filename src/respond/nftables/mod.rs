@@ -958,6 +958,29 @@ fn element_command(
     elements: &[Element],
     timeouts: bool,
 ) -> u32 {
+    element_list_command(batch, cmd, table, fam, |w| {
+        for (key, timeout) in elements {
+            w.nested(wire::NFTA_LIST_ELEM, |w| {
+                w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                    w.bytes(wire::NFTA_DATA_VALUE, key.data());
+                });
+                if let (true, Some(ms)) = (timeouts, timeout) {
+                    w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
+                }
+            });
+        }
+    })
+}
+
+/// One element list command (`NEWSETELEM`, which creates, or `DELSETELEM`) for a set of
+/// ours, `elements` writing the list's entries. Returns its sequence number.
+fn element_list_command(
+    batch: &mut Batch,
+    cmd: Cmd,
+    table: &str,
+    fam: &Family,
+    elements: impl FnOnce(&mut Writer),
+) -> u32 {
     let flags = if cmd == Cmd::NewSetElem {
         wire::NLM_F_CREATE
     } else {
@@ -966,18 +989,7 @@ fn element_command(
     batch.command(cmd, flags, |w| {
         w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
         w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
-            for (key, timeout) in elements {
-                w.nested(wire::NFTA_LIST_ELEM, |w| {
-                    w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
-                        w.bytes(wire::NFTA_DATA_VALUE, key.data());
-                    });
-                    if let (true, Some(ms)) = (timeouts, timeout) {
-                        w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
-                    }
-                });
-            }
-        });
+        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, elements);
     })
 }
 
