@@ -107,11 +107,12 @@ impl KernelRoom {
         match settings {
             RoomSettings::Nft(nft) => {
                 let handle = NftHandle::closed();
-                handle.open(nft);
-                if handle.is_open() {
-                    KernelRoom::Nft(handle)
-                } else {
-                    KernelRoom::Off
+                match handle.open(nft) {
+                    Ok(()) => KernelRoom::Nft(handle),
+                    Err(e) => {
+                        log::warn!("{}", log_lines::fleet_no_kernel_room(e));
+                        KernelRoom::Off
+                    }
                 }
             }
             RoomSettings::Routes(kind) => {

@@ -58,29 +58,25 @@ impl NftHandle {
             Some(s) if have.as_ref() == Some(&s) => {}
             Some(s) => {
                 drop(slot);
-                self.open(&s);
+                match self.open(&s) {
+                    Ok(()) => log::info!(
+                        "{}",
+                        log_lines::nftables_ready(&s.table, s.set_size, s.forward)
+                    ),
+                    Err(e) => log::error!("{}", log_lines::nftables_unusable(e)),
+                }
             }
         }
     }
 
-    /// Opens (or makes) the table of `settings` in place of whatever was open; logs one line
-    /// for the outcome. For a second user of the same table (the fleet's puller), with a
+    /// Opens (or makes) the table of `settings` in place of whatever was open (closed on
+    /// an error). For a second user of the same table too (the fleet's puller), with a
     /// socket of its own.
-    pub fn open(&self, settings: &NftSettings) {
+    pub fn open(&self, settings: &NftSettings) -> Result<(), NftError> {
         let mut slot = self.lock();
-        match NftBackend::open(settings) {
-            Ok(b) => {
-                *slot = Some(b);
-                log::info!(
-                    "{}",
-                    log_lines::nftables_ready(&settings.table, settings.set_size, settings.forward)
-                );
-            }
-            Err(e) => {
-                *slot = None;
-                log::error!("{}", log_lines::nftables_unusable(e));
-            }
-        }
+        *slot = None;
+        *slot = Some(NftBackend::open(settings)?);
+        Ok(())
     }
 
     /// Whether a backend is open (the responder joins the chain only then).
