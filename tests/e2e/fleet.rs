@@ -822,6 +822,41 @@ fn crowdsec_origins_that_leave_an_origin_out_apply_none_of_its_decisions() {
 }
 
 #[test]
+fn a_reload_that_widens_crowdsec_origins_rewrites_the_fleet_sets_in_one_pull() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    import_hosts(&lab, &lapi, 300, &[]);
+    let control = "10.77.251.8";
+    lapi.cscli_ok(&["decisions", "add", "--ip", control, "--duration", "1h"]);
+    let d = nft_pulling_daemon(&lab, &lapi, "CROWDSEC_ORIGINS=\"cscli\"\n");
+    assert!(
+        wait_for(3, || fleet_v4(&lab) == [control.to_string()]),
+        "{:?}",
+        fleet_v4(&lab)
+    );
+    // The same config without the filter: the puller restarts and reads the whole stream.
+    let conf = lab.path("portsentry.conf");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(&conf, text.replace("CROWDSEC_ORIGINS=\"cscli\"\n", "")).expect("config");
+    lab.ctl_ok(&["reload"]);
+    assert!(
+        wait_for(4, || fleet_v4(&lab).len() == 301),
+        "{} {:?}",
+        fleet_v4(&lab).len(),
+        d.syslog()
+    );
+    d.expect_line("restarting the fleet threads", 1);
+    d.expect_line("CrowdSec pull: 301 decisions added", 1);
+    assert!(
+        lab.ctl_ok(&["list"])
+            .contains("fleet: 301 decisions in force (cscli-import 300, cscli 1)"),
+        "{}",
+        lab.ctl_ok(&["list"])
+    );
+}
+
+#[test]
 fn crowdsec_pull_responders_runs_hosts_deny_for_pulled_decisions_and_undoes_it() {
     let lab = Lab::new();
     let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
