@@ -181,7 +181,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         events.sink(),
     )?;
     // The fleet: pushes what the manager tells it, pulls decisions into it.
-    let mut fleet = crate::fleet::Fleet::start(&config, &blocks);
+    let mut fleet = crate::fleet::Fleet::start(&generation, &blocks, protector.view());
     let filters = standard_chain(
         &generation.config,
         &generation.ignore,
@@ -192,7 +192,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
-    let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
+    let metrics = MetricsServer::new(
+        Sources::of(&pipeline, &blocks, &events, &fleet),
+        generation.number,
+    );
     metrics.follow(config.metrics_listen);
 
     let (requests_tx, requests) = unbounded();
@@ -303,9 +306,12 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
         }
         // The control server filters the list and splits an unblock of several targets into
         // single unblocks: only the plain forms reach the daemon.
-        Request::List { .. } => reloader
-            .blocks
-            .list(move |blocks| call.answer(Response::List { blocks })),
+        Request::List { .. } => {
+            let fleet = reloader.fleet.decisions();
+            reloader
+                .blocks
+                .list(move |blocks| call.answer(Response::List { blocks, fleet }))
+        }
         Request::UnblockMany { .. } => call.answer(Response::error(
             "unblock of several targets is split by the control server",
         )),
@@ -557,7 +563,7 @@ impl Reloader<'_> {
     fn swap(&mut self, next: Generation, lua: LuaPlugins) {
         self.blocks.reconfigure(next.clone(), lua.clone());
         self.protector.reconfigure(&next.config);
-        self.fleet.follow(&next.config, self.blocks);
+        self.fleet.follow(&next, self.blocks);
         for h in self.sensors {
             let _ = h
                 .control

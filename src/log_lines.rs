@@ -738,7 +738,80 @@ pub fn fleet_refused(url: &str, what: impl Display) -> String {
 /// Ours: a pulled decision names an address this host does not block (protected, ignored,
 /// its own); said once per address.
 pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> String {
-    format!("adminalert: WARNING: CrowdSec decision for {target} ({source}) not applied: {why}")
+    format!("CrowdSec decision for {target} ({source}) not applied: {why}")
+}
+
+/// The numbers of [`fleet_pulled`]'s line.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetPullCounts {
+    /// Decisions taken.
+    pub added: usize,
+    /// Decisions gone.
+    pub removed: usize,
+    /// Decisions refused.
+    pub refused: usize,
+    /// Decisions left out (`CROWDSEC_MAX_DECISIONS`).
+    pub over_limit: usize,
+    /// Decisions in force after the pull.
+    pub held: usize,
+}
+
+/// Ours: one pull of the decision stream that changed something (one line a pull, never
+/// one a decision): decisions added and removed, refused, left out, what is in force per
+/// origin, how long the pull took (request, parse, apply) and the kernel's part of it.
+pub fn fleet_pulled(
+    n: &FleetPullCounts,
+    per_origin: &[(String, u64)],
+    took: std::time::Duration,
+    kernel: std::time::Duration,
+) -> String {
+    let FleetPullCounts {
+        added,
+        removed,
+        refused,
+        over_limit,
+        held,
+    } = *n;
+    let origins = if per_origin.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = per_origin.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        format!(" ({})", each.join(", "))
+    };
+    let over = if over_limit > 0 {
+        format!(", {over_limit} over CROWDSEC_MAX_DECISIONS")
+    } else {
+        String::new()
+    };
+    format!(
+        "CrowdSec pull: {added} decisions added, {removed} removed, {refused} refused{over}; \
+         {held} in force{origins}; {} ms (kernel {} ms)",
+        took.as_millis(),
+        kernel.as_millis()
+    )
+}
+
+/// Ours: what `CROWDSEC_PULL_RESPONDERS` did after a pull.
+pub fn fleet_responders_ran(applied: usize, undone: usize, failed: usize) -> String {
+    format!("CrowdSec pull responders: {applied} applied, {undone} undone, {failed} failed")
+}
+
+/// Ours: the fleet's decision table is full: said once when it fills up.
+pub fn fleet_limit_reached(max: usize) -> String {
+    format!(
+        "adminalert: WARNING: CROWDSEC_MAX_DECISIONS ({max}) reached: newer CrowdSec decisions \
+         are left out until older ones end (raise it, or narrow CROWDSEC_ORIGINS)"
+    )
+}
+
+/// Ours: the kernel refused the fleet's changes (and their rewrite).
+pub fn fleet_kernel_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: CrowdSec decisions not applied to the kernel: {err}")
+}
+
+/// Ours: pulled decisions have no way into the kernel.
+pub fn fleet_no_kernel_room(why: impl Display) -> String {
+    format!("adminalert: WARNING: CrowdSec decisions are pulled but not applied: {why}")
 }
 
 /// Ours: after a refused reload, the generation still in force.

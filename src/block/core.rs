@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::journal::{Entry, Offence, UnblockReason};
 use super::policy::{DurationPolicy, Past};
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
+use crate::config::ignore::IgnoreList;
 use crate::config::{BlockLevel, Config};
 use crate::event::{Candidate, Hit, Mode, ProbeKind, Proto};
 use crate::event_log::Event;
@@ -107,9 +108,10 @@ impl Now {
 /// What the core cannot know from data alone: which addresses are this host's own or
 /// protected (gateways, resolvers, sessions). The shell answers from the live sources.
 pub trait Guard: Send {
-    /// Why `target` must never be blocked (by hand, by the fleet, or as an escalated
-    /// prefix), if so, worded for the operator (`refused: … is protected (gateway)`).
-    fn refusal(&self, target: &Target) -> Option<String>;
+    /// Why `target` must never be blocked (by hand or as an escalated prefix), if so,
+    /// worded for the operator (`refused: … is protected (gateway)`): loopback, this host's
+    /// own addresses, protected addresses, and entries of `ignore`.
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String>;
 }
 
 /// Reply callbacks: the core never waits for whoever asked.
@@ -172,19 +174,6 @@ pub enum Input {
         /// What was undone, or why not.
         reply: Reply<Result<Vec<String>, String>>,
     },
-    /// A CrowdSec decision pulled from the fleet.
-    FleetBlock {
-        /// What to block.
-        target: Target,
-        /// How long.
-        duration: Duration,
-        /// The decision's origin and scenario.
-        source: String,
-        /// The outcome.
-        reply: Reply<BlockOutcome>,
-    },
-    /// A fleet decision ended: lift its block, if it is the fleet's.
-    FleetUnblock(Target),
     /// A new config generation (plain data).
     Reconfigure(Generation),
     /// Whether a block observer listens (notes are made only then).
@@ -553,33 +542,6 @@ impl BlockCore {
                 covering,
                 reply,
             } => self.unblock_by_hand(target, covering, reply),
-            Input::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            } => self.block_by_hand(
-                vec![target],
-                Some(duration),
-                source,
-                Origin::Fleet,
-                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
-                    if let Some(outcome) = outcomes.pop() {
-                        reply(outcome);
-                    }
-                }),
-                now,
-            ),
-            Input::FleetUnblock(target) => {
-                let from_fleet = match self.hosts.get(&target) {
-                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
-                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
-                    _ => false,
-                };
-                if from_fleet {
-                    self.unblock_by_hand(target, false, Box::new(|_| {}));
-                }
-            }
             Input::Reconfigure(generation) => self.reconfigure(generation, now),
             Input::Observing(on) => self.observing = on,
             Input::Stop => {
@@ -1117,16 +1079,6 @@ impl BlockCore {
                 }
                 None => {}
             }
-            if let Some(net) = self
-                .covering(target.addr())
-                .filter(|net| net.prefix_len() < target.prefix_len())
-            {
-                batch.outcomes.push(refuse(format!(
-                    "already covered by the block of {}",
-                    target_text(&net)
-                )));
-                continue;
-            }
             let past = self.past(&target, now.wall);
             let applying = Applying {
                 job: 0,
@@ -1168,30 +1120,10 @@ impl BlockCore {
         self.waiting.push_back(Work::Refresh { id, record });
     }
 
-    /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
-    /// the ignore list (an entry inside it, or one covering it), and what the guard knows
-    /// (this host's own addresses, protected addresses).
+    /// Why a target must never be blocked whole, if so (the guard's one check, with the
+    /// ignore list of the generation in force).
     fn refusal(&self, target: &Target) -> Option<String> {
-        let addr = target.addr();
-        let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-        if special(addr) || (is_network(target) && target.contains(&loopback_of(addr))) {
-            return Some("refused: loopback or unspecified address".into());
-        }
-        if let Some(why) = self.guard.refusal(target) {
-            return Some(why);
-        }
-        let ignore = &self.generation.ignore;
-        if let Some(entry) = ignore
-            .entries()
-            .iter()
-            .find(|e| e.contains(&target.addr()) || target.contains(&e.addr()))
-        {
-            return Some(format!(
-                "refused: in the ignore list ({})",
-                target_text(entry)
-            ));
-        }
-        None
+        self.guard.refusal(target, &self.generation.ignore)
     }
 
     fn unblock_by_hand(
@@ -1915,14 +1847,6 @@ fn forgeable_policy(config: &Config) -> DurationPolicy {
     DurationPolicy {
         base: config.forgeable_block_timeout.or(config.block_timeout),
         ..DurationPolicy::from_config(config)
-    }
-}
-
-/// A 127.0.0.1 / ::1 of the target's family, to tell whether a network covers loopback.
-fn loopback_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
-        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     }
 }
 

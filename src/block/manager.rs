@@ -23,6 +23,7 @@ pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
 use super::journal::{self, BlockedFile, Entry, Journal};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
+use crate::config::ignore::IgnoreList;
 use crate::event_log::EventSink;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
@@ -73,42 +74,6 @@ impl BlockRequester {
                 false
             }
         }
-    }
-}
-
-/// The fleet puller's way in: blocks from CrowdSec decisions and their lifting, by message
-/// like everything else that changes a block.
-#[derive(Clone)]
-pub struct FleetInput {
-    control: Sender<Msg>,
-}
-
-impl FleetInput {
-    /// Applies a CrowdSec decision pulled from the fleet as a block of origin
-    /// [`Origin::Fleet`] lasting `duration`; `source` (the decision's origin and scenario)
-    /// is kept for `list`. Refused like a block by hand for protected, ignored and local
-    /// addresses, and when the target is already blocked here (a decision this host pushed
-    /// coming back, or a local block that stands anyway).
-    pub fn fleet_block(
-        &self,
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: impl FnOnce(BlockOutcome) + Send + 'static,
-    ) {
-        let _ = self.control.send(Msg::Core(Input::FleetBlock {
-            target,
-            duration,
-            source,
-            reply: Box::new(reply),
-        }));
-    }
-
-    /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
-    /// block of any other origin for the same target stays (idempotent: nothing to lift is
-    /// not an error).
-    pub fn fleet_unblock(&self, target: Target) {
-        let _ = self.control.send(Msg::Core(Input::FleetUnblock(target)));
     }
 }
 
@@ -327,13 +292,6 @@ impl BlockManager {
         }));
     }
 
-    /// What the fleet puller applies and lifts decisions through.
-    pub fn fleet_input(&self) -> FleetInput {
-        FleetInput {
-            control: self.control.clone(),
-        }
-    }
-
     /// Sets (or, with `None`, removes) the block observer: the fleet pusher hears every
     /// block made here and every block lifted, without ever slowing the manager (a full
     /// queue drops the note and counts it).
@@ -368,20 +326,8 @@ struct LiveGuard {
 }
 
 impl Guard for LiveGuard {
-    fn refusal(&self, target: &Target) -> Option<String> {
-        let local = LocalAddrs::new();
-        if let Some(ip) = local.iter().find(|ip| target.contains(ip)) {
-            return Some(format!("refused: {ip} is this host's own address"));
-        }
-        self.protect
-            .snapshot()
-            .protected_in(target)
-            .map(|(ip, reason)| {
-                format!(
-                    "refused: {ip} is protected ({})",
-                    log_lines::protection_reason(reason)
-                )
-            })
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String> {
+        crate::protected::refusal(target, &LocalAddrs::new(), &self.protect.snapshot(), ignore)
     }
 }
 
@@ -758,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn the_observer_hears_local_blocks_only_and_the_fleet_lifts_only_its_own() {
+    fn the_observer_hears_blocks_made_and_lifted_here() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "true");
         let manager =
@@ -766,59 +712,10 @@ mod tests {
                 .unwrap();
         let (notes_tx, notes) = bounded(16);
         manager.observe(Some(notes_tx));
-        let view = manager.view();
-        let fleet = manager.fleet_input();
-        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let said = |o: &std::sync::Arc<std::sync::Mutex<Vec<BlockOutcome>>>| {
-            let o = std::sync::Arc::clone(o);
-            move |b: BlockOutcome| o.lock().unwrap().push(b)
-        };
-        // A scan block is told; a fleet block of another address is not.
         assert!(manager.requester().request(request("10.77.7.1")));
         let target = |t: &str| crate::record::parse_target(t).unwrap();
         let made = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(&made, BlockNote::Made(r) if r.origin == Origin::Scan));
-        fleet.fleet_block(
-            target("10.77.7.0/28"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        // The scanner's own address again, from the fleet: already blocked here.
-        fleet.fleet_block(
-            target("10.77.7.1"),
-            Duration::from_secs(60),
-            "portsentry portsentry/port-scan".into(),
-            said(&outcome),
-        );
-        // Loopback from the fleet: refused like a block by hand.
-        fleet.fleet_block(
-            target("127.0.0.1"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        assert!(wait_for(|| outcome.lock().unwrap().len() == 3));
-        let got = outcome.lock().unwrap().clone();
-        let by = |t: &str| got.iter().find(|o| o.target == t).unwrap().clone();
-        assert!(by("10.77.7.0/28").ok, "{got:?}");
-        assert!(
-            by("10.77.7.1").detail.starts_with("already blocked"),
-            "{got:?}"
-        );
-        assert!(by("127.0.0.1").detail.starts_with("refused"), "{got:?}");
-        // Deletion of a decision naming the scan-blocked address lifts nothing...
-        fleet.fleet_unblock(target("10.77.7.1"));
-        // ...while the fleet's own block goes, without a note (it was never pushed).
-        fleet.fleet_unblock(target("10.77.7.0/28"));
-        let lifted = |v: &BlockView| !v.is_blocked("10.77.7.0".parse().unwrap());
-        assert!(wait_for(|| lifted(&view)), "the fleet block is lifted");
-        assert!(
-            view.is_blocked("10.77.7.1".parse().unwrap()),
-            "the scan block stays"
-        );
-        assert!(notes.try_recv().is_err(), "no note for fleet blocks");
-        // Positive control of the unblock note: lifting the scan block is told.
         manager.unblock(target("10.77.7.1"), |_| {});
         let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));

@@ -505,6 +505,73 @@ pub const KEYS: &[KeySpec] = &[
               crowdsec.outbox beside BLOCK_STATE_FILE).",
         set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.outbox_file = v),
     },
+    KeySpec {
+        name: "CROWDSEC_MAX_DECISIONS",
+        doc: "Pulled CrowdSec decisions held at most (default 200000); beyond, newer ones are \
+              left out, with one line. They never count against MAX_ACTIVE_BLOCKS.",
+        set: |c, e, _| {
+            whole_number(&e.value, 1, 10_000_000).map(|v| {
+                c.fleet.max_decisions =
+                    usize::try_from(v).unwrap_or(super::fleet::DEFAULT_MAX_DECISIONS)
+            })
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_ORIGINS",
+        doc: "Origins of the decisions pulled, comma-separated exact names as the LAPI records \
+              them (crowdsec, cscli, cscli-import, CAPI, lists); empty (default): all.",
+        set: |c, e, _| super::fleet::word_list(&e.value).map(|v| c.fleet.origins = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_SCENARIOS_CONTAINING",
+        doc: "Pull only decisions whose scenario contains one of these comma-separated words \
+              (case-insensitive); empty (default): all.",
+        set: |c, e, _| super::fleet::word_list(&e.value).map(|v| c.fleet.scenarios_containing = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_SCENARIOS_NOT_CONTAINING",
+        doc: "Leave out decisions whose scenario contains one of these comma-separated words \
+              (case-insensitive); empty (default): none left out.",
+        set: |c, e, _| {
+            super::fleet::word_list(&e.value).map(|v| c.fleet.scenarios_not_containing = v)
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_PULL_RESPONDERS",
+        doc: "Responders also run for each pulled CrowdSec decision, comma-separated: \
+              hosts_deny, run_cmd, route (route with KILL_NFTABLES only); empty (default): \
+              none. Costs one run a decision (a process for a command).",
+        set: |c, e, _| {
+            let names = super::fleet::word_list(&e.value)?;
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !super::fleet::PULL_RESPONDER_NAMES.contains(&n.as_str()))
+            {
+                return Err(format!(
+                    "\"{bad}\" is not a responder: expected hosts_deny, run_cmd or route"
+                ));
+            }
+            c.fleet.pull_responders = names;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_CA_CERT",
+        doc: "PEM file of the certificate authority an https:// LAPI's certificate is checked \
+              against, besides the system's; empty: the system's only.",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.ca_cert = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_CERT",
+        doc: "PEM client certificate for a LAPI that asks for one (with CROWDSEC_KEY).",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.cert = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_KEY",
+        doc: "PEM private key of CROWDSEC_CERT (mode 0600; one readable by every user is \
+              refused).",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.key = v),
+    },
 ];
 
 /// A path where empty means "none".
@@ -545,6 +612,17 @@ fn fleet_pass(raw: &RawConfig, config: &Config, errors: &mut Vec<ConfigError>) {
             format!("set without {other} (push needs both)"),
         ),
         _ => {}
+    }
+    if f.cert.is_some() != f.key.is_some() {
+        let (set, missing) = if f.cert.is_some() {
+            ("CROWDSEC_CERT", "CROWDSEC_KEY")
+        } else {
+            ("CROWDSEC_KEY", "CROWDSEC_CERT")
+        };
+        fail(
+            set,
+            format!("set without {missing} (a client certificate needs both)"),
+        );
     }
     let push = f.machine_id.is_some() && f.password_file.is_some();
     let pull = f.bouncer_key_file.is_some();

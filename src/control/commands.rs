@@ -238,12 +238,15 @@ pub fn render(request: &Request, response: &Response, json: bool) -> Printed {
             out: status_text(report, SystemTime::now()),
             ..Printed::default()
         },
-        (Request::List { .. }, Response::List { blocks }) if json => json_text(blocks),
-        (Request::List { targets, origin }, Response::List { blocks }) => Printed {
-            out: if blocks.is_empty() && (!targets.is_empty() || origin.is_some()) {
+        (Request::List { .. }, Response::List { blocks, .. }) if json => json_text(blocks),
+        (Request::List { targets, origin }, Response::List { blocks, fleet }) => Printed {
+            out: if blocks.is_empty()
+                && fleet.is_none()
+                && (!targets.is_empty() || origin.is_some())
+            {
                 "no block in force matches\n".into()
             } else {
-                list_text(blocks)
+                list_text(blocks) + &fleet_text(fleet.as_ref())
             },
             ..Printed::default()
         },
@@ -415,6 +418,9 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
             format!("crowdsec {}", link.direction),
             format!("{}: {}{since}", link.url, link.state),
         ));
+        if let Some(decisions) = &link.decisions {
+            rows.push(("crowdsec decisions".into(), decisions.summary()));
+        }
     }
     rows.extend(storage_rows(&report.storage));
     rows.extend(
@@ -472,6 +478,12 @@ fn storage_rows(storage: &[crate::storage::FileHealth]) -> Vec<(String, String)>
         rows.push((key, value));
     }
     rows
+}
+
+/// `list`'s last line: the decisions pulled from the fleet, counted per origin (they are
+/// kernel elements of their own, not blocks: tens of thousands of rows would say less).
+fn fleet_text(fleet: Option<&crate::fleet::PullSnapshot>) -> String {
+    fleet.map_or_else(String::new, |f| format!("fleet: {}\n", f.summary()))
 }
 
 /// `list`: one row a block, columns aligned.

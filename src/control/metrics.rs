@@ -63,6 +63,8 @@ pub struct Sources {
     pub view: BlockView,
     /// What happened to the structured events.
     pub events: Arc<EventCounters>,
+    /// What the fleet's puller holds (its counts per origin).
+    pub fleet: Arc<crate::fleet::PullView>,
 }
 
 impl Sources {
@@ -71,6 +73,7 @@ impl Sources {
         pipeline: &crate::pipeline::Pipeline,
         blocks: &crate::block::manager::BlockManager,
         events: &crate::event_log::EventLog,
+        fleet: &crate::fleet::Fleet,
     ) -> Sources {
         Sources {
             stats: pipeline.stats(),
@@ -78,6 +81,7 @@ impl Sources {
             blocks: blocks.counters(),
             view: blocks.view(),
             events: events.counters(),
+            fleet: fleet.pulled(),
         }
     }
 }
@@ -314,6 +318,40 @@ impl Collector for Collect {
             ConstGauge::new(i64::from(on))
                 .encode(failing.encode_family(&[("file", file.key())])?)?;
         }
+
+        let pulled = self.sources.fleet.read();
+        let mut by_origin = e.encode_descriptor(
+            "portsentry_fleet_decisions",
+            "CrowdSec decisions pulled and in force (in the kernel, apart from the blocks), \
+             by origin",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (origin, n) in &pulled.per_origin {
+            ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
+                .encode(by_origin.encode_family(&[("origin", origin.as_str())])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "portsentry_fleet_decisions_refused",
+                "Pulled CrowdSec decisions refused (protected, ignored or local addresses) \
+                 since the puller started",
+                pulled.refused,
+            ),
+            (
+                "portsentry_fleet_decisions_over_limit",
+                "Pulled CrowdSec decisions left out because CROWDSEC_MAX_DECISIONS was reached",
+                pulled.over_limit,
+            ),
+        ] {
+            single(e, name, help, &counter(value))?;
+        }
+        single(
+            e,
+            "portsentry_fleet_kernel_elements",
+            "Kernel elements (nftables or routes) holding the pulled CrowdSec decisions",
+            &ConstGauge::new(i64::try_from(pulled.elements).unwrap_or(i64::MAX)),
+        )?;
 
         let timings = &blocks.timings;
         let mut jobs = e.encode_descriptor(

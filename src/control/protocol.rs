@@ -120,6 +120,10 @@ pub enum Response {
     List {
         /// Every block in force, as the block manager holds it.
         blocks: Vec<BlockRecord>,
+        /// The decisions pulled from the fleet (in the kernel, not blocks of the manager):
+        /// their counts per origin. `None` without a puller.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<crate::fleet::PullSnapshot>,
     },
     /// The block is gone.
     Unblocked {
@@ -537,6 +541,7 @@ mod tests {
                 url: "http://127.0.0.1:8080".into(),
                 state: "connected".into(),
                 since: Some(at),
+                decisions: None,
             }],
             storage: vec![crate::storage::FileHealth {
                 file: "journal".into(),
@@ -558,9 +563,28 @@ mod tests {
         );
         let json = round_trip_response(Response::List {
             blocks: vec![sample_record()],
+            fleet: None,
         });
+        let json_fleet = round_trip_response(Response::List {
+            blocks: vec![],
+            fleet: Some(crate::fleet::PullSnapshot {
+                per_origin: vec![("CAPI".into(), 3)],
+                held: 3,
+                elements: 3,
+                refused: 0,
+                over_limit: 0,
+                room: "nftables".into(),
+            }),
+        });
+        assert!(
+            json_fleet.contains(r#""per_origin":[["CAPI",3]]"#),
+            "{json_fleet}"
+        );
         assert!(json.contains(r#""target":"10.0.0.0/24""#), "{json}");
-        round_trip_response(Response::List { blocks: vec![] });
+        round_trip_response(Response::List {
+            blocks: vec![],
+            fleet: None,
+        });
         round_trip_response(Response::Unblocked {
             target: "10.0.0.5".into(),
             detail: vec!["route: ip route del 10.0.0.5".into()],

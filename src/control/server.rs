@@ -286,9 +286,13 @@ fn list(
     origin: Option<&str>,
 ) -> Result<Response, String> {
     let selection = Selection::new(targets, origin)?;
+    // The fleet's counts go with an unfiltered list and with `--origin fleet[:SOURCE]`.
+    let with_fleet =
+        targets.is_empty() && origin.is_none_or(|o| o == "fleet" || o.starts_with("fleet:"));
     Ok(match ask_daemon(calls, every_block())? {
-        Response::List { blocks } => Response::List {
+        Response::List { blocks, fleet } => Response::List {
             blocks: selection.apply(blocks),
+            fleet: fleet.filter(|_| with_fleet),
         },
         other => other,
     })
@@ -316,7 +320,7 @@ fn unblock_targets(
         (true, true) => {
             let selection = Selection::new(&[], origin)?;
             match ask_daemon(calls, every_block())? {
-                Response::List { blocks } => Ok(selection
+                Response::List { blocks, .. } => Ok(selection
                     .apply(blocks)
                     .iter()
                     .map(|b| crate::block::target_text(&b.target))

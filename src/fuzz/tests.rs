@@ -672,7 +672,10 @@ fn response() -> impl Strategy<Value = Response> {
                     .collect(),
             }
         }),
-        records(false).prop_map(|blocks| Response::List { blocks }),
+        records(false).prop_map(|blocks| Response::List {
+            blocks,
+            fleet: None,
+        }),
         status().prop_map(Response::Status),
     ]
 }

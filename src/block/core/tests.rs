@@ -11,11 +11,15 @@ use crate::respond::pool::JobResult;
 struct Protects(Vec<IpAddr>);
 
 impl Guard for Protects {
-    fn refusal(&self, target: &Target) -> Option<String> {
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String> {
         self.0
             .iter()
             .find(|ip| target.contains(*ip))
             .map(|ip| format!("refused: {ip} is protected (gateway)"))
+            .or_else(|| {
+                let none = crate::local_addrs::LocalAddrs::from_addrs([], Instant::now());
+                crate::protected::refusal(target, &none, &Default::default(), ignore)
+            })
     }
 }
 
@@ -473,7 +477,7 @@ fn unblock_of_a_host_inside_a_prefix_names_it_and_covering_lifts_it() {
 }
 
 #[test]
-fn a_manual_block_inside_a_blocked_network_is_refused_and_the_network_leaves_hosts_alone() {
+fn a_host_blocked_by_hand_inside_a_blocked_network_is_its_own_block_and_outlives_it() {
     let mut r = Rig::new(config(|_| {}));
     r.probe("192.0.2.7", 1, true);
     r.settle();
@@ -481,30 +485,27 @@ fn a_manual_block_inside_a_blocked_network_is_refused_and_the_network_leaves_hos
     let o = Arc::clone(&outcomes);
     r.send(Input::Block {
         targets: vec![net("192.0.2.0/24"), net("192.0.2.9")],
-        duration: None,
+        duration: Some(Duration::from_secs(60)),
         reason: "by hand".into(),
         reply: Box::new(move |v| o.lock().unwrap().extend(v)),
     });
     r.settle();
-    // The scan block inside the manual network stays (it outlives the network's unblock).
-    assert_eq!(r.blocked(), ["192.0.2.0/24", "192.0.2.7"]);
-    let o = Arc::clone(&outcomes);
-    r.send(Input::Block {
-        targets: vec![net("192.0.2.9")],
-        duration: None,
-        reason: "by hand".into(),
-        reply: Box::new(move |v| o.lock().unwrap().extend(v)),
-    });
-    let got = outcomes.lock().unwrap().clone();
-    let refused = got
-        .iter()
-        .find(|o| o.target == "192.0.2.9" && !o.ok)
-        .unwrap();
     assert!(
-        refused
-            .detail
-            .contains("covered by the block of 192.0.2.0/24")
+        outcomes.lock().unwrap().iter().all(|o| o.ok),
+        "{outcomes:?}"
     );
+    // The scan block inside the manual network stays: it is not an escalated prefix.
+    assert_eq!(r.blocked(), ["192.0.2.0/24", "192.0.2.7", "192.0.2.9"]);
+    let a = Arc::new(Mutex::new(None));
+    let a2 = Arc::clone(&a);
+    r.send(Input::Unblock {
+        target: net("192.0.2.0/24"),
+        covering: false,
+        reply: Box::new(move |res| *a2.lock().unwrap() = Some(res)),
+    });
+    r.settle();
+    assert!(a.lock().unwrap().take().unwrap().is_ok());
+    assert_eq!(r.blocked(), ["192.0.2.7", "192.0.2.9"]);
 }
 
 #[test]

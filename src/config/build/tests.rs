@@ -924,11 +924,15 @@ fn every_table_key_builds_from_a_valid_value() {
         | "MAX_ACTIVE_BLOCKS"
         | "LOG_RATE_LIMIT"
         | "EVENT_LOG_RATE_LIMIT"
+        | "CROWDSEC_MAX_DECISIONS"
         | "BLOCK_RATE_LIMIT_PER_PREFIX" => "100",
         "SCAN_PREFIX_V4" | "ESCALATE_PREFIX_V4" => "24",
         "SCAN_PREFIX_V6" | "ESCALATE_PREFIX_V6" => "56",
         "ESCALATE_AFTER_V4" | "ESCALATE_AFTER_V6" => "5",
         "ESCALATE_FORGEABLE" => "1",
+        "CROWDSEC_ORIGINS" => "CAPI,crowdsec",
+        "CROWDSEC_PULL_RESPONDERS" => "hosts_deny",
+        "CROWDSEC_SCENARIOS_CONTAINING" | "CROWDSEC_SCENARIOS_NOT_CONTAINING" => "ssh,http",
         "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST"
@@ -971,6 +975,35 @@ fn every_table_key_builds_from_a_valid_value() {
 }
 
 #[test]
+fn a_client_certificate_needs_its_key_and_filters_are_word_lists() {
+    let raw = parse(
+        Path::new("p.conf"),
+        "CROWDSEC_LAPI_URL=\"https://h:1\"\nCROWDSEC_BOUNCER_KEY_FILE=\"/k\"\n\
+         CROWDSEC_CERT=\"/c.pem\"\nCROWDSEC_ORIGINS=\"CAPI, lists\"\n",
+    )
+    .unwrap();
+    let errors = build(&raw).unwrap_err().0;
+    assert_eq!(
+        errors[0].to_string(),
+        "p.conf:3: CROWDSEC_CERT: set without CROWDSEC_KEY (a client certificate needs both)"
+    );
+    let raw = parse(
+        Path::new("p.conf"),
+        "CROWDSEC_ORIGINS=\"CAPI, lists\"\nCROWDSEC_MAX_DECISIONS=\"0\"\n",
+    )
+    .unwrap();
+    let errors = build(&raw).unwrap_err().0;
+    assert!(
+        errors[0].to_string().starts_with(
+            "p.conf:2: CROWDSEC_MAX_DECISIONS: \"0\": out of range (expected a whole number from 1"
+        ),
+        "{errors:?}"
+    );
+    let raw = parse(Path::new("p.conf"), "CROWDSEC_ORIGINS=\"CAPI, lists\"\n").unwrap();
+    assert_eq!(build(&raw).unwrap().fleet.origins, ["CAPI", "lists"]);
+}
+
+#[test]
 fn lua_limits_are_checked_with_their_line() {
     let raw = parse(
         Path::new("p.conf"),
@@ -1001,7 +1034,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 65);
+    assert_eq!(KEYS.len(), 73);
 }
 
 // ---- load ----

@@ -137,6 +137,7 @@ fn status_reads_as_aligned_key_value_lines() {
             url: "http://10.0.0.5:8080".into(),
             state: "failing, retrying".into(),
             since: None,
+            decisions: None,
         }],
         storage: vec![
             crate::storage::FileHealth {
@@ -305,6 +306,34 @@ fn an_escalated_prefix_is_one_line_saying_how_many_hosts_it_took_over() {
 }
 
 #[test]
+fn list_text_ends_with_the_fleet_decisions_per_origin() {
+    let fleet = crate::fleet::PullSnapshot {
+        per_origin: vec![("CAPI".into(), 2), ("crowdsec".into(), 1)],
+        held: 3,
+        elements: 3,
+        refused: 1,
+        over_limit: 0,
+        room: "nftables".into(),
+    };
+    let p = render(
+        &Request::List {
+            targets: Vec::new(),
+            origin: None,
+        },
+        &Response::List {
+            blocks: vec![],
+            fleet: Some(fleet),
+        },
+        false,
+    );
+    assert_eq!(
+        p.out,
+        "no blocks in force\nfleet: 3 decisions in force (CAPI 2, crowdsec 1), 3 elements in \
+         nftables, 1 refused\n"
+    );
+}
+
+#[test]
 fn list_json_is_the_blocks_array() {
     let blocks = records();
     let p = render(
@@ -314,6 +343,7 @@ fn list_json_is_the_blocks_array() {
         },
         &Response::List {
             blocks: blocks.clone(),
+            fleet: None,
         },
         true,
     );
@@ -443,9 +473,13 @@ fn a_filtered_list_that_matches_nothing_says_so() {
         targets: vec!["10.0.0.5".into()],
         origin: None,
     };
-    let p = render(&filtered, &Response::List { blocks: vec![] }, false);
+    let none = Response::List {
+        blocks: vec![],
+        fleet: None,
+    };
+    let p = render(&filtered, &none, false);
     assert_eq!((p.out.as_str(), p.code), ("no block in force matches\n", 0));
-    let p = render(&filtered, &Response::List { blocks: vec![] }, true);
+    let p = render(&filtered, &none, true);
     assert_eq!((p.out.as_str(), p.code), ("[]\n", 0));
 }
 

@@ -318,6 +318,7 @@ fn daemon_with_blocks(calls: Receiver<ControlCall>) -> Arc<std::sync::Mutex<Vec<
                     );
                     Response::List {
                         blocks: blocks.clone(),
+                        fleet: None,
                     }
                 }
                 Request::Unblock { target, .. } => {
@@ -361,7 +362,7 @@ fn listed(path: &Path, targets: &[&str], origin: Option<&str>) -> Vec<String> {
         origin: origin.map(str::to_string),
     };
     match client::call(path, &request, Duration::from_secs(5)).unwrap() {
-        Response::List { blocks } => blocks
+        Response::List { blocks, .. } => blocks
             .iter()
             .map(|b| crate::block::target_text(&b.target))
             .collect(),
