@@ -379,7 +379,12 @@ fn a_failed_block_is_never_called_already_blocked_and_is_retried_on_the_next_pro
         10,
     );
     assert!(has_route(&lab, &att));
-    assert_eq!(lab.read("portsentry.history").lines().count(), 1);
+    // The history line follows the journal commit, a moment after the responder's line.
+    assert!(
+        wait_for(10, || lab.read("portsentry.history").lines().count() == 1),
+        "{}",
+        lab.read("portsentry.history")
+    );
     // Now it is blocked for real, and later probes say so.
     lab.defend(&["ip", "route", "del", "unreachable", &att]);
     lab.connect_from(&att, 79);

@@ -55,8 +55,10 @@ fn list_status_and_unblock_forms_against_blocks_of_several_origins() {
     lapi.cscli_ok(&["decisions", "add", "--ip", fleet_ip, "--duration", "1h"]);
     assert!(wait_for(5, || has_route(&lab, fleet_ip)), "fleet block");
 
+    // The fleet's decision is an element of the puller's own, not a block: three blocks.
     let every = listed(&lab, &[]);
-    assert_eq!(every.len(), 4, "{every:?}");
+    assert_eq!(every.len(), 3, "{every:?}");
+    assert!(!every.iter().any(|t| t == fleet_ip), "{every:?}");
     // An address finds the block that covers it; a network the blocks inside it.
     assert_eq!(listed(&lab, &["192.0.2.77"]), ["192.0.2.0/24"]);
     assert_eq!(
@@ -70,25 +72,29 @@ fn list_status_and_unblock_forms_against_blocks_of_several_origins() {
     );
     // By origin, alone or with an address.
     assert_eq!(listed(&lab, &["--origin", "scan"]), [att.as_str()]);
-    assert_eq!(listed(&lab, &["--origin", "fleet"]), [fleet_ip]);
-    assert_eq!(listed(&lab, &["--origin", "fleet:cscli"]), [fleet_ip]);
+    assert!(listed(&lab, &["--origin", "fleet"]).is_empty());
     let manual = listed(&lab, &["--origin", "manual"]);
     assert_eq!(manual.len(), 2, "{manual:?}");
     assert!(listed(&lab, &["192.0.2.77", "--origin", "scan"]).is_empty());
     let table = lab.ctl_ok(&["list", "10.99.0.1"]);
     assert_eq!(table, "no block in force matches\n");
+    // `--origin fleet` shows the puller's decisions counted per origin.
     let rows = lab.ctl_ok(&["list", "--origin", "fleet"]);
     assert!(
-        rows.lines().nth(1).is_some_and(|r| r.starts_with(fleet_ip)),
+        rows.lines()
+            .any(|r| r.starts_with("fleet: 1 decisions in force (cscli 1)")),
         "{rows}"
     );
+    // Positive control of the filter: a scan filter leaves the fleet line out.
+    let scans = lab.ctl_ok(&["list", "--origin", "scan"]);
+    assert!(scans.contains(&att) && !scans.contains("fleet:"), "{scans}");
     // A wrong origin is a usage error, nothing sent.
     let bad = lab.ctl(&["list", "--origin", "cron"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 
     let status = json(&lab.ctl_ok(&["status", "--json"]));
     assert_eq!(status["generation"], 1, "{status}");
-    assert_eq!(status["counters"]["blocks_active"], 4, "{status}");
+    assert_eq!(status["counters"]["blocks_active"], 3, "{status}");
     assert_eq!(status["modes"], serde_json::json!(["tcp"]), "{status}");
     assert_eq!(status["fleet"][0]["direction"], "pull", "{status}");
 
@@ -110,11 +116,12 @@ fn list_status_and_unblock_forms_against_blocks_of_several_origins() {
     assert!(has_route(&lab, "192.0.2.0/24") && has_route(&lab, fleet_ip));
     let out = lab.ctl_ok(&["unblock", "--all", "--origin", "scan"]);
     assert_eq!(out, "no block of origin scan in force\n");
-    // --all: everything else.
+    // --all: every block; the fleet's decision is the LAPI's to delete, and stays.
     let out = lab.ctl_ok(&["unblock", "--all"]);
-    assert!(out.contains("2 unblocked, 0 failed"), "{out}");
+    assert!(out.contains("1 unblocked, 0 failed"), "{out}");
     assert!(listed(&lab, &[]).is_empty());
-    assert!(!has_route(&lab, "192.0.2.0/24") && !has_route(&lab, fleet_ip));
+    assert!(!has_route(&lab, "192.0.2.0/24"), "{}", lab.def_routes());
+    assert!(has_route(&lab, fleet_ip), "{}", lab.def_routes());
     // Addresses and --all do not mix: a usage error, nothing lifted.
     let out = lab.ctl(&["unblock", "10.0.0.1", "--all"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
