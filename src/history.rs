@@ -312,27 +312,10 @@ impl History {
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
-        let before = file.metadata()?.len();
-        let written = file.write_all(&data[..allowed]).and_then(|()| {
-            if allowed < data.len() {
-                Err(io::Error::from_raw_os_error(libc::ENOSPC))
-            } else {
-                file.flush()
-            }
-        });
-        if let Err(e) = written {
-            // logrotate's copytruncate may have emptied the file meanwhile: only ever cut
-            // back what is past the old end, never extend.
-            let taken_back = file.metadata().and_then(|m| {
-                if m.len() > before {
-                    file.set_len(before)
-                } else {
-                    Ok(())
-                }
-            });
-            if taken_back.is_err() {
-                self.torn = true;
-            }
+        let flush = |f: &mut std::fs::File| f.flush();
+        if let Err((e, torn)) = crate::storage::append_whole(file, &[(data, allowed)], flush, false)
+        {
+            self.torn |= torn;
             return Err(e);
         }
         self.torn = false;

@@ -345,6 +345,42 @@ pub fn file_system_problem(path: &Path) -> Option<String> {
     None
 }
 
+/// Appends `parts` to `file` (opened with `O_APPEND`) as one record: each part as far as its
+/// `allowed` length (tests cut writes short there; a short part is an `ENOSPC`), then
+/// `finish` (an `fdatasync`, a flush). On any error whatever reached the file is cut off
+/// again, back to the length the file had and never shorter (logrotate's copytruncate may
+/// have emptied it meanwhile), and `durable` syncs that cut. The error comes back with
+/// whether the cut itself failed: then the file may end in half a record.
+pub fn append_whole(
+    file: &mut std::fs::File,
+    parts: &[(&[u8], usize)],
+    finish: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+    durable: bool,
+) -> Result<(), (io::Error, bool)> {
+    use std::io::Write;
+    let before = file.metadata().map_err(|e| (e, false))?.len();
+    let mut written = Ok(());
+    for &(part, allowed) in parts {
+        written = written.and_then(|()| file.write_all(&part[..allowed.min(part.len())]));
+        if written.is_ok() && allowed < part.len() {
+            written = Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+    }
+    let Err(e) = written.and_then(|()| finish(file)) else {
+        return Ok(());
+    };
+    let taken_back = file.metadata().and_then(|m| {
+        if m.len() > before {
+            file.set_len(before)?;
+            if durable {
+                file.sync_data()?;
+            }
+        }
+        Ok(())
+    });
+    Err((e, taken_back.is_err()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -574,36 +574,16 @@ impl Journal {
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
-        let before = file.metadata()?.len();
-        let written = file
-            .write_all(&newline[..allowed_newline])
-            .and_then(|()| file.write_all(&buf[..allowed]))
-            .and_then(|()| {
-                if allowed_newline < newline.len() || allowed < buf.len() {
-                    Err(io::Error::from_raw_os_error(libc::ENOSPC))
-                } else {
-                    Ok(())
-                }
-            })
-            .and_then(|()| {
-                if sync_fails {
-                    Err(io::Error::from_raw_os_error(libc::EIO))
-                } else {
-                    file.sync_data()
-                }
-            });
-        if let Err(e) = written {
-            let taken_back = file.metadata().and_then(|m| {
-                if m.len() > before {
-                    file.set_len(before)?;
-                    file.sync_data()
-                } else {
-                    Ok(())
-                }
-            });
-            if taken_back.is_err() {
-                self.torn = true;
+        let finish = |f: &mut File| {
+            if sync_fails {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                f.sync_data()
             }
+        };
+        let parts = [(newline, allowed_newline), (buf, allowed)];
+        if let Err((e, torn)) = crate::storage::append_whole(file, &parts, finish, true) {
+            self.torn |= torn;
             return Err(e);
         }
         self.torn = false;
