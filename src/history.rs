@@ -169,8 +169,8 @@ pub struct History {
     /// Lines given up at the bound since start.
     dropped: u64,
     outage: Outage,
-    #[cfg(test)]
-    write_budget: Option<usize>,
+    /// All of each write, but in tests playing a full disk.
+    budget: crate::storage::WriteBudget,
 }
 
 impl History {
@@ -202,8 +202,7 @@ impl History {
             torn: false,
             dropped: 0,
             outage: Outage::new(StoredFile::History, path),
-            #[cfg(test)]
-            write_budget: None,
+            budget: Default::default(),
         }
     }
 
@@ -308,7 +307,7 @@ impl History {
     /// One `write` on the `O_APPEND` descriptor; what part of it reached the file before an
     /// error is cut off again (never below the length the file had before).
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let allowed = self.allowance(data.len());
+        let allowed = self.budget.allow(data.len());
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
@@ -320,23 +319,6 @@ impl History {
         }
         self.torn = false;
         Ok(())
-    }
-
-    #[cfg(not(test))]
-    fn allowance(&mut self, len: usize) -> usize {
-        len
-    }
-
-    #[cfg(test)]
-    fn allowance(&mut self, len: usize) -> usize {
-        match &mut self.write_budget {
-            Some(budget) => {
-                let n = len.min(*budget);
-                *budget -= n;
-                n
-            }
-            None => len,
-        }
     }
 
     fn reopen(&mut self) -> io::Result<()> {
@@ -561,14 +543,14 @@ mod tests {
         let mut h = History::open(&path).unwrap();
         h.report_to(&health);
         h.append("one\n").unwrap();
-        h.write_budget = Some(3);
+        h.budget.left = Some(3);
         assert!(h.append("two\n").is_err());
         assert!(h.append("three").is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n", "cut back");
         assert_eq!(h.waiting(), 2);
         let f = health.get(StoredFile::History).unwrap();
         assert!(f.failing_since.is_some() && f.waiting == 2, "{f:?}");
-        h.write_budget = None;
+        h.budget.left = None;
         h.retry_pending(Instant::now());
         assert_eq!(h.waiting(), 2, "not before the retry interval");
         h.retry_pending(later());
@@ -599,12 +581,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h");
         let mut h = History::open(&path).unwrap();
-        h.write_budget = Some(0);
+        h.budget.left = Some(0);
         for i in 0..MAX_PENDING_LINES + 5 {
             let _ = h.append(&format!("line {i}"));
         }
         assert_eq!((h.waiting(), h.dropped), (MAX_PENDING_LINES, 5));
-        h.write_budget = None;
+        h.budget.left = None;
         h.retry_pending(later());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("line 5\n"), "{}", &text[..20]);
@@ -615,7 +597,7 @@ mod tests {
     fn lines_waiting_for_an_old_history_file_go_to_the_new_one_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut old = History::open(&dir.path().join("old")).unwrap();
-        old.write_budget = Some(0);
+        old.budget.left = Some(0);
         let _ = old.append("waited");
         let mut new = History::open(&dir.path().join("new")).unwrap();
         new.take_waiting_from(&mut old);

@@ -345,6 +345,28 @@ pub fn file_system_problem(path: &Path) -> Option<String> {
     None
 }
 
+/// How much of each write may reach a file: all of it, except in unit tests, which play a
+/// full disk by leaving `left` bytes (then `ENOSPC`).
+#[derive(Debug, Default, Clone)]
+pub struct WriteBudget {
+    /// Bytes the next writes may still put down; `None`: no limit.
+    #[cfg(test)]
+    pub left: Option<usize>,
+}
+
+impl WriteBudget {
+    /// The part of a write of `len` bytes that reaches the file.
+    pub fn allow(&mut self, len: usize) -> usize {
+        #[cfg(test)]
+        if let Some(left) = &mut self.left {
+            let n = len.min(*left);
+            *left -= n;
+            return n;
+        }
+        len
+    }
+}
+
 /// Appends `parts` to `file` (opened with `O_APPEND`) as one record: each part as far as its
 /// `allowed` length (tests cut writes short there; a short part is an `ENOSPC`), then
 /// `finish` (an `fdatasync`, a flush). On any error whatever reached the file is cut off

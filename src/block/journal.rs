@@ -197,7 +197,6 @@ pub const MAX_PENDING_BYTES: usize = 8 << 20;
 #[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Faults {
-    pub(crate) write_budget: Option<usize>,
     pub(crate) fail_sync: bool,
     pub(crate) fail_rename: bool,
     pub(crate) fail_open: bool,
@@ -244,6 +243,8 @@ pub struct Journal {
     compaction: Outage,
     #[cfg(test)]
     faults: Faults,
+    /// All of each write, but in tests playing a full disk.
+    budget: crate::storage::WriteBudget,
 }
 
 impl Journal {
@@ -349,6 +350,7 @@ impl Journal {
             ),
             #[cfg(test)]
             faults: Faults::default(),
+            budget: Default::default(),
         };
         if let Some(e) = &unread_error {
             log::error!("{}", log_lines::state_file_unread(path, e));
@@ -569,7 +571,10 @@ impl Journal {
     fn write_batch(&mut self, buf: &[u8]) -> io::Result<()> {
         // The newline that ends a torn line, then the batch (not copied: it may be large).
         let newline: &[u8] = if self.torn { b"\n" } else { b"" };
-        let (allowed_newline, allowed) = (self.allowance(newline.len()), self.allowance(buf.len()));
+        let (allowed_newline, allowed) = (
+            self.budget.allow(newline.len()),
+            self.budget.allow(buf.len()),
+        );
         let sync_fails = self.sync_fails();
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -588,24 +593,6 @@ impl Journal {
         }
         self.torn = false;
         Ok(())
-    }
-
-    /// How much of a write of `len` bytes may reach the file (all of it but in tests).
-    #[cfg(not(test))]
-    fn allowance(&mut self, len: usize) -> usize {
-        len
-    }
-
-    #[cfg(test)]
-    fn allowance(&mut self, len: usize) -> usize {
-        match &mut self.faults.write_budget {
-            Some(budget) => {
-                let n = len.min(*budget);
-                *budget -= n;
-                n
-            }
-            None => len,
-        }
     }
 
     #[cfg(not(test))]
@@ -762,7 +749,7 @@ impl Journal {
             .create_new(true)
             .mode(0o600)
             .open(tmp)?;
-        let allowed = self.allowance(buf.len());
+        let allowed = self.budget.allow(buf.len());
         file.write_all(&buf[..allowed])?;
         if allowed < buf.len() {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -1568,7 +1555,7 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
 
         // The disk fills up half way through the next line.
-        j.faults.write_budget = Some(40);
+        j.budget.left = Some(40);
         let b = record("10.0.0.2", 2, Some(60));
         j.record(vec![Entry::Block(b.clone())]);
         assert!(j.is_failing());
@@ -1584,7 +1571,7 @@ mod tests {
         assert_eq!((h.waiting, h.blocks_unwritten), (1, 1));
 
         // Still full: the next block is tried at once and kept after the first.
-        j.faults.write_budget = Some(0);
+        j.budget.left = Some(0);
         j.record(vec![
             Entry::Block(record("10.0.0.3", 3, None)),
             Entry::Unblock {
@@ -1597,7 +1584,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), before);
 
         // Room again: nothing happens before the retry timer, everything after it.
-        j.faults.write_budget = None;
+        j.budget.left = None;
         j.retry_pending(Instant::now());
         assert_eq!(j.pending_entries(), 3, "not before the retry interval");
         j.retry_pending(later());
@@ -1640,7 +1627,7 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         // Every place the disk can fill up in, the last byte included; then an fsync error.
         for budget in 0..len {
-            j.faults.write_budget = Some(budget);
+            j.budget.left = Some(budget);
             j.record(batch.clone());
             assert_eq!(std::fs::read(&path).unwrap(), before, "budget {budget}");
             assert!(j.is_failing());
@@ -1648,7 +1635,7 @@ mod tests {
             j.pending.clear();
             j.pending_entries = 0;
         }
-        j.faults.write_budget = None;
+        j.budget.left = None;
         j.faults.fail_sync = true;
         j.record(batch.clone());
         assert_eq!(std::fs::read(&path).unwrap(), before, "fsync error");
@@ -1715,7 +1702,7 @@ mod tests {
         let old = record("10.4.0.1", 1, None);
         j.record(vec![Entry::Block(old.clone())]);
         let before = std::fs::read(&path).unwrap();
-        j.faults.write_budget = Some(0);
+        j.budget.left = Some(0);
         let mut live = vec![old];
         let mut n = 0;
         while !j.rewrite {
@@ -1753,7 +1740,7 @@ mod tests {
         assert!(!sibling(&path, "compact").exists());
         assert!(j.is_failing() && j.rewrite);
         // Room again.
-        j.faults.write_budget = None;
+        j.budget.left = None;
         j.expedite();
         assert!(j.needs_compaction(live.len()));
         j.compact(live.iter(), std::iter::empty()).unwrap();
@@ -1774,13 +1761,14 @@ mod tests {
         for fault in ["rename", "sync", "write"] {
             j.faults.fail_rename = fault == "rename";
             j.faults.fail_sync = fault == "sync";
-            j.faults.write_budget = (fault == "write").then_some(5);
+            j.budget.left = (fault == "write").then_some(5);
             assert!(j.compact([&a].into_iter(), std::iter::empty()).is_err());
             assert_eq!(std::fs::read(&path).unwrap(), before, "{fault}");
             assert!(!sibling(&path, "compact").exists(), "{fault}");
             assert!(j.compaction.is_failing() && !j.is_failing(), "{fault}");
         }
         j.faults = Faults::default();
+        j.budget.left = None;
         // Appends still go to the old file, which is still the one in use.
         j.record(vec![Entry::Block(record("10.5.0.2", 2, None))]);
         assert!(!j.is_failing());
@@ -1798,10 +1786,10 @@ mod tests {
         let path = state(&dir);
         let (mut j, _) = Journal::open(&path).unwrap();
         let a = record("10.6.0.1", 1, None);
-        j.faults.write_budget = Some(0);
+        j.budget.left = Some(0);
         j.record(vec![Entry::Block(a.clone())]);
         assert_eq!(j.pending_entries(), 1);
-        j.faults.write_budget = None;
+        j.budget.left = None;
         j.compact([&a].into_iter(), std::iter::empty()).unwrap();
         assert!(!j.is_failing());
         assert_eq!(j.pending_entries(), 0, "the rewrite holds them");
@@ -1816,7 +1804,7 @@ mod tests {
         let path = state(&dir);
         let (mut j, _) = Journal::open(&path).unwrap();
         j.unread = true;
-        j.faults.write_budget = Some(0);
+        j.budget.left = Some(0);
         // 20 entries of some 512 KiB: more than the bound holds.
         for i in 1..=20 {
             let mut r = record(&format!("10.7.0.{i}"), i, None);
@@ -1830,7 +1818,7 @@ mod tests {
         assert!(kept > 10 && kept < 20, "{kept}");
         assert!(!j.needs_compaction(0));
         assert!(j.compact(std::iter::empty(), std::iter::empty()).is_err());
-        j.faults.write_budget = None;
+        j.budget.left = None;
         j.retry_pending(later());
         let expected: Vec<String> = (21 - kept..=20).map(|i| format!("10.7.0.{i}")).collect();
         let mut got = replayed(&path).0;
