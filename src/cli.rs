@@ -329,6 +329,9 @@ fn check_config(args: &Args) -> i32 {
             more.extend(lua.undo_warnings(config));
         }
         more.extend(crate::respond::nftables::config_warnings(config));
+        if let Some(path) = crate::respond::route::check_config_note(config) {
+            eprintln!("note: {}", crate::logging::escape_controls(&path));
+        }
         warnings.extend(more.iter().map(ToString::to_string));
         // A secret the start cannot use turns that fleet direction off: an error here.
         errors.extend(crate::fleet::check_secrets(config));

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use super::hosts_deny::HostsDenyResponder;
 use super::lua::LuaPlugins;
 use super::nftables::{NftHandle, NftResponder};
+use super::route::NetlinkRoute;
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
@@ -261,10 +262,14 @@ pub fn responder_chain(
                     config.hosts_deny_file.clone(),
                 )) as Box<dyn Responder>
             });
-            let route = config
-                .kill_route
-                .as_ref()
-                .map(|t| Box::new(ShellResponder::route(&t.text, timeout)) as Box<dyn Responder>);
+            let route =
+                config
+                    .kill_route
+                    .as_ref()
+                    .map(|t| match NetlinkRoute::new(&t.text, timeout) {
+                        Some(r) => Box::new(r) as Box<dyn Responder>,
+                        None => Box::new(ShellResponder::route(&t.text, timeout)),
+                    });
             let nftables = (config.kill_nftables && nft.is_open())
                 .then(|| Box::new(NftResponder::new(nft.clone())) as Box<dyn Responder>);
             if config.kill_run_cmd_first {

@@ -10,7 +10,7 @@ use super::command::{CommandStatus, run_shell};
 use super::hosts_deny::{Removal, remove_line};
 use super::lua::LuaPlugins;
 use super::nftables::{NftHandle, host_of, set_of};
-use super::{Action, ResponseContext, Undo};
+use super::{Action, ResponseContext, Undo, route};
 
 pub use super::UnblockReason;
 
@@ -106,8 +106,13 @@ pub fn undo_action(
     }
 }
 
-/// Runs an undo command; "not there" answers are success.
+/// Runs an undo command; "not there" answers are success. A route deletion of a form
+/// [`route`] knows is done over rtnetlink instead, with the same outcome.
 fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
+    if let Some(request) = route::parse_undo(command) {
+        let answer = route::batch(route::Op::Del, &[request]).pop();
+        return route_deleted(command, answer);
+    }
     let result = run_shell(command, timeout);
     if result.success() {
         return UndoOutcome::Done(format!("command \"{command}\""));
@@ -122,6 +127,19 @@ fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
         ))
     } else {
         UndoOutcome::Failed(format!("command \"{command}\": {}", result.failure_text()))
+    }
+}
+
+/// The outcome of an undo command done over rtnetlink: the kernel's answer read as the
+/// command's would be (`ESRCH`, "No such process": already gone).
+pub(super) fn route_deleted(command: &str, answer: Option<std::io::Result<()>>) -> UndoOutcome {
+    match answer {
+        Some(Ok(())) => UndoOutcome::Done(format!("command \"{command}\" (over rtnetlink)")),
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => UndoOutcome::Done(format!(
+            "command \"{command}\" (over rtnetlink): already gone ({e})"
+        )),
+        Some(Err(e)) => UndoOutcome::Failed(format!("command \"{command}\" (over rtnetlink): {e}")),
+        None => UndoOutcome::Failed(format!("command \"{command}\" (over rtnetlink): no answer")),
     }
 }
 

@@ -12,6 +12,7 @@ mod config_errors;
 mod fleet;
 mod forged;
 mod hosts_deny;
+mod inprocess;
 mod lab;
 mod lua;
 mod lua_plugins;
