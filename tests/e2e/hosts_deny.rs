@@ -7,7 +7,7 @@ use crate::lab::{Daemon, Lab};
 
 /// `tcpdmatch -d sshd <client>` in the lab directory (`-d` reads hosts.allow and hosts.deny
 /// from the current directory): its `access:` verdict, "denied" or "granted".
-fn tcpd_verdict(lab: &Lab, client: &str) -> String {
+pub(crate) fn tcpd_verdict(lab: &Lab, client: &str) -> String {
     let out = Command::new("tcpdmatch")
         .args(["-d", "sshd", client])
         .current_dir(lab.dir.path())

@@ -151,3 +151,106 @@ fn a_kill_route_of_another_form_still_runs_as_a_command_and_check_config_says_wh
         "{said}"
     );
 }
+
+/// Writes the lab's journal: a block of each of `targets` made by hand, in this order, each
+/// ending `left` from now.
+fn journal_blocks(lab: &Lab, targets: &[String], left: std::time::Duration) {
+    use portsentry::block::journal::{Entry, Journal};
+    use portsentry::block::{BlockRecord, Origin};
+    let (mut journal, _) = Journal::open(&lab.path("portsentry.state")).expect("journal");
+    let base = std::time::SystemTime::now();
+    let entries: Vec<Entry> = targets
+        .iter()
+        .zip(0u64..)
+        .map(|(t, i)| {
+            let since = base + std::time::Duration::from_millis(i);
+            Entry::Block(BlockRecord {
+                members: Vec::new(),
+                target: portsentry::record::parse_target(t).expect("target"),
+                since,
+                until: Some(base + left),
+                offences: 1,
+                origin: Origin::Manual,
+                trigger: None,
+                reason: "test".into(),
+                actions: Vec::new(),
+            })
+        })
+        .collect();
+    journal.append(&entries).expect("append");
+}
+
+/// tcpdmatch's verdict on each client.
+fn verdicts(lab: &Lab, clients: &[String]) -> Vec<String> {
+    clients
+        .iter()
+        .map(|c| crate::hosts_deny::tcpd_verdict(lab, c.split('/').next().unwrap_or(c)))
+        .collect()
+}
+
+#[test]
+fn hosts_deny_batches_leave_the_file_and_verdicts_that_blocks_one_by_one_leave() {
+    let lab = Lab::new();
+    std::fs::write(lab.path("hosts.allow"), "").unwrap();
+    let net4 = lab.def4.trim_end_matches(".1").to_string();
+    let net6 = lab.def6.trim_end_matches("::1").to_string();
+    let mut targets: Vec<String> = (40..70)
+        .flat_map(|h| [format!("{net4}.{h}"), format!("{net6}::{h}")])
+        .collect();
+    targets.push(format!("{net4}.128/26"));
+    let bystander = format!("{net4}.99");
+    // A file with the admin's own lines, the last without its newline.
+    let original = format!("# by hand\nsshd: {net4}.200\nALL: {bystander} : ALLOW");
+    let conf = lab.write_config(
+        "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nKILL_ROUTE=\"\"\nKILL_NFTABLES=\"0\"\n\
+         KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"",
+    );
+    let conf = conf.display().to_string();
+    let mut probes = targets.clone();
+    probes.push(bystander.clone());
+
+    // One by one: blocks made by hand, each its own job, then lifted one by one.
+    std::fs::write(lab.path("hosts.deny"), &original).unwrap();
+    let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    for t in &targets {
+        lab.ctl_ok(&["block", t, "--for", "1h"]);
+    }
+    let single_blocked = lab.read("hosts.deny");
+    let single_verdicts = verdicts(&lab, &probes);
+    for t in &targets {
+        lab.ctl_ok(&["unblock", t]);
+    }
+    let single_after = lab.read("hosts.deny");
+    d.stop();
+
+    // In batches: the same blocks restored from the journal at start, then expiring
+    // together.
+    std::fs::remove_file(lab.path("portsentry.state")).unwrap();
+    std::fs::write(lab.path("hosts.deny"), &original).unwrap();
+    journal_blocks(&lab, &targets, std::time::Duration::from_secs(6));
+    let mut d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    d.expect_line(&format!("{} block(s) re-applied", targets.len()), 10);
+    let batch_blocked = lab.read("hosts.deny");
+    let batch_verdicts = verdicts(&lab, &probes);
+    assert!(
+        crate::blocks::wait_for(20, || d.count("(block expired after") >= targets.len()),
+        "every block expires"
+    );
+    let batch_after = lab.read("hosts.deny");
+    d.stop();
+
+    assert_eq!(batch_blocked, single_blocked);
+    assert_eq!(batch_verdicts, single_verdicts);
+    assert_eq!(batch_after, single_after);
+    // Positive controls: every blocked client denied, the bystander granted, and the
+    // admin's lines back as they were (the missing newline mended by the first append).
+    let (blocked, others) = single_verdicts.split_at(targets.len());
+    assert!(blocked.iter().all(|v| v == "denied"), "{single_verdicts:?}");
+    assert_eq!(others, ["granted"]);
+    assert_eq!(single_after, format!("{original}\n"));
+    assert_eq!(
+        single_blocked.lines().count(),
+        3 + targets.len(),
+        "{single_blocked}"
+    );
+}

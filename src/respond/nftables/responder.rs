@@ -153,34 +153,79 @@ impl Responder for NftResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let addr = match host_of(ctx.target) {
-            Ok(a) => a,
-            Err(e) => return Outcome::Skipped(format!("{e}; the other responders block it")),
+        self.respond_batch(std::slice::from_ref(ctx))
+            .pop()
+            .unwrap_or_else(|| Outcome::Failed("nftables: no outcome".into()))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Every host of the batch in one transaction; should it fail (one element the kernel
+    /// refuses fails them all), each host is tried alone so the others still go in.
+    fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
+        let now = SystemTime::now();
+        let elements: Vec<Option<(IpAddr, Option<Duration>)>> = ctxs
+            .iter()
+            .map(|ctx| {
+                let timeout = ctx.until.map(|u| u.duration_since(now).unwrap_or_default());
+                host_of(ctx.target).ok().map(|addr| (addr, timeout))
+            })
+            .collect();
+        let hosts: Vec<(IpAddr, Option<Duration>)> = elements.iter().flatten().copied().collect();
+        let together = if hosts.len() > 1 {
+            self.handle.add(&hosts).ok()
+        } else {
+            None
         };
-        let timeout = ctx
-            .until
-            .map(|u| u.duration_since(SystemTime::now()).unwrap_or_default());
-        match self.handle.add(&[(addr, timeout)]) {
-            Ok(table) => {
-                let set = set_of(addr);
-                log::info!(
-                    "{}",
-                    log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
-                );
-                let until = timeout.map_or_else(String::new, |t| {
-                    format!(
-                        " timeout {}",
-                        humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
-                    )
-                });
-                Outcome::Done(Action {
-                    responder: self.name(),
-                    detail: format!("set inet {table} {set}{until}"),
-                    undo: Undo::Nftables { table },
-                })
-            }
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
+        ctxs.iter()
+            .zip(elements)
+            .map(|(ctx, element)| {
+                let Some(element) = element else {
+                    let why = host_of(ctx.target).err().map(|e| e.to_string());
+                    return Outcome::Skipped(format!(
+                        "{}; the other responders block it",
+                        why.unwrap_or_default()
+                    ));
+                };
+                let added = match &together {
+                    Some(table) => Ok(table.clone()),
+                    None => self.handle.add(&[element]),
+                };
+                match added {
+                    Ok(table) => self.done(ctx, element, table),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl NftResponder {
+    /// The host is in its set: the success line and the action recorded.
+    fn done(
+        &self,
+        ctx: &ResponseContext<'_>,
+        (addr, timeout): (IpAddr, Option<Duration>),
+        table: String,
+    ) -> Outcome {
+        let set = set_of(addr);
+        log::info!(
+            "{}",
+            log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
+        );
+        let until = timeout.map_or_else(String::new, |t| {
+            format!(
+                " timeout {}",
+                humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
+            )
+        });
+        Outcome::Done(Action {
+            responder: self.name(),
+            detail: format!("set inet {table} {set}{until}"),
+            undo: Undo::Nftables { table },
+        })
     }
 }
 
