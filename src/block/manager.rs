@@ -252,6 +252,8 @@ impl BlockManager {
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
+        // Restored re-applies beside the workers' jobs: half the workers' worth of batches.
+        let restore_slots = BATCH_JOB * (pool.workers() / 2).max(1);
         let core = BlockCore::new(CoreSetup {
             guard: Box::new(LiveGuard { protect }),
             counters: Arc::clone(&counters),
@@ -261,7 +263,8 @@ impl BlockManager {
             events: events.enabled(),
             generation: generation.clone(),
             now,
-        });
+        })
+        .with_restore_slots(restore_slots);
         let mut manager = Manager {
             core,
             generation,
