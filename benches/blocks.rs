@@ -326,8 +326,9 @@ fn count_routes() -> usize {
 /// daemon's "listening" line to [all routes in the kernel, all hosts.deny lines in the
 /// file, all hosts in the nftables sets, all three], the daemon's own re-applied figure
 /// (ms after its start), CPU µs per block (daemon and children), peak RSS MiB. A responder
-/// not configured counts as done at once.
-fn restore_shipped_once(n: usize, keys: &str) -> [f64; 7] {
+/// not configured counts as done at once. Also the daemon's RSS once every block is back
+/// (MiB), and its RSS idle before (the same daemon with an empty journal, MiB).
+fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
     let lab = Lab::new();
     let conf = lab
         .write_config(&format!(
@@ -387,6 +388,12 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 7] {
     let done = watcher.join().expect("watcher");
     let reapplied = wait_syslog(&d, "re-applied in", 600);
     let cpu = cpu_seconds(d.daemon_pid());
+    let peak = peak_rss_mib(d.daemon_pid());
+    // Settled: the journal replay's buffers are freed, the records remain.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_mib(d.daemon_pid());
+    drop(d);
+    let idle = idle_rss_mib(&lab, &conf);
     let since_listening = |t: Option<Duration>| {
         t.map_or(f64::NAN, |t| {
             (t.as_secs_f64() - listening.as_secs_f64()).max(0.0) * 1000.0
@@ -402,20 +409,43 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 7] {
             .parse()
             .unwrap_or(f64::NAN),
         cpu * 1e6 / n as f64,
-        peak_rss_mib(d.daemon_pid()),
+        peak,
+        rss,
+        idle,
     ]
+}
+
+/// RSS now of a process, in MiB (`VmRSS`).
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// RSS of a daemon with `conf` and no block at all, 3 s after it listens.
+fn idle_rss_mib(lab: &Lab, conf: &str) -> f64 {
+    let _ = std::fs::remove_file(lab.path("portsentry.state"));
+    let d = Daemon::spawn(lab, &["-c", conf, "-tcp", "--quiet"]);
+    wait_syslog(&d, "is now active and listening", 30);
+    std::thread::sleep(Duration::from_secs(3));
+    rss_mib(d.daemon_pid())
 }
 
 /// [`restore_shipped_once`] for each of [`SHIPPED`], `runs` times: the medians.
 fn restore_shipped(n: usize, runs: usize, out: &mut String) {
     for (label, keys) in SHIPPED {
-        let all: Vec<[f64; 7]> = (0..runs).map(|_| restore_shipped_once(n, keys)).collect();
-        let [routes, deny, nft, every, own, cpu, rss] = medians(&all);
+        let all: Vec<[f64; 9]> = (0..runs).map(|_| restore_shipped_once(n, keys)).collect();
+        let [routes, deny, nft, every, own, cpu, peak, rss, idle] = medians(&all);
+        let per_block = (rss - idle) * 1024.0 * 1024.0 / n as f64;
         let line = format!(
             "restore {n:>6} blocks, {label} (median of {runs}): after listening, routes \
              {routes:.0} ms, hosts.deny {deny:.0} ms, nftables {nft:.0} ms, all {every:.0} ms; \
              re-applied {own:.0} ms after start (daemon's figure); CPU {cpu:.0} us/block; peak \
-             RSS {rss:.1} MiB"
+             RSS {peak:.1} MiB, RSS after {rss:.1} MiB vs {idle:.1} MiB idle = {per_block:.0} \
+             bytes/block"
         );
         println!("{line}");
         let _ = writeln!(out, "{line}");
@@ -474,6 +504,9 @@ fn main() {
             .and_then(|r| r.parse().ok())
             .unwrap_or(5);
         restore_shipped(20_000, runs, &mut out);
+        if std::env::var_os("PORTSENTRY_BENCH_100K").is_some() {
+            restore_shipped(100_000, 1, &mut out);
+        }
         return;
     }
     // PORTSENTRY_BENCH_NFTABLES_ONLY=1: parts 3 and 4 only.

@@ -375,7 +375,7 @@ idle_rss() {
     DAEMON_PID=$!; PIDS+=("$DAEMON_PID")
     sleep "${IDLE_SECS:-5}"
     IDLE_RSS[$mode]+="$(awk '/^VmRSS/ {print $2}' "/proc/$DAEMON_PID/status") "
-    echo "   idle RSS ($mode): ${IDLE_RSS[$mode]##* } KiB"
+    echo "   idle RSS ($mode): $(awk "/^VmRSS/ {print \$2}" "/proc/$DAEMON_PID/status") KiB"
     stop_daemon
   done
 }

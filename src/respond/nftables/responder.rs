@@ -166,11 +166,14 @@ impl Responder for NftResponder {
     /// refuses fails them all), each host is tried alone so the others still go in.
     fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
         let now = SystemTime::now();
-        let elements: Vec<Option<(IpAddr, Option<Duration>)>> = ctxs
+        // Each host with its kernel timeout; a network is left to the other responders.
+        let elements: Vec<Result<(IpAddr, Option<Duration>), String>> = ctxs
             .iter()
             .map(|ctx| {
                 let timeout = ctx.until.map(|u| u.duration_since(now).unwrap_or_default());
-                host_of(ctx.target).ok().map(|addr| (addr, timeout))
+                host_of(ctx.target)
+                    .map(|addr| (addr, timeout))
+                    .map_err(|e| format!("{e}; the other responders block it"))
             })
             .collect();
         let hosts: Vec<(IpAddr, Option<Duration>)> = elements.iter().flatten().copied().collect();
@@ -182,12 +185,9 @@ impl Responder for NftResponder {
         ctxs.iter()
             .zip(elements)
             .map(|(ctx, element)| {
-                let Some(element) = element else {
-                    let why = host_of(ctx.target).err().map(|e| e.to_string());
-                    return Outcome::Skipped(format!(
-                        "{}; the other responders block it",
-                        why.unwrap_or_default()
-                    ));
+                let element = match element {
+                    Ok(e) => e,
+                    Err(why) => return Outcome::Skipped(why),
                 };
                 let added = match &together {
                     Some(table) => Ok(table.clone()),
