@@ -20,7 +20,8 @@
 #       ports from a real address of the attacker ($SCANNER). Recorded: whether the real scanner was
 #       blocked, how many forged sources were blocked, log lines written, daemon CPU. Ours
 #       runs with the shipped evidence rules (FORGEABLE_SCAN_TRIGGER=3, BLOCK_RATE_LIMIT=60,
-#       LOG_RATE_LIMIT=200); 1.2 with SCAN_TRIGGER=0, as shipped.
+#       LOG_RATE_LIMIT at its default: 1 a second since issue 21, results recorded before
+#       were taken at 200); 1.2 with SCAN_TRIGGER=0, as shipped.
 #
 # Medians of RUNS runs are written to benches/raw_capture.results.md and into the
 # "raw capture" section of BENCHMARKS.md.
@@ -59,42 +60,21 @@ DROP_REPORT_SECS=11 # src/sensor/raw.rs DROP_REPORT and src/pipeline.rs DROP_REP
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/benches/raw_capture
-[ "$(id -u)" = 0 ] || { echo "raw_capture.sh: needs root" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/psbench.XXXXXX)
-DEF=psbench-$$-d
-ATT=psbench-$$-a
-DEF4=10.77.250.1
-ATT4=10.77.250.2
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+bench_init psbench
 # The real scanner of (d): not ATT4, which routes the forged 10.78.0.0/16 back and so is a
 # gateway of the defender (protected, never blocked, by design).
 SCANNER=10.77.250.3
-PIDS=()
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for ns in "$DEF" "$ATT"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$W"
-}
-trap cleanup EXIT
 
 echo "== building our daemon and the benchmark's tools (release)"
 (cd "$ROOT" && cargo build --release --quiet --bins --example synflood --example syslog_count)
 OURS=$ROOT/target/release/portsentry
 SYNFLOOD=$ROOT/target/release/examples/synflood
 SYSLOG_COUNT=$ROOT/target/release/examples/syslog_count
-OURS_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(cd "$ROOT" && git status --porcelain -- src 2>/dev/null)" ]; then OURS_REV="$OURS_REV+changes"; fi
+OURS_REV=$(ours_rev)
 
-echo "== fetching Debian's portsentry 1.2"
-(cd "$W" && apt-get download -q portsentry >/dev/null 2>&1) || {
-  echo "raw_capture.sh: apt-get download portsentry failed (run apt-get update?)" >&2; exit 1; }
-dpkg -x "$W"/portsentry_*.deb "$W/deb"
-OLD=$W/deb/usr/sbin/portsentry
-OLD_VERSION=$(basename "$W"/portsentry_*.deb .deb | sed 's/^portsentry_//')
+fetch_old12
 
 echo "== network namespaces"
 ip netns add "$DEF"; ip netns add "$ATT"
@@ -115,10 +95,7 @@ ip -n "$DEF" route add 10.78.0.0/16 via $ATT4
 # only, before its receivers are created (a socket takes the value at creation).
 ip netns exec "$DEF" sysctl -q -w net.unix.max_dgram_qlen=512
 
-# Config and ignore file in $W/<tag>-etc, the files the daemon writes in $W/<tag>-var, as
-# Debian lays them out (/etc/portsentry, /var/lib/portsentry): ours watches its config's
-# directory for changes, and a history file written beside the config would wake the
-# watcher on every logged probe.
+# The config of (a)-(c), of (d) with blocking on, or of (e) (see write_bench_conf).
 write_conf() { # $1 = file, $2 = tag, $3 = block|react (optional: blocking on, for (d) and (e))
   local block_tcp=0 react=""
   [ "${3:-}" = block ] && block_tcp=1
@@ -130,27 +107,15 @@ BLOCK_RATE_LIMIT="0"
 BLOCK_RATE_LIMIT_PER_PREFIX="0"
 ESCALATE_AFTER_V4="0"'
   fi
-  cat > "$1" <<EOF
+  write_bench_conf "$1" "$2" <<EOF
 $react
 ADVANCED_PORTS_TCP="1024"
 ADVANCED_PORTS_UDP="1024"
 ADVANCED_EXCLUDE_TCP="113,139"
 ADVANCED_EXCLUDE_UDP="520,138,137,67"
-IGNORE_FILE="$W/$2-etc/portsentry.ignore"
-HISTORY_FILE="$W/$2-var/portsentry.history"
-BLOCKED_FILE="$W/$2-var/portsentry.blocked"
-HOSTS_DENY_FILE="$W/$2-var/hosts.deny"
-BLOCK_STATE_FILE="$W/$2-var/portsentry.state"
-CONTROL_SOCKET="$W/$2-var/portsentry.sock"
-RESOLVE_HOST="0"
 BLOCK_TCP="$block_tcp"
-BLOCK_UDP="0"
-KILL_ROUTE="/sbin/ip route add unreachable \$TARGET\$"
 KILL_HOSTS_DENY=""
-SCAN_TRIGGER="0"
 EOF
-  echo "127.0.0.1/32" > "$W/$2-etc/portsentry.ignore"
-  rm -rf "$W/$2-var"; mkdir -p "$W/$2-var"
 }
 
 PATTERN="SYN/Normal scan from host"
@@ -178,27 +143,7 @@ start_daemon() { # $1 = ours|old, $2 = quiet|stderr (ours only), $3 = block (opt
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
   else
-    mkdir -p "$W/etc-up" "$W/etc-work" "$W/olddev"
-    ip netns exec "$DEF" unshare -m --propagation private sh -c "
-      set -e
-      mount --rbind /dev '$W/olddev'
-      mount -t tmpfs tmpfs /dev
-      for n in null zero random urandom; do touch /dev/\$n; mount --bind '$W/olddev'/\$n /dev/\$n; done
-      touch /dev/log; mount --bind '$W/old.log.sock' /dev/log
-      mount -t overlay overlay -o lowerdir=/etc,upperdir='$W/etc-up',workdir='$W/etc-work' /etc
-      mkdir -p /etc/portsentry
-      cp '$W/old-etc/portsentry.conf' /etc/portsentry/portsentry.conf
-      exec '$OLD' -atcp" </dev/null >/dev/null 2>&1
-    # 1.2 daemonizes: find the process left in the namespace.
-    DAEMON_PID=""
-    for _ in $(seq 50); do
-      for p in $(ip netns pids "$DEF"); do
-        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = portsentry ] && DAEMON_PID=$p
-      done
-      [ -n "$DAEMON_PID" ] && break
-      sleep 0.1
-    done
-    [ -n "$DAEMON_PID" ] || { echo "1.2 did not start" >&2; exit 1; }
+    start_old12 "$DEF" "$W/old-etc/portsentry.conf" -atcp "$W/old.log.sock"
     PIDS+=("$DAEMON_PID")
   fi
   sleep 2 # start-up (1.2 tries to bind every port below the limit)
@@ -424,19 +369,14 @@ per_probe() { # $1 = key
   done
   m "$out"
 }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-m() { local v; v=$(echo "${1:-}" | median); echo "${v:-not run}"; }
-l() { echo "${1:-}" | sed 's/ *$//'; } # a per-run list, without its trailing space
 
-KERNEL=$(uname -r)
-CPU_MODEL=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 RESULT=$ROOT/benches/raw_capture.results.md
 O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
 {
   echo "## Raw capture: -atcp against PortSentry $OLD_VERSION"
   echo
   echo "Command (root): \`RUNS=$RUNS BULK_MB=$BULK_MB PROBES=$PROBES RATE=$RATE HIGH_RATE=$HIGH_RATE HIGH_PROBES=$HIGH_PROBES benches/raw_capture.sh\`"
-  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV (kernel $KERNEL, $CPU_MODEL, $(nproc) cores)."
+  echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV ($(machine))."
   echo "Medians of $RUNS runs; both daemons alone in a defender network namespace, traffic from"
   echo "a second namespace over a veth pair; CPU = user + system time of the daemon process and of"
   echo "its reaped children (cutime + cstime: 1.2's \`ip route\` forks, our commands)."
@@ -493,19 +433,5 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
 } > "$RESULT"
 cat "$RESULT"
 
-# Replace (or add) the section in BENCHMARKS.md.
-BM=$ROOT/BENCHMARKS.md
-[ -f "$BM" ] || printf '# Benchmarks\n' > "$BM"
-python3 - "$BM" "$RESULT" <<'EOF'
-import sys
-bm, res = sys.argv[1], sys.argv[2]
-text = open(bm).read()
-section = "<!-- raw_capture:begin -->\n" + open(res).read() + "<!-- raw_capture:end -->\n"
-b, e = "<!-- raw_capture:begin -->", "<!-- raw_capture:end -->\n"
-if b in text and e in text:
-    text = text[:text.index(b)] + section + text[text.index(e) + len(e):]
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(bm, "w").write(text)
-EOF
-echo "== written to $RESULT and $BM"
+put_section raw_capture "$RESULT"
+echo "== written to $RESULT and $ROOT/BENCHMARKS.md"

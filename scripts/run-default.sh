@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/setup-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked
-install -d /etc/portsentry /etc/portsentry/plugins /usr/share/portsentry/lua /var/lib/portsentry
+install -d /etc/portsentry /etc/portsentry/plugins /usr/share/portsentry/lua
+# State (history, journal) and what plugins log: 0750, as the package and the unit make them.
+install -d -m 0750 /var/lib/portsentry /var/log/portsentry
 for f in portsentry.conf portsentry.ignore portsentry.ignore.static; do
   [ -e "/etc/portsentry/$f" ] || install -m 0644 "conf/$f" "/etc/portsentry/$f"
 done

@@ -6,7 +6,9 @@
 # touch this host: no systemd, no start):
 #  - a fresh install: the installed binary, chrooted into the root, checks the installed
 #    configuration, so every absolute path of that configuration (ignore files, PLUGIN_DIR,
-#    LUA_PATH_DIR) is resolved inside the package's own layout; the shipped man pages equal
+#    LUA_PATH_DIR) is resolved inside the package's own layout; /var/log/portsentry exists
+#    (0750) and the unit makes it writable (LogsDirectory=), and the installed jsonlog plugin,
+#    tried with --test-plugin, writes its default file there; the shipped man pages equal
 #    what the installed binary generates; logrotate's copytruncate keeps an O_APPEND writer
 #    (the daemon's history descriptor) on the rotated file; purge removes what it should;
 #  - an upgrade from Debian's portsentry 1.2 (apt-get download) whose configuration the
@@ -134,6 +136,13 @@ dpkg_in "$fresh" -i "$deb" >"$work/fresh-install.log" 2>&1 ||
   fail "status after install: $(status_of "$fresh")"
 [ "$(stat -c %a "$fresh/var/lib/portsentry")" = 750 ] ||
   fail "/var/lib/portsentry: $(ls -ld "$fresh/var/lib/portsentry" 2>&1)"
+[ "$(stat -c %a "$fresh/var/log/portsentry")" = 750 ] ||
+  fail "/var/log/portsentry: $(ls -ld "$fresh/var/log/portsentry" 2>&1)"
+unit="$fresh/lib/systemd/system/portsentry.service"
+for line in LogsDirectory=portsentry LogsDirectoryMode=0750 StateDirectory=portsentry \
+  StateDirectoryMode=0750 ReadWritePaths=-/run/xtables.lock; do
+  grep -qx "$line" "$unit" || fail "the installed unit lacks $line"
+done
 [ ! -e "$fresh/etc/systemd" ] || fail "the scripts touched systemd in a root without it"
 make_chrootable "$fresh"
 out=$(chroot "$fresh" /usr/sbin/portsentry --check-config 2>&1) ||
@@ -157,6 +166,14 @@ grep -q '^LUA_RESPONDERS="allowlist' "$fresh/tmp/plugins.conf" || fail "no LUA_R
 out=$(chroot "$fresh" /usr/sbin/portsentry --check-config -c /tmp/plugins.conf 2>&1) ||
   fail "the shipped plugins do not load from the installed layout: $out"
 ok "fresh install: all shipped plugins load with the installed Lua library"
+
+# The installed jsonlog plugin, as shipped (its default file in /var/log/portsentry), tried
+# from inside the root: it loads the installed library and writes its line.
+out=$(chroot "$fresh" /usr/sbin/portsentry --test-plugin /etc/portsentry/plugins/jsonlog.lua \
+  --target 192.0.2.7 --port 31337 2>&1) || fail "--test-plugin jsonlog.lua failed: $out"
+grep -q '"ip":"192.0.2.7"' "$fresh/var/log/portsentry/alerts.jsonl" ||
+  fail "jsonlog wrote nothing to /var/log/portsentry/alerts.jsonl: $out"
+ok "fresh install: --test-plugin jsonlog.lua writes /var/log/portsentry/alerts.jsonl (0750, the unit's LogsDirectory=)"
 
 # The shipped pages are what the shipped binary generates (same date source as build-deb.sh).
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
@@ -196,11 +213,11 @@ ok "logrotate: copytruncate keeps the daemon's O_APPEND descriptor on the watche
 echo "1 - 01/01/1970 00:00:01 Host: 192.0.2.9/192.0.2.9 Port: 1 TCP Blocked" \
   >"$fresh/var/lib/portsentry/portsentry.history"
 dpkg_in "$fresh" --purge portsentry >"$work/purge.log" 2>&1 || fail "purge: $(cat "$work/purge.log")"
-for gone in /var/lib/portsentry /etc/portsentry/portsentry.conf /etc/default/portsentry \
+for gone in /var/lib/portsentry /var/log/portsentry /etc/portsentry/portsentry.conf /etc/default/portsentry \
   /etc/logrotate.d/portsentry /usr/sbin/portsentry /lib/systemd/system/portsentry.service; do
   [ ! -e "$fresh$gone" ] || fail "purge left $gone"
 done
-ok "purge removes the configuration and the history"
+ok "purge removes the configuration, the history and the plugins' logs"
 
 # --- upgrade from Debian's portsentry 1.2 ------------------------------------------------------
 # Its own maintainer scripts need debconf and, run chrootless, would call update-rc.d and
@@ -284,6 +301,7 @@ fi
 grep -q '192.0.2.12/192.0.2.12 Port: 111 TCP Blocked' "$up/var/lib/portsentry/portsentry.history" ||
   fail "the 1.2 history was lost"
 [ "$(stat -c %a "$up/var/lib/portsentry")" = 750 ] || fail "/var/lib/portsentry not tightened to 0750"
+[ "$(stat -c %a "$up/var/log/portsentry")" = 750 ] || fail "/var/log/portsentry not made on the upgrade"
 make_chrootable "$up"
 out=$(chroot "$up" /usr/sbin/portsentry --check-config 2>&1) ||
   fail "the installed binary refuses the admin's kept 1.2 configuration: $out"

@@ -15,6 +15,7 @@ use crate::config::modes::modes_from_file;
 use crate::config::{self, DEFAULT_CONFIG_PATH};
 use crate::control::commands::{self, block_duration, canonical_target};
 use crate::control::protocol::Request;
+use crate::control::select::origin_filter;
 use crate::daemon::{self, RunOptions};
 use crate::event::Mode;
 use crate::logging::{self, DEFAULT_SYSLOG_SOCKET, LogSettings};
@@ -66,8 +67,9 @@ struct Args {
     /// Configuration file.
     #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-    /// Validate the configuration and ignore files, print every problem, and exit.
-    #[arg(long)]
+    /// Validate the configuration and ignore files, print every problem, and exit (-t as
+    /// in fail2ban, nginx and the CrowdSec bouncers).
+    #[arg(short = 't', long)]
     check_config: bool,
     /// File with TCP_MODE / UDP_MODE, read when no mode flag is given.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODES_FILE)]
@@ -117,24 +119,57 @@ pub fn command() -> clap::Command {
 enum Command {
     /// Show the running daemon's version, modes, uptime, configuration generation, last
     /// reload and counters.
-    Status(ClientArgs),
+    Status {
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List the blocks in force: address, since, until, offences, mode, port, origin and
     /// the responders that acted.
+    #[command(after_help = "Examples:\n  \
+        portsentry list 192.0.2.7          the blocks covering this address\n  \
+        portsentry list 192.0.2.0/24       the blocks inside (or covering) this network\n  \
+        portsentry list --origin fleet --json")]
     List {
+        /// Only the blocks that cover these addresses, or lie inside (or cover) these
+        /// networks.
+        #[arg(value_name = "ADDR|NET", value_parser = canonical_target)]
+        targets: Vec<String>,
+        /// Only the blocks of this origin: scan, manual, import, fleet (every CrowdSec
+        /// source) or fleet:SOURCE.
+        #[arg(long, value_name = "ORIGIN", value_parser = origin_filter)]
+        origin: Option<String>,
         /// Print the blocks as JSON (every field of the block records), for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Lift a block and undo what its responders did (route, hosts.deny line, plugins).
+    /// Lift blocks and undo what their responders did (route, hosts.deny line, plugins).
+    #[command(after_help = "Examples:\n  \
+        portsentry unblock 192.0.2.7 2001:db8::/64\n  \
+        portsentry unblock --all --origin scan")]
     Unblock {
-        /// The blocked address or network, as `list` shows it.
-        #[arg(value_name = "ADDR", value_parser = canonical_target)]
-        target: String,
-        /// ADDR has no block of its own but lies in a blocked prefix: lift that prefix's
-        /// block (without this, unblock names the prefix and lifts nothing).
+        /// The blocked addresses or networks, as `list` shows them.
+        #[arg(
+            value_name = "ADDR",
+            value_parser = canonical_target,
+            required_unless_present = "all",
+            conflicts_with_all = ["all", "origin"]
+        )]
+        targets: Vec<String>,
+        /// Lift every block in force (of one origin with --origin).
         #[arg(long)]
+        all: bool,
+        /// With --all: only the blocks of this origin (scan, manual, import, fleet or
+        /// fleet:SOURCE).
+        #[arg(long, value_name = "ORIGIN", value_parser = origin_filter)]
+        origin: Option<String>,
+        /// An ADDR with no block of its own but inside a blocked prefix: lift that prefix's
+        /// block (without this, unblock names the prefix and lifts nothing).
+        #[arg(long, conflicts_with = "all")]
         covering: bool,
         #[command(flatten)]
         client: ClientArgs,
@@ -226,13 +261,40 @@ fn rewrite_legacy_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// JSON. `Err`: every problem found in a `--from-file` list (nothing is sent then).
 fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<String>> {
     Ok(match command {
-        Command::Status(client) => (client, Request::Status, false),
-        Command::List { json, client } => (client, Request::List, json),
+        Command::Status { json, client } => (client, Request::Status, json),
+        Command::List {
+            targets,
+            origin,
+            json,
+            client,
+        } => (client, Request::List { targets, origin }, json),
+        // One target goes as the plain request an older daemon also answers.
         Command::Unblock {
-            target,
+            mut targets,
+            all: false,
             covering,
             client,
-        } => (client, Request::Unblock { target, covering }, false),
+            ..
+        } if targets.len() == 1 => {
+            let target = targets.remove(0);
+            (client, Request::Unblock { target, covering }, false)
+        }
+        Command::Unblock {
+            targets,
+            all,
+            origin,
+            covering,
+            client,
+        } => (
+            client,
+            Request::UnblockMany {
+                targets,
+                all,
+                origin,
+                covering,
+            },
+            false,
+        ),
         Command::Reload(client) => (client, Request::Reload, false),
         Command::Block(args) => {
             let targets = match &args.from_file {
@@ -297,6 +359,7 @@ impl Args {
 /// the modes file, as the start takes them), so that what it passes starts.
 fn check_config(args: &Args) -> i32 {
     let path = &args.config;
+    lua::load_warnings_to_stderr();
     // Every plugin is loaded (each in its own process), as a reload would.
     let checked = crate::generation::Generation::check(path, |g| {
         crate::respond::lua::LuaPlugins::for_generation(g)
@@ -333,6 +396,8 @@ fn check_config(args: &Args) -> i32 {
             eprintln!("note: {}", crate::logging::escape_controls(&path));
         }
         warnings.extend(more.iter().map(ToString::to_string));
+        // A full or read-only disk under the state and log files: the start goes on.
+        warnings.extend(config::preflight::storage_warnings(config));
         // A secret the start cannot use turns that fleet direction off: an error here.
         errors.extend(crate::fleet::check_secrets(config));
         // Without modes, the checks that do not depend on them (output files) still run.
@@ -420,6 +485,7 @@ fn test_plugin(plugin: &Path, args: &Args) -> i32 {
         eprintln!("portsentry: --test-plugin: cannot start the watchdog: {e}");
         return EXIT_FAILURE;
     }
+    lua::load_warnings_to_stderr();
     let options = lua::TestOptions {
         target,
         port: args.port,
@@ -517,7 +583,13 @@ mod tests {
     fn list_takes_json_and_a_socket() {
         let (client, req, json) =
             request(&["portsentry", "list", "--json", "--socket", "/x"]).unwrap();
-        assert_eq!(req, Request::List);
+        assert_eq!(
+            req,
+            Request::List {
+                targets: vec![],
+                origin: None
+            }
+        );
         assert!(json);
         assert_eq!(client.socket, Some(PathBuf::from("/x")));
         assert_eq!(client.config, None);
@@ -577,6 +649,79 @@ mod tests {
             request(&["portsentry", "reload"]).unwrap().1,
             Request::Reload
         );
+    }
+
+    #[test]
+    fn list_takes_addresses_networks_and_an_origin() {
+        let (_, req, json) = request(&[
+            "portsentry",
+            "list",
+            "192.0.2.7",
+            "10.0.0.9/24",
+            "--origin",
+            "fleet",
+        ])
+        .unwrap();
+        assert_eq!(
+            req,
+            Request::List {
+                targets: vec!["192.0.2.7".into(), "10.0.0.0/24".into()],
+                origin: Some("fleet".into())
+            }
+        );
+        assert!(!json);
+        let err = parse(&["portsentry", "list", "--origin", "cron"]).unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+        assert!(err.to_string().contains("is not an origin"), "{err}");
+    }
+
+    #[test]
+    fn unblock_takes_several_targets_or_all_of_an_origin() {
+        let (_, req, _) = request(&["portsentry", "unblock", "fd77::5", "10.0.0.1"]).unwrap();
+        assert_eq!(
+            req,
+            Request::UnblockMany {
+                targets: vec!["fd77::5".into(), "10.0.0.1".into()],
+                all: false,
+                origin: None,
+                covering: false
+            }
+        );
+        let (_, req, _) =
+            request(&["portsentry", "unblock", "--all", "--origin", "fleet:cscli"]).unwrap();
+        assert_eq!(
+            req,
+            Request::UnblockMany {
+                targets: vec![],
+                all: true,
+                origin: Some("fleet:cscli".into()),
+                covering: false
+            }
+        );
+        // --origin only narrows --all; --all and addresses do not mix.
+        for argv in [
+            &["portsentry", "unblock", "10.0.0.1", "--origin", "scan"][..],
+            &["portsentry", "unblock", "10.0.0.1", "--all"][..],
+            &["portsentry", "unblock", "--all", "--origin", "bogus"][..],
+            &["portsentry", "unblock", "--origin", "scan"][..],
+            &["portsentry", "unblock", "--all", "--covering"][..],
+        ] {
+            let err = parse(argv).unwrap_err();
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn status_takes_json_and_t_is_check_config() {
+        let (_, req, json) = request(&["portsentry", "status", "--json"]).unwrap();
+        assert_eq!((req, json), (Request::Status, true));
+        let args = parse(&["portsentry", "-t", "-c", "/x.conf"]).unwrap();
+        assert!(args.check_config);
+        // -t with 1.2's mode flags, which start with the same letter.
+        let args = parse(&["portsentry", "-t", "-tcp", "-udp"]).unwrap();
+        assert!(args.check_config);
+        assert_eq!(args.flagged_modes(), vec![Mode::Tcp, Mode::Udp]);
+        assert!(!parse(&["portsentry", "-tcp"]).unwrap().check_config);
     }
 
     #[test]

@@ -160,8 +160,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     // First, so that a second daemon stops here before it touches the journal.
     let (calls_tx, calls) = crossbeam_channel::bounded(16);
     let control = start_control(&config.control_socket, calls_tx)?;
-    let history = History::open(&config.history_file)
-        .with_context(|| format!("cannot open history file {}", config.history_file.display()))?;
+    // A full or read-only disk does not stop the start: the history, the journal and the
+    // blocked file say so and keep what they cannot write until they can.
+    for w in crate::config::preflight::storage_warnings(&config) {
+        log::warn!("{}", log_lines::warning(w));
+    }
+    let history = History::open_or_wait(&config.history_file);
 
     let sensors = open_sensors(&options.modes, &generation)?;
     let events = EventLog::start(&config).context("cannot start the event log thread")?;
@@ -177,7 +181,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         events.sink(),
     )?;
     // The fleet: pushes what the manager tells it, pulls decisions into it.
-    let mut fleet = crate::fleet::Fleet::start(&config, &blocks);
+    let mut fleet = crate::fleet::Fleet::start(&generation, &blocks, protector.view());
     let filters = standard_chain(
         &generation.config,
         &generation.ignore,
@@ -188,7 +192,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .with_events(events.sink());
     let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
         .context("cannot start pipeline threads")?;
-    let metrics = MetricsServer::new(Sources::of(&pipeline, &blocks, &events), generation.number);
+    let metrics = MetricsServer::new(
+        Sources::of(&pipeline, &blocks, &events, &fleet),
+        generation.number,
+    );
     metrics.follow(config.metrics_listen);
 
     let (requests_tx, requests) = unbounded();
@@ -297,9 +304,17 @@ fn answer(call: ControlCall, reloader: &mut Reloader<'_>, started: SystemTime) {
             };
             call.answer(response);
         }
-        Request::List => reloader
-            .blocks
-            .list(move |blocks| call.answer(Response::List { blocks })),
+        // The control server filters the list and splits an unblock of several targets into
+        // single unblocks: only the plain forms reach the daemon.
+        Request::List { .. } => {
+            let fleet = reloader.fleet.decisions();
+            reloader
+                .blocks
+                .list(move |blocks| call.answer(Response::List { blocks, fleet }))
+        }
+        Request::UnblockMany { .. } => call.answer(Response::error(
+            "unblock of several targets is split by the control server",
+        )),
         Request::Unblock { target, covering } => match crate::block::parse_target(target) {
             Err(e) => call.answer(Response::error(e)),
             Ok(t) => {
@@ -450,6 +465,7 @@ impl Reloader<'_> {
                 responder_failures: load(&blocks.responder_failures),
             },
             fleet: self.fleet.status(),
+            storage: blocks.storage.snapshot(),
         }
     }
 
@@ -547,7 +563,7 @@ impl Reloader<'_> {
     fn swap(&mut self, next: Generation, lua: LuaPlugins) {
         self.blocks.reconfigure(next.clone(), lua.clone());
         self.protector.reconfigure(&next.config);
-        self.fleet.follow(&next.config, self.blocks);
+        self.fleet.follow(&next, self.blocks);
         for h in self.sensors {
             let _ = h
                 .control

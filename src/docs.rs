@@ -329,6 +329,11 @@ fn see_also(pages: &[&str]) -> String {
     render_more(|w| r.to_writer(w))
 }
 
+/// A key's entry in portsentry.conf(5): its doc line and the bound of its value.
+fn key_doc(key: &crate::config::build::KeySpec) -> String {
+    format!("{} {}", key.doc, key.bound().sentence())
+}
+
 /// portsentry.conf(5): the syntax, then one entry per key of [`KEYS`] with its doc line.
 fn conf_page() -> String {
     let mut r = Roff::new();
@@ -358,6 +363,9 @@ fn conf_page() -> String {
          $MODE$ by the mode that saw it (tcp, udp, stcp, sudp, atcp, audp).",
         "A key named <PLUGIN>_<SETTING> is a setting of the Lua responder <plugin> when that \
          plugin is listed in LUA_RESPONDERS (NFTABLES_TIMEOUT for plugins/nftables.lua).",
+        "Every value is bounded: each key below says how many bytes it takes at most, a \
+         plugin setting takes 4096. A longer value is an error on its line (PORT_BANNER, \
+         for one, takes 1024 bytes, as PortSentry 1.2's buffer did).",
         "The running daemon re-reads the file on SIGHUP, on portsentry reload, and when the \
          file changes; a configuration with errors is refused and the running one stays.",
     ] {
@@ -367,7 +375,7 @@ fn conf_page() -> String {
     for key in KEYS {
         r.control("TP", [])
             .text([bold(key.name)])
-            .text([roman(key.doc)]);
+            .text([roman(key_doc(key))]);
     }
     r.control("SH", ["FILES"]);
     r.control("TP", [])
@@ -489,7 +497,7 @@ mod tests {
         assert!(conf.contains(".TH portsentry.conf 5 "), "{conf}");
         for key in KEYS {
             assert!(
-                conf.contains(&format!(".TP\n{}\n{}\n", key.name, key.doc)),
+                conf.contains(&format!(".TP\n{}\n{}\n", key.name, key_doc(key))),
                 "{} missing from:\n{conf}",
                 key.name
             );

@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 /// Transport protocol of a probe; responders and the history line speak in these terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -240,6 +242,22 @@ pub struct Candidate {
     /// (raw segments, UDP) at `FORGEABLE_SCAN_TRIGGER`. Otherwise the alert is only logged,
     /// within the log budget.
     pub actionable: bool,
+}
+
+/// Why a block ended, kept in its journal line and its `unblock` event. Here rather than in
+/// the block manager, so that the event log (which the manager writes to) needs nothing of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnblockReason {
+    /// Its time ran out.
+    Expired,
+    /// An operator unblocked it.
+    Manual,
+    /// The manager gave it up (e.g. re-applying it after a restart failed).
+    Released,
+    /// A host block taken over by the block of its prefix (`ESCALATE_AFTER_V4` / `_V6`):
+    /// the prefix covers it from now on.
+    Escalated,
 }
 
 #[cfg(test)]

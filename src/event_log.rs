@@ -27,12 +27,12 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
 use serde::Serialize;
 
-use crate::block::journal::UnblockReason;
-use crate::block::{BlockRecord, target_text};
 use crate::config::Config;
-use crate::event::Candidate;
+use crate::event::{Candidate, UnblockReason};
 use crate::log_lines;
+use crate::record::{BlockRecord, target_text};
 use crate::respond::undo::UndoOutcome;
+use crate::token_bucket::TokenBucket;
 
 /// Events waiting for the writer at most; beyond, an event is dropped and counted.
 pub const EVENT_QUEUE: usize = 8192;
@@ -86,7 +86,7 @@ pub struct BlockEvent {
     /// Address (`192.0.2.7`) or network (`192.0.2.0/24`).
     pub target: String,
     /// When it ends; `null` when permanent.
-    #[serde(with = "crate::block::opt_time_text")]
+    #[serde(with = "crate::record::opt_time_text")]
     pub until: Option<SystemTime>,
     /// No end.
     pub permanent: bool,
@@ -119,7 +119,7 @@ pub struct UnblockEvent {
     /// after a restart).
     pub reason: UnblockReason,
     /// When the block began.
-    #[serde(with = "crate::block::time_text")]
+    #[serde(with = "crate::record::time_text")]
     pub since: SystemTime,
     /// `scan`, `manual` or `import`.
     pub origin: &'static str,
@@ -237,7 +237,7 @@ impl Event {
     pub fn encode(&self, host: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
-            #[serde(with = "crate::block::time_text")]
+            #[serde(with = "crate::record::time_text")]
             time: SystemTime,
             host: &'a str,
             #[serde(flatten)]
@@ -316,40 +316,6 @@ impl EventSink {
     }
 }
 
-/// `EVENT_LOG_RATE_LIMIT`: alert events a second, as a token bucket that starts full.
-#[derive(Debug)]
-struct Budget {
-    rate: u32,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl Budget {
-    fn new(rate: u32, now: Instant) -> Budget {
-        Budget {
-            rate,
-            tokens: f64::from(rate),
-            refilled: now,
-        }
-    }
-
-    /// Whether one more alert event may be written at `now`; always with no limit.
-    fn admit(&mut self, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let rate = f64::from(self.rate);
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.refilled = now;
-        let ok = self.tokens >= 1.0;
-        if ok {
-            self.tokens -= 1.0;
-        }
-        ok
-    }
-}
-
 enum Control {
     /// Open (or reopen) this file with this rate; `None`: write nothing.
     Open(Option<PathBuf>, u32),
@@ -379,7 +345,7 @@ impl EventLog {
             path: None,
             file: None,
             host: hostname(),
-            budget: Budget::new(config.event_log_rate_limit, Instant::now()),
+            budget: TokenBucket::per_second(config.event_log_rate_limit, Instant::now()),
             counters: Arc::clone(&counters),
             line: Vec::new(),
             failing: false,
@@ -485,7 +451,8 @@ struct Writer {
     path: Option<PathBuf>,
     file: Option<BufWriter<File>>,
     host: String,
-    budget: Budget,
+    /// `EVENT_LOG_RATE_LIMIT`: alert events a second, starting full.
+    budget: TokenBucket,
     counters: Arc<EventCounters>,
     /// Reused for every line.
     line: Vec<u8>,
@@ -535,8 +502,8 @@ impl Writer {
     }
 
     fn open(&mut self, path: Option<PathBuf>, rate: u32) {
-        if rate != self.budget.rate {
-            self.budget = Budget::new(rate, Instant::now());
+        if rate != self.budget.per() {
+            self.budget = TokenBucket::per_second(rate, Instant::now());
         }
         self.flush();
         let Some(path) = path else {
@@ -571,7 +538,7 @@ impl Writer {
             self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if matches!(event.kind, EventKind::Alert(_)) && !self.budget.admit(Instant::now()) {
+        if matches!(event.kind, EventKind::Alert(_)) && !self.budget.take(Instant::now()) {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -308,7 +308,16 @@ pub fn fuzz_control_response(bytes: &[u8]) {
     assert_eq!(assert_response_round_trip(&again), once);
     let requests = [
         Request::Status,
-        Request::List,
+        Request::List {
+            targets: vec!["10.0.0.0/8".into()],
+            origin: Some("fleet".into()),
+        },
+        Request::UnblockMany {
+            targets: Vec::new(),
+            all: true,
+            origin: Some("scan".into()),
+            covering: false,
+        },
         Request::Reload,
         Request::Unblock {
             target: "192.0.2.1".into(),

@@ -5,17 +5,19 @@
 //! date, so the line is produced in exactly one place: [`history_line`]. `BLOCKED_FILE` uses the
 //! same line, and [`parse_history_line`] reads it back.
 
+use std::collections::VecDeque;
 use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Local, TimeZone, Utc};
 
 use crate::event::Proto;
+use crate::storage::{Outage, StorageHealth, StoredFile};
 
 /// The 1.2 history line for one block, in local time, ending in `"\n"`:
 /// `<epoch> - MM/DD/YYYY HH:MM:SS Host: <resolved>/<ip> Port: <port> <TCP|UDP> Blocked`.
@@ -145,46 +147,245 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// `HISTORY_FILE`: append-only, one [`history_line`] per real block.
+/// History lines kept in memory while `HISTORY_FILE` cannot be written, at most; past it
+/// the oldest are dropped (fail2ban would find them too old by then anyway).
+pub const MAX_PENDING_LINES: usize = 10_000;
+
+/// `HISTORY_FILE`: append-only, one [`history_line`] per real block. While it cannot be
+/// written (a full or read-only disk, a permission) its lines wait in memory, in order
+/// ([`MAX_PENDING_LINES`] at most), and are written as soon as it can be: at the next line
+/// and every [`RETRY_INTERVAL`](crate::storage::RETRY_INTERVAL) on
+/// [`History::retry_pending`]. A write that fails half way is cut back, so the file never
+/// keeps half a line.
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,
-    file: File,
+    /// `None` while it cannot be opened: opened again at the next try.
+    file: Option<File>,
+    /// Lines not written yet, each ending in a newline.
+    pending: VecDeque<String>,
+    /// The file does not end in a newline (a failed write that could not be cut back).
+    torn: bool,
+    /// Lines given up at the bound since start.
+    dropped: u64,
+    outage: Outage,
+    #[cfg(test)]
+    write_budget: Option<usize>,
 }
 
 impl History {
-    /// Opens (or creates) the file for appending; never truncates.
+    /// Opens (or creates) the file for appending; never truncates. An error when it cannot.
     pub fn open(path: &Path) -> io::Result<History> {
         Ok(History {
-            path: path.to_path_buf(),
-            file: open_append(path)?,
+            file: Some(open_append(path)?),
+            ..History::closed(path)
         })
     }
 
+    /// Opens the file like [`History::open`], or, when it cannot be opened now, a history
+    /// that logs why (at once, then once a minute), keeps its lines and opens the file as
+    /// soon as it can: what the daemon starts with.
+    pub fn open_or_wait(path: &Path) -> History {
+        let mut history = History::closed(path);
+        if let Err(e) = history.reopen() {
+            let kept = history.kept();
+            history.outage.failed(&e, &kept, Instant::now());
+        }
+        history
+    }
+
+    fn closed(path: &Path) -> History {
+        History {
+            path: path.to_path_buf(),
+            file: None,
+            pending: VecDeque::new(),
+            torn: false,
+            dropped: 0,
+            outage: Outage::new(StoredFile::History, path),
+            #[cfg(test)]
+            write_budget: None,
+        }
+    }
+
     /// Appends one line (a newline is added if missing) in a single write, so that lines from
-    /// concurrent writers never interleave; the data is in the file when this returns.
+    /// concurrent writers never interleave; the data is in the file when this returns `Ok`.
+    /// On error the line waits in memory with any earlier ones and is written, in order, as
+    /// soon as the file takes writes again.
     pub fn append(&mut self, line: &str) -> io::Result<()> {
-        append_line(&mut self.file, &self.path, line)
+        let mut line = line.to_string();
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        if self.pending.len() >= MAX_PENDING_LINES {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+        self.pending.push_back(line);
+        // While the file fails, the retry timer decides: a burst of blocks does not rewrite
+        // the whole backlog once per line.
+        let asked = !self.outage.is_failing();
+        self.flush(Instant::now(), asked)
+    }
+
+    /// Writes the lines that wait, if the retry timer says so; call it on every wake.
+    pub fn retry_pending(&mut self, now: Instant) {
+        let _ = self.flush(now, false);
+    }
+
+    /// A last try before stopping; lines that still wait are lost, and the log says so.
+    pub fn close(&mut self) {
+        self.outage.expedite();
+        if self.flush(Instant::now(), false).is_err() {
+            log::error!(
+                "{}",
+                crate::log_lines::history_lost_at_stop(&self.path, self.pending.len())
+            );
+        }
+    }
+
+    /// Takes over the lines still waiting for `old` (a reload moved `HISTORY_FILE`): they
+    /// go to this file, before its own.
+    pub fn take_waiting_from(&mut self, old: &mut History) {
+        let mut waiting = std::mem::take(&mut old.pending);
+        waiting.append(&mut self.pending);
+        self.pending = waiting;
+        let _ = self.flush(Instant::now(), true);
+    }
+
+    /// Sends its health to the daemon's shared [`StorageHealth`].
+    pub fn report_to(&mut self, health: &StorageHealth) {
+        self.outage.report_to(health);
+        self.publish();
+    }
+
+    /// Lines waiting in memory.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
     }
 
     /// The file written to.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    fn flush(&mut self, now: Instant, asked: bool) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if !asked && !self.outage.due(now) {
+            self.publish();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{}: waits for the next try", self.path.display()),
+            ));
+        }
+        let mut buf =
+            String::with_capacity(self.pending.iter().map(String::len).sum::<usize>() + 1);
+        if self.torn {
+            buf.push('\n');
+        }
+        self.pending.iter().for_each(|l| buf.push_str(l));
+        let result = self.reopen().and_then(|()| self.write(buf.as_bytes()));
+        match &result {
+            Ok(()) => {
+                let n = self.pending.len();
+                self.pending.clear();
+                if self.outage.is_failing() {
+                    self.outage.recovered(&format!(
+                        "{n} history line(s) that waited in memory written"
+                    ));
+                }
+            }
+            Err(e) => {
+                let kept = self.kept();
+                self.outage.failed(e, &kept, now);
+            }
+        }
+        self.publish();
+        result.map_err(|e| named(&self.path, e))
+    }
+
+    /// One `write` on the `O_APPEND` descriptor; what part of it reached the file before an
+    /// error is cut off again (never below the length the file had before).
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let allowed = self.allowance(data.len());
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let before = file.metadata()?.len();
+        let written = file.write_all(&data[..allowed]).and_then(|()| {
+            if allowed < data.len() {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                file.flush()
+            }
+        });
+        if let Err(e) = written {
+            // logrotate's copytruncate may have emptied the file meanwhile: only ever cut
+            // back what is past the old end, never extend.
+            let taken_back = file.metadata().and_then(|m| {
+                if m.len() > before {
+                    file.set_len(before)
+                } else {
+                    Ok(())
+                }
+            });
+            if taken_back.is_err() {
+                self.torn = true;
+            }
+            return Err(e);
+        }
+        self.torn = false;
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn allowance(&mut self, len: usize) -> usize {
+        len
+    }
+
+    #[cfg(test)]
+    fn allowance(&mut self, len: usize) -> usize {
+        match &mut self.write_budget {
+            Some(budget) => {
+                let n = len.min(*budget);
+                *budget -= n;
+                n
+            }
+            None => len,
+        }
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            self.file =
+                Some(open_append(&self.path).map_err(|e| crate::storage::bare(&e, &self.path))?);
+            self.torn = false;
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> String {
+        format!(
+            "{} line(s) kept in memory and written as soon as it can be (at most \
+             {MAX_PENDING_LINES}; beyond, the oldest are dropped{}); retrying every {}s",
+            self.pending.len(),
+            if self.dropped > 0 {
+                format!(", {} so far", self.dropped)
+            } else {
+                String::new()
+            },
+            crate::storage::RETRY_INTERVAL.as_secs()
+        )
+    }
+
+    fn publish(&mut self) {
+        self.outage.keep(self.pending.len() as u64, 0, self.dropped);
+    }
 }
 
-/// One `write` of `line` plus its newline, on a file opened with `O_APPEND`.
-pub(crate) fn append_line(file: &mut File, path: &Path, line: &str) -> io::Result<()> {
-    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    if line.ends_with('\n') {
-        file.write_all(line.as_bytes()).map_err(named)?;
-    } else {
-        let mut buf = String::with_capacity(line.len() + 1);
-        buf.push_str(line);
-        buf.push('\n');
-        file.write_all(buf.as_bytes()).map_err(named)?;
-    }
-    file.flush().map_err(named)
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -363,6 +564,84 @@ mod tests {
         let mut h = History::open(&path).unwrap();
         h.append("new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\ntorn\nnew\n");
+    }
+
+    fn later() -> Instant {
+        Instant::now() + crate::storage::RETRY_INTERVAL
+    }
+
+    #[test]
+    fn a_line_the_disk_cannot_take_waits_and_nothing_is_left_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        let health = StorageHealth::new();
+        let mut h = History::open(&path).unwrap();
+        h.report_to(&health);
+        h.append("one\n").unwrap();
+        h.write_budget = Some(3);
+        assert!(h.append("two\n").is_err());
+        assert!(h.append("three").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n", "cut back");
+        assert_eq!(h.waiting(), 2);
+        let f = health.get(StoredFile::History).unwrap();
+        assert!(f.failing_since.is_some() && f.waiting == 2, "{f:?}");
+        h.write_budget = None;
+        h.retry_pending(Instant::now());
+        assert_eq!(h.waiting(), 2, "not before the retry interval");
+        h.retry_pending(later());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "one\ntwo\nthree\n",
+            "in order, each once"
+        );
+        assert_eq!(health.get(StoredFile::History).unwrap().failing_since, None);
+    }
+
+    #[test]
+    fn a_history_that_cannot_be_opened_at_start_is_opened_once_it_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("lib");
+        std::fs::write(&blocker, "").unwrap();
+        let path = blocker.join("portsentry.history");
+        let mut h = History::open_or_wait(&path);
+        assert!(h.append("first").is_err());
+        std::fs::remove_file(&blocker).unwrap();
+        h.retry_pending(later());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+        assert_eq!(h.waiting(), 0);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_waiting_lines_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        let mut h = History::open(&path).unwrap();
+        h.write_budget = Some(0);
+        for i in 0..MAX_PENDING_LINES + 5 {
+            let _ = h.append(&format!("line {i}"));
+        }
+        assert_eq!((h.waiting(), h.dropped), (MAX_PENDING_LINES, 5));
+        h.write_budget = None;
+        h.retry_pending(later());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("line 5\n"), "{}", &text[..20]);
+        assert_eq!(text.lines().count(), MAX_PENDING_LINES);
+    }
+
+    #[test]
+    fn lines_waiting_for_an_old_history_file_go_to_the_new_one_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = History::open(&dir.path().join("old")).unwrap();
+        old.write_budget = Some(0);
+        let _ = old.append("waited");
+        let mut new = History::open(&dir.path().join("new")).unwrap();
+        new.take_waiting_from(&mut old);
+        assert_eq!(old.waiting(), 0);
+        new.append("fresh").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("new")).unwrap(),
+            "waited\nfresh\n"
+        );
     }
 
     #[test]

@@ -31,4 +31,6 @@ pub mod protected;
 pub mod record;
 pub mod respond;
 pub mod sensor;
+pub mod storage;
 pub mod sync;
+pub mod token_bucket;

@@ -457,16 +457,17 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Ours: probes below the forgeable trigger in the last interval (only some logged, within
-/// `LOG_RATE_LIMIT`). `sources` is a lower bound when `capped`.
+/// Ours: probes below the forgeable trigger in the last interval, and how many of their
+/// lines `LOG_RATE_LIMIT` held back. `sources` is a lower bound when `capped`.
 pub fn not_acted_on(probes: u64, sources: u64, capped: bool, logged: u64, seconds: u64) -> String {
     format!(
         "adminalert: {} probes from {}{} sources not acted on in the last {seconds} s: below the \
-         trigger ({} of them logged)",
+         trigger ({} logged, {} lines held back by LOG_RATE_LIMIT)",
         thousands(probes),
         if capped { "more than " } else { "" },
         thousands(sources),
-        thousands(logged)
+        thousands(logged),
+        thousands(probes.saturating_sub(logged))
     )
 }
 
@@ -737,7 +738,80 @@ pub fn fleet_refused(url: &str, what: impl Display) -> String {
 /// Ours: a pulled decision names an address this host does not block (protected, ignored,
 /// its own); said once per address.
 pub fn fleet_decision_not_applied(target: &str, source: &str, why: &str) -> String {
-    format!("adminalert: WARNING: CrowdSec decision for {target} ({source}) not applied: {why}")
+    format!("CrowdSec decision for {target} ({source}) not applied: {why}")
+}
+
+/// The numbers of [`fleet_pulled`]'s line.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetPullCounts {
+    /// Decisions taken.
+    pub added: usize,
+    /// Decisions gone.
+    pub removed: usize,
+    /// Decisions refused.
+    pub refused: usize,
+    /// Decisions left out (`CROWDSEC_MAX_DECISIONS`).
+    pub over_limit: usize,
+    /// Decisions in force after the pull.
+    pub held: usize,
+}
+
+/// Ours: one pull of the decision stream that changed something (one line a pull, never
+/// one a decision): decisions added and removed, refused, left out, what is in force per
+/// origin, how long the pull took (request, parse, apply) and the kernel's part of it.
+pub fn fleet_pulled(
+    n: &FleetPullCounts,
+    per_origin: &[(String, u64)],
+    took: std::time::Duration,
+    kernel: std::time::Duration,
+) -> String {
+    let FleetPullCounts {
+        added,
+        removed,
+        refused,
+        over_limit,
+        held,
+    } = *n;
+    let origins = if per_origin.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = per_origin.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        format!(" ({})", each.join(", "))
+    };
+    let over = if over_limit > 0 {
+        format!(", {over_limit} over CROWDSEC_MAX_DECISIONS")
+    } else {
+        String::new()
+    };
+    format!(
+        "CrowdSec pull: {added} decisions added, {removed} removed, {refused} refused{over}; \
+         {held} in force{origins}; {} ms (kernel {} ms)",
+        took.as_millis(),
+        kernel.as_millis()
+    )
+}
+
+/// Ours: what `CROWDSEC_PULL_RESPONDERS` did after a pull.
+pub fn fleet_responders_ran(applied: usize, undone: usize, failed: usize) -> String {
+    format!("CrowdSec pull responders: {applied} applied, {undone} undone, {failed} failed")
+}
+
+/// Ours: the fleet's decision table is full: said once when it fills up.
+pub fn fleet_limit_reached(max: usize) -> String {
+    format!(
+        "adminalert: WARNING: CROWDSEC_MAX_DECISIONS ({max}) reached: newer CrowdSec decisions \
+         are left out until older ones end (raise it, or narrow CROWDSEC_ORIGINS)"
+    )
+}
+
+/// Ours: the kernel refused the fleet's changes (and their rewrite).
+pub fn fleet_kernel_failed(err: impl Display) -> String {
+    format!("adminalert: ERROR: CrowdSec decisions not applied to the kernel: {err}")
+}
+
+/// Ours: pulled decisions have no way into the kernel.
+pub fn fleet_no_kernel_room(why: impl Display) -> String {
+    format!("adminalert: WARNING: CrowdSec decisions are pulled but not applied: {why}")
 }
 
 /// Ours: after a refused reload, the generation still in force.
@@ -902,35 +976,80 @@ pub fn restoring(restored: usize, from: &Path, expired: usize) -> String {
     )
 }
 
-/// Ours: the block state file could not be appended to.
-pub fn state_file_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: an entry the block state file cannot hold (a time after 9999) was left out; `err`
+/// names the file and the target.
+pub fn state_file_entry_refused(err: impl Display) -> String {
     format!(
-        "adminalert: ERROR: cannot write block state file {}: {err}; the blocks are in force \
-         but will not be restored after a restart",
+        "adminalert: ERROR: {err}; the block is in force but will not be restored after a \
+         restart"
+    )
+}
+
+/// Ours: a file the daemon keeps writing (`what`: block state file, history file, blocked
+/// file) cannot be written or opened (a full or read-only disk, a permission); detection and
+/// blocking go on, `kept` says what happens meanwhile.
+pub fn file_write_failing(what: &str, path: &Path, err: impl Display, kept: &str) -> String {
+    format!(
+        "adminalert: ERROR: cannot write {what} {}: {err}; detection and blocking go on; \
+         {kept}",
         path.display()
     )
 }
 
-/// Ours: the block state file could not be compacted (it keeps growing until it can).
-pub fn state_file_compact_failed(path: &Path, err: impl Display) -> String {
+/// Ours: once a minute while a file still cannot be written.
+pub fn file_still_failing(
+    what: &str,
+    path: &Path,
+    since: std::time::SystemTime,
+    err: impl Display,
+    kept: &str,
+) -> String {
     format!(
-        "adminalert: ERROR: cannot compact block state file {}: {err}",
+        "adminalert: ERROR: {what} {} still cannot be written (failing since {}): {err}; {kept}",
+        path.display(),
+        humantime::format_rfc3339_seconds(since)
+    )
+}
+
+/// Ours: a file that could not be written takes writes again; `done` says what was caught up.
+pub fn file_writable_again(
+    what: &str,
+    path: &Path,
+    after: std::time::Duration,
+    done: &str,
+) -> String {
+    format!(
+        "adminalert: {what} {} can be written again after {} of failures; {done}",
+        path.display(),
+        humantime::format_duration(round_secs(after))
+    )
+}
+
+/// Ours: the block state file exists but cannot be read at start.
+pub fn state_file_unread(path: &Path, err: impl Display) -> String {
+    format!(
+        "adminalert: ERROR: cannot read block state file {}: {err}; its blocks are not \
+         restored now (they come back at the next start that can read it) and it is only \
+         appended to, never rewritten, until then",
         path.display()
     )
 }
 
-/// Ours: a history line could not be written.
-pub fn history_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: the daemon stops while the block state file still cannot be written.
+pub fn state_file_lost_at_stop(path: &Path, blocks: u64) -> String {
     format!(
-        "adminalert: ERROR: cannot write history file {}: {err}",
+        "adminalert: ERROR: stopping while block state file {} still cannot be written: {blocks} \
+         block(s) made or changed since it failed are not in it and will not be restored at \
+         the next start",
         path.display()
     )
 }
 
-/// Ours: 1.2's blocked file could not be rewritten.
-pub fn blocked_file_write_failed(path: &Path, err: impl Display) -> String {
+/// Ours: the daemon stops while the history file still cannot be written.
+pub fn history_lost_at_stop(path: &Path, lines: usize) -> String {
     format!(
-        "adminalert: ERROR: cannot write blocked file {}: {err}",
+        "adminalert: ERROR: stopping while history file {} still cannot be written: {lines} \
+         line(s) that waited for it are lost",
         path.display()
     )
 }
@@ -977,9 +1096,9 @@ mod tests {
         assert_eq!(thousands(27480), "27,480");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(
-            not_acted_on(27480, 27476, false, 2000, 10),
-            "adminalert: 27,480 probes from 27,476 sources not acted on in the last 10 s: below \
-             the trigger (2,000 of them logged)"
+            not_acted_on(19_990, 19_990, false, 10, 10),
+            "adminalert: 19,990 probes from 19,990 sources not acted on in the last 10 s: below \
+             the trigger (10 logged, 19,980 lines held back by LOG_RATE_LIMIT)"
         );
     }
 
@@ -1092,9 +1211,35 @@ mod tests {
             "adminalert: WARNING: portsentry.conf:3: FOO: unknown key"
         );
         assert_eq!(
-            state_file_write_failed(Path::new("/var/lib/portsentry/blocks"), "disk full"),
-            "adminalert: ERROR: cannot write block state file /var/lib/portsentry/blocks: disk \
-             full; the blocks are in force but will not be restored after a restart"
+            file_write_failing(
+                "block state file",
+                Path::new("/var/lib/portsentry/blocks"),
+                "No space left on device (os error 28)",
+                "2 entries kept"
+            ),
+            "adminalert: ERROR: cannot write block state file /var/lib/portsentry/blocks: No \
+             space left on device (os error 28); detection and blocking go on; 2 entries kept"
+        );
+        assert_eq!(
+            file_still_failing(
+                "history file",
+                Path::new("/h"),
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+                "Read-only file system (os error 30)",
+                "3 line(s) kept"
+            ),
+            "adminalert: ERROR: history file /h still cannot be written (failing since \
+             2023-11-14T22:13:20Z): Read-only file system (os error 30); 3 line(s) kept"
+        );
+        assert_eq!(
+            file_writable_again(
+                "blocked file",
+                Path::new("/b"),
+                std::time::Duration::from_millis(61_600),
+                "it lists the blocks in force again"
+            ),
+            "adminalert: blocked file /b can be written again after 1m 2s of failures; it lists \
+             the blocks in force again"
         );
     }
 }

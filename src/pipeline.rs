@@ -28,6 +28,7 @@ use crate::log_lines;
 use crate::logging;
 use crate::respond::lua::LuaPlugins;
 use crate::sensor::HitSink;
+use crate::token_bucket::TokenBucket;
 
 /// Batches of probes buffered between the sensors and the filters (a raw sensor's batch is
 /// at most [`crate::sensor::raw::BATCH`] probes, a classic sensor's one probe).
@@ -206,14 +207,17 @@ impl DropReport {
 /// Sources remembered per summary interval at most, for the "from N sources" count.
 const SUMMARY_SOURCES: usize = 100_000;
 
+/// Lines of probes not acted on that may be written at once before `LOG_RATE_LIMIT` holds
+/// (when the rate is lower): a quiet host's few probes a minute are all logged, while a
+/// sustained flood is held to the rate.
+pub const LOG_BURST: u32 = 10;
+
 /// The log budget (`LOG_RATE_LIMIT`) for probes that are not acted on: a token bucket of
-/// detection lines a second, and the counts of the summary line. During a flood of forged
-/// one-packet sources the log stays readable, and the announcing thread's queue is kept for
-/// the alerts that matter.
+/// detection lines a second (a burst of [`LOG_BURST`]), and the counts of the summary line.
+/// During a flood of forged one-packet sources the log stays readable, and the announcing
+/// thread's queue is kept for the alerts that matter.
 struct LogBudget {
-    rate: u32,
-    tokens: f64,
-    refilled: Instant,
+    bucket: TokenBucket,
     probes: u64,
     logged: u64,
     sources: std::collections::HashSet<std::net::IpAddr>,
@@ -224,14 +228,19 @@ struct LogBudget {
 impl LogBudget {
     fn new(rate: u32, now: Instant) -> LogBudget {
         LogBudget {
-            rate,
-            tokens: f64::from(rate),
-            refilled: now,
+            bucket: TokenBucket::per_second(rate, now).with_burst(LOG_BURST),
             probes: 0,
             logged: 0,
             sources: std::collections::HashSet::new(),
             capped: false,
             since: now,
+        }
+    }
+
+    /// Follows a reload's `LOG_RATE_LIMIT`, keeping what was spent.
+    fn set_rate(&mut self, rate: u32, now: Instant) {
+        if rate != self.bucket.per() {
+            self.bucket.set_rate(rate, LOG_BURST, now);
         }
     }
 
@@ -243,43 +252,30 @@ impl LogBudget {
         } else if !self.sources.contains(&src.to_canonical()) {
             self.capped = true;
         }
-        let ok = if self.rate == 0 {
-            true
-        } else {
-            let rate = f64::from(self.rate);
-            let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * rate).min(rate);
-            self.refilled = now;
-            if self.tokens >= 1.0 {
-                self.tokens -= 1.0;
-                true
-            } else {
-                false
-            }
-        };
+        let ok = self.bucket.take(now);
         self.logged += u64::from(ok);
         ok
     }
 
-    /// The summary of the interval, if any probe was not acted on; starts the next one.
+    /// The summary of the interval, when lines were held back (when every probe got its
+    /// line, the lines say it all); starts the next interval.
     fn summary(&mut self, now: Instant) -> Option<String> {
         let secs = now.duration_since(self.since).as_secs().max(1);
         self.since = now;
-        if self.probes == 0 {
-            return None;
-        }
-        let line = log_lines::not_acted_on(
-            self.probes,
-            self.sources.len() as u64,
-            self.capped,
-            self.logged,
-            secs,
-        );
+        let line = (self.probes > self.logged).then(|| {
+            log_lines::not_acted_on(
+                self.probes,
+                self.sources.len() as u64,
+                self.capped,
+                self.logged,
+                secs,
+            )
+        });
         self.probes = 0;
         self.logged = 0;
         self.sources.clear();
         self.capped = false;
-        Some(line)
+        line
     }
 }
 
@@ -299,7 +295,8 @@ impl FilterWorker {
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(FilterMsg::Reload(generation, lua)) => {
-                        self.budget.rate = generation.config.log_rate_limit;
+                        self.budget
+                            .set_rate(generation.config.log_rate_limit, Instant::now());
                         for f in &mut self.filters {
                             f.reconfigure(&generation.config, &generation.ignore);
                         }
@@ -436,21 +433,22 @@ fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
 mod tests {
     use super::*;
 
+    fn ip(i: u32) -> std::net::IpAddr {
+        std::net::IpAddr::from(i.to_be_bytes())
+    }
+
     #[test]
     fn log_budget_admits_its_rate_and_summarises_the_rest() {
         let t0 = Instant::now();
         let mut b = LogBudget::new(100, t0);
         let admitted = (0..1000u32)
-            .filter(|i| {
-                let ip = std::net::IpAddr::from([10, 78, (i / 256) as u8, (i % 256) as u8]);
-                b.admit(ip, t0)
-            })
+            .filter(|i| b.admit(ip(0x0a4e_0000 + i), t0))
             .count();
         assert_eq!(admitted, 100, "the burst is the rate");
         // Half a second later, half the rate again.
         let later = t0 + Duration::from_millis(500);
         let more = (0..1000)
-            .filter(|_| b.admit("10.79.0.1".parse().unwrap(), later))
+            .filter(|_| b.admit(ip(0x0a4f_0001), later))
             .count();
         assert_eq!(more, 50);
         let line = b.summary(t0 + Duration::from_secs(10)).unwrap();
@@ -459,18 +457,59 @@ mod tests {
             log_lines::not_acted_on(2000, 1001, false, 150, 10),
             "{line}"
         );
+        assert!(line.contains("1,850 lines held back"), "{line}");
         assert!(
             b.summary(t0 + Duration::from_secs(20)).is_none(),
             "quiet: no line"
         );
-        // No limit: everything is logged, still counted.
+        // No limit: everything is logged, and nothing held back needs a summary.
         let mut free = LogBudget::new(0, t0);
-        assert!((0..500).all(|_| free.admit("10.0.0.1".parse().unwrap(), t0)));
-        assert!(
-            free.summary(t0)
-                .unwrap()
-                .contains("500 probes from 1 sources")
+        assert!((0..500).all(|_| free.admit(ip(0x0a00_0001), t0)));
+        assert_eq!(free.summary(t0), None);
+    }
+
+    #[test]
+    fn the_default_budget_holds_a_sustained_flood_near_one_line_a_second() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(crate::config::build::DEFAULT_LOG_RATE_LIMIT, t0);
+        let mut lines = 0;
+        // A minute of 2,000 forged probes a second, a summary every 10 s.
+        for ms in (0..60_000u64).step_by(50) {
+            let now = t0 + Duration::from_millis(ms);
+            for i in 0..100u32 {
+                lines += usize::from(b.admit(ip(0x0100_0000 + (ms as u32) * 100 + i), now));
+            }
+            if ms % 10_000 == 9_950 {
+                lines += usize::from(b.summary(now).is_some());
+            }
+        }
+        assert_eq!(
+            lines,
+            LOG_BURST as usize + 59 + 6,
+            "burst, one a second, summaries"
         );
+        // The key's documentation says the same.
+        let doc = crate::config::build::key_spec("LOG_RATE_LIMIT").map(|k| k.doc);
+        assert!(
+            doc.is_some_and(|d| d.contains(&format!("burst of {LOG_BURST} (default 1;"))),
+            "{doc:?}"
+        );
+        // A quiet host: a burst of a few probes is logged whole, and no summary is needed.
+        let later = t0 + Duration::from_secs(3600);
+        b.summary(later);
+        assert!((0..LOG_BURST).all(|i| b.admit(ip(0x0a00_0001 + i), later)));
+        assert_eq!(b.summary(later + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn a_reload_changes_the_rate_without_a_fresh_burst() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(1, t0);
+        assert_eq!((0..100).filter(|_| b.admit(ip(1), t0)).count(), 10);
+        b.set_rate(200, t0);
+        assert_eq!((0..1000).filter(|_| b.admit(ip(1), t0)).count(), 0);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!((0..1000).filter(|_| b.admit(ip(1), later)).count(), 20);
     }
 
     #[test]

@@ -22,12 +22,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Entry, Offence, UnblockReason};
 use super::policy::{DurationPolicy, Past};
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
+use crate::config::ignore::IgnoreList;
 use crate::config::{BlockLevel, Config};
 use crate::event::{Candidate, Hit, Mode, ProbeKind, Proto};
 use crate::event_log::Event;
@@ -45,11 +46,37 @@ const LONGEST: Duration = Duration::from_secs(100 * 365 * 86400);
 const DEFERRED_CAP: usize = 10_000;
 /// How often the summary of held-back blocks is logged.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
-/// Distinct ports remembered per held-back source at most (enough to rank scanners).
-const DEFERRED_PORTS: usize = 1024;
+/// Distinct ports remembered per held-back source at most (enough to rank scanners, and
+/// bounded so that ten thousand waiting sources stay small).
+const DEFERRED_PORTS: usize = 64;
 /// Prefixes whose escalation state or budget is remembered at most: a flood of forged
 /// sources from every prefix cannot grow memory (the least recently touched go first).
 const PREFIX_MEMORY: usize = 65_536;
+
+/// Counters the core keeps for `status` and the metrics (atomics: read from other threads
+/// without asking the manager).
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Blocks applied (scan, manual, import; not restores).
+    pub made: AtomicU64,
+    /// Blocks no responder managed to apply.
+    pub failed: AtomicU64,
+    /// Blocks lifted at their expiry.
+    pub expired: AtomicU64,
+    /// Blocks lifted by an operator.
+    pub unblocked: AtomicU64,
+    /// Block requests dropped because too many were waiting.
+    pub dropped: AtomicU64,
+    /// Responder runs that failed (apply or undo).
+    pub responder_failures: AtomicU64,
+    /// How long the responder pool's jobs and responders take.
+    pub timings: Arc<crate::respond::pool::Timings>,
+    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
+    pub notes_dropped: AtomicU64,
+    /// Whether the journal, the history file and the blocked file take writes, and what
+    /// waits in memory for them.
+    pub storage: crate::storage::StorageHealth,
+}
 
 /// The time of one message, read by the shell (or set by a test or a replay).
 #[derive(Debug, Clone, Copy)]
@@ -81,9 +108,10 @@ impl Now {
 /// What the core cannot know from data alone: which addresses are this host's own or
 /// protected (gateways, resolvers, sessions). The shell answers from the live sources.
 pub trait Guard: Send {
-    /// Why `target` must never be blocked (by hand, by the fleet, or as an escalated
-    /// prefix), if so, worded for the operator (`refused: … is protected (gateway)`).
-    fn refusal(&self, target: &Target) -> Option<String>;
+    /// Why `target` must never be blocked (by hand or as an escalated prefix), if so,
+    /// worded for the operator (`refused: … is protected (gateway)`): loopback, this host's
+    /// own addresses, protected addresses, and entries of `ignore`.
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String>;
 }
 
 /// Reply callbacks: the core never waits for whoever asked.
@@ -146,19 +174,6 @@ pub enum Input {
         /// What was undone, or why not.
         reply: Reply<Result<Vec<String>, String>>,
     },
-    /// A CrowdSec decision pulled from the fleet.
-    FleetBlock {
-        /// What to block.
-        target: Target,
-        /// How long.
-        duration: Duration,
-        /// The decision's origin and scenario.
-        source: String,
-        /// The outcome.
-        reply: Reply<BlockOutcome>,
-    },
-    /// A fleet decision ended: lift its block, if it is the fleet's.
-    FleetUnblock(Target),
     /// A new config generation (plain data).
     Reconfigure(Generation),
     /// Whether a block observer listens (notes are made only then).
@@ -189,6 +204,16 @@ pub enum Work {
         until: Option<SystemTime>,
         /// Re-applied after a restart.
         restored: bool,
+        /// The hosts an escalated prefix block took over (empty otherwise), for the Lua
+        /// events.
+        members: Vec<IpAddr>,
+    },
+    /// Renew the kernel timeouts of a block whose end moved later.
+    Refresh {
+        /// Job number, echoed in the result.
+        id: u64,
+        /// The block, with its new end.
+        record: BlockRecord,
     },
     /// Undo every action of a block.
     Undo {
@@ -415,6 +440,8 @@ pub struct BlockCore {
     prefix_rates: HashMap<Target, RateLimit>,
     escalations: HashMap<Target, Escalation>,
     deferred: HashMap<Target, Deferred>,
+    /// When the line of held-back sources is worth looking at again (`None`: at once).
+    serve_after: Option<Instant>,
     /// Sources held back since the last summary, and why the last one was.
     deferred_recently: u64,
     deferred_why: String,
@@ -425,7 +452,7 @@ pub struct BlockCore {
     net_lens: BTreeMap<(bool, u8), usize>,
     expiries: BinaryHeap<Reverse<(SystemTime, Target)>>,
     offences: HashMap<Target, Offence>,
-    counters: Arc<super::manager::BlockCounters>,
+    counters: Arc<BlockCounters>,
     waiting: VecDeque<Work>,
     workers: usize,
     max_waiting: usize,
@@ -454,7 +481,7 @@ pub struct CoreSetup {
     /// Protected and local addresses.
     pub guard: Box<dyn Guard>,
     /// Shared with `status` and the metrics.
-    pub counters: Arc<super::manager::BlockCounters>,
+    pub counters: Arc<BlockCounters>,
     /// Repeat-offence memory from the journal.
     pub offences: HashMap<Target, Offence>,
     /// Jobs in flight at most (the pool's workers).
@@ -479,6 +506,7 @@ impl BlockCore {
             prefix_rates: HashMap::new(),
             escalations: HashMap::new(),
             deferred: HashMap::new(),
+            serve_after: None,
             deferred_recently: 0,
             deferred_why: String::new(),
             summary_since: setup.now.mono,
@@ -521,33 +549,6 @@ impl BlockCore {
                 covering,
                 reply,
             } => self.unblock_by_hand(target, covering, reply),
-            Input::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            } => self.block_by_hand(
-                vec![target],
-                Some(duration),
-                source,
-                Origin::Fleet,
-                Box::new(move |mut outcomes: Vec<BlockOutcome>| {
-                    if let Some(outcome) = outcomes.pop() {
-                        reply(outcome);
-                    }
-                }),
-                now,
-            ),
-            Input::FleetUnblock(target) => {
-                let from_fleet = match self.hosts.get(&target) {
-                    Some(Host::Active { record, .. }) => record.origin == Origin::Fleet,
-                    Some(Host::Applying(a)) => a.origin == Origin::Fleet,
-                    _ => false,
-                };
-                if from_fleet {
-                    self.unblock_by_hand(target, false, Box::new(|_| {}));
-                }
-            }
             Input::Reconfigure(generation) => self.reconfigure(generation, now),
             Input::Observing(on) => self.observing = on,
             Input::Stop => {
@@ -555,6 +556,7 @@ impl BlockCore {
                 // Restores and expiries not started yet are left to the next start.
                 self.waiting.retain(|work| match work {
                     Work::Apply { restored, .. } => !restored,
+                    Work::Refresh { .. } => true,
                     Work::Undo { .. } => false,
                 });
             }
@@ -588,15 +590,8 @@ impl BlockCore {
             wake = wake.min(at.duration_since(now.wall).unwrap_or_default());
         }
         if !self.deferred.is_empty() {
-            let mut next = self.rate.next_token();
-            for r in self.prefix_rates.values() {
-                if let Some(t) = r.next_token() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-            if let Some(next) = next {
-                wake = wake.min(next);
-            }
+            let at = self.serve_after.unwrap_or(now.mono);
+            wake = wake.min(at.saturating_duration_since(now.mono));
         }
         if self.deferred_recently > 0 {
             let since = now.mono.saturating_duration_since(self.summary_since);
@@ -656,6 +651,13 @@ impl BlockCore {
 
     fn config(&self) -> &Config {
         &self.generation.config
+    }
+
+    /// Answers whoever asked, once the journal holds what came before.
+    fn answer<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.out
+            .effects
+            .push(Effect::Reply(Box::new(move || reply(value))));
     }
 
     // ---- the hosts map, with its index of network lengths ----
@@ -766,6 +768,20 @@ impl BlockCore {
             d.add(req);
             return;
         }
+        if !self.deferred.is_empty() {
+            // Others wait already: join the line, the best goes first. The line is looked
+            // at again now only if this source's own prefix and the global budget have a
+            // token (otherwise nothing could move).
+            let why = self.deferred_why.clone();
+            let prefix = self.prefix_of(&target);
+            let own = self.config().block_rate_limit_per_prefix == 0
+                || self.prefix_rate(prefix, now.mono).has_token(now.mono);
+            if own && self.rate.has_token(now.mono) {
+                self.serve_after = None;
+            }
+            self.defer(target, req, why, now.mono);
+            return;
+        }
         match self.budget_allows(&target, now.mono) {
             Ok(()) => self.start_scan_block(target, req, now),
             Err(why) => self.defer(target, req, why, now.mono),
@@ -840,16 +856,14 @@ impl BlockCore {
         self.deferred_recently += 1;
         self.deferred_why = why;
         if self.deferred.len() >= DEFERRED_CAP {
-            let worst = self
-                .deferred
-                .iter()
-                .min_by_key(|(_, d)| d.rank())
-                .map(|(t, w)| (*t, w.rank()));
-            match worst {
-                Some((t, rank)) if rank < d.rank() => {
-                    self.deferred.remove(&t);
-                }
-                _ => return,
+            // Full: the weakest tenth gives way at once (one sort per thousand sources
+            // rather than a scan per source); a newcomer weaker still stays out.
+            let mut ranks: Vec<_> = self.deferred.values().map(Deferred::rank).collect();
+            ranks.sort_unstable();
+            let cut = ranks[ranks.len() / 10];
+            self.deferred.retain(|_, w| w.rank() > cut);
+            if d.rank() <= cut {
+                return;
             }
         }
         self.deferred.insert(target, d);
@@ -858,9 +872,14 @@ impl BlockCore {
     /// Starts the best held-back blocks the budgets allow (a prefix out of budget lets the
     /// next prefix's source go first); forgets those older than the trigger window (a
     /// scanner that kept going has sent newer probes meanwhile) and those a network block
-    /// now covers.
+    /// now covers. Runs only when a token may have come back or a slot freed
+    /// (`serve_after`), so a long line costs nothing per message.
     fn serve_deferred(&mut self, now: Now) {
         if self.deferred.is_empty() || self.stopping {
+            self.serve_after = None;
+            return;
+        }
+        if self.serve_after.is_some_and(|t| now.mono < t) {
             return;
         }
         let window = self.config().scan_trigger_window;
@@ -868,31 +887,59 @@ impl BlockCore {
             self.deferred
                 .retain(|_, d| now.mono.saturating_duration_since(d.since) <= window);
         }
-        if self.max_active_reached().is_some() || !self.rate.has_token(now.mono) {
+        if let Some(why) = self.max_active_reached() {
+            // A release frees a slot and calls again; until then, look once a summary.
+            self.deferred_why = why;
+            self.serve_after = Some(now.mono + SUMMARY_INTERVAL);
             return;
         }
+        if !self.rate.has_token(now.mono) {
+            let wait = self.rate.next_token().unwrap_or(SUMMARY_INTERVAL);
+            self.serve_after = Some(now.mono + wait);
+            return;
+        }
+        let per_prefix = self.config().block_rate_limit_per_prefix;
         let mut order: Vec<_> = self.deferred.iter().map(|(t, d)| (d.rank(), *t)).collect();
         order.sort_by_key(|(rank, _)| Reverse(*rank));
+        let mut prefix_wait: Option<Duration> = None;
         for (_, target) in order {
             if self.hosts.contains_key(&target) || self.covering(target.addr()).is_some() {
                 self.deferred.remove(&target);
                 continue;
             }
-            match self.budget_allows(&target, now.mono) {
-                Ok(()) => {
-                    if let Some(d) = self.deferred.remove(&target) {
-                        self.start_scan_block(target, d.request, now);
-                    }
-                }
-                Err(why) => {
-                    let global = !why.starts_with("BLOCK_RATE_LIMIT_PER_PREFIX");
-                    self.deferred_why = why;
-                    if global {
-                        break;
-                    }
+            if !self.rate.has_token(now.mono) || self.max_active_reached().is_some() {
+                break;
+            }
+            let prefix = self.prefix_of(&target);
+            if per_prefix > 0 {
+                let bucket = self.prefix_rate(prefix, now.mono);
+                if !bucket.has_token(now.mono) {
+                    let wait = bucket.next_token().unwrap_or(SUMMARY_INTERVAL);
+                    prefix_wait = Some(prefix_wait.map_or(wait, |w| w.min(wait)));
+                    continue;
                 }
             }
+            if let Err(why) = self.budget_allows(&target, now.mono) {
+                self.deferred_why = why;
+                break;
+            }
+            if let Some(d) = self.deferred.remove(&target) {
+                self.start_scan_block(target, d.request, now);
+            }
         }
+        self.serve_after = if self.deferred.is_empty() {
+            None
+        } else {
+            let global = (!self.rate.has_token(now.mono))
+                .then(|| self.rate.next_token())
+                .flatten();
+            let wait = match (global, prefix_wait) {
+                (Some(g), Some(p)) => g.min(p),
+                (Some(w), None) | (None, Some(w)) => w,
+                (None, None) => SUMMARY_INTERVAL,
+            };
+            Some(now.mono + wait)
+        };
     }
 
     /// The summary line of held-back blocks, once per interval while there are any.
@@ -970,6 +1017,7 @@ impl BlockCore {
             level,
             until,
             restored: false,
+            members: applying.members.clone(),
         });
         self.put(target, Host::Applying(Box::new(applying)));
     }
@@ -1005,14 +1053,38 @@ impl BlockCore {
                 continue;
             }
             match self.hosts.get(&target) {
-                Some(Host::Active { record, .. }) => {
-                    batch.outcomes.push(refuse(match record.until {
-                        Some(u) => format!(
-                            "already blocked until {}",
-                            humantime::format_rfc3339_seconds(u)
-                        ),
-                        None => "already blocked (permanent)".into(),
-                    }));
+                Some(Host::Active {
+                    record,
+                    reapplying: None,
+                }) => {
+                    let wanted = duration
+                        .or_else(|| self.policy.next(self.past(&target, now.wall)))
+                        .map(|d| d.min(LONGEST));
+                    let outcome = match (record.until, wanted) {
+                        (None, _) => refuse("already blocked (permanent)".into()),
+                        (Some(u), Some(d)) if now.wall.checked_add(d).is_none_or(|e| e <= u) => {
+                            refuse(format!(
+                                "already blocked until {}, which is later than asked",
+                                humantime::format_rfc3339_seconds(u)
+                            ))
+                        }
+                        (Some(_), wanted) => {
+                            let until = wanted.and_then(|d| now.wall.checked_add(d));
+                            self.extend(target, until);
+                            BlockOutcome {
+                                target: who.clone(),
+                                ok: true,
+                                detail: match until {
+                                    Some(u) => format!(
+                                        "extended until {}",
+                                        humantime::format_rfc3339_seconds(u)
+                                    ),
+                                    None => "extended: permanent".into(),
+                                },
+                            }
+                        }
+                    };
+                    batch.outcomes.push(outcome);
                     continue;
                 }
                 Some(_) => {
@@ -1022,16 +1094,6 @@ impl BlockCore {
                     continue;
                 }
                 None => {}
-            }
-            if let Some(net) = self
-                .covering(target.addr())
-                .filter(|net| net.prefix_len() < target.prefix_len())
-            {
-                batch.outcomes.push(refuse(format!(
-                    "already covered by the block of {}",
-                    target_text(&net)
-                )));
-                continue;
             }
             let past = self.past(&target, now.wall);
             let applying = Applying {
@@ -1051,39 +1113,33 @@ impl BlockCore {
             self.start_apply(target, applying, alert, who, BlockLevel::All, now);
         }
         if batch.left == 0 {
-            let (reply, outcomes) = (batch.reply, batch.outcomes);
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+            self.answer(batch.reply, batch.outcomes);
         } else {
             self.batches.insert(batch_id, batch);
         }
     }
 
-    /// Why a target must never be blocked whole, if so: loopback, the unspecified address,
-    /// the ignore list (an entry inside it, or one covering it), and what the guard knows
-    /// (this host's own addresses, protected addresses).
+    /// Gives a block in force a later end (`None`: permanent): journaled, with its expiry
+    /// moved, and the kernel's timeouts renewed by a job.
+    fn extend(&mut self, target: Target, until: Option<SystemTime>) {
+        let Some(Host::Active { record, .. }) = self.hosts.get_mut(&target) else {
+            return;
+        };
+        record.until = until;
+        let record = record.clone();
+        if let Some(u) = until {
+            self.expiries.push(Reverse((u, target)));
+        }
+        self.out.entries.push(Entry::Block(record.clone()));
+        self.out.blocked_file_dirty = true;
+        let id = self.next_id();
+        self.waiting.push_back(Work::Refresh { id, record });
+    }
+
+    /// Why a target must never be blocked whole, if so (the guard's one check, with the
+    /// ignore list of the generation in force).
     fn refusal(&self, target: &Target) -> Option<String> {
-        let addr = target.addr();
-        let special = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-        if special(addr) || (is_network(target) && target.contains(&loopback_of(addr))) {
-            return Some("refused: loopback or unspecified address".into());
-        }
-        if let Some(why) = self.guard.refusal(target) {
-            return Some(why);
-        }
-        let ignore = &self.generation.ignore;
-        if let Some(entry) = ignore
-            .entries()
-            .iter()
-            .find(|e| e.contains(&target.addr()) || target.contains(&e.addr()))
-        {
-            return Some(format!(
-                "refused: in the ignore list ({})",
-                target_text(entry)
-            ));
-        }
-        None
+        self.guard.refusal(target, &self.generation.ignore)
     }
 
     fn unblock_by_hand(
@@ -1101,31 +1157,19 @@ impl BlockCore {
             Some(Host::Active { .. } | Host::Applying(_)) => {
                 if let Some(earlier) = self.queued_unblocks.insert(target, reply) {
                     let said = format!("{who}: a later unblock request replaced this one");
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || earlier(Err(said)))));
+                    self.answer(earlier, Err(said));
                 }
             }
             Some(Host::Releasing { .. }) => {
-                let said = format!("{who}: already being unblocked");
-                self.out
-                    .effects
-                    .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                self.answer(reply, Err(format!("{who}: already being unblocked")));
             }
             None => match self.covering(target.addr()) {
                 Some(net) if covering => self.unblock_by_hand(net, false, reply),
                 Some(net) => {
                     let said = log_lines::covered_not_unblocked(&who, &target_text(&net));
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
+                    self.answer(reply, Err(said));
                 }
-                None => {
-                    let said = format!("{who} is not blocked");
-                    self.out
-                        .effects
-                        .push(Effect::Reply(Box::new(move || reply(Err(said)))));
-                }
+                None => self.answer(reply, Err(format!("{who} is not blocked"))),
             },
         }
     }
@@ -1146,6 +1190,7 @@ impl BlockCore {
             self.escalations.clear();
         }
         self.generation = generation;
+        self.serve_after = None;
     }
 
     // ---- escalation ----
@@ -1335,6 +1380,7 @@ impl BlockCore {
                 level,
                 until: record.until,
                 restored: true,
+                members: record.members.clone(),
             });
             self.put(
                 target,
@@ -1398,6 +1444,7 @@ impl BlockCore {
             record: record.clone(),
             reason: match why {
                 UnblockReason::Expired => crate::respond::undo::UnblockReason::Expired,
+                UnblockReason::Escalated => crate::respond::undo::UnblockReason::Escalated,
                 _ => crate::respond::undo::UnblockReason::Unblock,
             },
         });
@@ -1441,7 +1488,9 @@ impl BlockCore {
     fn on_result(&mut self, result: crate::respond::pool::JobResult, now: Now) {
         use crate::respond::pool::JobResult;
         let id = match &result {
-            JobResult::Applied { id, .. } | JobResult::Undone { id, .. } => *id,
+            JobResult::Applied { id, .. }
+            | JobResult::Undone { id, .. }
+            | JobResult::Refreshed { id, .. } => *id,
         };
         if !self.restoring.remove(&id) {
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -1464,6 +1513,18 @@ impl BlockCore {
                 target,
                 outcomes,
             } => self.on_undone(id, target, outcomes, now),
+            JobResult::Refreshed { target, error, .. } => {
+                if let Some(e) = error {
+                    let who = target_text(&target);
+                    self.out
+                        .effects
+                        .push(Effect::Warn(log_lines::responder_failed(
+                            &who,
+                            "nftables (renewing the timeout)",
+                            &e,
+                        )));
+                }
+            }
         }
     }
 
@@ -1483,14 +1544,13 @@ impl BlockCore {
                     reapplying: None, ..
                 }) => self.start_release(target, UnblockReason::Manual, Some(reply)),
                 Some(Host::Releasing { .. }) => {
-                    self.out.effects.push(Effect::Reply(Box::new(move || {
-                        reply(Err(format!("{who}: already being unblocked")))
-                    })));
+                    self.answer(reply, Err(format!("{who}: already being unblocked")));
                 }
                 _ => {
-                    self.out.effects.push(Effect::Reply(Box::new(move || {
-                        reply(Err(format!("{who} is not blocked (its block failed)")))
-                    })));
+                    self.answer(
+                        reply,
+                        Err(format!("{who} is not blocked (its block failed)")),
+                    );
                 }
             }
         }
@@ -1684,10 +1744,7 @@ impl BlockCore {
         if b.left == 0
             && let Some(b) = self.batches.remove(&id)
         {
-            let (reply, outcomes) = (b.reply, b.outcomes);
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(outcomes))));
+            self.answer(b.reply, b.outcomes);
         }
     }
 
@@ -1736,6 +1793,8 @@ impl BlockCore {
             at: now.wall,
             why,
         });
+        // A slot is free: the line may move.
+        self.serve_after = None;
         self.remember(&record, now.wall);
         self.out.blocked_file_dirty = true;
         let mut details = Vec::new();
@@ -1789,9 +1848,7 @@ impl BlockCore {
                 .push(Effect::Note(BlockNote::Lifted(record.clone())));
         }
         if let Some(reply) = reply {
-            self.out
-                .effects
-                .push(Effect::Reply(Box::new(move || reply(Ok(details)))));
+            self.answer(reply, Ok(details));
         }
         if let Some(req) = reblock
             && !self.stopping
@@ -1824,14 +1881,6 @@ fn forgeable_policy(config: &Config) -> DurationPolicy {
     DurationPolicy {
         base: config.forgeable_block_timeout.or(config.block_timeout),
         ..DurationPolicy::from_config(config)
-    }
-}
-
-/// A 127.0.0.1 / ::1 of the target's family, to tell whether a network covers loopback.
-fn loopback_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
-        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     }
 }
 

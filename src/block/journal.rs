@@ -9,6 +9,12 @@
 //! (temp file, fsync, rename, fsync of the directory), so the path always holds either the old
 //! file or the new one, whole.
 //!
+//! A full or read-only disk does not stop the daemon: a journal that cannot be written keeps
+//! its entries in memory (up to [`MAX_PENDING_BYTES`], then asks for a rewrite of the live
+//! state), writes them as soon as it can, and says so in the log and in `status` (see
+//! [`crate::storage`]). A failed write is cut back to where the file ended, so nothing
+//! journaled before is ever lost or truncated.
+//!
 //! `BLOCKED_FILE` keeps its 1.2 meaning for outside tools ([`write_blocked_file`]); 1.2's own
 //! files are read once, when the journal is first created ([`import_legacy`]).
 
@@ -18,7 +24,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +34,8 @@ use super::{
 };
 use crate::event::{Mode, Proto};
 use crate::history::{HistoryEntry, history_line, parse_history_line};
+use crate::log_lines;
+use crate::storage::{Outage, StorageHealth, StoredFile, bare};
 
 /// A state file larger than this is refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 1 << 30;
@@ -109,20 +117,9 @@ fn writable(time: &SystemTime) -> bool {
         .is_ok_and(|d| d.as_secs() < LAST_WRITABLE_SECS)
 }
 
-/// Why a block ended, kept in its Unblock line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnblockReason {
-    /// Its time ran out.
-    Expired,
-    /// An operator unblocked it.
-    Manual,
-    /// The manager gave it up (e.g. re-applying it after a restart failed).
-    Released,
-    /// A host block taken over by the block of its prefix (`ESCALATE_AFTER_V4` / `_V6`):
-    /// the prefix covers it from now on.
-    Escalated,
-}
+/// Why a block ended, kept in its Unblock line (plain data in [`crate::event`], which the
+/// event log shares without importing the block manager).
+pub use crate::event::UnblockReason;
 
 /// Repeat-offence memory for one target, so the next block of a returning scanner lasts
 /// longer, even across restarts.
@@ -189,125 +186,526 @@ impl Replay {
     }
 }
 
+/// Encoded entries kept in memory while the file cannot be written, at most (some 20,000
+/// blocks). Past it they are let go and the file is rewritten whole from the blocks in force
+/// (a compaction) as soon as it can be, so nothing the daemon still holds is lost.
+pub const MAX_PENDING_BYTES: usize = 8 << 20;
+
+/// Faults a unit test injects to see what a full disk, a failing fsync or a failing rename
+/// leave behind: the bytes writes may still put down before they fail with ENOSPC, and
+/// whether fsync, the rename of a compaction or an open for writing fail.
+#[cfg(test)]
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Faults {
+    pub(crate) write_budget: Option<usize>,
+    pub(crate) fail_sync: bool,
+    pub(crate) fail_rename: bool,
+    pub(crate) fail_open: bool,
+}
+
 /// The open journal: the block manager owns one and is its only writer.
+///
+/// While the file cannot be written (a full or read-only disk, a permission) the journal
+/// keeps the entries it was given, in order, and writes them as soon as it can: at the next
+/// [`Journal::record`] (each block) and every
+/// [`RETRY_INTERVAL`](crate::storage::RETRY_INTERVAL) on
+/// [`Journal::retry_pending`]. Past [`MAX_PENDING_BYTES`] it stops keeping them one by one
+/// and asks for a rewrite of the live state instead ([`Journal::needs_compaction`]). A
+/// failed write never leaves half an entry or cuts what was there before it: it is taken
+/// back to the length the file had.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// Open for appending; `None` while it cannot be opened for writing (a read-only file
+    /// system, a directory that cannot be created): opened again at the next try.
+    file: Option<File>,
     /// Non-blank lines in the file, for [`Journal::needs_compaction`].
     lines: usize,
     /// The file does not end in a newline (a torn line, a failed write): the next append
     /// starts with one.
     torn: bool,
+    /// Entries not written yet, oldest first, as whole encoded lines.
+    pending: Vec<u8>,
+    /// How many entries `pending` holds.
+    pending_entries: usize,
+    /// Past [`MAX_PENDING_BYTES`]: only a rewrite of the live state brings the file up to
+    /// date.
+    rewrite: bool,
+    /// The file exists but could not be read at start: its blocks were not restored, so it
+    /// is never rewritten this run, only appended to.
+    unread: bool,
+    /// Blocks recorded that the file does not hold yet (since its writes began failing).
+    blocks_unwritten: u64,
+    /// Entries given up at the bound (only a journal that was not read drops any).
+    dropped: u64,
+    /// Appends (and, past the bound, rewrites): what `status` shows as the journal's health.
+    outage: Outage,
+    /// Compactions of a journal whose appends work: only logged, nothing is lost.
+    compaction: Outage,
+    #[cfg(test)]
+    faults: Faults,
 }
 
 impl Journal {
     /// Opens the journal, creating the file (mode 0600: it holds the commands that undo
     /// blocks) and its parent directories, and replays it. A path that is not a regular file,
-    /// a file over 1 GiB or an unreadable one is an error naming the path; bad lines are only
-    /// warnings.
+    /// a file over 1 GiB or one that fails while being read is an error naming the path; bad
+    /// lines are only warnings. A file that cannot be opened for writing (or created) is not
+    /// an error: it is read if it can be, the failure is logged, and the journal keeps its
+    /// entries until the file takes them. One that exists but cannot be read is logged too,
+    /// and only appended to this run.
     pub fn open(path: &Path) -> io::Result<(Journal, Replay)> {
-        if let Some(dir) = parent_dir(path) {
-            std::fs::create_dir_all(dir).map_err(|e| named(path, e))?;
+        let now = Instant::now();
+        let mut write_error: Option<io::Error> = None;
+        if let Some(dir) = parent_dir(path)
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            write_error = Some(e);
         }
-        if let Some(meta) = existing(path)? {
-            check_regular(path, &meta)?;
+        let mut unread_error: Option<io::Error> = None;
+        match existing(path) {
+            Ok(Some(meta)) => check_regular(path, &meta)?,
+            Ok(None) => {}
+            Err(e) => unread_error = Some(bare(&e, path)),
         }
-        let file = OpenOptions::new()
+        let writable = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             // Never wait on a FIFO swapped in after the check; fstat below refuses it.
             .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| named(path, e))?;
-        check_regular(path, &file.metadata().map_err(|e| named(path, e))?)?;
-
-        let mut replay = Replay::default();
-        let mut warnings = Warnings::default();
-        let torn = each_line(path, &file, |number, line| match line {
-            Line::TooLong(len) => warnings.push(too_long(path, number, len)),
-            Line::Text(bytes) => {
-                if bytes.trim_ascii().is_empty() {
-                    return;
-                }
-                replay.lines += 1;
-                match serde_json::from_slice::<Entry>(bytes) {
-                    Ok(entry) => replay.apply(entry),
-                    Err(e) => warnings.push(format!(
-                        "{}:{number}: {}, skipped: \"{}\"",
-                        path.display(),
-                        describe(&e),
-                        excerpt(&String::from_utf8_lossy(bytes))
-                    )),
+            .open(path);
+        let (file, read_only) = match writable {
+            Ok(file) => (Some(file), None),
+            Err(e) => {
+                write_error.get_or_insert(e);
+                match OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)
+                {
+                    Ok(file) => (None, Some(file)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        (None, None)
+                    }
+                    Err(e) => {
+                        unread_error.get_or_insert(e);
+                        (None, None)
+                    }
                 }
             }
-        })?;
-        replay.warnings = warnings.finish(path);
-        let journal = Journal {
+        };
+
+        let mut replay = Replay::default();
+        let mut torn = false;
+        let reader = file.as_ref().or(read_only.as_ref());
+        if let Some(reader) = reader {
+            unread_error = None;
+            check_regular(path, &reader.metadata().map_err(|e| named(path, e))?)?;
+            let mut warnings = Warnings::default();
+            torn = each_line(path, reader, |number, line| match line {
+                Line::TooLong(len) => warnings.push(too_long(path, number, len)),
+                Line::Text(bytes) => {
+                    if bytes.trim_ascii().is_empty() {
+                        return;
+                    }
+                    replay.lines += 1;
+                    match serde_json::from_slice::<Entry>(bytes) {
+                        Ok(entry) => replay.apply(entry),
+                        Err(e) => warnings.push(format!(
+                            "{}:{number}: {}, skipped: \"{}\"",
+                            path.display(),
+                            describe(&e),
+                            excerpt(&String::from_utf8_lossy(bytes))
+                        )),
+                    }
+                }
+            })?;
+            replay.warnings = warnings.finish(path);
+        }
+        let writing = file.is_some();
+        let mut journal = Journal {
             path: path.to_path_buf(),
             file,
             lines: replay.lines,
             torn,
+            pending: Vec::new(),
+            pending_entries: 0,
+            rewrite: false,
+            unread: unread_error.is_some(),
+            blocks_unwritten: 0,
+            dropped: 0,
+            outage: Outage::new(StoredFile::Journal, path),
+            compaction: Outage::logged_only(
+                StoredFile::Journal,
+                "block state file (compaction)",
+                path,
+            ),
+            #[cfg(test)]
+            faults: Faults::default(),
         };
+        if let Some(e) = &unread_error {
+            log::error!("{}", log_lines::state_file_unread(path, e));
+        }
+        if !writing && let Some(e) = write_error {
+            let kept = journal.kept();
+            journal.outage.failed(&e, &kept, now);
+        }
         Ok((journal, replay))
     }
 
-    /// Appends the entries, one JSON object per line, then `fdatasync`s once for the batch.
-    /// Only after `Ok` may the caller report them done. On error the batch is rolled back
-    /// (best effort) so that it does not come back at the next replay.
+    /// Records what changed, in order: written at once (one `fdatasync` for the batch), or,
+    /// while the file cannot be written, kept in memory and written as soon as it can be (a
+    /// failed write is logged by the journal itself, at once and then once a minute). An
+    /// entry whose time cannot be written (after 9999) is logged and left out.
+    pub fn record(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        for entry in &entries {
+            let block = u64::from(matches!(entry, Entry::Block(_)));
+            if self.rewrite {
+                self.blocks_unwritten += block;
+                continue;
+            }
+            let mut line = Vec::with_capacity(256);
+            match encode(&self.path, entry, &mut line) {
+                Ok(()) => {
+                    self.pending.extend_from_slice(&line);
+                    self.pending_entries += 1;
+                    self.blocks_unwritten += block;
+                }
+                Err(e) => log::error!("{}", log_lines::state_file_entry_refused(e)),
+            }
+        }
+        self.bound();
+        self.flush(Instant::now(), true);
+    }
+
+    /// Writes the entries that wait, if the retry timer says so; call it on every wake.
+    pub fn retry_pending(&mut self, now: Instant) {
+        self.flush(now, false);
+    }
+
+    /// Makes the next retry (and a compaction that is due) happen whatever the timers say: a
+    /// last try before stopping.
+    pub fn expedite(&mut self) {
+        self.outage.expedite();
+        self.compaction.expedite();
+    }
+
+    /// At stop, after a last [`Journal::retry_pending`] (and compaction): when the file still
+    /// does not hold everything, says what the next start will not restore.
+    pub fn close(&mut self) {
+        self.outage.expedite();
+        self.flush(Instant::now(), true);
+        if self.rewrite || !self.pending.is_empty() {
+            log::error!(
+                "{}",
+                log_lines::state_file_lost_at_stop(&self.path, self.blocks_unwritten)
+            );
+        }
+    }
+
+    /// Sends the journal's health (failing since, entries waiting, blocks not written) to
+    /// the daemon's shared [`StorageHealth`].
+    pub fn report_to(&mut self, health: &StorageHealth) {
+        self.outage.report_to(health);
+        self.publish();
+    }
+
+    /// Whether its writes are failing now.
+    pub fn is_failing(&self) -> bool {
+        self.outage.is_failing()
+    }
+
+    /// Entries waiting in memory to be written.
+    pub fn pending_entries(&self) -> usize {
+        self.pending_entries
+    }
+
+    /// Blocks recorded that the file does not hold yet.
+    pub fn blocks_unwritten(&self) -> u64 {
+        self.blocks_unwritten
+    }
+
+    /// Keeps the pending entries within [`MAX_PENDING_BYTES`]: past it they are let go for a
+    /// rewrite of the live state, or, in a journal that was not read (never rewritten), the
+    /// oldest are dropped.
+    fn bound(&mut self) {
+        if self.pending.len() <= MAX_PENDING_BYTES {
+            return;
+        }
+        if self.unread {
+            let excess = self.pending.len() - MAX_PENDING_BYTES;
+            let cut = self.pending[excess..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.pending.len(), |i| excess + i + 1);
+            let lost = self.pending[..cut].iter().filter(|&&b| b == b'\n').count();
+            self.pending.drain(..cut);
+            self.pending_entries = self.pending_entries.saturating_sub(lost);
+            self.dropped += lost as u64;
+        } else {
+            self.pending = Vec::new();
+            self.pending_entries = 0;
+            self.rewrite = true;
+        }
+        self.publish();
+    }
+
+    /// Writes the pending entries when there are any and it is time (`asked`: a new entry
+    /// asks at once).
+    fn flush(&mut self, now: Instant, asked: bool) {
+        if self.pending.is_empty() || self.rewrite || !(asked || self.outage.due(now)) {
+            return;
+        }
+        let buf = std::mem::take(&mut self.pending);
+        match self.reopen().and_then(|()| self.write_batch(&buf)) {
+            Ok(()) => {
+                let n = self.pending_entries;
+                let was_failing = self.outage.is_failing();
+                self.lines += n;
+                self.pending_entries = 0;
+                self.blocks_unwritten = 0;
+                if was_failing {
+                    self.outage
+                        .recovered(&format!("{n} entr(y/ies) that waited in memory written"));
+                }
+            }
+            Err(e) => {
+                self.pending = buf;
+                let kept = self.kept();
+                self.outage.failed(&e, &kept, now);
+            }
+        }
+        self.publish();
+    }
+
+    /// What the journal does while failing, for the log lines.
+    fn kept(&self) -> String {
+        format!(
+            "{}; retrying every {}s and at each block",
+            self.kept_entries(),
+            crate::storage::RETRY_INTERVAL.as_secs()
+        )
+    }
+
+    fn kept_entries(&self) -> String {
+        let mib = MAX_PENDING_BYTES >> 20;
+        if self.rewrite {
+            format!(
+                "{} block(s) made since it failed are not in it; past the {mib} MiB of entries \
+                 kept in memory, it is rewritten whole from the blocks in force as soon as it \
+                 can be",
+                self.blocks_unwritten
+            )
+        } else if self.unread {
+            format!(
+                "{} entr(y/ies) kept in memory and written as soon as it can be (at most {mib} \
+                 MiB; beyond, the oldest are dropped, since a file not read at start is never \
+                 rewritten)",
+                self.pending_entries
+            )
+        } else {
+            format!(
+                "{} entr(y/ies) ({} block(s)) kept in memory and written as soon as it can be \
+                 (at most {mib} MiB of them; beyond, the file is rewritten whole from the \
+                 blocks in force once it can be)",
+                self.pending_entries, self.blocks_unwritten
+            )
+        }
+    }
+
+    fn publish(&mut self) {
+        self.outage.keep(
+            self.pending_entries as u64,
+            self.blocks_unwritten,
+            self.dropped,
+        );
+    }
+
+    /// Opens the file for appending again when it could not be; a torn last line (from a
+    /// crash, or a write that could not be taken back) makes the next append start a line.
+    fn reopen(&mut self) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if self.faults.fail_open {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if let Some(dir) = parent_dir(&self.path) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)?;
+        let meta = file.metadata()?;
+        check_regular(&self.path, &meta).map_err(|e| bare(&e, &self.path))?;
+        self.torn = false;
+        if meta.len() > 0 {
+            let mut last = [0u8; 1];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, meta.len() - 1)?;
+            self.torn = last[0] != b'\n';
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Appends `buf` (whole lines) and `fdatasync`s. On failure whatever part of it reached
+    /// the file is cut off again, back to the length the file had, never shorter: nothing
+    /// journaled before is touched. Should even that fail, the next append starts a line.
+    fn write_batch(&mut self, buf: &[u8]) -> io::Result<()> {
+        // The newline that ends a torn line, then the batch (not copied: it may be large).
+        let newline: &[u8] = if self.torn { b"\n" } else { b"" };
+        let (allowed_newline, allowed) = (self.allowance(newline.len()), self.allowance(buf.len()));
+        let sync_fails = self.sync_fails();
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let before = file.metadata()?.len();
+        let written = file
+            .write_all(&newline[..allowed_newline])
+            .and_then(|()| file.write_all(&buf[..allowed]))
+            .and_then(|()| {
+                if allowed_newline < newline.len() || allowed < buf.len() {
+                    Err(io::Error::from_raw_os_error(libc::ENOSPC))
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| {
+                if sync_fails {
+                    Err(io::Error::from_raw_os_error(libc::EIO))
+                } else {
+                    file.sync_data()
+                }
+            });
+        if let Err(e) = written {
+            let taken_back = file.metadata().and_then(|m| {
+                if m.len() > before {
+                    file.set_len(before)?;
+                    file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            if taken_back.is_err() {
+                self.torn = true;
+            }
+            return Err(e);
+        }
+        self.torn = false;
+        Ok(())
+    }
+
+    /// How much of a write of `len` bytes may reach the file (all of it but in tests).
+    #[cfg(not(test))]
+    fn allowance(&mut self, len: usize) -> usize {
+        len
+    }
+
+    #[cfg(test)]
+    fn allowance(&mut self, len: usize) -> usize {
+        match &mut self.faults.write_budget {
+            Some(budget) => {
+                let n = len.min(*budget);
+                *budget -= n;
+                n
+            }
+            None => len,
+        }
+    }
+
+    #[cfg(not(test))]
+    fn sync_fails(&self) -> bool {
+        false
+    }
+
+    #[cfg(test)]
+    fn sync_fails(&self) -> bool {
+        self.faults.fail_sync
+    }
+
+    #[cfg(not(test))]
+    fn rename_fails(&self) -> bool {
+        false
+    }
+
+    #[cfg(test)]
+    fn rename_fails(&self) -> bool {
+        self.faults.fail_rename
+    }
+
+    /// Appends the entries at once, one JSON object per line, then `fdatasync`s once for the
+    /// batch; for tools and tests (the manager uses [`Journal::record`]). Only after `Ok` are
+    /// they in the file. On error nothing of the batch stays (see [`Journal::record`] for
+    /// how a failed write is taken back); an entry whose time cannot be written refuses the
+    /// batch before anything is written.
     pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(256 * entries.len() + 1);
-        if self.torn {
-            buf.push(b'\n');
-        }
         for entry in entries {
             encode(&self.path, entry, &mut buf)?;
         }
-        let before = self
-            .file
-            .metadata()
-            .map_err(|e| named(&self.path, e))?
-            .len();
-        if let Err(e) = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-        {
-            let rolled_back = self
-                .file
-                .set_len(before)
-                .and_then(|()| self.file.sync_data());
-            if rolled_back.is_err() {
-                self.torn = true;
-            }
-            return Err(named(&self.path, e));
-        }
-        self.torn = false;
+        self.reopen()
+            .and_then(|()| self.write_batch(&buf))
+            .map_err(|e| named(&self.path, e))?;
         self.lines += entries.len();
         Ok(())
     }
 
-    /// Whether the file has grown enough (past twice the `live` entries plus 1000 lines) to
-    /// be worth rewriting with [`Journal::compact`].
+    /// Whether the file should be rewritten with [`Journal::compact`]: it has grown past
+    /// twice the `live` entries plus 1000 lines, or it fell so far behind (past
+    /// [`MAX_PENDING_BYTES`]) that only a rewrite brings it up to date. While writes fail it
+    /// asks once every [`RETRY_INTERVAL`](crate::storage::RETRY_INTERVAL); a journal not read
+    /// at start never asks.
     pub fn needs_compaction(&self, live: usize) -> bool {
+        if self.unread {
+            return false;
+        }
+        let now = Instant::now();
+        if self.rewrite {
+            return self.outage.due(now);
+        }
         self.lines > live.saturating_mul(2).saturating_add(1000)
+            && self.compaction.due(now)
+            && self.outage.due(now)
     }
 
     /// Rewrites the file as exactly these active blocks and this offence memory: a temp file
     /// in the same directory, fsync, rename over the journal, fsync of the directory. An error
-    /// before the rename leaves the old file in use and intact. An error syncing the directory
+    /// before the rename (a full disk while writing the temp file, a failing fsync) leaves the
+    /// old file in use and intact, and removes the temp file. An error syncing the directory
     /// comes after the rename: the new file is in use, but a power cut may bring back the old
-    /// one (which replays to the same blocks).
+    /// one (which replays to the same blocks). Once renamed, the file holds the live state:
+    /// entries that waited in memory are in it. A journal not read at start is never
+    /// rewritten (its blocks were not restored).
     pub fn compact<'a>(
         &mut self,
         active: impl Iterator<Item = &'a BlockRecord>,
         offences: impl Iterator<Item = (&'a Target, &'a Offence)>,
     ) -> io::Result<()> {
+        if self.unread {
+            return Err(io::Error::other(format!(
+                "{}: not read at start, so not rewritten before a start that can read it",
+                self.path.display()
+            )));
+        }
+        let now = Instant::now();
         let mut blocks: Vec<&BlockRecord> = active.collect();
         blocks.sort_by_key(|r| (r.since, r.target));
         let mut memory: Vec<(&Target, &Offence)> = offences.collect();
@@ -322,39 +720,45 @@ impl Journal {
         }
 
         let tmp = sibling(&self.path, "compact");
-        let written = (|| {
-            match std::fs::remove_file(&tmp) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            let mut file = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&buf)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            Ok(file)
-        })();
-        let file = match written {
+        let file = match self.write_temp(&tmp, &buf) {
             Ok(file) => file,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(io::Error::new(
+                let err = io::Error::new(
                     e.kind(),
                     format!(
-                        "{}: compaction via {} failed, the old file stays in use: {e}",
-                        self.path.display(),
+                        "compaction via {} failed, the old file stays in use: {e}",
                         tmp.display()
                     ),
-                ));
+                );
+                if self.rewrite {
+                    let kept = self.kept();
+                    self.outage.failed(&err, &kept, now);
+                } else {
+                    let kept = format!(
+                        "the file keeps growing until it can be compacted; tried again every {}s",
+                        crate::storage::RETRY_INTERVAL.as_secs()
+                    );
+                    self.compaction.failed(&err, &kept, now);
+                }
+                self.publish();
+                return Err(named(&self.path, err));
             }
         };
-        self.file = file;
+        let caught_up = self.rewrite || self.pending_entries > 0;
+        self.file = Some(file);
         self.lines = blocks.len() + memory.len();
         self.torn = false;
+        self.pending = Vec::new();
+        self.pending_entries = 0;
+        self.rewrite = false;
+        self.blocks_unwritten = 0;
+        if caught_up || self.outage.is_failing() {
+            self.outage
+                .recovered("rewritten whole from the blocks in force: nothing is missing from it");
+        }
+        self.compaction.recovered("compacted");
+        self.publish();
         sync_dir(&self.path).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -366,9 +770,92 @@ impl Journal {
         })
     }
 
+    /// The temp file of a compaction, written, synced and renamed over the journal.
+    fn write_temp(&mut self, tmp: &Path, buf: &[u8]) -> io::Result<File> {
+        match std::fs::remove_file(tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        let allowed = self.allowance(buf.len());
+        file.write_all(&buf[..allowed])?;
+        if allowed < buf.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if self.sync_fails() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        file.sync_all()?;
+        if self.rename_fails() {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        std::fs::rename(tmp, &self.path)?;
+        Ok(file)
+    }
+
     /// The file the journal writes, for log lines.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// `BLOCKED_FILE` as the block manager keeps it: rewritten whole when the blocks change;
+/// while that fails (a full or read-only disk) the failure is logged at once and once a
+/// minute, and the manager tries again.
+#[derive(Debug)]
+pub struct BlockedFile {
+    outage: Outage,
+    health: Option<StorageHealth>,
+}
+
+impl BlockedFile {
+    /// Nothing written yet to `path`.
+    pub fn new(path: &Path) -> BlockedFile {
+        BlockedFile {
+            outage: Outage::new(StoredFile::Blocked, path),
+            health: None,
+        }
+    }
+
+    /// Sends its health to the daemon's shared [`StorageHealth`].
+    pub fn report_to(&mut self, health: &StorageHealth) {
+        self.health = Some(health.clone());
+        self.outage.report_to(health);
+    }
+
+    /// Rewrites `path` ([`write_blocked_file`]); false when that failed (the caller keeps it
+    /// marked as changed and tries again).
+    pub fn write<'a>(
+        &mut self,
+        path: &Path,
+        records: impl Iterator<Item = &'a BlockRecord>,
+    ) -> bool {
+        if path != self.outage.path() {
+            self.outage = Outage::new(StoredFile::Blocked, path);
+            if let Some(h) = &self.health {
+                self.outage.report_to(h);
+            }
+        }
+        match write_blocked_file(path, records) {
+            Ok(()) => {
+                self.outage.recovered("it lists the blocks in force again");
+                true
+            }
+            Err(e) => {
+                self.outage.failed(
+                    &bare(&e, path),
+                    "it is rewritten as soon as it can be, tried again every second (the \
+                     blocks are in force and in the block state file meanwhile)",
+                    Instant::now(),
+                );
+                false
+            }
+        }
     }
 }
 
@@ -657,11 +1144,19 @@ fn deliver(each: &mut impl FnMut(usize, Line<'_>), number: usize, line: &[u8], o
     }
 }
 
-/// The metadata of `path`, `None` when it does not exist.
+/// The metadata of `path`, `None` when it does not exist (nor can: a file stands where a
+/// directory of its path should be).
 fn existing(path: &Path) -> io::Result<Option<Metadata>> {
     match std::fs::metadata(path) {
         Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(named(path, e)),
     }
 }
@@ -1066,6 +1561,327 @@ mod tests {
             2,
             "compaction to nothing did not happen"
         );
+    }
+
+    /// The blocks `path` replays to, by target text, and its warnings.
+    fn replayed(path: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let (_, replay) = Journal::open(path).unwrap();
+        let mut active: Vec<String> = replay.active.keys().map(target_text).collect();
+        active.sort();
+        let mut offences: Vec<String> = replay.offences.keys().map(target_text).collect();
+        offences.sort();
+        (active, offences, replay.warnings)
+    }
+
+    fn later() -> Instant {
+        Instant::now() + crate::storage::RETRY_INTERVAL
+    }
+
+    #[test]
+    fn a_full_disk_keeps_entries_in_memory_and_writes_them_in_order_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let health = StorageHealth::new();
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.report_to(&health);
+        j.record(vec![Entry::Block(record("10.0.0.1", 1, None))]);
+        let before = std::fs::read(&path).unwrap();
+
+        // The disk fills up half way through the next line.
+        j.faults.write_budget = Some(40);
+        let b = record("10.0.0.2", 2, Some(60));
+        j.record(vec![Entry::Block(b.clone())]);
+        assert!(j.is_failing());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the half line is cut off"
+        );
+        assert_eq!((j.pending_entries(), j.blocks_unwritten()), (1, 1));
+        let h = health.get(StoredFile::Journal).unwrap();
+        assert!(h.failing_since.is_some(), "{h:?}");
+        assert!(h.error.contains("No space left on device"), "{h:?}");
+        assert_eq!((h.waiting, h.blocks_unwritten), (1, 1));
+
+        // Still full: the next block is tried at once and kept after the first.
+        j.faults.write_budget = Some(0);
+        j.record(vec![
+            Entry::Block(record("10.0.0.3", 3, None)),
+            Entry::Unblock {
+                target: b.target,
+                at: at(70),
+                why: UnblockReason::Expired,
+            },
+        ]);
+        assert_eq!((j.pending_entries(), j.blocks_unwritten()), (3, 2));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        // Room again: nothing happens before the retry timer, everything after it.
+        j.faults.write_budget = None;
+        j.retry_pending(Instant::now());
+        assert_eq!(j.pending_entries(), 3, "not before the retry interval");
+        j.retry_pending(later());
+        assert!(!j.is_failing());
+        assert_eq!((j.pending_entries(), j.blocks_unwritten()), (0, 0));
+        let h = health.get(StoredFile::Journal).unwrap();
+        assert_eq!(
+            (h.failing_since, h.waiting, h.blocks_unwritten),
+            (None, 0, 0)
+        );
+        let text = std::fs::read(&path).unwrap();
+        assert!(
+            text.starts_with(&before),
+            "what was there before is untouched"
+        );
+        let (active, offences, warnings) = replayed(&path);
+        assert!(warnings.is_empty(), "no torn line anywhere: {warnings:?}");
+        assert_eq!(active, ["10.0.0.1", "10.0.0.3"]);
+        assert_eq!(offences, ["10.0.0.2"], "the unblock came after its block");
+        assert_eq!(j.lines, 4);
+    }
+
+    #[test]
+    fn nothing_journaled_is_lost_or_truncated_wherever_a_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.record(vec![Entry::Block(record("10.1.0.1", 1, None))]);
+        let batch = vec![
+            Entry::Block(record("10.1.0.2", 2, None)),
+            Entry::Block(record("fd77::2", 3, Some(60))),
+        ];
+        let mut len = 0;
+        for e in &batch {
+            encode(&path, e, &mut Vec::new()).unwrap();
+            let mut one = Vec::new();
+            encode(&path, e, &mut one).unwrap();
+            len += one.len();
+        }
+        let before = std::fs::read(&path).unwrap();
+        // Every place the disk can fill up in, the last byte included; then an fsync error.
+        for budget in 0..len {
+            j.faults.write_budget = Some(budget);
+            j.record(batch.clone());
+            assert_eq!(std::fs::read(&path).unwrap(), before, "budget {budget}");
+            assert!(j.is_failing());
+            // Keep the queue to the one batch: drop what this round added.
+            j.pending.clear();
+            j.pending_entries = 0;
+        }
+        j.faults.write_budget = None;
+        j.faults.fail_sync = true;
+        j.record(batch.clone());
+        assert_eq!(std::fs::read(&path).unwrap(), before, "fsync error");
+        assert_eq!(j.pending_entries(), 2);
+        j.faults.fail_sync = false;
+        j.retry_pending(later());
+        let (active, _, warnings) = replayed(&path);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(active, ["10.1.0.1", "10.1.0.2", "fd77::2"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "each entry once: {text}");
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_created_starts_empty_and_is_written_once_it_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the journal's directory should be: nothing can be created under it.
+        let blocker = dir.path().join("lib");
+        std::fs::write(&blocker, "").unwrap();
+        let path = blocker.join("portsentry/portsentry.state");
+        let (mut j, replay) = Journal::open(&path).expect("the start goes on");
+        assert!(replay.active.is_empty() && replay.warnings.is_empty());
+        assert!(j.is_failing() && !j.unread);
+        j.record(vec![Entry::Block(record("10.2.0.1", 1, None))]);
+        j.retry_pending(later());
+        assert_eq!(j.pending_entries(), 1);
+        // The admin fixes it: the next retry creates directory and file.
+        std::fs::remove_file(&blocker).unwrap();
+        j.expedite();
+        j.retry_pending(Instant::now());
+        assert!(!j.is_failing());
+        assert_eq!(replayed(&path).0, ["10.2.0.1"]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_journal_reopened_for_writing_after_a_torn_write_starts_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.record(vec![Entry::Block(record("10.3.0.1", 1, None))]);
+        // As a crash mid-line leaves it, while the journal had lost its descriptor (a
+        // read-only remount).
+        let full = json_line(&Entry::Block(record("10.3.0.9", 9, None)));
+        append_raw(&path, &full[..full.len() / 2]);
+        j.file = None;
+        j.faults.fail_open = true;
+        j.record(vec![Entry::Block(record("10.3.0.2", 2, None))]);
+        assert!(j.is_failing());
+        j.faults.fail_open = false;
+        j.retry_pending(later());
+        assert!(!j.is_failing());
+        let (active, _, warnings) = replayed(&path);
+        assert_eq!(active, ["10.3.0.1", "10.3.0.2"]);
+        assert_eq!(warnings.len(), 1, "only the torn line: {warnings:?}");
+    }
+
+    #[test]
+    fn past_the_bound_the_file_is_rewritten_whole_from_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let old = record("10.4.0.1", 1, None);
+        j.record(vec![Entry::Block(old.clone())]);
+        let before = std::fs::read(&path).unwrap();
+        j.faults.write_budget = Some(0);
+        let mut live = vec![old];
+        let mut n = 0;
+        while !j.rewrite {
+            n += 1;
+            let mut r = record(&format!("10.4.{}.{}", n / 250 + 1, n % 250 + 1), n, None);
+            r.reason = "x".repeat(64 * 1024);
+            live.push(r.clone());
+            j.record(vec![Entry::Block(r)]);
+            assert!(n < 1000, "the bound was never reached");
+        }
+        assert_eq!(j.pending_entries(), 0, "let go for the rewrite");
+        assert_eq!(j.blocks_unwritten(), n);
+        assert!(
+            j.pending.capacity() < MAX_PENDING_BYTES,
+            "memory given back"
+        );
+        // More blocks are only counted now.
+        let last = record("10.4.9.9", 5000, None);
+        live.push(last.clone());
+        j.record(vec![Entry::Block(last)]);
+        assert_eq!((j.pending_entries(), j.blocks_unwritten()), (0, n + 1));
+        assert!(
+            !j.needs_compaction(live.len()),
+            "not before the retry interval"
+        );
+        j.expedite();
+        assert!(j.needs_compaction(live.len()));
+        // Still full: the rewrite fails, the old file stays whole, no temp file is left.
+        let err = j.compact(live.iter(), std::iter::empty()).unwrap_err();
+        assert!(
+            err.to_string().contains("the old file stays in use"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(!sibling(&path, "compact").exists());
+        assert!(j.is_failing() && j.rewrite);
+        // Room again.
+        j.faults.write_budget = None;
+        j.expedite();
+        assert!(j.needs_compaction(live.len()));
+        j.compact(live.iter(), std::iter::empty()).unwrap();
+        assert!(!j.is_failing() && !j.rewrite);
+        assert_eq!(j.blocks_unwritten(), 0);
+        let (_, replay) = Journal::open(&path).unwrap();
+        assert_eq!(replay.active.len(), live.len());
+    }
+
+    #[test]
+    fn a_failing_rename_or_fsync_in_a_compaction_leaves_the_old_file_in_use_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let a = record("10.5.0.1", 1, None);
+        j.record(vec![Entry::Block(a.clone())]);
+        let before = std::fs::read(&path).unwrap();
+        for fault in ["rename", "sync", "write"] {
+            j.faults.fail_rename = fault == "rename";
+            j.faults.fail_sync = fault == "sync";
+            j.faults.write_budget = (fault == "write").then_some(5);
+            assert!(j.compact([&a].into_iter(), std::iter::empty()).is_err());
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{fault}");
+            assert!(!sibling(&path, "compact").exists(), "{fault}");
+            assert!(j.compaction.is_failing() && !j.is_failing(), "{fault}");
+        }
+        j.faults = Faults::default();
+        // Appends still go to the old file, which is still the one in use.
+        j.record(vec![Entry::Block(record("10.5.0.2", 2, None))]);
+        assert!(!j.is_failing());
+        assert_eq!(replayed(&path).0, ["10.5.0.1", "10.5.0.2"]);
+        // A failed compaction is not tried again before the retry interval.
+        j.lines = 5000;
+        assert!(!j.needs_compaction(0));
+        j.expedite();
+        assert!(j.needs_compaction(0));
+    }
+
+    #[test]
+    fn a_compaction_during_an_outage_holds_the_entries_that_waited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let a = record("10.6.0.1", 1, None);
+        j.faults.write_budget = Some(0);
+        j.record(vec![Entry::Block(a.clone())]);
+        assert_eq!(j.pending_entries(), 1);
+        j.faults.write_budget = None;
+        j.compact([&a].into_iter(), std::iter::empty()).unwrap();
+        assert!(!j.is_failing());
+        assert_eq!(j.pending_entries(), 0, "the rewrite holds them");
+        j.retry_pending(later());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "not written twice: {text}");
+    }
+
+    #[test]
+    fn a_journal_not_read_at_start_drops_its_oldest_entries_at_the_bound_and_never_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state(&dir);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.unread = true;
+        j.faults.write_budget = Some(0);
+        // 20 entries of some 512 KiB: more than the bound holds.
+        for i in 1..=20 {
+            let mut r = record(&format!("10.7.0.{i}"), i, None);
+            r.reason = "y".repeat(512 * 1024);
+            j.record(vec![Entry::Block(r)]);
+        }
+        assert!(!j.rewrite);
+        assert!(j.pending.len() <= MAX_PENDING_BYTES);
+        let kept = j.pending_entries();
+        assert_eq!(j.dropped as usize, 20 - kept);
+        assert!(kept > 10 && kept < 20, "{kept}");
+        assert!(!j.needs_compaction(0));
+        assert!(j.compact(std::iter::empty(), std::iter::empty()).is_err());
+        j.faults.write_budget = None;
+        j.retry_pending(later());
+        let expected: Vec<String> = (21 - kept..=20).map(|i| format!("10.7.0.{i}")).collect();
+        let mut got = replayed(&path).0;
+        let key = |t: &String| t.rsplit('.').next().unwrap().parse::<u32>().unwrap();
+        got.sort_by_key(key);
+        assert_eq!(got, expected, "the newest kept, the oldest dropped");
+    }
+
+    #[test]
+    fn blocked_file_says_whether_it_was_written_and_follows_a_new_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = StorageHealth::new();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let bad = blocker.join("portsentry.blocked");
+        let mut b = BlockedFile::new(&bad);
+        b.report_to(&health);
+        let r = record("10.8.0.1", 1, None);
+        assert!(!b.write(&bad, [&r].into_iter()));
+        assert!(
+            health
+                .get(StoredFile::Blocked)
+                .unwrap()
+                .failing_since
+                .is_some()
+        );
+        let good = dir.path().join("portsentry.blocked");
+        assert!(b.write(&good, [&r].into_iter()));
+        let h = health.get(StoredFile::Blocked).unwrap();
+        assert_eq!(h.failing_since, None);
+        assert_eq!(h.path, good.display().to_string());
     }
 
     #[test]

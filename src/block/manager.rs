@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, 
 use super::core::{
     BlockCore, CoreSetup, Effect, Guard, Input, Now, Output, Reply, ViewChange, Work,
 };
-pub use super::core::{BlockNote, BlockOutcome, BlockRequest};
-use super::journal::{self, Entry, Journal};
+pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
+use super::journal::{self, BlockedFile, Entry, Journal};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
+use crate::config::ignore::IgnoreList;
 use crate::event_log::EventSink;
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
@@ -33,7 +34,7 @@ use crate::protected::ProtectView;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::NftHandle;
 use crate::respond::pool::{
-    ApplyJob, BlockToApply, BlockToUndo, Job, JobResult, Pool, UndoJob, WORKERS,
+    ApplyJob, BlockToApply, BlockToUndo, Job, JobResult, Pool, RefreshJob, UndoJob, WORKERS,
 };
 
 /// Block requests from scans waiting for the manager at most; beyond, a request is dropped
@@ -50,53 +51,15 @@ const BATCH: usize = 512;
 /// is shared, small enough that one batch keeps a worker a bounded time.
 const BATCH_JOB: usize = 256;
 
-/// Counters the manager keeps for `status` and the metrics.
-#[derive(Debug, Default)]
-pub struct BlockCounters {
-    /// Blocks applied (scan, manual, import; not restores).
-    pub made: AtomicU64,
-    /// Blocks no responder managed to apply.
-    pub failed: AtomicU64,
-    /// Blocks lifted at their expiry.
-    pub expired: AtomicU64,
-    /// Blocks lifted by an operator.
-    pub unblocked: AtomicU64,
-    /// Block requests dropped because too many were waiting.
-    pub dropped: AtomicU64,
-    /// Responder runs that failed (apply or undo).
-    pub responder_failures: AtomicU64,
-    /// How long the responder pool's jobs and responders take.
-    pub timings: Arc<crate::respond::pool::Timings>,
-    /// Notes for the block observer (the fleet pusher) dropped because its queue was full.
-    pub notes_dropped: AtomicU64,
-}
-
 /// Notes the observer may leave waiting at most; beyond, a note is dropped and counted.
 pub const NOTE_QUEUE: usize = 4096;
 
 enum Msg {
     Reconfigure(Generation, LuaPlugins),
     List(Reply<Vec<BlockRecord>>),
-    Block {
-        targets: Vec<Target>,
-        duration: Option<Duration>,
-        reason: String,
-        reply: Reply<Vec<BlockOutcome>>,
-    },
-    Unblock {
-        target: Target,
-        covering: bool,
-        reply: Reply<Result<Vec<String>, String>>,
-    },
-    FleetBlock {
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: Reply<BlockOutcome>,
-    },
-    FleetUnblock(Target),
     Observe(Option<Sender<BlockNote>>),
-    Stop,
+    /// Everything the core decides on by itself.
+    Core(Input),
 }
 
 /// The sending side the announcing thread uses: never blocks.
@@ -117,42 +80,6 @@ impl BlockRequester {
                 false
             }
         }
-    }
-}
-
-/// The fleet puller's way in: blocks from CrowdSec decisions and their lifting, by message
-/// like everything else that changes a block.
-#[derive(Clone)]
-pub struct FleetInput {
-    control: Sender<Msg>,
-}
-
-impl FleetInput {
-    /// Applies a CrowdSec decision pulled from the fleet as a block of origin
-    /// [`Origin::Fleet`] lasting `duration`; `source` (the decision's origin and scenario)
-    /// is kept for `list`. Refused like a block by hand for protected, ignored and local
-    /// addresses, and when the target is already blocked here (a decision this host pushed
-    /// coming back, or a local block that stands anyway).
-    pub fn fleet_block(
-        &self,
-        target: Target,
-        duration: Duration,
-        source: String,
-        reply: impl FnOnce(BlockOutcome) + Send + 'static,
-    ) {
-        let _ = self.control.send(Msg::FleetBlock {
-            target,
-            duration,
-            source,
-            reply: Box::new(reply),
-        });
-    }
-
-    /// Lifts a block that came from the fleet, once its decision is deleted or expired; a
-    /// block of any other origin for the same target stays (idempotent: nothing to lift is
-    /// not an error).
-    pub fn fleet_unblock(&self, target: Target) {
-        let _ = self.control.send(Msg::FleetUnblock(target));
     }
 }
 
@@ -204,7 +131,7 @@ impl BlockManager {
     fn start_with(
         generation: Generation,
         lua: LuaPlugins,
-        history: History,
+        mut history: History,
         protect: ProtectView,
         max_waiting: usize,
         events: EventSink,
@@ -225,10 +152,8 @@ impl BlockManager {
                 log::warn!("{}", log_lines::warning(w));
             }
             if !imported.is_empty() {
-                let entries: Vec<Entry> = imported.iter().cloned().map(Entry::Block).collect();
-                journal.append(&entries).with_context(|| {
-                    format!("cannot write block state file {}", state_file.display())
-                })?;
+                // Kept in memory until written, should the file not take them now.
+                journal.record(imported.iter().cloned().map(Entry::Block).collect());
                 log::info!(
                     "{}",
                     log_lines::legacy_blocks_imported(imported.len(), &config.blocked_file)
@@ -249,6 +174,10 @@ impl BlockManager {
             timings: pool.timings(),
             ..BlockCounters::default()
         });
+        let mut blocked_file = BlockedFile::new(&config.blocked_file);
+        journal.report_to(&counters.storage);
+        history.report_to(&counters.storage);
+        blocked_file.report_to(&counters.storage);
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
@@ -276,6 +205,7 @@ impl BlockManager {
             pool,
             pending_entries: Vec::new(),
             pending_effects: Vec::new(),
+            blocked_file,
             blocked_file_dirty: false,
             blocked_file_written: None,
             events,
@@ -340,12 +270,12 @@ impl BlockManager {
         reason: String,
         reply: impl FnOnce(Vec<BlockOutcome>) + Send + 'static,
     ) {
-        let _ = self.control.send(Msg::Block {
+        let _ = self.control.send(Msg::Core(Input::Block {
             targets,
             duration,
             reason,
             reply: Box::new(reply),
-        });
+        }));
     }
 
     /// Lifts a block now (every action undone); answers with what was undone, or why not.
@@ -366,18 +296,11 @@ impl BlockManager {
         covering: bool,
         reply: impl FnOnce(Result<Vec<String>, String>) + Send + 'static,
     ) {
-        let _ = self.control.send(Msg::Unblock {
+        let _ = self.control.send(Msg::Core(Input::Unblock {
             target,
             covering,
             reply: Box::new(reply),
-        });
-    }
-
-    /// What the fleet puller applies and lifts decisions through.
-    pub fn fleet_input(&self) -> FleetInput {
-        FleetInput {
-            control: self.control.clone(),
-        }
+        }));
     }
 
     /// Sets (or, with `None`, removes) the block observer: the fleet pusher hears every
@@ -391,7 +314,7 @@ impl BlockManager {
     /// finish and are journaled; restores and expiries not yet started wait for the next
     /// start (the journal still holds them).
     pub fn stop(mut self) {
-        let _ = self.control.send(Msg::Stop);
+        let _ = self.control.send(Msg::Core(Input::Stop));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -401,7 +324,7 @@ impl BlockManager {
 impl Drop for BlockManager {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.control.send(Msg::Stop);
+            let _ = self.control.send(Msg::Core(Input::Stop));
             let _ = t.join();
         }
     }
@@ -414,20 +337,8 @@ struct LiveGuard {
 }
 
 impl Guard for LiveGuard {
-    fn refusal(&self, target: &Target) -> Option<String> {
-        let local = LocalAddrs::new();
-        if let Some(ip) = local.iter().find(|ip| target.contains(ip)) {
-            return Some(format!("refused: {ip} is this host's own address"));
-        }
-        self.protect
-            .snapshot()
-            .protected_in(target)
-            .map(|(ip, reason)| {
-                format!(
-                    "refused: {ip} is protected ({})",
-                    log_lines::protection_reason(reason)
-                )
-            })
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String> {
+        crate::protected::refusal(target, &LocalAddrs::new(), &self.protect.snapshot(), ignore)
     }
 }
 
@@ -447,6 +358,8 @@ struct Manager {
     pending_entries: Vec<Entry>,
     /// Reports of this batch, made once the journal holds what they report.
     pending_effects: Vec<Effect>,
+    /// `BLOCKED_FILE`'s writer (and its health).
+    blocked_file: BlockedFile,
     blocked_file_dirty: bool,
     blocked_file_written: Option<Instant>,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
@@ -470,6 +383,7 @@ fn to_apply(work: Work) -> Option<BlockToApply> {
             level,
             until,
             restored,
+            members,
         } => Some(BlockToApply {
             id,
             target,
@@ -478,8 +392,9 @@ fn to_apply(work: Work) -> Option<BlockToApply> {
             level,
             until,
             restored,
+            members,
         }),
-        Work::Undo { .. } => None,
+        Work::Undo { .. } | Work::Refresh { .. } => None,
     }
 }
 
@@ -525,6 +440,7 @@ impl Manager {
                 break;
             }
         }
+        self.keep_journal(true);
         self.write_blocked_file(true);
         crate::logging::flush();
     }
@@ -545,44 +461,12 @@ impl Manager {
         match msg {
             Msg::Reconfigure(generation, lua) => self.reconfigure(generation, lua),
             Msg::List(reply) => reply(self.core.active()),
-            Msg::Block {
-                targets,
-                duration,
-                reason,
-                reply,
-            } => self.feed(Input::Block {
-                targets,
-                duration,
-                reason,
-                reply,
-            }),
-            Msg::Unblock {
-                target,
-                covering,
-                reply,
-            } => self.feed(Input::Unblock {
-                target,
-                covering,
-                reply,
-            }),
-            Msg::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            } => self.feed(Input::FleetBlock {
-                target,
-                duration,
-                source,
-                reply,
-            }),
-            Msg::FleetUnblock(target) => self.feed(Input::FleetUnblock(target)),
             Msg::Observe(observer) => {
                 let on = observer.is_some();
                 self.observer = observer;
                 self.feed(Input::Observing(on));
             }
-            Msg::Stop => self.feed(Input::Stop),
+            Msg::Core(input) => self.feed(input),
         }
     }
 
@@ -624,6 +508,10 @@ impl Manager {
                 }
                 Work::Undo { id, record, reason } => {
                     self.undos.push(BlockToUndo { id, record, reason })
+                }
+                Work::Refresh { id, record } => {
+                    self.pool
+                        .submit(Job::Refresh(Box::new(RefreshJob { id, record })));
                 }
             }
         }
@@ -674,11 +562,13 @@ impl Manager {
         }
         if new.history_file != *self.history.path() {
             match History::open(&new.history_file) {
-                Ok(history) => {
+                Ok(mut history) => {
                     log::info!(
                         "{}",
                         log_lines::history_file_moved(&new.history_file, self.history.path())
                     );
+                    history.report_to(&self.counters.storage);
+                    history.take_waiting_from(&mut self.history);
                     self.history = history;
                 }
                 Err(e) => log::error!("{}", log_lines::history_open_failed(e, self.history.path())),
@@ -708,27 +598,18 @@ impl Manager {
     /// Appends what changed to the journal (one fsync), then reports it: log lines,
     /// history lines, replies. Compacts the journal when it has grown.
     fn commit(&mut self) {
-        if !self.pending_entries.is_empty() {
-            let entries = std::mem::take(&mut self.pending_entries);
-            if let Err(e) = self.journal.append(&entries) {
-                log::error!(
-                    "{}",
-                    log_lines::state_file_write_failed(self.journal.path(), e)
-                );
-            }
-        }
+        // Kept in memory and written later should the file not take them now: what is
+        // reported below is in force either way.
+        self.journal
+            .record(std::mem::take(&mut self.pending_entries));
         for effect in std::mem::take(&mut self.pending_effects) {
             match effect {
                 Effect::Info(line) => log::info!("{line}"),
                 Effect::Warn(line) => log::warn!("{line}"),
                 Effect::Debug(line) => log::debug!("{line}"),
+                // A line the file does not take now waits for it (the history logs that).
                 Effect::History(line) => {
-                    if let Err(e) = self.history.append(&line) {
-                        log::error!(
-                            "{}",
-                            log_lines::history_write_failed(self.history.path(), e)
-                        );
-                    }
+                    let _ = self.history.append(&line);
                 }
                 Effect::Reply(reply) => reply(),
                 Effect::Event(event) => self.events.send(*event),
@@ -740,6 +621,19 @@ impl Manager {
                 }
             }
         }
+        self.keep_journal(false);
+    }
+
+    /// Writes what the journal and the history still hold back (on their retry timers) and
+    /// compacts the journal when it has grown or fell too far behind. `last`: before
+    /// stopping, whatever the timers say; what still cannot be written is logged as lost.
+    fn keep_journal(&mut self, last: bool) {
+        let now = Instant::now();
+        if last {
+            self.journal.expedite();
+        }
+        self.journal.retry_pending(now);
+        self.history.retry_pending(now);
         // The targets bound the records from above: counting them (a walk of every block)
         // only when that bound says compaction may be due keeps a commit O(1) while
         // thousands of restored blocks come back one by one.
@@ -747,12 +641,12 @@ impl Manager {
             && self.journal.needs_compaction(self.core.records().count())
         {
             let records: Vec<BlockRecord> = self.core.records().cloned().collect();
-            if let Err(e) = self.journal.compact(records.iter(), self.core.offences()) {
-                log::error!(
-                    "{}",
-                    log_lines::state_file_compact_failed(self.journal.path(), e)
-                );
-            }
+            // A failure is the journal's to log (once a minute at most).
+            let _ = self.journal.compact(records.iter(), self.core.offences());
+        }
+        if last {
+            self.journal.close();
+            self.history.close();
         }
     }
 
@@ -766,10 +660,10 @@ impl Manager {
             return;
         }
         let path = self.generation.config.blocked_file.clone();
-        if let Err(e) = journal::write_blocked_file(&path, self.core.active_records()) {
-            log::error!("{}", log_lines::blocked_file_write_failed(&path, e));
+        // One that fails stays marked as changed and is tried again (the writer logs it).
+        if self.blocked_file.write(&path, self.core.active_records()) {
+            self.blocked_file_dirty = false;
         }
-        self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
     }
 }
@@ -780,7 +674,7 @@ mod tests {
     use crate::config::BlockLevel;
     use crate::config::Template;
     use crate::event::{Candidate, Hit, Mode, ProbeKind};
-    use crate::record::Origin;
+    use crate::record::{Origin, target_text};
 
     fn request(ip: &str) -> BlockRequest {
         BlockRequest {
@@ -865,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn the_observer_hears_local_blocks_only_and_the_fleet_lifts_only_its_own() {
+    fn the_observer_hears_blocks_made_and_lifted_here() {
         let dir = tempfile::tempdir().unwrap();
         let (generation, history) = run_cmd_generation(dir.path(), "true");
         let manager =
@@ -873,63 +767,59 @@ mod tests {
                 .unwrap();
         let (notes_tx, notes) = bounded(16);
         manager.observe(Some(notes_tx));
-        let view = manager.view();
-        let fleet = manager.fleet_input();
-        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let said = |o: &std::sync::Arc<std::sync::Mutex<Vec<BlockOutcome>>>| {
-            let o = std::sync::Arc::clone(o);
-            move |b: BlockOutcome| o.lock().unwrap().push(b)
-        };
-        // A scan block is told; a fleet block of another address is not.
         assert!(manager.requester().request(request("10.77.7.1")));
         let target = |t: &str| crate::record::parse_target(t).unwrap();
         let made = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(&made, BlockNote::Made(r) if r.origin == Origin::Scan));
-        fleet.fleet_block(
-            target("10.77.7.0/28"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        // The scanner's own address again, from the fleet: already blocked here.
-        fleet.fleet_block(
-            target("10.77.7.1"),
-            Duration::from_secs(60),
-            "portsentry portsentry/port-scan".into(),
-            said(&outcome),
-        );
-        // Loopback from the fleet: refused like a block by hand.
-        fleet.fleet_block(
-            target("127.0.0.1"),
-            Duration::from_secs(60),
-            "cscli manual".into(),
-            said(&outcome),
-        );
-        assert!(wait_for(|| outcome.lock().unwrap().len() == 3));
-        let got = outcome.lock().unwrap().clone();
-        let by = |t: &str| got.iter().find(|o| o.target == t).unwrap().clone();
-        assert!(by("10.77.7.0/28").ok, "{got:?}");
-        assert!(
-            by("10.77.7.1").detail.starts_with("already blocked"),
-            "{got:?}"
-        );
-        assert!(by("127.0.0.1").detail.starts_with("refused"), "{got:?}");
-        // Deletion of a decision naming the scan-blocked address lifts nothing...
-        fleet.fleet_unblock(target("10.77.7.1"));
-        // ...while the fleet's own block goes, without a note (it was never pushed).
-        fleet.fleet_unblock(target("10.77.7.0/28"));
-        let lifted = |v: &BlockView| !v.is_blocked("10.77.7.0".parse().unwrap());
-        assert!(wait_for(|| lifted(&view)), "the fleet block is lifted");
-        assert!(
-            view.is_blocked("10.77.7.1".parse().unwrap()),
-            "the scan block stays"
-        );
-        assert!(notes.try_recv().is_err(), "no note for fleet blocks");
-        // Positive control of the unblock note: lifting the scan block is told.
         manager.unblock(target("10.77.7.1"), |_| {});
         let lifted = notes.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(lifted, BlockNote::Lifted(r) if r.target == target("10.77.7.1")));
         manager.stop();
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_written_at_start_keeps_its_blocks_until_it_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let (generation, history) = run_cmd_generation(dir.path(), "true");
+        // A file where the journal's directory should be: nothing can be created there.
+        let blocker = dir.path().join("lib");
+        std::fs::write(&blocker, "").unwrap();
+        let state = blocker.join("portsentry.state");
+        let mut config = (*generation.config).clone();
+        config.block_state_file = state.clone();
+        let generation = Generation::from_parts(1, config, Default::default());
+        let manager =
+            BlockManager::start(generation, LuaPlugins::none(), history, ProtectView::new())
+                .expect("the manager starts without its journal");
+        let (view, counters) = (manager.view(), manager.counters());
+        let journal = || {
+            counters
+                .storage
+                .get(crate::storage::StoredFile::Journal)
+                .unwrap()
+        };
+        assert!(journal().failing_since.is_some());
+        assert!(manager.requester().request(request("10.77.6.1")));
+        assert!(wait_for(|| view.is_blocked("10.77.6.1".parse().unwrap())));
+        assert!(
+            wait_for(|| journal().blocks_unwritten == 1),
+            "{:?}",
+            journal()
+        );
+        // Room again: the next retry writes the block.
+        std::fs::remove_file(&blocker).unwrap();
+        assert!(
+            wait_for(|| journal().failing_since.is_none()),
+            "{:?}",
+            journal()
+        );
+        assert_eq!(journal().blocks_unwritten, 0);
+        manager.stop();
+        let (_, replay) = Journal::open(&state).unwrap();
+        assert_eq!(
+            replay.active.keys().map(target_text).collect::<Vec<_>>(),
+            ["10.77.6.1"]
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ const DEFAULT_ADVANCED_PORTS: u16 = 1024;
 /// `BLOCK_TIMEOUT_MAX` default: a week.
 const DEFAULT_BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// `LOG_RATE_LIMIT` default: detection lines a second for probes not acted on. One a second
+/// (after a burst of [`crate::pipeline::LOG_BURST`]) keeps the internet's endless background
+/// of scanning, and any forged flood, near 86,400 lines a day at most, plus the summaries.
+pub const DEFAULT_LOG_RATE_LIMIT: u32 = 1;
+
 /// `EVENT_LOG_RATE_LIMIT` default: alert events a second.
 const DEFAULT_EVENT_LOG_RATE_LIMIT: u32 = 500;
 
@@ -159,7 +164,8 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "PORT_BANNER",
-        doc: "Text sent to whoever connects in -tcp/-udp modes, no newline added; empty: none.",
+        doc: "Text sent to whoever connects in -tcp/-udp modes, as written (no escapes), no \
+              newline added; empty: none.",
         set: |c, e, _| {
             c.port_banner = (!e.value.is_empty()).then(|| e.value.clone());
             Ok(())
@@ -382,11 +388,13 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "LOG_RATE_LIMIT",
-        doc: "Detection lines a second at most for probes that are not acted on (default 200; \
-              \"0\": no limit); the rest are counted in a summary every 10 s.",
+        doc: "Detection lines a second at most for probes that are not acted on, after a \
+              burst of 10 (default 1; \"0\": no limit); the rest are counted in a summary \
+              every 10 s that says how many lines were held back. Sources that reach the \
+              trigger or a block get every line.",
         set: |c, e, _| {
             whole_number(&e.value, 0, 1_000_000)
-                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(200))
+                .map(|v| c.log_rate_limit = u32::try_from(v).unwrap_or(DEFAULT_LOG_RATE_LIMIT))
         },
     },
     KeySpec {
@@ -497,6 +505,73 @@ pub const KEYS: &[KeySpec] = &[
               crowdsec.outbox beside BLOCK_STATE_FILE).",
         set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.outbox_file = v),
     },
+    KeySpec {
+        name: "CROWDSEC_MAX_DECISIONS",
+        doc: "Pulled CrowdSec decisions held at most (default 200000); beyond, newer ones are \
+              left out, with one line. They never count against MAX_ACTIVE_BLOCKS.",
+        set: |c, e, _| {
+            whole_number(&e.value, 1, 10_000_000).map(|v| {
+                c.fleet.max_decisions =
+                    usize::try_from(v).unwrap_or(super::fleet::DEFAULT_MAX_DECISIONS)
+            })
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_ORIGINS",
+        doc: "Origins of the decisions pulled, comma-separated exact names as the LAPI records \
+              them (crowdsec, cscli, cscli-import, CAPI, lists); empty (default): all.",
+        set: |c, e, _| super::fleet::word_list(&e.value).map(|v| c.fleet.origins = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_SCENARIOS_CONTAINING",
+        doc: "Pull only decisions whose scenario contains one of these comma-separated words \
+              (case-insensitive); empty (default): all.",
+        set: |c, e, _| super::fleet::word_list(&e.value).map(|v| c.fleet.scenarios_containing = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_SCENARIOS_NOT_CONTAINING",
+        doc: "Leave out decisions whose scenario contains one of these comma-separated words \
+              (case-insensitive); empty (default): none left out.",
+        set: |c, e, _| {
+            super::fleet::word_list(&e.value).map(|v| c.fleet.scenarios_not_containing = v)
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_PULL_RESPONDERS",
+        doc: "Responders also run for each pulled CrowdSec decision, comma-separated: \
+              hosts_deny, run_cmd, route (route with KILL_NFTABLES only); empty (default): \
+              none. Costs one run a decision (a process for a command).",
+        set: |c, e, _| {
+            let names = super::fleet::word_list(&e.value)?;
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !super::fleet::PULL_RESPONDER_NAMES.contains(&n.as_str()))
+            {
+                return Err(format!(
+                    "\"{bad}\" is not a responder: expected hosts_deny, run_cmd or route"
+                ));
+            }
+            c.fleet.pull_responders = names;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "CROWDSEC_CA_CERT",
+        doc: "PEM file of the certificate authority an https:// LAPI's certificate is checked \
+              against, besides the system's; empty: the system's only.",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.ca_cert = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_CERT",
+        doc: "PEM client certificate for a LAPI that asks for one (with CROWDSEC_KEY).",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.cert = v),
+    },
+    KeySpec {
+        name: "CROWDSEC_KEY",
+        doc: "PEM private key of CROWDSEC_CERT (mode 0600; one readable by every user is \
+              refused).",
+        set: |c, e, _| optional_path(&e.value).map(|v| c.fleet.key = v),
+    },
 ];
 
 /// A path where empty means "none".
@@ -538,6 +613,17 @@ fn fleet_pass(raw: &RawConfig, config: &Config, errors: &mut Vec<ConfigError>) {
         ),
         _ => {}
     }
+    if f.cert.is_some() != f.key.is_some() {
+        let (set, missing) = if f.cert.is_some() {
+            ("CROWDSEC_CERT", "CROWDSEC_KEY")
+        } else {
+            ("CROWDSEC_KEY", "CROWDSEC_CERT")
+        };
+        fail(
+            set,
+            format!("set without {missing} (a client certificate needs both)"),
+        );
+    }
     let push = f.machine_id.is_some() && f.password_file.is_some();
     let pull = f.bouncer_key_file.is_some();
     if f.lapi_url.is_none() {
@@ -557,6 +643,92 @@ fn fleet_pass(raw: &RawConfig, config: &Config, errors: &mut Vec<ConfigError>) {
                 .into(),
         );
     }
+}
+
+/// The longest value a key takes, and why: nothing read from a file is unbounded, and a
+/// value past its bound is an error on its line rather than a surprise later (a 10 MB
+/// `PORT_BANNER` written to every scanner, a socket path the kernel cannot bind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueBound {
+    /// Bytes at most, as the value is written between the quotes (no escapes are read).
+    pub bytes: usize,
+    /// What the bound follows, for the error and the documentation; empty for the default.
+    pub why: &'static str,
+}
+
+impl ValueBound {
+    /// The documentation's sentence: `At most 1024 bytes (…).`
+    pub fn sentence(&self) -> String {
+        if self.why.is_empty() {
+            format!("At most {} bytes.", self.bytes)
+        } else {
+            format!("At most {} bytes ({}).", self.bytes, self.why)
+        }
+    }
+}
+
+/// `PORT_BANNER` at most: PortSentry 1.2 copied it into a fixed 1 KiB buffer.
+pub const MAX_PORT_BANNER: usize = 1024;
+
+/// Any value without a bound of its own (plugin settings included): far above every real
+/// number, duration, name, URL or list.
+pub const MAX_VALUE: usize = 4096;
+
+/// The bound of a key's value (see [`ValueBound`]); keys without one of their own (plugin
+/// settings included) get [`MAX_VALUE`].
+pub fn value_bound(key: &str) -> ValueBound {
+    let (bytes, why) = match key {
+        "PORT_BANNER" => (
+            MAX_PORT_BANNER,
+            "sent as written, no newline added; PortSentry 1.2 kept a 1 KiB buffer",
+        ),
+        "TCP_PORTS" | "UDP_PORTS" | "ADVANCED_EXCLUDE_TCP" | "ADVANCED_EXCLUDE_UDP" => {
+            (512 * 1024, "room for every port listed one by one")
+        }
+        "CONTROL_SOCKET" => (107, "a unix socket path: the kernel's sun_path"),
+        "IGNORE_FILE"
+        | "HISTORY_FILE"
+        | "BLOCKED_FILE"
+        | "HOSTS_DENY_FILE"
+        | "RESOLV_CONF"
+        | "PLUGIN_DIR"
+        | "LUA_PATH_DIR"
+        | "EVENT_LOG"
+        | "BLOCK_STATE_FILE"
+        | "CROWDSEC_PASSWORD_FILE"
+        | "CROWDSEC_BOUNCER_KEY_FILE"
+        | "CROWDSEC_OUTBOX_FILE" => (4095, "a path: the kernel's PATH_MAX"),
+        "KILL_ROUTE" | "KILL_HOSTS_DENY" | "KILL_RUN_CMD" | "UNKILL_ROUTE" | "UNKILL_RUN_CMD" => (
+            MAX_VALUE,
+            "a command or line, before its macros are replaced",
+        ),
+        _ => (MAX_VALUE, ""),
+    };
+    ValueBound { bytes, why }
+}
+
+impl KeySpec {
+    /// The longest value this key takes ([`value_bound`]), shown beside its doc line.
+    pub fn bound(&self) -> ValueBound {
+        value_bound(self.name)
+    }
+}
+
+/// The error of a value past its key's bound, `None` within it.
+fn over_bound(key: &str, value: &str) -> Option<String> {
+    let bound = value_bound(key);
+    (value.len() > bound.bytes).then(|| {
+        let why = if bound.why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", bound.why)
+        };
+        format!(
+            "{} bytes, longer than the {} bytes allowed{why}",
+            value.len(),
+            bound.bytes
+        )
+    })
 }
 
 /// Looks a key up in [`KEYS`].
@@ -614,7 +786,7 @@ pub fn defaults(path: &Path) -> Config {
         escalate_prefix_v4: 24,
         escalate_prefix_v6: 64,
         escalate_forgeable: false,
-        log_rate_limit: 200,
+        log_rate_limit: DEFAULT_LOG_RATE_LIMIT,
         metrics_listen: None,
         event_log: None,
         event_log_rate_limit: DEFAULT_EVENT_LOG_RATE_LIMIT,
@@ -693,7 +865,26 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                 message,
             });
         };
-        match key_spec(&entry.key) {
+        let spec = key_spec(&entry.key);
+        let setting = spec.is_some()
+            || plugin_prefixes
+                .iter()
+                .any(|p| entry.key.starts_with(p.as_str()));
+        if let Some(what) = over_bound(&entry.key, &entry.value).filter(|_| setting) {
+            // Refused before it is read: the default stays in force.
+            config.raw.remove(&entry.key);
+            errors.push(ConfigError {
+                file: raw.path.clone(),
+                line: entry.line,
+                message: format!(
+                    "{}: \"{}\": {what}",
+                    entry.key,
+                    super::read::excerpt(&entry.value)
+                ),
+            });
+            continue;
+        }
+        match spec {
             Some(spec) => {
                 let mut notes = Vec::new();
                 if let Err(what) = (spec.set)(&mut config, entry, &mut notes) {
@@ -712,9 +903,7 @@ fn build_collect(raw: &RawConfig) -> (Config, Vec<ConfigError>) {
                     warn(&mut config, format!("{}: {note}", entry.key));
                 }
             }
-            None if plugin_prefixes
-                .iter()
-                .any(|p| entry.key.starts_with(p.as_str())) => {}
+            None if setting => {}
             None => {
                 let hint = key_spec(&entry.key.to_ascii_uppercase())
                     .map(|k| format!(" (keys are upper case: did you mean {}?)", k.name))

@@ -13,6 +13,7 @@ use nix::unistd::{AccessFlags, access};
 use super::read::{TEXT_CAP, non_regular_kind, read_regular};
 use super::{Config, ConfigError};
 use crate::event::Mode;
+use crate::storage::file_system_problem;
 
 /// Descriptors the daemon needs besides its listeners: journal, history, event log, control
 /// and metrics sockets, netlink, inotify, commands' pipes, plugin processes.
@@ -48,20 +49,67 @@ pub fn preflight(config: &Config, modes: &[Mode]) -> Vec<ConfigError> {
         };
         errors.push(error(key, message));
     }
-    let outputs = [
-        ("HISTORY_FILE", Some(config.history_file.as_path())),
-        ("BLOCKED_FILE", Some(config.blocked_file.as_path())),
-        ("BLOCK_STATE_FILE", Some(config.block_state_file.as_path())),
-        ("EVENT_LOG", config.event_log.as_deref()),
-    ];
-    for (key, path) in outputs {
-        if let Some(path) = path
-            && let Err(why) = writable_file(path)
-        {
+    // The journal, the history and the blocked file: only what no free space or fixed
+    // permission would cure (a directory, a FIFO in their place) refuses the start; that
+    // they cannot be written now is a warning ([`storage_warnings`]), since the daemon starts
+    // without them and writes them once it can.
+    for (key, path) in kept_files(config) {
+        if let Err(why) = output_kind(path) {
             errors.push(error(key, format!("{key}: \"{}\": {why}", path.display())));
         }
     }
+    if let Some(path) = config.event_log.as_deref()
+        && let Err(why) = output_kind(path).and_then(|()| writable_file(path))
+    {
+        errors.push(error(
+            "EVENT_LOG",
+            format!("EVENT_LOG: \"{}\": {why}", path.display()),
+        ));
+    }
     errors
+}
+
+/// The files the block manager keeps writing, with their keys.
+fn kept_files(config: &Config) -> [(&'static str, &Path); 3] {
+    [
+        ("HISTORY_FILE", config.history_file.as_path()),
+        ("BLOCKED_FILE", config.blocked_file.as_path()),
+        ("BLOCK_STATE_FILE", config.block_state_file.as_path()),
+    ]
+}
+
+/// Warnings (`--check-config` prints them, the start logs them) about the state and log
+/// files' disks: a journal, history or blocked file that cannot be written or created now
+/// (a read-only file system, a permission), and a file system that is full or read-only
+/// under any of them or under `EVENT_LOG`. None of these stops the daemon: it detects and
+/// blocks, keeps what it cannot write in memory and writes it once it can.
+pub fn storage_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let then = "the daemon starts and blocks anyway, keeps what it cannot write in memory \
+                and writes it as soon as it can";
+    let mut paths: Vec<(&str, &Path)> = kept_files(config).to_vec();
+    if let Some(log) = config.event_log.as_deref() {
+        paths.push(("EVENT_LOG", log));
+    }
+    for (key, path) in paths {
+        let kept = key != "EVENT_LOG";
+        let problem =
+            file_system_problem(path).or_else(|| kept.then(|| writable_file(path).err()).flatten());
+        if let Some(why) = problem {
+            let then = if kept {
+                then
+            } else {
+                "events are counted as write errors until it can be written"
+            };
+            warnings.push(format!(
+                "{}:{}: {key}: \"{}\": {why}; {then}",
+                config.path.display(),
+                key_line(&config.path, key),
+                path.display()
+            ));
+        }
+    }
+    warnings
 }
 
 /// The key that sets a mode's ports, for messages.
@@ -108,20 +156,31 @@ pub fn fd_shortage(sockets: u64, soft: u64, hard: u64) -> Option<String> {
     })
 }
 
+/// Whether what is at `path` (if anything) can be an output file: not a directory or a
+/// FIFO (`/dev/null` and terminals are fine: an admin may send the event log there).
+fn output_kind(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => match non_regular_kind(&meta) {
+            Some(kind) if !meta.file_type().is_char_device() => {
+                Err(format!("is {kind}, expected a regular file"))
+            }
+            _ => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
+}
+
 /// Whether the daemon can append to `path`, creating it (and, for the journal, its
-/// directories) if missing: not a directory or a FIFO, and a writable file or directory.
+/// directories) if missing: a writable file, or a writable directory to create it in.
 fn writable_file(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
-        Ok(meta) => {
-            // `/dev/null` and terminals are fine outputs (an admin may send the event log there).
-            if let Some(kind) = non_regular_kind(&meta)
-                && !meta.file_type().is_char_device()
-            {
-                return Err(format!("is {kind}, expected a regular file"));
-            }
-            access(path, AccessFlags::W_OK).map_err(|e| format!("not writable ({e})"))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(_) => access(path, AccessFlags::W_OK).map_err(|e| format!("not writable ({e})")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             let mut dir = path.parent();
             while let Some(d) = dir {
                 let d = if d.as_os_str().is_empty() {
@@ -269,5 +328,33 @@ mod tests {
         // Positive control: files that do not exist yet in a writable directory are fine.
         let ok = config(dir.path(), "TCP_PORTS=\"1\"\n");
         assert_eq!(messages(&ok, &[Mode::Tcp]), Vec::<String>::new());
+        assert_eq!(storage_warnings(&ok), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_state_file_that_cannot_be_created_now_is_a_warning_and_not_a_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let c = config(
+            dir.path(),
+            &format!(
+                "TCP_PORTS=\"1\"\nBLOCK_STATE_FILE=\"{}/file/state\"\n",
+                dir.path().display()
+            ),
+        );
+        assert_eq!(messages(&c, &[Mode::Tcp]), Vec::<String>::new());
+        let warnings = storage_warnings(&c);
+        let [w] = warnings.as_slice() else {
+            panic!("{warnings:?}")
+        };
+        assert!(
+            w.starts_with(&format!(
+                "{}:2: BLOCK_STATE_FILE: \"{}/file/state\": cannot be created: ",
+                c.path.display(),
+                dir.path().display()
+            )),
+            "{w}"
+        );
+        assert!(w.ends_with("writes it as soon as it can"), "{w}");
     }
 }

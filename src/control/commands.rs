@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::client;
-use super::protocol::{MAX_TARGETS_PER_REQUEST, Request, Response, StatusReport, TargetResult};
+use super::protocol::{
+    MAX_TARGETS_PER_REQUEST, Request, Response, StatusReport, TargetResult, UnblockResult,
+};
 use super::{DEFAULT_SOCKET, SOCKET_KEY};
 use crate::block::{BlockRecord, excerpt, parse_target, target_text};
 use crate::config::{self, DEFAULT_CONFIG_PATH};
@@ -173,7 +175,7 @@ pub fn parse_targets(name: &str, text: &str) -> Result<Vec<String>, Vec<String>>
 }
 
 /// Sends `request` to the daemon at `socket` and renders the answer; `json` asks `list`
-/// for JSON. A long `block` list goes in several requests of at most
+/// and `status` for JSON. A long `block` list goes in several requests of at most
 /// [`MAX_TARGETS_PER_REQUEST`] targets.
 pub fn run(socket: &Path, request: Request, json: bool) -> Printed {
     let Request::Block {
@@ -231,30 +233,30 @@ pub fn run(socket: &Path, request: Request, json: bool) -> Printed {
 pub fn render(request: &Request, response: &Response, json: bool) -> Printed {
     match (request, response) {
         (_, Response::Error { message }) => Printed::failure(format!("portsentry: {message}")),
+        (Request::Status, Response::Status(report)) if json => json_text(report),
         (Request::Status, Response::Status(report)) => Printed {
             out: status_text(report, SystemTime::now()),
             ..Printed::default()
         },
-        (Request::List, Response::List { blocks }) if json => {
-            match serde_json::to_string_pretty(blocks) {
-                Ok(text) => Printed {
-                    out: text + "\n",
-                    ..Printed::default()
-                },
-                Err(e) => Printed::failure(format!("portsentry: {e}")),
-            }
-        }
-        (Request::List, Response::List { blocks }) => Printed {
-            out: list_text(blocks),
+        (Request::List { .. }, Response::List { blocks, .. }) if json => json_text(blocks),
+        (Request::List { targets, origin }, Response::List { blocks, fleet }) => Printed {
+            out: if blocks.is_empty()
+                && fleet.is_none()
+                && (!targets.is_empty() || origin.is_some())
+            {
+                "no block in force matches\n".into()
+            } else {
+                list_text(blocks) + &fleet_text(fleet.as_ref())
+            },
             ..Printed::default()
         },
         (Request::Unblock { .. }, Response::Unblocked { target, detail }) => {
             let mut p = Printed::default();
-            p.out(format!("{target}: unblocked"));
-            for line in detail {
-                p.out(format!("  {line}"));
-            }
+            unblocked_lines(&mut p, target, detail);
             p
+        }
+        (Request::UnblockMany { all, origin, .. }, Response::UnblockedMany { results }) => {
+            unblocked_many_text(results, *all, origin.as_deref())
         }
         (Request::Block { .. }, Response::Blocked { results }) => blocked_text(results),
         (Request::Reload, Response::Reloaded { generation }) => {
@@ -279,6 +281,57 @@ pub fn render(request: &Request, response: &Response, json: bool) -> Printed {
         }
         (request, other) => Printed::failure(format!("portsentry: {}", unexpected(request, other))),
     }
+}
+
+/// `--json`: the answer's data, pretty-printed, for scripts and `jq`.
+fn json_text(value: &impl serde::Serialize) -> Printed {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => Printed {
+            out: text + "\n",
+            ..Printed::default()
+        },
+        Err(e) => Printed::failure(format!("portsentry: {e}")),
+    }
+}
+
+fn unblocked_lines(p: &mut Printed, target: &str, detail: &[String]) {
+    p.out(format!("{target}: unblocked"));
+    for line in detail {
+        p.out(format!("  {line}"));
+    }
+}
+
+/// `unblock ADDR…` / `unblock --all`: a line (and its undo lines) a target, a count when
+/// there were several; exit 1 when any target failed.
+fn unblocked_many_text(results: &[UnblockResult], all: bool, origin: Option<&str>) -> Printed {
+    let mut p = Printed::default();
+    if results.is_empty() && all {
+        match origin {
+            Some(origin) => p.out(format!("no block of origin {origin} in force")),
+            None => p.out("no block in force"),
+        }
+        return p;
+    }
+    for r in results {
+        if r.ok {
+            unblocked_lines(&mut p, &r.target, &r.detail);
+        } else {
+            p.out(format!(
+                "{}: NOT unblocked: {}",
+                r.target,
+                r.detail.join("; ")
+            ));
+            p.code = 1;
+        }
+    }
+    if results.len() > 1 || all {
+        let failed = results.iter().filter(|r| !r.ok).count();
+        p.out(format!(
+            "{} unblocked, {failed} failed",
+            results.len() - failed
+        ));
+    }
+    p
 }
 
 fn unexpected(request: &Request, response: &Response) -> String {
@@ -365,7 +418,11 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
             format!("crowdsec {}", link.direction),
             format!("{}: {}{since}", link.url, link.state),
         ));
+        if let Some(decisions) = &link.decisions {
+            rows.push(("crowdsec decisions".into(), decisions.summary()));
+        }
     }
+    rows.extend(storage_rows(&report.storage));
     rows.extend(
         report
             .counters
@@ -384,6 +441,49 @@ fn status_text(report: &StatusReport, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// The journal's row (always), and the history and blocked files' rows when they fail:
+/// `ok (path)`, or `failing since <time> (<error>); <what waits>`.
+fn storage_rows(storage: &[crate::storage::FileHealth]) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for f in storage {
+        let key = match f.file.as_str() {
+            "journal" => "journal".to_string(),
+            other => format!("{other} file"),
+        };
+        let Some(since) = f.failing_since else {
+            if f.file == "journal" {
+                rows.push((key, format!("ok ({})", f.path)));
+            }
+            continue;
+        };
+        let mut value = format!("failing since {} ({})", local_time(since), f.error);
+        let mut waiting = Vec::new();
+        if f.file == "journal" {
+            waiting.push(format!("{} block(s) not yet journaled", f.blocks_unwritten));
+            if f.waiting > 0 {
+                waiting.push(format!("{} entr(y/ies) waiting in memory", f.waiting));
+            }
+        } else if f.waiting > 0 {
+            waiting.push(format!("{} line(s) waiting in memory", f.waiting));
+        }
+        if f.dropped > 0 {
+            waiting.push(format!("{} dropped at the memory bound", f.dropped));
+        }
+        if !waiting.is_empty() {
+            value.push_str("; ");
+            value.push_str(&waiting.join(", "));
+        }
+        rows.push((key, value));
+    }
+    rows
+}
+
+/// `list`'s last line: the decisions pulled from the fleet, counted per origin (they are
+/// kernel elements of their own, not blocks: tens of thousands of rows would say less).
+fn fleet_text(fleet: Option<&crate::fleet::PullSnapshot>) -> String {
+    fleet.map_or_else(String::new, |f| format!("fleet: {}\n", f.summary()))
 }
 
 /// `list`: one row a block, columns aligned.

@@ -37,6 +37,7 @@ use crate::event_log::EventCounters;
 use crate::pipeline::Stats;
 use crate::respond::pool::DurationSnapshot;
 use crate::sensor::HitSink;
+use crate::storage::StoredFile;
 
 /// Clients served at once; a connection beyond them is closed at once.
 pub const MAX_CLIENTS: usize = 4;
@@ -62,6 +63,8 @@ pub struct Sources {
     pub view: BlockView,
     /// What happened to the structured events.
     pub events: Arc<EventCounters>,
+    /// What the fleet's puller holds (its counts per origin).
+    pub fleet: Arc<crate::fleet::PullView>,
 }
 
 impl Sources {
@@ -70,6 +73,7 @@ impl Sources {
         pipeline: &crate::pipeline::Pipeline,
         blocks: &crate::block::manager::BlockManager,
         events: &crate::event_log::EventLog,
+        fleet: &crate::fleet::Fleet,
     ) -> Sources {
         Sources {
             stats: pipeline.stats(),
@@ -77,6 +81,7 @@ impl Sources {
             blocks: blocks.counters(),
             view: blocks.view(),
             events: events.counters(),
+            fleet: fleet.pulled(),
         }
     }
 }
@@ -291,6 +296,61 @@ impl Collector for Collect {
             "portsentry_blocks_active",
             "Blocks in force now",
             &ConstGauge::new(self.sources.view.len() as i64),
+        )?;
+        let storage = blocks.storage.snapshot();
+        let health = |file: StoredFile| storage.iter().find(|f| f.file == file.key());
+        single(
+            e,
+            "portsentry_blocks_unjournaled",
+            "Blocks in force that the block state file does not hold yet (its writes fail; \
+             they are kept in memory and written as soon as it can be)",
+            &ConstGauge::new(health(StoredFile::Journal).map_or(0, |f| f.blocks_unwritten) as i64),
+        )?;
+        let mut failing = e.encode_descriptor(
+            "portsentry_file_write_failing",
+            "1 while writes to the file fail: journal (BLOCK_STATE_FILE), history \
+             (HISTORY_FILE), blocked (BLOCKED_FILE)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for file in StoredFile::ALL {
+            let on = health(file).is_some_and(|f| f.failing_since.is_some());
+            ConstGauge::new(i64::from(on))
+                .encode(failing.encode_family(&[("file", file.key())])?)?;
+        }
+
+        let pulled = self.sources.fleet.read();
+        let mut by_origin = e.encode_descriptor(
+            "portsentry_fleet_decisions",
+            "CrowdSec decisions pulled and in force (in the kernel, apart from the blocks), \
+             by origin",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (origin, n) in &pulled.per_origin {
+            ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
+                .encode(by_origin.encode_family(&[("origin", origin.as_str())])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "portsentry_fleet_decisions_refused",
+                "Pulled CrowdSec decisions refused (protected, ignored or local addresses) \
+                 since the puller started",
+                pulled.refused,
+            ),
+            (
+                "portsentry_fleet_decisions_over_limit",
+                "Pulled CrowdSec decisions left out because CROWDSEC_MAX_DECISIONS was reached",
+                pulled.over_limit,
+            ),
+        ] {
+            single(e, name, help, &counter(value))?;
+        }
+        single(
+            e,
+            "portsentry_fleet_kernel_elements",
+            "Kernel elements (nftables or routes) holding the pulled CrowdSec decisions",
+            &ConstGauge::new(i64::try_from(pulled.elements).unwrap_or(i64::MAX)),
         )?;
 
         let timings = &blocks.timings;

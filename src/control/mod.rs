@@ -4,7 +4,8 @@
 //! The [`server`] never touches daemon state itself: it turns each request into a
 //! [`protocol::ControlCall`] for the daemon's main loop and relays the answer. The
 //! [`client`] is what the CLI subcommands use, through [`commands`] (what each subcommand
-//! checks, sends and prints). [`protocol`] is the wire format both sides share. [`notify`]
+//! checks, sends and prints). [`protocol`] is the wire format both sides share; [`select`]
+//! filters blocks by address and origin for `list` and `unblock --all`. [`notify`]
 //! tells systemd the daemon's state (`Type=notify`, watchdog). [`metrics`] serves the
 //! daemon's counters to Prometheus over HTTP (`METRICS_LISTEN`).
 
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod select;
 pub mod server;
 
 /// Where the socket lives unless the config's `CONTROL_SOCKET` says otherwise: `/run` is

@@ -26,14 +26,42 @@ pub const MAX_TARGETS_PER_REQUEST: usize = 50_000;
 pub enum Request {
     /// Version, modes, uptime, generation, last reload and counters.
     Status,
-    /// Every block in force.
-    List,
+    /// The blocks in force; with `targets` or `origin`, only those that match (the control
+    /// server filters the block manager's list).
+    List {
+        /// Addresses or networks: a block matches when it covers one of them or lies inside
+        /// one (`10.0.0.5` finds the block of `10.0.0.0/24`). Empty: every block.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        targets: Vec<String>,
+        /// Only the blocks of this origin (`scan`, `manual`, `import`, `fleet` or
+        /// `fleet:SOURCE`, see [`super::select`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+    },
     /// Lift one block (address or network as `list` shows it) and undo its actions.
     Unblock {
         /// Address or CIDR network.
         target: String,
         /// An address with no block of its own: lift the network block that covers it
         /// (a prefix escalated from host blocks) instead of refusing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covering: bool,
+    },
+    /// Lift several blocks: the `targets` listed, or with `all` every block in force (of
+    /// `origin` only, when given). The control server sends one [`Request::Unblock`] per
+    /// target to the daemon and gathers the answers, so the block manager only ever lifts
+    /// one block at a time.
+    UnblockMany {
+        /// Addresses or CIDR networks, as `list` shows them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        targets: Vec<String>,
+        /// Every block in force instead of `targets`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+        /// With `all`: only the blocks of this origin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+        /// As [`Request::Unblock`]'s `covering`, for each of `targets`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         covering: bool,
     },
@@ -57,7 +85,9 @@ impl Request {
     /// reload rebuilds everything (both can run external commands), the rest is a lookup.
     pub fn answer_timeout(&self) -> Duration {
         match self {
-            Request::Block { .. } | Request::Reload => Duration::from_secs(600),
+            Request::Block { .. } | Request::Reload | Request::UnblockMany { .. } => {
+                Duration::from_secs(600)
+            }
             _ => Duration::from_secs(30),
         }
     }
@@ -66,8 +96,9 @@ impl Request {
     pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
-            Request::List => "list",
+            Request::List { .. } => "list",
             Request::Unblock { .. } => "unblock",
+            Request::UnblockMany { .. } => "unblock_many",
             Request::Block { .. } => "block",
             Request::Reload => "reload",
         }
@@ -78,6 +109,10 @@ impl Request {
 /// `"response"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one response per connection, serialized at once: boxing the status buys nothing"
+)]
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(StatusReport),
@@ -85,6 +120,10 @@ pub enum Response {
     List {
         /// Every block in force, as the block manager holds it.
         blocks: Vec<BlockRecord>,
+        /// The decisions pulled from the fleet (in the kernel, not blocks of the manager):
+        /// their counts per origin. `None` without a puller.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<crate::fleet::PullSnapshot>,
     },
     /// The block is gone.
     Unblocked {
@@ -93,6 +132,12 @@ pub enum Response {
         /// One line per action undone (or that could not be undone, and why).
         #[serde(default)]
         detail: Vec<String>,
+    },
+    /// Answer to [`Request::UnblockMany`]: one result per target, in order (for `all`, in
+    /// the order of the list).
+    UnblockedMany {
+        /// Per-target outcome.
+        results: Vec<UnblockResult>,
     },
     /// Answer to [`Request::Block`]: one result per target, in request order.
     Blocked {
@@ -133,6 +178,7 @@ impl Response {
             Response::Status(_) => "status",
             Response::List { .. } => "list",
             Response::Unblocked { .. } => "unblocked",
+            Response::UnblockedMany { .. } => "unblocked_many",
             Response::Blocked { .. } => "blocked",
             Response::Reloaded { .. } => "reloaded",
             Response::ReloadRefused { .. } => "reload_refused",
@@ -151,6 +197,37 @@ pub struct TargetResult {
     /// What was done, or why not (`already blocked`, `protected address`, responder errors).
     #[serde(default)]
     pub detail: String,
+}
+
+/// The outcome of lifting one target of a [`Request::UnblockMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnblockResult {
+    /// The target as the daemon names it.
+    pub target: String,
+    /// Whether the block is gone.
+    pub ok: bool,
+    /// One line per action undone (or that could not be undone, and why); when not `ok`,
+    /// why not (`not blocked`…).
+    #[serde(default)]
+    pub detail: Vec<String>,
+}
+
+/// Two outcomes of an `unblock` of several targets, one lifted and one not blocked: the
+/// protocol's and the client's tests read the same answer.
+#[cfg(test)]
+pub(crate) fn sample_unblock_results() -> Vec<UnblockResult> {
+    vec![
+        UnblockResult {
+            target: "10.0.0.5".into(),
+            ok: true,
+            detail: vec!["route: ip route del 10.0.0.5".into()],
+        },
+        UnblockResult {
+            target: "10.0.0.6".into(),
+            ok: false,
+            detail: vec!["10.0.0.6 is not blocked".into()],
+        },
+    ]
 }
 
 /// What `portsentry status` shows.
@@ -177,6 +254,10 @@ pub struct StatusReport {
     /// without `CROWDSEC_LAPI_URL`).
     #[serde(default)]
     pub fleet: Vec<crate::fleet::FleetLink>,
+    /// Whether the block journal, the history file and the blocked file take writes, and
+    /// what waits in memory for them (empty from a daemon older than this field).
+    #[serde(default)]
+    pub storage: Vec<crate::storage::FileHealth>,
 }
 
 /// One reload attempt, so that a refused reload stays visible after the fact.
@@ -324,7 +405,39 @@ mod tests {
             round_trip_request(Request::Status),
             r#"{"request":"status"}"#
         );
-        assert_eq!(round_trip_request(Request::List), r#"{"request":"list"}"#);
+        assert_eq!(
+            round_trip_request(Request::List {
+                targets: vec![],
+                origin: None
+            }),
+            r#"{"request":"list"}"#,
+            "an unfiltered list reads as before"
+        );
+        assert_eq!(
+            round_trip_request(Request::List {
+                targets: vec!["10.0.0.5".into()],
+                origin: Some("fleet".into())
+            }),
+            r#"{"request":"list","targets":["10.0.0.5"],"origin":"fleet"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::UnblockMany {
+                targets: vec![],
+                all: true,
+                origin: Some("scan".into()),
+                covering: false
+            }),
+            r#"{"request":"unblock_many","all":true,"origin":"scan"}"#
+        );
+        assert_eq!(
+            round_trip_request(Request::UnblockMany {
+                targets: vec!["10.0.0.5".into(), "fd77::/64".into()],
+                all: false,
+                origin: None,
+                covering: true
+            }),
+            r#"{"request":"unblock_many","targets":["10.0.0.5","fd77::/64"],"covering":true}"#
+        );
         assert_eq!(
             round_trip_request(Request::Reload),
             r#"{"request":"reload"}"#
@@ -428,6 +541,16 @@ mod tests {
                 url: "http://127.0.0.1:8080".into(),
                 state: "connected".into(),
                 since: Some(at),
+                decisions: None,
+            }],
+            storage: vec![crate::storage::FileHealth {
+                file: "journal".into(),
+                path: "/var/lib/portsentry/portsentry.state".into(),
+                failing_since: Some(at),
+                error: "No space left on device (os error 28)".into(),
+                waiting: 4,
+                blocks_unwritten: 2,
+                dropped: 0,
             }],
         }));
         assert!(
@@ -440,12 +563,34 @@ mod tests {
         );
         let json = round_trip_response(Response::List {
             blocks: vec![sample_record()],
+            fleet: None,
         });
+        let json_fleet = round_trip_response(Response::List {
+            blocks: vec![],
+            fleet: Some(crate::fleet::PullSnapshot {
+                per_origin: vec![("CAPI".into(), 3)],
+                held: 3,
+                elements: 3,
+                refused: 0,
+                over_limit: 0,
+                room: "nftables".into(),
+            }),
+        });
+        assert!(
+            json_fleet.contains(r#""per_origin":[["CAPI",3]]"#),
+            "{json_fleet}"
+        );
         assert!(json.contains(r#""target":"10.0.0.0/24""#), "{json}");
-        round_trip_response(Response::List { blocks: vec![] });
+        round_trip_response(Response::List {
+            blocks: vec![],
+            fleet: None,
+        });
         round_trip_response(Response::Unblocked {
             target: "10.0.0.5".into(),
             detail: vec!["route: ip route del 10.0.0.5".into()],
+        });
+        round_trip_response(Response::UnblockedMany {
+            results: sample_unblock_results(),
         });
         round_trip_response(Response::Blocked {
             results: vec![
@@ -491,6 +636,10 @@ mod tests {
     #[test]
     fn block_and_reload_may_wait_longer_than_lookups() {
         assert_eq!(Request::Reload.answer_timeout(), Duration::from_secs(600));
-        assert_eq!(Request::List.answer_timeout(), Duration::from_secs(30));
+        let list = Request::List {
+            targets: vec![],
+            origin: None,
+        };
+        assert_eq!(list.answer_timeout(), Duration::from_secs(30));
     }
 }

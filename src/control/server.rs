@@ -21,7 +21,10 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use super::protocol::{ControlCall, LineError, MAX_REQUEST_BYTES, Request, Response, read_line};
+use super::protocol::{
+    ControlCall, LineError, MAX_REQUEST_BYTES, Request, Response, UnblockResult, read_line,
+};
+use super::select::Selection;
 
 /// Clients served at once; the next one is told it is busy and closed.
 pub const MAX_CLIENTS: usize = 8;
@@ -260,7 +263,146 @@ fn handle(stream: &UnixStream, calls: &Sender<ControlCall>) -> Result<Response, 
              {{\"request\":\"status\"}}"
         )
     })?;
-    ask_daemon(calls, request)
+    let deadline = Instant::now() + request.answer_timeout();
+    match request {
+        Request::List { targets, origin } => list(calls, &targets, origin.as_deref()),
+        Request::UnblockMany {
+            targets,
+            all,
+            origin,
+            covering,
+        } => {
+            let targets = unblock_targets(calls, targets, all, origin.as_deref(), covering)?;
+            Ok(unblock_each(calls, targets, covering, deadline))
+        }
+        request => ask_daemon(calls, request),
+    }
+}
+
+/// `list` with its filters: the daemon's whole list, filtered here.
+fn list(
+    calls: &Sender<ControlCall>,
+    targets: &[String],
+    origin: Option<&str>,
+) -> Result<Response, String> {
+    let selection = Selection::new(targets, origin)?;
+    // The fleet's counts go with an unfiltered list and with `--origin fleet[:SOURCE]`.
+    let with_fleet =
+        targets.is_empty() && origin.is_none_or(|o| o == "fleet" || o.starts_with("fleet:"));
+    Ok(match ask_daemon(calls, every_block())? {
+        Response::List { blocks, fleet } => Response::List {
+            blocks: selection.apply(blocks),
+            fleet: fleet.filter(|_| with_fleet),
+        },
+        other => other,
+    })
+}
+
+fn every_block() -> Request {
+    Request::List {
+        targets: Vec::new(),
+        origin: None,
+    }
+}
+
+/// The targets of `unblock ADDR…` (canonical, each once) or `unblock --all [--origin O]`
+/// (the blocks in force, from the daemon's list); `Err` for a request that names nothing or
+/// mixes the two forms.
+fn unblock_targets(
+    calls: &Sender<ControlCall>,
+    targets: Vec<String>,
+    all: bool,
+    origin: Option<&str>,
+    covering: bool,
+) -> Result<Vec<String>, String> {
+    match (all, targets.is_empty()) {
+        (true, _) if covering => Err("unblock: covering goes with targets, not with all".into()),
+        (true, true) => {
+            let selection = Selection::new(&[], origin)?;
+            match ask_daemon(calls, every_block())? {
+                Response::List { blocks, .. } => Ok(selection
+                    .apply(blocks)
+                    .iter()
+                    .map(|b| crate::block::target_text(&b.target))
+                    .collect()),
+                Response::Error { message } => Err(message),
+                other => Err(format!("unexpected answer \"{}\" to list", other.name())),
+            }
+        }
+        (true, false) => Err("unblock: either targets or all, not both".into()),
+        (false, true) => Err("unblock: no target (name addresses, or all)".into()),
+        (false, false) if origin.is_some() => {
+            Err("unblock: origin goes with all, not with targets".into())
+        }
+        (false, false) => {
+            let mut seen = std::collections::HashSet::new();
+            let mut canonical = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let t = crate::block::target_text(&crate::block::parse_target(t)?);
+                if seen.insert(t.clone()) {
+                    canonical.push(t);
+                }
+            }
+            Ok(canonical)
+        }
+    }
+}
+
+/// One [`Request::Unblock`] per target, all handed to the daemon before any answer is
+/// awaited (the block manager undoes them side by side), the answers gathered in order by
+/// `deadline`.
+fn unblock_each(
+    calls: &Sender<ControlCall>,
+    targets: Vec<String>,
+    covering: bool,
+    deadline: Instant,
+) -> Response {
+    let mut pending = Vec::with_capacity(targets.len());
+    for target in targets {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let call = ControlCall {
+            request: Request::Unblock {
+                target: target.clone(),
+                covering,
+            },
+            reply,
+        };
+        let sent = calls.send_deadline(call, deadline).map_err(|e| match e {
+            SendTimeoutError::Timeout(_) => not_in_time(),
+            SendTimeoutError::Disconnected(_) => shutting_down(),
+        });
+        pending.push((target, sent.map(|()| answer)));
+    }
+    let results = pending
+        .into_iter()
+        .map(|(target, answer)| {
+            let answer = answer.and_then(|a| {
+                a.recv_deadline(deadline).map_err(|e| match e {
+                    RecvTimeoutError::Timeout => not_in_time(),
+                    RecvTimeoutError::Disconnected => shutting_down(),
+                })
+            });
+            match answer {
+                Ok(Response::Unblocked { target, detail }) => UnblockResult {
+                    target,
+                    ok: true,
+                    detail,
+                },
+                Ok(Response::Error { message }) => failed(target, message),
+                Ok(other) => failed(target, format!("unexpected answer \"{}\"", other.name())),
+                Err(message) => failed(target, message),
+            }
+        })
+        .collect();
+    Response::UnblockedMany { results }
+}
+
+fn failed(target: String, message: String) -> UnblockResult {
+    UnblockResult {
+        target,
+        ok: false,
+        detail: vec![message],
+    }
 }
 
 /// Only root and the daemon's own user may steer it; the 0600 mode says the same, this

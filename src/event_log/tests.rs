@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::*;
-use crate::block::{Origin, Trigger, parse_target};
 use crate::event::{Hit, Mode, ProbeKind, Proto};
+use crate::record::{Origin, Trigger, parse_target};
 use crate::respond::{Action, Undo};
 
 fn alert(src: &str, port: u16) -> Candidate {
@@ -262,15 +262,4 @@ fn a_path_that_cannot_be_opened_keeps_the_old_file() {
     log.send(Event::reload(&Err(vec!["x".into()]), 1));
     log.stop();
     assert_eq!(lines(&path).len(), 1, "written to the old file");
-}
-
-#[test]
-fn the_budget_refills_at_its_rate() {
-    let t0 = Instant::now();
-    let mut b = Budget::new(100, t0);
-    assert_eq!((0..1000).filter(|_| b.admit(t0)).count(), 100);
-    let later = t0 + Duration::from_millis(500);
-    assert_eq!((0..1000).filter(|_| b.admit(later)).count(), 50);
-    let mut free = Budget::new(0, t0);
-    assert!((0..10_000).all(|_| free.admit(t0)));
 }

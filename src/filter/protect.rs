@@ -18,7 +18,7 @@
 //! live in [`crate::protected`], so that the block manager reads them without importing a
 //! filter.
 
-mod netlink;
+pub(crate) mod netlink;
 mod refresher;
 pub mod resolv;
 pub mod routes;
@@ -249,20 +249,21 @@ pub(crate) mod test_netns {
     }
 
     impl NetNs {
-        /// Creates `pst-<tag>-<pid>`; `None` (the test is skipped, and says so) when not
-        /// root.
-        pub fn new(tag: &str) -> Option<NetNs> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("SKIPPED: needs root for a private network namespace");
-                return None;
-            }
+        /// Creates `pst-<tag>-<pid>`. Not being root fails the test, as the end-to-end
+        /// tests do: a test that passed without running would hide a regression.
+        pub fn new(tag: &str) -> NetNs {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "this test needs root (a private network namespace); run the suite as root \
+                 after scripts/setup-deps.sh"
+            );
             let ns = NetNs {
                 name: format!("pst-{tag}-{}", std::process::id()),
             };
             let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
             ns.cmd(&["ip", "netns", "add", &ns.name]);
             ns.ip(&["link", "set", "lo", "up"]);
-            Some(ns)
+            ns
         }
 
         fn cmd(&self, args: &[&str]) {
@@ -287,14 +288,14 @@ pub(crate) mod test_netns {
         /// As [`NetNs::new`], with a link `d0` that is up and holds `10.77.251.1/24` and
         /// `fd77:251::1/64` (a veth pair inside the namespace: containers may lack the dummy
         /// driver). No packet leaves the namespace.
-        pub fn with_link(tag: &str) -> Option<NetNs> {
-            let ns = NetNs::new(tag)?;
+        pub fn with_link(tag: &str) -> NetNs {
+            let ns = NetNs::new(tag);
             ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
             ns.ip(&["link", "set", "d1", "up"]);
             ns.ip(&["link", "set", "d0", "up"]);
             ns.ip(&["addr", "add", "10.77.251.1/24", "dev", "d0"]);
             ns.ip(&["-6", "addr", "add", "fd77:251::1/64", "dev", "d0", "nodad"]);
-            Some(ns)
+            ns
         }
 
         /// Runs `f` on a thread inside the namespace.
@@ -539,9 +540,7 @@ mod tests {
 
     #[test]
     fn protector_reads_the_namespace_and_follows_reloads() {
-        let Some(ns) = test_netns::NetNs::with_link("protector") else {
-            return;
-        };
+        let ns = test_netns::NetNs::with_link("protector");
         ns.ip(&["route", "add", "default", "via", "10.77.251.254"]);
         let dir = tempfile::tempdir().unwrap();
         let resolv = dir.path().join("resolv.conf");

@@ -6,14 +6,16 @@
 //! Secrets (the machine password, the bouncer key) go into request bodies and headers only:
 //! no error built here carries them.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest an answer may be; a longer one is an error (a startup stream with tens of
-/// thousands of decisions stays well under it).
-pub const BODY_CAP: u64 = 16 << 20;
+/// Longest an answer may be; a longer one is an error. A startup stream takes some 150
+/// bytes a decision: 100,000 decisions are about 15 MiB, `CROWDSEC_MAX_DECISIONS`'s default
+/// of 200,000 about 30 MiB.
+pub const BODY_CAP: u64 = 64 << 20;
 /// Longest a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a whole request may take, answer included.
@@ -52,41 +54,158 @@ impl LapiError {
     }
 }
 
-/// One decision of the stream (`/v1/decisions/stream`), as the LAPI sends it.
+/// One decision of the stream (`/v1/decisions/stream`), as the LAPI sends it; its text
+/// borrows the answer's bytes where it can (a startup stream holds tens of thousands).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Decision {
+pub struct Decision<'a> {
     /// The LAPI's id of the decision.
     #[serde(default)]
     pub id: i64,
     /// Who made it: `cscli`, `crowdsec`, `portsentry`, `CAPI`…
-    #[serde(default)]
-    pub origin: String,
+    #[serde(default, borrow)]
+    pub origin: Cow<'a, str>,
     /// Why (`manual 'ban' from 'host'`, `portsentry/port-scan`…).
-    #[serde(default)]
-    pub scenario: String,
+    #[serde(default, borrow)]
+    pub scenario: Cow<'a, str>,
     /// `Ip` or `Range` (others exist and are ignored).
-    #[serde(default)]
-    pub scope: String,
+    #[serde(default, borrow)]
+    pub scope: Cow<'a, str>,
     /// `ban` (`captcha` and others are not blocks).
-    #[serde(rename = "type", default)]
-    pub kind: String,
+    #[serde(rename = "type", default, borrow)]
+    pub kind: Cow<'a, str>,
     /// The address or network.
-    #[serde(default)]
-    pub value: String,
+    #[serde(default, borrow)]
+    pub value: Cow<'a, str>,
     /// Time left, Go syntax; negative for deleted ones.
-    #[serde(default)]
-    pub duration: String,
+    #[serde(default, borrow)]
+    pub duration: Cow<'a, str>,
 }
 
 /// One answer of the stream; the LAPI writes `null` for an empty list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Stream {
+pub struct Stream<'a> {
     /// Decisions made since the last pull (all active ones at startup).
-    #[serde(default, deserialize_with = "null_is_empty")]
-    pub new: Vec<Decision>,
+    #[serde(default, borrow, deserialize_with = "null_is_empty")]
+    pub new: Vec<Decision<'a>>,
     /// Decisions deleted or expired since the last pull.
-    #[serde(default, deserialize_with = "null_is_empty")]
-    pub deleted: Vec<Decision>,
+    #[serde(default, borrow, deserialize_with = "null_is_empty")]
+    pub deleted: Vec<Decision<'a>>,
+}
+
+/// Parses an answer of the stream, borrowing from it.
+pub fn parse_stream(body: &[u8]) -> Result<Stream<'_>, LapiError> {
+    serde_json::from_slice(body).map_err(|e| garbage(body, &e))
+}
+
+/// The stream's filters as bouncers have them (`CROWDSEC_ORIGINS`,
+/// `CROWDSEC_SCENARIOS_CONTAINING`, `CROWDSEC_SCENARIOS_NOT_CONTAINING`): sent as the
+/// stream's query, so the LAPI leaves the rest out, and applied again to what comes back
+/// ([`StreamFilter::accepts`]), so an older LAPI that ignores a parameter changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamFilter {
+    /// Exact origin names; empty: all.
+    pub origins: Vec<String>,
+    /// The scenario contains one of these (case-insensitive); empty: any.
+    pub scenarios_containing: Vec<String>,
+    /// The scenario contains none of these (case-insensitive).
+    pub scenarios_not_containing: Vec<String>,
+}
+
+impl StreamFilter {
+    /// Whether a decision of this origin and scenario passes.
+    pub fn accepts(&self, origin: &str, scenario: &str) -> bool {
+        let scenario = scenario.to_lowercase();
+        let has = |w: &String| scenario.contains(&w.to_lowercase());
+        (self.origins.is_empty() || self.origins.iter().any(|o| o == origin))
+            && (self.scenarios_containing.is_empty() || self.scenarios_containing.iter().any(has))
+            && !self.scenarios_not_containing.iter().any(has)
+    }
+
+    /// The query parameters (name, comma-separated value) of the non-empty filters.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("origins", &self.origins),
+            ("scenarios_containing", &self.scenarios_containing),
+            ("scenarios_not_containing", &self.scenarios_not_containing),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.join(",")))
+        .collect()
+    }
+}
+
+/// `CROWDSEC_CA_CERT`, `CROWDSEC_CERT`, `CROWDSEC_KEY` for an `https://` LAPI: a private CA
+/// trusted besides the public roots, and a client certificate for a LAPI that asks for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificates trusted besides the public roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate chain and its key (both or neither).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Tls {
+    /// The rustls client config these files make; `None` when none is named (ureq's own
+    /// default then). Errors name the key and the file.
+    fn client_config(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        if self.ca_cert.is_none() && self.client.is_none() {
+            return Ok(None);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let certs = |key: &str, path: &std::path::Path| {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{key}: {} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ));
+            }
+            Ok(certs)
+        };
+        if let Some(ca) = &self.ca_cert {
+            for cert in certs("CROWDSEC_CA_CERT", ca)? {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "CROWDSEC_CA_CERT: {}: not a usable CA certificate: {e}",
+                        ca.display()
+                    )
+                })?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots);
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = certs("CROWDSEC_CERT", cert)?;
+                super::read_secret("CROWDSEC_KEY", key)?;
+                let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!(
+                        "CROWDSEC_KEY: {} holds no usable PEM private key: {e}",
+                        key.display()
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, private).map_err(|e| {
+                    format!(
+                        "CROWDSEC_CERT / CROWDSEC_KEY: {} and {} do not make a client \
+                         certificate: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?
+            }
+        };
+        Ok(Some(std::sync::Arc::new(config)))
+    }
 }
 
 fn null_is_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
@@ -138,15 +257,37 @@ impl Lapi {
 
     /// [`Lapi::new`] with other timeouts (tests of a slow LAPI).
     pub fn with_timeouts(base: &str, connect: Duration, request: Duration) -> Lapi {
-        let agent = ureq::AgentBuilder::new()
+        Lapi::build(base, connect, request, None)
+    }
+
+    /// [`Lapi::new`] trusting a private CA and presenting a client certificate as `tls`
+    /// says; `Err` names the key and file that could not be used.
+    pub fn with_tls(base: &str, tls: &Tls) -> Result<Lapi, String> {
+        Ok(Lapi::build(
+            base,
+            CONNECT_TIMEOUT,
+            REQUEST_TIMEOUT,
+            tls.client_config()?,
+        ))
+    }
+
+    fn build(
+        base: &str,
+        connect: Duration,
+        request: Duration,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Lapi {
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(connect)
             .timeout(request)
             .redirects(0)
-            .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")))
-            .build();
+            .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")));
+        if let Some(config) = tls {
+            agent = agent.tls_config(config);
+        }
         Lapi {
             base: base.trim_end_matches('/').to_string(),
-            agent,
+            agent: agent.build(),
         }
     }
 
@@ -261,8 +402,13 @@ impl Lapi {
     }
 
     /// One pull of the decision stream (`startup`: every active decision, and old deleted
-    /// ones).
-    pub fn stream(&self, bouncer_key: &str, startup: bool) -> Result<Stream, LapiError> {
+    /// ones), with `filter` as its query: the answer's bytes, for [`parse_stream`].
+    pub fn stream(
+        &self,
+        bouncer_key: &str,
+        startup: bool,
+        filter: &StreamFilter,
+    ) -> Result<Vec<u8>, LapiError> {
         let mut request = self
             .agent
             .get(&self.url("/v1/decisions/stream"))
@@ -270,7 +416,10 @@ impl Lapi {
         if startup {
             request = request.query("startup", "true");
         }
-        json(&read(request.call())?)
+        for (name, value) in filter.query() {
+            request = request.query(name, &value);
+        }
+        read(request.call())
     }
 }
 
@@ -322,13 +471,16 @@ fn capped(response: ureq::Response) -> Result<Vec<u8>, LapiError> {
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, LapiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let start = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
-        LapiError::Garbage(format!(
-            "{e}; starts with \"{}\"",
-            crate::record::excerpt(&start)
-        ))
-    })
+    serde_json::from_slice(body).map_err(|e| garbage(body, &e))
+}
+
+/// An answer that is not the JSON expected, with its start.
+fn garbage(body: &[u8], e: &serde_json::Error) -> LapiError {
+    let start = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+    LapiError::Garbage(format!(
+        "{e}; starts with \"{}\"",
+        crate::record::excerpt(&start)
+    ))
 }
 
 #[cfg(test)]

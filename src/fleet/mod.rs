@@ -6,9 +6,10 @@
 //!   own decisions, so another portsentry host's decision for the same address stays),
 //!   through a persistent [`outbox`], so a LAPI that is down delays nothing here and loses
 //!   nothing.
-//! - **Pull** ([`pull`]): a puller thread follows `/v1/decisions/stream` and hands `ban`
-//!   decisions to the block manager as blocks of origin `fleet`, and lifts them when their
-//!   decision goes.
+//! - **Pull** ([`pull`]): a puller thread follows `/v1/decisions/stream`, keeps the `ban`
+//!   decisions in a bounded table of its own ([`table`]) and applies each pull's changes to
+//!   the kernel in bulk ([`room`]: nftables sets of their own, or routes), apart from the
+//!   block manager: pulled decisions never take the room of local blocks.
 //!
 //! Either direction can run alone. Config is plain data ([`FleetSettings`]); the running
 //! threads are built from it here, restarted when a reload changes it (or the secrets in
@@ -20,11 +21,14 @@ pub mod duration;
 pub mod outbox;
 pub mod pull;
 pub mod push;
+pub mod responders;
+pub mod room;
+pub mod table;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -33,7 +37,9 @@ use crossbeam_channel::{Sender, bounded};
 use crate::block::manager::{BlockManager, NOTE_QUEUE};
 use crate::config::Config;
 pub use crate::config::fleet::{DEFAULT_POLL_INTERVAL, FleetSettings, check_lapi_url};
+use crate::generation::Generation;
 use crate::log_lines;
+use crate::protected::ProtectView;
 use client::LapiError;
 
 /// The origin of the decisions this host posts (and deletes, exactly).
@@ -106,6 +112,72 @@ pub struct FleetLink {
     /// When the state last changed.
     #[serde(with = "crate::record::opt_time_text", default)]
     pub since: Option<SystemTime>,
+    /// Pull only: the decisions in force and their counts per origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<PullSnapshot>,
+}
+
+/// What the puller holds, as `status`, `list` and the metrics show it: published after
+/// each pull, read without waiting on the puller or the LAPI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullSnapshot {
+    /// Decisions in force per origin (`CAPI`, `crowdsec`, `cscli-import`…), largest first.
+    pub per_origin: Vec<(String, u64)>,
+    /// Decisions in force.
+    pub held: u64,
+    /// Elements the kernel holds for them (nested ones are one element).
+    pub elements: u64,
+    /// Decisions refused since the puller started (protected, ignored, this host's).
+    pub refused: u64,
+    /// Decisions left out since it started because `CROWDSEC_MAX_DECISIONS` was reached.
+    pub over_limit: u64,
+    /// Where they go: `nftables`, `routes` or `none`.
+    pub room: String,
+}
+
+impl PullSnapshot {
+    /// One line for `status` and `list`: `12000 decisions in force (CAPI 11990, crowdsec
+    /// 10), 11990 elements in nftables, 3 refused`.
+    pub fn summary(&self) -> String {
+        let origins = if self.per_origin.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = self
+                .per_origin
+                .iter()
+                .map(|(o, n)| format!("{o} {n}"))
+                .collect();
+            format!(" ({})", each.join(", "))
+        };
+        let over = if self.over_limit > 0 {
+            format!(", {} over CROWDSEC_MAX_DECISIONS", self.over_limit)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} decisions in force{origins}, {} elements in {}, {} refused{over}",
+            self.held, self.elements, self.room, self.refused
+        )
+    }
+}
+
+/// The puller's published [`PullSnapshot`]; one per [`Fleet`], kept across restarts of
+/// the puller, so that the metrics can hold it from the start.
+#[derive(Debug, Default)]
+pub struct PullView {
+    current: RwLock<Arc<PullSnapshot>>,
+}
+
+impl PullView {
+    /// Replaces the snapshot.
+    pub fn publish(&self, snapshot: PullSnapshot) {
+        *crate::sync::write(&self.current) = Arc::new(snapshot);
+    }
+
+    /// The latest snapshot.
+    pub fn read(&self) -> Arc<PullSnapshot> {
+        Arc::clone(&crate::sync::read(&self.current))
+    }
 }
 
 /// No request has answered or failed yet.
@@ -205,14 +277,21 @@ pub struct Fleet {
     threads: Vec<JoinHandle<()>>,
     /// Each running direction with its URL and link view, for `status`.
     links: Vec<(&'static str, String, Arc<LinkView>)>,
+    /// What the puller publishes.
+    pulled: Arc<PullView>,
+    /// The protected addresses the puller refuses.
+    protect: ProtectView,
+    /// The config in force, for the puller's responders.
+    config: Arc<Config>,
 }
 
 impl Fleet {
-    /// Starts what the config asks for (nothing when `CROWDSEC_LAPI_URL` is unset). A
-    /// direction that cannot start (unreadable secret, outbox) is logged and left off; the
-    /// daemon runs on.
-    pub fn start(config: &Config, blocks: &BlockManager) -> Fleet {
-        let built = build(config);
+    /// Starts what the generation's config asks for (nothing when `CROWDSEC_LAPI_URL` is
+    /// unset). A direction that cannot start (unreadable secret, outbox) is logged and left
+    /// off; the daemon runs on. The puller refuses the addresses `protect` names, and the
+    /// generation's ignore list.
+    pub fn start(generation: &Generation, blocks: &BlockManager, protect: ProtectView) -> Fleet {
+        let built = build(generation);
         let mut fleet = Fleet {
             built: Built {
                 push: None,
@@ -221,20 +300,37 @@ impl Fleet {
             stop: None,
             threads: Vec::new(),
             links: Vec::new(),
+            pulled: Arc::new(PullView::default()),
+            protect,
+            config: Arc::clone(&generation.config),
         };
         fleet.launch(built, blocks);
         fleet
     }
 
+    /// What the puller publishes (empty without one), for the metrics.
+    pub fn pulled(&self) -> Arc<PullView> {
+        Arc::clone(&self.pulled)
+    }
+
+    /// What the puller holds now, for `list`; `None` without a puller.
+    pub fn decisions(&self) -> Option<PullSnapshot> {
+        self.links
+            .iter()
+            .any(|(d, _, _)| *d == "pull")
+            .then(|| (*self.pulled.read()).clone())
+    }
+
     /// Follows a reload: re-reads the secret files and restarts the threads when the
-    /// settings or secrets changed.
-    pub fn follow(&mut self, config: &Config, blocks: &BlockManager) {
-        let built = build(config);
+    /// settings, the secrets or the ignore list changed.
+    pub fn follow(&mut self, generation: &Generation, blocks: &BlockManager) {
+        let built = build(generation);
         if built == self.built {
             return;
         }
         log::info!("{}", log_lines::fleet_settings_changed());
         self.halt(blocks);
+        self.config = Arc::clone(&generation.config);
         self.launch(built, blocks);
     }
 
@@ -264,6 +360,7 @@ impl Fleet {
                     url: url.clone(),
                     state: state.to_string(),
                     since,
+                    decisions: (*direction == "pull").then(|| (*self.pulled.read()).clone()),
                 }
             })
             .collect()
@@ -283,7 +380,13 @@ impl Fleet {
             }
         }
         if let Some(cfg) = &built.pull {
-            match pull::spawn(cfg.clone(), blocks.fleet_input(), stop_rx) {
+            let context = pull::Context {
+                blocks: blocks.view(),
+                protect: self.protect.clone(),
+                view: Arc::clone(&self.pulled),
+                config: Arc::clone(&self.config),
+            };
+            match pull::spawn(cfg.clone(), context, stop_rx) {
                 Ok((t, view)) => {
                     self.threads.push(t);
                     self.links.push(("pull", cfg.lapi_url.clone(), view));
@@ -293,6 +396,14 @@ impl Fleet {
         }
         self.stop = Some(stop_tx);
         self.built = built;
+    }
+}
+
+/// The TLS files of the settings.
+fn tls_of(s: &FleetSettings) -> client::Tls {
+    client::Tls {
+        ca_cert: s.ca_cert.clone(),
+        client: s.cert.clone().zip(s.key.clone()),
     }
 }
 
@@ -307,14 +418,16 @@ pub fn check_secrets(config: &Config) -> Vec<String> {
     [
         ("CROWDSEC_PASSWORD_FILE", &s.password_file),
         ("CROWDSEC_BOUNCER_KEY_FILE", &s.bouncer_key_file),
+        ("CROWDSEC_KEY", &s.key),
     ]
     .into_iter()
     .filter_map(|(key, file)| read_secret(key, file.as_deref()?).err())
     .collect()
 }
 
-/// What to run for this config, with the secrets read now.
-fn build(config: &Config) -> Built {
+/// What to run for this generation, with the secrets read now.
+fn build(generation: &Generation) -> Built {
+    let config = &generation.config;
     let s = &config.fleet;
     let Some(url) = &s.lapi_url else {
         return Built {
@@ -329,6 +442,7 @@ fn build(config: &Config) -> Built {
                 machine_id: machine_id.clone(),
                 password: Secret(password),
                 outbox_file: s.outbox_path(&config.block_state_file),
+                tls: tls_of(s),
             }),
             Err(e) => {
                 log::error!("{}", log_lines::fleet_off("push", e));
@@ -343,6 +457,16 @@ fn build(config: &Config) -> Built {
                 lapi_url: url.clone(),
                 bouncer_key: Secret(key),
                 poll_interval: s.poll_interval,
+                max_decisions: s.max_decisions,
+                filter: client::StreamFilter {
+                    origins: s.origins.clone(),
+                    scenarios_containing: s.scenarios_containing.clone(),
+                    scenarios_not_containing: s.scenarios_not_containing.clone(),
+                },
+                tls: tls_of(s),
+                room: room::RoomSettings::from_config(config),
+                ignore: Arc::clone(&generation.ignore),
+                responders: responders::ResponderKeys::from_config(config),
             }),
             Err(e) => {
                 log::error!("{}", log_lines::fleet_off("pull", e));

@@ -48,6 +48,11 @@ pub struct Post {
     /// When it ends; `None`: permanent.
     #[serde(with = "crate::record::opt_time_text", default)]
     pub until: Option<SystemTime>,
+    /// The evidence, as the alert's events' `meta` (key, value) pairs: port, protocol,
+    /// mode, probe kind for a scan; the reason for a block by hand. Empty in an outbox of
+    /// an older version (then the alert has no events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<(String, String)>,
 }
 
 /// A decision to delete: by the ids remembered for `value` when known, else by scope, value
@@ -353,6 +358,7 @@ mod tests {
             message: "m".into(),
             since,
             until: Some(since + Duration::from_secs(60)),
+            meta: Vec::new(),
         })
     }
 

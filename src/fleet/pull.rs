@@ -1,31 +1,43 @@
 //! The puller thread: follows the LAPI's decision stream (`startup=true` once, then every
-//! `CROWDSEC_POLL_INTERVAL`) and hands `ban` decisions for `Ip` and `Range` scopes to the
-//! block manager as blocks of origin `fleet`, lasting the decision's remaining time.
+//! `CROWDSEC_POLL_INTERVAL`) and keeps the `ban` decisions for `Ip` and `Range` scopes in
+//! its own [`DecisionTable`], applying each pull's changes to the kernel in one go: the
+//! `fleet_ipv4` / `fleet_ipv6` nftables sets with `KILL_NFTABLES` (one netlink transaction,
+//! each element with the decision's remaining time as its kernel timeout), else routes
+//! ([`super::room`]). Pulled decisions never go through the block manager: they do not count
+//! against `MAX_ACTIVE_BLOCKS` or `BLOCK_RATE_LIMIT`, run no command, write no hosts.deny
+//! line and no per-decision log line; a local scan always finds room.
 //!
-//! The manager decides like for a block by hand: protected, ignored and local addresses are
-//! refused (said once per address here), and a target already blocked here is left alone —
-//! which is how this host's own decisions, coming back through the stream, are not applied
-//! twice, while a decision another portsentry host made for an address not blocked here is.
-//! A decision deleted or expired lifts the fleet block of its value once no other active
-//! decision names that value; lifting is idempotent and never touches a block of another
-//! origin.
+//! Protected, ignored and local addresses are refused with the block manager's own check
+//! ([`crate::protected::refusal`]), counted in the pull's one log line and named at
+//! `--debug`. A decision of origin `portsentry` for a host this host blocks already is this
+//! host's own decision coming back: left alone. Filters (`CROWDSEC_ORIGINS`,
+//! `CROWDSEC_SCENARIOS_*`) go to the LAPI as the stream's query and are applied again to
+//! what comes back. `CROWDSEC_PULL_RESPONDERS` ([`super::responders`]) runs other responders
+//! too, after the kernel has the pull's changes. What `status`, `list` and the metrics show is published in a
+//! [`PullView`] after each pull: they never wait on the LAPI.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, select, unbounded};
+use crossbeam_channel::Receiver;
 
-use super::client::{Decision, Lapi, Stream};
+use super::client::{Decision, Lapi, StreamFilter, Tls};
 use super::duration::{self, Remaining};
-use super::{Health, LinkView, Secret};
-use crate::block::manager::{BlockOutcome, FleetInput};
+use super::responders::{PullResponders, ResponderKeys};
+use super::room::{KernelRoom, RoomSettings};
+use super::table::{DecisionTable, Incoming, Pulled, Verdict};
+use super::{Health, LinkView, ORIGIN, PullView, Secret};
+use crate::block::view::BlockView;
 use crate::block::{Target, parse_target, target_text};
+use crate::config::ignore::IgnoreList;
+use crate::local_addrs::LocalAddrs;
 use crate::log_lines;
+use crate::protected::ProtectView;
+use crate::respond::nftables::NftHandle;
 
-/// Addresses remembered as "refusal already said" at most (then forgotten all at once).
-const WARNED_MEMORY: usize = 10_000;
+/// Refusals named one by one at `--debug` in one pull at most (the rest are counted).
+const DEBUG_NAMES: usize = 1000;
 
 /// What the puller needs; compared at reload to decide whether to restart it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,134 +48,268 @@ pub struct PullConfig {
     pub bouncer_key: Secret,
     /// Time between two pulls.
     pub poll_interval: Duration,
+    /// `CROWDSEC_MAX_DECISIONS`.
+    pub max_decisions: usize,
+    /// `CROWDSEC_ORIGINS` and `CROWDSEC_SCENARIOS_*`.
+    pub filter: StreamFilter,
+    /// Certificates for an `https://` LAPI.
+    pub tls: Tls,
+    /// Where the decisions go in the kernel.
+    pub room: RoomSettings,
+    /// The ignore list in force (a reload that changes it restarts the puller, which then
+    /// re-reads the whole stream).
+    pub ignore: Arc<IgnoreList>,
+    /// `CROWDSEC_PULL_RESPONDERS` and the keys of those responders.
+    pub responders: ResponderKeys,
+}
+
+/// What the puller reads of the rest of the daemon: the blocks in force here (to recognise
+/// its own decisions coming back) and the protected addresses.
+pub struct Context {
+    /// The block manager's published blocks.
+    pub blocks: BlockView,
+    /// The protected addresses.
+    pub protect: ProtectView,
+    /// Where to publish the counts.
+    pub view: Arc<PullView>,
+    /// The config in force, for `CROWDSEC_PULL_RESPONDERS`' context.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// Starts the thread.
 pub fn spawn(
     config: PullConfig,
-    blocks: FleetInput,
+    context: Context,
     stop: Receiver<()>,
 ) -> Result<(JoinHandle<()>, Arc<LinkView>), String> {
-    let (outcomes_tx, outcomes) = unbounded();
+    let lapi = Lapi::with_tls(&config.lapi_url, &config.tls)?;
+    let room = KernelRoom::open(&config.room);
+    let responders = PullResponders::new(&config.responders, Arc::clone(&context.config));
     let mut puller = Puller {
-        lapi: Lapi::new(&config.lapi_url),
+        responders,
+        lapi,
         health: Health::new(&config.lapi_url, "pull"),
+        table: DecisionTable::new(config.max_decisions, room.expires_itself()),
+        room,
         config,
-        blocks,
-        active: HashMap::new(),
-        warned: HashSet::new(),
-        outcomes_tx,
+        context,
+        local: LocalAddrs::new(),
+        resync: false,
+        kernel_time: Duration::ZERO,
+        refused_total: 0,
+        over_total: 0,
     };
     let view = puller.health.view();
     std::thread::Builder::new()
         .name("fleet-pull".into())
-        .spawn(move || puller.run(&outcomes, &stop))
+        .spawn(move || puller.run(&stop))
         .map(|t| (t, view))
         .map_err(|e| format!("cannot start the thread: {e}"))
 }
 
 struct Puller {
+    responders: Option<PullResponders>,
     config: PullConfig,
+    context: Context,
     lapi: Lapi,
     health: Health,
-    blocks: FleetInput,
-    /// Active decision ids by the target they name.
-    active: HashMap<Target, BTreeSet<i64>>,
-    /// Targets whose refusal was logged.
-    warned: HashSet<Target>,
-    outcomes_tx: Sender<(Target, String, BlockOutcome)>,
+    table: DecisionTable,
+    room: KernelRoom,
+    local: LocalAddrs,
+    /// The kernel refused the last changes: rewrite the room at the next pull.
+    resync: bool,
+    /// Time the last pull's kernel changes took.
+    kernel_time: Duration,
+    refused_total: u64,
+    over_total: u64,
 }
 
 impl Puller {
-    fn run(&mut self, outcomes: &Receiver<(Target, String, BlockOutcome)>, stop: &Receiver<()>) {
+    fn run(&mut self, stop: &Receiver<()>) {
         let mut startup = true;
         loop {
-            match self.lapi.stream(self.config.bouncer_key.expose(), startup) {
-                Ok(stream) => {
+            let started = Instant::now();
+            match self.lapi.stream(
+                self.config.bouncer_key.expose(),
+                startup,
+                &self.config.filter,
+            ) {
+                Ok(body) => {
                     self.health.ok();
-                    if startup {
-                        self.active.clear();
-                    }
+                    self.take(&body, startup, started);
                     startup = false;
-                    self.apply(stream);
                 }
                 Err(e) => self.health.failed(&e),
             }
-            let deadline = crossbeam_channel::after(self.config.poll_interval);
-            loop {
-                select! {
-                    recv(stop) -> _ => return,
-                    recv(outcomes) -> o => if let Ok((target, source, outcome)) = o {
-                        self.report(target, &source, &outcome);
-                    },
-                    recv(deadline) -> _ => break,
-                }
+            match stop.recv_timeout(self.config.poll_interval) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
             }
         }
     }
 
-    /// New decisions first (at startup they fill the set of active ones), then deletions.
-    fn apply(&mut self, stream: Stream) {
-        for d in &stream.new {
-            let Some(target) = target_of(d) else {
-                continue;
-            };
+    /// One answer of the stream: parsed (borrowing the body: no copy of tens of thousands
+    /// of strings), judged, kept, applied, logged and published.
+    fn take(&mut self, body: &[u8], startup: bool, started: Instant) {
+        let stream = match super::client::parse_stream(body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.health.failed(&e);
+                return;
+            }
+        };
+        self.local.refresh_if_stale(Instant::now());
+        let protect = self.context.protect.snapshot();
+        let filter = &self.config.filter;
+        let new = stream.new.iter().filter_map(|d| {
+            let target = target_of(d)?;
+            if !filter.accepts(&d.origin, &d.scenario) {
+                return None;
+            }
             match duration::parse(&d.duration) {
-                Ok(Remaining::Left(left)) => {
-                    self.active.entry(target).or_default().insert(d.id);
-                    let source = source_of(d);
-                    let tx = self.outcomes_tx.clone();
-                    let said = source.clone();
-                    self.blocks
-                        .fleet_block(target, left, source, move |outcome| {
-                            let _ = tx.send((target, said, outcome));
-                        });
+                Ok(Remaining::Left(left)) => Some(Incoming {
+                    id: d.id,
+                    target,
+                    left,
+                    origin: &d.origin,
+                }),
+                Ok(Remaining::Over) => None,
+                Err(e) => {
+                    log::debug!("CrowdSec decision {} skipped: {e}", d.id);
+                    None
                 }
-                Ok(Remaining::Over) => {}
-                Err(e) => log::debug!("CrowdSec decision {} skipped: {e}", d.id),
             }
-        }
-        for d in &stream.deleted {
-            let Some(target) = target_of(d) else {
-                continue;
-            };
-            let still = self.active.get_mut(&target).is_some_and(|ids| {
-                ids.remove(&d.id);
-                !ids.is_empty()
-            });
-            if !still {
-                self.active.remove(&target);
-                self.blocks.fleet_unblock(target);
+        });
+        let deleted = stream.deleted.iter().map(|d| d.id);
+        let (local, ignore, blocks) = (&self.local, &self.config.ignore, &self.context.blocks);
+        let judge = |target: &Target, origin: &str| {
+            if let Some(why) = crate::protected::refusal(target, local, &protect, ignore) {
+                return Verdict::Refuse(why);
             }
+            let host = target.prefix_len() == target.max_prefix_len();
+            if origin == ORIGIN && host && blocks.is_blocked(target.addr()) {
+                return Verdict::Here;
+            }
+            Verdict::Apply
+        };
+        let mut pulled = self
+            .table
+            .pull(startup, new, deleted, judge, SystemTime::now());
+        drop(stream);
+        if self.resync && !pulled.changes.flush {
+            pulled.changes = self.table.rewrite(SystemTime::now());
         }
+        self.apply(&mut pulled);
+        self.report(&pulled, started);
     }
 
-    /// Says once per address why a decision was not applied (protected, ignored, local,
-    /// `MAX_ACTIVE_BLOCKS`); "already blocked here" is the normal case of our own decisions
-    /// and says nothing.
-    fn report(&mut self, target: Target, source: &str, outcome: &BlockOutcome) {
-        if outcome.ok || !outcome.detail.starts_with("refused") {
+    /// Applies a pull's changes; when the kernel refuses them (an element expired or
+    /// deleted under our feet, a table flushed by hand), rewrites the whole room once.
+    fn apply(&mut self, pulled: &mut Pulled) {
+        self.kernel_time = Duration::ZERO;
+        if pulled.changes.is_empty() {
             return;
         }
-        if self.warned.len() >= WARNED_MEMORY {
-            self.warned.clear();
+        let started = Instant::now();
+        let result = match self.room.apply(&pulled.changes) {
+            Err(e) if !pulled.changes.flush => {
+                log::debug!("CrowdSec changes refused by the kernel ({e}); rewriting the set");
+                let full = self.table.rewrite(SystemTime::now());
+                self.room.apply(&full)
+            }
+            other => other,
+        };
+        self.kernel_time = started.elapsed();
+        match result {
+            Ok(()) => {
+                self.resync = false;
+                self.run_responders();
+            }
+            Err(e) => {
+                if !self.resync {
+                    log::error!("{}", log_lines::fleet_kernel_failed(e));
+                }
+                self.resync = true;
+            }
         }
-        if self.warned.insert(target) {
+    }
+
+    /// `CROWDSEC_PULL_RESPONDERS`: run for what the kernel now holds that they have not
+    /// seen, undone for what it no longer holds; one line when they did something.
+    fn run_responders(&mut self) {
+        let Some(r) = &mut self.responders else {
+            return;
+        };
+        let ran = r.follow(self.table.written(), &NftHandle::closed());
+        if ran != Default::default() {
+            log::info!(
+                "{}",
+                log_lines::fleet_responders_ran(ran.applied, ran.undone, ran.failed)
+            );
+        }
+    }
+
+    /// The pull's one line (when it changed something), the debug names of the refused,
+    /// the limit's line, and the published counts.
+    fn report(&mut self, pulled: &Pulled, started: Instant) {
+        for (target, why) in pulled.refused.iter().take(DEBUG_NAMES) {
+            log::debug!(
+                "{}",
+                log_lines::fleet_decision_not_applied(&target_text(target), "pulled", why)
+            );
+        }
+        if pulled.limit_reached {
             log::warn!(
                 "{}",
-                log_lines::fleet_decision_not_applied(
-                    &target_text(&target),
-                    &crate::record::excerpt(source),
-                    &outcome.detail
+                log_lines::fleet_limit_reached(self.config.max_decisions)
+            );
+        }
+        let counts = self.table.counts();
+        if pulled.changed() {
+            log::info!(
+                "{}",
+                log_lines::fleet_pulled(
+                    &log_lines::FleetPullCounts {
+                        added: pulled.added,
+                        removed: pulled.removed,
+                        refused: pulled.refused.len(),
+                        over_limit: pulled.over_limit,
+                        held: self.table.len(),
+                    },
+                    &counts,
+                    started.elapsed(),
+                    self.kernel_time
                 )
             );
         }
+        self.refused_total += pulled.refused.len() as u64;
+        self.over_total += pulled.over_limit as u64;
+        self.context.view.publish(super::PullSnapshot {
+            per_origin: counts,
+            held: self.table.len() as u64,
+            elements: self.table.elements() as u64,
+            refused: self.refused_total,
+            over_limit: self.over_total,
+            room: self.room.name().to_string(),
+        });
+    }
+}
+
+impl Drop for Puller {
+    /// A stopped puller (reload, stop) leaves the kernel as it is: nftables elements expire
+    /// on their own; routes are removed (they never would).
+    fn drop(&mut self) {
+        if let Some(r) = &mut self.responders {
+            r.release(&NftHandle::closed());
+        }
+        self.room.release();
+        self.context.view.publish(super::PullSnapshot::default());
     }
 }
 
 /// The target of a `ban` decision of scope `Ip` or `Range`; `None` for anything else
 /// (captcha, country and AS scopes, unreadable values).
-fn target_of(d: &Decision) -> Option<Target> {
+fn target_of(d: &Decision<'_>) -> Option<Target> {
     if !d.kind.eq_ignore_ascii_case("ban") {
         return None;
     }
@@ -176,64 +322,36 @@ fn target_of(d: &Decision) -> Option<Target> {
     }
 }
 
-/// What `list` keeps of a decision: its origin (one word) and scenario.
-fn source_of(d: &Decision) -> String {
-    let origin: String = d
-        .origin
-        .chars()
-        .filter(|c| !c.is_whitespace() && !c.is_control())
-        .take(40)
-        .collect();
-    let origin = if origin.is_empty() {
-        "unknown".to_string()
-    } else {
-        origin
-    };
-    format!("{origin} {}", crate::record::excerpt(&d.scenario))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
-    fn decision(id: i64, scope: &str, value: &str, duration: &str) -> Decision {
+    fn decision<'a>(scope: &'a str, value: &'a str) -> Decision<'a> {
         Decision {
-            id,
-            origin: "cscli".into(),
-            scenario: "manual 'ban' from 'h'".into(),
-            scope: scope.into(),
-            kind: "ban".into(),
-            value: value.into(),
-            duration: duration.into(),
+            id: 1,
+            origin: Cow::Borrowed("cscli"),
+            scenario: Cow::Borrowed("manual 'ban' from 'h'"),
+            scope: Cow::Borrowed(scope),
+            kind: Cow::Borrowed("ban"),
+            value: Cow::Borrowed(value),
+            duration: Cow::Borrowed("1s"),
         }
     }
 
     #[test]
     fn only_ban_decisions_for_ips_and_ranges_are_blocks() {
-        let t = |d: &Decision| target_of(d).map(|t| target_text(&t));
+        let t = |d: &Decision<'_>| target_of(d).map(|t| target_text(&t));
+        assert_eq!(t(&decision("Ip", "10.0.0.5")).as_deref(), Some("10.0.0.5"));
         assert_eq!(
-            t(&decision(1, "Ip", "10.0.0.5", "1s")).as_deref(),
-            Some("10.0.0.5")
-        );
-        assert_eq!(
-            t(&decision(1, "Range", "fd77:1::/64", "1s")).as_deref(),
+            t(&decision("Range", "fd77:1::/64")).as_deref(),
             Some("fd77:1::/64")
         );
-        assert_eq!(t(&decision(1, "Ip", "10.0.0.0/24", "1s")), None);
-        assert_eq!(t(&decision(1, "Country", "FR", "1s")), None);
-        let mut captcha = decision(1, "Ip", "10.0.0.5", "1s");
-        captcha.kind = "captcha".into();
+        assert_eq!(t(&decision("Ip", "10.0.0.0/24")), None);
+        assert_eq!(t(&decision("Country", "FR")), None);
+        let mut captcha = decision("Ip", "10.0.0.5");
+        captcha.kind = Cow::Borrowed("captcha");
         assert_eq!(t(&captcha), None);
-        assert_eq!(t(&decision(1, "Ip", "not-an-ip", "1s")), None);
-    }
-
-    #[test]
-    fn the_source_keeps_one_word_of_origin_and_the_scenario() {
-        let mut d = decision(1, "Ip", "10.0.0.5", "1s");
-        assert_eq!(source_of(&d), "cscli manual 'ban' from 'h'");
-        d.origin = "evil origin\n".into();
-        assert!(source_of(&d).starts_with("evilorigin "));
-        d.origin.clear();
-        assert!(source_of(&d).starts_with("unknown "));
+        assert_eq!(t(&decision("Ip", "not-an-ip")), None);
     }
 }

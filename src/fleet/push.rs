@@ -51,6 +51,8 @@ pub struct PushConfig {
     pub password: Secret,
     /// The persistent outbox.
     pub outbox_file: PathBuf,
+    /// Certificates for an `https://` LAPI.
+    pub tls: super::client::Tls,
 }
 
 /// Opens the outbox and starts the thread; `Err` when the outbox cannot be opened.
@@ -72,7 +74,7 @@ pub fn spawn(
     if waiting > 0 {
         log::info!("{}", log_lines::fleet_backlog(waiting));
     }
-    let mut pusher = Pusher::new(config, outbox);
+    let mut pusher = Pusher::new(config, outbox)?;
     let view = pusher.health.view();
     std::thread::Builder::new()
         .name("fleet-push".into())
@@ -105,9 +107,9 @@ struct Pusher {
 
 impl Pusher {
     /// A pusher that has not logged in or failed yet, delivering `outbox` to `config`'s LAPI.
-    fn new(config: PushConfig, outbox: Outbox) -> Pusher {
-        Pusher {
-            lapi: Lapi::new(&config.lapi_url),
+    fn new(config: PushConfig, outbox: Outbox) -> Result<Pusher, String> {
+        Ok(Pusher {
+            lapi: Lapi::with_tls(&config.lapi_url, &config.tls)?,
             health: Health::new(&config.lapi_url, "push"),
             config,
             token: None,
@@ -116,7 +118,7 @@ impl Pusher {
             refusals: 0,
             next_try: Instant::now(),
             fallback_said: false,
-        }
+        })
     }
 
     fn run(&mut self, notes: &Receiver<BlockNote>, stop: &Receiver<()>) {
@@ -404,39 +406,56 @@ fn work_of(note: &BlockNote) -> Work {
 }
 
 fn post_of(record: &BlockRecord) -> Post {
-    let (scenario, message) = match (&record.origin, &record.trigger) {
+    let value = target_text(&record.target);
+    let pair = |k: &str, v: String| (k.to_string(), v);
+    let (scenario, message, meta) = match (&record.origin, &record.trigger) {
         (Origin::Scan, Some(t)) => (
             "portsentry/port-scan",
             format!(
                 "portsentry: {} from {} on port {}/{} (mode {}), offence {}",
                 t.kind,
-                target_text(&record.target),
+                value,
                 t.port,
                 t.proto.lower(),
                 t.mode.as_str(),
                 record.offences
             ),
+            vec![
+                pair("log_type", "portsentry_probe".into()),
+                pair("source_ip", value.clone()),
+                pair("destination_port", t.port.to_string()),
+                pair("protocol", t.proto.lower().to_string()),
+                pair("mode", t.mode.as_str().to_string()),
+                pair("probe", t.kind.clone()),
+                pair("offence", record.offences.to_string()),
+            ],
         ),
         _ => (
             "portsentry/manual",
             format!(
                 "portsentry: {} blocked by hand{}",
-                target_text(&record.target),
+                value,
                 if record.reason.is_empty() {
                     String::new()
                 } else {
                     format!(": {}", crate::record::excerpt(&record.reason))
                 }
             ),
+            vec![
+                pair("log_type", "portsentry_manual".into()),
+                pair("source_ip", value.clone()),
+                pair("reason", crate::record::excerpt(&record.reason)),
+            ],
         ),
     };
     Post {
         scope: scope_of(record).into(),
-        value: target_text(&record.target),
+        value,
         scenario: scenario.into(),
         message,
         since: record.since,
         until: record.until,
+        meta,
     }
 }
 
@@ -448,13 +467,24 @@ fn alert_json(post: &Post, now: SystemTime) -> Option<serde_json::Value> {
         None => PERMANENT,
     };
     let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    // The evidence, so that `cscli alerts inspect -d` shows why the host was blocked.
+    let events = if post.meta.is_empty() {
+        json!([])
+    } else {
+        let meta: Vec<serde_json::Value> = post
+            .meta
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        json!([{"timestamp": time(post.since.min(now)), "meta": meta}])
+    };
     Some(json!({
         "scenario": post.scenario,
         "scenario_hash": "",
         "scenario_version": env!("CARGO_PKG_VERSION"),
         "message": post.message,
         "events_count": 1,
-        "events": [],
+        "events": events,
         "start_at": time(post.since.min(now)),
         "stop_at": time(now),
         "capacity": 0,
@@ -580,8 +610,9 @@ mod tests {
             machine_id: "m".into(),
             password: Secret("pw".into()),
             outbox_file: dir.join("outbox"),
+            tls: Default::default(),
         };
-        Pusher::new(config, outbox)
+        Pusher::new(config, outbox).unwrap()
     }
 
     #[test]
@@ -753,7 +784,24 @@ mod tests {
         assert_eq!(d["duration"], "3599s");
         assert_eq!(d["scenario"], "portsentry/port-scan");
         assert_eq!(alert["source"]["value"], "fd77::9");
-        assert_eq!(alert["events"], json!([]));
+        let event = &alert["events"][0];
+        assert_eq!(event["timestamp"], "2027-01-15T08:00:00.000Z");
+        let meta: Vec<(String, String)> = event["meta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["key"].as_str().unwrap().into(),
+                    m["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let has = |k: &str, v: &str| meta.contains(&(k.to_string(), v.to_string()));
+        assert!(has("destination_port", "143"), "{meta:?}");
+        assert!(has("protocol", "tcp") && has("mode", "stcp"), "{meta:?}");
+        assert!(has("probe", "TCP SYN/Normal scan"), "{meta:?}");
+        assert!(has("source_ip", "fd77::9"), "{meta:?}");
         let message = alert["message"].as_str().unwrap();
         assert!(
             message.contains("TCP SYN/Normal scan")
@@ -762,6 +810,17 @@ mod tests {
             "{message}"
         );
         assert!(alert_json(&post, record.since + Duration::from_secs(3600)).is_none());
+    }
+
+    #[test]
+    fn a_post_from_an_older_outbox_has_no_events_and_still_posts() {
+        let line = r#"{"scope":"Ip","value":"10.0.0.1","scenario":"portsentry/port-scan","message":"m","since":"2027-01-15T08:00:00Z","until":"2027-01-15T09:00:00Z"}"#;
+        let post: Post = serde_json::from_str(line).unwrap();
+        assert!(post.meta.is_empty());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_060);
+        let alert = alert_json(&post, now).unwrap();
+        assert_eq!(alert["events"], json!([]));
+        assert_eq!(alert["decisions"][0]["duration"], "3540s");
     }
 
     #[test]

@@ -619,7 +619,23 @@ proptest! {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Status),
-        Just(Request::List),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            proptest::option::of(".{0,10}"),
+        )
+            .prop_map(|(targets, origin)| Request::List { targets, origin }),
+        (
+            proptest::collection::vec(".{0,16}", 0..3),
+            any::<bool>(),
+            proptest::option::of(".{0,10}"),
+            any::<bool>(),
+        )
+            .prop_map(|(targets, all, origin, covering)| Request::UnblockMany {
+                targets,
+                all,
+                origin,
+                covering,
+            }),
         Just(Request::Reload),
         (".{0,20}", any::<bool>())
             .prop_map(|(target, covering)| Request::Unblock { target, covering }),
@@ -656,7 +672,10 @@ fn response() -> impl Strategy<Value = Response> {
                     .collect(),
             }
         }),
-        records(false).prop_map(|blocks| Response::List { blocks }),
+        records(false).prop_map(|blocks| Response::List {
+            blocks,
+            fleet: None,
+        }),
         status().prop_map(Response::Status),
     ]
 }
@@ -704,6 +723,7 @@ fn status() -> impl Strategy<Value = StatusReport> {
                     responder_failures: c[9],
                 },
                 fleet: Vec::new(),
+                storage: Vec::new(),
             },
         )
 }

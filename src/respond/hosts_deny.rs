@@ -26,7 +26,7 @@ use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
 use crate::config::read::{HOSTS_DENY_CAP, ReadError, read_regular};
 use crate::log_lines;
-use crate::record::{self, Target};
+use crate::record::Target;
 
 /// Serialises edits of deny files by this process (appends and removals both run on the
 /// block manager's responder workers, several at once), and holds what the last append saw.
@@ -173,40 +173,60 @@ fn read_hosts_deny(path: &Path) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// `$TARGET$` as tcp_wrappers reads it (hosts_access(5)): an IPv4 host or network as 1.2
-/// wrote it (`10.0.0.1`, `10.0.0.0/24`), an IPv6 one in brackets (`[fd98::2]`,
-/// `[fd98::]/64`). Unbracketed, tcpd reads `fd98::2` as the host name `fd98` and grants
-/// access.
+/// `$TARGET$` as tcp_wrappers reads it (hosts_access(5)): an IPv4 host as 1.2 wrote it
+/// (`10.0.0.1`), an IPv4 network as `net/mask` (`10.0.0.0/255.255.255.0`: the only IPv4
+/// network form hosts_access(5) documents; tcp_wrappers 7.6 reads `10.0.0.0/24` as a bad
+/// net/mask and grants access to everyone inside, though Debian 12's tcpd 7.6.q-32 happens to
+/// accept it), an IPv6 one in brackets (`[fd98::2]`,
+/// `[fd98::]/64`: unbracketed, tcpd reads `fd98::2` as the host name `fd98` and grants
+/// access).
 pub fn wrappers_target(target: &Target) -> String {
     match target {
-        IpNet::V4(_) => record::target_text(target),
+        IpNet::V4(net) if net.prefix_len() == net.max_prefix_len() => net.addr().to_string(),
+        IpNet::V4(net) => format!("{}/{}", net.network(), net.netmask()),
         IpNet::V6(net) if net.prefix_len() == net.max_prefix_len() => format!("[{}]", net.addr()),
         IpNet::V6(net) => format!("[{}]/{}", net.trunc().addr(), net.prefix_len()),
     }
 }
 
-/// `line` and the same line with each IPv6 address or network in the other form (bracketed
-/// or bare), so that a removal takes out lines written before IPv6 targets were bracketed
-/// as well as after.
+/// The other form of one token of a line that names a target, when it has one: an IPv6
+/// address or network bracketed or bare, an IPv4 network as `net/mask` or `net/bits`.
+fn other_form(token: &str) -> Option<String> {
+    if let Some(inner) = token.strip_prefix('[') {
+        let (addr, rest) = inner.split_once(']')?;
+        addr.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some(format!("{addr}{rest}"));
+    }
+    let (addr, rest) = match token.split_once('/') {
+        Some((a, bits)) => (a, Some(bits)),
+        None => (token, None),
+    };
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Some(format!(
+            "[{addr}]{}",
+            rest.map(|b| format!("/{b}")).unwrap_or_default()
+        ));
+    }
+    let net = addr.parse::<std::net::Ipv4Addr>().ok()?;
+    let rest = rest?;
+    if let Ok(mask) = rest.parse::<std::net::Ipv4Addr>() {
+        let bits = ipnet::ipv4_mask_to_prefix(mask).ok()?;
+        Some(format!("{net}/{bits}"))
+    } else {
+        let bits = rest.parse::<u8>().ok()?;
+        let mask = ipnet::Ipv4Net::new(net, bits).ok()?.netmask();
+        Some(format!("{net}/{mask}"))
+    }
+}
+
+/// `line` and the same line with each target in its other form (see [`other_form`]), so that
+/// a removal takes out lines written before IPv6 targets were bracketed and IPv4 networks
+/// written as `net/mask`, as well as after.
 fn target_forms(line: &str) -> Vec<String> {
     let mut forms = vec![line.to_string()];
     for token in line.split(|c: char| c.is_whitespace() || c == ',') {
-        let other = if let Some(inner) = token.strip_prefix('[') {
-            match inner.split_once(']') {
-                Some((addr, rest)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
-                    format!("{addr}{rest}")
-                }
-                _ => continue,
-            }
-        } else {
-            let (addr, rest) = match token.split_once('/') {
-                Some((a, bits)) => (a, format!("/{bits}")),
-                None => (token, String::new()),
-            };
-            if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                continue;
-            }
-            format!("[{addr}]{rest}")
+        let Some(other) = other_form(token) else {
+            continue;
         };
         let more: Vec<String> = forms.iter().map(|f| f.replace(token, &other)).collect();
         forms.extend(more);
@@ -490,8 +510,60 @@ mod tests {
         );
         let net: Target = "fd98::/64".parse().unwrap();
         assert_eq!(wrappers_target(&net), "[fd98::]/64");
-        let net4: Target = "10.0.0.0/24".parse().unwrap();
-        assert_eq!(wrappers_target(&net4), "10.0.0.0/24");
+    }
+
+    #[test]
+    fn networks_are_written_as_tcpd_matches_them_ipv4_as_net_slash_mask() {
+        for (target, written) in [
+            ("10.0.0.0/24", "10.0.0.0/255.255.255.0"),
+            ("10.77.5.0/25", "10.77.5.0/255.255.255.128"),
+            ("10.0.0.0/8", "10.0.0.0/255.0.0.0"),
+            ("10.1.2.3/32", "10.1.2.3"),
+            ("fd98:1:2:3::/64", "[fd98:1:2:3::]/64"),
+            ("fd98::7/128", "[fd98::7]"),
+        ] {
+            let t: Target = target.parse().unwrap();
+            assert_eq!(wrappers_target(&t), written, "{target}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        let mut r = HostsDenyResponder::new("ALL: $TARGET$ : DENY", file.clone());
+        let outcome = respond_once(&mut r, "10.77.5.0/24", 1, Mode::Tcp, ProbeKind::Connect);
+        assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "ALL: 10.77.5.0/255.255.255.0 : DENY\n"
+        );
+    }
+
+    #[test]
+    fn removal_of_an_ipv4_network_takes_out_the_mask_and_the_old_bits_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(
+            &file,
+            "ALL: 10.77.5.0/24 : DENY\nsshd: 10.77.6.0/255.255.255.0\n\
+             ALL: 10.77.5.0/255.255.255.0 : DENY\nALL: 10.77.5.0/25 : DENY\n",
+        )
+        .unwrap();
+        // An undo recorded before the change holds the /24 form; a new one the mask.
+        assert_eq!(
+            remove_line(&file, "ALL: 10.77.5.0/24 : DENY").unwrap(),
+            Removal::Removed(2)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "sshd: 10.77.6.0/255.255.255.0\nALL: 10.77.5.0/25 : DENY\n"
+        );
+        std::fs::write(&file, "ALL: 10.77.5.0/24 : DENY\n").unwrap();
+        assert_eq!(
+            remove_line(&file, "ALL: 10.77.5.0/255.255.255.0 : DENY").unwrap(),
+            Removal::Removed(1)
+        );
+        // Hosts and non-contiguous masks have no other form.
+        assert_eq!(other_form("10.77.5.9"), None);
+        assert_eq!(other_form("10.77.5.0/255.0.255.0"), None);
+        assert_eq!(other_form("sshd:"), None);
     }
 
     #[test]
@@ -588,11 +660,13 @@ mod tests {
         let real = dir.path().join("real.deny");
         std::fs::write(&real, "a\nALL: x\nb\n").unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
-        // Giving the file another owner needs root; without it only the mode is checked.
-        let root = nix::unistd::Uid::effective().is_root();
-        if root {
-            std::os::unix::fs::chown(&real, Some(1), Some(2)).unwrap();
-        }
+        // Giving the file another owner needs root: not being root fails the test, as the
+        // end-to-end tests do, rather than checking only half of it.
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root (to give the file another owner)"
+        );
+        std::os::unix::fs::chown(&real, Some(1), Some(2)).unwrap();
         let link = dir.path().join("hosts.deny");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert_eq!(remove_line(&link, "ALL: x").unwrap(), Removal::Removed(1));
@@ -604,9 +678,7 @@ mod tests {
         );
         let meta = std::fs::metadata(&real).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o640);
-        if root {
-            assert_eq!((meta.uid(), meta.gid()), (1, 2));
-        }
+        assert_eq!((meta.uid(), meta.gid()), (1, 2));
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "a\nb\n");
     }
 

@@ -43,6 +43,9 @@ pub struct ResponseContext<'a> {
     pub until: Option<SystemTime>,
     /// The block is re-applied after a restart, not new: notifications may stay quiet.
     pub restored: bool,
+    /// The hosts a prefix block escalated from took over (their blocks were folded into
+    /// it); empty for every other block.
+    pub members: &'a [IpAddr],
 }
 
 impl<'a> ResponseContext<'a> {
@@ -56,6 +59,7 @@ impl<'a> ResponseContext<'a> {
             config,
             until: None,
             restored: false,
+            members: &[],
         }
     }
 
@@ -78,14 +82,18 @@ pub enum UnblockReason {
     Expired,
     /// An operator lifted it (`portsentry unblock`).
     Unblock,
+    /// A host block taken over by the block of its prefix (escalation): the prefix's own
+    /// `block` event follows or came just before.
+    Escalated,
 }
 
 impl UnblockReason {
-    /// `"expired"` / `"unblock"`, the text of `ev.reason`.
+    /// `"expired"` / `"unblock"` / `"escalated"`, the text of `ev.reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             UnblockReason::Expired => "expired",
             UnblockReason::Unblock => "unblock",
+            UnblockReason::Escalated => "escalated",
         }
     }
 }
@@ -126,7 +134,9 @@ pub trait Responder: Send {
     }
 }
 
-/// Test support: runs a responder once for a probe from `src`, with default config.
+/// Test support: runs a responder once for a probe from `src`, with default config; `src`
+/// may be a network (`10.0.0.0/24`), which is then the target (the probe comes from its
+/// network address).
 #[cfg(test)]
 pub(crate) fn respond_once(
     responder: &mut dyn Responder,
@@ -136,11 +146,15 @@ pub(crate) fn respond_once(
     kind: crate::event::ProbeKind,
 ) -> Outcome {
     let config = crate::config::build::defaults(std::path::Path::new("portsentry.conf"));
+    let target = crate::record::parse_target(src).expect("test address or network");
     let alert = Candidate {
-        hit: crate::event::Hit::now(src.parse().expect("test address"), port, mode, kind),
+        hit: crate::event::Hit::now(target.addr(), port, mode, kind),
         count: 1,
         already_blocked: false,
         actionable: true,
     };
-    responder.respond(&ResponseContext::for_alert(&alert, src, &config))
+    responder.respond(&ResponseContext {
+        target,
+        ..ResponseContext::for_alert(&alert, src, &config)
+    })
 }

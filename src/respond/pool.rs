@@ -6,6 +6,7 @@
 //! [`JobResult`] back; the manager decides what that means.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -176,6 +177,8 @@ pub struct BlockToApply {
     /// Re-applied after a restart (notifications stay quiet, `KILL_RUN_CMD` runs only when
     /// it can be undone).
     pub restored: bool,
+    /// The hosts an escalated prefix block took over (empty otherwise).
+    pub members: Vec<IpAddr>,
 }
 
 /// Apply blocks: one (a new block runs alone, so a hanging responder delays only its own
@@ -213,12 +216,23 @@ pub struct UndoJob {
     pub lua: LuaPlugins,
 }
 
+/// Give a block in force a later end in the kernel: its nftables element gets the new
+/// time left (the other responders' actions have no end of their own).
+pub struct RefreshJob {
+    /// Manager's job number, echoed in the result.
+    pub id: u64,
+    /// The block, with its new end.
+    pub record: BlockRecord,
+}
+
 /// Work for the pool.
 pub enum Job {
     /// See [`ApplyJob`].
     Apply(Box<ApplyJob>),
     /// See [`UndoJob`].
     Undo(Box<UndoJob>),
+    /// See [`RefreshJob`].
+    Refresh(Box<RefreshJob>),
 }
 
 /// What a job did.
@@ -236,6 +250,15 @@ pub enum JobResult {
         failures: usize,
         /// A Lua responder vetoed the block (already logged).
         vetoed: bool,
+    },
+    /// A block's kernel timeout was renewed; `error` says why not.
+    Refreshed {
+        /// The job.
+        id: u64,
+        /// Its target.
+        target: Target,
+        /// What failed, if anything did.
+        error: Option<String>,
     },
     /// A block's actions were undone (as far as possible).
     Undone {
@@ -429,6 +452,7 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nf
                 done
             }
             Job::Undo(job) => undo(&job, timings, nft),
+            Job::Refresh(job) => vec![refresh(&job.record, job.id, nft)],
         };
         heartbeat::idle();
         crate::logging::flush();
@@ -437,6 +461,35 @@ fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nf
                 return;
             }
         }
+    }
+}
+
+/// Puts a block's nftables element back with the time its record now has left (delete and
+/// add: the kernel keeps an element's first timeout otherwise). A block without an
+/// nftables action has nothing to renew.
+fn refresh(record: &BlockRecord, id: u64, nft: &NftHandle) -> JobResult {
+    let tables = record.actions.iter().filter_map(|a| match &a.undo {
+        crate::record::Undo::Nftables { table } => Some(table.clone()),
+        _ => None,
+    });
+    let left = record
+        .remaining(SystemTime::now())
+        .map(|d| d.max(Duration::from_secs(1)));
+    let mut error = None;
+    let host = record.target.prefix_len() == record.target.max_prefix_len();
+    for table in tables.filter(|_| host) {
+        let addr = record.target.addr();
+        let renewed = nft
+            .delete(&table, addr)
+            .and_then(|()| nft.add(&[(addr, left)]));
+        if let Err(e) = renewed {
+            error = Some(e.to_string());
+        }
+    }
+    JobResult::Refreshed {
+        id,
+        target: record.target,
+        error,
     }
 }
 
@@ -469,6 +522,7 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
             config,
             until: b.until,
             restored: b.restored,
+            members: &b.members,
         })
         .collect();
     let whos: Vec<String> = job.blocks.iter().map(|b| target_text(&b.target)).collect();
@@ -605,6 +659,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
                 config,
                 until: record.until,
                 restored: false,
+                members: &record.members,
             };
             let outcomes = record
                 .actions
@@ -708,6 +763,7 @@ mod tests {
                     level: BlockLevel::All,
                     until: None,
                     restored: true,
+                    members: Vec::new(),
                 }
             })
             .collect();

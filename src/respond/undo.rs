@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::command::{CommandStatus, run_shell};
 use super::hosts_deny::{Removal, remove_line, remove_lines};
 use super::lua::LuaPlugins;
-use super::nftables::{NftHandle, host_of, set_of};
+use super::nftables::NftHandle;
 use super::{Action, ResponseContext, Undo, route};
 
 pub use super::UnblockReason;
@@ -70,19 +70,13 @@ pub fn undo_action(
             Ok(detail) => UndoOutcome::Done(detail),
             Err(why) => UndoOutcome::Failed(why),
         },
-        Undo::Nftables { table } => {
-            let deleted = host_of(ctx.target).and_then(|addr| {
-                nft.delete(table, addr)?;
-                Ok(addr)
-            });
-            match deleted {
-                Ok(addr) => UndoOutcome::Done(format!(
-                    "{addr} is out of set inet {table} {}",
-                    set_of(addr)
-                )),
-                Err(e) => UndoOutcome::Failed(e.to_string()),
-            }
-        }
+        Undo::Nftables { table } => match nft.delete_target(table, ctx.target) {
+            Ok(set) => UndoOutcome::Done(format!(
+                "{} is out of set inet {table} {set}",
+                ctx.target_text()
+            )),
+            Err(e) => UndoOutcome::Failed(e.to_string()),
+        },
     }
 }
 

@@ -139,6 +139,14 @@ fn nmap_connect_scan_over_ipv6_is_blocked_with_ipv6_route_and_history() {
     );
     // tcp_wrappers reads an IPv6 client only in brackets.
     assert_eq!(lab.read("hosts.deny"), format!("ALL: [{att}] : DENY\n"));
+    // The history line is written once every responder is done: KILL_RUN_CMD runs last.
+    d.expect_line(&format!("External command run for host: {att} "), 10);
+    assert!(
+        crate::blocks::wait_for(5, || lab
+            .read("portsentry.history")
+            .contains(&format!("/{att} "))),
+        "no history line"
+    );
     assert_history_line(&lab.read("portsentry.history"), att, "TCP");
 }
 

@@ -1,6 +1,7 @@
 //! Bad configuration: a clear message naming file and line, a non-zero exit, nothing started.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::lab::{Daemon, Lab, binary};
 
@@ -312,4 +313,44 @@ fn check_config_without_modes_still_checks_the_output_files() {
     let conf = lab.write_config("TCP_PORTS=\"79\"");
     let (code, err) = check(&conf, &no_modes);
     assert_eq!(code, 0, "{err}");
+}
+
+/// What the attacker reads from the defender's `port` until the daemon closes it.
+fn banner_from(lab: &Lab, port: u16) -> Vec<u8> {
+    let dst: std::net::SocketAddr = format!("{}:{port}", lab.def4).parse().unwrap();
+    lab.in_att(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))
+            .expect("connect to the trap port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    })
+    .join()
+    .expect("attacker client")
+}
+
+#[test]
+fn a_2_kib_port_banner_is_refused_by_check_and_start_while_1_kib_is_sent_whole() {
+    let lab = Lab::new();
+    let kib = "B".repeat(1024);
+    let conf = lab.write_config(&format!("TCP_PORTS=\"79\"\nPORT_BANNER=\"{kib}{kib}\""));
+    let expected = format!("{}:2: PORT_BANNER: \"BBBB", conf.display());
+    let why = "2048 bytes, longer than the 1024 bytes allowed";
+    let (code, err) = check(&conf, &["-tcp"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&expected) && err.contains(why), "{err}");
+    let mut d = Daemon::spawn(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    let status = d.wait_exit(20).expect("daemon exits");
+    assert_eq!(status.code(), Some(1));
+    let log = d.lines().join("\n");
+    assert!(log.contains(&expected) && log.contains(why), "{log}");
+    assert!(!log.contains("Going into listen mode"), "{log}");
+    // Positive control: the largest banner allowed passes both and reaches the scanner whole.
+    let conf = lab.write_config(&format!("TCP_PORTS=\"79\"\nPORT_BANNER=\"{kib}\""));
+    let (code, err) = check(&conf, &["-tcp"]);
+    assert_eq!(code, 0, "{err}");
+    let _d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    assert_eq!(banner_from(&lab, 79), kib.as_bytes());
 }

@@ -22,7 +22,7 @@ use lapi::{LapiServer, daemon_config, has_route, time_until};
 const LISTEN: &str = "127.0.0.1:8080";
 
 /// A LAPI in the lab with bouncer `host-a`, and a daemon that only pulls from it (1 s polls).
-fn pulling_daemon(lab: &Lab) -> (LapiServer, Daemon) {
+pub(crate) fn pulling_daemon(lab: &Lab) -> (LapiServer, Daemon) {
     let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
     lapi.start();
     let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
@@ -66,6 +66,33 @@ fn a_scan_becomes_a_decision_and_unblock_deletes_only_it() {
     assert!(
         left.starts_with("59m") || left.starts_with("1h0m0s"),
         "{left}"
+    );
+    // The alert carries its evidence: `cscli alerts inspect -d` shows the probe.
+    let alerts = lapi.cscli_ok(&["alerts", "list", "-o", "json", "-a"]);
+    let alerts: Vec<serde_json::Value> = serde_json::from_str(&alerts).expect("alerts json");
+    let alert = alerts
+        .iter()
+        .find(|a| a["source"]["value"] == att.as_str())
+        .unwrap_or_else(|| panic!("no alert for {att}: {alerts:?}"));
+    let id = alert["id"].to_string();
+    let inspected = lapi.cscli_ok(&["alerts", "inspect", "-d", "-o", "json", &id]);
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).expect("inspect json");
+    let meta = &inspected["events"][0]["meta"];
+    let has = |k: &str, v: &str| {
+        meta.as_array()
+            .is_some_and(|m| m.iter().any(|p| p["key"] == k && p["value"] == v))
+    };
+    assert!(
+        has("destination_port", "79")
+            && has("protocol", "tcp")
+            && has("mode", "tcp")
+            && has("probe", "TCP connect")
+            && has("source_ip", &att),
+        "{inspected}"
+    );
+    assert!(
+        inspected["events"][0]["timestamp"].is_string(),
+        "{inspected}"
     );
     assert!(
         d.wait_line("CrowdSec LAPI", 1)
@@ -138,21 +165,17 @@ fn a_cscli_decision_is_applied_within_a_poll_and_lifted_when_deleted() {
         took < Duration::from_secs(2),
         "applied {took:?} after cscli returned (poll 1s)"
     );
+    // A kernel element of the fleet's own, counted per origin; no block of the manager.
     let list = lab.ctl_ok(&["list"]);
-    let row = list
-        .lines()
-        .find(|l| l.starts_with(ip))
-        .unwrap_or_else(|| panic!("{list}"));
-    assert!(row.contains("fleet:cscli"), "{row}");
-    let json = crate::blocks::list(&lab);
-    let until = json[0]["until"].as_str().unwrap();
-    let until = humantime::parse_rfc3339_weak(until).unwrap();
-    let left = until
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
+    assert!(list.starts_with("no blocks in force\n"), "{list}");
     assert!(
-        left <= Duration::from_secs(30) && left > Duration::from_secs(20),
-        "{left:?}"
+        list.contains("fleet: 1 decisions in force (cscli 1), 1 elements in routes"),
+        "{list}"
+    );
+    let status = lab.ctl_ok(&["status"]);
+    assert!(
+        status.contains("crowdsec decisions: 1 decisions in force (cscli 1)"),
+        "{status}"
     );
 
     lapi.cscli_ok(&["decisions", "delete", "--ip", ip]);
@@ -161,7 +184,11 @@ fn a_cscli_decision_is_applied_within_a_poll_and_lifted_when_deleted() {
         "lifted after deletion: {}",
         lab.def_routes()
     );
-    assert!(lab.ctl_ok(&["list"]).contains("no blocks in force"));
+    let list = lab.ctl_ok(&["list"]);
+    assert!(
+        list.contains("no blocks in force\nfleet: 0 decisions in force"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -207,7 +234,7 @@ fn range_decisions_are_applied_for_v4_and_v6_and_a_local_block_is_never_lifted_b
 }
 
 #[test]
-fn a_decision_for_a_protected_or_ignored_address_is_not_applied_and_said_once() {
+fn a_decision_for_a_protected_or_ignored_address_is_refused_counted_and_named_at_debug_only() {
     let lab = Lab::new();
     let ignored = "10.77.250.50";
     std::fs::write(
@@ -215,7 +242,11 @@ fn a_decision_for_a_protected_or_ignored_address_is_not_applied_and_said_once() 
         format!("127.0.0.1/32\n0.0.0.0\n{ignored}\n"),
     )
     .unwrap();
-    let (lapi, d) = pulling_daemon(&lab);
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let conf = daemon_config(&lab, &fleet);
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp", "--debug"]);
     let own = lab.def4.clone();
     let control = "10.77.250.9";
     for ip in [own.as_str(), ignored, control] {
@@ -223,20 +254,32 @@ fn a_decision_for_a_protected_or_ignored_address_is_not_applied_and_said_once() 
     }
     // Positive control: the ordinary address of the same stream is applied.
     assert!(wait_for(3, || has_route(&lab, control)), "{:?}", d.syslog());
-    d.expect_line(&format!("CrowdSec decision for {own} (cscli"), 3);
-    d.expect_line(&format!("CrowdSec decision for {ignored} (cscli"), 3);
-    assert!(d.syslog_line("this host's own address").is_some());
-    assert!(d.syslog_line("in the ignore list").is_some());
-    // The same address named again: refused again, said no more.
-    lapi.cscli_ok(&["decisions", "add", "--ip", &own, "--duration", "2h"]);
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(d.count(&format!("CrowdSec decision for {own} ")), 1);
+    assert!(
+        wait_for(3, || lab.ctl_ok(&["list"]).contains("2 refused")),
+        "{}",
+        lab.ctl_ok(&["list"])
+    );
+    // Named at --debug, with why.
+    let own_line = d.expect_line(&format!("CrowdSec decision for {own} (pulled)"), 1);
+    assert!(own_line.contains("this host's own address"), "{own_line}");
+    let ignored_line = d.expect_line(&format!("CrowdSec decision for {ignored} (pulled)"), 1);
+    assert!(
+        ignored_line.contains("in the ignore list"),
+        "{ignored_line}"
+    );
+    // The pull lines count them.
+    assert!(
+        d.syslog()
+            .iter()
+            .any(|l| l.contains("CrowdSec pull:") && l.contains(" refused")),
+        "{:?}",
+        d.syslog()
+    );
     assert!(!has_route(&lab, &own) && !has_route(&lab, ignored));
     let list = lab.ctl_ok(&["list"]);
-    assert_eq!(
-        list.lines().count(),
-        2,
-        "header and the control only: {list}"
+    assert!(
+        list.contains("fleet: 1 decisions in force (cscli 1), 1 elements in routes, 2 refused"),
+        "{list}"
     );
 }
 
@@ -473,12 +516,16 @@ fn a_scan_of_one_host_gets_the_scanner_blocked_on_the_other() {
         "{took:?}: over one poll interval plus 1 s"
     );
     let row = b.ctl_ok(&["list"]);
-    assert!(row.contains("fleet:portsentry"), "{row}");
+    assert!(
+        row.contains("fleet: 1 decisions in force (portsentry 1)"),
+        "{row}"
+    );
     // A's own decision came back to A and was not applied twice; B pushed nothing back.
     std::thread::sleep(Duration::from_secs(3));
     let rows_a = a.ctl_ok(&["list"]);
-    assert_eq!(rows_a.lines().count(), 2, "{rows_a}");
+    assert_eq!(rows_a.lines().count(), 3, "{rows_a}");
     assert!(rows_a.contains(" scan "), "{rows_a}");
+    assert!(rows_a.contains("fleet: 0 decisions in force"), "{rows_a}");
     assert_eq!(
         lapi.decisions_for(&scanner).len(),
         1,
@@ -599,4 +646,300 @@ fn a_reload_starts_the_fleet_and_a_world_readable_key_is_refused_unread() {
         !logged.contains("host-a-key"),
         "the key never shows in a log"
     );
+}
+
+/// The nameserver of the resolv.conf [`nft_pulling_daemon`] writes: a protected address.
+const LAB_RESOLVER: &str = "10.77.253.53";
+
+/// `count` ban decisions for hosts of 10.88.0.0/16 (250 a /24: 10.88.x.1-250) as a CSV for
+/// `cscli decisions import` (origin `cscli-import`), plus `extra` values.
+fn import_hosts(lab: &Lab, lapi: &LapiServer, count: u32, extra: &[&str]) {
+    let mut text = String::from("duration,scope,value\n");
+    for i in 0..count {
+        text.push_str(&format!("4h,Ip,10.88.{}.{}\n", i / 250, i % 250 + 1));
+    }
+    for value in extra {
+        text.push_str(&format!("4h,Ip,{value}\n"));
+    }
+    let csv = lab.path("decisions.csv");
+    std::fs::write(&csv, text).expect("write the import");
+    lapi.cscli_ok(&["decisions", "import", "-i", &csv.display().to_string()]);
+}
+
+/// A daemon with the shipped responders (`KILL_NFTABLES`, `KILL_ROUTE`, `KILL_HOSTS_DENY`)
+/// pulling every second, with `extra` config lines.
+fn nft_pulling_daemon(lab: &Lab, lapi: &LapiServer, extra: &str) -> Daemon {
+    let fleet = lapi.daemon_config(lab.dir.path(), false, Some("host-a"), "1s");
+    let resolv = lab.path("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {LAB_RESOLVER}\n")).expect("resolv.conf");
+    let conf = daemon_config(
+        lab,
+        &format!(
+            "{fleet}{extra}KILL_NFTABLES=\"1\"\nKILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n\
+             RESOLV_CONF=\"{}\"\n",
+            resolv.display()
+        ),
+    );
+    Daemon::start(lab, &["-c", &conf, "-tcp"])
+}
+
+/// The hosts of the fleet's IPv4 set.
+fn fleet_v4(lab: &Lab) -> Vec<String> {
+    crate::nftables_backend::fleet_elements(lab, "fleet_ipv4")
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect()
+}
+
+#[test]
+fn twelve_thousand_pulled_decisions_are_one_batch_in_their_own_sets_and_a_scan_still_finds_room() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    // 12,000 decisions, one for this host's own address and one for its nameserver (a
+    // protected address): those two refused and counted.
+    let own = lab.def4.clone();
+    import_hosts(&lab, &lapi, 12_000, &[&own, LAB_RESOLVER]);
+    let started = Instant::now();
+    let d = nft_pulling_daemon(&lab, &lapi, "");
+    let took = time_until(Duration::from_secs(10), || fleet_v4(&lab).len() == 12_000)
+        .map(|_| started.elapsed())
+        .unwrap_or_else(|| panic!("{} in the set: {:?}", fleet_v4(&lab).len(), d.syslog()));
+    eprintln!("12,000 decisions in the kernel {took:?} after the daemon was started");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Each element carries its decision's remaining time (4 h) as its kernel timeout.
+    let elements = crate::nftables_backend::fleet_elements(&lab, "fleet_ipv4");
+    assert!(
+        elements.iter().all(|(_, t)| (14_000..=14_400).contains(t)),
+        "{:?}",
+        &elements[..3]
+    );
+    // No route, no hosts.deny line, no block of the manager, a handful of lines.
+    assert!(!lab.def_routes().contains("10.88."), "{}", lab.def_routes());
+    let deny = std::fs::read_to_string(lab.path("hosts.deny")).unwrap_or_default();
+    assert!(!deny.contains("10.88."), "{deny}");
+    let list = lab.ctl_ok(&["list"]);
+    assert!(list.starts_with("no blocks in force\n"), "{list}");
+    assert!(
+        list.contains(
+            "fleet: 12000 decisions in force (cscli-import 12000), 12000 elements in nftables, \
+             2 refused"
+        ),
+        "{list}"
+    );
+    assert!(!fleet_v4(&lab).contains(&own), "this host's own address");
+    assert!(
+        !fleet_v4(&lab).contains(&LAB_RESOLVER.to_string()),
+        "the nameserver"
+    );
+    let lines = d.syslog();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("10.88.")).count(),
+        0,
+        "{lines:?}"
+    );
+    let pulls: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("CrowdSec pull:"))
+        .collect();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert!(
+        pulls[0].contains("12000 decisions added, 0 removed, 2 refused; 12000 in force"),
+        "{pulls:?}"
+    );
+    assert!(lines.len() < 30, "{} lines: {lines:?}", lines.len());
+
+    // A local scan finds room: blocked within 1 s, in the host set.
+    let att = lab.att4.clone();
+    let scanned = Instant::now();
+    lab.connect_from(&att, 79);
+    let blocked = time_until(Duration::from_secs(3), || {
+        crate::nftables_backend::nft(&lab, &["list", "set", "inet", "portsentry", "ipv4_addr"])
+            .contains(&att)
+    })
+    .map(|_| scanned.elapsed())
+    .unwrap_or_else(|| panic!("scanner not blocked: {:?}", d.syslog()));
+    eprintln!("local scan blocked {blocked:?} after its probe, 12,000 decisions held");
+    assert!(blocked < Duration::from_secs(1), "{blocked:?}");
+
+    // 1,000 of them deleted with cscli: exactly those leave at the next pull.
+    lapi.cscli_ok(&[
+        "decisions",
+        "delete",
+        "--range",
+        "10.88.0.0/22",
+        "--contained",
+    ]);
+    assert!(
+        wait_for(4, || fleet_v4(&lab).len() == 11_000),
+        "{} left: {:?}",
+        fleet_v4(&lab).len(),
+        d.syslog()
+    );
+    let left = fleet_v4(&lab);
+    assert!(
+        !left
+            .iter()
+            .any(|v| v.starts_with("10.88.0.") || v.starts_with("10.88.3."))
+    );
+    assert!(left.contains(&"10.88.4.1".to_string()) && left.contains(&"10.88.47.250".to_string()));
+    assert!(d.wait_line("1000 removed", 1).is_some(), "{:?}", d.syslog());
+    // The local block stands apart.
+    assert!(
+        crate::nftables_backend::nft(&lab, &["list", "set", "inet", "portsentry", "ipv4_addr"])
+            .contains(&att)
+    );
+}
+
+#[test]
+fn crowdsec_origins_that_leave_an_origin_out_apply_none_of_its_decisions() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    import_hosts(&lab, &lapi, 200, &[]);
+    // Positive control in the same stream: a decision of origin cscli.
+    let control = "10.77.251.7";
+    lapi.cscli_ok(&["decisions", "add", "--ip", control, "--duration", "1h"]);
+    let d = nft_pulling_daemon(&lab, &lapi, "CROWDSEC_ORIGINS=\"crowdsec,cscli\"\n");
+    assert!(
+        wait_for(3, || fleet_v4(&lab) == [control.to_string()]),
+        "{:?} {:?}",
+        fleet_v4(&lab),
+        d.syslog()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        fleet_v4(&lab),
+        [control.to_string()],
+        "none of cscli-import"
+    );
+    assert!(
+        lab.ctl_ok(&["list"])
+            .contains("fleet: 1 decisions in force (cscli 1)"),
+        "{}",
+        lab.ctl_ok(&["list"])
+    );
+}
+
+#[test]
+fn a_reload_that_widens_crowdsec_origins_rewrites_the_fleet_sets_in_one_pull() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    import_hosts(&lab, &lapi, 300, &[]);
+    let control = "10.77.251.8";
+    lapi.cscli_ok(&["decisions", "add", "--ip", control, "--duration", "1h"]);
+    let d = nft_pulling_daemon(&lab, &lapi, "CROWDSEC_ORIGINS=\"cscli\"\n");
+    assert!(
+        wait_for(3, || fleet_v4(&lab) == [control.to_string()]),
+        "{:?}",
+        fleet_v4(&lab)
+    );
+    // The same config without the filter: the puller restarts and reads the whole stream.
+    let conf = lab.path("portsentry.conf");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(&conf, text.replace("CROWDSEC_ORIGINS=\"cscli\"\n", "")).expect("config");
+    lab.ctl_ok(&["reload"]);
+    assert!(
+        wait_for(4, || fleet_v4(&lab).len() == 301),
+        "{} {:?}",
+        fleet_v4(&lab).len(),
+        d.syslog()
+    );
+    d.expect_line("restarting the fleet threads", 1);
+    d.expect_line("CrowdSec pull: 301 decisions added", 1);
+    assert!(
+        lab.ctl_ok(&["list"])
+            .contains("fleet: 301 decisions in force (cscli-import 300, cscli 1)"),
+        "{}",
+        lab.ctl_ok(&["list"])
+    );
+}
+
+#[test]
+fn crowdsec_pull_responders_runs_hosts_deny_for_pulled_decisions_and_undoes_it() {
+    let lab = Lab::new();
+    let mut lapi = LapiServer::new(&lab.def, LISTEN, &["host-a"]);
+    lapi.start();
+    let d = nft_pulling_daemon(&lab, &lapi, "CROWDSEC_PULL_RESPONDERS=\"hosts_deny\"\n");
+    let ip = "10.77.252.4";
+    lapi.cscli_ok(&["decisions", "add", "--ip", ip, "--duration", "1h"]);
+    let line = format!("ALL: {ip} : DENY");
+    let deny = || std::fs::read_to_string(lab.path("hosts.deny")).unwrap_or_default();
+    assert!(
+        wait_for(3, || deny().contains(&line)
+            && fleet_v4(&lab) == [ip.to_string()]),
+        "{} {:?} {:?}",
+        deny(),
+        fleet_v4(&lab),
+        d.syslog()
+    );
+    d.expect_line("CrowdSec pull responders: 1 applied, 0 undone, 0 failed", 1);
+    lapi.cscli_ok(&["decisions", "delete", "--ip", ip]);
+    assert!(
+        wait_for(3, || !deny().contains(&line) && fleet_v4(&lab).is_empty()),
+        "{} {:?}",
+        deny(),
+        fleet_v4(&lab)
+    );
+}
+
+#[test]
+fn the_route_room_adds_and_deletes_thousands_of_routes_of_its_own_protocol_only() {
+    use portsentry::fleet::room::{KernelRoom, RoomSettings, RouteKind};
+    use portsentry::respond::nftables::IntervalChanges;
+    let lab = Lab::new();
+    // A local block's route for one of the same hosts: never replaced nor deleted.
+    lab.defend_stdout(&["ip", "route", "add", "unreachable", "10.89.0.7"]);
+    let nets: Vec<ipnet::IpNet> = (0..2000u32)
+        .map(|i| {
+            format!("10.89.{}.{}/32", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let ours = |lab: &Lab| {
+        lab.defend_stdout(&["ip", "route", "show", "proto", "247"])
+            .lines()
+            .count()
+    };
+    let add = IntervalChanges {
+        add: nets.iter().map(|n| (*n, None)).collect(),
+        ..IntervalChanges::default()
+    };
+    let remove = IntervalChanges {
+        remove: nets[..1000].to_vec(),
+        ..IntervalChanges::default()
+    };
+    let (added, removed) = lab
+        .in_def(move || {
+            let mut room = KernelRoom::open(&RoomSettings::Routes(RouteKind::Unreachable));
+            let added = room.apply(&add);
+            let routes_after_add = ours_count();
+            let removed = room.apply(&remove);
+            let routes_after_remove = ours_count();
+            room.release();
+            ((added, routes_after_add), (removed, routes_after_remove))
+        })
+        .join()
+        .expect("route thread");
+    assert_eq!(added, (Ok(()), 1999), "all but the local block's own");
+    assert_eq!(removed, (Ok(()), 1000));
+    assert_eq!(ours(&lab), 0, "released");
+    assert!(
+        lab.def_routes()
+            .lines()
+            .any(|l| l.starts_with("unreachable 10.89.0.7")),
+        "the local route stays: {}",
+        lab.def_routes()
+    );
+}
+
+/// Routes of the fleet's protocol in the calling thread's namespace.
+fn ours_count() -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["route", "show", "proto", "247"])
+        .output()
+        .expect("ip route");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

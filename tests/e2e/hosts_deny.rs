@@ -7,7 +7,7 @@ use crate::lab::{Daemon, Lab};
 
 /// `tcpdmatch -d sshd <client>` in the lab directory (`-d` reads hosts.allow and hosts.deny
 /// from the current directory): its `access:` verdict, "denied" or "granted".
-pub(crate) fn tcpd_verdict(lab: &Lab, client: &str) -> String {
+pub fn tcpd_verdict(lab: &Lab, client: &str) -> String {
     let out = Command::new("tcpdmatch")
         .args(["-d", "sshd", client])
         .current_dir(lab.dir.path())
@@ -20,15 +20,21 @@ pub(crate) fn tcpd_verdict(lab: &Lab, client: &str) -> String {
         .unwrap_or_else(|| panic!("no access line from tcpdmatch: {text}"))
 }
 
-#[test]
-fn tcpdmatch_denies_the_blocked_ipv4_and_ipv6_clients_and_grants_another() {
-    let lab = Lab::new();
+/// `-tcp` on port 79 with the hosts.deny line as the only responder, beside an empty
+/// hosts.allow (so that tcpdmatch's verdict comes from the daemon's lines alone).
+fn start_wrappers_only(lab: &Lab) -> Daemon {
     std::fs::write(lab.path("hosts.allow"), "").unwrap();
     let conf = lab.write_config(
         "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nKILL_ROUTE=\"\"\n\
          KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"",
     );
-    let d = Daemon::start(&lab, &["-c", &conf.display().to_string(), "-tcp"]);
+    Daemon::start(lab, &["-c", &conf.display().to_string(), "-tcp"])
+}
+
+#[test]
+fn tcpdmatch_denies_the_blocked_ipv4_and_ipv6_clients_and_grants_another() {
+    let lab = Lab::new();
+    let d = start_wrappers_only(&lab);
     let (att4, att6) = (lab.att4.clone(), lab.att6.clone());
     lab.connect_from(&att4, 79);
     lab.connect_from(&att6, 79);
@@ -52,4 +58,42 @@ fn tcpdmatch_denies_the_blocked_ipv4_and_ipv6_clients_and_grants_another() {
         lab.read("hosts.deny")
     );
     assert_eq!(tcpd_verdict(&lab, &att6), "granted");
+}
+
+#[test]
+fn tcpdmatch_denies_clients_inside_blocked_networks_of_both_families_until_unblocked() {
+    let lab = Lab::new();
+    let _d = start_wrappers_only(&lab);
+    let n = lab.net();
+    // Networks beside the lab's own (which hold the defender's addresses: refused).
+    let (net4, net6) = (format!("10.78.{n}.0/24"), format!("fd77:{n}:1::/64"));
+    // Inside each network, and beside it (the positive control: a line that matched
+    // everyone would deny these too).
+    let inside = [format!("10.78.{n}.200"), format!("fd77:{n}:1::5:200")];
+    let outside = [format!("10.77.{n}.200"), format!("fd77:{n}:2::200")];
+    lab.ctl_ok(&["block", &net4, &net6, "--for", "1h"]);
+    let deny = lab.read("hosts.deny");
+    // tcpd matches an IPv4 network only as net/mask, an IPv6 one only bracketed.
+    assert!(
+        deny.contains(&format!("ALL: 10.78.{n}.0/255.255.255.0 : DENY\n")),
+        "{deny}"
+    );
+    assert!(
+        deny.contains(&format!("ALL: [fd77:{n}:1::]/64 : DENY\n")),
+        "{deny}"
+    );
+    for client in &inside {
+        assert_eq!(tcpd_verdict(&lab, client), "denied", "{client}: {deny}");
+    }
+    for client in &outside {
+        assert_eq!(tcpd_verdict(&lab, client), "granted", "{client}: {deny}");
+    }
+    lab.ctl_ok(&["unblock", &net4]);
+    lab.ctl_ok(&["unblock", &net6]);
+    let deny = lab.read("hosts.deny");
+    assert!(!deny.contains(&format!("10.78.{n}.0")), "{deny}");
+    assert!(!deny.contains(&format!("fd77:{n}:1::")), "{deny}");
+    for client in &inside {
+        assert_eq!(tcpd_verdict(&lab, client), "granted", "{client}: {deny}");
+    }
 }

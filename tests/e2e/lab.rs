@@ -153,6 +153,8 @@ pub struct Lab {
     pub att6: String,
     /// The attacker's end of the veth (for `nmap -e` with a spoofed `-S` source).
     pub att_dev: String,
+    /// The defender's end of the veth (for routes to more attacker networks).
+    pub def_dev: String,
     /// The third octet of the IPv4 net and the second group of the IPv6 one.
     net: u32,
     /// Temp dir holding config, history, hosts.deny, syslog socket.
@@ -179,6 +181,7 @@ impl Lab {
             def6: format!("fd77:{net}::1"),
             att6: format!("fd77:{net}::2"),
             att_dev: va.clone(),
+            def_dev: vd.clone(),
             net,
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -245,6 +248,12 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         (here, there)
+    }
+
+    /// The lab's number: the third octet of its IPv4 net (10.77.N.0/24) and the second group
+    /// of its IPv6 one (fd77:N::/64), for tests that name other nets of the lab's own.
+    pub fn net(&self) -> u32 {
+        self.net
     }
 
     /// A path inside the lab's temp dir.
@@ -617,6 +626,19 @@ impl Daemon {
     /// command put after `wrapper` (e.g. `unshare --mount sh -c '…; exec "$@"' sh`), without
     /// waiting for the active line.
     pub fn spawn_with(lab: &Lab, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Daemon::spawn_wrapped(lab, wrapper, &[], env, args)
+    }
+
+    /// [`Daemon::spawn_with`] with a second wrapper inside the defender namespace, right
+    /// before the binary (`ip netns exec NS <inner…> portsentry …`): a sandbox such as
+    /// `bwrap …` that must be set up in the namespace the daemon runs in.
+    pub fn spawn_wrapped(
+        lab: &Lab,
+        wrapper: &[&str],
+        inner: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Daemon {
         let sock_path = lab.path("log.sock");
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).expect("bind syslog socket");
@@ -647,7 +669,9 @@ impl Daemon {
         let mut child = Command::new("timeout")
             .arg("300")
             .args(wrapper)
-            .args(["ip", "netns", "exec", &lab.def, binary()])
+            .args(["ip", "netns", "exec", &lab.def])
+            .args(inner)
+            .arg(binary())
             .args(args)
             .envs(env.iter().copied())
             .arg("--syslog-socket")

@@ -395,6 +395,33 @@ fn mail_plugin_sends_through_sendmail_and_rate_limits() {
 }
 
 #[test]
+fn mail_plugin_refuses_a_malformed_smtp_relay_when_it_loads() {
+    for relay in ["relay example", "http://relay.example.org", "relay:port"] {
+        let err = load_error(
+            &["mail"],
+            &[("MAIL_TO", "admin@example.org"), ("MAIL_SMTP", relay)],
+        );
+        assert_eq!(err.plugin(), Some("mail"), "{err}");
+        assert!(err.to_string().contains("MAIL_SMTP: '"), "{relay}: {err}");
+    }
+    // Positive control: the forms it takes load.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for relay in [
+        "relay.example.org",
+        "relay.example.org:587",
+        "[2001:db8::25]:25",
+        "smtps://relay.example.org:465",
+    ] {
+        let c = config(
+            dir.path(),
+            &["mail"],
+            &[("MAIL_TO", "admin@example.org"), ("MAIL_SMTP", relay)],
+        );
+        LuaPlugins::load(&c).unwrap_or_else(|e| panic!("{relay}: {e}"));
+    }
+}
+
+#[test]
 fn mail_subject_cannot_inject_headers_through_the_resolved_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (c, spool) = mail_config(dir.path(), &[("MAIL_SUBJECT", "scan from {host}")]);

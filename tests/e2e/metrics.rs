@@ -42,7 +42,7 @@ fn scrape(lab: &Lab, addr: SocketAddr) -> Option<String> {
 }
 
 /// The parsed page; panics when the server does not answer within `secs`.
-fn metrics(lab: &Lab, addr: SocketAddr, secs: u64) -> prometheus_parse::Scrape {
+pub(crate) fn metrics(lab: &Lab, addr: SocketAddr, secs: u64) -> prometheus_parse::Scrape {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(body) = scrape(lab, addr) {
@@ -58,7 +58,7 @@ fn metrics(lab: &Lab, addr: SocketAddr, secs: u64) -> prometheus_parse::Scrape {
 }
 
 /// The value of the counter or gauge `name` whose labels include `labels`.
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let sample = scrape
         .samples
         .iter()

@@ -289,14 +289,17 @@ fn the_admins_table_is_untouched_byte_for_byte_by_start_blocks_and_stop() {
         10,
     );
     lab.ctl_ok(&["block", &lab.att6]);
-    // A network made by hand is left to the route: the sets hold hosts only.
+    // A network made by hand goes to the interval set (and the route).
     lab.ctl_ok(&["block", "192.0.2.0/24", "--for", "1h"]);
     assert!(lab.def_routes().contains("unreachable 192.0.2.0/24"));
     assert_eq!(
         listed_responders(&lab, "192.0.2.0"),
-        Some(vec!["route".to_string()])
+        Some(vec!["nftables".to_string(), "route".to_string()])
     );
-    assert_eq!(kernel_list(&lab, "portsentry").len(), 2);
+    assert!(set_text(&lab, "portsentry", "ipv4_net").contains("192.0.2.0/24"));
+    assert_eq!(kernel_list(&lab, "portsentry").len(), 2, "hosts");
+    lab.ctl_ok(&["unblock", "192.0.2.0/24"]);
+    assert!(!set_text(&lab, "portsentry", "ipv4_net").contains("192.0.2.0/24"));
     lab.ctl_ok(&["unblock", &lab.att4]);
     assert_eq!(snapshot(&lab), before, "after blocks and an unblock");
     d.stop();
@@ -410,4 +413,84 @@ fn a_reload_to_another_table_takes_new_blocks_there_and_old_ones_end_where_they_
         nft(&lab, &["list", "tables"]),
         "table inet portsentry\ntable inet ps2\n"
     );
+}
+
+#[test]
+fn block_of_a_blocked_host_for_longer_extends_it_in_the_journal_and_the_kernel() {
+    let lab = Lab::new();
+    let conf = config(&lab, "");
+    let _d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let (a4, _) = lab.add_attacker_addrs(21);
+    lab.ctl_ok(&["block", &a4, "--for", "1h"]);
+    let first = element(&lab, "portsentry", &a4);
+    assert!(
+        first.as_deref().is_some_and(|e| times_out_after(e, HOUR)),
+        "{first:?}"
+    );
+    // Shorter than what is in force: refused, the kernel element unchanged.
+    let shorter = lab.ctl(&["block", &a4, "--for", "10m"]);
+    assert_eq!(shorter.status.code(), Some(1), "{shorter:?}");
+    assert!(
+        String::from_utf8_lossy(&shorter.stdout).contains("which is later than asked"),
+        "{shorter:?}"
+    );
+    assert!(element(&lab, "portsentry", &a4).is_some_and(|e| times_out_after(&e, HOUR)));
+    // Longer: extended, and the kernel gets the new time left.
+    let longer = lab.ctl_ok(&["block", &a4, "--for", "3h"]);
+    assert!(longer.contains("extended until "), "{longer}");
+    let renewed = element(&lab, "portsentry", &a4);
+    assert!(
+        renewed
+            .as_deref()
+            .is_some_and(|e| times_out_after(e, 3 * HOUR)),
+        "{renewed:?}"
+    );
+    let listed = crate::blocks::list(&lab);
+    let until = listed
+        .iter()
+        .find(|b| {
+            b["target"]
+                .as_str()
+                .is_some_and(|t| t == a4 || t.starts_with(&format!("{a4}/")))
+        })
+        .and_then(|b| b["until"].as_str().map(str::to_owned))
+        .expect("listed with an end");
+    let until = humantime::parse_rfc3339_weak(&until).expect("RFC 3339 end");
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(left > 3 * HOUR - Duration::from_secs(60), "{left:?}");
+}
+
+#[test]
+fn a_network_block_and_a_host_block_inside_it_are_both_elements_and_end_apart() {
+    let lab = Lab::new();
+    let _service = lab.defender_echo_service(SERVICE);
+    let conf = config(&lab, "BLOCK_TIMEOUT=\"1h\"");
+    let d = Daemon::start(&lab, &["-c", &conf, "-tcp"]);
+    let att = lab.att4.clone();
+    assert!(reaches_service(&lab, &att), "positive control");
+    // The attacker's /31 (the defender, .1, stays outside it), and the attacker itself.
+    let net = format!("{}/31", att);
+    lab.ctl_ok(&["block", &net]);
+    lab.ctl_ok(&["block", &att]);
+    let net_text = format!(
+        "{}/31",
+        att.rsplit_once('.')
+            .map_or(String::new(), |(p, _)| format!("{p}.2"))
+    );
+    assert!(
+        set_text(&lab, "portsentry", "ipv4_net").contains(&net_text),
+        "{}",
+        set_text(&lab, "portsentry", "ipv4_net")
+    );
+    assert!(in_set(&lab, "portsentry", &att));
+    assert!(!reaches_service(&lab, &att));
+    // The network goes; the host block inside it stays and still drops.
+    lab.ctl_ok(&["unblock", &net_text]);
+    assert!(!set_text(&lab, "portsentry", "ipv4_net").contains(&net_text));
+    assert!(in_set(&lab, "portsentry", &att));
+    assert!(!lab.connect_from(&att, SERVICE));
+    lab.ctl_ok(&["unblock", &att]);
+    assert!(reaches_service(&lab, &att), "{:?}", d.syslog());
 }

@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portsentry::respond::nftables::{NftBackend, NftError, NftSettings, host_of, probe};
+use portsentry::respond::nftables::{
+    IntervalChanges, NftBackend, NftError, NftSettings, Room, host_of, probe,
+};
 
 use crate::lab::Lab;
 
@@ -60,10 +62,46 @@ const EXPECTED_TABLE: &str = "table inet portsentry {
 		flags timeout
 	}
 
+	set ipv4_net {
+		type ipv4_addr
+		flags interval,timeout
+	}
+
+	set ipv6_net {
+		type ipv6_addr
+		flags interval,timeout
+	}
+
+	set fleet_ipv4 {
+		type ipv4_addr
+		flags timeout
+	}
+
+	set fleet_ipv6 {
+		type ipv6_addr
+		flags timeout
+	}
+
+	set fleet_net4 {
+		type ipv4_addr
+		flags interval,timeout
+	}
+
+	set fleet_net6 {
+		type ipv6_addr
+		flags interval,timeout
+	}
+
 	chain input {
 		type filter hook input priority filter - 10; policy accept;
 		ip saddr @ipv4_addr drop
 		ip6 saddr @ipv6_addr drop
+		ip saddr @ipv4_net drop
+		ip6 saddr @ipv6_net drop
+		ip saddr @fleet_ipv4 drop
+		ip6 saddr @fleet_ipv6 drop
+		ip saddr @fleet_net4 drop
+		ip6 saddr @fleet_net6 drop
 	}
 }
 ";
@@ -78,13 +116,13 @@ fn open_creates_exactly_the_documented_table() {
     );
     assert_eq!(nft(&lab, &["list", "tables"]), "table inet portsentry\n");
 
-    // The JSON view agrees: two sets, one base chain, two rules.
+    // The JSON view agrees: eight sets, one base chain, eight rules.
     let json: serde_json::Value =
         serde_json::from_str(&nft(&lab, &["-j", "list", "table", "inet", "portsentry"]))
             .expect("nft -j output");
     let items = json["nftables"].as_array().expect("nftables array");
     let count = |kind: &str| items.iter().filter(|i| i.get(kind).is_some()).count();
-    assert_eq!((count("set"), count("chain"), count("rule")), (2, 1, 2));
+    assert_eq!((count("set"), count("chain"), count("rule")), (8, 1, 8));
     let chain = items.iter().find_map(|i| i.get("chain")).expect("chain");
     assert_eq!(chain["hook"], "input");
     assert_eq!(chain["prio"], -10);
@@ -122,9 +160,15 @@ fn opening_again_adds_nothing_and_forward_follows_the_setting() {
         ],
     );
     drop(open(&lab, settings()).expect("open after a rule was deleted"));
+    // Appended at the end of the chain: the same lines, in another order.
+    let lines = |text: &str| {
+        let mut v: Vec<String> = text.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
     assert_eq!(
-        nft(&lab, &["list", "table", "inet", "portsentry"]),
-        EXPECTED_TABLE
+        lines(&nft(&lab, &["list", "table", "inet", "portsentry"])),
+        lines(EXPECTED_TABLE)
     );
 
     let forward = NftSettings {
@@ -148,8 +192,8 @@ fn opening_again_adds_nothing_and_forward_follows_the_setting() {
 
     drop(open(&lab, settings()).expect("open without forward"));
     assert_eq!(
-        nft(&lab, &["list", "table", "inet", "portsentry"]),
-        EXPECTED_TABLE
+        lines(&nft(&lab, &["list", "table", "inet", "portsentry"])),
+        lines(EXPECTED_TABLE)
     );
 }
 
@@ -287,7 +331,7 @@ fn mapped_ipv6_goes_to_the_ipv4_set_and_networks_are_refused() {
     let err = host_of("10.77.200.0/24".parse().unwrap()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "10.77.200.0/24 is a network; the nftables sets hold single hosts only"
+        "10.77.200.0/24 is a network; the host sets hold single hosts only"
     );
 }
 
@@ -514,4 +558,216 @@ fn probe_without_cap_net_admin_names_the_capability() {
     assert!(stdout.contains(&format!("PROBE: {want}")), "{stdout}");
     assert!(stdout.contains(&format!("OPEN: {want}")), "{stdout}");
     assert_eq!(nft(&lab, &["list", "ruleset"]), "");
+}
+
+fn net(text: &str) -> ipnet::IpNet {
+    text.parse().expect("test network")
+}
+
+/// The elements of a fleet set as `nft -j` shows them: (value, timeout in seconds).
+pub(crate) fn fleet_elements(lab: &Lab, set: &str) -> Vec<(String, u64)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&nft(lab, &["-j", "list", "set", "inet", "portsentry", set]))
+            .expect("nft -j output");
+    let mut out: Vec<(String, u64)> = json["nftables"][1]["set"]["elem"]
+        .as_array()
+        .map(|elems| {
+            elems
+                .iter()
+                .map(|e| {
+                    let e = &e["elem"];
+                    let val = match &e["val"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        v => format!(
+                            "{}/{}",
+                            v["prefix"]["addr"].as_str().unwrap_or("?"),
+                            v["prefix"]["len"]
+                        ),
+                    };
+                    (val, e["timeout"].as_u64().unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_fleet_room_holds_hosts_and_touching_networks_with_timeouts_in_one_transaction() {
+    let lab = Lab::new();
+    let mut b = open(&lab, settings()).expect("open");
+    let t = |s| Some(Duration::from_secs(s));
+    let changes = IntervalChanges {
+        flush: false,
+        remove: vec![],
+        add: vec![
+            (net("10.77.0.1/32"), t(600)),
+            (net("10.77.0.2/32"), t(700)),
+            (net("10.77.1.0/24"), t(800)),
+            (net("10.77.2.0/24"), t(850)),
+            (net("fd77:9::5/128"), t(900)),
+            (net("fd77:8::/64"), t(1000)),
+        ],
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("add");
+    // Adding the same elements again (a restart re-applying them) is no error.
+    b.change_intervals(Room::Fleet, &changes)
+        .expect("add again");
+    // Hosts in the host sets, networks (touching ones too) in the interval sets.
+    assert_eq!(
+        fleet_elements(&lab, "fleet_ipv4"),
+        [
+            ("10.77.0.1".to_string(), 600),
+            ("10.77.0.2".to_string(), 700)
+        ]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4"),
+        [
+            ("10.77.1.0/24".to_string(), 800),
+            ("10.77.2.0/24".to_string(), 850)
+        ]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_ipv6"),
+        [("fd77:9::5".to_string(), 900)]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net6"),
+        [("fd77:8::/64".to_string(), 1000)]
+    );
+    // Reading them back gives the same networks.
+    let mut listed: Vec<String> = b
+        .list_intervals(Room::Fleet)
+        .expect("list")
+        .into_iter()
+        .map(|(n, left)| {
+            assert!(
+                left.is_some_and(|l| l > Duration::from_secs(590)),
+                "{n}: {left:?}"
+            );
+            n.to_string()
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "10.77.0.1/32",
+            "10.77.0.2/32",
+            "10.77.1.0/24",
+            "10.77.2.0/24",
+            "fd77:8::/64",
+            "fd77:9::5/128"
+        ]
+    );
+    // The host sets of the blocks made here are untouched.
+    assert!(!set_text(&lab, "ipv4_addr").contains("elements"));
+
+    // One host removed and a network replaced with a new timeout, in one transaction.
+    let changes = IntervalChanges {
+        flush: false,
+        remove: vec![net("10.77.0.1/32"), net("10.77.1.0/24")],
+        add: vec![(net("10.77.1.0/24"), t(50))],
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("change");
+    assert_eq!(
+        fleet_elements(&lab, "fleet_ipv4"),
+        [("10.77.0.2".to_string(), 700)]
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4"),
+        [
+            ("10.77.1.0/24".to_string(), 50),
+            ("10.77.2.0/24".to_string(), 850)
+        ]
+    );
+
+    // An overlapping network is refused, and the whole transaction with it.
+    let overlap = IntervalChanges {
+        flush: false,
+        remove: vec![net("10.77.0.2/32")],
+        add: vec![(net("10.77.1.128/25"), t(60))],
+    };
+    assert!(b.change_intervals(Room::Fleet, &overlap).is_err());
+    assert_eq!(
+        fleet_elements(&lab, "fleet_ipv4").len(),
+        1,
+        "nothing changed"
+    );
+    assert_eq!(
+        fleet_elements(&lab, "fleet_net4").len(),
+        2,
+        "nothing changed"
+    );
+    // Deleting an absent element fails too (the caller then rewrites with a flush).
+    let absent = IntervalChanges {
+        remove: vec![net("10.77.0.1/32")],
+        ..IntervalChanges::default()
+    };
+    assert!(b.change_intervals(Room::Fleet, &absent).is_err());
+
+    // A flush and a refill are one transaction.
+    let refill = IntervalChanges {
+        flush: true,
+        remove: vec![],
+        add: vec![(net("10.77.3.3/32"), t(30))],
+    };
+    b.change_intervals(Room::Fleet, &refill).expect("refill");
+    assert_eq!(
+        fleet_elements(&lab, "fleet_ipv4"),
+        [("10.77.3.3".to_string(), 30)]
+    );
+    for set in ["fleet_ipv6", "fleet_net4", "fleet_net6"] {
+        assert!(fleet_elements(&lab, set).is_empty(), "{set}");
+    }
+}
+
+#[test]
+fn a_source_in_a_fleet_network_or_host_set_is_dropped_and_passes_once_removed() {
+    let lab = Lab::new();
+    let _service = lab.defender_echo_service(7002);
+    let mut b = open(&lab, settings()).expect("open");
+    let target = SocketAddr::new(ip(&lab.def4), 7002);
+    assert!(connects(&lab, target), "positive control");
+    // The attacker's /31 (10.77.N.2-3) drops it; the defender (.1) stays outside it.
+    let attacker: IpAddr = ip(&lab.att4);
+    let net31 = ipnet::IpNet::new(attacker, 31).expect("net").trunc();
+    let changes = IntervalChanges {
+        add: vec![(net31, Some(Duration::from_secs(600)))],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("add");
+    assert!(
+        !connects(&lab, target),
+        "{attacker} inside {net31} still connects"
+    );
+    let changes = IntervalChanges {
+        remove: vec![net31],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("remove");
+    assert!(
+        (0..3).any(|_| connects(&lab, target)),
+        "{attacker} cannot reach {target} after the removal"
+    );
+    // The same with the attacker as a host of the fleet's host set.
+    let host = ipnet::IpNet::from(attacker);
+    let changes = IntervalChanges {
+        add: vec![(host, Some(Duration::from_secs(600)))],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes).expect("add host");
+    assert!(
+        !connects(&lab, target),
+        "{attacker} in fleet_ipv4 still connects"
+    );
+    let changes = IntervalChanges {
+        remove: vec![host],
+        ..IntervalChanges::default()
+    };
+    b.change_intervals(Room::Fleet, &changes)
+        .expect("remove host");
+    assert!((0..3).any(|_| connects(&lab, target)));
 }

@@ -11,11 +11,15 @@ use crate::respond::pool::JobResult;
 struct Protects(Vec<IpAddr>);
 
 impl Guard for Protects {
-    fn refusal(&self, target: &Target) -> Option<String> {
+    fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String> {
         self.0
             .iter()
             .find(|ip| target.contains(*ip))
             .map(|ip| format!("refused: {ip} is protected (gateway)"))
+            .or_else(|| {
+                let none = crate::local_addrs::LocalAddrs::from_addrs([], Instant::now());
+                crate::protected::refusal(target, &none, &Default::default(), ignore)
+            })
     }
 }
 
@@ -135,6 +139,11 @@ impl Rig {
                         }],
                         failures: 0,
                         vetoed: false,
+                    },
+                    Work::Refresh { id, record } => JobResult::Refreshed {
+                        id,
+                        target: record.target,
+                        error: None,
                     },
                     Work::Undo { id, record, .. } => JobResult::Undone {
                         id,
@@ -468,7 +477,7 @@ fn unblock_of_a_host_inside_a_prefix_names_it_and_covering_lifts_it() {
 }
 
 #[test]
-fn a_manual_block_inside_a_blocked_network_is_refused_and_the_network_leaves_hosts_alone() {
+fn a_host_blocked_by_hand_inside_a_blocked_network_is_its_own_block_and_outlives_it() {
     let mut r = Rig::new(config(|_| {}));
     r.probe("192.0.2.7", 1, true);
     r.settle();
@@ -476,30 +485,27 @@ fn a_manual_block_inside_a_blocked_network_is_refused_and_the_network_leaves_hos
     let o = Arc::clone(&outcomes);
     r.send(Input::Block {
         targets: vec![net("192.0.2.0/24"), net("192.0.2.9")],
-        duration: None,
+        duration: Some(Duration::from_secs(60)),
         reason: "by hand".into(),
         reply: Box::new(move |v| o.lock().unwrap().extend(v)),
     });
     r.settle();
-    // The scan block inside the manual network stays (it outlives the network's unblock).
-    assert_eq!(r.blocked(), ["192.0.2.0/24", "192.0.2.7"]);
-    let o = Arc::clone(&outcomes);
-    r.send(Input::Block {
-        targets: vec![net("192.0.2.9")],
-        duration: None,
-        reason: "by hand".into(),
-        reply: Box::new(move |v| o.lock().unwrap().extend(v)),
-    });
-    let got = outcomes.lock().unwrap().clone();
-    let refused = got
-        .iter()
-        .find(|o| o.target == "192.0.2.9" && !o.ok)
-        .unwrap();
     assert!(
-        refused
-            .detail
-            .contains("covered by the block of 192.0.2.0/24")
+        outcomes.lock().unwrap().iter().all(|o| o.ok),
+        "{outcomes:?}"
     );
+    // The scan block inside the manual network stays: it is not an escalated prefix.
+    assert_eq!(r.blocked(), ["192.0.2.0/24", "192.0.2.7", "192.0.2.9"]);
+    let a = Arc::new(Mutex::new(None));
+    let a2 = Arc::clone(&a);
+    r.send(Input::Unblock {
+        target: net("192.0.2.0/24"),
+        covering: false,
+        reply: Box::new(move |res| *a2.lock().unwrap() = Some(res)),
+    });
+    r.settle();
+    assert!(a.lock().unwrap().take().unwrap().is_ok());
+    assert_eq!(r.blocked(), ["192.0.2.7", "192.0.2.9"]);
 }
 
 #[test]
@@ -643,4 +649,78 @@ fn restore_slots_hand_out_that_many_restored_reapplies_beside_the_workers() {
         40,
         "every journaled block stays; those not re-applied are left to the next start"
     );
+}
+
+#[test]
+fn a_flood_of_forged_multi_port_sources_stays_bounded_and_a_real_scanner_goes_first() {
+    let mut r = Rig::new(config(|c| {
+        c.block_rate_limit = 60;
+        c.escalate_after_v4 = 0;
+    }));
+    // 60,000 forged sources, each in a /24 of its own, each with enough ports to act on.
+    for i in 0..60_000u32 {
+        let [_, b, c, d] = (0x0a00_0000 + i * 256).to_be_bytes();
+        r.probe(&format!("10.{b}.{c}.{d}"), 1, false);
+        if i % 1000 == 0 {
+            r.settle();
+        }
+    }
+    r.settle();
+    assert_eq!(r.blocked().len(), 60, "the budget holds");
+    assert!(r.core.deferred.len() <= DEFERRED_CAP);
+    assert!(r.core.prefix_rates.len() <= PREFIX_MEMORY);
+    // A proven scanner joins the line and is served first when the next token comes.
+    r.probe("192.0.2.200", 23, true);
+    r.advance(Duration::from_secs(1));
+    r.settle();
+    assert!(r.blocked().contains(&"192.0.2.200".to_string()));
+    assert_eq!(r.blocked().len(), 61);
+}
+
+/// An operator's `block` of `target` for `secs`, answered.
+fn block_for(r: &mut Rig, target: &str, secs: u64) -> BlockOutcome {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let o = Arc::clone(&outcomes);
+    r.send(Input::Block {
+        targets: vec![net(target)],
+        duration: Some(Duration::from_secs(secs)),
+        reason: "by hand".into(),
+        reply: Box::new(move |v| o.lock().unwrap().extend(v)),
+    });
+    r.settle();
+    let got = outcomes.lock().unwrap().pop();
+    got.expect("answered")
+}
+
+#[test]
+fn block_of_a_blocked_address_extends_it_when_the_new_end_is_later_and_refuses_otherwise() {
+    let mut r = Rig::new(config(|_| {}));
+    r.probe("192.0.2.7", 23, true);
+    r.settle();
+    let first = r.core.active().pop().unwrap().until.unwrap();
+    let shorter = block_for(&mut r, "192.0.2.7", 60);
+    assert!(!shorter.ok, "{shorter:?}");
+    assert!(
+        shorter.detail.contains("which is later than asked"),
+        "{shorter:?}"
+    );
+    assert_eq!(r.core.active().pop().unwrap().until, Some(first));
+    let longer = block_for(&mut r, "192.0.2.7", 7200);
+    assert!(
+        longer.ok && longer.detail.starts_with("extended until "),
+        "{longer:?}"
+    );
+    let record = r.core.active().pop().unwrap();
+    assert_eq!(record.until, Some(r.now.wall + Duration::from_secs(7200)));
+    assert!(
+        matches!(r.entries.last(), Some(Entry::Block(b)) if b.until == record.until),
+        "the new end is journaled"
+    );
+    // The old end passes: still blocked; the new one lifts it.
+    r.advance(Duration::from_secs(601));
+    r.settle();
+    assert_eq!(r.blocked(), ["192.0.2.7"]);
+    r.advance(Duration::from_secs(7200));
+    r.settle();
+    assert!(r.blocked().is_empty());
 }

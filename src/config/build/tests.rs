@@ -580,6 +580,60 @@ fn port_banner_is_kept_verbatim_and_empty_means_none() {
     assert_eq!(clean("PORT_BANNER=\"\"\n").port_banner, None);
 }
 
+#[test]
+fn port_banner_takes_1_kib_as_1_2_did_and_refuses_more_on_its_line() {
+    let kib = "x".repeat(1024);
+    assert_eq!(
+        clean(&format!("PORT_BANNER=\"{kib}\"\n"))
+            .port_banner
+            .map(|b| b.len()),
+        Some(1024)
+    );
+    let e = error(&format!("A=\"1\"\nPORT_BANNER=\"{kib}{kib}\"\n"));
+    assert!(
+        e.starts_with("portsentry.conf:2: PORT_BANNER: \"xxxx"),
+        "file, line and key first: {e}"
+    );
+    assert!(
+        e.ends_with(
+            ": 2048 bytes, longer than the 1024 bytes allowed (sent as written, no newline \
+             added; PortSentry 1.2 kept a 1 KiB buffer)"
+        ),
+        "{e}"
+    );
+    // Bytes, not characters: 512 two-byte characters fill the buffer.
+    assert!(try_build(&format!("PORT_BANNER=\"{}\"\n", "é".repeat(512))).is_ok());
+    assert!(try_build(&format!("PORT_BANNER=\"{}\"\n", "é".repeat(513))).is_err());
+}
+
+#[test]
+fn every_key_and_plugin_setting_has_a_bound_and_says_so() {
+    for key in KEYS {
+        let bound = key.bound();
+        assert!(
+            bound.bytes >= 107 && bound.bytes <= 512 * 1024,
+            "{}",
+            key.name
+        );
+        assert!(bound.sentence().starts_with("At most "), "{}", key.name);
+        // One byte past the bound is refused, whatever the key.
+        let e = error(&format!(
+            "{}=\"{}\"\n",
+            key.name,
+            "1".repeat(bound.bytes + 1)
+        ));
+        assert!(e.contains("bytes, longer than the"), "{}: {e}", key.name);
+    }
+    assert_eq!(value_bound("CONTROL_SOCKET").bytes, 107, "sun_path");
+    assert_eq!(value_bound("HISTORY_FILE").bytes, 4095, "PATH_MAX");
+    // A plugin's setting is bounded too; an unknown key is only warned about.
+    let long = "m".repeat(MAX_VALUE + 1);
+    let e = error(&format!("LUA_RESPONDERS=\"mail\"\nMAIL_TO=\"{long}\"\n"));
+    assert!(e.starts_with("portsentry.conf:2: MAIL_TO: "), "{e}");
+    let c = built(&format!("NOT_A_KEY=\"{long}\"\n"));
+    assert_eq!(warnings(&c).len(), 1);
+}
+
 // ---- durations ----
 
 #[test]
@@ -870,11 +924,15 @@ fn every_table_key_builds_from_a_valid_value() {
         | "MAX_ACTIVE_BLOCKS"
         | "LOG_RATE_LIMIT"
         | "EVENT_LOG_RATE_LIMIT"
+        | "CROWDSEC_MAX_DECISIONS"
         | "BLOCK_RATE_LIMIT_PER_PREFIX" => "100",
         "SCAN_PREFIX_V4" | "ESCALATE_PREFIX_V4" => "24",
         "SCAN_PREFIX_V6" | "ESCALATE_PREFIX_V6" => "56",
         "ESCALATE_AFTER_V4" | "ESCALATE_AFTER_V6" => "5",
         "ESCALATE_FORGEABLE" => "1",
+        "CROWDSEC_ORIGINS" => "CAPI,crowdsec",
+        "CROWDSEC_PULL_RESPONDERS" => "hosts_deny",
+        "CROWDSEC_SCENARIOS_CONTAINING" | "CROWDSEC_SCENARIOS_NOT_CONTAINING" => "ssh,http",
         "METRICS_LISTEN" => "[::1]:9736",
         "FORGEABLE_SCAN_TRIGGER" => "4",
         "RESOLVE_HOST"
@@ -917,6 +975,35 @@ fn every_table_key_builds_from_a_valid_value() {
 }
 
 #[test]
+fn a_client_certificate_needs_its_key_and_filters_are_word_lists() {
+    let raw = parse(
+        Path::new("p.conf"),
+        "CROWDSEC_LAPI_URL=\"https://h:1\"\nCROWDSEC_BOUNCER_KEY_FILE=\"/k\"\n\
+         CROWDSEC_CERT=\"/c.pem\"\nCROWDSEC_ORIGINS=\"CAPI, lists\"\n",
+    )
+    .unwrap();
+    let errors = build(&raw).unwrap_err().0;
+    assert_eq!(
+        errors[0].to_string(),
+        "p.conf:3: CROWDSEC_CERT: set without CROWDSEC_KEY (a client certificate needs both)"
+    );
+    let raw = parse(
+        Path::new("p.conf"),
+        "CROWDSEC_ORIGINS=\"CAPI, lists\"\nCROWDSEC_MAX_DECISIONS=\"0\"\n",
+    )
+    .unwrap();
+    let errors = build(&raw).unwrap_err().0;
+    assert!(
+        errors[0].to_string().starts_with(
+            "p.conf:2: CROWDSEC_MAX_DECISIONS: \"0\": out of range (expected a whole number from 1"
+        ),
+        "{errors:?}"
+    );
+    let raw = parse(Path::new("p.conf"), "CROWDSEC_ORIGINS=\"CAPI, lists\"\n").unwrap();
+    assert_eq!(build(&raw).unwrap().fleet.origins, ["CAPI", "lists"]);
+}
+
+#[test]
 fn lua_limits_are_checked_with_their_line() {
     let raw = parse(
         Path::new("p.conf"),
@@ -947,7 +1034,7 @@ fn key_table_has_unique_names_and_docs() {
         );
         assert_eq!(k.name, k.name.to_ascii_uppercase());
     }
-    assert_eq!(KEYS.len(), 65);
+    assert_eq!(KEYS.len(), 73);
 }
 
 // ---- load ----
@@ -1322,7 +1409,10 @@ fn evidence_and_budget_keys_have_safe_defaults_and_checked_values() {
     assert_eq!(c.forgeable_block_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(c.block_rate_limit, 60);
     assert_eq!(c.max_active_blocks, 10_000);
-    assert_eq!(c.log_rate_limit, 200);
+    assert_eq!(
+        c.log_rate_limit, 1,
+        "one line a second keeps a flood readable"
+    );
     let c = build(
         &parse(
             Path::new("p.conf"),

@@ -137,7 +137,21 @@ fn status_reads_as_aligned_key_value_lines() {
             url: "http://10.0.0.5:8080".into(),
             state: "failing, retrying".into(),
             since: None,
+            decisions: None,
         }],
+        storage: vec![
+            crate::storage::FileHealth {
+                file: "journal".into(),
+                path: "/var/lib/portsentry/portsentry.state".into(),
+                ..Default::default()
+            },
+            // Healthy: not shown.
+            crate::storage::FileHealth {
+                file: "blocked".into(),
+                path: "/var/lib/portsentry/portsentry.blocked".into(),
+                ..Default::default()
+            },
+        ],
     };
     let text = status_text(&report, at(1_700_000_160));
     let lines: Vec<&str> = text.lines().collect();
@@ -158,9 +172,55 @@ fn status_reads_as_aligned_key_value_lines() {
         lines[7],
         "crowdsec push:      http://10.0.0.5:8080: failing, retrying"
     );
-    assert_eq!(lines[8], "probes seen:        12");
-    assert_eq!(lines[17], "responder failures: 2");
-    assert_eq!(lines.len(), 18);
+    assert_eq!(
+        lines[8],
+        "journal:            ok (/var/lib/portsentry/portsentry.state)"
+    );
+    assert_eq!(lines[9], "probes seen:        12");
+    assert_eq!(lines[18], "responder failures: 2");
+    assert_eq!(lines.len(), 19);
+}
+
+#[test]
+fn status_says_since_when_the_journal_and_the_history_fail_and_what_waits() {
+    let failing = |file: &str, waiting, blocks| crate::storage::FileHealth {
+        file: file.into(),
+        path: format!("/var/lib/portsentry/{file}"),
+        failing_since: Some(at(1_700_000_000)),
+        error: "No space left on device (os error 28)".into(),
+        waiting,
+        blocks_unwritten: blocks,
+        dropped: 0,
+    };
+    let report = StatusReport {
+        version: "0.1.0".into(),
+        modes: vec!["tcp".into()],
+        started: at(1_700_000_000),
+        uptime_secs: 60,
+        generation: 1,
+        last_reload: None,
+        counters: Counters::default(),
+        fleet: Vec::new(),
+        storage: vec![failing("journal", 5, 3), failing("history", 3, 0)],
+    };
+    let text = status_text(&report, at(1_700_000_060));
+    let since = local_time(at(1_700_000_000));
+    let journal = text.lines().find(|l| l.starts_with("journal:")).unwrap();
+    assert_eq!(
+        journal,
+        format!(
+            "journal:            failing since {since} (No space left on device (os error 28)); \
+             3 block(s) not yet journaled, 5 entr(y/ies) waiting in memory"
+        )
+    );
+    let history = text
+        .lines()
+        .find(|l| l.starts_with("history file:"))
+        .unwrap();
+    assert!(
+        history.ends_with("; 3 line(s) waiting in memory"),
+        "{history}"
+    );
 }
 
 fn records() -> Vec<BlockRecord> {
@@ -246,12 +306,44 @@ fn an_escalated_prefix_is_one_line_saying_how_many_hosts_it_took_over() {
 }
 
 #[test]
+fn list_text_ends_with_the_fleet_decisions_per_origin() {
+    let fleet = crate::fleet::PullSnapshot {
+        per_origin: vec![("CAPI".into(), 2), ("crowdsec".into(), 1)],
+        held: 3,
+        elements: 3,
+        refused: 1,
+        over_limit: 0,
+        room: "nftables".into(),
+    };
+    let p = render(
+        &Request::List {
+            targets: Vec::new(),
+            origin: None,
+        },
+        &Response::List {
+            blocks: vec![],
+            fleet: Some(fleet),
+        },
+        false,
+    );
+    assert_eq!(
+        p.out,
+        "no blocks in force\nfleet: 3 decisions in force (CAPI 2, crowdsec 1), 3 elements in \
+         nftables, 1 refused\n"
+    );
+}
+
+#[test]
 fn list_json_is_the_blocks_array() {
     let blocks = records();
     let p = render(
-        &Request::List,
+        &Request::List {
+            targets: vec![],
+            origin: None,
+        },
         &Response::List {
             blocks: blocks.clone(),
+            fleet: None,
         },
         true,
     );
@@ -353,6 +445,91 @@ fn answers_decide_output_and_exit_code() {
             .contains("unexpected answer \"reloaded\" to \"status\""),
         "{}",
         p.err
+    );
+}
+
+#[test]
+fn status_json_is_the_report() {
+    let report = StatusReport {
+        version: "0.1.0".into(),
+        modes: vec!["atcp".into()],
+        started: SystemTime::UNIX_EPOCH,
+        uptime_secs: 5,
+        generation: 2,
+        last_reload: None,
+        counters: Default::default(),
+        fleet: Vec::new(),
+        storage: Vec::new(),
+    };
+    let p = render(&Request::Status, &Response::Status(report.clone()), true);
+    assert_eq!(p.code, 0);
+    let back: StatusReport = serde_json::from_str(&p.out).unwrap();
+    assert_eq!(back, report);
+}
+
+#[test]
+fn a_filtered_list_that_matches_nothing_says_so() {
+    let filtered = Request::List {
+        targets: vec!["10.0.0.5".into()],
+        origin: None,
+    };
+    let none = Response::List {
+        blocks: vec![],
+        fleet: None,
+    };
+    let p = render(&filtered, &none, false);
+    assert_eq!((p.out.as_str(), p.code), ("no block in force matches\n", 0));
+    let p = render(&filtered, &none, true);
+    assert_eq!((p.out.as_str(), p.code), ("[]\n", 0));
+}
+
+#[test]
+fn unblock_of_several_prints_each_target_and_a_count() {
+    let many = Request::UnblockMany {
+        targets: vec![],
+        all: true,
+        origin: Some("scan".into()),
+        covering: false,
+    };
+    let results = crate::control::protocol::sample_unblock_results();
+    let p = render(&many, &Response::UnblockedMany { results }, false);
+    assert_eq!(
+        p.out,
+        "10.0.0.5: unblocked\n  route: ip route del 10.0.0.5\n\
+         10.0.0.6: NOT unblocked: 10.0.0.6 is not blocked\n1 unblocked, 1 failed\n"
+    );
+    assert_eq!(p.code, 1);
+    let p = render(&many, &Response::UnblockedMany { results: vec![] }, false);
+    assert_eq!(
+        (p.out.as_str(), p.code),
+        ("no block of origin scan in force\n", 0)
+    );
+}
+
+#[test]
+fn a_block_the_daemon_extended_says_so() {
+    let block = Request::Block {
+        targets: vec![],
+        duration: Some("2h".into()),
+        reason: String::new(),
+    };
+    let p = render(
+        &block,
+        &Response::Blocked {
+            results: vec![TargetResult {
+                target: "10.0.0.5".into(),
+                ok: true,
+                detail: "extended until 2026-12-07 14:00:00".into(),
+            }],
+        },
+        false,
+    );
+    assert_eq!(
+        (p.out.as_str(), p.code),
+        (
+            "10.0.0.5: blocked (extended until 2026-12-07 14:00:00)\n",
+            0
+        )
     );
 }
 

@@ -196,6 +196,7 @@ fn sources() -> Sources {
         blocks: Arc::new(BlockCounters::default()),
         view: BlockView::new(),
         events: Arc::new(EventCounters::default()),
+        fleet: Arc::new(crate::fleet::PullView::default()),
     }
 }
 
@@ -295,6 +296,61 @@ fn the_page_reads_the_owners_counters_at_scrape_time() {
         ),
         5.0
     );
+}
+
+#[test]
+fn a_failing_journal_shows_its_unjournaled_blocks_and_which_files_fail() {
+    use crate::storage::{Outage, StoredFile};
+    let s = sources();
+    let server = MetricsServer::new(s.clone(), 1);
+    let scrape = parse(&server.render());
+    assert_eq!(value(&scrape, "portsentry_blocks_unjournaled", &[]), 0.0);
+    for file in ["journal", "history", "blocked"] {
+        assert_eq!(
+            value(&scrape, "portsentry_file_write_failing", &[("file", file)]),
+            0.0,
+            "{file}"
+        );
+    }
+    let mut journal = Outage::new(StoredFile::Journal, std::path::Path::new("/x/state"));
+    journal.report_to(&s.blocks.storage);
+    journal.failed(
+        &std::io::Error::from_raw_os_error(libc::ENOSPC),
+        "kept",
+        std::time::Instant::now(),
+    );
+    journal.keep(7, 4, 0);
+    let scrape = parse(&server.render());
+    assert_eq!(value(&scrape, "portsentry_blocks_unjournaled", &[]), 4.0);
+    let failing = |file| value(&scrape, "portsentry_file_write_failing", &[("file", file)]);
+    assert_eq!((failing("journal"), failing("history")), (1.0, 0.0));
+}
+
+#[test]
+fn pulled_decisions_are_gauges_per_origin_read_at_scrape_time() {
+    let s = sources();
+    let server = MetricsServer::new(s.clone(), 1);
+    s.fleet.publish(crate::fleet::PullSnapshot {
+        per_origin: vec![("CAPI".into(), 25_000), ("crowdsec".into(), 3)],
+        held: 25_003,
+        elements: 24_990,
+        refused: 2,
+        over_limit: 0,
+        room: "nftables".into(),
+    });
+    let scrape = parse(&server.render());
+    let origin = |o| value(&scrape, "portsentry_fleet_decisions", &[("origin", o)]);
+    assert_eq!((origin("CAPI"), origin("crowdsec")), (25_000.0, 3.0));
+    assert_eq!(
+        value(&scrape, "portsentry_fleet_decisions_refused_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        value(&scrape, "portsentry_fleet_kernel_elements", &[]),
+        24_990.0
+    );
+    // A local block is no fleet decision: the blocks gauge is apart.
+    assert_eq!(value(&scrape, "portsentry_blocks_active", &[]), 0.0);
 }
 
 #[test]

@@ -32,6 +32,7 @@ fn report() -> StatusReport {
         last_reload: None,
         counters: Counters::default(),
         fleet: Vec::new(),
+        storage: Vec::new(),
     }
 }
 
@@ -75,7 +76,7 @@ fn status_is_answered_by_the_daemon() {
     let (_dir, path, _server) = serving();
     assert!(is_status(&status(&path).unwrap()));
     // Another request kind reaches the daemon too.
-    let r = client::call(&path, &Request::List, Duration::from_secs(5)).unwrap();
+    let r = client::call(&path, &every_block(), Duration::from_secs(5)).unwrap();
     assert_eq!(error_text(&r), "fake daemon got list");
 }
 
@@ -239,13 +240,15 @@ fn only_root_and_the_daemons_own_user_are_allowed() {
 
 /// Connects as `nobody` from another process; prints `EACCES` and exits 3 when the
 /// connect itself is refused, else prints the answer line. (Only a process can change its
-/// uid, hence python rather than a thread of this test.)
-fn connect_as_nobody(path: &Path) -> Option<std::process::Output> {
+/// uid, hence python rather than a thread of this test.) Not being root, or lacking python3
+/// or runuser, fails the test as the end-to-end tests do: it must not pass without running.
+fn connect_as_nobody(path: &Path) -> std::process::Output {
     let python = Path::new("/usr/bin/python3");
-    if !nix::unistd::geteuid().is_root() || !python.exists() {
-        eprintln!("skipped: needs root and /usr/bin/python3");
-        return None;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to connect as nobody); run the suite as root"
+    );
+    assert!(python.exists(), "this test needs /usr/bin/python3");
     let script = "import socket, sys\n\
         s = socket.socket(socket.AF_UNIX)\n\
         try:\n    s.connect(sys.argv[1])\n\
@@ -254,27 +257,19 @@ fn connect_as_nobody(path: &Path) -> Option<std::process::Output> {
         try:\n    s.sendall(b'{\"request\":\"status\"}\\n')\n\
         except OSError:\n    pass\n\
         print(s.makefile().readline())\n";
-    let out = Command::new("runuser")
+    Command::new("runuser")
         .args(["-u", "nobody", "--"])
         .arg(python)
         .args(["-c", script])
         .arg(path)
-        .output();
-    match out {
-        Ok(o) => Some(o),
-        Err(e) => {
-            eprintln!("skipped: runuser: {e}");
-            None
-        }
-    }
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run runuser (util-linux): {e}"))
 }
 
 #[test]
 fn nobody_cannot_connect_to_the_root_only_socket() {
     let (_dir, path, _server) = serving();
-    let Some(out) = connect_as_nobody(&path) else {
-        return;
-    };
+    let out = connect_as_nobody(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -289,9 +284,7 @@ fn nobody_cannot_connect_to_the_root_only_socket() {
 fn nobody_is_refused_by_peer_credentials_even_if_the_mode_is_loosened() {
     let (_dir, path, _server) = serving();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let Some(out) = connect_as_nobody(&path) else {
-        return;
-    };
+    let out = connect_as_nobody(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -300,4 +293,186 @@ fn nobody_is_refused_by_peer_credentials_even_if_the_mode_is_loosened() {
     );
     let r: Response = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(error_text(&r), "permission denied");
+}
+
+/// A stand-in daemon holding blocks of several origins: answers `list` with them and
+/// `unblock` by lifting one (an error for a target it does not hold); records the unblocks.
+fn daemon_with_blocks(calls: Receiver<ControlCall>) -> Arc<std::sync::Mutex<Vec<String>>> {
+    use crate::block::{Origin, target_text};
+    use crate::control::select::test_block as record;
+    let lifted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&lifted);
+    std::thread::spawn(move || {
+        let mut blocks = vec![
+            record("10.0.0.0/24", Origin::Manual, ""),
+            record("10.0.1.7", Origin::Scan, ""),
+            record("10.0.1.8", Origin::Scan, ""),
+            record("192.0.2.9", Origin::Fleet, "cscli manual"),
+        ];
+        for call in calls {
+            let response = match &call.request {
+                Request::List { targets, origin } => {
+                    assert!(
+                        targets.is_empty() && origin.is_none(),
+                        "filtered by the server"
+                    );
+                    Response::List {
+                        blocks: blocks.clone(),
+                        fleet: None,
+                    }
+                }
+                Request::Unblock { target, .. } => {
+                    let before = blocks.len();
+                    blocks.retain(|b| target_text(&b.target) != *target);
+                    if blocks.len() < before {
+                        log.lock().unwrap().push(target.clone());
+                        Response::Unblocked {
+                            target: target.clone(),
+                            detail: vec![format!("route: ip route del {target}")],
+                        }
+                    } else {
+                        Response::error(format!("{target} is not blocked"))
+                    }
+                }
+                other => Response::error(format!("fake daemon got {}", other.name())),
+            };
+            call.answer(response);
+        }
+    });
+    lifted
+}
+
+fn serving_blocks() -> (
+    tempfile::TempDir,
+    PathBuf,
+    ControlServer,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portsentry.sock");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let server = ControlServer::start(&path, tx).unwrap();
+    let lifted = daemon_with_blocks(rx);
+    (dir, path, server, lifted)
+}
+
+fn listed(path: &Path, targets: &[&str], origin: Option<&str>) -> Vec<String> {
+    let request = Request::List {
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        origin: origin.map(str::to_string),
+    };
+    match client::call(path, &request, Duration::from_secs(5)).unwrap() {
+        Response::List { blocks, .. } => blocks
+            .iter()
+            .map(|b| crate::block::target_text(&b.target))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_server_filters_the_daemons_list_by_address_and_origin() {
+    let (_dir, path, _server, _) = serving_blocks();
+    assert_eq!(listed(&path, &[], None).len(), 4);
+    assert_eq!(listed(&path, &["10.0.0.77"], None), ["10.0.0.0/24"]);
+    assert_eq!(
+        listed(&path, &["10.0.0.0/16"], Some("scan")),
+        ["10.0.1.7", "10.0.1.8"]
+    );
+    assert_eq!(listed(&path, &[], Some("fleet")), ["192.0.2.9"]);
+    let bad = Request::List {
+        targets: vec![],
+        origin: Some("everyone".into()),
+    };
+    let r = client::call(&path, &bad, Duration::from_secs(5)).unwrap();
+    assert!(error_text(&r).contains("is not an origin"), "{r:?}");
+}
+
+fn unblock_many(path: &Path, targets: &[&str], all: bool, origin: Option<&str>) -> Response {
+    let request = Request::UnblockMany {
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        all,
+        origin: origin.map(str::to_string),
+        covering: false,
+    };
+    client::call(path, &request, Duration::from_secs(5)).unwrap()
+}
+
+#[test]
+fn unblock_of_several_targets_lifts_each_and_reports_each() {
+    let (_dir, path, _server, lifted) = serving_blocks();
+    let Response::UnblockedMany { results } = unblock_many(
+        &path,
+        &["10.0.1.7", "10.9.9.9", "10.0.0.5/24", "10.0.1.7"],
+        false,
+        None,
+    ) else {
+        panic!("not unblocked_many");
+    };
+    let outcome: Vec<(&str, bool)> = results.iter().map(|r| (r.target.as_str(), r.ok)).collect();
+    assert_eq!(
+        outcome,
+        [
+            ("10.0.1.7", true),
+            ("10.9.9.9", false),
+            ("10.0.0.0/24", true)
+        ],
+        "in order, canonical, each once"
+    );
+    assert_eq!(results[1].detail, ["10.9.9.9 is not blocked"]);
+    assert_eq!(results[0].detail, ["route: ip route del 10.0.1.7"]);
+    assert_eq!(*lifted.lock().unwrap(), ["10.0.1.7", "10.0.0.0/24"]);
+}
+
+#[test]
+fn unblock_all_of_one_origin_leaves_the_others() {
+    let (_dir, path, _server, lifted) = serving_blocks();
+    let Response::UnblockedMany { results } = unblock_many(&path, &[], true, Some("scan")) else {
+        panic!("not unblocked_many");
+    };
+    assert!(results.iter().all(|r| r.ok), "{results:?}");
+    assert_eq!(*lifted.lock().unwrap(), ["10.0.1.7", "10.0.1.8"]);
+    assert_eq!(listed(&path, &[], None), ["10.0.0.0/24", "192.0.2.9"]);
+    // Then everything else.
+    let Response::UnblockedMany { results } = unblock_many(&path, &[], true, None) else {
+        panic!("not unblocked_many");
+    };
+    assert_eq!(results.len(), 2);
+    assert!(listed(&path, &[], None).is_empty());
+    // Nothing left: an empty answer, not an error.
+    assert_eq!(
+        unblock_many(&path, &[], true, None),
+        Response::UnblockedMany { results: vec![] }
+    );
+}
+
+#[test]
+fn unblock_many_refuses_a_request_that_names_nothing_or_mixes_forms() {
+    let (_dir, path, _server, lifted) = serving_blocks();
+    for (targets, all, origin, why) in [
+        (&[][..], false, None, "no target"),
+        (&["10.0.1.7"][..], true, None, "not both"),
+        (
+            &["10.0.1.7"][..],
+            false,
+            Some("scan"),
+            "origin goes with all",
+        ),
+        (&["10.0.1.x"][..], false, None, "not an IP address"),
+    ] {
+        let r = unblock_many(&path, targets, all, origin);
+        assert!(error_text(&r).contains(why), "{r:?}");
+    }
+    let covering_all = Request::UnblockMany {
+        targets: vec![],
+        all: true,
+        origin: None,
+        covering: true,
+    };
+    let r = client::call(&path, &covering_all, Duration::from_secs(5)).unwrap();
+    assert!(
+        error_text(&r).contains("covering goes with targets"),
+        "{r:?}"
+    );
+    assert!(lifted.lock().unwrap().is_empty(), "nothing lifted");
 }

@@ -103,11 +103,52 @@ pub(crate) fn register(
         })?,
     )?;
     ps.raw_set("json", json_function(lua)?)?;
+    ps.raw_set(
+        "no_new_privs",
+        lua.create_function(|_, ()| Ok(no_new_privs()))?,
+    )?;
+    ps.raw_set(
+        "setid",
+        lua.create_function(|lua, path: Value| {
+            let Value::String(path) = &path else {
+                return Err(raise(
+                    lua,
+                    format!(
+                        "portsentry.setid: expected a path string, got {}",
+                        type_name(&path)
+                    ),
+                ));
+            };
+            Ok(setid(Path::new(&*path.to_string_lossy())))
+        })?,
+    )?;
     lua.globals().raw_set("portsentry", ps)?;
     install_hints(lua)?;
     lua.globals()
         .raw_set("require", require_function(lua, shared)?)?;
     Ok(())
+}
+
+/// `portsentry.no_new_privs()`: whether this process (and so every program it runs) has
+/// `no_new_privs` set, as under the systemd unit's `NoNewPrivileges=yes`: a setuid or setgid
+/// program then runs without the identity its mode bits would give it.
+fn no_new_privs() -> bool {
+    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer and only reads the calling thread's flag.
+    unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 }
+}
+
+/// `portsentry.setid(path)`: `"setuid"` or `"setgid"` when the file `path` names (symbolic
+/// links followed) has that mode bit, `nil` otherwise or when it does not exist.
+fn setid(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o4000 != 0 {
+        Some("setuid")
+    } else if mode & 0o2000 != 0 {
+        Some("setgid")
+    } else {
+        None
+    }
 }
 
 /// `raw_log(level, message)`: the Rust end of `portsentry.log.*` and `print`.

@@ -2,6 +2,7 @@
 //! same event as the plain fields of the Lua table, which crosses to the plugin's host
 //! process and becomes that table there.
 
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, Table};
@@ -47,9 +48,11 @@ impl EventName {
 pub struct EventData {
     /// Which event this is.
     pub name: EventName,
-    /// Who is blocked: the source address (always an IP, never a name), or a network for
-    /// blocks made by hand.
+    /// Who is blocked: the source address (always an IP, never a name), or a network (a
+    /// block made by hand, or a prefix escalated from its hosts' blocks).
     pub target: Target,
+    /// The hosts an escalated prefix block took over; empty for every other block.
+    pub members: Vec<IpAddr>,
     /// Destination port probed.
     pub port: u16,
     /// Protocol of the probe.
@@ -84,6 +87,7 @@ impl EventData {
         EventData {
             name,
             target: ctx.target,
+            members: ctx.members.to_vec(),
             port: hit.port,
             proto: hit.proto(),
             mode: hit.mode,
@@ -129,6 +133,9 @@ impl EventData {
         LuaEvent {
             name: self.name,
             ip: target_text(&self.target),
+            target: target_text(&self.target),
+            prefix_len: self.target.prefix_len(),
+            members: self.members.iter().map(IpAddr::to_string).collect(),
             family: if self.target.addr().is_ipv4() {
                 "ipv4"
             } else {
@@ -157,8 +164,16 @@ impl EventData {
 pub(crate) struct LuaEvent {
     /// Which handlers run.
     pub name: EventName,
-    /// `ev.ip`: address or network, as text.
+    /// `ev.ip`: address or network, as text (kept for plugins written before `target`).
     pub ip: String,
+    /// `ev.target`: what `$TARGET$` says, a bare address for a host, `addr/len` for a
+    /// network.
+    pub target: String,
+    /// `ev.prefix_len`: 32 or 128 for a host, the network's length otherwise.
+    pub prefix_len: u8,
+    /// `ev.members`: the hosts an escalated prefix block took over, as text; empty for
+    /// every other block.
+    pub members: Vec<String>,
     /// `ev.family`: `ipv4` or `ipv6`.
     pub family: String,
     /// `ev.port`.
@@ -193,6 +208,12 @@ impl LuaEvent {
         let t = lua.create_table()?;
         t.raw_set("event", self.name.as_str())?;
         t.raw_set("ip", self.ip.as_str())?;
+        t.raw_set("target", self.target.as_str())?;
+        t.raw_set("prefix_len", self.prefix_len)?;
+        t.raw_set(
+            "members",
+            lua.create_sequence_from(self.members.iter().map(String::as_str))?,
+        )?;
         t.raw_set("family", self.family.as_str())?;
         t.raw_set("port", self.port)?;
         t.raw_set("proto", self.proto.as_str())?;

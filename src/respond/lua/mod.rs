@@ -170,6 +170,37 @@ fn limits(config: &Config) -> Result<(Duration, usize), LuaError> {
     Ok((budget, memory))
 }
 
+/// Whether [`load_warnings_to_stderr`]'s logger still prints (`--test-plugin` stops it once
+/// the plugin is loaded: its report shows what the events log).
+static LOAD_WARNINGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// For the commands that load plugins without the daemon's logger (`--check-config`,
+/// `--test-plugin`): what a plugin logs at warning or error level while loading (the mail
+/// plugin saying it cannot work under the unit's sandbox, and how to fix it) goes to stderr
+/// as `warning: lua:NAME: …`. Does nothing when a logger is set already.
+pub fn load_warnings_to_stderr() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+                && metadata.target() == "portsentry::lua"
+                && LOAD_WARNINGS.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                eprintln!(
+                    "warning: {}",
+                    crate::logging::escape_controls(&record.args().to_string())
+                );
+            }
+        }
+        fn flush(&self) {}
+    }
+    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
 /// The longest one call of a Lua responder or `unblock` handler can keep the calling worker:
 /// the wait for room in the plugin's queue, then for its report (`Handle::call`). The
 /// watchdog's limit for a Lua step ([`crate::respond::pool::step_limit`]).

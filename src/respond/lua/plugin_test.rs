@@ -209,7 +209,10 @@ fn run(
             ""
         }
     )?;
-    let (name, handle) = match load_file(path, config, dry_run) {
+    let loaded = load_file(path, config, dry_run);
+    // What the events log is in the report below, not on stderr too.
+    super::LOAD_WARNINGS.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (name, handle) = match loaded {
         Ok(x) => x,
         Err(e) => {
             writeln!(out, "load failed: {}", escape_controls(&e.to_string()))?;
@@ -253,6 +256,7 @@ fn run(
     let alert = EventData {
         name: EventName::Alert,
         target: crate::record::host_target(target),
+        members: Vec::new(),
         port,
         proto,
         mode,

@@ -116,6 +116,43 @@ fn block_handler_string_becomes_the_action_detail() {
 }
 
 #[test]
+fn setid_reads_the_mode_bits_and_no_new_privs_the_processs_flag() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"portsentry.on("block", function(ev)
+                 local c = portsentry.config
+                 return table.concat({ tostring(portsentry.setid(c.setgid_file)),
+                   tostring(portsentry.setid(c.setuid_file)), tostring(portsentry.setid(c.plain_file)),
+                   tostring(portsentry.setid(c.plain_file .. ".missing")),
+                   tostring(portsentry.no_new_privs()) }, " ")
+               end)"#,
+        )],
+        &[],
+    );
+    let mut config = f.config.clone();
+    for (key, name, mode) in [
+        ("P_SETGID_FILE", "g", 0o2755),
+        ("P_SETUID_FILE", "u", 0o4755),
+        ("P_PLAIN_FILE", "plain", 0o755),
+    ] {
+        let path = f.path(name);
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        config.raw.insert(key.into(), path.display().to_string());
+    }
+    let plugins = LuaPlugins::load(&config).expect("load");
+    // SAFETY: PR_GET_NO_NEW_PRIVS only reads this thread's flag, which the plugin's process
+    // inherits.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+    match block1(&plugins, &config, "192.0.2.7", 1) {
+        Outcome::Done(a) => assert_eq!(a.detail, format!("setgid setuid nil nil {nnp}")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn block_without_detail_records_the_commands_run() {
     let f = Fixture::new(
         &[(
@@ -1410,6 +1447,58 @@ fn network_targets_reach_plugins_as_cidr_text() {
         .expect("unblocked");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.starts_with("unblock 192.0.2.0/24 ipv4 0 "), "{text}");
+}
+
+#[test]
+fn prefix_blocks_reach_plugins_with_their_length_and_member_hosts_and_hosts_with_none() {
+    let f = Fixture::new(
+        &[(
+            "p",
+            r#"local function say(ev)
+                 return table.concat({ ev.event, ev.target, ev.ip, ev.prefix_len, #ev.members,
+                   table.concat(ev.members, ",") }, " ")
+               end
+               portsentry.on("block", say)
+               portsentry.on("unblock", say)"#,
+        )],
+        &[],
+    );
+    let plugins = f.load();
+    let members: Vec<IpAddr> = ["2001:db8:1:2::5", "2001:db8:1:2::9", "2001:db8:1:2::a"]
+        .iter()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    let a = alert("2001:db8:1:2::a", 79);
+    let ctx = ResponseContext {
+        target: crate::record::parse_target("2001:db8:1:2::/64").unwrap(),
+        members: &members,
+        ..ResponseContext::for_alert(&a, "2001:db8:1:2::/64", &f.config)
+    };
+    let said = "2001:db8:1:2::/64 2001:db8:1:2::/64 64 3 \
+                2001:db8:1:2::5,2001:db8:1:2::9,2001:db8:1:2::a";
+    let o = plugins.responders()[0].respond(&ctx);
+    assert_eq!(done_detail(&o), format!("block {said}"));
+    assert_eq!(
+        plugins.unblock("p", &ctx, UnblockReason::Expired),
+        Ok(format!("lua:p: unblock {said}"))
+    );
+    let v4 = ["10.77.5.3".parse().unwrap()];
+    let a = alert("10.77.5.3", 79);
+    let ctx = ResponseContext {
+        target: crate::record::parse_target("10.77.5.0/24").unwrap(),
+        members: &v4,
+        ..ResponseContext::for_alert(&a, "10.77.5.0/24", &f.config)
+    };
+    let o = plugins.responders()[0].respond(&ctx);
+    assert_eq!(
+        done_detail(&o),
+        "block 10.77.5.0/24 10.77.5.0/24 24 1 10.77.5.3"
+    );
+    // A host: its address, the full length, no members.
+    let o = block1(&plugins, &f.config, "192.0.2.7", 79);
+    assert_eq!(done_detail(&o), "block 192.0.2.7 192.0.2.7 32 0 ");
+    let o = block1(&plugins, &f.config, "2001:db8::7", 79);
+    assert_eq!(done_detail(&o), "block 2001:db8::7 2001:db8::7 128 0 ");
 }
 
 #[test]

@@ -6,14 +6,30 @@
 //! table inet portsentry {
 //!     set ipv4_addr { type ipv4_addr; size N; flags timeout; }
 //!     set ipv6_addr { type ipv6_addr; size N; flags timeout; }
+//!     set ipv4_net { type ipv4_addr; flags interval,timeout; }
+//!     set ipv6_net { type ipv6_addr; flags interval,timeout; }
+//!     set fleet_ipv4 { type ipv4_addr; flags timeout; }
+//!     set fleet_ipv6 { type ipv6_addr; flags timeout; }
+//!     set fleet_net4 { type ipv4_addr; flags interval,timeout; }
+//!     set fleet_net6 { type ipv6_addr; flags interval,timeout; }
 //!     chain input {
 //!         type filter hook input priority filter - 10; policy accept;
 //!         ip saddr @ipv4_addr drop
 //!         ip6 saddr @ipv6_addr drop
+//!         ip saddr @ipv4_net drop
+//!         ip6 saddr @ipv6_net drop
+//!         ip saddr @fleet_ipv4 drop
+//!         ip6 saddr @fleet_ipv6 drop
+//!         ip saddr @fleet_net4 drop
+//!         ip6 saddr @fleet_net6 drop
 //!     }
 //!     chain forward { ... the same on hook forward, only with NftSettings::forward ... }
 //! }
 //! ```
+//!
+//! The `fleet_*` sets hold the decisions pulled from CrowdSec (hosts, and networks as
+//! interval elements: [`interval`]), apart from the blocks made here, so that neither
+//! side's undo can remove the other's element.
 //!
 //! A block is an element of a set, carrying the block's remaining time as its kernel timeout,
 //! so that it expires in the kernel even while the daemon is down; many blocks go in one
@@ -27,9 +43,11 @@
 //! here are small enough to write by hand (`wire.rs`), over the `nix` socket calls already
 //! in use: no new dependency, no C library, no build-time bindings.
 
+mod interval;
 mod responder;
 mod wire;
 
+pub use interval::{IntervalChanges, Room};
 pub use responder::{NftHandle, NftResponder, config_warnings};
 
 #[cfg(test)]
@@ -50,6 +68,18 @@ pub const DEFAULT_TABLE: &str = "portsentry";
 pub const SET_V4: &str = "ipv4_addr";
 /// The set of blocked IPv6 hosts.
 pub const SET_V6: &str = "ipv6_addr";
+/// The interval set of IPv4 networks blocked here (blocks of a prefix).
+pub const SET_NET_V4: &str = "ipv4_net";
+/// The interval set of IPv6 networks blocked here.
+pub const SET_NET_V6: &str = "ipv6_net";
+/// The set of IPv4 hosts pulled from the fleet (CrowdSec decisions).
+pub const FLEET_SET_V4: &str = "fleet_ipv4";
+/// The set of IPv6 hosts pulled from the fleet.
+pub const FLEET_SET_V6: &str = "fleet_ipv6";
+/// The interval set of IPv4 networks pulled from the fleet.
+pub const FLEET_NET_SET_V4: &str = "fleet_net4";
+/// The interval set of IPv6 networks pulled from the fleet.
+pub const FLEET_NET_SET_V6: &str = "fleet_net6";
 
 /// Longest kernel timeout given to an element (100 years): the kernel rejects timeouts that
 /// overflow its clock, and a longer block is permanent for every practical purpose.
@@ -141,9 +171,9 @@ pub enum NftError {
          needs CAP_NET_ADMIN (run as root, or grant the capability)"
     )]
     NoPermission,
-    /// A network, not a host: the sets hold single addresses, so the caller blocks it
-    /// another way (a route) or skips it.
-    #[error("{0} is a network; the nftables sets hold single hosts only")]
+    /// A network where a host was expected ([`host_of`]): networks go to the interval
+    /// sets ([`Room`]).
+    #[error("{0} is a network; the host sets hold single hosts only")]
     Network(IpNet),
     /// The set holds `set_size` hosts already; the whole batch was refused.
     #[error(
@@ -233,6 +263,11 @@ struct Family {
     saddr_offset: u32,
     /// Transaction-local id of the set, required when creating it.
     set_id: u32,
+    /// The set's flags: `timeout` for the host sets, `interval, timeout` for the fleet's.
+    flags: u32,
+    /// Whether the set has a `size` (the host sets, sized by `MAX_ACTIVE_BLOCKS`); the
+    /// fleet's sets are bounded by `CROWDSEC_MAX_DECISIONS` in the daemon instead.
+    sized: bool,
 }
 
 const FAMILIES: [Family; 2] = [
@@ -243,6 +278,8 @@ const FAMILIES: [Family; 2] = [
         nfproto: wire::NFPROTO_IPV4,
         saddr_offset: 12,
         set_id: 1,
+        flags: wire::NFT_SET_TIMEOUT,
+        sized: true,
     },
     Family {
         set: SET_V6,
@@ -251,7 +288,79 @@ const FAMILIES: [Family; 2] = [
         nfproto: wire::NFPROTO_IPV6,
         saddr_offset: 8,
         set_id: 2,
+        flags: wire::NFT_SET_TIMEOUT,
+        sized: true,
     },
+];
+
+/// The network sets of the blocks made here: interval sets beside the host sets, so that
+/// a host block and a block of a prefix around it are both elements (the kernel refuses
+/// only overlapping intervals of one set), and host blocks keep the hash set's cost.
+const NET_FAMILIES: [Family; 2] = [
+    Family {
+        set: SET_NET_V4,
+        set_id: 7,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[0]
+    },
+    Family {
+        set: SET_NET_V6,
+        set_id: 8,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[1]
+    },
+];
+
+/// The fleet's host sets: decisions pulled from CrowdSec, in a room of their own so that a
+/// local block's undo never removes a fleet element and the other way round. Hosts are
+/// hash-set elements: adding 100 to a set of 100,000 costs the kernel well under a
+/// millisecond, where an interval set (a red-black tree the kernel walks at each commit)
+/// takes some 30 ms.
+const FLEET_FAMILIES: [Family; 2] = [
+    Family {
+        set: FLEET_SET_V4,
+        set_id: 3,
+        sized: false,
+        ..FAMILIES[0]
+    },
+    Family {
+        set: FLEET_SET_V6,
+        set_id: 4,
+        sized: false,
+        ..FAMILIES[1]
+    },
+];
+
+/// The fleet's network sets (`Range` decisions), interval sets.
+const FLEET_NET_FAMILIES: [Family; 2] = [
+    Family {
+        set: FLEET_NET_SET_V4,
+        set_id: 5,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[0]
+    },
+    Family {
+        set: FLEET_NET_SET_V6,
+        set_id: 6,
+        flags: wire::NFT_SET_INTERVAL | wire::NFT_SET_TIMEOUT,
+        sized: false,
+        ..FAMILIES[1]
+    },
+];
+
+/// Every set of our layout, in the order their drop rules stand in each chain.
+const ALL_SETS: [&Family; 8] = [
+    &FAMILIES[0],
+    &FAMILIES[1],
+    &NET_FAMILIES[0],
+    &NET_FAMILIES[1],
+    &FLEET_FAMILIES[0],
+    &FLEET_FAMILIES[1],
+    &FLEET_NET_FAMILIES[0],
+    &FLEET_NET_FAMILIES[1],
 ];
 
 /// A base chain of ours.
@@ -282,15 +391,16 @@ struct SetInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ChainInfo {
     hooknum: Option<u32>,
-    /// Whether a rule drops sources found in each family's set.
-    drops: [bool; 2],
+    /// Whether a rule drops sources found in each set of [`ALL_SETS`].
+    drops: [bool; 8],
 }
 
 /// What of our layout the kernel already has; read from our table only.
 #[derive(Debug, Default)]
 struct Survey {
     table: bool,
-    sets: [Option<SetInfo>; 2],
+    /// Each set of [`ALL_SETS`].
+    sets: [Option<SetInfo>; 8],
     input: Option<ChainInfo>,
     forward: Option<ChainInfo>,
 }
@@ -304,7 +414,7 @@ impl Survey {
             object,
             why,
         };
-        for (fam, info) in FAMILIES.iter().zip(&self.sets) {
+        for (fam, info) in ALL_SETS.iter().zip(&self.sets) {
             let Some(info) = info else { continue };
             let object = format!("set {}", fam.set);
             if info.key_type != fam.key_type || info.key_len != fam.key_len {
@@ -313,13 +423,20 @@ impl Survey {
             if info.flags & wire::NFT_SET_TIMEOUT == 0 {
                 return Err(incompatible(object, "has no `flags timeout`".into()));
             }
-            if info.flags & FOREIGN_SET_FLAGS != 0 {
+            if fam.flags & wire::NFT_SET_INTERVAL != 0 && info.flags & wire::NFT_SET_INTERVAL == 0 {
+                return Err(incompatible(object, "has no `flags interval`".into()));
+            }
+            if info.flags & FOREIGN_SET_FLAGS & !fam.flags != 0 {
                 return Err(incompatible(
                     object,
-                    "is not a plain set (interval, map or constant)".into(),
+                    if fam.flags & wire::NFT_SET_INTERVAL != 0 {
+                        "is not a plain interval set (map or constant)".into()
+                    } else {
+                        "is not a plain set (interval, map or constant)".into()
+                    },
                 ));
             }
-            if info.size.is_some_and(|s| s != settings.set_size) {
+            if fam.sized && info.size.is_some_and(|s| s != settings.set_size) {
                 log::warn!(
                     "nftables: set inet {} {} keeps its size {} (the settings ask for {}): \
                      the kernel cannot resize a set; delete the table to apply the new size",
@@ -512,28 +629,33 @@ impl NftBackend {
     /// The hosts in the sets now, with the time each has left when it has a timeout.
     /// Elements the kernel holds but has already expired are not listed.
     pub fn list(&self) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
-        let table = self.settings.table.as_str();
         let mut out = Vec::new();
         for fam in &FAMILIES {
-            let answer = self.sock.request(
-                Cmd::GetSetElem,
-                true,
-                |w| {
-                    w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
-                    w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-                },
-                |reply| {
-                    let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS)
-                    else {
-                        return Ok(());
-                    };
-                    out.extend(elements.filter_map(|(_, e)| parse_element(Attrs(e))));
-                    Ok(())
-                },
-            )?;
-            answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))?;
+            self.dump_set(fam, |e| out.extend(parse_element(e)))?;
         }
         Ok(out)
+    }
+
+    /// Hands every element of one set of ours, as the kernel dumps it, to `each`.
+    fn dump_set(&self, fam: &Family, mut each: impl FnMut(Attrs<'_>)) -> Result<(), NftError> {
+        let table = self.settings.table.as_str();
+        let answer = self.sock.request(
+            Cmd::GetSetElem,
+            true,
+            |w| {
+                w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
+                w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
+            },
+            |reply| {
+                if let Some(elements) = reply.attrs().nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for (_, e) in elements {
+                        each(Attrs(e));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        answer.map_err(|e| errno_error(e, format!("listing set inet {table} {}", fam.set)))
     }
 
     /// Reads what exists of our layout: gets by name, and the rules of our own chains.
@@ -550,7 +672,16 @@ impl NftBackend {
         }
         Ok(Survey {
             table: true,
-            sets: [self.get_set(SET_V4)?, self.get_set(SET_V6)?],
+            sets: [
+                self.get_set(SET_V4)?,
+                self.get_set(SET_V6)?,
+                self.get_set(SET_NET_V4)?,
+                self.get_set(SET_NET_V6)?,
+                self.get_set(FLEET_SET_V4)?,
+                self.get_set(FLEET_SET_V6)?,
+                self.get_set(FLEET_NET_SET_V4)?,
+                self.get_set(FLEET_NET_SET_V6)?,
+            ],
             input: self.get_chain(INPUT.chain)?,
             forward: self.get_chain(FORWARD.chain)?,
         })
@@ -618,7 +749,7 @@ impl NftBackend {
         if !exists {
             return Ok(None);
         }
-        let mut drops = [false; 2];
+        let mut drops = [false; 8];
         let answer = self.sock.request(
             Cmd::GetRule,
             true,
@@ -627,7 +758,7 @@ impl NftBackend {
                 w.str(wire::NFTA_RULE_CHAIN, name);
             },
             |reply| {
-                for (fam, seen) in FAMILIES.iter().zip(&mut drops) {
+                for (fam, seen) in ALL_SETS.iter().zip(&mut drops) {
                     *seen |= rule_drops_set(reply.attrs(), fam.set);
                 }
                 Ok(())
@@ -647,7 +778,7 @@ impl NftBackend {
             });
             labels.push(Label::new(seq, format!("creating table inet {table}")));
         }
-        for (fam, info) in FAMILIES.iter().zip(&survey.sets) {
+        for (fam, info) in ALL_SETS.iter().zip(&survey.sets) {
             if info.is_none() {
                 let seq = batch.command(Cmd::NewSet, wire::NLM_F_CREATE, |w| {
                     write_set(w, table, fam, s.set_size);
@@ -678,8 +809,8 @@ impl NftBackend {
                 });
                 labels.push(Label::new(seq, format!("creating chain {}", hook.chain)));
             }
-            let drops = info.map_or([false; 2], |i| i.drops);
-            for (fam, present) in FAMILIES.iter().zip(drops) {
+            let drops = info.map_or([false; 8], |i| i.drops);
+            for (fam, present) in ALL_SETS.iter().zip(drops) {
                 if !present {
                     let seq =
                         batch.command(Cmd::NewRule, wire::NLM_F_CREATE | wire::NLM_F_APPEND, |w| {
@@ -827,6 +958,29 @@ fn element_command(
     elements: &[Element],
     timeouts: bool,
 ) -> u32 {
+    element_list_command(batch, cmd, table, fam, |w| {
+        for (key, timeout) in elements {
+            w.nested(wire::NFTA_LIST_ELEM, |w| {
+                w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
+                    w.bytes(wire::NFTA_DATA_VALUE, key.data());
+                });
+                if let (true, Some(ms)) = (timeouts, timeout) {
+                    w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
+                }
+            });
+        }
+    })
+}
+
+/// One element list command (`NEWSETELEM`, which creates, or `DELSETELEM`) for a set of
+/// ours, `elements` writing the list's entries. Returns its sequence number.
+fn element_list_command(
+    batch: &mut Batch,
+    cmd: Cmd,
+    table: &str,
+    fam: &Family,
+    elements: impl FnOnce(&mut Writer),
+) -> u32 {
     let flags = if cmd == Cmd::NewSetElem {
         wire::NLM_F_CREATE
     } else {
@@ -835,18 +989,7 @@ fn element_command(
     batch.command(cmd, flags, |w| {
         w.str(wire::NFTA_SET_ELEM_LIST_TABLE, table);
         w.str(wire::NFTA_SET_ELEM_LIST_SET, fam.set);
-        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
-            for (key, timeout) in elements {
-                w.nested(wire::NFTA_LIST_ELEM, |w| {
-                    w.nested(wire::NFTA_SET_ELEM_KEY, |w| {
-                        w.bytes(wire::NFTA_DATA_VALUE, key.data());
-                    });
-                    if let (true, Some(ms)) = (timeouts, timeout) {
-                        w.be64(wire::NFTA_SET_ELEM_TIMEOUT, *ms);
-                    }
-                });
-            }
-        });
+        w.nested(wire::NFTA_SET_ELEM_LIST_ELEMENTS, elements);
     })
 }
 
@@ -870,13 +1013,15 @@ fn parse_element(e: Attrs<'_>) -> Option<(IpAddr, Option<Duration>)> {
 fn write_set(w: &mut Writer, table: &str, fam: &Family, size: u32) {
     w.str(wire::NFTA_SET_TABLE, table);
     w.str(wire::NFTA_SET_NAME, fam.set);
-    w.be32(wire::NFTA_SET_FLAGS, wire::NFT_SET_TIMEOUT);
+    w.be32(wire::NFTA_SET_FLAGS, fam.flags);
     w.be32(wire::NFTA_SET_KEY_TYPE, fam.key_type);
     w.be32(wire::NFTA_SET_KEY_LEN, fam.key_len);
     w.be32(wire::NFTA_SET_ID, fam.set_id);
-    w.nested(wire::NFTA_SET_DESC, |w| {
-        w.be32(wire::NFTA_SET_DESC_SIZE, size)
-    });
+    if fam.sized {
+        w.nested(wire::NFTA_SET_DESC, |w| {
+            w.be32(wire::NFTA_SET_DESC_SIZE, size)
+        });
+    }
 }
 
 fn write_chain(w: &mut Writer, table: &str, hook: &Hook) {

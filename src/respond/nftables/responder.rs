@@ -8,12 +8,14 @@
 //! block state: which hosts are blocked is still the manager's alone.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
-use super::{NftBackend, NftError, NftSettings, host_of, probe, set_of};
+use super::{IntervalChanges, NftBackend, NftError, NftSettings, Room, host_of, probe, set_of};
 use crate::config::{Config, ConfigWarning};
 use crate::log_lines;
 use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
@@ -54,20 +56,27 @@ impl NftHandle {
                 }
             }
             Some(s) if have.as_ref() == Some(&s) => {}
-            Some(s) => match NftBackend::open(&s) {
-                Ok(b) => {
-                    *slot = Some(b);
-                    log::info!(
+            Some(s) => {
+                drop(slot);
+                match self.open(&s) {
+                    Ok(()) => log::info!(
                         "{}",
                         log_lines::nftables_ready(&s.table, s.set_size, s.forward)
-                    );
+                    ),
+                    Err(e) => log::error!("{}", log_lines::nftables_unusable(e)),
                 }
-                Err(e) => {
-                    *slot = None;
-                    log::error!("{}", log_lines::nftables_unusable(e));
-                }
-            },
+            }
         }
+    }
+
+    /// Opens (or makes) the table of `settings` in place of whatever was open (closed on
+    /// an error). For a second user of the same table too (the fleet's puller), with a
+    /// socket of its own.
+    pub fn open(&self, settings: &NftSettings) -> Result<(), NftError> {
+        let mut slot = self.lock();
+        *slot = None;
+        *slot = Some(NftBackend::open(settings)?);
+        Ok(())
     }
 
     /// Whether a backend is open (the responder joins the chain only then).
@@ -79,14 +88,40 @@ impl NftHandle {
     /// into. When our table or a set of it has vanished (`nft flush ruleset`, a firewall
     /// service reloading the whole ruleset), it is made again and the add is tried once more.
     pub fn add(&self, elements: &[(IpAddr, Option<Duration>)]) -> Result<String, NftError> {
+        self.with_remake(|b| b.add(elements))
+    }
+
+    /// Applies changes to a room of interval sets (the fleet's) in one transaction; returns
+    /// the table. A vanished table is made again and the changes tried once more, like
+    /// [`NftHandle::add`].
+    pub fn change_intervals(
+        &self,
+        room: Room,
+        changes: &IntervalChanges,
+    ) -> Result<String, NftError> {
+        self.with_remake(|b| b.change_intervals(room, changes))
+    }
+
+    /// The table in use, `None` while closed.
+    pub fn table(&self) -> Option<String> {
+        self.lock().as_ref().map(|b| b.settings().table.clone())
+    }
+
+    /// Runs `change` on the open backend; when our table or a set of it has vanished (`nft
+    /// flush ruleset`, a firewall service reloading the whole ruleset), makes it again and
+    /// runs `change` once more.
+    fn with_remake(
+        &self,
+        mut change: impl FnMut(&mut NftBackend) -> Result<(), NftError>,
+    ) -> Result<String, NftError> {
         let mut slot = self.lock();
         let backend = slot.as_mut().ok_or(NftError::Closed)?;
         let table = backend.settings().table.clone();
-        match backend.add(elements) {
+        match change(backend) {
             Ok(()) => Ok(table),
             Err(e @ NftError::Kernel { .. }) if is_missing(&e) => {
                 let mut fresh = NftBackend::open(backend.settings())?;
-                fresh.add(elements)?;
+                change(&mut fresh)?;
                 log::warn!("{}", log_lines::nftables_remade(&table, &e));
                 *backend = fresh;
                 Ok(table)
@@ -119,12 +154,41 @@ impl NftHandle {
     /// changed `NFTABLES_TABLE` or turned `KILL_NFTABLES` off). A host, set or table already
     /// gone is success.
     pub fn delete(&self, table: &str, addr: IpAddr) -> Result<(), NftError> {
+        self.on_table(table, |b| b.delete(&[addr]))
+    }
+
+    /// Deletes a block's target from the sets of `table`: a host from its host set
+    /// ([`NftHandle::delete`]), a network from its interval set ([`Room::Blocks`]); one
+    /// already gone is success. Returns the set it was in.
+    pub fn delete_target(&self, table: &str, target: IpNet) -> Result<&'static str, NftError> {
+        if let Ok(addr) = host_of(target) {
+            self.delete(table, addr)?;
+            return Ok(set_of(addr));
+        }
+        let changes = IntervalChanges {
+            remove: vec![target],
+            ..IntervalChanges::default()
+        };
+        match self.on_table(table, |b| b.change_intervals(Room::Blocks, &changes)) {
+            Err(e) if !is_missing(&e) => Err(e),
+            _ => Ok(Room::Blocks.set_of(target)),
+        }
+    }
+
+    /// Runs `change` on the open backend when it is `table`'s, else on a socket of its own
+    /// (the table of a block made before a reload changed `NFTABLES_TABLE` or turned
+    /// `KILL_NFTABLES` off).
+    fn on_table(
+        &self,
+        table: &str,
+        change: impl FnOnce(&mut NftBackend) -> Result<(), NftError>,
+    ) -> Result<(), NftError> {
         let mut slot = self.lock();
         if let Some(b) = slot.as_mut().filter(|b| b.settings().table == table) {
-            return b.delete(&[addr]);
+            return change(b);
         }
         drop(slot);
-        NftBackend::attach(table)?.delete(&[addr])
+        change(&mut NftBackend::attach(table)?)
     }
 }
 
@@ -162,70 +226,66 @@ impl Responder for NftResponder {
         true
     }
 
-    /// Every host of the batch in one transaction; should it fail (one element the kernel
-    /// refuses fails them all), each host is tried alone so the others still go in.
+    /// The hosts of the batch in one transaction (should it fail, one element the kernel
+    /// refuses failing them all, each host is tried alone so the others still go in); a
+    /// network (a block of a prefix) into its interval set, one at a time.
     fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
         let now = SystemTime::now();
-        // Each host with its kernel timeout; a network is left to the other responders.
-        let elements: Vec<Result<(IpAddr, Option<Duration>), String>> = ctxs
+        let timeout = |ctx: &ResponseContext<'_>| {
+            ctx.until.map(|u| u.duration_since(now).unwrap_or_default())
+        };
+        let hosts: Vec<(IpAddr, Option<Duration>)> = ctxs
             .iter()
-            .map(|ctx| {
-                let timeout = ctx.until.map(|u| u.duration_since(now).unwrap_or_default());
-                host_of(ctx.target)
-                    .map(|addr| (addr, timeout))
-                    .map_err(|e| format!("{e}; the other responders block it"))
-            })
+            .filter_map(|ctx| host_of(ctx.target).ok().map(|a| (a, timeout(ctx))))
             .collect();
-        let hosts: Vec<(IpAddr, Option<Duration>)> = elements.iter().flatten().copied().collect();
         let together = if hosts.len() > 1 {
             self.handle.add(&hosts).ok()
         } else {
             None
         };
         ctxs.iter()
-            .zip(elements)
-            .map(|(ctx, element)| {
-                let element = match element {
-                    Ok(e) => e,
-                    Err(why) => return Outcome::Skipped(why),
-                };
-                let added = match &together {
-                    Some(table) => Ok(table.clone()),
-                    None => self.handle.add(&[element]),
+            .map(|ctx| {
+                let timeout = timeout(ctx);
+                let added = match host_of(ctx.target) {
+                    Ok(addr) => match &together {
+                        Some(table) => Ok((table.clone(), set_of(addr))),
+                        None => self
+                            .handle
+                            .add(&[(addr, timeout)])
+                            .map(|table| (table, set_of(addr))),
+                    },
+                    Err(_) => {
+                        let changes = IntervalChanges {
+                            add: vec![(ctx.target, timeout)],
+                            ..IntervalChanges::default()
+                        };
+                        self.handle
+                            .change_intervals(Room::Blocks, &changes)
+                            .map(|table| (table, Room::Blocks.set_of(ctx.target)))
+                    }
                 };
                 match added {
-                    Ok(table) => self.done(ctx, element, table),
+                    Ok((table, set)) => {
+                        log::info!(
+                            "{}",
+                            log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
+                        );
+                        let until = timeout.map_or_else(String::new, |t| {
+                            format!(
+                                " timeout {}",
+                                humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
+                            )
+                        });
+                        Outcome::Done(Action {
+                            responder: self.name(),
+                            detail: format!("set inet {table} {set}{until}"),
+                            undo: Undo::Nftables { table },
+                        })
+                    }
                     Err(e) => Outcome::Failed(e.to_string()),
                 }
             })
             .collect()
-    }
-}
-
-impl NftResponder {
-    /// The host is in its set: the success line and the action recorded.
-    fn done(
-        &self,
-        ctx: &ResponseContext<'_>,
-        (addr, timeout): (IpAddr, Option<Duration>),
-        table: String,
-    ) -> Outcome {
-        let set = set_of(addr);
-        log::info!(
-            "{}",
-            log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
-        );
-        let until = timeout.map_or_else(String::new, |t| {
-            format!(
-                " timeout {}",
-                humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
-            )
-        });
-        Outcome::Done(Action {
-            responder: self.name(),
-            detail: format!("set inet {table} {set}{until}"),
-            undo: Undo::Nftables { table },
-        })
     }
 }
 
@@ -282,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn a_network_is_skipped_and_a_closed_backend_fails_without_the_kernel() {
+    fn a_closed_backend_fails_for_hosts_and_networks_without_the_kernel() {
         let mut r = NftResponder::new(NftHandle::closed());
         let c = config();
         let alert = crate::event::Candidate {
@@ -300,22 +360,17 @@ mod tests {
             target: "10.77.1.0/24".parse().unwrap(),
             ..ResponseContext::for_alert(&alert, "10.77.1.0/24", &c)
         };
-        match r.respond(&ctx) {
-            Outcome::Skipped(why) => assert_eq!(
-                why,
-                "10.77.1.0/24 is a network; the nftables sets hold single hosts only; the \
-                 other responders block it"
-            ),
-            other => panic!("{other:?}"),
-        }
+        let closed = Outcome::Failed(
+            "nftables: not in use (KILL_NFTABLES is off or could not be set up)".into(),
+        );
+        assert_eq!(
+            r.respond(&ctx),
+            closed,
+            "a network goes to the interval set"
+        );
         let o =
             crate::respond::respond_once(&mut r, "10.77.1.2", 79, Mode::Tcp, ProbeKind::Connect);
-        assert_eq!(
-            o,
-            Outcome::Failed(
-                "nftables: not in use (KILL_NFTABLES is off or could not be set up)".into()
-            )
-        );
+        assert_eq!(o, closed);
         assert!(!NftHandle::closed().is_open());
     }
 

@@ -295,7 +295,7 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
     let check = |sets: [Option<SetInfo>; 2], input: Option<ChainInfo>| {
         Survey {
             table: true,
-            sets,
+            sets: [sets[0], sets[1], None, None, None, None, None, None],
             input,
             forward: None,
         }
@@ -329,9 +329,42 @@ fn sets_and_chains_of_our_names_that_cannot_work_are_refused() {
             .unwrap_err()
             .contains("set ipv6_addr holds another")
     );
+    // The fleet's host sets are plain sets; its network sets must be interval sets.
+    let unsized_good = SetInfo { size: None, ..good };
+    let fleet = |info: SetInfo| {
+        Survey {
+            table: true,
+            sets: [
+                None,
+                None,
+                None,
+                None,
+                Some(unsized_good),
+                None,
+                Some(info),
+                None,
+            ],
+            input: None,
+            forward: None,
+        }
+        .check(&settings)
+        .map_err(|e| e.to_string())
+    };
+    assert!(
+        fleet(SetInfo {
+            size: None,
+            ..interval
+        })
+        .is_ok()
+    );
+    assert!(
+        fleet(good)
+            .unwrap_err()
+            .contains("set fleet_net4 has no `flags interval`")
+    );
     let regular = ChainInfo {
         hooknum: None,
-        drops: [true, true],
+        drops: [true; 8],
     };
     assert!(
         check([None, None], Some(regular))

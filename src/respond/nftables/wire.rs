@@ -103,11 +103,16 @@ pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(super) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub(super) const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 
 // Values.
+pub(super) const NFT_SET_INTERVAL: u32 = 0x4;
 pub(super) const NFT_SET_TIMEOUT: u32 = 0x10;
+/// `NFT_SET_ELEM_INTERVAL_END`: the element closes an interval (its key is the first
+/// address after it).
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 pub(super) const NFT_META_NFPROTO: u32 = 15;
 pub(super) const NFT_REG_VERDICT: u32 = 0;
 pub(super) const NFT_REG_1: u32 = 1;
