@@ -11,6 +11,12 @@
 //!    with its time left): wall time from the daemon's start until the kernel's sets hold
 //!    all N (polled over netlink every 2 ms), until every block is re-applied, the daemon's
 //!    CPU per block, and its peak RSS.
+//! 5. (printed before 3) Restore of 20,000 journaled blocks with the shipped responders
+//!    (nftables + `ip route add unreachable` + a hosts.deny line, as conf/portsentry.conf),
+//!    then with the route alone and hosts.deny alone: time from the daemon's "listening" line
+//!    until the kernel's route table, the hosts.deny file and the nftables sets each hold all
+//!    N (watched from inside the lab every 5 ms), CPU per block, peak RSS.
+//!    `PORTSENTRY_BENCH_SHIPPED_ONLY=1` runs only this (`PORTSENTRY_BENCH_RUNS`: runs each).
 //! 4. Blocks per second through the whole daemon (control socket, block manager, responder
 //!    pool, journal): `portsentry block --from-file` of N hosts, `KILL_NFTABLES` alone vs
 //!    `KILL_ROUTE` alone.
@@ -233,6 +239,219 @@ fn restore_nftables(n: usize, runs: usize, out: &mut String) {
     );
 }
 
+/// The shipped responders (conf/portsentry.conf): nftables, an unreachable route and a
+/// hosts.deny line, and each of the last two alone.
+const SHIPPED: [(&str, &str); 3] = [
+    (
+        "shipped (nftables + route + hosts.deny)",
+        "KILL_NFTABLES=\"1\"\nKILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n\
+         KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"",
+    ),
+    (
+        "route alone",
+        "KILL_NFTABLES=\"0\"\nKILL_ROUTE=\"/sbin/ip route add unreachable $TARGET$\"\n\
+         KILL_HOSTS_DENY=\"\"",
+    ),
+    (
+        "hosts.deny alone",
+        "KILL_NFTABLES=\"0\"\nKILL_ROUTE=\"\"\nKILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"",
+    ),
+];
+
+/// Routes of the main table in the calling thread's namespace, counted over one rtnetlink
+/// dump (cheaper than `ip route show` of 20,000 lines every few milliseconds).
+fn count_routes() -> usize {
+    use netlink_packet_core::{
+        NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::route::{RouteMessage, RouteType};
+    let mut count = 0;
+    for family in [
+        netlink_packet_route::AddressFamily::Inet,
+        netlink_packet_route::AddressFamily::Inet6,
+    ] {
+        let Ok(mut socket) = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE) else {
+            return 0;
+        };
+        let _ = socket.bind_auto();
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(request)),
+        );
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        if socket
+            .send_to(&buf, &netlink_sys::SocketAddr::new(0, 0), 0)
+            .is_err()
+        {
+            return 0;
+        }
+        let mut rx = vec![0u8; 64 * 1024];
+        'dump: loop {
+            let Ok(n) = socket.recv(&mut &mut rx[..], 0) else {
+                return 0;
+            };
+            let mut at = 0;
+            while at < n {
+                let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n]) else {
+                    break 'dump;
+                };
+                match m.payload {
+                    NetlinkPayload::Done(_) => break 'dump,
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r))
+                        if r.header.kind == RouteType::Unreachable =>
+                    {
+                        count += 1
+                    }
+                    _ => {}
+                }
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break 'dump;
+                }
+                at += (len + 3) & !3;
+            }
+        }
+    }
+    count
+}
+
+/// Restore of `n` journaled blocks (1 h left each) through `keys`, once: ms from the
+/// daemon's "listening" line to [all routes in the kernel, all hosts.deny lines in the
+/// file, all hosts in the nftables sets, all three], the daemon's own re-applied figure
+/// (ms after its start), CPU µs per block (daemon and children), peak RSS MiB. A responder
+/// not configured counts as done at once. Also the daemon's RSS once every block is back
+/// (MiB), and its RSS idle before (the same daemon with an empty journal, MiB).
+fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
+    let lab = Lab::new();
+    let conf = lab
+        .write_config(&format!(
+            "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{keys}"
+        ))
+        .display()
+        .to_string();
+    write_journal(&lab, n, Some(Duration::from_secs(3600)));
+    let (routes, deny, nft) = (
+        keys.contains("KILL_ROUTE=\"/"),
+        keys.contains("KILL_HOSTS_DENY=\"A"),
+        keys.contains("KILL_NFTABLES=\"1"),
+    );
+    let deny_file = lab.path("hosts.deny");
+    let t0 = Instant::now();
+    // Watches the kernel and the file from inside the lab's namespace: when each was
+    // complete, measured from t0.
+    let watcher = lab.in_def(move || {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut done: [Option<Duration>; 3] = [None; 3];
+        for (slot, on) in done.iter_mut().zip([routes, deny, nft]) {
+            if !on {
+                *slot = Some(Duration::ZERO);
+            }
+        }
+        while done.iter().any(Option::is_none) && Instant::now() < deadline {
+            if done[0].is_none() && count_routes() >= n {
+                done[0] = Some(t0.elapsed());
+            }
+            if done[1].is_none() {
+                let lines = std::fs::read(&deny_file)
+                    .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+                if lines >= n {
+                    done[1] = Some(t0.elapsed());
+                }
+            }
+            if done[2].is_none()
+                && NftBackend::attach("portsentry")
+                    .and_then(|b| b.list())
+                    .map_or(0, |l| l.len())
+                    >= n
+            {
+                done[2] = Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done
+    });
+    let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
+    let listening = loop {
+        if d.syslog_line("is now active and listening").is_some() {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "never listening");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let done = watcher.join().expect("watcher");
+    let reapplied = wait_syslog(&d, "re-applied in", 600);
+    let cpu = cpu_seconds(d.daemon_pid());
+    let peak = peak_rss_mib(d.daemon_pid());
+    // Settled: the journal replay's buffers are freed, the records remain.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_mib(d.daemon_pid());
+    drop(d);
+    let idle = idle_rss_mib(&lab, &conf);
+    let since_listening = |t: Option<Duration>| {
+        t.map_or(f64::NAN, |t| {
+            (t.as_secs_f64() - listening.as_secs_f64()).max(0.0) * 1000.0
+        })
+    };
+    let all = done.iter().copied().max().flatten();
+    [
+        since_listening(done[0]),
+        since_listening(done[1]),
+        since_listening(done[2]),
+        since_listening(all),
+        figure(&reapplied, "re-applied in ", " ms")
+            .parse()
+            .unwrap_or(f64::NAN),
+        cpu * 1e6 / n as f64,
+        peak,
+        rss,
+        idle,
+    ]
+}
+
+/// RSS now of a process, in MiB (`VmRSS`).
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// RSS of a daemon with `conf` and no block at all, 3 s after it listens.
+fn idle_rss_mib(lab: &Lab, conf: &str) -> f64 {
+    let _ = std::fs::remove_file(lab.path("portsentry.state"));
+    let d = Daemon::spawn(lab, &["-c", conf, "-tcp", "--quiet"]);
+    wait_syslog(&d, "is now active and listening", 30);
+    std::thread::sleep(Duration::from_secs(3));
+    rss_mib(d.daemon_pid())
+}
+
+/// [`restore_shipped_once`] for each of [`SHIPPED`], `runs` times: the medians.
+fn restore_shipped(n: usize, runs: usize, out: &mut String) {
+    for (label, keys) in SHIPPED {
+        let all: Vec<[f64; 9]> = (0..runs).map(|_| restore_shipped_once(n, keys)).collect();
+        let [routes, deny, nft, every, own, cpu, peak, rss, idle] = medians(&all);
+        let per_block = (rss - idle) * 1024.0 * 1024.0 / n as f64;
+        let line = format!(
+            "restore {n:>6} blocks, {label} (median of {runs}): after listening, routes \
+             {routes:.0} ms, hosts.deny {deny:.0} ms, nftables {nft:.0} ms, all {every:.0} ms; \
+             re-applied {own:.0} ms after start (daemon's figure); CPU {cpu:.0} us/block; peak \
+             RSS {peak:.1} MiB, RSS after {rss:.1} MiB vs {idle:.1} MiB idle = {per_block:.0} \
+             bytes/block"
+        );
+        println!("{line}");
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 /// Blocks by hand of `n` new hosts (one `block --from-file` request) through one responder,
 /// once: [blocks/s, wall µs per block, CPU µs per block (daemon and its children)].
 fn manual_blocks_once(n: usize, responder: &str) -> [f64; 3] {
@@ -278,7 +497,19 @@ fn main() {
         return;
     }
     let mut out = String::new();
-    // PORTSENTRY_BENCH_NFTABLES_ONLY=1: parts 3 and 4 only (the route restore takes minutes).
+    // PORTSENTRY_BENCH_SHIPPED_ONLY=1: the restore with the shipped responders only.
+    if std::env::var_os("PORTSENTRY_BENCH_SHIPPED_ONLY").is_some() {
+        let runs = std::env::var("PORTSENTRY_BENCH_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5);
+        restore_shipped(20_000, runs, &mut out);
+        if std::env::var_os("PORTSENTRY_BENCH_100K").is_some() {
+            restore_shipped(100_000, 1, &mut out);
+        }
+        return;
+    }
+    // PORTSENTRY_BENCH_NFTABLES_ONLY=1: parts 3 and 4 only.
     if std::env::var_os("PORTSENTRY_BENCH_NFTABLES_ONLY").is_some() {
         nftables_parts(&mut out);
         return;
@@ -311,6 +542,7 @@ fn main() {
     }
     drop(d);
     drop(lab);
+    restore_shipped(20_000, 5, &mut out);
     nftables_parts(&mut out);
 }
 

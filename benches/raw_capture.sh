@@ -48,7 +48,8 @@ set -euo pipefail
 RUNS=${RUNS:-3}
 BULK_MB=${BULK_MB:-2048}
 PROBES=${PROBES:-100000}
-RATE=${RATE:-10000}
+RATE=${RATE:-6000}
+REACTION_PROBES=${REACTION_PROBES:-100}
 HIGH_RATE=${HIGH_RATE:-100000}
 HIGH_PROBES=${HIGH_PROBES:-$PROBES}
 FLOOD_SECS=${FLOOD_SECS:-5}
@@ -94,11 +95,20 @@ ip -n "$DEF" route add 10.78.0.0/16 via $ATT4
 # only, before its receivers are created (a socket takes the value at creation).
 ip netns exec "$DEF" sysctl -q -w net.unix.max_dgram_qlen=512
 
-# The config of (a)-(c), or of (d) with blocking on (see write_bench_conf).
-write_conf() { # $1 = file, $2 = tag, $3 = block (optional: blocking on, for (d))
-  local block_tcp=0
+# The config of (a)-(c), of (d) with blocking on, or of (e) (see write_bench_conf).
+write_conf() { # $1 = file, $2 = tag, $3 = block|react (optional: blocking on, for (d) and (e))
+  local block_tcp=0 react=""
   [ "${3:-}" = block ] && block_tcp=1
+  if [ "${3:-}" = react ]; then
+    block_tcp=1
+    # (e): the first packet of a source blocks it (1.2's behaviour), no budget in the way.
+    react='FORGEABLE_SCAN_TRIGGER="1"
+BLOCK_RATE_LIMIT="0"
+BLOCK_RATE_LIMIT_PER_PREFIX="0"
+ESCALATE_AFTER_V4="0"'
+  fi
   write_bench_conf "$1" "$2" <<EOF
+$react
 ADVANCED_PORTS_TCP="1024"
 ADVANCED_PORTS_UDP="1024"
 ADVANCED_EXCLUDE_TCP="113,139"
@@ -149,7 +159,9 @@ stop_daemon() {
 }
 
 TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime + stime of the daemon and cutime + cstime of its reaped children (the `ip route`
+# forks of 1.2's KILL_ROUTE, the shell and commands of ours).
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
 peak_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 secs() { awk -v t="$1" -v k="$TCK" 'BEGIN {printf "%.2f", t / k}'; }
 count() { awk '{print $1}' "$W/$1.count" 2>/dev/null || echo 0; }
@@ -273,6 +285,46 @@ scan_in_flood() { # $1 = ours|old
   ip -n "$DEF" route flush type unreachable 2>/dev/null || true
 }
 
+# (e): REACTION_PROBES forged sources at 10 a second, each blocked on its first SYN: from
+# the send of the SYN to its unreachable route in the defender's table.
+declare -A REACT_P50 REACT_P99 REACT_N
+reaction() { # $1 = ours|old
+  local tag=$1 out
+  ip -n "$DEF" route flush type unreachable 2>/dev/null || true
+  start_daemon "$tag" quiet react
+  ip -n "$DEF" -ts monitor route >"$W/monitor.out" 2>/dev/null &
+  local mon=$!
+  sleep 0.3
+  ip netns exec "$ATT" "$SYNFLOOD" "$REACTION_PROBES" 10 $DEF4 "$W/sent.log" >/dev/null
+  sleep 2
+  kill "$mon" 2>/dev/null || true; wait "$mon" 2>/dev/null || true
+  out=$(python3 "$HERE/reaction.py" "$W/sent.log" "$W/monitor.out")
+  set -- $out
+  REACT_P50[$tag]+="$1 "; REACT_P99[$tag]+="$2 "; REACT_N[$tag]+="$3/$4 "
+  echo "   [reaction] first packet -> route: p50 $1 ms, p99 $2 ms ($3 of $4 sources blocked)"
+  stop_daemon
+  ip -n "$DEF" route flush type unreachable 2>/dev/null || true
+}
+
+# RSS of our daemon idle, with the shipped config's modes (-tcp -udp) and with -atcp: VmRSS
+# after IDLE_SECS.
+declare -A IDLE_RSS
+idle_rss() {
+  local mode
+  for mode in "-tcp -udp" "-atcp"; do
+    mkdir -p "$W/ours-etc"
+    write_conf "$W/ours-etc/portsentry.conf" ours
+    start_receiver ours
+    ip netns exec "$DEF" "$OURS" $mode -c "$W/ours-etc/portsentry.conf" --syslog-socket "$W/ours.log.sock" \
+      --quiet </dev/null >/dev/null 2>&1 &
+    DAEMON_PID=$!; PIDS+=("$DAEMON_PID")
+    sleep "${IDLE_SECS:-5}"
+    IDLE_RSS[$mode]+="$(awk '/^VmRSS/ {print $2}' "/proc/$DAEMON_PID/status") "
+    echo "   idle RSS ($mode): $(awk "/^VmRSS/ {print \$2}" "/proc/$DAEMON_PID/status") KiB"
+    stop_daemon
+  done
+}
+
 for run in $(seq "$RUNS"); do
   for tag in ours old; do
     echo "== run $run: $tag"
@@ -302,9 +354,21 @@ for run in $(seq "$RUNS"); do
     RSS[$tag]+="$peak "
     echo "   peak RSS of the run's daemons: $peak KiB"
     scan_in_flood "$tag"
+    reaction "$tag"
   done
+  idle_rss
 done
 
+# Median over the runs of CPU seconds / probes that reached the defender, in µs.
+per_probe() { # $1 = key
+  local c r out=""
+  read -r -a cs <<<"${CPU[$1]:-}"; read -r -a rs <<<"${REACHED[$1]:-}"
+  for i in "${!cs[@]}"; do
+    r=${rs[$i]:-0}; [ "$r" -gt 0 ] || continue
+    out+="$(awk -v c="${cs[$i]}" -v r="$r" 'BEGIN {printf "%.1f", c * 1e6 / r}') "
+  done
+  m "$out"
+}
 
 RESULT=$ROOT/benches/raw_capture.results.md
 O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
@@ -314,7 +378,8 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "Command (root): \`RUNS=$RUNS BULK_MB=$BULK_MB PROBES=$PROBES RATE=$RATE HIGH_RATE=$HIGH_RATE HIGH_PROBES=$HIGH_PROBES benches/raw_capture.sh\`"
   echo "(also env OLD_HIGH, GSO). Generated on $(date -u +%Y-%m-%d) from $OURS_REV ($(machine))."
   echo "Medians of $RUNS runs; both daemons alone in a defender network namespace, traffic from"
-  echo "a second namespace over a veth pair; CPU = user + system time of the daemon process."
+  echo "a second namespace over a veth pair; CPU = user + system time of the daemon process and of"
+  echo "its reaped children (cutime + cstime: 1.2's \`ip route\` forks, our commands)."
   echo "Probes from \`examples/synflood.rs\`; syslog counted by \`examples/syslog_count.rs\` in the"
   echo "defender namespace with net.unix.max_dgram_qlen=512 (systemd's default, set for that"
   echo "namespace only). Both daemons log to syslog only (ours with \`--quiet\`), except in the"
@@ -327,17 +392,22 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "| (a) CPU s while $BULK_MB MiB of bulk TCP flow to a real service | $(m "${BULK_CPU[ours]:-}") | $(m "${BULK_CPU[old]:-}") |"
   echo "| ... while the defender uploads $BULK_MB MiB to the attacker | $(m "${BULK_OUT_CPU[ours]:-}") | $(m "${BULK_OUT_CPU[old]:-}") |"
   echo "| (b) $PROBES forged-source SYNs at $RATE/s (BLOCK_TCP=0): achieved send rate, /s | $(m "${SENT_RATE[$O]:-}") | $(m "${SENT_RATE[$X]:-}") |"
-  echo "| ... daemon CPU s | $(m "${CPU[$O]:-}") | $(m "${CPU[$X]:-}") |"
+  echo "| ... daemon CPU s (children included) | $(m "${CPU[$O]:-}") | $(m "${CPU[$X]:-}") |"
+  echo "| ... daemon CPU per probe that reached the defender, µs | $(per_probe "$O") | $(per_probe "$X") |"
   echo "| ... detection lines logged | $(m "${LINES[$O]:-}") | $(m "${LINES[$X]:-}") |"
   echo "| (b) $HIGH_PROBES forged-source SYNs at $HIGH_RATE/s: achieved send rate, /s | $(m "${SENT_RATE[$OH]:-}") | $(m "${SENT_RATE[$XH]:-}") |"
-  echo "| ... daemon CPU s | $(m "${CPU[$OH]:-}") | $(m "${CPU[$XH]:-}") |"
+  echo "| ... daemon CPU s (children included) | $(m "${CPU[$OH]:-}") | $(m "${CPU[$XH]:-}") |"
+  echo "| ... daemon CPU per probe that reached the defender, µs | $(per_probe "$OH") | $(per_probe "$XH") |"
   echo "| ... detection lines logged | $(m "${LINES[$OH]:-}") | $(m "${LINES[$XH]:-}") |"
   echo "| ... drops ours reported: probes (sensor to filter) / alerts (filter to responders) / kernel capture | $(m "${DROP_P[$OH]:-}") / $(m "${DROP_A[$OH]:-}") / $(m "${DROP_K[$OH]:-}") | (no such report) |"
   echo "| (b) the same, ours also copying each line to stderr: achieved send rate, /s | $(m "${SENT_RATE[$OE]:-}") | |"
   echo "| ... daemon CPU s | $(m "${CPU[$OE]:-}") | |"
   echo "| ... detection lines logged (syslog receiver / stderr) | $(m "${LINES[$OE]:-}") / $(m "${ERRL[$OE]:-}") | |"
   echo "| ... drops ours reported: probes / alerts / kernel capture | $(m "${DROP_P[$OE]:-}") / $(m "${DROP_A[$OE]:-}") / $(m "${DROP_K[$OE]:-}") | |"
-  echo "| (c) peak RSS, KiB (highest of the run's daemons) | $(m "${RSS[ours]:-}") | $(m "${RSS[old]:-}") |"
+  echo "| (c) peak RSS, KiB (highest of the run's daemons: $HIGH_PROBES forged sources) | $(m "${RSS[ours]:-}") | $(m "${RSS[old]:-}") |"
+  echo "| ... idle RSS, KiB, -tcp -udp / -atcp (ours) | $(m "${IDLE_RSS[-tcp -udp]:-}") / $(m "${IDLE_RSS[-atcp]:-}") | |"
+  echo "| (e) reaction, first SYN of a source to its route, $REACTION_PROBES sources at 10/s: p50 ms | $(m "${REACT_P50[ours]:-}") | $(m "${REACT_P50[old]:-}") |"
+  echo "| ... p99 ms | $(m "${REACT_P99[ours]:-}") | $(m "${REACT_P99[old]:-}") |"
   echo "| (d) nmap -sS of 100 ports inside a ${FLOOD_SECS} s hping3 --rand-source SYN flood (BLOCK_TCP=1): SYNs of the flood | $(m "${SCAN_SENT[ours]:-}") | $(m "${SCAN_SENT[old]:-}") |"
   echo "| ... real scanner blocked (1 = yes) | $(m "${SCAN_BLOCKED[ours]:-}") | $(m "${SCAN_BLOCKED[old]:-}") |"
   echo "| ... forged sources blocked | $(m "${FORGED_BLOCKED[ours]:-}") | $(m "${FORGED_BLOCKED[old]:-}") |"
@@ -357,6 +427,7 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
     echo "$line;"
   done
   echo "RSS ours [$(l "${RSS[ours]:-}")] 1.2 [$(l "${RSS[old]:-}")]; probes with a bad TCP checksum, all runs: $CSUM."
+  echo "(e) reaction p50 ours [$(l "${REACT_P50[ours]:-}")] 1.2 [$(l "${REACT_P50[old]:-}")], p99 ours [$(l "${REACT_P99[ours]:-}")] 1.2 [$(l "${REACT_P99[old]:-}")], sources blocked ours [$(l "${REACT_N[ours]:-}")] 1.2 [$(l "${REACT_N[old]:-}")]; idle RSS -tcp -udp [$(l "${IDLE_RSS[-tcp -udp]:-}")] -atcp [$(l "${IDLE_RSS[-atcp]:-}")]."
   echo "(d) real scanner blocked ours [$(l "${SCAN_BLOCKED[ours]:-}")] 1.2 [$(l "${SCAN_BLOCKED[old]:-}")]; forged sources blocked ours [$(l "${FORGED_BLOCKED[ours]:-}")] 1.2 [$(l "${FORGED_BLOCKED[old]:-}")]; log lines ours [$(l "${SCAN_LINES[ours]:-}")] 1.2 [$(l "${SCAN_LINES[old]:-}")]; CPU ours [$(l "${SCAN_CPU[ours]:-}")] 1.2 [$(l "${SCAN_CPU[old]:-}")]."
   cat "$HERE/notes.md"
 } > "$RESULT"

@@ -1,8 +1,10 @@
 //! Benchmark helper for `benches/raw_capture.sh` (not part of the daemon): sends N TCP SYN
 //! probes with forged sources to one IPv4 destination, paced at RATE per second.
 //!
-//! Usage (root, inside the benchmark's attacker namespace): `synflood N RATE DST`.
-//! Prints the elapsed seconds and the achieved rate: `<seconds> <probes per second>`.
+//! Usage (root, inside the benchmark's attacker namespace): `synflood N RATE DST [LOG]`.
+//! Prints the elapsed seconds and the achieved rate: `<seconds> <probes per second>`. With
+//! LOG (the reaction-time measure), every probe is paced on its own and a line
+//! `<source> <unix time of the send, µs>` is written to LOG per probe.
 //!
 //! The packets are those the benchmark's earlier Python sender built: sources drawn from
 //! 10.78.0.0/16 (third byte 0..=255, fourth 1..=254), source port 1024..=65534, destination
@@ -93,10 +95,16 @@ fn probe(rng: &mut XorShift, dst: Ipv4Addr, ports: &[u16]) -> [u8; 40] {
     p
 }
 
-fn parse_args() -> Result<(u64, f64, Ipv4Addr), String> {
+fn parse_args() -> Result<(u64, f64, Ipv4Addr, Option<String>), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [n, rate, dst] = args.as_slice() else {
-        return Err("usage: synflood N RATE DST (DST an IPv4 address in 10.77.0.0/16)".into());
+    let (n, rate, dst, log) = match args.as_slice() {
+        [n, rate, dst] => (n, rate, dst, None),
+        [n, rate, dst, log] => (n, rate, dst, Some(log.clone())),
+        _ => {
+            return Err(
+                "usage: synflood N RATE DST [LOG] (DST an IPv4 address in 10.77.0.0/16)".into(),
+            );
+        }
     };
     let n: u64 = n
         .parse()
@@ -115,11 +123,16 @@ fn parse_args() -> Result<(u64, f64, Ipv4Addr), String> {
             "DST: {dst} is outside 10.77.0.0/16, the benchmark lab's range: refused"
         ));
     }
-    Ok((n, rate, dst))
+    Ok((n, rate, dst, log))
 }
 
 fn run() -> Result<(), String> {
-    let (n, rate, dst) = parse_args()?;
+    let (n, rate, dst, log_path) = parse_args()?;
+    let mut log = match &log_path {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("LOG {p}: {e}"))?),
+        None => None,
+    };
+    let pace_every = if log.is_some() { 1 } else { PACE_EVERY };
     let ports: Vec<u16> = (1..1024).filter(|p| *p != 113 && *p != 139).collect();
     let socket = Socket::new(
         Domain::IPV4,
@@ -141,7 +154,15 @@ fn run() -> Result<(), String> {
                 Err(e) => return Err(format!("sendto {dst}: {e}")),
             }
         }
-        if (i + 1) % PACE_EVERY == 0 || i + 1 == n {
+        if let Some(f) = log.as_mut() {
+            use std::io::Write;
+            let sent = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+            writeln!(f, "{src} {}", sent.as_micros()).map_err(|e| format!("LOG: {e}"))?;
+        }
+        if (i + 1) % pace_every == 0 || i + 1 == n {
             let due = Duration::from_secs_f64((i + 1) as f64 / rate);
             let now = start.elapsed();
             if due > now {

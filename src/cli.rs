@@ -392,6 +392,9 @@ fn check_config(args: &Args) -> i32 {
             more.extend(lua.undo_warnings(config));
         }
         more.extend(crate::respond::nftables::config_warnings(config));
+        if let Some(path) = crate::respond::route::check_config_note(config) {
+            eprintln!("note: {}", crate::logging::escape_controls(&path));
+        }
         warnings.extend(more.iter().map(ToString::to_string));
         // A full or read-only disk under the state and log files: the start goes on.
         warnings.extend(config::preflight::storage_warnings(config));

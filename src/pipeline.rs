@@ -1,8 +1,10 @@
 //! Wires sensors -> filters -> the announcing thread over crossbeam channels (the
 //! announcing thread hands blocks on to the block manager, whose pool runs the responders).
 //!
-//! Two threads: the *filter* thread takes hits from every sensor and runs the filter chain
-//! (cheap, in memory); the *announcing* thread takes the alerts that passed, logs them and
+//! Two threads: the *filter* thread takes hits from every sensor, a batch per message (all
+//! the probes a raw sensor read at one wake-up), and runs the filter chain (cheap, in
+//! memory), handing the alerts of a batch on in one message, so that each thread wakes
+//! once per batch; the *announcing* thread takes the alerts that passed, logs them and
 //! asks the block manager ([`crate::block::manager`]) to block, which runs the responders on
 //! its own pool. Sensors never block: their channel is bounded and a full channel
 //! counts a drop. A new config generation arrives on a control channel that beats data
@@ -28,11 +30,13 @@ use crate::respond::lua::LuaPlugins;
 use crate::sensor::HitSink;
 use crate::token_bucket::TokenBucket;
 
-/// Probes buffered between the sensors and the filters.
-pub const HIT_QUEUE: usize = 16 * 1024;
-/// Alerts buffered between the filters and the announcing thread: enough to absorb a burst
-/// of 100k probes/s from forged sources while the announcing thread writes their log lines.
-pub const ALERT_QUEUE: usize = 16 * 1024;
+/// Batches of probes buffered between the sensors and the filters (a raw sensor's batch is
+/// at most [`crate::sensor::raw::BATCH`] probes, a classic sensor's one probe).
+pub const HIT_QUEUE: usize = 1024;
+/// Batches of alerts buffered between the filters and the announcing thread (one batch per
+/// batch of probes): enough to absorb a burst of 100k probes/s from forged sources while the
+/// announcing thread writes their log lines.
+pub const ALERT_QUEUE: usize = 1024;
 /// How often drop counters are reported when they grew.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -66,7 +70,8 @@ enum FilterMsg {
 }
 
 enum ResponseMsg {
-    Alert(Candidate),
+    /// The alerts of one batch of probes.
+    Alerts(Vec<Candidate>),
     Reload(Generation, LuaPlugins),
 }
 
@@ -88,11 +93,11 @@ impl Pipeline {
         stage: Announcer,
         log_rate_limit: u32,
     ) -> std::io::Result<Pipeline> {
-        let (hit_tx, hit_rx) = bounded::<Hit>(HIT_QUEUE);
+        let (hit_tx, hit_rx) = bounded::<Vec<Hit>>(HIT_QUEUE);
         let (control_tx, control_rx) = unbounded::<FilterMsg>();
         let (alert_tx, alert_rx) = bounded::<ResponseMsg>(ALERT_QUEUE);
         let stats = Arc::new(Stats::default());
-        let sink = HitSink::new(hit_tx);
+        let sink = HitSink::batched(hit_tx);
 
         let response_thread =
             std::thread::Builder::new()
@@ -283,7 +288,7 @@ struct FilterWorker {
 }
 
 impl FilterWorker {
-    fn run(&mut self, hits: Receiver<Hit>, control: Receiver<FilterMsg>) {
+    fn run(&mut self, hits: Receiver<Vec<Hit>>, control: Receiver<FilterMsg>) {
         let mut drops = DropReport::new(Instant::now());
         loop {
             heartbeat::beat();
@@ -303,8 +308,8 @@ impl FilterWorker {
                     }
                     Ok(FilterMsg::Stop) | Err(_) => break,
                 },
-                recv(hits) -> hit => match hit {
-                    Ok(hit) => self.inspect(hit),
+                recv(hits) -> batch => match batch {
+                    Ok(batch) => self.inspect_batch(batch),
                     Err(_) => break,
                 },
                 default(heartbeat::INTERVAL) => {}
@@ -332,7 +337,27 @@ impl FilterWorker {
         )
     }
 
-    fn inspect(&mut self, hit: Hit) {
+    /// Runs a batch of probes through the filters and hands the alerts on in one message;
+    /// a full queue loses the whole batch (counted), never blocks the filters.
+    fn inspect_batch(&mut self, batch: Vec<Hit>) {
+        let alerts: Vec<Candidate> = batch.into_iter().filter_map(|h| self.inspect(h)).collect();
+        if alerts.is_empty() {
+            return;
+        }
+        let n = alerts.len() as u64;
+        // A lost alert reserved nothing: the host's next probe is judged afresh.
+        match self.alerts.try_send(ResponseMsg::Alerts(alerts)) {
+            Ok(()) => {
+                self.stats.alerts.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.alerts_dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// One probe through the filters: the alert it makes, if any.
+    fn inspect(&mut self, hit: Hit) -> Option<Candidate> {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         self.stats.hits_by_mode[hit.mode.index()].fetch_add(1, Ordering::Relaxed);
         let mut candidate = Candidate {
@@ -358,33 +383,31 @@ impl FilterWorker {
                         candidate.hit.proto().upper(),
                         candidate.hit.port
                     );
-                    return;
+                    return None;
                 }
             }
         }
         // Probes not acted on are logged within the budget only; the rest are summarised.
         if !candidate.actionable && !self.budget.admit(candidate.hit.src, Instant::now()) {
             self.stats.not_logged.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        // A lost alert reserved nothing: the host's next probe is judged afresh.
-        match self.alerts.try_send(ResponseMsg::Alert(candidate)) {
-            Ok(()) => {
-                self.stats.alerts.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.alerts_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        Some(candidate)
     }
 }
 
-/// Alerts handled in one stderr batch at most (see [`logging::batched`]).
-const RESPONSE_BATCH: usize = 512;
+/// Batches of alerts handled in one stderr batch at most (see [`logging::batched`]).
+const RESPONSE_BATCH: usize = 16;
 
 fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
     let mut handle = |msg: ResponseMsg| match msg {
-        ResponseMsg::Alert(alert) => stage.handle(&alert),
+        ResponseMsg::Alerts(alerts) => {
+            for alert in &alerts {
+                // A reverse-DNS wait per alert adds up: beat for each one.
+                heartbeat::beat();
+                stage.handle(alert);
+            }
+        }
         ResponseMsg::Reload(generation, lua) => stage.reconfigure(generation, lua),
     };
     loop {
@@ -397,8 +420,6 @@ fn response_loop(mut stage: Announcer, alerts: Receiver<ResponseMsg>) {
         logging::batched(|| {
             handle(first);
             for _ in 1..RESPONSE_BATCH {
-                // A reverse-DNS wait per alert adds up: beat for each one.
-                heartbeat::beat();
                 match alerts.try_recv() {
                     Ok(msg) => handle(msg),
                     Err(_) => break,

@@ -457,6 +457,11 @@ pub struct BlockCore {
     workers: usize,
     max_waiting: usize,
     in_flight: usize,
+    /// Restored re-applies handed out beside the workers' jobs at most (0: they wait for a
+    /// worker like any job); see [`BlockCore::with_restore_slots`].
+    restore_slots: usize,
+    /// Jobs handed out on those slots and not answered yet.
+    restoring: HashSet<u64>,
     next_id: u64,
     batches: HashMap<u64, Batch>,
     /// Unblocks asked for while the block was still being applied or re-applied: done as
@@ -515,6 +520,8 @@ impl BlockCore {
             workers: setup.workers.max(1),
             max_waiting: setup.max_waiting,
             in_flight: 0,
+            restore_slots: 0,
+            restoring: HashSet::new(),
             next_id: 0,
             batches: HashMap::new(),
             queued_unblocks: HashMap::new(),
@@ -564,7 +571,16 @@ impl BlockCore {
 
     /// True once a stop was asked for and nothing is left in hand.
     pub fn stopped(&self) -> bool {
-        self.stopping && self.in_flight == 0 && self.waiting.is_empty()
+        self.stopping && self.in_flight == 0 && self.restoring.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Lets up to `slots` restored re-applies be handed out beside the workers' jobs, so
+    /// that a shell able to run them in batches (one netlink exchange, one file append for
+    /// hundreds) gets hundreds at once, and new blocks do not wait behind a restore for a
+    /// worker. Which blocks are restored and how is unchanged; only how many are in hand.
+    pub fn with_restore_slots(mut self, slots: usize) -> BlockCore {
+        self.restore_slots = slots;
+        self
     }
 
     /// Until the next expiry, token or summary, at most `cap`.
@@ -1447,6 +1463,17 @@ impl BlockCore {
     /// Hands waiting jobs to free workers; never more in flight than workers, so a job
     /// never queues behind a hanging one.
     fn pump(&mut self) {
+        while self.restoring.len() < self.restore_slots {
+            match self.waiting.front() {
+                Some(Work::Apply {
+                    id, restored: true, ..
+                }) => {
+                    self.restoring.insert(*id);
+                }
+                _ => break,
+            }
+            self.out.work.extend(self.waiting.pop_front());
+        }
         while self.in_flight < self.workers {
             let Some(work) = self.waiting.pop_front() else {
                 break;
@@ -1460,7 +1487,14 @@ impl BlockCore {
 
     fn on_result(&mut self, result: crate::respond::pool::JobResult, now: Now) {
         use crate::respond::pool::JobResult;
-        self.in_flight = self.in_flight.saturating_sub(1);
+        let id = match &result {
+            JobResult::Applied { id, .. }
+            | JobResult::Undone { id, .. }
+            | JobResult::Refreshed { id, .. } => *id,
+        };
+        if !self.restoring.remove(&id) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         match result {
             JobResult::Applied {
                 id,

@@ -33,7 +33,9 @@ use crate::log_lines;
 use crate::protected::ProtectView;
 use crate::respond::lua::LuaPlugins;
 use crate::respond::nftables::NftHandle;
-use crate::respond::pool::{ApplyJob, Job, JobResult, Pool, RefreshJob, UndoJob, WORKERS};
+use crate::respond::pool::{
+    ApplyJob, BlockToApply, BlockToUndo, Job, JobResult, Pool, RefreshJob, UndoJob, WORKERS,
+};
 
 /// Block requests from scans waiting for the manager at most; beyond, a request is dropped
 /// (counted and logged) and the host's next probe asks again.
@@ -44,6 +46,10 @@ pub const MAX_WAITING: usize = 4096;
 const BLOCKED_FILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages handled between two journal commits at most.
 const BATCH: usize = 512;
+/// Blocks per batch job at most (restored re-applies, undos): large enough that a
+/// responder's fixed cost (a netlink socket, reading hosts.deny after someone else's edit)
+/// is shared, small enough that one batch keeps a worker a bounded time.
+const BATCH_JOB: usize = 256;
 
 /// Notes the observer may leave waiting at most; beyond, a note is dropped and counted.
 pub const NOTE_QUEUE: usize = 4096;
@@ -175,6 +181,8 @@ impl BlockManager {
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
+        // Restored re-applies beside the workers' jobs: half the workers' worth of batches.
+        let restore_slots = BATCH_JOB * (pool.workers() / 2).max(1);
         let core = BlockCore::new(CoreSetup {
             guard: Box::new(LiveGuard { protect }),
             counters: Arc::clone(&counters),
@@ -184,7 +192,8 @@ impl BlockManager {
             events: events.enabled(),
             generation: generation.clone(),
             now,
-        });
+        })
+        .with_restore_slots(restore_slots);
         let mut manager = Manager {
             core,
             generation,
@@ -201,6 +210,8 @@ impl BlockManager {
             blocked_file_written: None,
             events,
             observer: None,
+            restored: Vec::new(),
+            undos: Vec::new(),
         };
         manager.restore(active, now);
         let thread = std::thread::Builder::new()
@@ -355,6 +366,36 @@ struct Manager {
     events: EventSink,
     /// The fleet pusher, told of blocks made and lifted here (`None`: no fleet push).
     observer: Option<Sender<BlockNote>>,
+    /// Restored blocks to re-apply, gathered over one turn and sent as batch jobs.
+    restored: Vec<BlockToApply>,
+    /// Blocks to lift, gathered over one turn and sent as batch jobs.
+    undos: Vec<BlockToUndo>,
+}
+
+/// The pool's view of the core's `Work::Apply` (nothing else is passed).
+fn to_apply(work: Work) -> Option<BlockToApply> {
+    match work {
+        Work::Apply {
+            id,
+            target,
+            alert,
+            resolved,
+            level,
+            until,
+            restored,
+            members,
+        } => Some(BlockToApply {
+            id,
+            target,
+            alert,
+            resolved,
+            level,
+            until,
+            restored,
+            members,
+        }),
+        Work::Undo { .. } | Work::Refresh { .. } => None,
+    }
 }
 
 impl Manager {
@@ -392,6 +433,7 @@ impl Manager {
                 }
                 handled += 1;
             }
+            self.submit_batches();
             self.commit();
             self.write_blocked_file(false);
             if self.core.stopped() {
@@ -439,6 +481,7 @@ impl Manager {
         // Before any re-apply job runs: the kernel has every block at once.
         self.pool.nft().preload(&out.preload);
         self.carry_out(out);
+        self.submit_batches();
         // The 1.2 list says what is blocked now from the first moment; the next change is
         // written at once too.
         self.write_blocked_file(true);
@@ -455,45 +498,57 @@ impl Manager {
             }
         }
         for work in out.work {
-            self.pool.submit(self.job(work));
+            match work {
+                Work::Apply { restored: true, .. } => {
+                    self.restored.extend(to_apply(work));
+                }
+                Work::Apply { .. } => {
+                    let job = self.apply_job(to_apply(work).into_iter().collect());
+                    self.pool.submit(job);
+                }
+                Work::Undo { id, record, reason } => {
+                    self.undos.push(BlockToUndo { id, record, reason })
+                }
+                Work::Refresh { id, record } => {
+                    self.pool
+                        .submit(Job::Refresh(Box::new(RefreshJob { id, record })));
+                }
+            }
         }
         self.blocked_file_dirty |= out.blocked_file_dirty;
         self.pending_entries.extend(out.entries);
         self.pending_effects.extend(out.effects);
     }
 
-    /// A job for the pool: the core's work with the generation and plugins in force.
-    fn job(&self, work: Work) -> Job {
-        match work {
-            Work::Apply {
-                id,
-                target,
-                alert,
-                resolved,
-                level,
-                until,
-                restored,
-                members,
-            } => Job::Apply(Box::new(ApplyJob {
-                id,
-                target,
-                alert,
-                resolved,
-                level,
-                until,
-                restored,
-                members,
+    /// An apply job for the pool: blocks with the generation and plugins in force.
+    fn apply_job(&self, blocks: Vec<BlockToApply>) -> Job {
+        Job::Apply(Box::new(ApplyJob {
+            blocks,
+            generation: self.generation.clone(),
+            lua: self.lua.clone(),
+        }))
+    }
+
+    /// Hands the pool the re-applies and undos gathered this turn, [`BATCH_JOB`] blocks per
+    /// job: each responder then does a batch at the cost of one block (one netlink
+    /// exchange, one hosts.deny append or rewrite), and the core still gets one result per
+    /// block.
+    fn submit_batches(&mut self) {
+        let restored = std::mem::take(&mut self.restored);
+        let mut restored = restored.into_iter().peekable();
+        while restored.peek().is_some() {
+            let blocks: Vec<BlockToApply> = restored.by_ref().take(BATCH_JOB).collect();
+            self.pool.submit(self.apply_job(blocks));
+        }
+        let undos = std::mem::take(&mut self.undos);
+        let mut undos = undos.into_iter().peekable();
+        while undos.peek().is_some() {
+            let blocks: Vec<BlockToUndo> = undos.by_ref().take(BATCH_JOB).collect();
+            self.pool.submit(Job::Undo(Box::new(UndoJob {
+                blocks,
                 generation: self.generation.clone(),
                 lua: self.lua.clone(),
-            })),
-            Work::Refresh { id, record } => Job::Refresh(Box::new(RefreshJob { id, record })),
-            Work::Undo { id, record, reason } => Job::Undo(Box::new(UndoJob {
-                id,
-                record,
-                reason,
-                generation: self.generation.clone(),
-                lua: self.lua.clone(),
-            })),
+            })));
         }
     }
 

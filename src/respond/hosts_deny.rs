@@ -3,8 +3,18 @@
 //!
 //! Appends and removals in this process take one lock, so an expiry rewriting the file can
 //! never lose a line a new block appends at the same moment.
+//!
+//! Both work on batches: [`append_lines`] writes the missing lines of many blocks in one
+//! append, [`remove_lines`] takes the lines of many undone blocks out in one rewrite. To stay
+//! idempotent an append must know which lines the file holds; rather than reread the whole
+//! file for every batch (20,000 restored blocks made that quadratic), the lines this process
+//! last saw are kept as hashes, trusted only while the file is exactly as it was left
+//! (same device, inode, size and modification time): any other change, by hand or by
+//! another process, makes the next append read the file again.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,13 +29,139 @@ use crate::log_lines;
 use crate::record::Target;
 
 /// Serialises edits of deny files by this process (appends and removals both run on the
-/// block manager's responder workers, several at once).
-static EDIT_LOCK: Mutex<()> = Mutex::new(());
+/// block manager's responder workers, several at once), and holds what the last append saw.
+static EDIT_LOCK: Mutex<Option<Known>> = Mutex::new(None);
 
-/// Whether a line of the file is the responder's line: the same text, trailing blanks (and a
-/// CR) aside, as a hand edit may leave them.
-fn is_line(file_line: &[u8], line: &str) -> bool {
-    file_line.trim_ascii_end() == line.as_bytes()
+/// What identifies one state of a file: an edit by anyone changes at least one of them
+/// (size or modification time, nanoseconds; a rename-save the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+/// The lines of one deny file as this process last left it: a hash per line (8 bytes, not
+/// the text; SipHash with a key of this process, so two lines colliding is a 2^-64 chance
+/// per pair, not something a scanner can arrange), and whether the file ends with a newline.
+struct Known {
+    path: PathBuf,
+    stamp: Stamp,
+    hasher: RandomState,
+    lines: HashSet<u64>,
+    ends_with_newline: bool,
+}
+
+impl Known {
+    /// Reads `path` (missing: empty) and hashes its lines as [`is_line`] compares them.
+    fn read(path: &Path) -> std::io::Result<Known> {
+        let (bytes, stamp) = match std::fs::metadata(path) {
+            Ok(meta) => {
+                let bytes = read_hosts_deny(path)?;
+                (bytes, Some(Stamp::of(&meta)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
+            Err(e) => return Err(e),
+        };
+        let hasher = RandomState::new();
+        let lines = bytes
+            .split(|&b| b == b'\n')
+            .map(|l| hasher.hash_one(line_key(l)))
+            .collect();
+        Ok(Known {
+            path: path.to_path_buf(),
+            // A missing file matches no stamp: it is read again next time (cheap).
+            stamp: stamp.unwrap_or(Stamp {
+                dev: u64::MAX,
+                ino: u64::MAX,
+                len: u64::MAX,
+                mtime: (i64::MIN, 0),
+            }),
+            hasher,
+            lines,
+            ends_with_newline: bytes.is_empty() || bytes.ends_with(b"\n"),
+        })
+    }
+
+    fn holds(&self, line: &str) -> bool {
+        self.lines.contains(&self.hasher.hash_one(line.as_bytes()))
+    }
+}
+
+/// Appends to `file` each of `lines` it does not hold yet, in one write (a missing final
+/// newline mended first); `true` per line written, `false` per line already there (or
+/// earlier in `lines`). The file is read only when it is not as this process left it.
+pub fn append_lines(file: &Path, lines: &[String]) -> std::io::Result<Vec<bool>> {
+    let mut known_slot = crate::sync::lock(&EDIT_LOCK);
+    let now = match std::fs::metadata(file) {
+        Ok(meta) => Some(Stamp::of(&meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let fresh = known_slot
+        .as_ref()
+        .is_some_and(|k| k.path == file && Some(k.stamp) == now);
+    if !fresh {
+        *known_slot = None;
+        *known_slot = Some(Known::read(file)?);
+    }
+    let Some(known) = known_slot.as_mut() else {
+        return Err(std::io::Error::other("hosts.deny index missing"));
+    };
+    let mut written = Vec::with_capacity(lines.len());
+    let mut out = String::new();
+    let mut new_hashes = Vec::new();
+    for line in lines {
+        let hash = known.hasher.hash_one(line.as_bytes());
+        let new = !known.holds(line) && !new_hashes.contains(&hash);
+        if new {
+            out.push_str(line);
+            out.push('\n');
+            new_hashes.push(hash);
+        }
+        written.push(new);
+    }
+    if out.is_empty() {
+        return Ok(written);
+    }
+    if !known.ends_with_newline {
+        out.insert(0, '\n');
+    }
+    // Until the write is known to have gone through, the index is not to be trusted.
+    let mut known = known_slot
+        .take()
+        .ok_or_else(|| std::io::Error::other("index"))?;
+    let mut f = OpenOptions::new().create(true).append(true).open(file)?;
+    f.write_all(out.as_bytes())?;
+    f.flush()?;
+    let after = Stamp::of(&f.metadata()?);
+    // Trusted again only when nobody else wrote in between: our bytes are all that changed.
+    let before_len = now.map_or(0, |s| s.len);
+    if after.len == before_len + out.len() as u64 {
+        known.lines.extend(new_hashes);
+        known.stamp = after;
+        known.ends_with_newline = true;
+        *known_slot = Some(known);
+    }
+    Ok(written)
+}
+
+/// What of a line of the file is compared with the responder's line: its text without
+/// trailing blanks (and a CR), as a hand edit may leave them.
+fn line_key(file_line: &[u8]) -> &[u8] {
+    file_line.trim_ascii_end()
 }
 
 /// Reads the deny file: a regular file only, at most [`HOSTS_DENY_CAP`] (it is read whole to
@@ -115,29 +251,12 @@ impl HostsDenyResponder {
         }
     }
 
-    fn append(&self, line: &str) -> std::io::Result<bool> {
-        let _edit = crate::sync::lock(&EDIT_LOCK);
-        let existing = match read_hosts_deny(&self.file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        if existing.split(|&b| b == b'\n').any(|l| is_line(l, line)) {
-            return Ok(false);
-        }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.file)?;
-        let mut out = String::new();
-        if !existing.is_empty() && !existing.ends_with(b"\n") {
-            out.push('\n');
-        }
-        out.push_str(line);
-        out.push('\n');
-        f.write_all(out.as_bytes())?;
-        f.flush()?;
-        Ok(true)
+    /// The line this block writes.
+    fn line(&self, ctx: &ResponseContext<'_>) -> String {
+        let template = self
+            .template
+            .replace("$TARGET$", &wrappers_target(&ctx.target));
+        expand_macros(&template, ctx)
     }
 }
 
@@ -147,12 +266,29 @@ impl Responder for HostsDenyResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let template = self
-            .template
-            .replace("$TARGET$", &wrappers_target(&ctx.target));
-        let line = expand_macros(&template, ctx);
-        match self.append(&line) {
-            Ok(written) => {
+        self.respond_batch(std::slice::from_ref(ctx))
+            .pop()
+            .unwrap_or_else(|| Outcome::Failed("hosts.deny: no outcome".into()))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Every block's line in one append.
+    fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
+        let lines: Vec<String> = ctxs.iter().map(|c| self.line(c)).collect();
+        let written = match append_lines(&self.file, &lines) {
+            Ok(w) => w,
+            Err(e) => {
+                let why = format!("cannot append to {}: {e}", self.file.display());
+                return ctxs.iter().map(|_| Outcome::Failed(why.clone())).collect();
+            }
+        };
+        ctxs.iter()
+            .zip(lines)
+            .zip(written)
+            .map(|((ctx, line), written)| {
                 log::info!(
                     "{}",
                     log_lines::blocked_via_wrappers(ctx.target_text(), &line)
@@ -170,9 +306,8 @@ impl Responder for HostsDenyResponder {
                         line,
                     },
                 })
-            }
-            Err(e) => Outcome::Failed(format!("cannot append to {}: {e}", self.file.display())),
-        }
+            })
+            .collect()
     }
 }
 
@@ -197,29 +332,55 @@ pub enum Removal {
 /// read-only and the file a bind mount, which nothing can be renamed over — the file is
 /// rewritten in place instead (see `rewrite_in_place`).
 pub fn remove_line(file: &Path, line: &str) -> std::io::Result<Removal> {
-    let _edit = crate::sync::lock(&EDIT_LOCK);
+    let mut one = remove_lines(file, &[line])?;
+    one.pop()
+        .ok_or_else(|| std::io::Error::other("hosts.deny: no removal"))
+}
+
+/// [`remove_line`] for many lines in one rewrite: one [`Removal`] per line, in order (a
+/// line given twice is counted for the first).
+pub fn remove_lines(file: &Path, lines: &[&str]) -> std::io::Result<Vec<Removal>> {
+    let mut known = crate::sync::lock(&EDIT_LOCK);
     let real = match std::fs::canonicalize(file) {
         Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::NoFile),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(lines.iter().map(|_| Removal::NoFile).collect());
+        }
         Err(e) => return Err(e),
     };
     let bytes = read_hosts_deny(&real)?;
-    let forms = target_forms(line);
-    let mut kept = Vec::with_capacity(bytes.len());
-    let mut removed = 0;
-    for piece in bytes.split_inclusive(|&b| b == b'\n') {
-        let file_line = piece.strip_suffix(b"\n").unwrap_or(piece);
-        if forms.iter().any(|f| is_line(file_line, f)) {
-            removed += 1;
-        } else {
-            kept.extend_from_slice(piece);
+    // Every form of every line, to the first line it stands for.
+    let forms: Vec<Vec<String>> = lines.iter().map(|l| target_forms(l)).collect();
+    let mut owner: HashMap<&[u8], usize> = HashMap::new();
+    for (i, fs) in forms.iter().enumerate() {
+        for f in fs {
+            owner.entry(f.as_bytes()).or_insert(i);
         }
     }
-    if removed == 0 {
-        return Ok(Removal::NotPresent);
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut removed = vec![0usize; lines.len()];
+    for piece in bytes.split_inclusive(|&b| b == b'\n') {
+        let file_line = piece.strip_suffix(b"\n").unwrap_or(piece);
+        match owner.get(line_key(file_line)) {
+            Some(&i) => removed[i] += 1,
+            None => kept.extend_from_slice(piece),
+        }
     }
-    replace_contents(&real, &kept)?;
-    Ok(Removal::Removed(removed))
+    if removed.iter().any(|&n| n > 0) {
+        // The file changes under the index: the next append reads it again.
+        *known = None;
+        replace_contents(&real, &kept)?;
+    }
+    Ok(removed
+        .into_iter()
+        .map(|n| {
+            if n > 0 {
+                Removal::Removed(n)
+            } else {
+                Removal::NotPresent
+            }
+        })
+        .collect())
 }
 
 /// Replaces `path`'s contents, keeping its permissions and owner: atomically by rename, or in
@@ -548,6 +709,106 @@ mod tests {
                 errno
             )));
         }
+    }
+
+    fn strings(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn a_batch_appends_the_missing_lines_once_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(&file, "sshd: 10.0.0.1\nALL: 10.77.1.3 : DENY  \nlast").unwrap();
+        let batch = strings(&[
+            "ALL: 10.77.1.2 : DENY",
+            "ALL: 10.77.1.3 : DENY",
+            "ALL: [fd77::2] : DENY",
+            "ALL: 10.77.1.2 : DENY",
+        ]);
+        assert_eq!(
+            append_lines(&file, &batch).unwrap(),
+            [true, false, true, false]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "sshd: 10.0.0.1\nALL: 10.77.1.3 : DENY  \nlast\n\
+             ALL: 10.77.1.2 : DENY\nALL: [fd77::2] : DENY\n"
+        );
+        // Again: nothing is written, the file is not touched.
+        let before = std::fs::metadata(&file).unwrap().mtime_nsec();
+        assert_eq!(append_lines(&file, &batch).unwrap(), [false; 4]);
+        assert_eq!(std::fs::metadata(&file).unwrap().mtime_nsec(), before);
+    }
+
+    #[test]
+    fn an_edit_by_anyone_else_makes_the_next_append_read_the_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        let one = strings(&["ALL: 10.77.1.2 : DENY"]);
+        let two = strings(&["ALL: 10.77.1.4 : DENY"]);
+        assert_eq!(append_lines(&file, &one).unwrap(), [true]);
+        // The admin takes the line out by hand and adds another, same size: the index must
+        // not be trusted (inode or time differ).
+        std::fs::write(&file, "ALL: 10.77.1.4 : DENY\n").unwrap();
+        assert_eq!(append_lines(&file, &two).unwrap(), [false]);
+        assert_eq!(append_lines(&file, &one).unwrap(), [true]);
+        // Another writer appends between two of ours.
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(b"ALL: 10.77.1.5 : DENY\n").unwrap();
+        drop(f);
+        assert_eq!(
+            append_lines(&file, &strings(&["ALL: 10.77.1.5 : DENY"])).unwrap(),
+            [false]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "ALL: 10.77.1.4 : DENY\nALL: 10.77.1.2 : DENY\nALL: 10.77.1.5 : DENY\n"
+        );
+        // A removal rewrites the file: the line removed is written again by the next append.
+        remove_line(&file, "ALL: 10.77.1.2 : DENY").unwrap();
+        assert_eq!(append_lines(&file, &one).unwrap(), [true]);
+    }
+
+    #[test]
+    fn a_batch_of_removals_is_one_rewrite_with_an_answer_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.deny");
+        std::fs::write(
+            &file,
+            "# keep\nALL: 10.77.1.2 : DENY\nALL: fd77::2 : DENY\nsshd: x\n\
+             ALL: [fd77::2] : DENY\nALL: 10.77.1.2 : DENY\n",
+        )
+        .unwrap();
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        assert_eq!(
+            remove_lines(
+                &file,
+                &[
+                    "ALL: 10.77.1.2 : DENY",
+                    "ALL: [fd77::2] : DENY",
+                    "ALL: 10.77.1.9 : DENY",
+                    "ALL: 10.77.1.2 : DENY",
+                ]
+            )
+            .unwrap(),
+            [
+                Removal::Removed(2),
+                Removal::Removed(2),
+                Removal::NotPresent,
+                Removal::NotPresent
+            ]
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "# keep\nsshd: x\n");
+        assert_ne!(
+            std::fs::metadata(&file).unwrap().ino(),
+            inode,
+            "replaced by rename, atomically"
+        );
+        assert_eq!(
+            remove_lines(&dir.path().join("nope"), &["a", "b"]).unwrap(),
+            [Removal::NoFile, Removal::NoFile]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Responders: what happens to a source once an alert says it should be blocked.
 //!
-//! Built-in: [`nftables`] (`KILL_NFTABLES`), [`hosts_deny`] (`KILL_HOSTS_DENY`), [`shell`]
-//! (`KILL_ROUTE`, `KILL_RUN_CMD`);
+//! Built-in: [`nftables`] (`KILL_NFTABLES`), [`hosts_deny`] (`KILL_HOSTS_DENY`), [`route`]
+//! (`KILL_ROUTE` of the documented forms, over rtnetlink), [`shell`] (any other `KILL_ROUTE`,
+//! `KILL_RUN_CMD`);
 //! custom ones in Lua ([`lua`]). They run on the block manager's [`pool`] of workers, never
 //! on the detection path, and each reports what it did and how to undo it; [`undo`] takes a
 //! block back when it ends.
@@ -13,6 +14,7 @@ pub mod nftables;
 pub mod pool;
 pub mod process;
 pub mod resolve;
+pub mod route;
 pub mod shell;
 pub mod undo;
 
@@ -117,6 +119,19 @@ pub trait Responder: Send {
 
     /// Applies the block for this alert.
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome;
+
+    /// Whether [`Responder::respond_batch`] does a batch in one go (one file rewrite, one
+    /// netlink exchange) rather than block after block: the pool then gives the whole batch
+    /// one step of its watchdog instead of one per block.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Applies the blocks of several alerts, one outcome per context in order. By default
+    /// one after the other; responders that can do many at the cost of one override it.
+    fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
+        ctxs.iter().map(|ctx| self.respond(ctx)).collect()
+    }
 }
 
 /// Test support: runs a responder once for a probe from `src`, with default config; `src`

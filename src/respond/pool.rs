@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use super::hosts_deny::HostsDenyResponder;
 use super::lua::LuaPlugins;
 use super::nftables::{NftHandle, NftResponder};
+use super::route::NetlinkRoute;
 use super::shell::ShellResponder;
 use super::undo::{UnblockReason, UndoOutcome, undo_action};
 use super::{Action, Outcome, Responder, ResponseContext};
@@ -159,8 +160,8 @@ impl Timings {
     }
 }
 
-/// Apply a block.
-pub struct ApplyJob {
+/// One block to apply: the core's decision, without the generation its job shares.
+pub struct BlockToApply {
     /// Manager's job number, echoed in the result.
     pub id: u64,
     /// Who is blocked.
@@ -178,20 +179,37 @@ pub struct ApplyJob {
     pub restored: bool,
     /// The hosts an escalated prefix block took over (empty otherwise).
     pub members: Vec<IpAddr>,
+}
+
+/// Apply blocks: one (a new block runs alone, so a hanging responder delays only its own
+/// host), or a batch (the blocks restored at start), which each responder takes in one go
+/// where it can ([`Responder::respond_batch`]: one netlink exchange, one hosts.deny append).
+/// One [`JobResult::Applied`] comes back per block either way.
+pub struct ApplyJob {
+    /// The blocks, in order.
+    pub blocks: Vec<BlockToApply>,
     /// The generation whose responders run.
     pub generation: Generation,
     /// The Lua plugins built from it (its `LUA_RESPONDERS`).
     pub lua: LuaPlugins,
 }
 
-/// Undo every action of a block, newest first.
-pub struct UndoJob {
+/// One block to lift.
+pub struct BlockToUndo {
     /// Manager's job number, echoed in the result.
     pub id: u64,
     /// The block to lift.
     pub record: BlockRecord,
     /// Why, told to Lua `unblock` handlers.
     pub reason: UnblockReason,
+}
+
+/// Undo every action of one block or of a batch, newest first per block; the hosts.deny
+/// lines of the batch go in one rewrite per file and its routes in one netlink exchange.
+/// One [`JobResult::Undone`] comes back per block.
+pub struct UndoJob {
+    /// The blocks, in order.
+    pub blocks: Vec<BlockToUndo>,
     /// The generation in force.
     pub generation: Generation,
     /// Its Lua plugins, which run `unblock` handlers.
@@ -284,10 +302,14 @@ pub fn responder_chain(
                     config.hosts_deny_file.clone(),
                 )) as Box<dyn Responder>
             });
-            let route = config
-                .kill_route
-                .as_ref()
-                .map(|t| Box::new(ShellResponder::route(&t.text, timeout)) as Box<dyn Responder>);
+            let route =
+                config
+                    .kill_route
+                    .as_ref()
+                    .map(|t| match NetlinkRoute::new(&t.text, timeout) {
+                        Some(r) => Box::new(r) as Box<dyn Responder>,
+                        None => Box::new(ShellResponder::route(&t.text, timeout)),
+                    });
             let nftables = (config.kill_nftables && nft.is_open())
                 .then(|| Box::new(NftResponder::new(nft.clone())) as Box<dyn Responder>);
             if config.kill_run_cmd_first {
@@ -419,20 +441,25 @@ impl Pool {
 
 fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nft: &NftHandle) {
     for job in jobs {
-        let result = match job {
+        let done = match job {
             Job::Apply(job) => {
                 let started = Instant::now();
-                let result = apply(&job, timings, nft);
-                timings.apply_jobs.record(started.elapsed());
-                result
+                let done = apply(&job, timings, nft);
+                let each = per_block(started.elapsed(), done.len());
+                for _ in &done {
+                    timings.apply_jobs.record(each);
+                }
+                done
             }
             Job::Undo(job) => undo(&job, timings, nft),
-            Job::Refresh(job) => refresh(&job.record, job.id, nft),
+            Job::Refresh(job) => vec![refresh(&job.record, job.id, nft)],
         };
         heartbeat::idle();
         crate::logging::flush();
-        if results.send(result).is_err() {
-            return;
+        for result in done {
+            if results.send(result).is_err() {
+                return;
+            }
         }
     }
 }
@@ -466,67 +493,120 @@ fn refresh(record: &BlockRecord, id: u64, nft: &NftHandle) -> JobResult {
     }
 }
 
-/// Runs the responder chain for one block.
-fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> JobResult {
+/// A batch's time shared out over its blocks, so that the timings count blocks whether they
+/// ran alone or in a batch.
+fn per_block(total: Duration, blocks: usize) -> Duration {
+    total / u32::try_from(blocks.max(1)).unwrap_or(u32::MAX)
+}
+
+/// What the responders did for one block so far.
+#[derive(Default)]
+struct Applied {
+    actions: Vec<Action>,
+    failures: usize,
+    vetoed: bool,
+}
+
+/// Runs the responder chain for each block of the job: responder after responder over the
+/// blocks still in the running (a veto takes a block out of the rest of its chain), each
+/// responder given all of them at once. Blocks of different levels run different chains.
+fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
     let config = &job.generation.config;
-    let ctx = ResponseContext {
-        alert: &job.alert,
-        target: job.target,
-        resolved: &job.resolved,
-        config,
-        until: job.until,
-        restored: job.restored,
-        members: &job.members,
-    };
-    let who = target_text(&job.target);
-    let chain = responder_chain(config, job.level, job.restored, job.lua.responders(), nft);
-    let mut actions = Vec::new();
-    let mut failures = 0;
-    let mut vetoed = false;
-    for mut responder in chain {
-        heartbeat::busy(step_limit(config, &responder.name()));
-        let started = Instant::now();
-        let outcome = responder.respond(&ctx);
-        timings.record_responder(&responder.name(), Op::Apply, started.elapsed());
-        match outcome {
-            Outcome::Done(action) => {
-                if action.responder.starts_with("lua:") {
-                    log::info!(
-                        "{}",
-                        log_lines::blocked_via_plugin(&who, &action.responder, &action.detail)
-                    );
-                }
-                actions.push(action);
-            }
-            Outcome::Skipped(why) => {
-                log::debug!("{} skipped for {who}: {why}", responder.name());
-            }
-            Outcome::Failed(why) => {
-                failures += 1;
-                log::warn!(
-                    "{}",
-                    log_lines::responder_failed(&who, &responder.name(), &why)
-                );
-            }
-            Outcome::Veto(why) => {
-                log::info!("{}", log_lines::vetoed(&who, &responder.name(), &why));
-                vetoed = true;
-                break;
-            }
+    let ctxs: Vec<ResponseContext<'_>> = job
+        .blocks
+        .iter()
+        .map(|b| ResponseContext {
+            alert: &b.alert,
+            target: b.target,
+            resolved: &b.resolved,
+            config,
+            until: b.until,
+            restored: b.restored,
+            members: &b.members,
+        })
+        .collect();
+    let whos: Vec<String> = job.blocks.iter().map(|b| target_text(&b.target)).collect();
+    let mut applied: Vec<Applied> = job.blocks.iter().map(|_| Applied::default()).collect();
+    let mut chains: Vec<((BlockLevel, bool), Vec<usize>)> = Vec::new();
+    for (i, b) in job.blocks.iter().enumerate() {
+        let key = (b.level, b.restored);
+        match chains.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(i),
+            None => chains.push((key, vec![i])),
         }
     }
-    JobResult::Applied {
-        id: job.id,
-        target: job.target,
-        actions,
-        failures,
-        vetoed,
+    for ((level, restored), mut running) in chains {
+        let chain = responder_chain(config, level, restored, job.lua.responders(), nft);
+        for mut responder in chain {
+            if running.is_empty() {
+                break;
+            }
+            let name = responder.name();
+            let limit = step_limit(config, &name);
+            let batch: Vec<ResponseContext<'_>> = running.iter().map(|&i| ctxs[i]).collect();
+            let started = Instant::now();
+            let outcomes = if responder.batched() {
+                heartbeat::busy(limit);
+                responder.respond_batch(&batch)
+            } else {
+                batch
+                    .iter()
+                    .map(|ctx| {
+                        heartbeat::busy(limit);
+                        responder.respond(ctx)
+                    })
+                    .collect()
+            };
+            let each = per_block(started.elapsed(), batch.len());
+            for (&i, outcome) in running.iter().zip(outcomes) {
+                timings.record_responder(&name, Op::Apply, each);
+                take_outcome(&whos[i], &name, outcome, &mut applied[i]);
+            }
+            running.retain(|&i| !applied[i].vetoed);
+        }
+    }
+    job.blocks
+        .iter()
+        .zip(applied)
+        .map(|(b, a)| JobResult::Applied {
+            id: b.id,
+            target: b.target,
+            actions: a.actions,
+            failures: a.failures,
+            vetoed: a.vetoed,
+        })
+        .collect()
+}
+
+/// Adds one responder's outcome for one block, logging what the log says of it.
+fn take_outcome(who: &str, responder: &str, outcome: Outcome, applied: &mut Applied) {
+    match outcome {
+        Outcome::Done(action) => {
+            if action.responder.starts_with("lua:") {
+                log::info!(
+                    "{}",
+                    log_lines::blocked_via_plugin(who, &action.responder, &action.detail)
+                );
+            }
+            applied.actions.push(action);
+        }
+        Outcome::Skipped(why) => {
+            log::debug!("{responder} skipped for {who}: {why}");
+        }
+        Outcome::Failed(why) => {
+            applied.failures += 1;
+            log::warn!("{}", log_lines::responder_failed(who, responder, &why));
+        }
+        Outcome::Veto(why) => {
+            log::info!("{}", log_lines::vetoed(who, responder, &why));
+            applied.vetoed = true;
+        }
     }
 }
 
-/// Undoes a block's actions, newest first; every action is tried even when one fails.
-fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
-    let record = &job.record;
+/// The stand-in alert of a block being lifted: its source, and the port, protocol and mode
+/// of the probe that made it when there was one.
+fn stand_in(record: &BlockRecord) -> Candidate {
     let (port, proto) = record.port_proto();
     let mode = record
         .trigger
@@ -536,7 +616,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         crate::event::Proto::Tcp => crate::event::ProbeKind::Connect,
         crate::event::Proto::Udp => crate::event::ProbeKind::Udp,
     };
-    let alert = Candidate {
+    Candidate {
         hit: crate::event::Hit {
             src: record.target.addr(),
             port,
@@ -548,48 +628,239 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> JobResult {
         count: 0,
         already_blocked: true,
         actionable: true,
-    };
-    let who = target_text(&record.target);
-    let config = &job.generation.config;
-    let ctx = ResponseContext {
-        alert: &alert,
-        target: record.target,
-        resolved: &who,
-        config,
-        until: record.until,
-        restored: false,
-        members: &record.members,
-    };
-    let outcomes = record
-        .actions
-        .iter()
-        .rev()
-        .map(|action| {
-            heartbeat::busy(step_limit(config, &action.responder));
-
-            let started = Instant::now();
-            let outcome = undo_action(
-                action,
-                &ctx,
-                job.reason,
-                &job.lua,
-                nft,
-                config.kill_cmd_timeout,
-            );
-            timings.record_responder(&action.responder, Op::Undo, started.elapsed());
-            (action.responder.clone(), outcome)
-        })
-        .collect();
-    JobResult::Undone {
-        id: job.id,
-        target: record.target,
-        outcomes,
     }
+}
+
+/// Undoes each block's actions, newest first; every action is tried even when one fails.
+/// The hosts.deny lines of all the blocks are taken out first, in one rewrite per file, and
+/// their routes of a form [`super::route`] knows deleted in one netlink exchange; the other
+/// actions run one by one.
+fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
+    let config = &job.generation.config;
+    let alerts: Vec<Candidate> = job.blocks.iter().map(|b| stand_in(&b.record)).collect();
+    let whos: Vec<String> = job
+        .blocks
+        .iter()
+        .map(|b| target_text(&b.record.target))
+        .collect();
+    let started = Instant::now();
+    let mut done = super::undo::undo_batched(job.blocks.iter().map(|b| &b.record.actions));
+    let batched = done.iter().flatten().filter(|d| d.is_some()).count();
+    let each = per_block(started.elapsed(), batched);
+    job.blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let record = &b.record;
+            let ctx = ResponseContext {
+                alert: &alerts[i],
+                target: record.target,
+                resolved: &whos[i],
+                config,
+                until: record.until,
+                restored: false,
+                members: &record.members,
+            };
+            let outcomes = record
+                .actions
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(a, action)| {
+                    let slot = done
+                        .get_mut(i)
+                        .and_then(|d| d.get_mut(a))
+                        .and_then(Option::take);
+                    let outcome = match slot {
+                        Some(outcome) => {
+                            timings.record_responder(&action.responder, Op::Undo, each);
+                            outcome
+                        }
+                        None => {
+                            heartbeat::busy(step_limit(config, &action.responder));
+                            let started = Instant::now();
+                            let outcome = undo_action(
+                                action,
+                                &ctx,
+                                b.reason,
+                                &job.lua,
+                                nft,
+                                config.kill_cmd_timeout,
+                            );
+                            timings.record_responder(
+                                &action.responder,
+                                Op::Undo,
+                                started.elapsed(),
+                            );
+                            outcome
+                        }
+                    };
+                    (action.responder.clone(), outcome)
+                })
+                .collect();
+            JobResult::Undone {
+                id: b.id,
+                target: record.target,
+                outcomes,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn template(text: &str) -> Option<crate::config::Template> {
+        Some(crate::config::Template {
+            text: text.into(),
+            line: 1,
+        })
+    }
+
+    /// A generation blocking through hosts.deny and a command that logs its target and
+    /// fails for 10.77.1.3 (undone by a command that logs too).
+    fn batch_generation(dir: &std::path::Path) -> Generation {
+        let mut config = crate::config::build::defaults(&dir.join("p.conf"));
+        let log = dir.join("ran");
+        config.kill_route = None;
+        config.kill_nftables = false;
+        config.kill_hosts_deny = template("ALL: $TARGET$ : DENY");
+        config.hosts_deny_file = dir.join("hosts.deny");
+        config.kill_run_cmd = template(&format!(
+            "echo add $TARGET$ >> {0}; test $TARGET$ != 10.77.1.3",
+            log.display()
+        ));
+        config.unkill_run_cmd = template(&format!("echo del $TARGET$ >> {}", log.display()));
+        Generation::from_parts(1, config, Default::default())
+    }
+
+    #[test]
+    fn a_batch_gives_one_result_per_block_in_order_and_undoes_as_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let generation = batch_generation(dir.path());
+        let targets = ["10.77.1.2", "10.77.1.3", "fd77::4"];
+        let blocks = targets
+            .iter()
+            .zip(10u64..)
+            .map(|(t, id)| {
+                let target = crate::record::parse_target(t).unwrap();
+                BlockToApply {
+                    id,
+                    target,
+                    alert: Candidate {
+                        hit: crate::event::Hit::now(
+                            target.addr(),
+                            0,
+                            crate::event::Mode::Tcp,
+                            crate::event::ProbeKind::Connect,
+                        ),
+                        count: 0,
+                        already_blocked: false,
+                        actionable: true,
+                    },
+                    resolved: t.to_string(),
+                    level: BlockLevel::All,
+                    until: None,
+                    restored: true,
+                    members: Vec::new(),
+                }
+            })
+            .collect();
+        let job = ApplyJob {
+            blocks,
+            generation: generation.clone(),
+            lua: LuaPlugins::none(),
+        };
+        let timings = Timings::default();
+        let results = apply(&job, &timings, &NftHandle::closed());
+        let mut records = Vec::new();
+        for ((result, id), t) in results.into_iter().zip(10u64..).zip(targets) {
+            let JobResult::Applied {
+                id: got,
+                target,
+                actions,
+                failures,
+                vetoed,
+            } = result
+            else {
+                panic!("not an apply result");
+            };
+            assert_eq!(
+                (got, target.addr().to_string(), vetoed),
+                (id, t.into(), false)
+            );
+            let names: Vec<&str> = actions.iter().map(|a| a.responder.as_str()).collect();
+            if t == "10.77.1.3" {
+                assert_eq!((names, failures), (vec!["hosts_deny"], 1));
+            } else {
+                assert_eq!((names, failures), (vec!["hosts_deny", "run_cmd"], 0));
+            }
+            records.push(BlockRecord {
+                target,
+                since: SystemTime::now(),
+                until: None,
+                offences: 1,
+                origin: crate::record::Origin::Manual,
+                trigger: None,
+                reason: String::new(),
+                actions,
+                members: Vec::new(),
+            });
+        }
+        let deny = dir.path().join("hosts.deny");
+        assert_eq!(
+            std::fs::read_to_string(&deny).unwrap(),
+            "ALL: 10.77.1.2 : DENY\nALL: 10.77.1.3 : DENY\nALL: [fd77::4] : DENY\n"
+        );
+        // Each responder counted once per block.
+        let counted: Vec<(String, u64)> = timings
+            .responders()
+            .into_iter()
+            .map(|(n, _, d)| (n, d.count))
+            .collect();
+        assert_eq!(
+            counted,
+            [("hosts_deny".to_string(), 3), ("run_cmd".to_string(), 3)]
+        );
+        let undo_job = UndoJob {
+            blocks: records
+                .into_iter()
+                .zip(20u64..)
+                .map(|(record, id)| BlockToUndo {
+                    id,
+                    record,
+                    reason: UnblockReason::Unblock,
+                })
+                .collect(),
+            generation,
+            lua: LuaPlugins::none(),
+        };
+        let undone = undo(&undo_job, &timings, &NftHandle::closed());
+        assert_eq!(undone.len(), 3);
+        for (result, id) in undone.into_iter().zip(20u64..) {
+            let JobResult::Undone {
+                id: got, outcomes, ..
+            } = result
+            else {
+                panic!("not an undo result");
+            };
+            assert_eq!(got, id);
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|(_, o)| matches!(o, UndoOutcome::Done(_))),
+                "{outcomes:?}"
+            );
+            // Newest first: the command's undo before the line's.
+            assert_eq!(outcomes.last().map(|(n, _)| n.as_str()), Some("hosts_deny"));
+        }
+        assert_eq!(std::fs::read_to_string(&deny).unwrap(), "");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ran")).unwrap(),
+            "add 10.77.1.2\nadd 10.77.1.3\nadd fd77::4\ndel 10.77.1.2\ndel fd77::4\n"
+        );
+    }
 
     #[test]
     fn durations_fall_in_the_first_bucket_that_holds_them() {

@@ -70,6 +70,30 @@ impl ShellResponder {
     }
 }
 
+impl ShellResponder {
+    /// The block is in force through `command` (or what stands for it: the in-process
+    /// route of [`super::route`]), found `already_present` or not: the 1.2 success line, and
+    /// the action recorded with its undo.
+    pub(super) fn done(
+        &self,
+        ctx: &ResponseContext<'_>,
+        command: String,
+        already_present: bool,
+    ) -> Outcome {
+        log::info!("{}", (self.success_line)(ctx.target_text(), &command));
+        let detail = if already_present {
+            format!("{command} (already present)")
+        } else {
+            command
+        };
+        Outcome::Done(Action {
+            responder: self.name(),
+            detail,
+            undo: self.undo(ctx),
+        })
+    }
+}
+
 impl Responder for ShellResponder {
     fn name(&self) -> String {
         self.name.to_string()
@@ -78,22 +102,16 @@ impl Responder for ShellResponder {
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
         let command = expand_macros(&self.template, ctx);
         let result = run_shell(&command, self.timeout);
-        let detail = if result.success() {
-            command.clone()
+        if result.success() {
+            self.done(ctx, command, false)
         } else if self.tolerate_existing
             && matches!(result.status, super::command::CommandStatus::Exited(_))
             && result.output.contains(ALREADY_PRESENT)
         {
-            format!("{command} (already present)")
+            self.done(ctx, command, true)
         } else {
-            return Outcome::Failed(format!("command \"{command}\": {}", result.failure_text()));
-        };
-        log::info!("{}", (self.success_line)(ctx.target_text(), &command));
-        Outcome::Done(Action {
-            responder: self.name(),
-            detail,
-            undo: self.undo(ctx),
-        })
+            Outcome::Failed(format!("command \"{command}\": {}", result.failure_text()))
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 //! Every undo is idempotent: a route, rule, line or set element that is already gone counts
 //! as undone, so an undo interrupted by a crash can simply be run again after the restart.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::command::{CommandStatus, run_shell};
-use super::hosts_deny::{Removal, remove_line};
+use super::hosts_deny::{Removal, remove_line, remove_lines};
 use super::lua::LuaPlugins;
 use super::nftables::NftHandle;
-use super::{Action, ResponseContext, Undo};
+use super::{Action, ResponseContext, Undo, route};
 
 pub use super::UnblockReason;
 
@@ -64,28 +65,7 @@ pub fn undo_action(
     match &action.undo {
         Undo::Impossible { why } => UndoOutcome::Impossible(why.clone()),
         Undo::Command { command } => undo_command(command, timeout),
-        Undo::RemoveLine { file, line } => match remove_line(file, line) {
-            Ok(Removal::Removed(n)) => UndoOutcome::Done(format!(
-                "removed \"{line}\" from {}{}",
-                file.display(),
-                if n > 1 {
-                    format!(" ({n} copies)")
-                } else {
-                    String::new()
-                }
-            )),
-            Ok(Removal::NotPresent) => UndoOutcome::Done(format!(
-                "\"{line}\" was not in {} (already gone)",
-                file.display()
-            )),
-            Ok(Removal::NoFile) => {
-                UndoOutcome::Done(format!("{} does not exist (already gone)", file.display()))
-            }
-            Err(e) => UndoOutcome::Failed(format!(
-                "cannot remove \"{line}\" from {}: {e}",
-                file.display()
-            )),
-        },
+        Undo::RemoveLine { file, line } => removal_outcome(file, line, remove_line(file, line)),
         Undo::Lua { plugin } => match lua.unblock(plugin, ctx, reason) {
             Ok(detail) => UndoOutcome::Done(detail),
             Err(why) => UndoOutcome::Failed(why),
@@ -100,8 +80,13 @@ pub fn undo_action(
     }
 }
 
-/// Runs an undo command; "not there" answers are success.
+/// Runs an undo command; "not there" answers are success. A route deletion of a form
+/// [`route`] knows is done over rtnetlink instead, with the same outcome.
 fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
+    if let Some(request) = route::parse_undo(command) {
+        let answer = route::batch(route::Op::Del, &[request]).pop();
+        return route_deleted(command, answer);
+    }
     let result = run_shell(command, timeout);
     if result.success() {
         return UndoOutcome::Done(format!("command \"{command}\""));
@@ -116,6 +101,103 @@ fn undo_command(command: &str, timeout: Duration) -> UndoOutcome {
         ))
     } else {
         UndoOutcome::Failed(format!("command \"{command}\": {}", result.failure_text()))
+    }
+}
+
+/// What taking `line` out of `file` came to.
+fn removal_outcome(file: &Path, line: &str, removal: std::io::Result<Removal>) -> UndoOutcome {
+    match removal {
+        Ok(Removal::Removed(n)) => UndoOutcome::Done(format!(
+            "removed \"{line}\" from {}{}",
+            file.display(),
+            if n > 1 {
+                format!(" ({n} copies)")
+            } else {
+                String::new()
+            }
+        )),
+        Ok(Removal::NotPresent) => UndoOutcome::Done(format!(
+            "\"{line}\" was not in {} (already gone)",
+            file.display()
+        )),
+        Ok(Removal::NoFile) => {
+            UndoOutcome::Done(format!("{} does not exist (already gone)", file.display()))
+        }
+        Err(e) => UndoOutcome::Failed(format!(
+            "cannot remove \"{line}\" from {}: {e}",
+            file.display()
+        )),
+    }
+}
+
+/// Where an action is (block, action) and the text it is about (a line, a command).
+type At<'a> = (usize, usize, &'a str);
+
+/// The actions of many blocks that are undone better together: hosts.deny lines (one
+/// rewrite per file, [`remove_lines`]) and routes of a form [`route`] knows (one netlink
+/// exchange). Returns, per block and per action, the outcome of those it did, `None` for
+/// the others (the caller runs them with [`undo_action`]). Each outcome is what
+/// [`undo_action`] would have said.
+pub fn undo_batched<'a>(
+    blocks: impl Iterator<Item = &'a Vec<Action>>,
+) -> Vec<Vec<Option<UndoOutcome>>> {
+    let mut done: Vec<Vec<Option<UndoOutcome>>> = Vec::new();
+    // (block, action) of each line, by file; and of each route.
+    let mut lines: Vec<(&'a Path, Vec<At<'a>>)> = Vec::new();
+    let mut routes: Vec<(usize, usize, &'a str, (route::Form, ipnet::IpNet))> = Vec::new();
+    for (b, actions) in blocks.enumerate() {
+        done.push(actions.iter().map(|_| None).collect());
+        for (a, action) in actions.iter().enumerate() {
+            match &action.undo {
+                Undo::RemoveLine { file, line } => {
+                    match lines.iter_mut().find(|(f, _)| *f == file.as_path()) {
+                        Some((_, of_file)) => of_file.push((b, a, line)),
+                        None => lines.push((file, vec![(b, a, line)])),
+                    }
+                }
+                Undo::Command { command } => {
+                    if let Some(request) = route::parse_undo(command) {
+                        routes.push((b, a, command, request));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (file, of_file) in lines {
+        let texts: Vec<&str> = of_file.iter().map(|(_, _, l)| *l).collect();
+        match remove_lines(file, &texts) {
+            Ok(removals) => {
+                for ((b, a, line), removal) in of_file.into_iter().zip(removals) {
+                    done[b][a] = Some(removal_outcome(file, line, Ok(removal)));
+                }
+            }
+            Err(e) => {
+                for (b, a, line) in of_file {
+                    let e = std::io::Error::new(e.kind(), e.to_string());
+                    done[b][a] = Some(removal_outcome(file, line, Err(e)));
+                }
+            }
+        }
+    }
+    let requests: Vec<(route::Form, ipnet::IpNet)> = routes.iter().map(|r| r.3).collect();
+    let answers = route::batch(route::Op::Del, &requests);
+    for ((b, a, command, _), answer) in routes.into_iter().zip(answers) {
+        done[b][a] = Some(route_deleted(command, Some(answer)));
+    }
+    done
+}
+
+/// The outcome of an undo command done over rtnetlink: the kernel's answer read as the
+/// command's would be (`ESRCH`, "No such process": already gone).
+pub(super) fn route_deleted(command: &str, answer: Option<std::io::Result<()>>) -> UndoOutcome {
+    match answer {
+        Some(Ok(())) => UndoOutcome::Done(format!("command \"{command}\" (over rtnetlink)")),
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => UndoOutcome::Done(format!(
+            "command \"{command}\" (over rtnetlink): already gone ({e})"
+        )),
+        Some(Err(e)) => UndoOutcome::Failed(format!("command \"{command}\" (over rtnetlink): {e}")),
+        None => UndoOutcome::Failed(format!("command \"{command}\" (over rtnetlink): no answer")),
     }
 }
 

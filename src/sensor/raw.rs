@@ -6,7 +6,8 @@
 //!    be probes to a watched port are copied to the daemon, and the SYNs and UDP datagrams
 //!    this host sends from a watched port. Traffic to services (ports with a listener) and
 //!    the data of every connection never are, so bulk transfers cost the daemon nothing.
-//! 2. [`capture`] reads it with the kernel's checksum verdict.
+//! 2. [`capture`] reads it from a `TPACKET_V3` ring, block by block, with the kernel's
+//!    checksum verdict and capture time.
 //! 3. What this host sent is named by [`classify::outgoing`] and, if it left from one of
 //!    this host's addresses and a watched port, remembered in the [`flows`] table.
 //! 4. What came in is named by [`classify::inspect`] (pure function), and [`watched`] decides
@@ -14,8 +15,9 @@
 //!    listener. Then it must not answer a flow this host started ([`flows`]), and a UDP
 //!    datagram, bare ACK or FIN+ACK must not be taken by a socket the kernel knows of at
 //!    this moment ([`live`]: one sock_diag request, cheap under a flood).
-//! 5. A [`Hit`] goes to the [`HitSink`]; a full channel counts it as dropped and the sensor
-//!    logs the count every [`DROP_REPORT`]; it never blocks on the pipeline.
+//! 5. The [`Hit`]s of every block ready at a wake-up go to the [`HitSink`] in one batch; a
+//!    full channel counts them as dropped and the sensor logs the count every
+//!    [`DROP_REPORT`]; it never blocks on the pipeline.
 //!
 //! Listeners and host addresses are re-read every [`REFRESH`] (and never per packet; the
 //! addresses come from the process-wide [`crate::local_addrs`] read); the
@@ -37,7 +39,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -66,7 +68,8 @@ pub const DROP_REPORT: Duration = Duration::from_secs(10);
 /// The longest the sensor waits before looking at its control channel.
 pub const CONTROL_TICK: Duration = Duration::from_millis(250);
 
-/// Packets read in one go before the sensor looks at its control channel again.
+/// Hits handed to the pipeline in one message at most (a batch is cut there, so the
+/// pipeline's queue of batches stays bounded in probes too).
 pub const BATCH: usize = 256;
 
 /// Identical probes on two interfaces this close together are one probe.
@@ -275,8 +278,11 @@ impl RawSensor {
                 next_refresh = now + REFRESH;
             }
             if now >= next_report {
-                if let Ok(n) = self.capture.kernel_drops() {
-                    kernel_drops += u64::from(n);
+                if let Ok(ring) = self.capture.ring_stats() {
+                    kernel_drops += u64::from(ring.drops);
+                    if ring.freezes > 0 {
+                        log::debug!("capture ring full {} time(s)", ring.freezes);
+                    }
                 }
                 if kernel_drops > 0 {
                     log::warn!(
@@ -312,22 +318,29 @@ impl RawSensor {
                     continue;
                 }
             }
-            for _ in 0..BATCH {
+            // Every block the kernel has handed over, in one batch for the pipeline.
+            let mut hits = Vec::new();
+            for _ in 0..capture::BLOCK_COUNT {
                 // A probe is judged against listeners at most one second old.
                 if Instant::now() >= next_refresh {
                     self.refresh();
                     next_refresh = Instant::now() + REFRESH;
                 }
-                match self.capture.recv() {
-                    Ok(Some(pkt)) => handle(&pkt, &self.watch, &mut self.state, sink),
-                    Ok(None) => break,
-                    Err(e) => {
-                        log::error!("{}", log_lines::capture_read_failed(e));
-                        std::thread::sleep(CONTROL_TICK);
-                        break;
-                    }
+                let now = Instant::now();
+                let (watch, state) = (&self.watch, &mut self.state);
+                match self
+                    .capture
+                    .next_block(|pkt| handle(pkt, now, watch, state, &mut hits))
+                {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => log::error!("{}", log_lines::capture_read_failed(e)),
+                }
+                if hits.len() >= BATCH {
+                    sink.emit_batch(std::mem::take(&mut hits));
                 }
             }
+            sink.emit_batch(hits);
         }
     }
 }
@@ -385,13 +398,14 @@ impl State {
     }
 }
 
-/// Turns one captured packet into at most one hit, or into a flow this host started.
-fn handle(pkt: &Packet<'_>, watch: &Watch, st: &mut State, sink: &HitSink) {
+/// Turns one captured packet into at most one hit (pushed on `out`), or into a flow this
+/// host started. A function of the packet (with its capture time), `now` and the state
+/// only, so that it can run on a recorded packet source and a simulated clock.
+fn handle(pkt: &Packet<'_>, now: Instant, watch: &Watch, st: &mut State, out: &mut Vec<Hit>) {
     st.stats.packets += 1;
     if pkt.truncated {
         return;
     }
-    let now = Instant::now();
     match pkt.pkttype {
         libc::PACKET_HOST => {}
         libc::PACKET_OUTGOING => {
@@ -430,13 +444,13 @@ fn handle(pkt: &Packet<'_>, watch: &Watch, st: &mut State, sink: &HitSink) {
         return;
     }
     st.stats.hits += 1;
-    sink.emit(Hit {
+    out.push(Hit {
         src: probe.src,
         port: probe.dst_port,
         mode,
         kind: probe.kind,
         ip_options: probe.ip_options,
-        time: SystemTime::now(),
+        time: pkt.time,
     });
 }
 

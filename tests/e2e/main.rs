@@ -15,6 +15,7 @@ mod fleet;
 mod forged;
 mod full_disk;
 mod hosts_deny;
+mod inprocess;
 mod lab;
 mod lua;
 mod lua_plugins;

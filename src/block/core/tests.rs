@@ -606,6 +606,52 @@ fn a_stop_keeps_scan_blocks_in_hand_and_leaves_restores_to_the_next_start() {
 }
 
 #[test]
+fn restore_slots_hand_out_that_many_restored_reapplies_beside_the_workers() {
+    let mut r = Rig::new(config(|_| {}));
+    r.core = std::mem::replace(
+        &mut r.core,
+        BlockCore::new(CoreSetup {
+            generation: Generation::from_parts(1, config(|_| {}), IgnoreList::default()),
+            guard: Box::new(Protects(Vec::new())),
+            counters: Arc::default(),
+            offences: HashMap::new(),
+            workers: 8,
+            max_waiting: 4096,
+            events: false,
+            now: r.now,
+        }),
+    )
+    .with_restore_slots(16);
+    let now = r.now.wall;
+    let active: HashMap<Target, BlockRecord> = (0..40u8)
+        .map(|i| BlockRecord {
+            target: net(&format!("192.0.2.{i}")),
+            since: now - Duration::from_secs(100),
+            until: Some(now + Duration::from_secs(60)),
+            offences: 1,
+            origin: Origin::Manual,
+            trigger: None,
+            reason: String::new(),
+            actions: Vec::new(),
+            members: Vec::new(),
+        })
+        .map(|b| (b.target, b))
+        .collect();
+    let out = r.core.restore(active, r.now);
+    r.absorb(out);
+    assert_eq!(r.work.len(), 16 + 8, "the slots and the workers");
+    r.send(Input::Stop);
+    assert!(!r.core.stopped(), "the re-applies in hand finish first");
+    r.settle();
+    assert!(r.core.stopped());
+    assert_eq!(
+        r.blocked().len(),
+        40,
+        "every journaled block stays; those not re-applied are left to the next start"
+    );
+}
+
+#[test]
 fn a_flood_of_forged_multi_port_sources_stays_bounded_and_a_real_scanner_goes_first() {
     let mut r = Rig::new(config(|c| {
         c.block_rate_limit = 60;

@@ -217,45 +217,75 @@ impl Responder for NftResponder {
     }
 
     fn respond(&mut self, ctx: &ResponseContext<'_>) -> Outcome {
-        let timeout = ctx
-            .until
-            .map(|u| u.duration_since(SystemTime::now()).unwrap_or_default());
-        // A host into its hash set; a network (a block of a prefix) into its interval set.
-        let added = match host_of(ctx.target) {
-            Ok(addr) => self
-                .handle
-                .add(&[(addr, timeout)])
-                .map(|table| (table, set_of(addr))),
-            Err(_) => {
-                let changes = IntervalChanges {
-                    add: vec![(ctx.target, timeout)],
-                    ..IntervalChanges::default()
-                };
-                self.handle
-                    .change_intervals(Room::Blocks, &changes)
-                    .map(|table| (table, Room::Blocks.set_of(ctx.target)))
-            }
+        self.respond_batch(std::slice::from_ref(ctx))
+            .pop()
+            .unwrap_or_else(|| Outcome::Failed("nftables: no outcome".into()))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// The hosts of the batch in one transaction (should it fail, one element the kernel
+    /// refuses failing them all, each host is tried alone so the others still go in); a
+    /// network (a block of a prefix) into its interval set, one at a time.
+    fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
+        let now = SystemTime::now();
+        let timeout = |ctx: &ResponseContext<'_>| {
+            ctx.until.map(|u| u.duration_since(now).unwrap_or_default())
         };
-        match added {
-            Ok((table, set)) => {
-                log::info!(
-                    "{}",
-                    log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
-                );
-                let until = timeout.map_or_else(String::new, |t| {
-                    format!(
-                        " timeout {}",
-                        humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
-                    )
-                });
-                Outcome::Done(Action {
-                    responder: self.name(),
-                    detail: format!("set inet {table} {set}{until}"),
-                    undo: Undo::Nftables { table },
-                })
-            }
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
+        let hosts: Vec<(IpAddr, Option<Duration>)> = ctxs
+            .iter()
+            .filter_map(|ctx| host_of(ctx.target).ok().map(|a| (a, timeout(ctx))))
+            .collect();
+        let together = if hosts.len() > 1 {
+            self.handle.add(&hosts).ok()
+        } else {
+            None
+        };
+        ctxs.iter()
+            .map(|ctx| {
+                let timeout = timeout(ctx);
+                let added = match host_of(ctx.target) {
+                    Ok(addr) => match &together {
+                        Some(table) => Ok((table.clone(), set_of(addr))),
+                        None => self
+                            .handle
+                            .add(&[(addr, timeout)])
+                            .map(|table| (table, set_of(addr))),
+                    },
+                    Err(_) => {
+                        let changes = IntervalChanges {
+                            add: vec![(ctx.target, timeout)],
+                            ..IntervalChanges::default()
+                        };
+                        self.handle
+                            .change_intervals(Room::Blocks, &changes)
+                            .map(|table| (table, Room::Blocks.set_of(ctx.target)))
+                    }
+                };
+                match added {
+                    Ok((table, set)) => {
+                        log::info!(
+                            "{}",
+                            log_lines::blocked_via_nftables(ctx.target_text(), &table, set)
+                        );
+                        let until = timeout.map_or_else(String::new, |t| {
+                            format!(
+                                " timeout {}",
+                                humantime::format_duration(Duration::from_secs(t.as_secs().max(1)))
+                            )
+                        });
+                        Outcome::Done(Action {
+                            responder: self.name(),
+                            detail: format!("set inet {table} {set}{until}"),
+                            undo: Undo::Nftables { table },
+                        })
+                    }
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            })
+            .collect()
     }
 }
 
