@@ -693,10 +693,20 @@ impl BlockCore {
             .find(|net| self.hosts.contains_key(net))
     }
 
-    /// Whether `net` is a prefix blocked by escalation (its host blocks are folded into it).
-    fn is_escalated(&self, net: &Target) -> bool {
-        matches!(self.hosts.get(net), Some(Host::Active { record, .. })
-            if record.origin == Origin::Scan && is_network(net))
+    /// Whether the scan block of `host` in force is taken over by the escalated prefix
+    /// block `net` in force: only when the prefix's responders did all the host's did.
+    fn folds_into(&self, host: Target, net: Target) -> bool {
+        let (
+            Some(Host::Active {
+                record: h,
+                reapplying: None,
+            }),
+            Some(Host::Active { record: p, .. }),
+        ) = (self.hosts.get(&host), self.hosts.get(&net))
+        else {
+            return false;
+        };
+        h.origin == Origin::Scan && p.origin == Origin::Scan && is_network(&net) && takes_over(p, h)
     }
 
     /// The network block in force that covers `ip`, if any.
@@ -1318,14 +1328,9 @@ impl BlockCore {
     fn fold_into(&mut self, net: Target) {
         let inside: Vec<Target> = self
             .hosts
-            .iter()
-            .filter(|(t, h)| {
-                !is_network(t)
-                    && net.contains(&t.addr())
-                    && matches!(h, Host::Active { record, reapplying: None }
-                        if record.origin == Origin::Scan)
-            })
-            .map(|(t, _)| *t)
+            .keys()
+            .filter(|t| !is_network(t) && net.contains(&t.addr()) && self.folds_into(**t, net))
+            .copied()
             .collect();
         for host in inside {
             self.start_release(host, UnblockReason::Escalated, None);
@@ -1640,10 +1645,10 @@ impl BlockCore {
                     // inside it alone: they outlive it when it is lifted first.
                     self.fold_into(target);
                 } else if a.origin == Origin::Scan {
-                    if self
+                    let folds = self
                         .covering_active(target.addr())
-                        .is_some_and(|net| self.is_escalated(&net))
-                    {
+                        .is_some_and(|net| self.folds_into(target, net));
+                    if folds {
                         // Its prefix was blocked while its own block was being applied.
                         self.start_release(target, UnblockReason::Escalated, None);
                     } else if a.escalates {
@@ -1856,6 +1861,16 @@ impl BlockCore {
             self.on_request(req, now);
         }
     }
+}
+
+/// Whether the block of a prefix does, for its whole network, all that a host block inside
+/// it does (each responder of the host's actions acted for the prefix too): only then is
+/// the host block folded into it. A prefix whose route could not be added (a route of
+/// another kind for exactly that prefix is in the table) leaves its hosts' routes alone.
+fn takes_over(prefix: &BlockRecord, host: &BlockRecord) -> bool {
+    host.actions
+        .iter()
+        .all(|a| prefix.actions.iter().any(|p| p.responder == a.responder))
 }
 
 fn is_network(target: &Target) -> bool {

@@ -18,7 +18,6 @@
 //! live in [`crate::protected`], so that the block manager reads them without importing a
 //! filter.
 
-pub(crate) mod netlink;
 mod refresher;
 pub mod resolv;
 pub mod routes;

@@ -209,7 +209,7 @@ fn flush_routes() -> io::Result<()> {
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut request = RouteMessage::default();
         request.header.address_family = family;
-        crate::filter::protect::netlink::dump(
+        crate::netlink::dump(
             NETLINK_ROUTE,
             RouteNetlinkMessage::GetRoute(request),
             |answer| {

@@ -258,6 +258,51 @@ fn message(target: &IpNet, protocol: RouteProtocol, scope: RouteScope, kind: Kin
     route
 }
 
+/// Of `targets`, those the main routing table holds a route for, exactly, that blocks
+/// nothing (unicast, local, …): one dump of the table.
+fn routes_that_are_not_blocks(targets: &[IpNet]) -> io::Result<Vec<IpNet>> {
+    let mut found = Vec::new();
+    crate::netlink::dump(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+        |answer| {
+            let RouteNetlinkMessage::NewRoute(route) = answer else {
+                return;
+            };
+            if let Some(dst) = destination(&route)
+                && route.header.table == RouteHeader::RT_TABLE_MAIN
+                && !matches!(
+                    route.header.kind,
+                    RouteType::Unreachable | RouteType::BlackHole | RouteType::Prohibit
+                )
+                && targets.contains(&dst)
+            {
+                found.push(dst);
+            }
+        },
+    )?;
+    Ok(found)
+}
+
+/// A route's destination as a network (`0.0.0.0/0` for a default route).
+fn destination(route: &RouteMessage) -> Option<IpNet> {
+    let len = route.header.destination_prefix_length;
+    let addr: IpAddr = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        })
+        .or(match route.header.address_family {
+            AddressFamily::Inet => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            AddressFamily::Inet6 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            _ => None,
+        })?;
+    IpNet::new(addr, len).ok().map(|n| n.trunc())
+}
+
 /// Which way a batch goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -422,7 +467,21 @@ impl Responder for NetlinkRoute {
             .filter(|c| self.form.covers(&c.target))
             .map(|c| (self.form, c.target))
             .collect();
-        let mut answers = batch(Op::Add, &covered).into_iter();
+        let answers = batch(Op::Add, &covered);
+        // "File exists" is success only when what exists is a block: a route of another
+        // kind for exactly this prefix (a static or on-link route) would leave it reachable.
+        let existing: Vec<IpNet> = covered
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| matches!(a, Err(e) if e.raw_os_error() == Some(libc::EEXIST)))
+            .map(|((_, t), _)| *t)
+            .collect();
+        let not_blocks = if existing.is_empty() {
+            Ok(Vec::new())
+        } else {
+            routes_that_are_not_blocks(&existing)
+        };
+        let mut answers = answers.into_iter();
         ctxs.iter()
             .map(|ctx| {
                 if !self.form.covers(&ctx.target) {
@@ -432,9 +491,19 @@ impl Responder for NetlinkRoute {
                 let command = expand_macros(&self.template, ctx);
                 match answers.next() {
                     Some(Ok(())) => self.command.done(ctx, command, false),
-                    Some(Err(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        self.command.done(ctx, command, true)
-                    }
+                    Some(Err(e)) if e.raw_os_error() == Some(libc::EEXIST) => match &not_blocks {
+                        Ok(others) if others.contains(&ctx.target) => Outcome::Failed(format!(
+                            "command \"{command}\" (done in-process over rtnetlink): a route \
+                             for {} is in the table already and is not a block; it is left \
+                             as it is",
+                            ctx.target_text()
+                        )),
+                        Ok(_) => self.command.done(ctx, command, true),
+                        Err(e) => Outcome::Failed(format!(
+                            "command \"{command}\" (done in-process over rtnetlink): the route \
+                             exists, and what it is could not be read: {e}"
+                        )),
+                    },
                     Some(Err(e)) => Outcome::Failed(format!(
                         "command \"{command}\" (done in-process over rtnetlink): {e}"
                     )),
@@ -640,6 +709,33 @@ mod tests {
             );
             assert_eq!(tables_by_netlink, tables_by_command, "{template}");
         }
+    }
+
+    /// "File exists" is a block only when the route there is one: a unicast route of the
+    /// same prefix is named, a block route of ours and an absent route are not.
+    #[test]
+    fn an_existing_route_that_blocks_nothing_is_told_apart_from_a_block() {
+        use crate::filter::protect::test_netns::NetNs;
+        use crate::respond::command::run_shell;
+        let ns = NetNs::new("rtexist");
+        let found = ns.run(|| {
+            for c in [
+                "ip link set lo up",
+                "ip route add 10.77.8.0/24 dev lo",
+                "ip route add unreachable 10.77.9.0/24",
+                "ip -6 route add fd77:8::/64 dev lo",
+            ] {
+                assert!(run_shell(c, Duration::from_secs(5)).success(), "{c}");
+            }
+            let asked = [
+                net("10.77.8.0/24"),
+                net("10.77.9.0/24"),
+                net("10.77.10.0/24"),
+                net("fd77:8::/64"),
+            ];
+            routes_that_are_not_blocks(&asked).unwrap()
+        });
+        assert_eq!(found, [net("10.77.8.0/24"), net("fd77:8::/64")]);
     }
 
     #[test]

@@ -822,3 +822,48 @@ fn lua_plugins_hear_an_escalated_prefix_with_its_member_hosts() {
         lab.read("events")
     );
 }
+
+/// The main table already routes exactly the rotated /24 (a static route an admin made):
+/// `ip route add unreachable` of it answers "File exists", which is no block. The route
+/// responder fails and says why; the prefix is blocked by hosts.deny alone, so its hosts
+/// keep their routes (a weaker prefix block takes nothing over); a /24 beside it without such
+/// a route is escalated and folds its hosts (positive control).
+#[test]
+fn a_prefix_the_table_routes_already_is_not_taken_for_blocked_and_keeps_its_host_blocks() {
+    let lab = Lab::new();
+    let routed = Prefix::v4(&lab, 8, SMALL);
+    let control = Prefix::v4(&lab, 9, SMALL);
+    let dev = lab.def_dev.clone();
+    sh(&[
+        "ip",
+        "-n",
+        &lab.def,
+        "route",
+        "add",
+        &routed.net,
+        "dev",
+        &dev,
+    ]);
+    let d = start(&lab, Mode::Tcp, AMPLE_BUDGET);
+    let ports = Mode::Tcp.ports();
+    rotate(&lab, &control.hosts, &ports);
+    expect_escalated(&d, &lab, &control, &Probed::default());
+    rotate(&lab, &routed.hosts, &ports);
+    assert!(
+        wait_for(10, || d.lines().iter().any(|l| l.contains(&format!(
+            "a route for {} is in the table already",
+            routed.net
+        )))),
+        "no refusal of the existing route; log:\n{}",
+        d.lines().join("\n")
+    );
+    assert!(!prefix_routed(&lab, &routed), "{}", lab.def_routes());
+    let rec = record(&lab, &routed.net).expect("the prefix's record (hosts.deny)");
+    assert_eq!(rec["actions"][0]["responder"], "hosts_deny", "{rec}");
+    assert_eq!(rec["actions"].as_array().map(Vec::len), Some(1), "{rec}");
+    assert!(
+        host_routes(&lab, &routed) >= routed.escalate_after(),
+        "its hosts stay blocked: {}",
+        lab.def_routes()
+    );
+}

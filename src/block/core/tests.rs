@@ -124,6 +124,11 @@ impl Rig {
 
     /// Plays the pool: every job handed out succeeds, until none is left.
     fn settle(&mut self) {
+        self.settle_with(|_| "route");
+    }
+
+    /// [`Rig::settle`], the apply of each target acting through the responder `by` names.
+    fn settle_with(&mut self, by: impl Fn(&Target) -> &'static str) {
         while !self.work.is_empty() {
             for w in std::mem::take(&mut self.work) {
                 let result = match w {
@@ -131,7 +136,7 @@ impl Rig {
                         id,
                         target,
                         actions: vec![Action {
-                            responder: "route".into(),
+                            responder: by(&target).into(),
                             detail: format!("ip route add blackhole {}", target_text(&target)),
                             undo: crate::record::Undo::Command {
                                 command: "true".into(),
@@ -723,4 +728,27 @@ fn block_of_a_blocked_address_extends_it_when_the_new_end_is_later_and_refuses_o
     r.advance(Duration::from_secs(7200));
     r.settle();
     assert!(r.blocked().is_empty());
+}
+
+#[test]
+fn a_prefix_block_weaker_than_its_hosts_blocks_takes_none_of_them_over() {
+    let mut r = Rig::new(config(|c| c.escalate_after_v4 = 2));
+    // The prefix's route could not be added: only hosts.deny acted for it.
+    let weaker = |t: &Target| if is_network(t) { "hosts_deny" } else { "route" };
+    for h in ["198.51.100.1", "198.51.100.2"] {
+        r.probe(h, 1, true);
+        r.settle_with(weaker);
+    }
+    assert_eq!(
+        r.blocked(),
+        ["198.51.100.0/24", "198.51.100.1", "198.51.100.2"],
+        "the host routes stay"
+    );
+    // Positive control: a prefix block that routes too takes its hosts over.
+    for h in ["203.0.113.1", "203.0.113.2"] {
+        r.probe(h, 1, true);
+        r.settle();
+    }
+    assert!(r.blocked().contains(&"203.0.113.0/24".to_string()));
+    assert!(!r.blocked().contains(&"203.0.113.1".to_string()));
 }

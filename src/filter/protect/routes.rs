@@ -33,7 +33,7 @@ impl Gateways {
 /// Dumps every route of the calling thread's network namespace and returns its gateways.
 pub fn read() -> io::Result<Gateways> {
     let mut routes = Vec::new();
-    super::netlink::dump(
+    crate::netlink::dump(
         NETLINK_ROUTE,
         RouteNetlinkMessage::GetRoute(RouteMessage::default()),
         |answer| {

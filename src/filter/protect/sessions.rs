@@ -105,7 +105,7 @@ fn dump(family: u8, states: StateFlags, mut each: impl FnMut(u16, IpAddr)) -> io
         states,
         socket_id,
     });
-    super::netlink::dump(NETLINK_SOCK_DIAG, request, |answer| {
+    crate::netlink::dump(NETLINK_SOCK_DIAG, request, |answer| {
         if let SockDiagMessage::InetResponse(r) = answer {
             let id = &r.header.socket_id;
             each(id.source_port, id.destination_address);

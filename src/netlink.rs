@@ -23,7 +23,7 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// namespace) and calls `each` with every answer until the kernel says it is done. A netlink
 /// error, a malformed answer or a timeout is an error; what `each` saw until then stays seen,
 /// so callers build their result aside and use it only on `Ok`.
-pub(crate) fn dump<T>(protocol: isize, request: T, mut each: impl FnMut(T)) -> io::Result<()>
+pub fn dump<T>(protocol: isize, request: T, mut each: impl FnMut(T)) -> io::Result<()>
 where
     T: NetlinkSerializable + NetlinkDeserializable,
 {
