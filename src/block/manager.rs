@@ -338,7 +338,7 @@ struct LiveGuard {
 
 impl Guard for LiveGuard {
     fn refusal(&self, target: &Target, ignore: &IgnoreList) -> Option<String> {
-        crate::protected::refusal(target, &LocalAddrs::new(), &self.protect.snapshot(), ignore)
+        super::refusal::refusal(target, &LocalAddrs::new(), &self.protect.snapshot(), ignore)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod core;
 pub mod journal;
 pub mod manager;
 pub mod policy;
+pub mod refusal;
 pub mod view;
 
 pub use crate::record::*;

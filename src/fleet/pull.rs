@@ -8,7 +8,7 @@
 //! line and no per-decision log line; a local scan always finds room.
 //!
 //! Protected, ignored and local addresses are refused with the block manager's own check
-//! ([`crate::protected::refusal`]), counted in the pull's one log line and named at
+//! ([`crate::block::refusal::refusal`]), counted in the pull's one log line and named at
 //! `--debug`. A decision of origin `portsentry` for a host this host blocks already is this
 //! host's own decision coming back: left alone. Filters (`CROWDSEC_ORIGINS`,
 //! `CROWDSEC_SCENARIOS_*`) go to the LAPI as the stream's query and are applied again to
@@ -183,7 +183,7 @@ impl Puller {
         let deleted = stream.deleted.iter().map(|d| d.id);
         let (local, ignore, blocks) = (&self.local, &self.config.ignore, &self.context.blocks);
         let judge = |target: &Target, origin: &str| {
-            if let Some(why) = crate::protected::refusal(target, local, &protect, ignore) {
+            if let Some(why) = crate::block::refusal::refusal(target, local, &protect, ignore) {
                 return Verdict::Refuse(why);
             }
             let host = target.prefix_len() == target.max_prefix_len();

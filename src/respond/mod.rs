@@ -19,7 +19,7 @@ pub mod shell;
 pub mod undo;
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::event::Candidate;
@@ -157,4 +157,21 @@ pub(crate) fn respond_once(
         target,
         ..ResponseContext::for_alert(&alert, src, &config)
     })
+}
+
+/// Slack on top of a responder step's own limit before the watchdog counts the worker stuck:
+/// a command is killed at `KILL_CMD_TIMEOUT`, then reaped and its output collected (200 ms).
+const STEP_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long one responder step may keep a worker before it counts as stuck
+/// ([`crate::heartbeat`]): commands are killed at `KILL_CMD_TIMEOUT`, a Lua call gives up
+/// after its own budget, and a file edit (hosts.deny) is held to `KILL_CMD_TIMEOUT` too —
+/// a local file that does not answer within it is a hung file system.
+pub fn step_limit(config: &Config, responder: &str) -> Duration {
+    let own = if responder.starts_with("lua:") {
+        lua::longest_call(config)
+    } else {
+        config.kill_cmd_timeout
+    };
+    own + STEP_MARGIN
 }

@@ -32,23 +32,6 @@ use crate::record::{BlockRecord, Target, target_text};
 /// free, few enough that a burst of blocks cannot fork hundreds of processes.
 pub const WORKERS: usize = 8;
 
-/// Slack on top of a responder step's own limit before the watchdog counts the worker stuck:
-/// a command is killed at `KILL_CMD_TIMEOUT`, then reaped and its output collected (200 ms).
-const STEP_MARGIN: Duration = Duration::from_secs(2);
-
-/// How long one responder step may keep a worker before it counts as stuck
-/// ([`crate::heartbeat`]): commands are killed at `KILL_CMD_TIMEOUT`, a Lua call gives up
-/// after its own budget, and a file edit (hosts.deny) is held to `KILL_CMD_TIMEOUT` too —
-/// a local file that does not answer within it is a hung file system.
-pub fn step_limit(config: &Config, responder: &str) -> Duration {
-    let own = if responder.starts_with("lua:") {
-        super::lua::longest_call(config)
-    } else {
-        config.kill_cmd_timeout
-    };
-    own + STEP_MARGIN
-}
-
 /// Upper bounds, in seconds, of the buckets responder times are counted in: from a
 /// hosts.deny line (a millisecond) to a command killed at the default `KILL_CMD_TIMEOUT`.
 pub const DURATION_BUCKETS: [f64; 12] = [
@@ -542,7 +525,7 @@ fn apply(job: &ApplyJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
                 break;
             }
             let name = responder.name();
-            let limit = step_limit(config, &name);
+            let limit = super::step_limit(config, &name);
             let batch: Vec<ResponseContext<'_>> = running.iter().map(|&i| ctxs[i]).collect();
             let started = Instant::now();
             let outcomes = if responder.batched() {
@@ -677,7 +660,7 @@ fn undo(job: &UndoJob, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
                             outcome
                         }
                         None => {
-                            heartbeat::busy(step_limit(config, &action.responder));
+                            heartbeat::busy(super::step_limit(config, &action.responder));
                             let started = Instant::now();
                             let outcome = undo_action(
                                 action,

@@ -485,7 +485,7 @@ impl Responder for NetlinkRoute {
         ctxs.iter()
             .map(|ctx| {
                 if !self.form.covers(&ctx.target) {
-                    crate::heartbeat::busy(super::pool::step_limit(ctx.config, "route"));
+                    crate::heartbeat::busy(super::step_limit(ctx.config, "route"));
                     return self.command.respond(ctx);
                 }
                 let command = expand_macros(&self.template, ctx);

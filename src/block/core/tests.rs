@@ -18,7 +18,7 @@ impl Guard for Protects {
             .map(|ip| format!("refused: {ip} is protected (gateway)"))
             .or_else(|| {
                 let none = crate::local_addrs::LocalAddrs::from_addrs([], Instant::now());
-                crate::protected::refusal(target, &none, &Default::default(), ignore)
+                crate::block::refusal::refusal(target, &none, &Default::default(), ignore)
             })
     }
 }

@@ -203,7 +203,7 @@ pub fn load_warnings_to_stderr() {
 
 /// The longest one call of a Lua responder or `unblock` handler can keep the calling worker:
 /// the wait for room in the plugin's queue, then for its report (`Handle::call`). The
-/// watchdog's limit for a Lua step ([`crate::respond::pool::step_limit`]).
+/// watchdog's limit for a Lua step ([`crate::respond::step_limit`]).
 pub fn longest_call(config: &Config) -> Duration {
     let budget = limits(config).map_or(DEFAULT_CALL_TIMEOUT, |(budget, _)| budget);
     budget * 3 + GRACE * 2
