@@ -156,14 +156,33 @@ fn figure<'a>(line: &'a str, before: &str, after: &str) -> &'a str {
         .unwrap_or("?")
 }
 
-/// Peak resident set of a process, in MiB (`VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of a process from `/proc/PID/status` (`VmHWM`, `VmRSS`), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Peak resident set of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM")
+}
+
+/// Resident set of a process now, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
+/// The lab's config: trap port 79, blocking on, no cap on blocks, then `keys`.
+fn lab_config(lab: &Lab, keys: &str) -> String {
+    lab.write_config(&format!(
+        "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{keys}"
+    ))
+    .display()
+    .to_string()
 }
 
 /// `KILL_NFTABLES` alone, sets large enough for any N.
@@ -330,12 +349,7 @@ fn count_routes() -> usize {
 /// (MiB), and its RSS idle before (the same daemon with an empty journal, MiB).
 fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
     let lab = Lab::new();
-    let conf = lab
-        .write_config(&format!(
-            "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{keys}"
-        ))
-        .display()
-        .to_string();
+    let conf = lab_config(&lab, keys);
     write_journal(&lab, n, Some(Duration::from_secs(3600)));
     let (routes, deny, nft) = (
         keys.contains("KILL_ROUTE=\"/"),
@@ -416,26 +430,11 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
     ]
 }
 
-/// RSS now of a process, in MiB (`VmRSS`).
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// RSS of a daemon with the responders of `keys` and no block at all, in a lab of its own,
 /// 3 s after it listens.
 fn idle_rss_mib(keys: &str) -> f64 {
     let lab = Lab::new();
-    let conf = lab
-        .write_config(&format!(
-            "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nBLOCK_UDP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{keys}"
-        ))
-        .display()
-        .to_string();
+    let conf = lab_config(&lab, keys);
     let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
     wait_syslog(&d, "is now active and listening", 30);
     std::thread::sleep(Duration::from_secs(3));
@@ -464,12 +463,7 @@ fn restore_shipped(n: usize, runs: usize, out: &mut String) {
 /// once: [blocks/s, wall µs per block, CPU µs per block (daemon and its children)].
 fn manual_blocks_once(n: usize, responder: &str) -> [f64; 3] {
     let lab = Lab::new();
-    let conf = lab
-        .write_config(&format!(
-            "TCP_PORTS=\"79\"\nBLOCK_TCP=\"1\"\nMAX_ACTIVE_BLOCKS=\"0\"\n{responder}"
-        ))
-        .display()
-        .to_string();
+    let conf = lab_config(&lab, responder);
     let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
     wait_syslog(&d, "is now active and listening", 20);
     let file = lab.path("hosts.txt");
