@@ -56,6 +56,12 @@ impl TokenBucket {
         self.per
     }
 
+    /// Tokens held as of the last refill: which of many per-key buckets (prefixes) matter
+    /// least when some must be forgotten.
+    pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
     /// Whether there is no limit.
     pub fn unlimited(&self) -> bool {
         self.per == 0

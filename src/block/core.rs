@@ -36,6 +36,7 @@ use crate::generation::Generation;
 use crate::log_lines;
 use crate::respond::Action;
 use crate::respond::undo::UndoOutcome;
+use crate::token_bucket::TokenBucket;
 
 /// Hosts whose past blocks are remembered at most (the oldest are forgotten first).
 const OFFENCE_MEMORY: usize = 100_000;
@@ -314,71 +315,13 @@ struct Batch {
     reply: Reply<Vec<BlockOutcome>>,
 }
 
-/// A token bucket of blocks a minute that starts full.
-#[derive(Debug, Clone)]
-struct RateLimit {
-    per_minute: u32,
-    tokens: f64,
-    refilled: Instant,
-}
+/// The shortest wait for a token the core sleeps for: a bucket a hair short of one token
+/// must not make the manager spin.
+const MIN_TOKEN_WAIT: Duration = Duration::from_millis(5);
 
-impl RateLimit {
-    fn new(per_minute: u32, now: Instant) -> RateLimit {
-        RateLimit {
-            per_minute,
-            tokens: f64::from(per_minute),
-            refilled: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let per_sec = f64::from(self.per_minute) / 60.0;
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(self.per_minute));
-        self.refilled = now;
-    }
-
-    /// Whether a token is there now (none taken); always with no limit.
-    fn has_token(&mut self, now: Instant) -> bool {
-        if self.per_minute == 0 {
-            return true;
-        }
-        self.refill(now);
-        self.tokens >= 1.0
-    }
-
-    /// Whether a block may start now (taking a token); always with no limit.
-    fn take(&mut self, now: Instant) -> bool {
-        if !self.has_token(now) {
-            return false;
-        }
-        if self.per_minute > 0 {
-            self.tokens -= 1.0;
-        }
-        true
-    }
-
-    /// Takes a token if there is one: for a block that goes ahead anyway (an escalated
-    /// prefix replaces blocks, it does not add to them) but is paid for.
-    fn charge(&mut self, now: Instant) {
-        let _ = self.take(now);
-    }
-
-    /// Until the next token, when there is a limit.
-    fn next_token(&self) -> Option<Duration> {
-        if self.per_minute == 0 {
-            return None;
-        }
-        let missing = (1.0 - self.tokens).max(0.0);
-        let per_sec = f64::from(self.per_minute) / 60.0;
-        Some(Duration::from_secs_f64(missing / per_sec).max(Duration::from_millis(5)))
-    }
-
-    /// Full again: nothing to remember.
-    fn is_full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= f64::from(self.per_minute)
-    }
+/// Until `bucket`'s next token, never less than [`MIN_TOKEN_WAIT`]; `None` with no limit.
+fn token_wait(bucket: &TokenBucket) -> Option<Duration> {
+    bucket.next_token().map(|d| d.max(MIN_TOKEN_WAIT))
 }
 
 /// A scan block held back by the budget, ranked by its evidence.
@@ -435,9 +378,9 @@ pub struct BlockCore {
     policy: DurationPolicy,
     /// Durations of blocks made on forgeable evidence (`FORGEABLE_BLOCK_TIMEOUT`).
     forgeable_policy: DurationPolicy,
-    rate: RateLimit,
+    rate: TokenBucket,
     /// `BLOCK_RATE_LIMIT_PER_PREFIX`, by escalation prefix.
-    prefix_rates: HashMap<Target, RateLimit>,
+    prefix_rates: HashMap<Target, TokenBucket>,
     escalations: HashMap<Target, Escalation>,
     deferred: HashMap<Target, Deferred>,
     /// When the line of held-back sources is worth looking at again (`None`: at once).
@@ -502,7 +445,7 @@ impl BlockCore {
             guard: setup.guard,
             policy: DurationPolicy::from_config(&config),
             forgeable_policy: forgeable_policy(&config),
-            rate: RateLimit::new(config.block_rate_limit, setup.now.mono),
+            rate: TokenBucket::per_minute(config.block_rate_limit, setup.now.mono),
             prefix_rates: HashMap::new(),
             escalations: HashMap::new(),
             deferred: HashMap::new(),
@@ -826,7 +769,7 @@ impl BlockCore {
         if !self.rate.take(now) {
             return Err(format!(
                 "BLOCK_RATE_LIMIT ({} a minute) reached",
-                self.rate.per_minute
+                self.rate.per()
             ));
         }
         if per_prefix > 0 {
@@ -837,21 +780,25 @@ impl BlockCore {
 
     /// The budget of one prefix, made full on first use; the memory of budgets is bounded
     /// (full buckets are forgotten first: they hold nothing worth keeping).
-    fn prefix_rate(&mut self, prefix: Target, now: Instant) -> &mut RateLimit {
+    fn prefix_rate(&mut self, prefix: Target, now: Instant) -> &mut TokenBucket {
         let per_minute = self.config().block_rate_limit_per_prefix;
         if !self.prefix_rates.contains_key(&prefix) && self.prefix_rates.len() >= PREFIX_MEMORY {
             self.prefix_rates.retain(|_, r| !r.is_full(now));
             if self.prefix_rates.len() >= PREFIX_MEMORY {
                 // All busy (a flood from every prefix): forget the fullest tenth.
-                let mut levels: Vec<f64> = self.prefix_rates.values().map(|r| r.tokens).collect();
+                let mut levels: Vec<f64> = self
+                    .prefix_rates
+                    .values()
+                    .map(TokenBucket::tokens)
+                    .collect();
                 levels.sort_by(|a, b| b.total_cmp(a));
                 let cut = levels[levels.len() / 10];
-                self.prefix_rates.retain(|_, r| r.tokens < cut);
+                self.prefix_rates.retain(|_, r| r.tokens() < cut);
             }
         }
         self.prefix_rates
             .entry(prefix)
-            .or_insert_with(|| RateLimit::new(per_minute, now))
+            .or_insert_with(|| TokenBucket::per_minute(per_minute, now))
     }
 
     fn defer(&mut self, target: Target, req: BlockRequest, why: String, now: Instant) {
@@ -904,7 +851,7 @@ impl BlockCore {
             return;
         }
         if !self.rate.has_token(now.mono) {
-            let wait = self.rate.next_token().unwrap_or(SUMMARY_INTERVAL);
+            let wait = token_wait(&self.rate).unwrap_or(SUMMARY_INTERVAL);
             self.serve_after = Some(now.mono + wait);
             return;
         }
@@ -924,7 +871,7 @@ impl BlockCore {
             if per_prefix > 0 {
                 let bucket = self.prefix_rate(prefix, now.mono);
                 if !bucket.has_token(now.mono) {
-                    let wait = bucket.next_token().unwrap_or(SUMMARY_INTERVAL);
+                    let wait = token_wait(bucket).unwrap_or(SUMMARY_INTERVAL);
                     prefix_wait = Some(prefix_wait.map_or(wait, |w| w.min(wait)));
                     continue;
                 }
@@ -941,7 +888,7 @@ impl BlockCore {
             None
         } else {
             let global = (!self.rate.has_token(now.mono))
-                .then(|| self.rate.next_token())
+                .then(|| token_wait(&self.rate))
                 .flatten();
             let wait = match (global, prefix_wait) {
                 (Some(g), Some(p)) => g.min(p),
@@ -1188,8 +1135,8 @@ impl BlockCore {
         let new = &generation.config;
         self.policy = DurationPolicy::from_config(new);
         self.forgeable_policy = forgeable_policy(new);
-        if new.block_rate_limit != self.rate.per_minute {
-            self.rate = RateLimit::new(new.block_rate_limit, now.mono);
+        if new.block_rate_limit != self.rate.per() {
+            self.rate = TokenBucket::per_minute(new.block_rate_limit, now.mono);
         }
         let old = &self.generation.config;
         if new.block_rate_limit_per_prefix != old.block_rate_limit_per_prefix
@@ -1294,7 +1241,8 @@ impl BlockCore {
         } else {
             own.max(longest)
         };
-        self.rate.charge(now.mono);
+        // Paid for when there is a token; it goes ahead anyway: it replaces blocks.
+        let _ = self.rate.take(now.mono);
         let level = trigger
             .as_ref()
             .map_or(BlockLevel::All, |t| self.config().block_level(t.proto));

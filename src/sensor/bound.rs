@@ -370,10 +370,16 @@ mod tests {
         config.port_banner = Some("GO AWAY".into());
         let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
         let (rx, ctl, h) = run_sensor(sensor);
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut got = String::new();
-        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
-        assert_eq!(got, "GO AWAY");
+        // A loaded machine sometimes resets a connection closed this fast before the client
+        // reads it: the banner is asked for again then (each try is a hit).
+        let banner = (0..3).find_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut got = String::new();
+            std::io::Read::read_to_string(&mut s, &mut got)
+                .ok()
+                .map(|_| got)
+        });
+        assert_eq!(banner.as_deref(), Some("GO AWAY"));
         let hit = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(hit.port, port);
         assert_eq!(hit.kind, ProbeKind::Connect);
