@@ -77,6 +77,49 @@ impl ReadError {
     }
 }
 
+/// What identifies one version of a file: a rename-save changes the inode, an in-place
+/// write the size or the modification time, a metadata change the ctime. Whoever keeps what
+/// it last read of a file (resolv.conf, hosts.deny) compares stamps to know when to read
+/// it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of the file `meta` describes.
+    pub fn of(meta: &Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The file's size when stamped.
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
+    /// A stamp no file has: what was never read compares unequal to whatever is there.
+    pub fn never() -> FileStamp {
+        FileStamp {
+            dev: u64::MAX,
+            ino: u64::MAX,
+            len: u64::MAX,
+            mtime: (i64::MIN, 0),
+            ctime: (i64::MIN, 0),
+        }
+    }
+}
+
 /// What a file's metadata says it is, in the words of a message ("a FIFO"); `None` for a
 /// regular file.
 pub fn non_regular_kind(meta: &Metadata) -> Option<&'static str> {

@@ -24,7 +24,7 @@ use ipnet::IpNet;
 
 use super::command::expand_macros;
 use super::{Action, Outcome, Responder, ResponseContext, Undo};
-use crate::config::read::{HOSTS_DENY_CAP, ReadError, read_regular};
+use crate::config::read::{FileStamp, HOSTS_DENY_CAP, ReadError, read_regular};
 use crate::log_lines;
 use crate::record::Target;
 
@@ -32,33 +32,12 @@ use crate::record::Target;
 /// block manager's responder workers, several at once), and holds what the last append saw.
 static EDIT_LOCK: Mutex<Option<Known>> = Mutex::new(None);
 
-/// What identifies one state of a file: an edit by anyone changes at least one of them
-/// (size or modification time, nanoseconds; a rename-save the inode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-        }
-    }
-}
-
 /// The lines of one deny file as this process last left it: a hash per line (8 bytes, not
 /// the text; SipHash with a key of this process, so two lines colliding is a 2^-64 chance
 /// per pair, not something a scanner can arrange), and whether the file ends with a newline.
 struct Known {
     path: PathBuf,
-    stamp: Stamp,
+    stamp: FileStamp,
     hasher: RandomState,
     lines: HashSet<u64>,
     ends_with_newline: bool,
@@ -70,7 +49,7 @@ impl Known {
         let (bytes, stamp) = match std::fs::metadata(path) {
             Ok(meta) => {
                 let bytes = read_hosts_deny(path)?;
-                (bytes, Some(Stamp::of(&meta)))
+                (bytes, Some(FileStamp::of(&meta)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
             Err(e) => return Err(e),
@@ -83,12 +62,7 @@ impl Known {
         Ok(Known {
             path: path.to_path_buf(),
             // A missing file matches no stamp: it is read again next time (cheap).
-            stamp: stamp.unwrap_or(Stamp {
-                dev: u64::MAX,
-                ino: u64::MAX,
-                len: u64::MAX,
-                mtime: (i64::MIN, 0),
-            }),
+            stamp: stamp.unwrap_or_else(FileStamp::never),
             hasher,
             lines,
             ends_with_newline: bytes.is_empty() || bytes.ends_with(b"\n"),
@@ -106,7 +80,7 @@ impl Known {
 pub fn append_lines(file: &Path, lines: &[String]) -> std::io::Result<Vec<bool>> {
     let mut known_slot = crate::sync::lock(&EDIT_LOCK);
     let now = match std::fs::metadata(file) {
-        Ok(meta) => Some(Stamp::of(&meta)),
+        Ok(meta) => Some(FileStamp::of(&meta)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
@@ -146,10 +120,10 @@ pub fn append_lines(file: &Path, lines: &[String]) -> std::io::Result<Vec<bool>>
     let mut f = OpenOptions::new().create(true).append(true).open(file)?;
     f.write_all(out.as_bytes())?;
     f.flush()?;
-    let after = Stamp::of(&f.metadata()?);
+    let after = FileStamp::of(&f.metadata()?);
     // Trusted again only when nobody else wrote in between: our bytes are all that changed.
-    let before_len = now.map_or(0, |s| s.len);
-    if after.len == before_len + out.len() as u64 {
+    let before_len = now.map_or(0, |s| s.size());
+    if after.size() == before_len + out.len() as u64 {
         known.lines.extend(new_hashes);
         known.stamp = after;
         known.ends_with_newline = true;

@@ -9,10 +9,9 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::read::{TEXT_CAP, read_regular};
+use crate::config::read::{FileStamp, TEXT_CAP, read_regular};
 
 /// The nameserver addresses of resolv.conf text, in file order, without duplicates.
 pub fn parse(text: &str) -> Vec<IpAddr> {
@@ -40,34 +39,11 @@ pub fn parse(text: &str) -> Vec<IpAddr> {
     servers
 }
 
-/// What identifies one version of the file: a rename-save changes the inode, an in-place
-/// write the modification time or the size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
-
 /// The file's state when last looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
     Missing,
-    File(Stamp),
+    File(FileStamp),
 }
 
 /// One resolv.conf followed by polling: [`ResolvFile::poll`] costs one `stat` when nothing
@@ -109,7 +85,7 @@ impl ResolvFile {
     /// previous servers are kept (a permission slip must not unprotect them).
     pub fn poll(&mut self) -> io::Result<bool> {
         let now = match std::fs::metadata(&self.path) {
-            Ok(m) => Seen::File(Stamp::of(&m)),
+            Ok(m) => Seen::File(FileStamp::of(&m)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Seen::Missing,
             Err(e) => return Err(e),
         };
