@@ -35,6 +35,7 @@ use crate::event_log::Event;
 use crate::generation::Generation;
 use crate::log_lines;
 use crate::respond::Action;
+use crate::respond::pool::{BlockToApply, BlockToUndo};
 use crate::respond::undo::UndoOutcome;
 use crate::token_bucket::TokenBucket;
 
@@ -190,25 +191,7 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Work {
     /// Run the responders for a block.
-    Apply {
-        /// Job number, echoed in the result.
-        id: u64,
-        /// Who is blocked.
-        target: Target,
-        /// The probe behind it (a stand-in for blocks made by hand, restored or escalated).
-        alert: Candidate,
-        /// Reverse-DNS name or the address.
-        resolved: String,
-        /// Which responders run.
-        level: BlockLevel,
-        /// When the block ends.
-        until: Option<SystemTime>,
-        /// Re-applied after a restart.
-        restored: bool,
-        /// The hosts an escalated prefix block took over (empty otherwise), for the Lua
-        /// events.
-        members: Vec<IpAddr>,
-    },
+    Apply(BlockToApply),
     /// Renew the kernel timeouts of a block whose end moved later.
     Refresh {
         /// Job number, echoed in the result.
@@ -217,14 +200,7 @@ pub enum Work {
         record: BlockRecord,
     },
     /// Undo every action of a block.
-    Undo {
-        /// Job number, echoed in the result.
-        id: u64,
-        /// The block to lift.
-        record: BlockRecord,
-        /// Why, told to Lua `unblock` handlers.
-        reason: crate::respond::undo::UnblockReason,
-    },
+    Undo(BlockToUndo),
 }
 
 /// Things reported only once the journal holds what they report.
@@ -498,9 +474,9 @@ impl BlockCore {
                 self.stopping = true;
                 // Restores and expiries not started yet are left to the next start.
                 self.waiting.retain(|work| match work {
-                    Work::Apply { restored, .. } => !restored,
+                    Work::Apply(b) => !b.restored,
                     Work::Refresh { .. } => true,
-                    Work::Undo { .. } => false,
+                    Work::Undo(_) => false,
                 });
             }
             Input::Tick => {}
@@ -966,7 +942,7 @@ impl BlockCore {
         applying.job = id;
         applying.duration = applying.duration.map(|d| d.min(LONGEST));
         let until = applying.duration.and_then(|d| now.wall.checked_add(d));
-        self.waiting.push_back(Work::Apply {
+        self.waiting.push_back(Work::Apply(BlockToApply {
             id,
             target,
             alert,
@@ -975,7 +951,7 @@ impl BlockCore {
             until,
             restored: false,
             members: applying.members.clone(),
-        });
+        }));
         self.put(target, Host::Applying(Box::new(applying)));
     }
 
@@ -1325,7 +1301,7 @@ impl BlockCore {
                 self.out.preload.push((target.addr(), left));
             }
             let alert = stand_in_alert(&target, record.trigger.as_ref(), record.since);
-            self.waiting.push_back(Work::Apply {
+            self.waiting.push_back(Work::Apply(BlockToApply {
                 id,
                 target,
                 alert,
@@ -1334,7 +1310,7 @@ impl BlockCore {
                 until: record.until,
                 restored: true,
                 members: record.members.clone(),
-            });
+            }));
             self.put(
                 target,
                 Host::Active {
@@ -1392,7 +1368,7 @@ impl BlockCore {
         // From now on probes reach the core, which blocks again once the undo is done.
         self.out.view.push(ViewChange::Remove(target));
         let id = self.next_id();
-        self.waiting.push_back(Work::Undo {
+        self.waiting.push_back(Work::Undo(BlockToUndo {
             id,
             record: record.clone(),
             reason: match why {
@@ -1400,7 +1376,7 @@ impl BlockCore {
                 UnblockReason::Escalated => crate::respond::undo::UnblockReason::Escalated,
                 _ => crate::respond::undo::UnblockReason::Unblock,
             },
-        });
+        }));
         self.put(
             target,
             Host::Releasing {
@@ -1418,10 +1394,8 @@ impl BlockCore {
     fn pump(&mut self) {
         while self.restoring.len() < self.restore_slots {
             match self.waiting.front() {
-                Some(Work::Apply {
-                    id, restored: true, ..
-                }) => {
-                    self.restoring.insert(*id);
+                Some(Work::Apply(b)) if b.restored => {
+                    self.restoring.insert(b.id);
                 }
                 _ => break,
             }

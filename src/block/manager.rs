@@ -372,32 +372,6 @@ struct Manager {
     undos: Vec<BlockToUndo>,
 }
 
-/// The pool's view of the core's `Work::Apply` (nothing else is passed).
-fn to_apply(work: Work) -> Option<BlockToApply> {
-    match work {
-        Work::Apply {
-            id,
-            target,
-            alert,
-            resolved,
-            level,
-            until,
-            restored,
-            members,
-        } => Some(BlockToApply {
-            id,
-            target,
-            alert,
-            resolved,
-            level,
-            until,
-            restored,
-            members,
-        }),
-        Work::Undo { .. } | Work::Refresh { .. } => None,
-    }
-}
-
 impl Manager {
     fn run(
         &mut self,
@@ -499,16 +473,12 @@ impl Manager {
         }
         for work in out.work {
             match work {
-                Work::Apply { restored: true, .. } => {
-                    self.restored.extend(to_apply(work));
-                }
-                Work::Apply { .. } => {
-                    let job = self.apply_job(to_apply(work).into_iter().collect());
+                Work::Apply(b) if b.restored => self.restored.push(b),
+                Work::Apply(b) => {
+                    let job = self.apply_job(vec![b]);
                     self.pool.submit(job);
                 }
-                Work::Undo { id, record, reason } => {
-                    self.undos.push(BlockToUndo { id, record, reason })
-                }
+                Work::Undo(b) => self.undos.push(b),
                 Work::Refresh { id, record } => {
                     self.pool
                         .submit(Job::Refresh(Box::new(RefreshJob { id, record })));

@@ -144,6 +144,7 @@ impl Timings {
 }
 
 /// One block to apply: the core's decision, without the generation its job shares.
+#[derive(Debug)]
 pub struct BlockToApply {
     /// Manager's job number, echoed in the result.
     pub id: u64,
@@ -178,6 +179,7 @@ pub struct ApplyJob {
 }
 
 /// One block to lift.
+#[derive(Debug)]
 pub struct BlockToUndo {
     /// Manager's job number, echoed in the result.
     pub id: u64,

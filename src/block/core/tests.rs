@@ -132,7 +132,7 @@ impl Rig {
         while !self.work.is_empty() {
             for w in std::mem::take(&mut self.work) {
                 let result = match w {
-                    Work::Apply { id, target, .. } => JobResult::Applied {
+                    Work::Apply(BlockToApply { id, target, .. }) => JobResult::Applied {
                         id,
                         target,
                         actions: vec![Action {
@@ -150,7 +150,7 @@ impl Rig {
                         target: record.target,
                         error: None,
                     },
-                    Work::Undo { id, record, .. } => JobResult::Undone {
+                    Work::Undo(BlockToUndo { id, record, .. }) => JobResult::Undone {
                         id,
                         target: record.target,
                         outcomes: vec![("route".into(), UndoOutcome::Done("ok".into()))],
@@ -182,7 +182,7 @@ fn a_scan_block_is_applied_then_journaled_logged_and_shown() {
     let mut r = Rig::new(config(|_| {}));
     r.probe("192.0.2.7", 23, true);
     assert!(
-        matches!(&r.work[..], [Work::Apply { target, .. }] if *target == net("192.0.2.7")),
+        matches!(&r.work[..], [Work::Apply(b)] if b.target == net("192.0.2.7")),
         "one job for the host"
     );
     assert!(
@@ -571,13 +571,9 @@ fn restore_shows_blocks_at_once_reapplies_them_and_undoes_the_expired() {
     let applies = r
         .work
         .iter()
-        .filter(|w| matches!(w, Work::Apply { restored: true, .. }))
+        .filter(|w| matches!(w, Work::Apply(b) if b.restored))
         .count();
-    let undoes = r
-        .work
-        .iter()
-        .filter(|w| matches!(w, Work::Undo { .. }))
-        .count();
+    let undoes = r.work.iter().filter(|w| matches!(w, Work::Undo(_))).count();
     assert_eq!((applies, undoes), (2, 1));
     r.settle();
     assert_eq!(r.blocked(), ["192.0.2.1", "2001:db8:5::/64"]);
