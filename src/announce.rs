@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::block::manager::{BlockRequest, BlockRequester};
-use crate::config::BlockLevel;
+use crate::config::{BlockLevel, Config};
 use crate::event::Candidate;
 use crate::event_log::{Event, EventSink};
 use crate::generation::Generation;
@@ -19,6 +19,33 @@ use crate::respond::resolve::{Resolver, system_lookup};
 
 /// Longest wait for a reverse-DNS answer before the IP is logged instead.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// What becomes of an alert that crossed the filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Its source is blocked already: 1.2's "already blocked" line, nothing more.
+    AlreadyBlocked,
+    /// Below the forgeable trigger: logged (within the budget), not acted on.
+    NotActionable,
+    /// `BLOCK_TCP`/`BLOCK_UDP` says log only.
+    LogOnly,
+    /// Ask the block manager.
+    Block,
+}
+
+/// The rule the announcing thread follows, as a function of the alert and the config, so
+/// that a replay of a capture decides as the daemon does.
+pub fn decide(alert: &Candidate, config: &Config) -> Decision {
+    if alert.already_blocked {
+        Decision::AlreadyBlocked
+    } else if !alert.actionable {
+        Decision::NotActionable
+    } else if config.block_level(alert.hit.proto()) == BlockLevel::LogOnly {
+        Decision::LogOnly
+    } else {
+        Decision::Block
+    }
+}
 
 /// What the announcing thread holds: the config in force, the Lua plugins built from it,
 /// the resolver, and the way to the block manager.
@@ -78,17 +105,17 @@ impl Announcer {
             self.lua
                 .on_alert(&ResponseContext::for_alert(alert, &resolved, &config));
         }
-        if alert.already_blocked {
-            log::info!("{}", log_lines::already_blocked(alert, &resolved));
-            return;
-        }
-        if !alert.actionable {
-            return;
-        }
-        let proto = alert.hit.proto();
-        if config.block_level(proto) == BlockLevel::LogOnly {
-            log::info!("{}", log_lines::ignoring_response(proto));
-            return;
+        match decide(alert, &config) {
+            Decision::AlreadyBlocked => {
+                log::info!("{}", log_lines::already_blocked(alert, &resolved));
+                return;
+            }
+            Decision::NotActionable => return,
+            Decision::LogOnly => {
+                log::info!("{}", log_lines::ignoring_response(alert.hit.proto()));
+                return;
+            }
+            Decision::Block => {}
         }
         let request = BlockRequest {
             alert: alert.clone(),

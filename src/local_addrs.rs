@@ -94,6 +94,8 @@ fn shared(max_age: Duration) -> Result<Set, nix::Error> {
 pub struct LocalAddrs {
     addrs: Set,
     refreshed: Option<Instant>,
+    /// Never re-read: the addresses of another host, or of a capture (replay).
+    fixed: bool,
 }
 
 impl FromIterator<IpAddr> for LocalAddrs {
@@ -119,6 +121,7 @@ impl LocalAddrs {
         Ok(LocalAddrs {
             addrs: shared(Duration::ZERO)?,
             refreshed: Some(Instant::now()),
+            fixed: false,
         })
     }
 
@@ -128,6 +131,16 @@ impl LocalAddrs {
         LocalAddrs {
             addrs: Arc::new(addrs.into_iter().map(|ip| ip.to_canonical()).collect()),
             refreshed: Some(now),
+            fixed: false,
+        }
+    }
+
+    /// A set that is never re-read from this machine's interfaces: the addresses a replay
+    /// found in a capture, which belong to the host that took it.
+    pub fn fixed(addrs: impl IntoIterator<Item = IpAddr>) -> LocalAddrs {
+        LocalAddrs {
+            fixed: true,
+            ..LocalAddrs::from_addrs(addrs, Instant::now())
         }
     }
 
@@ -155,6 +168,9 @@ impl LocalAddrs {
 
     /// Re-reads the interfaces now, whatever the age of the set.
     pub fn refresh(&mut self) {
+        if self.fixed {
+            return;
+        }
         self.take(Duration::ZERO, Instant::now());
     }
 
@@ -162,6 +178,9 @@ impl LocalAddrs {
     /// returns whether it did. Cheap otherwise: meant to be called for every probe. The
     /// snapshot comes from the process-wide read, itself at most one interval old.
     pub fn refresh_if_stale(&mut self, now: Instant) -> bool {
+        if self.fixed {
+            return false;
+        }
         let stale = match self.refreshed {
             None => true,
             Some(t) => now.saturating_duration_since(t) >= REFRESH_INTERVAL,

@@ -21,7 +21,7 @@ use crossbeam_channel::{
 
 use crate::announce::Announcer;
 use crate::event::{Candidate, Hit};
-use crate::filter::{DropReason, Filter, Verdict};
+use crate::filter::{DropReason, Filter};
 use crate::generation::Generation;
 use crate::heartbeat::{self, Kind};
 use crate::log_lines;
@@ -340,7 +340,11 @@ impl FilterWorker {
     /// Runs a batch of probes through the filters and hands the alerts on in one message;
     /// a full queue loses the whole batch (counted), never blocks the filters.
     fn inspect_batch(&mut self, batch: Vec<Hit>) {
-        let alerts: Vec<Candidate> = batch.into_iter().filter_map(|h| self.inspect(h)).collect();
+        let now = Instant::now();
+        let alerts: Vec<Candidate> = batch
+            .into_iter()
+            .filter_map(|h| self.inspect(h, now))
+            .collect();
         if alerts.is_empty() {
             return;
         }
@@ -357,7 +361,7 @@ impl FilterWorker {
     }
 
     /// One probe through the filters: the alert it makes, if any.
-    fn inspect(&mut self, hit: Hit) -> Option<Candidate> {
+    fn inspect(&mut self, hit: Hit, now: Instant) -> Option<Candidate> {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         self.stats.hits_by_mode[hit.mode.index()].fetch_add(1, Ordering::Relaxed);
         let mut candidate = Candidate {
@@ -366,29 +370,24 @@ impl FilterWorker {
             already_blocked: false,
             actionable: true,
         };
-        for f in &mut self.filters {
-            match f.inspect(&mut candidate) {
-                Verdict::Pass => {}
-                Verdict::Drop(reason) => {
-                    let counter = match reason {
-                        DropReason::Ignored => &self.stats.ignored,
-                        DropReason::BelowTrigger => &self.stats.below_trigger,
-                        DropReason::Protected => &self.stats.protected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    log::debug!(
-                        "{} dropped probe from {} to {} port {}: {reason:?}",
-                        f.name(),
-                        candidate.hit.src,
-                        candidate.hit.proto().upper(),
-                        candidate.hit.port
-                    );
-                    return None;
-                }
-            }
+        if let Err((filter, reason)) = crate::filter::judge(&mut self.filters, &mut candidate, now)
+        {
+            let counter = match reason {
+                DropReason::Ignored => &self.stats.ignored,
+                DropReason::BelowTrigger => &self.stats.below_trigger,
+                DropReason::Protected => &self.stats.protected,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "{filter} dropped probe from {} to {} port {}: {reason:?}",
+                candidate.hit.src,
+                candidate.hit.proto().upper(),
+                candidate.hit.port
+            );
+            return None;
         }
         // Probes not acted on are logged within the budget only; the rest are summarised.
-        if !candidate.actionable && !self.budget.admit(candidate.hit.src, Instant::now()) {
+        if !candidate.actionable && !self.budget.admit(candidate.hit.src, now) {
             self.stats.not_logged.fetch_add(1, Ordering::Relaxed);
             return None;
         }

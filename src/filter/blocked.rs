@@ -30,7 +30,7 @@ impl Filter for BlockedFilter {
         "blocked"
     }
 
-    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
+    fn inspect(&mut self, candidate: &mut Candidate, _now: std::time::Instant) -> Verdict {
         candidate.already_blocked = self.view.is_blocked(candidate.hit.src);
         Verdict::Pass
     }

@@ -49,8 +49,8 @@ impl Filter for IgnoreFilter {
         "ignore"
     }
 
-    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
-        self.inspect_at(candidate, Instant::now())
+    fn inspect(&mut self, candidate: &mut Candidate, now: Instant) -> Verdict {
+        self.inspect_at(candidate, now)
     }
 
     fn reconfigure(&mut self, _config: &Config, ignore: &Arc<IgnoreList>) {
@@ -114,13 +114,16 @@ mod tests {
             for a in local.iter() {
                 let mut al = alert(&a.to_string());
                 assert_eq!(
-                    f.inspect(&mut al),
+                    f.inspect(&mut al, Instant::now()),
                     Verdict::Drop(DropReason::Ignored),
                     "{a}"
                 );
             }
             // Control: a neighbour on the same subnet is not ours and passes.
-            assert_eq!(f.inspect(&mut alert("10.77.9.2")), Verdict::Pass);
+            assert_eq!(
+                f.inspect(&mut alert("10.77.9.2"), Instant::now()),
+                Verdict::Pass
+            );
         });
     }
 

@@ -7,6 +7,7 @@ pub mod protect;
 pub mod trigger;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
@@ -38,12 +39,29 @@ pub trait Filter: Send {
     /// Short name for logs and counters.
     fn name(&self) -> &'static str;
 
-    /// Decides on one candidate; may fill in its fields.
-    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict;
+    /// Decides on one candidate at `now` (the pipeline's clock, or a capture's in a replay);
+    /// may fill in its fields.
+    fn inspect(&mut self, candidate: &mut Candidate, now: Instant) -> Verdict;
 
     /// Follows a new config generation (its config and ignore list), keeping whatever state
     /// should survive a reload.
     fn reconfigure(&mut self, config: &Config, ignore: &Arc<IgnoreList>);
+}
+
+/// Runs `candidate` through `chain` in order at `now`: `Ok` when every filter passed it,
+/// else the filter that stopped it and why. The one place the chain is walked, by the
+/// pipeline and by a replay alike.
+pub fn judge(
+    chain: &mut [Box<dyn Filter>],
+    candidate: &mut Candidate,
+    now: Instant,
+) -> Result<(), (&'static str, DropReason)> {
+    for f in chain.iter_mut() {
+        if let Verdict::Drop(reason) = f.inspect(candidate, now) {
+            return Err((f.name(), reason));
+        }
+    }
+    Ok(())
 }
 
 /// The filter chain in 1.2's order: ignore list, SCAN_TRIGGER, already blocked; protected

@@ -222,8 +222,8 @@ impl Filter for ProtectFilter {
         "protect"
     }
 
-    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
-        let (verdict, line) = self.inspect_at(candidate, Instant::now());
+    fn inspect(&mut self, candidate: &mut Candidate, now: Instant) -> Verdict {
+        let (verdict, line) = self.inspect_at(candidate, now);
         if let Some(line) = line {
             log::info!("{line}");
         }

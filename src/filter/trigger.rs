@@ -412,8 +412,8 @@ impl Filter for TriggerFilter {
         "trigger"
     }
 
-    fn inspect(&mut self, candidate: &mut Candidate) -> Verdict {
-        self.inspect_at(candidate, Instant::now())
+    fn inspect(&mut self, candidate: &mut Candidate, now: Instant) -> Verdict {
+        self.inspect_at(candidate, now)
     }
 
     fn reconfigure(&mut self, c: &Config, _ignore: &Arc<IgnoreList>) {

@@ -55,7 +55,7 @@ use self::bpf::{BuildError, Program};
 use self::capture::{Capture, Packet};
 use self::flows::Flows;
 use self::live::LiveSockets;
-use self::watched::Watch;
+use self::watched::{Skip, Watch};
 use crate::local_addrs::LocalAddrs;
 
 /// How often listeners and host addresses are re-read: a service that starts or stops is
@@ -180,14 +180,11 @@ impl RawSensor {
             capture,
             watch,
             program,
-            state: State {
-                recent: Recent::default(),
-                flows: Flows::default(),
-                live: LiveSockets::open().map_err(|e| e.to_string()),
-                stats: RawStats::default(),
-                unchecked_since_report: 0,
-                last_live_error: String::new(),
-            },
+            state: State::new(
+                LiveSockets::open()
+                    .map(|l| Box::new(l) as Box<dyn SocketCheck + Send>)
+                    .map_err(|e| e.to_string()),
+            ),
         })
     }
 
@@ -328,10 +325,9 @@ impl RawSensor {
                 }
                 let now = Instant::now();
                 let (watch, state) = (&self.watch, &mut self.state);
-                match self
-                    .capture
-                    .next_block(|pkt| handle(pkt, now, watch, state, &mut hits))
-                {
+                match self.capture.next_block(|pkt| {
+                    handle(pkt, now, watch, state, &mut hits);
+                }) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => log::error!("{}", log_lines::capture_read_failed(e)),
@@ -345,18 +341,63 @@ impl RawSensor {
     }
 }
 
+/// Whether a socket of this host takes a segment or datagram that reached a watched port:
+/// asked of the kernel by the running sensor ([`LiveSockets`]), of the capture by a replay.
+pub trait SocketCheck {
+    /// A UDP socket is bound to `port` (as of at most a moment before `now`).
+    fn udp_bound(&mut self, port: u16, now: Instant) -> io::Result<bool>;
+    /// A TCP socket owns the segment between `local` and `remote`.
+    fn tcp_owned(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<bool>;
+    /// Questions asked so far (statistics).
+    fn queries(&self) -> u64 {
+        0
+    }
+}
+
+impl SocketCheck for LiveSockets {
+    fn udp_bound(&mut self, port: u16, now: Instant) -> io::Result<bool> {
+        LiveSockets::udp_bound(self, port, now)
+    }
+
+    fn tcp_owned(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+        LiveSockets::tcp_owned(self, local, remote)
+    }
+
+    fn queries(&self) -> u64 {
+        LiveSockets::queries(self)
+    }
+}
+
 /// What the sensor keeps from one packet to the next, besides what it watches.
-struct State {
+pub struct State {
     recent: Recent,
     flows: Flows,
-    /// The sock_diag socket of the live checks, or why it could not be opened.
-    live: Result<LiveSockets, String>,
+    /// The socket check (the sock_diag socket live), or why it could not be opened.
+    live: Result<Box<dyn SocketCheck + Send>, String>,
     stats: RawStats,
     unchecked_since_report: u64,
     last_live_error: String,
 }
 
 impl State {
+    /// Fresh state around a socket check (or the reason there is none: probes are then
+    /// reported unchecked).
+    pub fn new(live: Result<Box<dyn SocketCheck + Send>, String>) -> State {
+        State {
+            recent: Recent::default(),
+            flows: Flows::default(),
+            live,
+            stats: RawStats::default(),
+            unchecked_since_report: 0,
+            last_live_error: String::new(),
+        }
+    }
+
+    /// What was seen so far.
+    pub fn stats(&self) -> RawStats {
+        self.stats
+    }
+
     /// Asks the kernel whether a socket takes `probe` now (UDP datagrams, bare ACKs and
     /// FIN+ACKs; other probes are never taken by a socket). A TCP socket that owns it
     /// renews its flow, so that the connection's next segments are recognised without
@@ -400,11 +441,18 @@ impl State {
 
 /// Turns one captured packet into at most one hit (pushed on `out`), or into a flow this
 /// host started. A function of the packet (with its capture time), `now` and the state
-/// only, so that it can run on a recorded packet source and a simulated clock.
-fn handle(pkt: &Packet<'_>, now: Instant, watch: &Watch, st: &mut State, out: &mut Vec<Hit>) {
+/// only, so that it runs on a recorded packet source and a simulated clock too (replay).
+/// Returns why an incoming probe did not become a hit, if it was one.
+pub fn handle(
+    pkt: &Packet<'_>,
+    now: Instant,
+    watch: &Watch,
+    st: &mut State,
+    out: &mut Vec<Hit>,
+) -> Option<(Probe, Skip)> {
     st.stats.packets += 1;
     if pkt.truncated {
-        return;
+        return None;
     }
     match pkt.pkttype {
         libc::PACKET_HOST => {}
@@ -415,9 +463,9 @@ fn handle(pkt: &Packet<'_>, now: Instant, watch: &Watch, st: &mut State, out: &m
                 st.stats.flows += 1;
                 st.flows.record(&start, now);
             }
-            return;
+            return None;
         }
-        _ => return,
+        _ => return None,
     }
     let check = if pkt.checksum_trusted {
         ChecksumCheck::Trusted
@@ -425,23 +473,24 @@ fn handle(pkt: &Packet<'_>, now: Instant, watch: &Watch, st: &mut State, out: &m
         ChecksumCheck::Verify
     };
     let Ok(probe) = classify::inspect(pkt.data, check) else {
-        return;
+        return None;
     };
     st.stats.probes += 1;
-    let Ok(mode) = watch.decide(&probe) else {
-        return;
+    let mode = match watch.decide(&probe) {
+        Ok(mode) => mode,
+        Err(skip) => return Some((probe, skip)),
     };
     if st.flows.answers(&probe, now) {
         st.stats.answers += 1;
-        return;
+        return Some((probe, Skip::Answer));
     }
     if st.recent.is_duplicate(pkt.data, pkt.ifindex, now) {
         st.stats.duplicates += 1;
-        return;
+        return Some((probe, Skip::Duplicate));
     }
     if st.live_socket_takes(&probe, now) {
         st.stats.taken += 1;
-        return;
+        return Some((probe, Skip::Socket));
     }
     st.stats.hits += 1;
     out.push(Hit {
@@ -452,6 +501,7 @@ fn handle(pkt: &Packet<'_>, now: Instant, watch: &Watch, st: &mut State, out: &m
         ip_options: probe.ip_options,
         time: pkt.time,
     });
+    None
 }
 
 /// The last few probes seen, to drop the copy of a frame that crossed a bridge or bond.

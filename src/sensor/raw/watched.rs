@@ -40,6 +40,8 @@ pub enum Skip {
     Answer,
     /// A live socket takes it, as the kernel said when asked (see [`super::live`]).
     Socket,
+    /// The same frame seen on a second interface (a bridge or bond) a moment ago.
+    Duplicate,
 }
 
 /// A listener that appeared on, or left, a port of a configured watch set.
