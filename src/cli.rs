@@ -185,6 +185,16 @@ enum Command {
     /// Re-read every configuration file (as SIGHUP does) and report whether the new
     /// configuration was taken or refused.
     Reload(ClientArgs),
+    /// Replay capture files (pcap, pcapng) through this configuration: which sources it
+    /// would have blocked, for how long, and why (not). Touches nothing of the system.
+    #[command(after_help = "Examples:\n  \
+        portsentry replay scan.pcap\n  \
+        portsentry replay -c /tmp/try.conf -atcp -audp --json day1.pcapng day2.pcapng\n  \
+        portsentry replay --plugins --gateway 192.0.2.1 capture.pcap\n\
+        Modes (-tcp -udp -stcp -sudp -atcp -audp) as for the daemon; without one, the modes \
+        file's, else -atcp -audp. Exit 0 when it ran, 1 on a bad configuration, 2 on a bad \
+        file (named with the packet number).")]
+    Replay(ReplayArgs),
 }
 
 /// Where the running daemon is.
@@ -198,6 +208,67 @@ struct ClientArgs {
     /// /etc/portsentry/portsentry.conf].
     #[arg(short = 'c', long = "config", value_name = "PATH")]
     config: Option<PathBuf>,
+}
+
+/// `replay`: capture files and what to assume of the host that took them.
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Capture files (tcpdump -w, Wireshark; pcap or pcapng), merged in time order.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+    /// Configuration file to try.
+    #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// File with TCP_MODE / UDP_MODE, read when no mode flag is given.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODES_FILE)]
+    modes_file: PathBuf,
+    /// Classic TCP (a connection completed to a TCP_PORTS port).
+    #[arg(long)]
+    tcp: bool,
+    /// Classic UDP (a datagram to a UDP_PORTS port).
+    #[arg(long)]
+    udp: bool,
+    /// Stealth TCP.
+    #[arg(long)]
+    stcp: bool,
+    /// Stealth UDP.
+    #[arg(long)]
+    sudp: bool,
+    /// Advanced TCP.
+    #[arg(long)]
+    atcp: bool,
+    /// Advanced UDP.
+    #[arg(long)]
+    audp: bool,
+    /// One JSON object per source, then a summary object (JSON lines).
+    #[arg(long)]
+    json: bool,
+    /// List every source in the table (by default, sources below the trigger are cut
+    /// after 20).
+    #[arg(long)]
+    all: bool,
+    /// Fire the configured Lua responders' alert and block events in dry run: the commands
+    /// and file writes they would have made are shown, not done.
+    #[arg(long)]
+    plugins: bool,
+    /// Ports that had a listener, e.g. tcp/22,tcp/80,udp/53 (a bare number is TCP) [default:
+    /// learned from the capture: a SYN-ACK or UDP sent from the port].
+    #[arg(long, value_name = "PORTS")]
+    listening: Option<String>,
+    /// The capturing host's addresses (repeatable, or comma-separated) [default: learned
+    /// from the capture].
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    local: Vec<IpAddr>,
+    /// A gateway to protect (PROTECT_GATEWAYS), as the route table would have named it.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    gateway: Vec<IpAddr>,
+    /// A nameserver to protect (PROTECT_RESOLVERS), as RESOLV_CONF would have named it.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    resolver: Vec<IpAddr>,
+    /// Verify TCP/UDP checksums (a capture off the wire with forged bad sums); by default
+    /// they are trusted, as the kernel trusts packets the host built or its NIC checked.
+    #[arg(long)]
+    verify_checksums: bool,
 }
 
 /// `block`: targets from the command line or from a file.
@@ -296,6 +367,8 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
             false,
         ),
         Command::Reload(client) => (client, Request::Reload, false),
+        // Run in this process by `replay_command`, never sent.
+        Command::Replay(_) => return Err(vec!["replay is not a client command".into()]),
         Command::Block(args) => {
             let targets = match &args.from_file {
                 None => args.targets,
@@ -309,6 +382,79 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
             (args.client, request, false)
         }
     })
+}
+
+/// `portsentry replay`: loads the configuration, replays the files, prints the report.
+fn replay_command(args: ReplayArgs) -> i32 {
+    let flagged: Vec<Mode> = [
+        (args.tcp, Mode::Tcp),
+        (args.udp, Mode::Udp),
+        (args.stcp, Mode::Stcp),
+        (args.sudp, Mode::Sudp),
+        (args.atcp, Mode::Atcp),
+        (args.audp, Mode::Audp),
+    ]
+    .into_iter()
+    .filter_map(|(on, m)| on.then_some(m))
+    .collect();
+    let modes = if !flagged.is_empty() {
+        flagged
+    } else if args.modes_file.exists() {
+        match modes_from_file(&args.modes_file) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("portsentry: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        vec![Mode::Atcp, Mode::Audp]
+    };
+    let listening = match args.listening.as_deref().map(crate::replay::parse_listening) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("portsentry: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let generation = match crate::generation::Generation::load(1, &args.config) {
+        Ok((g, _warnings)) => g,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {}", crate::logging::escape_controls(&e.to_string()));
+            }
+            eprintln!("{}: configuration refused", args.config.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let options = crate::replay::Options {
+        files: args.files,
+        modes,
+        local: (!args.local.is_empty()).then_some(args.local),
+        listening,
+        gateways: args.gateway,
+        resolvers: args.resolver,
+        verify_checksums: args.verify_checksums,
+        plugins: args.plugins,
+        json: args.json,
+        all: args.all,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = crate::replay::run(&options, generation, &mut out);
+    let _ = out.flush();
+    match result {
+        Ok(_) => 0,
+        Err(crate::replay::ReplayError::File(e)) => {
+            eprintln!("portsentry: replay: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("portsentry: replay: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// Runs a client command: the request goes to the daemon; its answer is printed and
@@ -508,6 +654,9 @@ pub fn main() -> i32 {
         }
     };
     if let Some(command) = args.command {
+        if let Command::Replay(replay) = command {
+            return replay_command(replay);
+        }
         return client_command(command);
     }
     if args.check_config {

@@ -30,6 +30,7 @@ pub mod netlink;
 pub mod pipeline;
 pub mod protected;
 pub mod record;
+pub mod replay;
 pub mod respond;
 pub mod sensor;
 pub mod storage;

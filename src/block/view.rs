@@ -70,7 +70,7 @@ impl BlockView {
     }
 
     /// Manager only: a block is in force.
-    pub(super) fn insert(&self, target: Target) {
+    pub(crate) fn insert(&self, target: Target) {
         let mut s = self.write();
         if target.prefix_len() == target.max_prefix_len() {
             s.hosts.insert(target.addr());
@@ -81,7 +81,7 @@ impl BlockView {
     }
 
     /// Manager only: a block was lifted.
-    pub(super) fn remove(&self, target: &Target) {
+    pub(crate) fn remove(&self, target: &Target) {
         let mut s = self.write();
         if target.prefix_len() == target.max_prefix_len() {
             s.hosts.remove(&target.addr());

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
 use crate::event::Candidate;
+use crate::local_addrs::LocalAddrs;
 
 /// Why a filter stopped a probe; counted and logged at debug level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +73,23 @@ pub fn standard_chain(
     view: &crate::block::view::BlockView,
     protected: &protect::ProtectView,
 ) -> Vec<Box<dyn Filter>> {
+    chain_with_local(config, ignore, view, protected, LocalAddrs::new())
+}
+
+/// [`standard_chain`] with the host's addresses given rather than read from this machine's
+/// interfaces (a replay takes them from the capture).
+pub fn chain_with_local(
+    config: &Config,
+    ignore: &Arc<IgnoreList>,
+    view: &crate::block::view::BlockView,
+    protected: &protect::ProtectView,
+    local: LocalAddrs,
+) -> Vec<Box<dyn Filter>> {
     vec![
-        Box::new(ignored::IgnoreFilter::new(ignore)),
+        Box::new(ignored::IgnoreFilter::with_local_addrs(
+            Arc::clone(ignore),
+            local,
+        )),
         Box::new(protect::ProtectFilter::new(protected.clone())),
         Box::new(trigger::TriggerFilter::new(config)),
         Box::new(blocked::BlockedFilter::new(view.clone())),

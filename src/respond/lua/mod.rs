@@ -48,7 +48,8 @@ use crate::respond::{Action, Outcome, Responder, ResponseContext, Undo};
 pub use event::{EventData, EventName};
 pub use host::HostProgram;
 pub use plugin_test::{
-    EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, EXIT_TIMED_OUT, TestOptions, apply_settings,
+    DryRunPlugins, EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, EXIT_TIMED_OUT, TestOptions,
+    apply_settings,
     test_plugin, test_plugin_with, watchdog_limit,
 };
 pub use sandbox::TraceEntry;

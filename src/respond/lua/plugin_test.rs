@@ -338,5 +338,67 @@ fn run(
     Ok(if failed { EXIT_HANDLER_FAILED } else { EXIT_OK })
 }
 
+/// The configured Lua responders (`LUA_RESPONDERS`) loaded in dry-run mode, as
+/// `--test-plugin --dry-run` loads one: `portsentry replay --plugins` fires at them the
+/// events they would have got from a capture, and shows what they would have done.
+pub struct DryRunPlugins {
+    plugins: Vec<(String, super::Handle)>,
+}
+
+impl DryRunPlugins {
+    /// Loads every plugin of `LUA_RESPONDERS` from `PLUGIN_DIR`, each in its own process;
+    /// the first that does not load is the error.
+    pub fn load(config: &Config) -> Result<DryRunPlugins, super::LuaError> {
+        super::LOAD_WARNINGS.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut plugins = Vec::new();
+        for name in &config.lua_responders {
+            let path = config.plugin_dir.join(format!("{name}.lua"));
+            plugins.push(load_file(&path, config, true)?);
+        }
+        Ok(DryRunPlugins { plugins })
+    }
+
+    /// Names of the plugins loaded.
+    pub fn names(&self) -> Vec<&str> {
+        self.plugins.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Fires `event` at every plugin that handles it and writes each one's trace (commands
+    /// and file writes it would have made, log lines, errors) to `out`.
+    pub fn fire(&self, event: &EventData, out: &mut dyn Write) -> std::io::Result<()> {
+        for (name, handle) in &self.plugins {
+            if !handle.handles(event.name) {
+                continue;
+            }
+            writeln!(out, "  lua:{name} {}:", event.name.as_str())?;
+            match handle.call(event.clone()) {
+                Ok(report) => {
+                    write_trace(out, &report)?;
+                    match &report.outcome {
+                        CallOutcome::Veto(why) => {
+                            writeln!(
+                            out,
+                            "  result: veto: {}",
+                            escape_controls(why.as_deref().unwrap_or("no reason given"))
+                        )?
+                        }
+                        CallOutcome::Failed(e) => writeln!(
+                            out,
+                            "  result: FAILED: {}",
+                            escape_controls(&e.to_string())
+                        )?,
+                        CallOutcome::Expired => {
+                            writeln!(out, "  result: FAILED: not run (queue wait past the budget)")?
+                        }
+                        CallOutcome::NoHandler | CallOutcome::Done(_) => {}
+                    }
+                }
+                Err(msg) => writeln!(out, "  result: FAILED: {}", escape_controls(&msg))?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;
