@@ -410,7 +410,11 @@ fn replay_command(args: ReplayArgs) -> i32 {
     } else {
         vec![Mode::Atcp, Mode::Audp]
     };
-    let listening = match args.listening.as_deref().map(crate::replay::parse_listening) {
+    let listening = match args
+        .listening
+        .as_deref()
+        .map(crate::replay::parse_listening)
+    {
         None => None,
         Some(Ok(l)) => Some(l),
         Some(Err(e)) => {

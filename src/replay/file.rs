@@ -254,8 +254,8 @@ impl Meta {
                 } else {
                     u64::from(b.ts_usec) * 1_000
                 };
-                frame.time = UNIX_EPOCH + Duration::new(u64::from(b.ts_sec), 0)
-                    + Duration::from_nanos(frac);
+                frame.time =
+                    UNIX_EPOCH + Duration::new(u64::from(b.ts_sec), 0) + Duration::from_nanos(frac);
                 fill(frame, link, self.index as u32, b.origlen, b.data, b.caplen);
                 Ok(true)
             }
@@ -288,7 +288,8 @@ impl Meta {
                 let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                 let secs = ticks / iface.resolution;
                 let frac = ticks % iface.resolution;
-                let nanos = (u128::from(frac) * 1_000_000_000 / u128::from(iface.resolution)) as u64;
+                let nanos =
+                    (u128::from(frac) * 1_000_000_000 / u128::from(iface.resolution)) as u64;
                 let base = if iface.offset >= 0 {
                     UNIX_EPOCH + Duration::from_secs(iface.offset.unsigned_abs())
                 } else {
@@ -371,11 +372,7 @@ impl Merged {
         let mut best: Option<usize> = None;
         for (i, head) in self.heads.iter().enumerate() {
             if let Some(h) = head
-                && best.is_none_or(|b| {
-                    self.heads[b]
-                        .as_ref()
-                        .is_none_or(|bh| h.time < bh.time)
-                })
+                && best.is_none_or(|b| self.heads[b].as_ref().is_none_or(|bh| h.time < bh.time))
             {
                 best = Some(i);
             }

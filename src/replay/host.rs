@@ -40,6 +40,8 @@ struct Seen {
     addrs: HashSet<IpAddr>,
     tcp: BTreeSet<u16>,
     udp: BTreeSet<u16>,
+    /// SYN-ACKs and RSTs sent: a scanned or serving host answers, a scanner asks.
+    answers: u64,
 }
 
 impl Seen {
@@ -59,6 +61,8 @@ pub struct Peek {
     pub dst: IpAddr,
     /// A TCP SYN-ACK or a UDP datagram: the source port (it had a listener), with the protocol.
     pub listener: Option<(bool, u16)>,
+    /// A TCP SYN-ACK or RST: an answer to someone else's segment.
+    pub answer: bool,
 }
 
 /// Reads the addresses (and a listener's port) of an IP packet; `None` when too short.
@@ -80,6 +84,8 @@ pub fn peek(ip: &[u8]) -> Option<Peek> {
         _ => return None,
     };
     let port = |l4: &[u8]| Some(u16::from_be_bytes([*l4.first()?, *l4.get(1)?]));
+    let flags = l4.and_then(|l| l.get(13)).copied().unwrap_or(0);
+    let answer = proto == 6 && (flags & 0x04 != 0 || flags & 0x12 == 0x12);
     let listener = match (proto, l4) {
         (6, Some(l4)) if l4.get(13).is_some_and(|f| f & 0x16 == 0x12) => {
             port(l4).map(|p| (true, p))
@@ -87,7 +93,12 @@ pub fn peek(ip: &[u8]) -> Option<Peek> {
         (17, Some(l4)) => port(l4).map(|p| (false, p)),
         _ => None,
     };
-    Some(Peek { src, dst, listener })
+    Some(Peek {
+        src,
+        dst,
+        listener,
+        answer,
+    })
 }
 
 fn is_unicast(ip: IpAddr) -> bool {
@@ -153,9 +164,11 @@ impl Learner {
             let known = self.senders.contains_key(&from);
             // Raw IP: only senders of SYN-ACKs or UDP are kept (their ports), so that a
             // flood of forged sources costs nothing here.
-            if known || self.senders.len() < MAX_ADDRS && (p.listener.is_some() || !matches!(from, Sender::Ip(_))) {
+            let telling = p.listener.is_some() || p.answer || !matches!(from, Sender::Ip(_));
+            if known || self.senders.len() < MAX_ADDRS && telling {
                 let seen = self.senders.entry(from).or_default();
                 seen.add_addr(p.src);
+                seen.answers += u64::from(p.answer);
                 match p.listener {
                     Some((true, port)) => {
                         seen.tcp.insert(port);
@@ -177,42 +190,55 @@ impl Learner {
     /// What the pass learned, with the command line's `local` and `listening` in place of
     /// what it would have guessed.
     pub fn finish(self, local: Option<Vec<IpAddr>>, listening: Option<Listeners>) -> HostView {
+        // The host's MAC is in every frame of its capture, but so is its gateway's (or, on a
+        // point-to-point link, the peer's): among those, the host is the one with few
+        // addresses behind it (a gateway carries every remote address), then the one that
+        // answers (SYN-ACKs, RSTs) rather than asks.
+        let rank = |sender: Sender, count: u64| {
+            let seen = self.senders.get(&sender);
+            (
+                count,
+                std::cmp::Reverse(seen.map_or(0, |s| s.addrs.len())),
+                seen.map_or(0, |s| s.answers),
+            )
+        };
         let mut host_macs = HashMap::new();
         for iface in &self.ethernet {
             if let Some(((_, mac), _)) = self
                 .macs
                 .iter()
                 .filter(|((i, m), _)| i == iface && m[0] & 1 == 0)
-                .max_by_key(|((_, m), c)| (**c, *m))
+                .max_by_key(|((i, m), c)| (rank(Sender::Mac(*i, *m), **c), *m))
             {
                 host_macs.insert(*iface, *mac);
             }
         }
-        let mut hosts: Vec<Sender> = host_macs
-            .iter()
-            .map(|(i, m)| Sender::Mac(*i, *m))
-            .collect();
+        let mut hosts: Vec<Sender> = host_macs.iter().map(|(i, m)| Sender::Mac(*i, *m)).collect();
         if self.cooked {
             hosts.push(Sender::Host);
         }
         let mut guessed: BTreeSet<IpAddr> = BTreeSet::new();
         for h in &hosts {
-            for seen in [self.senders.get(h), self.receivers.get(h)].into_iter().flatten() {
+            for seen in [self.senders.get(h), self.receivers.get(h)]
+                .into_iter()
+                .flatten()
+            {
                 guessed.extend(seen.addrs.iter().copied());
             }
         }
-        // Raw IP (or nothing learned from the link): the addresses in a large share of the
-        // packets, at least the most frequent one.
+        // Raw IP (or nothing learned from the link): per family, the address in the most
+        // packets (the host is in every packet of its capture), the one that answers on a tie.
         let link_told = !hosts.is_empty();
         if !link_told {
             let floor = (self.ip_packets as f64 * LOCAL_SHARE).ceil() as u64;
-            let mut by_count: Vec<(&IpAddr, &u64)> = self.addrs.iter().collect();
-            by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            for (i, (ip, n)) in by_count.into_iter().enumerate() {
-                if i == 0 || *n >= floor.max(1) {
+            for v4 in [true, false] {
+                if let Some((ip, _)) = self
+                    .addrs
+                    .iter()
+                    .filter(|(ip, n)| ip.is_ipv4() == v4 && **n >= floor.max(1))
+                    .max_by_key(|(ip, n)| (rank(Sender::Ip(**ip), **n), **ip))
+                {
                     guessed.insert(*ip);
-                } else {
-                    break;
                 }
             }
         }
@@ -229,7 +255,10 @@ impl Learner {
                 l.udp.extend(seen.udp.iter().copied());
             };
             if link_told {
-                hosts.iter().filter_map(|h| self.senders.get(h)).for_each(&mut add);
+                hosts
+                    .iter()
+                    .filter_map(|h| self.senders.get(h))
+                    .for_each(&mut add);
             } else {
                 local
                     .iter()
@@ -286,9 +315,7 @@ impl HostView {
             Direction::Out => Some((false, true)),
             Direction::Other => Some((false, false)),
             Direction::Unknown => match (d.macs, self.host_macs.get(&iface)) {
-                (Some((src, dst)), Some(host)) if src != dst => {
-                    Some((dst == *host, src == *host))
-                }
+                (Some((src, dst)), Some(host)) if src != dst => Some((dst == *host, src == *host)),
                 _ => None,
             },
         };
@@ -296,10 +323,7 @@ impl HostView {
             Some(p) => (self.is_local(p.dst), self.is_local(p.src)),
             None => (false, false),
         });
-        Ways {
-            incoming,
-            outgoing,
-        }
+        Ways { incoming, outgoing }
     }
 }
 

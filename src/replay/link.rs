@@ -183,7 +183,11 @@ mod tests {
 
     #[test]
     fn ethernet_with_and_without_vlan_tags_gives_the_ip_packet_and_macs() {
-        for tags in [&[][..], &[ETHERTYPE_VLAN], &[ETHERTYPE_QINQ, ETHERTYPE_VLAN]] {
+        for tags in [
+            &[][..],
+            &[ETHERTYPE_VLAN],
+            &[ETHERTYPE_QINQ, ETHERTYPE_VLAN],
+        ] {
             let f = ether(tags, ETHERTYPE_IPV4, 0x00);
             let d = decode(ETHERNET, &f).unwrap();
             assert_eq!(d.ip, &V4, "{tags:?}");

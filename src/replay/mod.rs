@@ -36,9 +36,9 @@ use crate::generation::Generation;
 use crate::local_addrs::LocalAddrs;
 use crate::protected::{Peer, ProtectView, Snapshot};
 use crate::record::{Action, Target, Undo};
-use crate::respond::pool::JobResult;
-use crate::respond::lua::{DryRunPlugins, EventData, EventName};
 use crate::respond::ResponseContext;
+use crate::respond::lua::{DryRunPlugins, EventData, EventName};
+use crate::respond::pool::JobResult;
 use crate::sensor::listeners::Listeners;
 use crate::sensor::raw::capture::Packet;
 use crate::sensor::raw::watched::{Skip, Watch};
@@ -276,7 +276,12 @@ impl Replay {
         let config = Arc::clone(&generation.config);
         let base = Instant::now();
         let local = LocalAddrs::fixed(host.local.iter().copied());
-        let raw_modes: Vec<Mode> = options.modes.iter().copied().filter(|m| m.is_raw()).collect();
+        let raw_modes: Vec<Mode> = options
+            .modes
+            .iter()
+            .copied()
+            .filter(|m| m.is_raw())
+            .collect();
         let watch = (!raw_modes.is_empty())
             .then(|| Watch::new(&raw_modes, &config, host.listeners.clone(), local.clone()));
         let sockets = SharedSockets::default();
@@ -300,20 +305,23 @@ impl Replay {
         }
         let view = BlockView::new();
         let protect = ProtectView::new();
-        let chain = filter::chain_with_local(
-            &config,
-            &generation.ignore,
-            &view,
-            &protect,
-            local.clone(),
-        );
+        let chain =
+            filter::chain_with_local(&config, &generation.ignore, &view, &protect, local.clone());
         let gateways = if config.protect_gateways {
-            options.gateways.iter().map(|ip| ip.to_canonical()).collect()
+            options
+                .gateways
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect()
         } else {
             Default::default()
         };
         let resolvers = if config.protect_resolvers {
-            options.resolvers.iter().map(|ip| ip.to_canonical()).collect()
+            options
+                .resolvers
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect()
         } else {
             Vec::new()
         };
@@ -463,7 +471,8 @@ impl Replay {
                 checksum_trusted: !self.verify,
                 truncated: frame.truncated() && ip.len() < 60,
             };
-            if let Some((probe, skip)) = raw::handle(&pkt, now.mono, watch, &mut self.raw, &mut hits)
+            if let Some((probe, skip)) =
+                raw::handle(&pkt, now.mono, watch, &mut self.raw, &mut hits)
             {
                 self.summary.probes += 1;
                 if skip == Skip::Answer {
@@ -502,10 +511,12 @@ impl Replay {
             && self.accepting.remove(&(seg.src, seg.dst)).is_some()
             && !self.classic.tcp.contains(&seg.dst.port())
         {
-            self.peers.entry(seg.src.ip().to_canonical()).or_insert(Peer {
-                port: seg.dst.port(),
-                first_seen: at,
-            });
+            self.peers
+                .entry(seg.src.ip().to_canonical())
+                .or_insert(Peer {
+                    port: seg.dst.port(),
+                    first_seen: at,
+                });
             self.peers_changed = true;
         }
         if self.peers_changed
@@ -530,7 +541,9 @@ impl Replay {
             return;
         }
         if let Some(seg) = seg {
-            if !self.classic.tcp.contains(&seg.dst.port()) || !self.host.local.contains(&seg.dst.ip().to_canonical()) {
+            if !self.classic.tcp.contains(&seg.dst.port())
+                || !self.host.local.contains(&seg.dst.ip().to_canonical())
+            {
                 return;
             }
             let key = (seg.src, seg.dst);
@@ -590,7 +603,8 @@ impl Replay {
             Decision::NotActionable | Decision::LogOnly => Verdict::AlertOnly,
         };
         // Blocks come from the core's notes; until then the probe counts as an alert.
-        self.sources.probe(&candidate.hit, verdict.max(Verdict::AlertOnly));
+        self.sources
+            .probe(&candidate.hit, verdict.max(Verdict::AlertOnly));
         let (src, at) = (candidate.hit.src, candidate.hit.time);
         let resolved = src.to_string();
         if candidate.actionable
@@ -602,15 +616,13 @@ impl Replay {
             plugins.fire(&event, out)?;
         }
         match decision {
-            Decision::NotActionable => self.sources.not_acted(
-                src,
-                at,
-                "forgeable evidence below FORGEABLE_SCAN_TRIGGER",
-            ),
-            Decision::LogOnly => {
+            Decision::NotActionable => {
                 self.sources
-                    .not_acted(src, at, "BLOCK_TCP/BLOCK_UDP: log only")
+                    .not_acted(src, at, "forgeable evidence below FORGEABLE_SCAN_TRIGGER")
             }
+            Decision::LogOnly => self
+                .sources
+                .not_acted(src, at, "BLOCK_TCP/BLOCK_UDP: log only"),
             Decision::AlreadyBlocked => {}
             Decision::Block => {
                 self.sources.requested(src, at);
@@ -626,7 +638,12 @@ impl Replay {
 
     /// Hands the core a message and plays the shell: every job succeeds at once (nothing is
     /// applied), the view follows, the notes of blocks made go to the report.
-    fn core_input(&mut self, input: Input, now: Now, out: &mut dyn Write) -> Result<(), ReplayError> {
+    fn core_input(
+        &mut self,
+        input: Input,
+        now: Now,
+        out: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
             let output = self.core.handle(input, now);
@@ -649,7 +666,10 @@ impl Replay {
                 }
             }
         }
-        let wake = self.core.next_wake(now, TICK_CAP).max(Duration::from_millis(1));
+        let wake = self
+            .core
+            .next_wake(now, TICK_CAP)
+            .max(Duration::from_millis(1));
         self.next_tick = now.mono + wake;
         Ok(())
     }
@@ -678,9 +698,12 @@ impl Replay {
             host: None,
             already_blocked: false,
             ip_options: false,
-            timeout: record
-                .until
-                .map(|u| u.duration_since(now.wall).unwrap_or_default().as_secs().max(1)),
+            timeout: record.until.map(|u| {
+                u.duration_since(now.wall)
+                    .unwrap_or_default()
+                    .as_secs()
+                    .max(1)
+            }),
             restored: false,
             reason: None,
         };

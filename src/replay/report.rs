@@ -259,9 +259,7 @@ impl Sources {
     /// Every source, best verdict first, then by first probe.
     pub fn sorted(&self) -> Vec<&Source> {
         let mut v: Vec<&Source> = self.by_ip.values().collect();
-        v.sort_by(|a, b| {
-            (a.verdict(), a.first, a.src).cmp(&(b.verdict(), b.first, b.src))
-        });
+        v.sort_by(|a, b| (a.verdict(), a.first, a.src).cmp(&(b.verdict(), b.first, b.src)));
         v
     }
 
@@ -324,7 +322,9 @@ pub struct Summary {
 }
 
 fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn clock(t: SystemTime) -> String {

@@ -49,8 +49,7 @@ pub use event::{EventData, EventName};
 pub use host::HostProgram;
 pub use plugin_test::{
     DryRunPlugins, EXIT_HANDLER_FAILED, EXIT_LOAD_FAILED, EXIT_OK, EXIT_TIMED_OUT, TestOptions,
-    apply_settings,
-    test_plugin, test_plugin_with, watchdog_limit,
+    apply_settings, test_plugin, test_plugin_with, watchdog_limit,
 };
 pub use sandbox::TraceEntry;
 pub use state::{CallOutcome, CallReport};

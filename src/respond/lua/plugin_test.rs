@@ -375,21 +375,18 @@ impl DryRunPlugins {
                 Ok(report) => {
                     write_trace(out, &report)?;
                     match &report.outcome {
-                        CallOutcome::Veto(why) => {
-                            writeln!(
+                        CallOutcome::Veto(why) => writeln!(
                             out,
                             "  result: veto: {}",
                             escape_controls(why.as_deref().unwrap_or("no reason given"))
-                        )?
-                        }
-                        CallOutcome::Failed(e) => writeln!(
-                            out,
-                            "  result: FAILED: {}",
-                            escape_controls(&e.to_string())
                         )?,
-                        CallOutcome::Expired => {
-                            writeln!(out, "  result: FAILED: not run (queue wait past the budget)")?
+                        CallOutcome::Failed(e) => {
+                            writeln!(out, "  result: FAILED: {}", escape_controls(&e.to_string()))?
                         }
+                        CallOutcome::Expired => writeln!(
+                            out,
+                            "  result: FAILED: not run (queue wait past the budget)"
+                        )?,
                         CallOutcome::NoHandler | CallOutcome::Done(_) => {}
                     }
                 }
