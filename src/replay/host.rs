@@ -196,9 +196,14 @@ impl Learner {
         // answers (SYN-ACKs, RSTs) rather than asks.
         let rank = |sender: Sender, count: u64| {
             let seen = self.senders.get(&sender);
+            // An IP sender is one address by definition: only its answers tell.
+            let behind = match sender {
+                Sender::Ip(_) => 0,
+                _ => seen.map_or(0, |s| s.addrs.len()),
+            };
             (
                 count,
-                std::cmp::Reverse(seen.map_or(0, |s| s.addrs.len())),
+                std::cmp::Reverse(behind),
                 seen.map_or(0, |s| s.answers),
             )
         };

@@ -197,8 +197,11 @@ mod tests {
             assert_eq!(dst, [0, 2, 3, 4, 5, 6]);
         }
         // Broadcast and multicast frames are nobody's probe.
-        let d = decode(ETHERNET, &ether(&[], ETHERTYPE_IPV4, 0xff)).unwrap();
-        assert_eq!(d.direction, Direction::Other);
+        let broadcast = ether(&[], ETHERTYPE_IPV4, 0xff);
+        assert_eq!(
+            decode(ETHERNET, &broadcast).unwrap().direction,
+            Direction::Other
+        );
         assert_eq!(
             decode(ETHERNET, &ether(&[], 0x0806, 0)),
             Err(NotIp::Other),

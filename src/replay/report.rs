@@ -259,7 +259,7 @@ impl Sources {
     /// Every source, best verdict first, then by first probe.
     pub fn sorted(&self) -> Vec<&Source> {
         let mut v: Vec<&Source> = self.by_ip.values().collect();
-        v.sort_by(|a, b| (a.verdict(), a.first, a.src).cmp(&(b.verdict(), b.first, b.src)));
+        v.sort_by_key(|s| (s.verdict(), s.first, s.src));
         v
     }
 
