@@ -612,8 +612,7 @@ impl Replay {
         {
             let ctx = ResponseContext::for_alert(&candidate, &resolved, &self.config);
             let event = EventData::from_context(EventName::Alert, &ctx);
-            writeln!(out, "{} alert {src}:", clock_text(at))?;
-            plugins.fire(&event, out)?;
+            plugins.fire(&event, &format!("{} alert {src}:", clock_text(at)), out)?;
         }
         match decision {
             Decision::NotActionable => {
@@ -707,13 +706,12 @@ impl Replay {
             restored: false,
             reason: None,
         };
-        writeln!(
-            out,
+        let header = format!(
             "{} block {}:",
             clock_text(record.since),
             crate::record::target_text(&record.target)
-        )?;
-        plugins.fire(&event, out)
+        );
+        plugins.fire(&event, &header, out)
     }
 
     /// Time passes in the capture: the core's expiries, held-back blocks and summaries

@@ -27,5 +27,6 @@ mod protect;
 mod raw;
 mod raw_sensor;
 mod reload;
+mod replay;
 mod sandbox;
 mod systemd;

@@ -363,12 +363,22 @@ impl DryRunPlugins {
         self.plugins.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    /// Fires `event` at every plugin that handles it and writes each one's trace (commands
-    /// and file writes it would have made, log lines, errors) to `out`.
-    pub fn fire(&self, event: &EventData, out: &mut dyn Write) -> std::io::Result<()> {
+    /// Fires `event` at every plugin that handles it and writes `header`, then each one's
+    /// trace (commands and file writes it would have made, log lines, errors) to `out`;
+    /// nothing when no plugin handles it.
+    pub fn fire(
+        &self,
+        event: &EventData,
+        header: &str,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let mut first = true;
         for (name, handle) in &self.plugins {
             if !handle.handles(event.name) {
                 continue;
+            }
+            if std::mem::take(&mut first) {
+                writeln!(out, "{header}")?;
             }
             writeln!(out, "  lua:{name} {}:", event.name.as_str())?;
             match handle.call(event.clone()) {
