@@ -79,7 +79,7 @@ has -rw-r--r-- /etc/logrotate.d/portsentry
 for f in plugins/*.lua; do has -rw-r--r-- "/etc/portsentry/plugins/${f#plugins/}"; done
 for f in lua/portsentry/*.lua; do has -rw-r--r-- "/usr/share/portsentry/lua/${f#lua/}"; done
 for page in portsentry portsentry-status portsentry-list portsentry-block portsentry-unblock \
-  portsentry-reload; do
+  portsentry-reload portsentry-replay; do
   has -rw-r--r-- "/usr/share/man/man8/$page.8.gz"
 done
 has -rw-r--r-- /usr/share/man/man5/portsentry.conf.5.gz

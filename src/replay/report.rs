@@ -423,11 +423,16 @@ pub fn write_table(
     summary: &Summary,
     all: bool,
 ) -> io::Result<()> {
-    writeln!(
-        out,
-        "{:<39} {:<29} {:>6} {:<24} {:<10} {:<12} {:<12} block",
-        "source", "verdict", "probes", "ports", "evidence", "first", "last"
-    )?;
+    let mut rows: Vec<[String; 8]> = vec![[
+        "source".into(),
+        "verdict".into(),
+        "probes".into(),
+        "ports".into(),
+        "evidence".into(),
+        "first".into(),
+        "last".into(),
+        "block".into(),
+    ]];
     let mut hidden = 0u64;
     let mut shown_below = 0usize;
     for s in sources.sorted() {
@@ -439,15 +444,12 @@ pub fn write_table(
             shown_below += 1;
         }
         let ports = s.ports();
-        let mut port_text = ports.iter().take(4).cloned().collect::<Vec<_>>().join(",");
-        if s.ports_total as usize > 4 {
+        let mut port_text = ports.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+        if s.ports_total as usize > 3 {
             port_text.push_str(&format!(",… ({})", s.ports_total));
         }
         let block = match &s.block {
-            None => match why(s) {
-                Some(w) => format!("({w})"),
-                None => String::new(),
-            },
+            None => why(s).map(|w| format!("({w})")).unwrap_or_default(),
             Some(b) if b.target.prefix_len() < b.target.max_prefix_len() => format!(
                 "{} for {} (escalated to {})",
                 clock(b.since),
@@ -456,12 +458,10 @@ pub fn write_table(
             ),
             Some(b) => format!("{} for {}", clock(b.since), duration_text(b)),
         };
-        writeln!(
-            out,
-            "{:<39} {:<29} {:>6} {:<24} {:<10} {:<12} {:<12} {}",
+        rows.push([
             s.src.to_string(),
-            s.verdict().words(),
-            s.probes,
+            s.verdict().words().to_string(),
+            s.probes.to_string(),
             port_text,
             format!(
                 "{} {}",
@@ -470,8 +470,33 @@ pub fn write_table(
             ),
             clock(s.first),
             clock(s.last),
-            block
-        )?;
+            block,
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w.saturating_sub(cell.chars().count());
+            if i == 2 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if i < 7 {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            if i < 7 {
+                line.push_str("  ");
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
     }
     if hidden > 0 {
         writeln!(
