@@ -392,4 +392,4 @@ impl Merged {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -622,7 +622,7 @@ impl Replay {
             Decision::LogOnly => self
                 .sources
                 .not_acted(src, at, "BLOCK_TCP/BLOCK_UDP: log only"),
-            Decision::AlreadyBlocked => {}
+            Decision::AlreadyBlocked => self.sources.already_blocked(src, at),
             Decision::Block => {
                 self.sources.requested(src, at);
                 let request = crate::block::core::BlockRequest {

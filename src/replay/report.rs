@@ -162,6 +162,8 @@ fn kind_name(kind: &ProbeKind) -> &'static str {
 #[derive(Debug, Default)]
 pub struct Sources {
     by_ip: HashMap<IpAddr, Source>,
+    /// Network blocks made (escalated prefixes), for the sources that arrive inside them.
+    nets: Vec<Blocked>,
     /// Sources not tracked one by one (the table was full), counted.
     pub untracked: u64,
 }
@@ -248,11 +250,27 @@ impl Sources {
         // Sources of the prefix that were held back are covered now.
         if !record.members.is_empty() || record.target.prefix_len() < record.target.max_prefix_len()
         {
+            self.nets.push(block.clone());
             for s in self.by_ip.values_mut() {
                 if s.block.is_none() && s.requested && record.target.contains(&s.src) {
                     s.block = Some(block.clone());
                 }
             }
+        }
+    }
+
+    /// A probe of `src` found it blocked already: by its own block, or inside a network's.
+    pub fn already_blocked(&mut self, src: IpAddr, at: SystemTime) {
+        let covering = self
+            .nets
+            .iter()
+            .rev()
+            .find(|b| b.target.contains(&src.to_canonical()))
+            .cloned();
+        if let Some(s) = self.account(src, at, true)
+            && s.block.is_none()
+        {
+            s.block = covering;
         }
     }
 

@@ -221,3 +221,64 @@ fn the_table_lists_verdicts_and_the_summary() {
         "{text}"
     );
 }
+
+/// An IPv4 TCP SYN (header checksum right; the TCP sum is trusted by default).
+fn syn_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let check = !(sum as u16);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    ip.extend_from_slice(&sport.to_be_bytes());
+    ip.extend_from_slice(&dport.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    ip
+}
+
+#[test]
+fn a_rotation_through_a_prefix_escalates_as_the_daemon_would() {
+    // Raw IP: 12 hosts of 10.9.9.0/24, each probing 3 ports of 10.77.1.1, 100 ms apart.
+    let host = [10, 77, 1, 1];
+    let mut frames = Vec::new();
+    for h in 0..12u8 {
+        for (i, port) in [21u16, 22, 23].into_iter().enumerate() {
+            let t = u32::from(h) * 100_000 + i as u32 * 1_000;
+            frames.push((
+                1_000 + t / 1_000_000,
+                t % 1_000_000,
+                syn_v4([10, 9, 9, 10 + h], host, 40000, port),
+            ));
+        }
+    }
+    let refs: Vec<(u32, u32, &[u8])> = frames
+        .iter()
+        .map(|(s, u, d)| (*s, *u, d.as_slice()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rotation.pcap");
+    std::fs::write(&path, crate::replay::file::tests::legacy(101, false, &refs)).unwrap();
+    let mut o = options(&[Mode::Atcp]);
+    o.files = vec![path];
+    o.local = Some(vec![IpAddr::from(host)]);
+    let mut c = config();
+    c.escalate_forgeable = true;
+    let (sources, summary) = replay(&o, c.clone());
+    // Eight host blocks, then the /24: every later host is inside it.
+    let first = &sources["10.9.9.10"]["block"];
+    assert_eq!(first["target"], "10.9.9.0/24", "{first}");
+    assert_eq!(first["escalated"], true);
+    assert_eq!(verdict(&sources, "10.9.9.21"), "would_block");
+    assert_eq!(summary["would_block"], 12);
+    // Positive control of the key: without ESCALATE_FORGEABLE, host blocks only.
+    c.escalate_forgeable = false;
+    let (sources, summary) = replay(&o, c);
+    assert_eq!(sources["10.9.9.10"]["block"]["target"], "10.9.9.10");
+    assert!(summary["blocks"].as_u64().unwrap() >= 10, "{summary}");
+}
