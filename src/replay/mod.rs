@@ -443,7 +443,16 @@ impl Replay {
             raw::handle(&pkt, now.mono, watch, &mut self.raw, &mut self.hits);
         }
         if let Some(seg) = tcp_segment(ip) {
-            crate::sync::lock(&self.sockets.0).sent(seg.src, seg.dst, now.mono);
+            // The socket check is asked only of segments to a watched port: a session from
+            // any other port (a listener's, an ephemeral one) needs no entry, so bulk
+            // traffic costs nothing here.
+            if self
+                .watch
+                .as_ref()
+                .is_some_and(|w| w.effective(Proto::Tcp).contains(seg.src.port()))
+            {
+                crate::sync::lock(&self.sockets.0).sent(seg.src, seg.dst, now.mono);
+            }
             if seg.flags & 0x12 == 0x12 && self.accepting.len() < MAX_CONNECTIONS {
                 self.accepting.insert((seg.dst, seg.src), now.mono);
             }
