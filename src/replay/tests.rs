@@ -224,6 +224,11 @@ fn the_table_lists_verdicts_and_the_summary() {
 
 /// An IPv4 TCP SYN (header checksum right; the TCP sum is trusted by default).
 fn syn_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    tcp_v4(src, dst, sport, dport, 0x02)
+}
+
+/// An IPv4 TCP segment without payload with `flags`.
+fn tcp_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
     ip.extend_from_slice(&src);
     ip.extend_from_slice(&dst);
@@ -238,8 +243,48 @@ fn syn_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     ip[10..12].copy_from_slice(&check.to_be_bytes());
     ip.extend_from_slice(&sport.to_be_bytes());
     ip.extend_from_slice(&dport.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    ip.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     ip
+}
+
+/// Writes raw-IP packets (one every 10 ms) as a pcap in `dir`.
+fn raw_capture(dir: &tempfile::TempDir, packets: &[Vec<u8>]) -> PathBuf {
+    let frames: Vec<(u32, u32, &[u8])> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (1_000, i as u32 * 10_000, p.as_slice()))
+        .collect();
+    let path = dir.path().join("raw.pcap");
+    std::fs::write(
+        &path,
+        crate::replay::file::tests::legacy(101, false, &frames),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn answers_to_the_hosts_own_connections_are_not_probes() {
+    let (host, peer, stranger) = ([10, 77, 1, 1], [10, 9, 9, 9], [10, 9, 9, 8]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_capture(
+        &dir,
+        &[
+            // The host connects out from port 900 (watched by -atcp): the peer's ACK answers.
+            tcp_v4(host, peer, 900, 80, 0x02),
+            tcp_v4(peer, host, 80, 900, 0x10),
+            // The same bare ACK from a stranger answers nothing: an ACK scan probe.
+            tcp_v4(stranger, host, 80, 901, 0x10),
+        ],
+    );
+    let mut o = options(&[Mode::Atcp]);
+    o.files = vec![path];
+    o.local = Some(vec![IpAddr::from(host)]);
+    let mut c = config();
+    c.forgeable_scan_trigger = 1;
+    let (sources, _) = replay(&o, c);
+    assert_eq!(verdict(&sources, "10.9.9.9"), "answer_to_own_traffic");
+    assert_eq!(verdict(&sources, "10.9.9.8"), "would_block", "the control");
 }
 
 #[test]
