@@ -46,24 +46,8 @@ struct Args {
     /// A client command for the running daemon; without one, this process is the daemon.
     #[command(subcommand)]
     command: Option<Command>,
-    /// Classic TCP: listen on TCP_PORTS.
-    #[arg(long)]
-    tcp: bool,
-    /// Classic UDP: listen on UDP_PORTS.
-    #[arg(long)]
-    udp: bool,
-    /// Stealth TCP: raw capture on TCP_PORTS.
-    #[arg(long)]
-    stcp: bool,
-    /// Stealth UDP: raw capture on UDP_PORTS.
-    #[arg(long)]
-    sudp: bool,
-    /// Advanced TCP: raw capture on every unused port below ADVANCED_PORTS_TCP.
-    #[arg(long)]
-    atcp: bool,
-    /// Advanced UDP: raw capture on every unused port below ADVANCED_PORTS_UDP.
-    #[arg(long)]
-    audp: bool,
+    #[command(flatten)]
+    modes: ModeFlags,
     /// Configuration file.
     #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
@@ -106,6 +90,46 @@ struct Args {
     /// (MAIL_TO=root) or the plugin's name for it (to=root). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "test_plugin")]
     set: Vec<String>,
+}
+
+/// The 1.2 mode flags (`-tcp` … `-audp`), for the daemon and for `replay`.
+#[derive(Debug, clap::Args)]
+struct ModeFlags {
+    /// Classic TCP: listen on TCP_PORTS.
+    #[arg(long)]
+    tcp: bool,
+    /// Classic UDP: listen on UDP_PORTS.
+    #[arg(long)]
+    udp: bool,
+    /// Stealth TCP: raw capture on TCP_PORTS.
+    #[arg(long)]
+    stcp: bool,
+    /// Stealth UDP: raw capture on UDP_PORTS.
+    #[arg(long)]
+    sudp: bool,
+    /// Advanced TCP: raw capture on every unused port below ADVANCED_PORTS_TCP.
+    #[arg(long)]
+    atcp: bool,
+    /// Advanced UDP: raw capture on every unused port below ADVANCED_PORTS_UDP.
+    #[arg(long)]
+    audp: bool,
+}
+
+impl ModeFlags {
+    /// The modes flagged, in the order above.
+    fn modes(&self) -> Vec<Mode> {
+        [
+            (self.tcp, Mode::Tcp),
+            (self.udp, Mode::Udp),
+            (self.stcp, Mode::Stcp),
+            (self.sudp, Mode::Sudp),
+            (self.atcp, Mode::Atcp),
+            (self.audp, Mode::Audp),
+        ]
+        .into_iter()
+        .filter_map(|(on, m)| on.then_some(m))
+        .collect()
+    }
 }
 
 /// The command line as clap knows it: what `--help` prints, and the source of the man pages
@@ -222,24 +246,8 @@ struct ReplayArgs {
     /// File with TCP_MODE / UDP_MODE, read when no mode flag is given.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODES_FILE)]
     modes_file: PathBuf,
-    /// Classic TCP (a connection completed to a TCP_PORTS port).
-    #[arg(long)]
-    tcp: bool,
-    /// Classic UDP (a datagram to a UDP_PORTS port).
-    #[arg(long)]
-    udp: bool,
-    /// Stealth TCP.
-    #[arg(long)]
-    stcp: bool,
-    /// Stealth UDP.
-    #[arg(long)]
-    sudp: bool,
-    /// Advanced TCP.
-    #[arg(long)]
-    atcp: bool,
-    /// Advanced UDP.
-    #[arg(long)]
-    audp: bool,
+    #[command(flatten)]
+    modes: ModeFlags,
     /// One JSON object per source, then a summary object (JSON lines).
     #[arg(long)]
     json: bool,
@@ -386,17 +394,7 @@ fn client_request(command: Command) -> Result<(ClientArgs, Request, bool), Vec<S
 
 /// `portsentry replay`: loads the configuration, replays the files, prints the report.
 fn replay_command(args: ReplayArgs) -> i32 {
-    let flagged: Vec<Mode> = [
-        (args.tcp, Mode::Tcp),
-        (args.udp, Mode::Udp),
-        (args.stcp, Mode::Stcp),
-        (args.sudp, Mode::Sudp),
-        (args.atcp, Mode::Atcp),
-        (args.audp, Mode::Audp),
-    ]
-    .into_iter()
-    .filter_map(|(on, m)| on.then_some(m))
-    .collect();
+    let flagged = args.modes.modes();
     let modes = if !flagged.is_empty() {
         flagged
     } else if args.modes_file.exists() {
@@ -490,17 +488,7 @@ fn client_command(command: Command) -> i32 {
 
 impl Args {
     fn flagged_modes(&self) -> Vec<Mode> {
-        [
-            (self.tcp, Mode::Tcp),
-            (self.udp, Mode::Udp),
-            (self.stcp, Mode::Stcp),
-            (self.sudp, Mode::Sudp),
-            (self.atcp, Mode::Atcp),
-            (self.audp, Mode::Audp),
-        ]
-        .into_iter()
-        .filter_map(|(on, m)| on.then_some(m))
-        .collect()
+        self.modes.modes()
     }
 }
 

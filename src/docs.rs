@@ -452,7 +452,10 @@ mod tests {
         let pages = man_pages();
         let main = page(&pages, "portsentry.8");
         let commands = client_commands();
-        assert_eq!(commands, ["status", "list", "unblock", "block", "reload"]);
+        assert_eq!(
+            commands,
+            ["status", "list", "unblock", "block", "reload", "replay"]
+        );
         for sub in &commands {
             assert!(
                 plain(main).contains(&format!("portsentry-{sub}(8)")),
@@ -460,9 +463,20 @@ mod tests {
             );
             let own = plain(page(&pages, &format!("portsentry-{sub}.8")));
             assert!(own.contains(&format!(".TH portsentry-{sub} 8 ")), "{own}");
-            assert!(own.contains("--socket"), "{sub}: {own}");
+            // Client commands name the daemon's socket; replay runs in this process.
+            let wanted = if sub == "replay" {
+                "--listening"
+            } else {
+                "--socket"
+            };
+            assert!(own.contains(wanted), "{sub}: {own}");
         }
         assert!(plain(page(&pages, "portsentry-block.8")).contains("--from-file"));
+        let replay = plain(page(&pages, "portsentry-replay.8"));
+        assert!(
+            replay.contains("--plugins") && replay.contains("--gateway"),
+            "{replay}"
+        );
         // clap's own `help` subcommand gets no page.
         assert_eq!(pages.len(), commands.len() + 2);
     }
@@ -554,7 +568,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("man");
         let written = write_all(&out, &man_pages()).unwrap();
-        assert_eq!(written.len(), 7);
+        assert_eq!(written.len(), 8);
         let text = std::fs::read_to_string(out.join("portsentry.conf.5")).unwrap();
         assert!(text.contains("IGNORE_FILE"));
     }
