@@ -67,22 +67,12 @@ pub struct Peek {
 
 /// Reads the addresses (and a listener's port) of an IP packet; `None` when too short.
 pub fn peek(ip: &[u8]) -> Option<Peek> {
-    let (src, dst, proto, l4) = match ip.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
-            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            let l4 = if frag == 0 { ip.get(ihl..) } else { None };
-            (IpAddr::from(a), IpAddr::from(b), *ip.get(9)?, l4)
-        }
-        6 => {
-            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (IpAddr::from(a), IpAddr::from(b), *ip.get(6)?, ip.get(40..))
-        }
-        _ => return None,
-    };
+    let super::link::IpHeader {
+        src,
+        dst,
+        proto,
+        l4,
+    } = super::link::ip_header(ip)?;
     let port = |l4: &[u8]| Some(u16::from_be_bytes([*l4.first()?, *l4.get(1)?]));
     let flags = l4.and_then(|l| l.get(13)).copied().unwrap_or(0);
     let answer = proto == 6 && (flags & 0x04 != 0 || flags & 0x12 == 0x12);

@@ -3,6 +3,8 @@
 //! and BSD loopback. A pure function from the frame's bytes to the IP packet inside and what
 //! the link says about its direction.
 
+use std::net::IpAddr;
+
 /// DLT_NULL: BSD loopback, a 4-byte address family in the capturing host's byte order.
 pub const NULL: u16 = 0;
 /// DLT_EN10MB.
@@ -160,6 +162,54 @@ fn cooked(frame: &[u8], header: usize, proto: u16, pkttype: u16) -> Result<Decod
         _ => Direction::Other,
     };
     ip_only(frame.get(header..).ok_or(NotIp::Other)?, direction)
+}
+
+/// The addresses, protocol and transport header of an IP packet, as far as the replay's own
+/// bookkeeping reads them (the sensor's classifier does the real parsing): IPv6 extension
+/// headers are not walked, and a later IPv4 fragment has no transport header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader<'a> {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IPv4 protocol or IPv6 next header.
+    pub proto: u8,
+    /// The transport header and what follows, when this packet carries it.
+    pub l4: Option<&'a [u8]>,
+}
+
+/// Reads an IP packet's [`IpHeader`]; `None` when too short or not IP.
+pub fn ip_header(ip: &[u8]) -> Option<IpHeader<'_>> {
+    match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            Some(IpHeader {
+                src: a.into(),
+                dst: b.into(),
+                proto: *ip.get(9)?,
+                l4: if frag == 0 && ihl >= 20 {
+                    ip.get(ihl..)
+                } else {
+                    None
+                },
+            })
+        }
+        6 => {
+            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            Some(IpHeader {
+                src: a.into(),
+                dst: b.into(),
+                proto: *ip.get(6)?,
+                l4: ip.get(40..),
+            })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

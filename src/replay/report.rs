@@ -345,7 +345,8 @@ fn secs(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-fn clock(t: SystemTime) -> String {
+/// A capture time as the table and the plugin traces print it.
+pub fn clock(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Local>::from(t)
         .format("%H:%M:%S%.3f")
         .to_string()

@@ -6,7 +6,10 @@
 
 use super::*;
 use crate::config::Config;
+use crate::config::ignore::IgnoreList;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay/lab-scans.pcap")
