@@ -36,6 +36,9 @@ use super::{Options, ReplayError};
 const PEERS_REFRESH: Duration = Duration::from_secs(1);
 /// Connections remembered per table at most (handshakes under way, sessions of the host).
 const MAX_CONNECTIONS: usize = 65_536;
+/// A SYN-ACK whose handshake did not complete within this long is forgotten when the table
+/// is full.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 /// A session not seen for this long is forgotten by the socket check.
 const SESSION_IDLE: Duration = Duration::from_secs(300);
 /// The block core's longest sleep between ticks, as in the manager.
@@ -340,8 +343,16 @@ impl Replay {
             {
                 crate::sync::lock(&self.sockets.0).sent(seg.src, seg.dst, now.mono);
             }
-            if seg.flags & 0x12 == 0x12 && self.accepting.len() < MAX_CONNECTIONS {
-                self.accepting.insert((seg.dst, seg.src), now.mono);
+            if seg.flags & 0x12 == 0x12 {
+                // Handshakes never completed (forged SYNs answered) are dropped by age.
+                if self.accepting.len() >= MAX_CONNECTIONS {
+                    let mono = now.mono;
+                    self.accepting
+                        .retain(|_, t| mono.saturating_duration_since(*t) < HANDSHAKE_WAIT);
+                }
+                if self.accepting.len() < MAX_CONNECTIONS {
+                    self.accepting.insert((seg.dst, seg.src), now.mono);
+                }
             }
         }
     }
@@ -404,6 +415,7 @@ impl Replay {
             return;
         }
         if self.protect_established
+            && self.peers.len() < MAX_CONNECTIONS
             && self.accepting.remove(&(seg.src, seg.dst)).is_some()
             && !self.classic.tcp.contains(&seg.dst.port())
         {
