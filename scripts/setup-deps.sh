@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_apt=()
 for pkg in build-essential pkg-config iproute2 nmap nftables iptables procps python3 tcpdump systemd tcpd \
-           netcat-openbsd ca-certificates curl kmod hping3 dpkg-dev logrotate bubblewrap; do
+           netcat-openbsd ca-certificates curl kmod hping3 dpkg-dev logrotate bubblewrap time; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

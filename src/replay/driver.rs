@@ -240,8 +240,6 @@ impl Replay {
             summary: Summary {
                 local: host.local.iter().map(ToString::to_string).collect(),
                 local_learned: host.guessed_local,
-                listening_tcp: host.listeners.tcp.iter().copied().collect(),
-                listening_udp: host.listeners.udp.iter().copied().collect(),
                 listening_learned: host.guessed_listeners,
                 ..Summary::default()
             },
@@ -288,7 +286,11 @@ impl Replay {
     }
 
     /// One packet of the capture.
-    pub(super) fn frame(&mut self, frame: &Frame, out: &mut dyn Write) -> Result<(), ReplayError> {
+    pub(super) fn frame(
+        &mut self,
+        frame: &Frame<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
         self.summary.packets += 1;
         let now = self.clock.at(frame.time);
         if self.summary.packets == 1 {
@@ -299,7 +301,7 @@ impl Replay {
                 .as_secs_f64();
         }
         self.tick_until(now, out)?;
-        let d = match link::decode(frame.link, &frame.data) {
+        let d = match link::decode(frame.link, frame.data) {
             Ok(d) => d,
             Err(link::NotIp::UnknownLink(_)) => {
                 self.summary.unknown_link += 1;
@@ -320,7 +322,12 @@ impl Replay {
 
     /// What the host sent: flows for the sensor, sessions for the socket check and the
     /// protect filter.
-    fn outgoing(&mut self, ip: &[u8], frame: &Frame, now: Now) {
+    fn outgoing(&mut self, ip: &[u8], frame: &Frame<'_>, now: Now) {
+        if self.host.guessed_listeners
+            && let Some((tcp, port)) = super::host::peek(ip).and_then(|p| p.listener)
+        {
+            self.listener_seen(tcp, port, now);
+        }
         let pkt = Packet {
             data: ip,
             time: frame.time,
@@ -357,10 +364,30 @@ impl Replay {
         }
     }
 
+    /// A port answered a SYN with a SYN-ACK, or sent UDP, that the first look had not met:
+    /// it has a listener from now on, for the sensor and the socket check alike.
+    fn listener_seen(&mut self, tcp: bool, port: u16, now: Now) {
+        let listeners = &mut self.host.listeners;
+        let new = if tcp {
+            listeners.tcp.insert(port)
+        } else {
+            listeners.udp.insert(port)
+        };
+        if !new {
+            return;
+        }
+        if !tcp {
+            crate::sync::lock(&self.sockets.0).udp.insert(port);
+        }
+        if let Some(watch) = &mut self.watch {
+            watch.set_listeners(self.host.listeners.clone(), now.mono);
+        }
+    }
+
     fn incoming(
         &mut self,
         ip: &[u8],
-        frame: &Frame,
+        frame: &Frame<'_>,
         now: Now,
         out: &mut dyn Write,
     ) -> Result<(), ReplayError> {
@@ -394,7 +421,7 @@ impl Replay {
                         ip_options: probe.ip_options,
                         time: frame.time,
                     };
-                    self.sources.probe(&hit, Verdict::AnswerToOwnTraffic);
+                    self.sources.probe(&hit, Verdict::AnswerToOwnTraffic, false);
                 }
             } else if !hits.is_empty() {
                 self.summary.probes += 1;
@@ -502,7 +529,7 @@ impl Replay {
                 DropReason::Protected => Verdict::Protected,
                 DropReason::BelowTrigger => Verdict::BelowTrigger,
             };
-            self.sources.probe(&candidate.hit, verdict);
+            self.sources.probe(&candidate.hit, verdict, false);
             return Ok(());
         }
         let decision = announce::decide(&candidate, &self.config);
@@ -511,8 +538,9 @@ impl Replay {
             Decision::NotActionable | Decision::LogOnly => Verdict::AlertOnly,
         };
         // Blocks come from the core's notes; until then the probe counts as an alert.
+        let acted = verdict == Verdict::WouldBlock;
         self.sources
-            .probe(&candidate.hit, verdict.max(Verdict::AlertOnly));
+            .probe(&candidate.hit, verdict.max(Verdict::AlertOnly), acted);
         let (src, at) = (candidate.hit.src, candidate.hit.time);
         let resolved = src.to_string();
         if candidate.actionable
@@ -656,7 +684,9 @@ impl Replay {
             .iter()
             .filter(|x| x.verdict() == Verdict::HeldBack)
             .count() as u64;
-        s.untracked_sources = self.sources.untracked;
+        s.unlisted_probes = self.sources.untracked;
+        s.listening_tcp = self.host.listeners.tcp.iter().copied().collect();
+        s.listening_udp = self.host.listeners.udp.iter().copied().collect();
         s.capture_seconds = self
             .clock
             .last

@@ -10,6 +10,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
+/// The first pass looks up about ten keys (MACs, addresses, senders) a packet: std's SipHash
+/// made it a quarter of a bulk replay. foldhash is seeded per process, so a capture's
+/// addresses cannot be chosen to collide; the maps are bounded anyway.
+type Fast = foldhash::fast::RandomState;
+
 use super::link::{Decoded, Direction};
 use crate::sensor::listeners::Listeners;
 
@@ -19,6 +24,10 @@ const MAX_MACS: usize = 4096;
 const MAX_ADDRS: usize = 65_536;
 /// Addresses remembered per sender at most: a host has a handful, a router forwards many.
 const MAX_ADDRS_PER_SENDER: usize = 64;
+/// IP packets the first look reads: enough to tell the host from its gateway or peer and to
+/// meet the listeners in use; the replay then reads the capture once (a listener that first
+/// answers later is learned when it does).
+pub const SAMPLE: u64 = 250_000;
 /// Without a link-layer clue, an address in at least this share of the IP packets is the
 /// host's (the host is in every packet of its own capture).
 const LOCAL_SHARE: f64 = 0.2;
@@ -37,7 +46,7 @@ enum Sender {
 /// What a sender did that tells about the host behind it.
 #[derive(Debug, Default)]
 struct Seen {
-    addrs: HashSet<IpAddr>,
+    addrs: HashSet<IpAddr, Fast>,
     tcp: BTreeSet<u16>,
     udp: BTreeSet<u16>,
     /// SYN-ACKs and RSTs sent: a scanned or serving host answers, a scanner asks.
@@ -101,11 +110,11 @@ fn is_unicast(ip: IpAddr) -> bool {
 /// The first pass: feed it every frame, then [`Learner::finish`].
 #[derive(Debug, Default)]
 pub struct Learner {
-    macs: HashMap<(u32, [u8; 6]), u64>,
-    addrs: HashMap<IpAddr, u64>,
+    macs: HashMap<(u32, [u8; 6]), u64, Fast>,
+    addrs: HashMap<IpAddr, u64, Fast>,
     ip_packets: u64,
-    senders: HashMap<Sender, Seen>,
-    receivers: HashMap<Sender, Seen>,
+    senders: HashMap<Sender, Seen, Fast>,
+    receivers: HashMap<Sender, Seen, Fast>,
     /// Interfaces whose link is Ethernet.
     ethernet: BTreeSet<u32>,
     cooked: bool,
@@ -151,12 +160,16 @@ impl Learner {
             (Direction::Unknown, None) => (Some(Sender::Ip(p.src)), None),
         };
         if let Some(from) = from {
-            let known = self.senders.contains_key(&from);
-            // Raw IP: only senders of SYN-ACKs or UDP are kept (their ports), so that a
-            // flood of forged sources costs nothing here.
+            // Raw IP: only senders of SYN-ACKs, RSTs or UDP are kept (their ports), so that a
+            // flood of forged sources costs nothing here. A known sender is looked up once.
             let telling = p.listener.is_some() || p.answer || !matches!(from, Sender::Ip(_));
-            if known || self.senders.len() < MAX_ADDRS && telling {
-                let seen = self.senders.entry(from).or_default();
+            let n = self.senders.len();
+            let seen = match self.senders.get_mut(&from) {
+                Some(seen) => Some(seen),
+                None if n < MAX_ADDRS && telling => Some(self.senders.entry(from).or_default()),
+                None => None,
+            };
+            if let Some(seen) = seen {
                 seen.add_addr(p.src);
                 seen.answers += u64::from(p.answer);
                 match p.listener {
@@ -170,11 +183,19 @@ impl Learner {
                 }
             }
         }
-        if let Some(to) = to
-            && (self.receivers.contains_key(&to) || self.receivers.len() < MAX_MACS)
-        {
-            self.receivers.entry(to).or_default().add_addr(p.dst);
+        if let Some(to) = to {
+            let n = self.receivers.len();
+            if let Some(seen) = self.receivers.get_mut(&to) {
+                seen.add_addr(p.dst);
+            } else if n < MAX_MACS {
+                self.receivers.entry(to).or_default().add_addr(p.dst);
+            }
         }
+    }
+
+    /// True once [`SAMPLE`] IP packets were seen.
+    pub fn sampled(&self) -> bool {
+        self.ip_packets >= SAMPLE
     }
 
     /// What the pass learned, with the command line's `local` and `listening` in place of
@@ -197,7 +218,7 @@ impl Learner {
                 seen.map_or(0, |s| s.answers),
             )
         };
-        let mut host_macs = HashMap::new();
+        let mut host_macs = HashMap::default();
         for iface in &self.ethernet {
             if let Some(((_, mac), _)) = self
                 .macs
@@ -278,7 +299,7 @@ pub struct HostView {
     /// Its addresses.
     pub local: BTreeSet<IpAddr>,
     /// Its MAC address on each Ethernet interface of the capture.
-    pub host_macs: HashMap<u32, [u8; 6]>,
+    pub host_macs: HashMap<u32, [u8; 6], Fast>,
     /// The ports that had a listener.
     pub listeners: Listeners,
     /// The addresses were read off the traffic (no `--local`).

@@ -30,7 +30,7 @@ use crate::generation::Generation;
 use crate::sensor::listeners::Listeners;
 
 use self::driver::Replay;
-use self::file::{FileError, Frame, Merged};
+use self::file::{FileError, Mapped, Merged};
 use self::host::{HostView, Learner};
 use self::report::Summary;
 use crate::respond::lua::DryRunPlugins;
@@ -82,7 +82,8 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
-    let host = learn(options)?;
+    let maps = Mapped::open_all(&options.files)?;
+    let host = learn(&maps, options)?;
     let plugins = if options.plugins {
         let p = DryRunPlugins::load(&generation.config)
             .map_err(|e| ReplayError::Plugins(e.to_string()))?;
@@ -100,15 +101,14 @@ pub fn run(
         None
     };
     let mut replay = Replay::new(options, generation, host, plugins);
-    let mut files = Merged::open(&options.files)?;
-    let mut frame = Frame::default();
-    while files.next_frame(&mut frame)? {
+    let mut files = Merged::open(&maps)?;
+    while let Some(frame) = files.next_frame()? {
         replay.frame(&frame, out)?;
     }
     replay.finish(out)?;
     let mut summary = replay.summary();
     summary.files = options.files.len();
-    summary.bytes = files.bytes();
+    summary.bytes = maps.iter().map(|m| m.bytes().len() as u64).sum();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.packets_per_second = summary.packets as f64 / summary.seconds.max(1e-9);
     if options.json {
@@ -119,13 +119,15 @@ pub fn run(
     Ok(summary)
 }
 
-/// The first pass: who the host was.
-fn learn(options: &Options) -> Result<HostView, ReplayError> {
+/// The first look: who the host was, from the capture's first [`host::SAMPLE`] IP packets
+/// (listeners that first answer later are learned as the replay meets them).
+fn learn(maps: &[Mapped], options: &Options) -> Result<HostView, ReplayError> {
     let mut learner = Learner::default();
-    let mut files = Merged::open(&options.files)?;
-    let mut frame = Frame::default();
-    while files.next_frame(&mut frame)? {
-        if let Ok(d) = link::decode(frame.link, &frame.data) {
+    let mut files = Merged::open(maps)?;
+    while !learner.sampled()
+        && let Some(frame) = files.next_frame()?
+    {
+        if let Ok(d) = link::decode(frame.link, frame.data) {
             learner.see(frame.iface, &d);
         }
     }

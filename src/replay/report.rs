@@ -161,10 +161,10 @@ fn kind_name(kind: &ProbeKind) -> &'static str {
 /// The per-source accounts of a replay.
 #[derive(Debug, Default)]
 pub struct Sources {
-    by_ip: HashMap<IpAddr, Source>,
+    by_ip: HashMap<IpAddr, Source, foldhash::fast::RandomState>,
     /// Network blocks made (escalated prefixes), for the sources that arrive inside them.
     nets: Vec<Blocked>,
-    /// Sources not tracked one by one (the table was full), counted.
+    /// Probes of sources not listed one by one (the table was full), counted.
     pub untracked: u64,
 }
 
@@ -187,12 +187,18 @@ impl Sources {
         Some(s)
     }
 
-    /// A probe a sensor counted, and what the filters (or the flow table) made of it.
-    pub fn probe(&mut self, hit: &Hit, outcome: Verdict) {
-        let must = outcome <= Verdict::AlertOnly;
-        let Some(s) = self.account(hit.src, hit.time, must) else {
+    /// A probe a sensor counted, and what the filters (or the flow table) made of it;
+    /// `acted` when the daemon acts on it (a block asked for, or in force already): such a
+    /// source is listed even past [`MAX_SOURCES`].
+    pub fn probe(&mut self, hit: &Hit, outcome: Verdict, acted: bool) {
+        let Some(s) = self.account(hit.src, hit.time, acted) else {
             return;
         };
+        Self::count(s, hit, outcome);
+    }
+
+    /// Adds one probe to a source's account.
+    fn count(s: &mut Source, hit: &Hit, outcome: Verdict) {
         s.probes += 1;
         s.proven |= hit.kind.is_proven();
         s.kinds.insert(kind_name(&hit.kind));
@@ -212,7 +218,7 @@ impl Sources {
 
     /// An actionable alert of `src` that was not acted on, and why.
     pub fn not_acted(&mut self, src: IpAddr, at: SystemTime, why: &'static str) {
-        if let Some(s) = self.account(src, at, true) {
+        if let Some(s) = self.account(src, at, false) {
             s.not_acted = Some(why);
         }
     }
@@ -317,8 +323,8 @@ pub struct Summary {
     pub held_back: u64,
     /// Blocks the daemon would have made (an escalated prefix is one).
     pub blocks: u64,
-    /// Sources only counted, past [`MAX_SOURCES`].
-    pub untracked_sources: u64,
+    /// Probes of sources only counted, past [`MAX_SOURCES`].
+    pub unlisted_probes: u64,
     /// The capture's first packet (seconds since the epoch).
     pub capture_start: f64,
     /// Its span in seconds.
@@ -568,11 +574,11 @@ pub fn write_table(
         ports(&summary.listening_tcp),
         ports(&summary.listening_udp)
     )?;
-    if summary.untracked_sources > 0 {
+    if summary.unlisted_probes > 0 {
         writeln!(
             out,
             "{} probe(s) of sources past the first {MAX_SOURCES} were counted but not listed",
-            summary.untracked_sources
+            summary.unlisted_probes
         )?;
     }
     writeln!(

@@ -68,14 +68,37 @@ fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-fn read_all(path: &Path) -> Result<Vec<Frame>, FileError> {
-    let mut f = CaptureFile::open(path, 0)?;
+/// A frame's fields, owned.
+#[derive(Debug, Clone, PartialEq)]
+struct Owned {
+    time: SystemTime,
+    link: u16,
+    data: Vec<u8>,
+    number: u64,
+    truncated: bool,
+}
+
+fn read_all(path: &Path) -> Result<Vec<Owned>, FileError> {
+    let map = Mapped::open(path)?;
+    let mut f = CaptureFile::open(&map, 0)?;
     let mut out = Vec::new();
-    let mut frame = Frame::default();
-    while f.next_frame(&mut frame)? {
-        out.push(frame.clone());
+    while let Some(frame) = f.next_frame()? {
+        out.push(Owned {
+            time: frame.time,
+            link: frame.link,
+            data: frame.data.to_vec(),
+            number: frame.number,
+            truncated: frame.truncated(),
+        });
     }
     Ok(out)
+}
+
+fn open_error(path: &Path) -> FileError {
+    match Mapped::open(path) {
+        Err(e) => e,
+        Ok(map) => CaptureFile::open(&map, 0).unwrap_err(),
+    }
 }
 
 fn at(secs: u64, nanos: u32) -> SystemTime {
@@ -116,7 +139,7 @@ fn pcapng_with_its_interface_time_resolution() {
     assert_eq!(frames.len(), 1);
     assert_eq!((frames[0].time, frames[0].link), (at(5, 3), 113));
     assert_eq!(frames[0].data, b"sll");
-    assert!(frames[0].truncated(), "wire length 13, 3 captured");
+    assert!(frames[0].truncated, "wire length 13, 3 captured");
     let p = write(&dir, "us.pcapng", &pcapng(1, 6, &[(7_500_000, b"eth0")]));
     assert_eq!(read_all(&p).unwrap()[0].time, at(7, 500_000_000));
 }
@@ -129,18 +152,13 @@ fn bad_files_are_named_with_the_packet_number() {
         "notes.txt",
         b"this is not a capture at all, just text\n",
     );
-    let e = CaptureFile::open(&garbage, 0).unwrap_err();
+    let e = open_error(&garbage);
     assert!(
         e.to_string().contains("notes.txt") && e.to_string().contains("not a capture file"),
         "{e}"
     );
     let empty = write(&dir, "empty.pcap", b"");
-    assert!(
-        CaptureFile::open(&empty, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("empty")
-    );
+    assert!(open_error(&empty).to_string().contains("empty"));
     // The second record's header promises more than the file holds.
     let mut cut = legacy(1, false, &[(1, 0, b"first"), (2, 0, b"second packet")]);
     cut.truncate(cut.len() - 4);
@@ -148,8 +166,11 @@ fn bad_files_are_named_with_the_packet_number() {
     let e = read_all(&cut).unwrap_err();
     assert_eq!(e.packet, 2, "{e}");
     assert!(e.to_string().contains("cut.pcap: packet 2"), "{e}");
-    let dirpath = dir.path().to_path_buf();
-    assert!(CaptureFile::open(&dirpath, 0).is_err());
+    assert!(
+        open_error(dir.path())
+            .to_string()
+            .contains("not a regular file")
+    );
 }
 
 #[test]
@@ -165,11 +186,11 @@ fn several_files_are_merged_in_time_order() {
         "b.pcap",
         &legacy(1, false, &[(2, 0, b"b2"), (4, 0, b"b4")]),
     );
-    let mut m = Merged::open(&[a, b]).unwrap();
-    let mut frame = Frame::default();
+    let maps = Mapped::open_all(&[a, b]).unwrap();
+    let mut m = Merged::open(&maps).unwrap();
     let mut order = Vec::new();
-    while m.next_frame(&mut frame).unwrap() {
-        order.push((String::from_utf8(frame.data.clone()).unwrap(), frame.file));
+    while let Some(frame) = m.next_frame().unwrap() {
+        order.push((String::from_utf8(frame.data.to_vec()).unwrap(), frame.file));
     }
     let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["a1", "b2", "a3", "b4"]);
