@@ -97,28 +97,18 @@ impl Stored {
         let actions = if chain.verbatim {
             chain.actions.to_vec()
         } else {
-            chain
-                .actions
-                .iter()
-                .map(|a| map_texts(a, |t| fill(t, &text, &mut numbers)))
-                .collect()
+            map_all(&chain.actions, |t| fill(t, &text, &mut numbers))
         };
-        let shared = &*self.shared;
         BlockRecord {
             target,
             since: self.since(),
             until: self.until(),
             offences: self.offences,
             origin: self.origin,
-            trigger: shared.trigger.as_ref().map(|(proto, mode, kind)| Trigger {
-                port: self.port,
-                proto: *proto,
-                mode: *mode,
-                kind: kind.to_string(),
-            }),
-            reason: shared.reason.to_string(),
+            trigger: self.trigger(),
+            reason: self.shared.reason.to_string(),
             actions,
-            members: shared.members.to_vec(),
+            members: self.shared.members.to_vec(),
         }
     }
 
@@ -200,11 +190,7 @@ impl Interner {
         let actions: Box<[Action]> = if verbatim {
             record.actions.into()
         } else {
-            record
-                .actions
-                .iter()
-                .map(|a| map_texts(a, |t| template(t, &text, &mut numbers)))
-                .collect()
+            map_all(&record.actions, |t| template(t, &text, &mut numbers))
         };
         let chain = intern(&mut self.chains, Chain { actions, verbatim });
         let (port, trigger) = match record.trigger {
@@ -275,6 +261,11 @@ fn texts(action: &Action) -> [&str; 3] {
         | Undo::Nftables { table: t } => t,
     };
     [&action.responder, &action.detail, undo]
+}
+
+/// `actions` with `f` applied to each of their texts, in order.
+fn map_all<C: FromIterator<Action>>(actions: &[Action], mut f: impl FnMut(&str) -> String) -> C {
+    actions.iter().map(|a| map_texts(a, &mut f)).collect()
 }
 
 /// `action` with `f` applied to each of its texts, in a fixed order (file paths are left
