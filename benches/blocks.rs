@@ -24,7 +24,10 @@
 //!    conf/default-portsentry: `-atcp -audp`), its files moved into the lab: the daemon's
 //!    VmRSS 5 s after it listens, what smaps_rollup says of it (anonymous memory, file
 //!    pages), its threads and its child processes (Lua plugins run in children, which do
-//!    not count in its RSS). `PORTSENTRY_BENCH_IDLE_ONLY=1` runs only this.
+//!    not count in its RSS). Then the same daemon's peak and settled RSS after 100,000 SYNs
+//!    from forged sources (examples/synflood.rs: 10.78.0.0/16, about 65,000 distinct, at
+//!    20,000 a second; build it first with `cargo build --release --example synflood`).
+//!    `PORTSENTRY_BENCH_IDLE_ONLY=1` runs only this.
 //! 4. Blocks per second through the whole daemon (control socket, block manager, responder
 //!    pool, journal): `portsentry block --from-file` of N hosts, `KILL_NFTABLES` alone vs
 //!    `KILL_ROUTE` alone.
@@ -630,8 +633,9 @@ fn children(pid: u32) -> usize {
 }
 
 /// Idle RSS with the shipped config and modes, once: [VmRSS, anonymous, file-backed
-/// (MiB), threads, child processes].
-fn idle_shipped_once() -> [f64; 5] {
+/// (MiB), threads, child processes], then after a flood of forged sources: [peak RSS,
+/// RSS 5 s after the flood (MiB)].
+fn idle_shipped_once() -> [f64; 7] {
     let lab = Lab::new();
     let conf = shipped_config(&lab);
     let d = Daemon::spawn(&lab, &["-c", &conf, "-atcp", "-audp", "--quiet"]);
@@ -642,18 +646,35 @@ fn idle_shipped_once() -> [f64; 5] {
     dump_smaps(pid, "idle");
     let anon = rollup_mib(pid, "Anonymous");
     let threads = status_mib(pid, "Threads") * 1024.0;
-    [rss, anon, rss - anon, threads, children(pid) as f64]
+    let flood = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/release/examples/synflood"
+    );
+    let sent = lab.attack(&[flood, "100000", "20000", &lab.def4]);
+    assert!(sent.status.success(), "synflood: {sent:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    dump_smaps(pid, "forged");
+    [
+        rss,
+        anon,
+        rss - anon,
+        threads,
+        children(pid) as f64,
+        peak_rss_mib(pid),
+        rss_mib(pid),
+    ]
 }
 
 /// [`idle_shipped_once`], `runs` times: the medians.
 fn idle_shipped(runs: usize, out: &mut String) {
-    let all: Vec<[f64; 5]> = (0..runs).map(|_| idle_shipped_once()).collect();
-    let [rss, anon, file, threads, kids] = medians(&all);
+    let all: Vec<[f64; 7]> = (0..runs).map(|_| idle_shipped_once()).collect();
+    let [rss, anon, file, threads, kids, peak, after] = medians(&all);
     let each: Vec<String> = all.iter().map(|r| format!("{:.1}", r[0])).collect();
     let line = format!(
         "idle, shipped config -atcp -audp (median of {runs}): RSS {rss:.1} MiB (runs: {}), \
          of which anonymous {anon:.1} MiB and file-backed {file:.1} MiB; {threads:.0} \
-         threads, {kids:.0} child processes",
+         threads, {kids:.0} child processes; 100,000 SYNs from forged sources: peak RSS \
+         {peak:.1} MiB, {after:.1} MiB 5 s after",
         each.join(" / ")
     );
     println!("{line}");

@@ -3,10 +3,10 @@
 //! free pages handed back after a burst such as the restore of 100,000 blocks.
 //!
 //! By default glibc raises its mmap and trim thresholds each time a large block is freed
-//! (up to 32 MiB and 64 MiB): after the restore's queues of jobs were freed, a responder
-//! thread's heap kept some 30 MiB of free memory at its top, which `malloc_trim` does not
-//! touch in a thread's heap. Fixed thresholds (glibc's own defaults, 128 KiB) keep large
-//! blocks in their own mappings, given back when freed, and heaps trimmed as they shrink.
+//! (up to 32 MiB and 64 MiB): after a restore of 100,000 blocks, a thread's heap (not the
+//! main one) stayed some 30 MiB larger, `malloc_trim` or not. Fixed thresholds (glibc's own
+//! starting values, 128 KiB) keep large blocks in their own mappings, given back when
+//! freed, and let heaps be trimmed as they shrink.
 //! Other C libraries: nothing to do, both functions are empty.
 
 /// Large blocks get their own mapping and a heap's free top goes back to the system past
