@@ -18,7 +18,16 @@
 //!    N (watched from inside the lab every 5 ms, less often for large N), CPU per block,
 //!    peak RSS, and the RSS per block beyond an idle daemon.
 //!    `PORTSENTRY_BENCH_100K=1` adds N = 100,000 (`PORTSENTRY_BENCH_100K_ONLY=1`: only that).
-//!    `PORTSENTRY_BENCH_SHIPPED_ONLY=1` runs only this (`PORTSENTRY_BENCH_RUNS`: runs each).
+//!    `PORTSENTRY_BENCH_SHIPPED_ONLY=1` runs only this (`PORTSENTRY_BENCH_RUNS`: runs each,
+//!    100,000 included).
+//! 6. Idle RSS with the shipped config (conf/portsentry.conf, the modes of
+//!    conf/default-portsentry: `-atcp -audp`), its files moved into the lab: the daemon's
+//!    VmRSS 5 s after it listens, what smaps_rollup says of it (anonymous memory, file
+//!    pages), its threads and its child processes (Lua plugins run in children, which do
+//!    not count in its RSS). Then the same daemon's peak and settled RSS after 100,000 SYNs
+//!    from forged sources (examples/synflood.rs: 10.78.0.0/16, about 65,000 distinct, at
+//!    20,000 a second; build it first with `cargo build --release --example synflood`).
+//!    `PORTSENTRY_BENCH_IDLE_ONLY=1` runs only this.
 //! 4. Blocks per second through the whole daemon (control socket, block manager, responder
 //!    pool, journal): `portsentry block --from-file` of N hosts, `KILL_NFTABLES` alone vs
 //!    `KILL_ROUTE` alone.
@@ -343,6 +352,18 @@ fn count_routes() -> usize {
     count
 }
 
+/// With `PORTSENTRY_BENCH_SMAPS=DIR`: the daemon's `/proc/PID/smaps` saved as
+/// `DIR/smaps-<label>.txt`, to see which mappings hold its memory.
+fn dump_smaps(pid: u32, label: &str) {
+    if let Some(dir) = std::env::var_os("PORTSENTRY_BENCH_SMAPS") {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("smaps-{label}.txt")),
+            smaps,
+        );
+    }
+}
+
 /// Restore of `n` journaled blocks (1 h left each) through `keys`, once: ms from the
 /// daemon's "listening" line to [all routes in the kernel, all hosts.deny lines in the
 /// file, all hosts in the nftables sets, all three] (looked at every 5 ms, every N/1000 ms
@@ -411,6 +432,7 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
     // Settled: the journal replay's buffers are freed, the records remain.
     std::thread::sleep(Duration::from_secs(2));
     let rss = rss_mib(d.daemon_pid());
+    dump_smaps(d.daemon_pid(), &format!("{n}-{}", keys.len()));
     drop(d);
     drop(lab);
     let idle = idle_rss_mib(keys);
@@ -504,19 +526,24 @@ fn main() {
         return;
     }
     let mut out = String::new();
+    let runs_asked = std::env::var("PORTSENTRY_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok());
+    // PORTSENTRY_BENCH_IDLE_ONLY=1: idle RSS with the shipped config only.
+    if std::env::var_os("PORTSENTRY_BENCH_IDLE_ONLY").is_some() {
+        idle_shipped(runs_asked.unwrap_or(3), &mut out);
+        return;
+    }
     // PORTSENTRY_BENCH_SHIPPED_ONLY=1: the restore with the shipped responders only.
     if std::env::var_os("PORTSENTRY_BENCH_SHIPPED_ONLY").is_some() {
-        let runs = std::env::var("PORTSENTRY_BENCH_RUNS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(5);
+        let runs = runs_asked.unwrap_or(5);
         if std::env::var_os("PORTSENTRY_BENCH_100K_ONLY").is_none() {
             restore_shipped(20_000, runs, &mut out);
         }
         if std::env::var_os("PORTSENTRY_BENCH_100K").is_some()
             || std::env::var_os("PORTSENTRY_BENCH_100K_ONLY").is_some()
         {
-            restore_shipped(100_000, 1, &mut out);
+            restore_shipped(100_000, runs, &mut out);
         }
         return;
     }
@@ -554,7 +581,104 @@ fn main() {
     drop(d);
     drop(lab);
     restore_shipped(20_000, 5, &mut out);
+    idle_shipped(3, &mut out);
     nftables_parts(&mut out);
+}
+
+/// The shipped conf/portsentry.conf with its files in the lab (the keys the lab sets are
+/// left to it; plugins and the Lua library from this checkout, as scripts/run-default.sh
+/// installs them).
+fn shipped_config(lab: &Lab) -> String {
+    const LAB_KEYS: [&str; 8] = [
+        "IGNORE_FILE",
+        "HISTORY_FILE",
+        "BLOCKED_FILE",
+        "HOSTS_DENY_FILE",
+        "BLOCK_STATE_FILE",
+        "CONTROL_SOCKET",
+        "PLUGIN_DIR",
+        "LUA_PATH_DIR",
+    ];
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/conf/portsentry.conf"))
+        .expect("conf/portsentry.conf");
+    let kept: String = shipped
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !LAB_KEYS.contains(&key) && !["RESOLVE_HOST", "SCAN_TRIGGER"].contains(&key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    lab.write_config(&format!(
+        "{kept}PLUGIN_DIR=\"{root}/plugins\"\nLUA_PATH_DIR=\"{root}/lua\"\n"
+    ))
+    .display()
+    .to_string()
+}
+
+/// A `key: N kB` figure of `/proc/PID/smaps_rollup`, in MiB.
+fn rollup_mib(pid: u32, key: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Child processes of `pid` (Lua plugins, commands running).
+fn children(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map_or(0, |c| c.split_whitespace().count())
+}
+
+/// Idle RSS with the shipped config and modes, once: [VmRSS, anonymous, file-backed
+/// (MiB), threads, child processes], then after a flood of forged sources: [peak RSS,
+/// RSS 5 s after the flood (MiB)].
+fn idle_shipped_once() -> [f64; 7] {
+    let lab = Lab::new();
+    let conf = shipped_config(&lab);
+    let d = Daemon::spawn(&lab, &["-c", &conf, "-atcp", "-audp", "--quiet"]);
+    wait_syslog(&d, "is now active and listening", 60);
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = d.daemon_pid();
+    let rss = rss_mib(pid);
+    dump_smaps(pid, "idle");
+    let anon = rollup_mib(pid, "Anonymous");
+    let threads = status_mib(pid, "Threads") * 1024.0;
+    let flood = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/release/examples/synflood"
+    );
+    let sent = lab.attack(&[flood, "100000", "20000", &lab.def4]);
+    assert!(sent.status.success(), "synflood: {sent:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    dump_smaps(pid, "forged");
+    [
+        rss,
+        anon,
+        rss - anon,
+        threads,
+        children(pid) as f64,
+        peak_rss_mib(pid),
+        rss_mib(pid),
+    ]
+}
+
+/// [`idle_shipped_once`], `runs` times: the medians.
+fn idle_shipped(runs: usize, out: &mut String) {
+    let all: Vec<[f64; 7]> = (0..runs).map(|_| idle_shipped_once()).collect();
+    let [rss, anon, file, threads, kids, peak, after] = medians(&all);
+    let each: Vec<String> = all.iter().map(|r| format!("{:.1}", r[0])).collect();
+    let line = format!(
+        "idle, shipped config -atcp -audp (median of {runs}): RSS {rss:.1} MiB (runs: {}), \
+         of which anonymous {anon:.1} MiB and file-backed {file:.1} MiB; {threads:.0} \
+         threads, {kids:.0} child processes; 100,000 SYNs from forged sources: peak RSS \
+         {peak:.1} MiB, {after:.1} MiB 5 s after",
+        each.join(" / ")
+    );
+    println!("{line}");
+    let _ = writeln!(out, "{line}");
 }
 
 /// Parts 3 and 4, then the results file.

@@ -138,6 +138,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     if options.modes.is_empty() {
         bail!("no mode to run");
     }
+    crate::memory::tune();
     log::info!(
         "{}",
         log_lines::starting(env!("CARGO_PKG_VERSION"), &options.modes)

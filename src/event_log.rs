@@ -274,13 +274,18 @@ pub struct EventSink {
     inner: Option<SinkInner>,
 }
 
+/// Events travel boxed: a bounded queue sets aside a slot for each event it may hold, and
+/// [`EVENT_QUEUE`] slots of a whole event, two queues of them, were 3.4 MiB of the daemon's
+/// memory from its start, `EVENT_LOG` or not; boxed, a slot is a pointer.
+type Queued = Box<Event>;
+
 #[derive(Debug, Clone)]
 struct SinkInner {
     /// Alert events: many in a flood, rate limited by the writer.
-    alerts: Sender<Event>,
+    alerts: Sender<Queued>,
     /// Every other event: a queue of their own, so that a flood of alerts never crowds out
     /// a block.
-    others: Sender<Event>,
+    others: Sender<Queued>,
     on: Arc<AtomicBool>,
     counters: Arc<EventCounters>,
 }
@@ -307,7 +312,7 @@ impl EventSink {
             EventKind::Alert(_) => &inner.alerts,
             _ => &inner.others,
         };
-        match queue.try_send(event) {
+        match queue.try_send(Box::new(event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 inner.counters.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -467,8 +472,8 @@ impl Writer {
     /// Control first, then blocks, unblocks and reloads, then alerts; one flush a batch.
     fn run(
         &mut self,
-        others: &Receiver<Event>,
-        alerts: &Receiver<Event>,
+        others: &Receiver<Queued>,
+        alerts: &Receiver<Queued>,
         control: &Receiver<Control>,
     ) {
         loop {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::block::journal::{Journal, import_legacy, write_blocked_file};
+use crate::block::journal::{BlockedLine, Journal, import_legacy, write_blocked_file};
 use crate::config::ignore::IgnoreList;
 use crate::config::{ConfigError, build, parse};
 use crate::control::commands::render;
@@ -265,7 +265,8 @@ pub fn fuzz_blocked_file(bytes: &[u8]) {
 pub fn assert_blocked_file_round_trip(records: &[BlockRecord]) {
     let scratch = Scratch::new();
     let path = scratch.dir.join("portsentry.blocked");
-    write_blocked_file(&path, records.iter()).unwrap_or_else(|e| panic!("write: {e}"));
+    write_blocked_file(&path, records.iter().map(BlockedLine::from))
+        .unwrap_or_else(|e| panic!("write: {e}"));
     let (back, warnings) = import_legacy(&path);
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(back.len(), records.len());

@@ -26,6 +26,7 @@ pub mod history;
 pub mod local_addrs;
 pub mod log_lines;
 pub mod logging;
+pub mod memory;
 pub mod netlink;
 pub mod pipeline;
 pub mod protected;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Mode, Proto};
 
 /// What a responder did, kept in the block record so that expiry or `unblock` can undo it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Action {
     /// Responder name (`hosts_deny`, `route`, `run_cmd`, `lua:nftables`, …).
     pub responder: String,
@@ -29,7 +29,7 @@ pub struct Action {
 }
 
 /// How an [`Action`] is undone; stored in the journal with the action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
     /// It cannot be undone (no `UNKILL_RUN_CMD`, a notification…); the text says why.

@@ -21,12 +21,14 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::journal::{Entry, Offence, UnblockReason};
+use super::journal::{BlockedLine, Entry, Offence, UnblockReason};
 use super::policy::{DurationPolicy, Past};
+use super::stored::{Interner, Stored};
 use super::{BlockRecord, Origin, Target, Trigger, host_target, target_text};
 use crate::config::ignore::IgnoreList;
 use crate::config::{BlockLevel, Config};
@@ -246,6 +248,9 @@ pub struct Output {
     pub preload: Vec<(IpAddr, Option<Duration>)>,
     /// `BLOCKED_FILE` should be rewritten.
     pub blocked_file_dirty: bool,
+    /// The last restored block is back: what restoring held (the journal's records, the
+    /// jobs) is freed, and the shell may hand that memory back to the system.
+    pub restored: bool,
 }
 
 /// How a block came to be applied, kept while its responders run.
@@ -265,23 +270,28 @@ struct Applying {
     members: Vec<IpAddr>,
 }
 
-/// Everything the core knows about one target.
+/// Everything the core knows about one target. Kept small: there is one per block in
+/// force, 100,000 of them on a busy host; the rarer states are boxed.
 enum Host {
     /// Responders running for a new block.
     Applying(Box<Applying>),
-    /// Blocked (journaled); `reapplying` while a restore runs its responders again.
+    /// Blocked (journaled), in its compact form; `reapplying` while a restore runs its
+    /// responders again.
     Active {
-        record: BlockRecord,
-        reapplying: Option<u64>,
+        record: Stored,
+        reapplying: Option<NonZeroU64>,
     },
     /// Undo running; a probe meanwhile asks for a new block once it is done.
-    Releasing {
-        job: u64,
-        record: BlockRecord,
-        why: UnblockReason,
-        reply: Option<Reply<Result<Vec<String>, String>>>,
-        reblock: Option<BlockRequest>,
-    },
+    Releasing(Box<Releasing>),
+}
+
+/// A block whose undo is running.
+struct Releasing {
+    job: u64,
+    record: BlockRecord,
+    why: UnblockReason,
+    reply: Option<Reply<Result<Vec<String>, String>>>,
+    reblock: Option<BlockRequest>,
 }
 
 /// An operator's `block` of several targets.
@@ -366,6 +376,8 @@ pub struct BlockCore {
     deferred_why: String,
     summary_since: Instant,
     hosts: HashMap<Target, Host>,
+    /// Makes the compact records of blocks in force, sharing what they have in common.
+    interner: Interner,
     /// Network targets in `hosts` by (IPv4, prefix length): an address's covering block is
     /// a handful of lookups.
     net_lens: BTreeMap<(bool, u8), usize>,
@@ -431,6 +443,7 @@ impl BlockCore {
             summary_since: setup.now.mono,
             generation: setup.generation,
             hosts: HashMap::new(),
+            interner: Interner::default(),
             net_lens: BTreeMap::new(),
             expiries: BinaryHeap::new(),
             offences: setup.offences,
@@ -526,9 +539,9 @@ impl BlockCore {
     pub fn active(&self) -> Vec<BlockRecord> {
         let mut blocks: Vec<BlockRecord> = self
             .hosts
-            .values()
-            .filter_map(|h| match h {
-                Host::Active { record, .. } => Some(record.clone()),
+            .iter()
+            .filter_map(|(t, h)| match h {
+                Host::Active { record, .. } => Some(record.record(*t)),
                 _ => None,
             })
             .collect();
@@ -536,21 +549,52 @@ impl BlockCore {
         blocks
     }
 
-    /// Every block in force, unsorted, for `BLOCKED_FILE`.
-    pub fn active_records(&self) -> impl Iterator<Item = &BlockRecord> {
-        self.hosts.values().filter_map(|h| match h {
-            Host::Active { record, .. } => Some(record),
+    /// Every block in force, unsorted, as `BLOCKED_FILE` lists it (no full record is
+    /// made for it).
+    pub fn blocked_lines(&self) -> impl Iterator<Item = BlockedLine> {
+        self.hosts.iter().filter_map(|(t, h)| match h {
+            Host::Active { record, .. } => {
+                let (port, proto) = record.port_proto();
+                Some(BlockedLine {
+                    since: record.since(),
+                    target: *t,
+                    port,
+                    proto,
+                })
+            }
             _ => None,
         })
     }
 
     /// Every block with a record (active, being re-applied, or being lifted): what a
-    /// compacted journal must hold.
-    pub fn records(&self) -> impl Iterator<Item = &BlockRecord> {
-        self.hosts.values().filter_map(|h| match h {
-            Host::Active { record, .. } | Host::Releasing { record, .. } => Some(record),
-            Host::Applying(_) => None,
-        })
+    /// compacted journal must hold, oldest first (then by target). Each full record is
+    /// made as the iterator reaches it, so a compaction never holds them all at once.
+    pub fn records(&self) -> impl Iterator<Item = BlockRecord> {
+        let mut order: Vec<(SystemTime, Target)> = self
+            .hosts
+            .iter()
+            .filter_map(|(t, h)| match h {
+                Host::Active { record, .. } => Some((record.since(), *t)),
+                Host::Releasing(r) => Some((r.record.since, *t)),
+                Host::Applying(_) => None,
+            })
+            .collect();
+        order.sort_unstable();
+        order
+            .into_iter()
+            .filter_map(|(_, t)| match self.hosts.get(&t)? {
+                Host::Active { record, .. } => Some(record.record(t)),
+                Host::Releasing(r) => Some(r.record.clone()),
+                Host::Applying(_) => None,
+            })
+    }
+
+    /// How many blocks [`BlockCore::records`] gives, without making them.
+    pub fn record_count(&self) -> usize {
+        self.hosts
+            .values()
+            .filter(|h| !matches!(h, Host::Applying(_)))
+            .count()
     }
 
     /// An upper bound of [`BlockCore::records`] in O(1).
@@ -625,7 +669,10 @@ impl BlockCore {
         else {
             return false;
         };
-        h.origin == Origin::Scan && p.origin == Origin::Scan && is_network(&net) && takes_over(p, h)
+        h.origin() == Origin::Scan
+            && p.origin() == Origin::Scan
+            && is_network(&net)
+            && takes_over(&p.record(net), &h.record(host))
     }
 
     /// The network block in force that covers `ip`, if any.
@@ -677,10 +724,10 @@ impl BlockCore {
                 let line = log_lines::block_in_progress(&req.alert, &req.resolved);
                 self.out.effects.push(Effect::Info(line));
             }
-            Some(Host::Releasing { reblock, .. }) => {
+            Some(Host::Releasing(r)) => {
                 let line = log_lines::block_in_progress(&req.alert, &req.resolved);
-                if reblock.is_none() {
-                    *reblock = Some(req);
+                if r.reblock.is_none() {
+                    r.reblock = Some(req);
                 }
                 self.out.effects.push(Effect::Info(line));
             }
@@ -993,7 +1040,7 @@ impl BlockCore {
                     let wanted = duration
                         .or_else(|| self.policy.next(self.past(&target, now.wall)))
                         .map(|d| d.min(LONGEST));
-                    let outcome = match (record.until, wanted) {
+                    let outcome = match (record.until(), wanted) {
                         (None, _) => refuse("already blocked (permanent)".into()),
                         (Some(u), Some(d)) if now.wall.checked_add(d).is_none_or(|e| e <= u) => {
                             refuse(format!(
@@ -1058,9 +1105,10 @@ impl BlockCore {
         let Some(Host::Active { record, .. }) = self.hosts.get_mut(&target) else {
             return;
         };
-        record.until = until;
-        let record = record.clone();
-        if let Some(u) = until {
+        record.set_until(until);
+        let record = record.record(target);
+        // The end as kept (to the millisecond): what expiry compares with.
+        if let Some(u) = record.until {
             self.expiries.push(Reverse((u, target)));
         }
         self.out.entries.push(Entry::Block(record.clone()));
@@ -1093,7 +1141,7 @@ impl BlockCore {
                     self.answer(earlier, Err(said));
                 }
             }
-            Some(Host::Releasing { .. }) => {
+            Some(Host::Releasing(_)) => {
                 self.answer(reply, Err(format!("{who}: already being unblocked")));
             }
             None => match self.covering(target.addr()) {
@@ -1189,26 +1237,26 @@ impl BlockCore {
             }
             return;
         }
-        let members: Vec<&BlockRecord> = self
+        let members: Vec<(&Target, &Stored)> = self
             .hosts
             .iter()
             .filter(|(t, _)| !is_network(t) && prefix.contains(&t.addr()))
-            .filter_map(|(_, h)| match h {
-                Host::Active { record, .. } if record.origin == Origin::Scan => Some(record),
+            .filter_map(|(t, h)| match h {
+                Host::Active { record, .. } if record.origin() == Origin::Scan => Some((t, record)),
                 _ => None,
             })
             .collect();
-        let Some(last) = members.iter().max_by_key(|r| r.since) else {
+        let Some((_, last)) = members.iter().max_by_key(|(_, r)| r.since()) else {
             return;
         };
-        let trigger = last.trigger.clone();
-        let permanent = members.iter().any(|r| r.until.is_none());
+        let trigger = last.trigger();
+        let permanent = members.iter().any(|(_, r)| r.until().is_none());
         let longest = members
             .iter()
-            .filter_map(|r| r.until)
+            .filter_map(|(_, r)| r.until())
             .max()
             .map(|u| u.duration_since(now.wall).unwrap_or_default());
-        let mut addrs: Vec<IpAddr> = members.iter().map(|r| r.target.addr()).collect();
+        let mut addrs: Vec<IpAddr> = members.iter().map(|(t, _)| t.addr()).collect();
         addrs.sort();
         let past = self.past(&prefix, now.wall);
         let own = self.policy.next_with_jitter(past);
@@ -1272,6 +1320,7 @@ impl BlockCore {
         records.sort_by_key(|r| r.since);
         for record in records {
             let target = record.target;
+            let record = self.interner.store(record);
             if record.expired(now.wall) {
                 expired += 1;
                 self.put(
@@ -1286,36 +1335,37 @@ impl BlockCore {
             }
             restored += 1;
             self.out.view.push(ViewChange::Insert(target));
-            if let Some(until) = record.until {
+            if let Some(until) = record.until() {
                 self.expiries.push(Reverse((until, target)));
             }
             let id = self.next_id();
-            let level = match &record.trigger {
-                Some(t) if record.origin == Origin::Scan => self.config().block_level(t.proto),
+            let level = match record.proto() {
+                Some(proto) if record.origin() == Origin::Scan => self.config().block_level(proto),
                 _ => BlockLevel::All,
             };
             if level == BlockLevel::All && !is_network(&target) {
                 let left = record
-                    .until
+                    .until()
                     .map(|u| u.duration_since(now.wall).unwrap_or_default());
                 self.out.preload.push((target.addr(), left));
             }
-            let alert = stand_in_alert(&target, record.trigger.as_ref(), record.since);
+            let alert = stand_in_alert(&target, record.trigger().as_ref(), record.since());
             self.waiting.push_back(Work::Apply(BlockToApply {
                 id,
                 target,
                 alert,
                 resolved: target_text(&target),
                 level,
-                until: record.until,
+                until: record.until(),
                 restored: true,
-                members: record.members.clone(),
+                members: record.members().to_vec(),
             }));
             self.put(
                 target,
                 Host::Active {
                     record,
-                    reapplying: Some(id),
+                    // Job numbers start at 1.
+                    reapplying: NonZeroU64::new(id),
                 },
             );
         }
@@ -1342,7 +1392,7 @@ impl BlockCore {
             self.expiries.pop();
             let due = matches!(
                 self.hosts.get(&target),
-                Some(Host::Active { record, reapplying: None }) if record.until == Some(at)
+                Some(Host::Active { record, reapplying: None }) if record.until() == Some(at)
             );
             if due {
                 self.start_release(target, UnblockReason::Expired, None);
@@ -1358,7 +1408,7 @@ impl BlockCore {
         reply: Option<Reply<Result<Vec<String>, String>>>,
     ) {
         let record = match self.take(&target) {
-            Some(Host::Active { record, .. }) => record,
+            Some(Host::Active { record, .. }) => record.record(target),
             Some(other) => {
                 self.put(target, other);
                 return;
@@ -1379,13 +1429,13 @@ impl BlockCore {
         }));
         self.put(
             target,
-            Host::Releasing {
+            Host::Releasing(Box::new(Releasing {
                 job: id,
                 record,
                 why,
                 reply,
                 reblock: None,
-            },
+            })),
         );
     }
 
@@ -1470,7 +1520,7 @@ impl BlockCore {
                 Some(Host::Active {
                     reapplying: None, ..
                 }) => self.start_release(target, UnblockReason::Manual, Some(reply)),
-                Some(Host::Releasing { .. }) => {
+                Some(Host::Releasing(_)) => {
                     self.answer(reply, Err(format!("{who}: already being unblocked")));
                 }
                 _ => {
@@ -1579,9 +1629,10 @@ impl BlockCore {
                 }
             }
             Some(Host::Active {
-                mut record,
+                record,
                 reapplying: Some(job),
-            }) if job == id => {
+            }) if job.get() == id => {
+                let mut record = record.record(target);
                 self.restore_done(actions.is_empty(), now);
                 if actions.is_empty() {
                     // Not in the kernel any more: say so and let the next probe block again.
@@ -1603,12 +1654,13 @@ impl BlockCore {
                     return;
                 }
                 record.actions = actions;
-                self.out.entries.push(Entry::Block(record.clone()));
                 let expired = record.expired(now.wall);
+                let stored = self.interner.store(record.clone());
+                self.out.entries.push(Entry::Block(record));
                 self.put(
                     target,
                     Host::Active {
-                        record,
+                        record: stored,
                         reapplying: None,
                     },
                 );
@@ -1637,12 +1689,18 @@ impl BlockCore {
                 r.failed,
                 now.mono.saturating_duration_since(started),
             )));
+            // The queue held every restored block's job at once: its room goes too.
+            self.waiting.shrink_to_fit();
+            self.restoring.shrink_to_fit();
+            self.out.restored = true;
         }
     }
 
     fn activate(&mut self, record: BlockRecord) {
         let target = record.target;
-        if let Some(until) = record.until {
+        let record = self.interner.store(record);
+        // The end as kept (to the millisecond): what expiry compares with.
+        if let Some(until) = record.until() {
             self.expiries.push(Reverse((until, target)));
         }
         self.offences.remove(&target);
@@ -1701,14 +1759,14 @@ impl BlockCore {
         now: Now,
     ) {
         let who = target_text(&target);
-        let (record, why, reply, reblock) = match self.take(&target) {
-            Some(Host::Releasing {
-                job,
-                record,
-                why,
-                reply,
-                reblock,
-            }) if job == id => (record, why, reply, reblock),
+        let Releasing {
+            record,
+            why,
+            reply,
+            reblock,
+            ..
+        } = match self.take(&target) {
+            Some(Host::Releasing(r)) if r.job == id => *r,
             Some(other) => {
                 self.put(target, other);
                 return;

@@ -661,9 +661,11 @@ impl Journal {
     /// one (which replays to the same blocks). Once renamed, the file holds the live state:
     /// entries that waited in memory are in it. A journal not read at start is never
     /// rewritten (its blocks were not restored).
-    pub fn compact<'a>(
+    /// The blocks are written in the order given (the block manager gives them oldest
+    /// first), each encoded as it comes, so the caller need not hold them all at once.
+    pub fn compact<'a, R: std::borrow::Borrow<BlockRecord>>(
         &mut self,
-        active: impl Iterator<Item = &'a BlockRecord>,
+        active: impl IntoIterator<Item = R>,
         offences: impl Iterator<Item = (&'a Target, &'a Offence)>,
     ) -> io::Result<()> {
         if self.unread {
@@ -673,17 +675,17 @@ impl Journal {
             )));
         }
         let now = Instant::now();
-        let mut blocks: Vec<&BlockRecord> = active.collect();
-        blocks.sort_by_key(|r| (r.since, r.target));
         let mut memory: Vec<(&Target, &Offence)> = offences.collect();
         memory.sort_by_key(|(t, _)| **t);
-        let mut buf = Vec::with_capacity(256 * (blocks.len() + memory.len()));
+        let mut buf = Vec::with_capacity(256 * memory.len());
         // Memory first: a Block line clears the memory of its target when replayed.
         for (target, offence) in &memory {
             encode(&self.path, &Entry::offence(**target, offence), &mut buf)?;
         }
-        for record in &blocks {
-            encode(&self.path, &Entry::Block((*record).clone()), &mut buf)?;
+        let mut blocks = 0;
+        for record in active {
+            encode_block(&self.path, record.borrow(), &mut buf)?;
+            blocks += 1;
         }
 
         let tmp = sibling(&self.path, "compact");
@@ -714,7 +716,7 @@ impl Journal {
         };
         let caught_up = self.rewrite || self.pending_entries > 0;
         self.file = Some(file);
-        self.lines = blocks.len() + memory.len();
+        self.lines = blocks + memory.len();
         self.torn = false;
         self.pending = Vec::new();
         self.pending_entries = 0;
@@ -797,11 +799,7 @@ impl BlockedFile {
 
     /// Rewrites `path` ([`write_blocked_file`]); false when that failed (the caller keeps it
     /// marked as changed and tries again).
-    pub fn write<'a>(
-        &mut self,
-        path: &Path,
-        records: impl Iterator<Item = &'a BlockRecord>,
-    ) -> bool {
+    pub fn write(&mut self, path: &Path, records: impl IntoIterator<Item = BlockedLine>) -> bool {
         if path != self.outage.path() {
             self.outage = Outage::new(StoredFile::Blocked, path);
             if let Some(h) = &self.health {
@@ -826,24 +824,49 @@ impl BlockedFile {
     }
 }
 
+/// What `BLOCKED_FILE` says of one block: no more than its 1.2 line needs, so the manager
+/// can list 100,000 blocks without making their full records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedLine {
+    /// When the block was applied.
+    pub since: SystemTime,
+    /// Who is blocked.
+    pub target: Target,
+    /// The probed port (0 without a probe).
+    pub port: u16,
+    /// Its protocol (TCP without a probe).
+    pub proto: Proto,
+}
+
+impl From<&BlockRecord> for BlockedLine {
+    fn from(record: &BlockRecord) -> BlockedLine {
+        let (port, proto) = record.port_proto();
+        BlockedLine {
+            since: record.since,
+            target: record.target,
+            port,
+            proto,
+        }
+    }
+}
+
 /// Rewrites `BLOCKED_FILE` with its 1.2 meaning, the hosts blocked now, one 1.2 history line
 /// each (resolved name = the target text), sorted by the time of the block so the output is
 /// deterministic. Written to a temp file and renamed, so a reader never sees half a list.
-pub fn write_blocked_file<'a>(
+pub fn write_blocked_file(
     path: &Path,
-    records: impl Iterator<Item = &'a BlockRecord>,
+    records: impl IntoIterator<Item = BlockedLine>,
 ) -> io::Result<()> {
-    let mut records: Vec<&BlockRecord> = records.collect();
+    let mut records: Vec<BlockedLine> = records.into_iter().collect();
     records.sort_by_key(|r| (r.since, r.target));
     let mut text = String::with_capacity(100 * records.len());
-    for record in records {
-        let (port, proto) = record.port_proto();
+    for r in records {
         text.push_str(&history_line(
-            record.since,
-            &target_text(&record.target),
-            record.target.addr(),
-            port,
-            proto,
+            r.since,
+            &target_text(&r.target),
+            r.target.addr(),
+            r.port,
+            r.proto,
         ));
     }
     if let Some(dir) = parent_dir(path) {
@@ -972,23 +995,45 @@ fn canonical(target: Target) -> Target {
 /// Appends one entry and its newline to `buf`; a time that cannot be written is refused
 /// here rather than panicking in the formatter.
 fn encode(path: &Path, entry: &Entry, buf: &mut Vec<u8>) -> io::Result<()> {
-    if !entry.writable() {
+    encode_line(path, entry.target(), entry.writable(), entry, buf)
+}
+
+/// The line of [`Entry::Block`] for a borrowed record (the same bytes, no copy of it made).
+fn encode_block(path: &Path, record: &BlockRecord, buf: &mut Vec<u8>) -> io::Result<()> {
+    #[derive(Serialize)]
+    #[serde(tag = "op", rename_all = "snake_case")]
+    enum Line<'a> {
+        Block(&'a BlockRecord),
+    }
+    let writable = writable(&record.since) && record.until.as_ref().is_none_or(writable);
+    encode_line(path, record.target, writable, &Line::Block(record), buf)
+}
+
+/// One journal line (`value` about `target`), unless a time in it cannot be written.
+fn encode_line(
+    path: &Path,
+    target: Target,
+    writable: bool,
+    value: &impl Serialize,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    if !writable {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "{}: entry for {} has a time outside 1970..9999, not written",
                 path.display(),
-                target_text(&entry.target())
+                target_text(&target)
             ),
         ));
     }
-    serde_json::to_writer(&mut *buf, entry).map_err(|e| {
+    serde_json::to_writer(&mut *buf, value).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "{}: entry for {} cannot be written: {e}",
                 path.display(),
-                target_text(&entry.target())
+                target_text(&target)
             ),
         )
     })?;
@@ -1512,7 +1557,7 @@ mod tests {
         // The temp file cannot be created: a directory holds its name.
         std::fs::create_dir(sibling(&path, "compact")).unwrap();
         let err = j
-            .compact(std::iter::empty(), std::iter::empty())
+            .compact(std::iter::empty::<BlockRecord>(), std::iter::empty())
             .unwrap_err();
         assert!(
             err.to_string().contains(&path.display().to_string()),
@@ -1762,7 +1807,7 @@ mod tests {
             j.faults.fail_rename = fault == "rename";
             j.faults.fail_sync = fault == "sync";
             j.budget.left = (fault == "write").then_some(5);
-            assert!(j.compact([&a].into_iter(), std::iter::empty()).is_err());
+            assert!(j.compact([&a], std::iter::empty()).is_err());
             assert_eq!(std::fs::read(&path).unwrap(), before, "{fault}");
             assert!(!sibling(&path, "compact").exists(), "{fault}");
             assert!(j.compaction.is_failing() && !j.is_failing(), "{fault}");
@@ -1790,7 +1835,7 @@ mod tests {
         j.record(vec![Entry::Block(a.clone())]);
         assert_eq!(j.pending_entries(), 1);
         j.budget.left = None;
-        j.compact([&a].into_iter(), std::iter::empty()).unwrap();
+        j.compact([&a], std::iter::empty()).unwrap();
         assert!(!j.is_failing());
         assert_eq!(j.pending_entries(), 0, "the rewrite holds them");
         j.retry_pending(later());
@@ -1817,7 +1862,10 @@ mod tests {
         assert_eq!(j.dropped as usize, 20 - kept);
         assert!(kept > 10 && kept < 20, "{kept}");
         assert!(!j.needs_compaction(0));
-        assert!(j.compact(std::iter::empty(), std::iter::empty()).is_err());
+        assert!(
+            j.compact(std::iter::empty::<BlockRecord>(), std::iter::empty())
+                .is_err()
+        );
         j.budget.left = None;
         j.retry_pending(later());
         let expected: Vec<String> = (21 - kept..=20).map(|i| format!("10.7.0.{i}")).collect();
@@ -1837,7 +1885,7 @@ mod tests {
         let mut b = BlockedFile::new(&bad);
         b.report_to(&health);
         let r = record("10.8.0.1", 1, None);
-        assert!(!b.write(&bad, [&r].into_iter()));
+        assert!(!b.write(&bad, [BlockedLine::from(&r)]));
         assert!(
             health
                 .get(StoredFile::Blocked)
@@ -1846,7 +1894,7 @@ mod tests {
                 .is_some()
         );
         let good = dir.path().join("portsentry.blocked");
-        assert!(b.write(&good, [&r].into_iter()));
+        assert!(b.write(&good, [BlockedLine::from(&r)]));
         let h = health.get(StoredFile::Blocked).unwrap();
         assert_eq!(h.failing_since, None);
         assert_eq!(h.path, good.display().to_string());
@@ -1925,7 +1973,7 @@ mod tests {
         early.trigger = None;
         early.origin = Origin::Manual;
         let v6 = record("fd77::5", 942_286_900, None);
-        write_blocked_file(&path, [&v6, &late, &early].into_iter()).unwrap();
+        write_blocked_file(&path, [&v6, &late, &early].map(BlockedLine::from)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let expected = [
             history_line(
@@ -1968,7 +2016,7 @@ mod tests {
         assert_eq!(back[0].resolved, "192.0.2.0/24");
 
         // Rewritten whole, not appended to; no temp file left.
-        write_blocked_file(&path, [&late].into_iter()).unwrap();
+        write_blocked_file(&path, [BlockedLine::from(&late)]).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert!(!sibling(&path, "tmp").exists());
         write_blocked_file(&path, std::iter::empty()).unwrap();
@@ -1981,7 +2029,11 @@ mod tests {
         let path = dir.path().join("portsentry.blocked");
         let mut net = record("192.0.2.0/24", 942_286_729, None);
         net.trigger = None;
-        write_blocked_file(&path, [&net, &record("10.0.0.1", 5, None)].into_iter()).unwrap();
+        write_blocked_file(
+            &path,
+            [&net, &record("10.0.0.1", 5, None)].map(BlockedLine::from),
+        )
+        .unwrap();
         let (records, warnings) = import_legacy(&path);
         assert!(warnings.is_empty(), "{warnings:?}");
         let targets: Vec<String> = records.iter().map(|r| target_text(&r.target)).collect();

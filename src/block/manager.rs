@@ -38,7 +38,8 @@ use crate::respond::pool::{
 };
 
 /// Block requests from scans waiting for the manager at most; beyond, a request is dropped
-/// (counted and logged) and the host's next probe asks again.
+/// (counted and logged) and the host's next probe asks again. They wait boxed: the queue
+/// sets aside a slot for each from the start, a pointer rather than a whole request.
 pub const REQUEST_QUEUE: usize = 4096;
 /// Blocks waiting for a free worker at most; beyond, new scan blocks are dropped the same way.
 pub const MAX_WAITING: usize = 4096;
@@ -65,7 +66,7 @@ enum Msg {
 /// The sending side the announcing thread uses: never blocks.
 #[derive(Clone)]
 pub struct BlockRequester {
-    tx: Sender<BlockRequest>,
+    tx: Sender<Box<BlockRequest>>,
     counters: Arc<BlockCounters>,
 }
 
@@ -73,7 +74,7 @@ impl BlockRequester {
     /// Asks for a block; false when too many requests are waiting (counted; the caller
     /// logs it, and the host's next probe asks again).
     pub fn request(&self, request: BlockRequest) -> bool {
-        match self.tx.try_send(request) {
+        match self.tx.try_send(Box::new(request)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -86,7 +87,7 @@ impl BlockRequester {
 /// Handle on the running manager.
 pub struct BlockManager {
     control: Sender<Msg>,
-    requests: Sender<BlockRequest>,
+    requests: Sender<Box<BlockRequest>>,
     view: BlockView,
     counters: Arc<BlockCounters>,
     thread: Option<JoinHandle<()>>,
@@ -212,6 +213,7 @@ impl BlockManager {
             observer: None,
             restored: Vec::new(),
             undos: Vec::new(),
+            release_memory: false,
         };
         manager.restore(active, now);
         let thread = std::thread::Builder::new()
@@ -370,13 +372,15 @@ struct Manager {
     restored: Vec<BlockToApply>,
     /// Blocks to lift, gathered over one turn and sent as batch jobs.
     undos: Vec<BlockToUndo>,
+    /// The restore is over: free memory goes back to the system after this turn.
+    release_memory: bool,
 }
 
 impl Manager {
     fn run(
         &mut self,
         control: &Receiver<Msg>,
-        requests: &Receiver<BlockRequest>,
+        requests: &Receiver<Box<BlockRequest>>,
         results: &Receiver<JobResult>,
     ) {
         loop {
@@ -389,7 +393,7 @@ impl Manager {
                     Ok(m) => { self.on_message(m); handled += 1; }
                     Err(_) => self.feed(Input::Stop),
                 },
-                recv(requests) -> r => if let Ok(r) = r { self.feed(Input::Request(r)); handled += 1; },
+                recv(requests) -> r => if let Ok(r) = r { self.feed(Input::Request(*r)); handled += 1; },
                 default(timeout) => self.feed(Input::Tick),
             }
             // Drain what else is there, so one journal commit covers a burst.
@@ -401,7 +405,7 @@ impl Manager {
                 } else if !self.core.stopped()
                     && let Ok(r) = requests.try_recv()
                 {
-                    self.feed(Input::Request(r));
+                    self.feed(Input::Request(*r));
                 } else {
                     break;
                 }
@@ -410,6 +414,9 @@ impl Manager {
             self.submit_batches();
             self.commit();
             self.write_blocked_file(false);
+            if std::mem::take(&mut self.release_memory) {
+                crate::memory::release_free();
+            }
             if self.core.stopped() {
                 break;
             }
@@ -486,6 +493,7 @@ impl Manager {
             }
         }
         self.blocked_file_dirty |= out.blocked_file_dirty;
+        self.release_memory |= out.restored;
         self.pending_entries.extend(out.entries);
         self.pending_effects.extend(out.effects);
     }
@@ -608,11 +616,12 @@ impl Manager {
         // only when that bound says compaction may be due keeps a commit O(1) while
         // thousands of restored blocks come back one by one.
         if self.journal.needs_compaction(self.core.targets())
-            && self.journal.needs_compaction(self.core.records().count())
+            && self.journal.needs_compaction(self.core.record_count())
         {
-            let records: Vec<BlockRecord> = self.core.records().cloned().collect();
             // A failure is the journal's to log (once a minute at most).
-            let _ = self.journal.compact(records.iter(), self.core.offences());
+            let _ = self
+                .journal
+                .compact(self.core.records(), self.core.offences());
         }
         if last {
             self.journal.close();
@@ -631,7 +640,7 @@ impl Manager {
         }
         let path = self.generation.config.blocked_file.clone();
         // One that fails stays marked as changed and is tried again (the writer logs it).
-        if self.blocked_file.write(&path, self.core.active_records()) {
+        if self.blocked_file.write(&path, self.core.blocked_lines()) {
             self.blocked_file_dirty = false;
         }
         self.blocked_file_written = Some(Instant::now());
