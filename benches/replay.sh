@@ -57,16 +57,19 @@ if [ ! -s "$PROBE" ]; then
   mv "$PROBE.part" "$PROBE"
 fi
 
-# One replay of file $1 into $W/out.json and $W/time.txt; prints "pps seconds packets bytes rss_kib".
+# One replay of file $1 into $W/out.json and $W/time.txt; prints "pps seconds packets bytes
+# rss_kib cpu_s" (cpu: user + system time of the replay, its figure on one core however
+# loaded the machine is).
 replay_once() {
   /usr/bin/time -v -o "$W/time.txt" "$BIN" replay -c "$ROOT/conf/portsentry.conf" -atcp -audp \
     --local $LOCAL --json "$1" > "$W/out.json"
-  local rss
+  local rss cpu
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/time.txt")
-  python3 - "$W/out.json" "$rss" <<'PY'
+  cpu=$(awk -F': ' '/User time|System time/ {t += $2} END {print t}' "$W/time.txt")
+  python3 - "$W/out.json" "$rss" "$cpu" <<'PY'
 import json, sys
 s = [json.loads(l) for l in open(sys.argv[1]) if '"type":"summary"' in l][-1]
-print(s["packets_per_second"], s["seconds"], s["packets"], s["bytes"], sys.argv[2])
+print(s["packets_per_second"], s["seconds"], s["packets"], s["bytes"], sys.argv[2], sys.argv[3])
 PY
 }
 
@@ -83,16 +86,18 @@ print(scanners, forged, summary["would_block"], summary["sources"])
 PY
 }
 
-declare -A PPS SECS MIBS RSS PKTS
+declare -A PPS SECS MIBS RSS PKTS CPU CPPS
 for f in bulk probes; do
   file=$BULK; [ $f = probes ] && file=$PROBE
   for run in $(seq "$RUNS"); do
-    read -r pps secs pkts bytes rss < <(replay_once "$file")
+    read -r pps secs pkts bytes rss cpu < <(replay_once "$file")
+    cpps=$(awk -v p="$pkts" -v c="$cpu" 'BEGIN {printf "%.0f", p / (c > 0 ? c : 0.01)}')
+    CPU[$f]+="$cpu "; CPPS[$f]+="$cpps "
     mibs=$(awk -v b="$bytes" -v s="$secs" 'BEGIN {printf "%.0f", b / 1048576 / s}')
     PPS[$f]+="$pps "; SECS[$f]+="$secs "; MIBS[$f]+="$mibs "; RSS[$f]+="$((rss / 1024)) "
     PKTS[$f]=$pkts
-    printf '   %s run %d: %.0f packets/s, %.3f s, %s MiB/s, peak RSS %d MiB\n' \
-      $f "$run" "$pps" "$secs" "$mibs" $((rss / 1024))
+    printf '   %s run %d: %.0f packets/s, %.3f s, %s MiB/s, CPU %s s (%s packets per CPU second), peak RSS %d MiB\n' \
+      $f "$run" "$pps" "$secs" "$mibs" "$cpu" "$cpps" $((rss / 1024))
   done
   if [ $f = bulk ]; then
     read -r scanners forged wb sources < <(verdicts)
@@ -106,14 +111,16 @@ r0() { printf '%.0f' "$(m "$1")"; }
 {
   echo "Command: \`benches/replay.sh\` (RUNS=$RUNS), i.e. \`portsentry replay -c conf/portsentry.conf -atcp -audp --local $LOCAL --json FILE\`."
   echo "Generated on $(date -u +%Y-%m-%d) from $(ours_rev) ($(machine)); load average at the end: $LOAD."
-  echo "Medians of $RUNS runs; seconds as the replay's summary gives them (both passes, the report included)."
+  echo "Medians of $RUNS runs; wall seconds as the replay's summary gives them (the first look at"
+  echo "the host, the replay and the report); CPU = user + system time, so packets per CPU second"
+  echo "is the figure on one core whatever else the machine runs."
   echo
-  echo "| file | packets | size | packets/s | seconds | MiB/s | peak RSS |"
-  echo "|---|---|---|---|---|---|---|"
-  echo "| bulk TCP with scans inside | ${PKTS[bulk]} | $(( $(stat -c %s "$BULK") >> 20 )) MiB | $(r0 "${PPS[bulk]}") | $(m "${SECS[bulk]}") | $(m "${MIBS[bulk]}") | $(m "${RSS[bulk]}") MiB |"
-  echo "| probe-heavy (SYN probes only) | ${PKTS[probes]} | $(( $(stat -c %s "$PROBE") >> 20 )) MiB | $(r0 "${PPS[probes]}") | $(m "${SECS[probes]}") | $(m "${MIBS[probes]}") | $(m "${RSS[probes]}") MiB |"
+  echo "| file | packets | size | packets/s (wall) | seconds | MiB/s | CPU s | packets per CPU second | peak RSS |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| bulk TCP with scans inside | ${PKTS[bulk]} | $(( $(stat -c %s "$BULK") >> 20 )) MiB | $(r0 "${PPS[bulk]}") | $(m "${SECS[bulk]}") | $(m "${MIBS[bulk]}") | $(m "${CPU[bulk]}") | $(r0 "${CPPS[bulk]}") | $(m "${RSS[bulk]}") MiB |"
+  echo "| probe-heavy (SYN probes only) | ${PKTS[probes]} | $(( $(stat -c %s "$PROBE") >> 20 )) MiB | $(r0 "${PPS[probes]}") | $(m "${SECS[probes]}") | $(m "${MIBS[probes]}") | $(m "${CPU[probes]}") | $(r0 "${CPPS[probes]}") | $(m "${RSS[probes]}") MiB |"
   echo
-  echo "Per run: bulk packets/s [$(l "${PPS[bulk]}")], probe-heavy packets/s [$(l "${PPS[probes]}")]."
+  echo "Per run: bulk packets/s [$(l "${PPS[bulk]}")], per CPU second [$(l "${CPPS[bulk]}")]; probe-heavy packets/s [$(l "${PPS[probes]}")], per CPU second [$(l "${CPPS[probes]}")]."
   echo "Verdicts (bulk): $scanners of the 2 scanners would block, $forged of the 50,000 forged sources ($wb would_block of $sources sources)."
 } > "$OUT"
 cat "$OUT"
