@@ -3,7 +3,8 @@
 //! operator's `block` / `unblock` / `list`, a reload, the expiry timer — and is handed, with
 //! the time, to the pure [`BlockCore`], which decides; this shell carries out what it
 //! returned: jobs for the responder [`Pool`], the journal (fsynced once per batch, before
-//! anything is reported), log and history lines, replies, `EVENT_LOG` events, notes for the
+//! anything is reported, on the [`Syncer`]'s thread so that a slow disk never holds up the
+//! next block), log and history lines, replies, `EVENT_LOG` events, notes for the
 //! fleet, the [`BlockView`] the filters read, and `BLOCKED_FILE`. At start the journal is
 //! replayed into the core: blocks that expired while the daemon was down are undone, every
 //! other one is re-applied.
@@ -21,6 +22,7 @@ use super::core::{
 };
 pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
 use super::journal::{self, BlockedFile, Entry, Journal};
+use super::syncer::{Sent, Syncer};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
 use crate::config::ignore::IgnoreList;
@@ -176,6 +178,7 @@ impl BlockManager {
         });
         let mut blocked_file = BlockedFile::new(&config.blocked_file);
         journal.report_to(&counters.storage);
+        let journal = Syncer::start(journal).context("cannot start the journal thread")?;
         history.report_to(&counters.storage);
         blocked_file.report_to(&counters.storage);
         let (control, control_rx) = unbounded();
@@ -349,7 +352,8 @@ struct Manager {
     generation: Generation,
     /// The running Lua plugins built from `generation`, handed to the workers with each job.
     lua: LuaPlugins,
-    journal: Journal,
+    /// The journal, with the reports of the batch it is writing while it is away.
+    journal: Syncer<Vec<Effect>>,
     history: History,
     view: BlockView,
     counters: Arc<BlockCounters>,
@@ -379,11 +383,17 @@ impl Manager {
         requests: &Receiver<BlockRequest>,
         results: &Receiver<JobResult>,
     ) {
+        let synced = self.journal.done().clone();
         loop {
             heartbeat::beat();
             let timeout = self.next_wake();
             let mut handled = 0;
             select_biased! {
+                // A batch on disk: its reports first, they are the oldest.
+                recv(synced) -> s => if let Ok(s) = s {
+                    let reports = self.journal.arrived(s);
+                    self.report(reports);
+                },
                 recv(results) -> r => if let Ok(r) = r { self.feed(Input::Result(r)); handled += 1; },
                 recv(control) -> m => match m {
                     Ok(m) => { self.on_message(m); handled += 1; }
@@ -413,6 +423,11 @@ impl Manager {
             if self.core.stopped() {
                 break;
             }
+        }
+        // What is on its way and what waits behind it, before the last retries.
+        while let Some(reports) = self.journal.wait() {
+            self.report(reports);
+            self.commit();
         }
         self.keep_journal(true);
         self.write_blocked_file(true);
@@ -565,14 +580,38 @@ impl Manager {
 
     // ---- persistence ----
 
-    /// Appends what changed to the journal (one fsync), then reports it: log lines,
-    /// history lines, replies. Compacts the journal when it has grown.
+    /// Hands what changed to the journal (one fsync, on its thread), whose reports (log
+    /// lines, history lines, replies) are made when it comes back. While a batch is on its
+    /// way, the next waits here, reports included, so that the order holds. Then the
+    /// journal's retries and compaction, when it is home.
     fn commit(&mut self) {
-        // Kept in memory and written later should the file not take them now: what is
-        // reported below is in force either way.
-        self.journal
-            .record(std::mem::take(&mut self.pending_entries));
-        for effect in std::mem::take(&mut self.pending_effects) {
+        if self.pending_entries.is_empty() {
+            // Nothing to write: reported now, unless a batch on its way comes first.
+            if self.journal.journal().is_some() {
+                let reports = std::mem::take(&mut self.pending_effects);
+                self.report(reports);
+                self.keep_journal(false);
+            }
+            return;
+        }
+        let entries = std::mem::take(&mut self.pending_entries);
+        let reports = std::mem::take(&mut self.pending_effects);
+        match self.journal.send(entries, reports) {
+            Sent::Away => {}
+            Sent::Busy(entries, reports) => {
+                self.pending_entries = entries;
+                self.pending_effects = reports;
+            }
+            Sent::Written(reports) => {
+                self.report(reports);
+                self.keep_journal(false);
+            }
+        }
+    }
+
+    /// Carries out the reports of a batch the journal holds.
+    fn report(&mut self, reports: Vec<Effect>) {
+        for effect in reports {
             match effect {
                 Effect::Info(line) => log::info!("{line}"),
                 Effect::Warn(line) => log::warn!("{line}"),
@@ -591,32 +630,40 @@ impl Manager {
                 }
             }
         }
-        self.keep_journal(false);
     }
 
     /// Writes what the journal and the history still hold back (on their retry timers) and
     /// compacts the journal when it has grown or fell too far behind. `last`: before
     /// stopping, whatever the timers say; what still cannot be written is logged as lost.
     fn keep_journal(&mut self, last: bool) {
-        let now = Instant::now();
+        self.history.retry_pending(Instant::now());
+        self.keep_journal_file(last);
         if last {
-            self.journal.expedite();
+            self.history.close();
         }
-        self.journal.retry_pending(now);
-        self.history.retry_pending(now);
+    }
+
+    /// The journal's part of [`Manager::keep_journal`], when it is home.
+    fn keep_journal_file(&mut self, last: bool) {
+        let Some(journal) = self.journal.journal() else {
+            return;
+        };
+        if last {
+            journal.expedite();
+        }
+        journal.retry_pending(Instant::now());
         // The targets bound the records from above: counting them (a walk of every block)
         // only when that bound says compaction may be due keeps a commit O(1) while
         // thousands of restored blocks come back one by one.
-        if self.journal.needs_compaction(self.core.targets())
-            && self.journal.needs_compaction(self.core.records().count())
+        if journal.needs_compaction(self.core.targets())
+            && journal.needs_compaction(self.core.records().count())
         {
             let records: Vec<BlockRecord> = self.core.records().cloned().collect();
             // A failure is the journal's to log (once a minute at most).
-            let _ = self.journal.compact(records.iter(), self.core.offences());
+            let _ = journal.compact(records.iter(), self.core.offences());
         }
         if last {
-            self.journal.close();
-            self.history.close();
+            journal.close();
         }
     }
 

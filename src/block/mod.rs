@@ -10,6 +10,7 @@ pub mod journal;
 pub mod manager;
 pub mod policy;
 pub mod refusal;
+pub mod syncer;
 pub mod view;
 
 pub use crate::record::*;
