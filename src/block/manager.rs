@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
 
+use super::blocked_writer::BlockedFileWriter;
 use super::core::{
     BlockCore, CoreSetup, Effect, Guard, Input, Now, Output, Reply, ViewChange, Work,
 };
@@ -181,6 +182,8 @@ impl BlockManager {
         let journal = Syncer::start(journal).context("cannot start the journal thread")?;
         history.report_to(&counters.storage);
         blocked_file.report_to(&counters.storage);
+        let blocked_file = BlockedFileWriter::start(blocked_file)
+            .context("cannot start the blocked-file thread")?;
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
@@ -362,8 +365,8 @@ struct Manager {
     pending_entries: Vec<Entry>,
     /// Reports of this batch, made once the journal holds what they report.
     pending_effects: Vec<Effect>,
-    /// `BLOCKED_FILE`'s writer (and its health).
-    blocked_file: BlockedFile,
+    /// `BLOCKED_FILE`'s writer thread (and its health).
+    blocked_file: BlockedFileWriter,
     blocked_file_dirty: bool,
     blocked_file_written: Option<Instant>,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
@@ -668,7 +671,8 @@ impl Manager {
     }
 
     /// Rewrites `BLOCKED_FILE` (the 1.2 list of hosts blocked now) when it changed, at most
-    /// once per [`BLOCKED_FILE_INTERVAL`] unless `now`.
+    /// once per [`BLOCKED_FILE_INTERVAL`] unless `now`. Written on its own thread (which
+    /// retries a failed write itself); `now` also waits until it was tried.
     fn write_blocked_file(&mut self, now: bool) {
         let recent = self
             .blocked_file_written
@@ -677,10 +681,9 @@ impl Manager {
             return;
         }
         let path = self.generation.config.blocked_file.clone();
-        // One that fails stays marked as changed and is tried again (the writer logs it).
-        if self.blocked_file.write(&path, self.core.active_records()) {
-            self.blocked_file_dirty = false;
-        }
+        let records = self.core.active_records().cloned().collect();
+        self.blocked_file.write(path, records, now);
+        self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
     }
 }

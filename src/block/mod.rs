@@ -5,6 +5,7 @@
 //! A block is about a [`Target`]: one address (`/32`, `/128`) or, for blocks made by hand or
 //! imported from a list, a network.
 
+pub mod blocked_writer;
 pub mod core;
 pub mod journal;
 pub mod manager;
