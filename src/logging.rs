@@ -82,17 +82,21 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The text of a record, as one line without control characters.
-fn message(record: &Record) -> String {
+/// Appends the text of a record to `out`, as one line without control characters. Written
+/// in place (no string of its own per line): a flood logs tens of thousands of lines a
+/// second, and almost none has anything to escape.
+fn push_message(out: &mut String, record: &Record) {
+    use std::fmt::Write;
+    let start = out.len();
     match record.args().as_str() {
-        Some(s) => escape_controls(s).into_owned(),
+        Some(s) => out.push_str(s),
         None => {
-            let text = record.args().to_string();
-            match escape_controls(&text) {
-                Cow::Borrowed(_) => text,
-                Cow::Owned(escaped) => escaped,
-            }
+            let _ = write!(out, "{}", record.args());
         }
+    }
+    if let Cow::Owned(escaped) = escape_controls(&out[start..]) {
+        out.truncate(start);
+        out.push_str(&escaped);
     }
 }
 
@@ -117,10 +121,10 @@ impl StderrAppender {
 
 impl Append for StderrAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        use std::fmt::Write;
         let mut pending = crate::sync::lock(&self.pending);
         let mut line = String::new();
-        let _ = writeln!(line, "{}", message(record));
+        push_message(&mut line, record);
+        line.push('\n');
         // Lines of other threads go after what is pending, so the order is kept.
         pending.extend_from_slice(line.as_bytes());
         if !BATCHING.get() || pending.len() >= STDERR_BATCH {
@@ -149,7 +153,8 @@ fn priority(level: Level) -> u8 {
 /// A log4rs appender that speaks to the local syslog socket as glibc's `syslog()` (and so
 /// 1.2) did: `<PRI>Mmm dd hh:mm:ss portsentry[PID]: message`, local time, facility daemon.
 /// log4rs ships none, and `log4rs-syslog` only fits log4rs 0.8. The timestamp is formatted
-/// once per second, so a flood of alerts costs one `send(2)` per line and little else.
+/// once per second (the local time zone is looked up only then) and each line is written
+/// into the same buffer, so a flood of alerts costs one `send(2)` per line and little else.
 struct SyslogAppender {
     path: PathBuf,
     pid: u32,
@@ -160,6 +165,19 @@ struct SyslogState {
     socket: Option<UnixDatagram>,
     stamp_second: i64,
     stamp: String,
+    /// The datagram being sent, kept for its memory.
+    line: String,
+}
+
+impl SyslogState {
+    fn new(socket: Option<UnixDatagram>) -> SyslogState {
+        SyslogState {
+            socket,
+            stamp_second: i64::MIN,
+            stamp: String::new(),
+            line: String::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SyslogAppender {
@@ -180,19 +198,27 @@ impl SyslogAppender {
 
 impl Append for SyslogAppender {
     fn append(&self, record: &Record) -> anyhow::Result<()> {
-        let mut state = crate::sync::lock(&self.state);
-        let now = chrono::Local::now();
-        if now.timestamp() != state.stamp_second {
+        use std::fmt::Write;
+        let mut guard = crate::sync::lock(&self.state);
+        let state = &mut *guard;
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if second != state.stamp_second {
+            let now = chrono::Local::now();
             state.stamp_second = now.timestamp();
             state.stamp = now.format("%b %e %H:%M:%S").to_string();
         }
-        let line = format!(
-            "<{}>{} portsentry[{}]: {}",
+        let line = &mut state.line;
+        line.clear();
+        let _ = write!(
+            line,
+            "<{}>{} portsentry[{}]: ",
             priority(record.level()),
             state.stamp,
-            self.pid,
-            message(record)
+            self.pid
         );
+        push_message(line, record);
         // syslogd may have restarted since the last line: reconnect once and retry.
         if let Some(socket) = &state.socket
             && socket.send(line.as_bytes()).is_ok()
@@ -233,11 +259,7 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<Option<String>> {
                 let appender = SyslogAppender {
                     path: path.clone(),
                     pid: std::process::id(),
-                    state: Mutex::new(SyslogState {
-                        socket: Some(socket),
-                        stamp_second: i64::MIN,
-                        stamp: String::new(),
-                    }),
+                    state: Mutex::new(SyslogState::new(Some(socket))),
                 };
                 builder = builder.appender(Appender::builder().build("syslog", Box::new(appender)));
                 root = root.appender("syslog");
@@ -264,11 +286,9 @@ mod tests {
         let appender = SyslogAppender {
             path: path.clone(),
             pid: 4242,
-            state: Mutex::new(SyslogState {
-                socket: Some(SyslogAppender::connect(&path).unwrap()),
-                stamp_second: i64::MIN,
-                stamp: String::new(),
-            }),
+            state: Mutex::new(SyslogState::new(Some(
+                SyslogAppender::connect(&path).unwrap(),
+            ))),
         };
         let record = Record::builder()
             .level(Level::Info)
@@ -309,11 +329,9 @@ mod tests {
         let appender = SyslogAppender {
             path: path.clone(),
             pid: 1,
-            state: Mutex::new(SyslogState {
-                socket: Some(SyslogAppender::connect(&path).unwrap()),
-                stamp_second: i64::MIN,
-                stamp: String::new(),
-            }),
+            state: Mutex::new(SyslogState::new(Some(
+                SyslogAppender::connect(&path).unwrap(),
+            ))),
         };
         let result = "ok\nattackalert: Host 1.2.3.4 is blocked";
         appender

@@ -3,7 +3,8 @@
 //! operator's `block` / `unblock` / `list`, a reload, the expiry timer — and is handed, with
 //! the time, to the pure [`BlockCore`], which decides; this shell carries out what it
 //! returned: jobs for the responder [`Pool`], the journal (fsynced once per batch, before
-//! anything is reported), log and history lines, replies, `EVENT_LOG` events, notes for the
+//! anything is reported, on the [`Syncer`]'s thread so that a slow disk never holds up the
+//! next block), log and history lines, replies, `EVENT_LOG` events, notes for the
 //! fleet, the [`BlockView`] the filters read, and `BLOCKED_FILE`. At start the journal is
 //! replayed into the core: blocks that expired while the daemon was down are undone, every
 //! other one is re-applied.
@@ -16,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased, unbounded};
 
+use super::blocked_writer::BlockedFileWriter;
 use super::core::{
     BlockCore, CoreSetup, Effect, Guard, Input, Now, Output, Reply, ViewChange, Work,
 };
 pub use super::core::{BlockCounters, BlockNote, BlockOutcome, BlockRequest};
 use super::journal::{self, BlockedFile, Entry, Journal};
+use super::syncer::{Sent, Syncer};
 use super::view::BlockView;
 use super::{BlockRecord, Target};
 use crate::config::ignore::IgnoreList;
@@ -177,8 +180,11 @@ impl BlockManager {
         });
         let mut blocked_file = BlockedFile::new(&config.blocked_file);
         journal.report_to(&counters.storage);
+        let journal = Syncer::start(journal).context("cannot start the journal thread")?;
         history.report_to(&counters.storage);
         blocked_file.report_to(&counters.storage);
+        let blocked_file = BlockedFileWriter::start(blocked_file)
+            .context("cannot start the blocked-file thread")?;
         let (control, control_rx) = unbounded();
         let (requests, requests_rx) = bounded(REQUEST_QUEUE);
         let now = Now::read();
@@ -351,7 +357,8 @@ struct Manager {
     generation: Generation,
     /// The running Lua plugins built from `generation`, handed to the workers with each job.
     lua: LuaPlugins,
-    journal: Journal,
+    /// The journal, with the reports of the batch it is writing while it is away.
+    journal: Syncer<Vec<Effect>>,
     history: History,
     view: BlockView,
     counters: Arc<BlockCounters>,
@@ -360,8 +367,8 @@ struct Manager {
     pending_entries: Vec<Entry>,
     /// Reports of this batch, made once the journal holds what they report.
     pending_effects: Vec<Effect>,
-    /// `BLOCKED_FILE`'s writer (and its health).
-    blocked_file: BlockedFile,
+    /// `BLOCKED_FILE`'s writer thread (and its health).
+    blocked_file: BlockedFileWriter,
     blocked_file_dirty: bool,
     blocked_file_written: Option<Instant>,
     /// `EVENT_LOG`: block and unblock events, sent once journaled.
@@ -383,11 +390,17 @@ impl Manager {
         requests: &Receiver<Box<BlockRequest>>,
         results: &Receiver<JobResult>,
     ) {
+        let synced = self.journal.done().clone();
         loop {
             heartbeat::beat();
             let timeout = self.next_wake();
             let mut handled = 0;
             select_biased! {
+                // A batch on disk: its reports first, they are the oldest.
+                recv(synced) -> s => if let Ok(s) = s {
+                    let reports = self.journal.arrived(s);
+                    self.report(reports);
+                },
                 recv(results) -> r => if let Ok(r) = r { self.feed(Input::Result(r)); handled += 1; },
                 recv(control) -> m => match m {
                     Ok(m) => { self.on_message(m); handled += 1; }
@@ -420,6 +433,11 @@ impl Manager {
             if self.core.stopped() {
                 break;
             }
+        }
+        // What is on its way and what waits behind it, before the last retries.
+        while let Some(reports) = self.journal.wait() {
+            self.report(reports);
+            self.commit();
         }
         self.keep_journal(true);
         self.write_blocked_file(true);
@@ -573,14 +591,38 @@ impl Manager {
 
     // ---- persistence ----
 
-    /// Appends what changed to the journal (one fsync), then reports it: log lines,
-    /// history lines, replies. Compacts the journal when it has grown.
+    /// Hands what changed to the journal (one fsync, on its thread), whose reports (log
+    /// lines, history lines, replies) are made when it comes back. While a batch is on its
+    /// way, the next waits here, reports included, so that the order holds. Then the
+    /// journal's retries and compaction, when it is home.
     fn commit(&mut self) {
-        // Kept in memory and written later should the file not take them now: what is
-        // reported below is in force either way.
-        self.journal
-            .record(std::mem::take(&mut self.pending_entries));
-        for effect in std::mem::take(&mut self.pending_effects) {
+        if self.pending_entries.is_empty() {
+            // Nothing to write: reported now, unless a batch on its way comes first.
+            if self.journal.journal().is_some() {
+                let reports = std::mem::take(&mut self.pending_effects);
+                self.report(reports);
+                self.keep_journal(false);
+            }
+            return;
+        }
+        let entries = std::mem::take(&mut self.pending_entries);
+        let reports = std::mem::take(&mut self.pending_effects);
+        match self.journal.send(entries, reports) {
+            Sent::Away => {}
+            Sent::Busy(entries, reports) => {
+                self.pending_entries = entries;
+                self.pending_effects = reports;
+            }
+            Sent::Written(reports) => {
+                self.report(reports);
+                self.keep_journal(false);
+            }
+        }
+    }
+
+    /// Carries out the reports of a batch the journal holds.
+    fn report(&mut self, reports: Vec<Effect>) {
+        for effect in reports {
             match effect {
                 Effect::Info(line) => log::info!("{line}"),
                 Effect::Warn(line) => log::warn!("{line}"),
@@ -599,38 +641,46 @@ impl Manager {
                 }
             }
         }
-        self.keep_journal(false);
     }
 
     /// Writes what the journal and the history still hold back (on their retry timers) and
     /// compacts the journal when it has grown or fell too far behind. `last`: before
     /// stopping, whatever the timers say; what still cannot be written is logged as lost.
     fn keep_journal(&mut self, last: bool) {
-        let now = Instant::now();
+        self.history.retry_pending(Instant::now());
+        self.keep_journal_file(last);
         if last {
-            self.journal.expedite();
-        }
-        self.journal.retry_pending(now);
-        self.history.retry_pending(now);
-        // The targets bound the records from above: counting them (a walk of every block)
-        // only when that bound says compaction may be due keeps a commit O(1) while
-        // thousands of restored blocks come back one by one.
-        if self.journal.needs_compaction(self.core.targets())
-            && self.journal.needs_compaction(self.core.record_count())
-        {
-            // A failure is the journal's to log (once a minute at most).
-            let _ = self
-                .journal
-                .compact(self.core.records(), self.core.offences());
-        }
-        if last {
-            self.journal.close();
             self.history.close();
         }
     }
 
+    /// The journal's part of [`Manager::keep_journal`], when it is home.
+    fn keep_journal_file(&mut self, last: bool) {
+        let Some(journal) = self.journal.journal() else {
+            return;
+        };
+        if last {
+            journal.expedite();
+        }
+        journal.retry_pending(Instant::now());
+        // The targets bound the records from above: counting them (a walk of every block)
+        // only when that bound says compaction may be due keeps a commit O(1) while
+        // thousands of restored blocks come back one by one.
+        if journal.needs_compaction(self.core.targets())
+            && journal.needs_compaction(self.core.record_count())
+        {
+            // Records are made one at a time from the compact ones; a failure is the
+            // journal's to log (once a minute at most).
+            let _ = journal.compact(self.core.records(), self.core.offences());
+        }
+        if last {
+            journal.close();
+        }
+    }
+
     /// Rewrites `BLOCKED_FILE` (the 1.2 list of hosts blocked now) when it changed, at most
-    /// once per [`BLOCKED_FILE_INTERVAL`] unless `now`.
+    /// once per [`BLOCKED_FILE_INTERVAL`] unless `now`. Written on its own thread (which
+    /// retries a failed write itself); `now` also waits until it was tried.
     fn write_blocked_file(&mut self, now: bool) {
         let recent = self
             .blocked_file_written
@@ -639,10 +689,9 @@ impl Manager {
             return;
         }
         let path = self.generation.config.blocked_file.clone();
-        // One that fails stays marked as changed and is tried again (the writer logs it).
-        if self.blocked_file.write(&path, self.core.blocked_lines()) {
-            self.blocked_file_dirty = false;
-        }
+        let lines = self.core.blocked_lines().collect();
+        self.blocked_file.write(path, lines, now);
+        self.blocked_file_dirty = false;
         self.blocked_file_written = Some(Instant::now());
     }
 }

@@ -5,12 +5,14 @@
 //! A block is about a [`Target`]: one address (`/32`, `/128`) or, for blocks made by hand or
 //! imported from a list, a network.
 
+pub mod blocked_writer;
 pub mod core;
 pub mod journal;
 pub mod manager;
 pub mod policy;
 pub mod refusal;
 pub mod stored;
+pub mod syncer;
 pub mod view;
 
 pub use crate::record::*;

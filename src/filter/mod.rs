@@ -3,6 +3,7 @@
 
 pub mod blocked;
 pub mod ignored;
+pub mod lru;
 pub mod protect;
 pub mod trigger;
 

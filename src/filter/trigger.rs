@@ -19,13 +19,15 @@
 //!
 //! The table has a fixed capacity (`SCAN_TRIGGER_TABLE_SIZE`), as scanlogd's does: a flood of
 //! forged sources evicts the least recently seen ones and never grows memory. Each source keeps
-//! at most as many probes as the higher threshold, which is all the decision needs.
+//! at most as many probes as the higher threshold, which is all the decision needs. The
+//! table is a [`Lru`]: under a flood, a probe costs one hash lookup and a few index writes,
+//! and a full table allocates nothing (an evicted source's memory goes to the newcomer).
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::lru::Lru;
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
 use crate::config::ignore::IgnoreList;
@@ -55,8 +57,6 @@ struct Probe {
 /// Per-source state.
 #[derive(Debug)]
 struct Source {
-    /// Key of this source in `TriggerTable::by_age`.
-    touched: u64,
     /// Last probe of any kind; a source silent for longer than the window starts afresh.
     last_seen: Instant,
     /// Distinct probes within the window, at most `needed()` of them.
@@ -70,6 +70,28 @@ struct Source {
     proven: Vec<IpAddr>,
 }
 
+impl Source {
+    fn new(now: Instant, needed: usize) -> Source {
+        Source {
+            last_seen: now,
+            probes: Vec::with_capacity(needed.min(8)),
+            fired: false,
+            actionable: false,
+            proven: Vec::new(),
+        }
+    }
+
+    /// Starts afresh at `now` (a source quiet for a window, or an evicted one's slot taken
+    /// by a newcomer), keeping the vectors' memory.
+    fn reset(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.probes.clear();
+        self.fired = false;
+        self.actionable = false;
+        self.proven.clear();
+    }
+}
+
 /// Proven hosts remembered per prefix at most.
 const PROVEN_HOSTS: usize = 16;
 
@@ -81,16 +103,11 @@ pub struct TriggerTable {
     /// `FORGEABLE_SCAN_TRIGGER` (0: as `trigger`).
     forgeable: u32,
     window: Duration,
-    capacity: usize,
     /// `SCAN_PREFIX_V4` / `SCAN_PREFIX_V6`: sources are keyed by their prefix.
     prefix_v4: u8,
     prefix_v6: u8,
-    /// Per prefix (its network address).
-    sources: HashMap<IpAddr, Source>,
-    /// Sources by the tick of their last probe: the first entry is the one to evict. Every
-    /// probe moves its source to a new, unique tick, so this is an O(log n) LRU.
-    by_age: BTreeMap<u64, IpAddr>,
-    tick: u64,
+    /// Per prefix (its network address), the least recently seen evicted first.
+    sources: Lru<IpAddr, Source>,
 }
 
 impl TriggerTable {
@@ -102,12 +119,9 @@ impl TriggerTable {
             trigger,
             forgeable: 0,
             window,
-            capacity: capacity.max(1),
             prefix_v4: 32,
             prefix_v6: 128,
-            sources: HashMap::new(),
-            by_age: BTreeMap::new(),
-            tick: 0,
+            sources: Lru::new(capacity),
         }
     }
 
@@ -181,49 +195,28 @@ impl TriggerTable {
     ) -> Observation {
         let src = src.to_canonical();
         let key = self.key(src);
-        self.tick += 1;
-        let tick = self.tick;
         let needed = self.needed();
         let (log_needed, forgeable_needed) = (self.log_needed(), self.forgeable_needed());
         let window = self.window;
         let expired =
             |seen: Instant| !window.is_zero() && now.saturating_duration_since(seen) > window;
 
-        if let Some(s) = self.sources.get_mut(&key) {
-            self.by_age.remove(&s.touched);
-            self.by_age.insert(tick, key);
-            s.touched = tick;
-            if expired(s.last_seen) {
-                s.fired = false;
-                s.actionable = false;
-                s.proven.clear();
-                s.probes.clear();
-            } else {
-                s.probes.retain(|p| !expired(p.seen));
+        let s = match self.sources.touch(&key) {
+            Some(s) => {
+                if expired(s.last_seen) {
+                    s.reset(now);
+                } else {
+                    s.probes.retain(|p| !expired(p.seen));
+                    s.last_seen = now;
+                }
+                s
             }
-            s.last_seen = now;
-            record_probe(s, proto, port, now, needed);
-            return judge(s, src, proven, log_needed, forgeable_needed);
-        }
-
-        while self.sources.len() >= self.capacity {
-            if !self.evict_oldest() {
-                break;
-            }
-        }
-        let mut s = Source {
-            touched: tick,
-            last_seen: now,
-            probes: Vec::with_capacity(needed.min(8)),
-            fired: false,
-            actionable: false,
-            proven: Vec::new(),
+            None => self
+                .sources
+                .insert_with(key, || Source::new(now, needed), |s| s.reset(now)),
         };
-        record_probe(&mut s, proto, port, now, needed);
-        let obs = judge(&mut s, src, proven, log_needed, forgeable_needed);
-        self.by_age.insert(tick, key);
-        self.sources.insert(key, s);
-        obs
+        record_probe(s, proto, port, now, needed);
+        judge(s, src, proven, log_needed, forgeable_needed)
     }
 
     /// Changes the settings and keeps every source's probes: a reload does not reset a slow
@@ -242,7 +235,6 @@ impl TriggerTable {
             self.prefix_v4 = v4;
             self.prefix_v6 = v6;
             self.sources.clear();
-            self.by_age.clear();
         }
     }
 
@@ -261,21 +253,13 @@ impl TriggerTable {
 
     fn reconfigure_tail(&mut self, window: Duration, capacity: usize) {
         self.window = window;
-        self.capacity = capacity.max(1);
-        while self.sources.len() > self.capacity {
-            if !self.evict_oldest() {
-                break;
-            }
-        }
+        self.sources.set_capacity(capacity);
         let needed = self.needed();
         for s in self.sources.values_mut() {
             if s.probes.len() > needed {
                 s.probes.sort_by_key(|p| std::cmp::Reverse(p.seen));
                 s.probes.truncate(needed);
             }
-        }
-        if self.sources.capacity() > self.capacity.saturating_mul(2) {
-            self.sources.shrink_to(self.capacity);
         }
     }
 
@@ -291,23 +275,12 @@ impl TriggerTable {
 
     /// The most sources tracked at once.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.sources.capacity()
     }
 
     /// Whether `src` (its prefix) is tracked (not yet evicted).
     pub fn contains(&self, src: IpAddr) -> bool {
-        self.sources.contains_key(&self.key(src.to_canonical()))
-    }
-
-    /// Drops the least recently seen source; false when the table is empty.
-    fn evict_oldest(&mut self) -> bool {
-        match self.by_age.pop_first() {
-            Some((_, ip)) => {
-                self.sources.remove(&ip);
-                true
-            }
-            None => false,
-        }
+        self.sources.contains(&self.key(src.to_canonical()))
     }
 }
 
@@ -713,8 +686,9 @@ mod tests {
             assert!(t.len() <= 1000);
         }
         assert_eq!(t.len(), 1000);
-        assert_eq!(t.by_age.len(), 1000);
-        assert!(t.sources.capacity() < 4096, "{}", t.sources.capacity());
+        assert_eq!(t.sources.keys_oldest_first().count(), 1000);
+        let (slots, index) = t.sources.allocated();
+        assert!(slots <= 1000 && index < 4096, "{slots} {index}");
         // The survivors are the most recent ones.
         assert!(t.contains(IpAddr::V4(Ipv4Addr::from(999_999))));
         assert!(!t.contains(IpAddr::V4(Ipv4Addr::from(998_999))));
@@ -728,7 +702,7 @@ mod tests {
         for port in 1..=1000u16 {
             t.observe(src, Proto::Tcp, port, t0);
         }
-        let s = &t.sources[&src];
+        let s = t.sources.touch(&src).unwrap();
         assert_eq!(s.probes.len(), 4);
         assert!(s.probes.capacity() <= 8);
     }
@@ -762,8 +736,8 @@ mod tests {
         }
         t.reconfigure(2, HOUR, 10);
         assert_eq!(
-            t.sources[&src].probes.len(),
-            2,
+            t.sources.touch(&src).map(|s| s.probes.len()),
+            Some(2),
             "kept the most recent probes"
         );
         assert!(t.observe(src, Proto::Tcp, 3, secs(t0, 4)).fired);

@@ -132,6 +132,13 @@ pub trait Responder: Send {
     fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
         ctxs.iter().map(|ctx| self.respond(ctx)).collect()
     }
+
+    /// Whether blocking `target` is done in this process within a bounded time (no command,
+    /// no file, no plugin): then the pool may run it on the block manager's own thread,
+    /// sparing the wake-up of a worker (see [`pool::Pool::submit`]).
+    fn in_process(&self, _target: &Target) -> bool {
+        false
+    }
 }
 
 /// Test support: runs a responder once for a probe from `src`, with default config; `src`

@@ -330,6 +330,8 @@ fn spawn_named(name: String, f: Box<dyn FnOnce() + Send>) -> std::io::Result<Joi
 /// The running workers.
 pub struct Pool {
     jobs: Option<Sender<Job>>,
+    /// Where the results of the jobs run on the caller's thread go (see [`Pool::submit`]).
+    results: Sender<JobResult>,
     threads: Vec<JoinHandle<()>>,
     timings: Arc<Timings>,
     nft: NftHandle,
@@ -362,7 +364,7 @@ impl Pool {
         let mut last_error = None;
         for n in 0..workers.max(1) {
             let rx = rx.clone();
-            let results = results.clone();
+            let done = results.clone();
             let timings = Arc::clone(&timings);
             let nft = nft.clone();
             let name = format!("respond-{n}");
@@ -371,7 +373,7 @@ impl Pool {
                 name,
                 Box::new(move || {
                     let _enrolled = heartbeat::enroll(&enrolled_as, Kind::Worker);
-                    work(&rx, &results, &timings, &nft)
+                    work(&rx, &done, &timings, &nft)
                 }),
             ) {
                 Ok(h) => threads.push(h),
@@ -385,6 +387,7 @@ impl Pool {
             (true, Some(e)) => Err(e),
             _ => Ok(Pool {
                 jobs: Some(tx),
+                results,
                 threads,
                 timings,
                 nft,
@@ -409,7 +412,22 @@ impl Pool {
 
     /// Hands a job to the next free worker. The manager keeps at most [`Pool::workers`]
     /// jobs in flight, so this never queues behind a hanging one.
+    ///
+    /// A scan's block whose responders all work in-process (an `ip route` form done over
+    /// rtnetlink) is run here instead, on the manager's thread, its results sent the way a
+    /// worker's are: one netlink exchange costs less than waking a worker, and on a loaded
+    /// 2-core machine that wake-up was a good part of the time from a scanner's first packet
+    /// to its route (issue 19).
     pub fn submit(&self, job: Job) {
+        if let Job::Apply(apply) = &job
+            && runs_in_process(apply, &self.nft)
+        {
+            for result in run(job, &self.timings, &self.nft) {
+                let _ = self.results.send(result);
+            }
+            heartbeat::idle();
+            return;
+        }
         if let Some(tx) = &self.jobs {
             let _ = tx.send(job);
         }
@@ -426,27 +444,47 @@ impl Pool {
 
 fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nft: &NftHandle) {
     for job in jobs {
-        let done = match job {
-            Job::Apply(job) => {
-                let started = Instant::now();
-                let done = apply(&job, timings, nft);
-                let each = per_block(started.elapsed(), done.len());
-                for _ in &done {
-                    timings.apply_jobs.record(each);
-                }
-                done
-            }
-            Job::Undo(job) => undo(&job, timings, nft),
-            Job::Refresh(job) => vec![refresh(&job.record, job.id, nft)],
-        };
+        let done = run(job, timings, nft);
         heartbeat::idle();
-        crate::logging::flush();
         for result in done {
             if results.send(result).is_err() {
                 return;
             }
         }
     }
+}
+
+/// Runs one job: its results, one per block in order (the pending stderr lines written).
+fn run(job: Job, timings: &Timings, nft: &NftHandle) -> Vec<JobResult> {
+    let done = match job {
+        Job::Apply(job) => {
+            let started = Instant::now();
+            let done = apply(&job, timings, nft);
+            let each = per_block(started.elapsed(), done.len());
+            for _ in &done {
+                timings.apply_jobs.record(each);
+            }
+            done
+        }
+        Job::Undo(job) => undo(&job, timings, nft),
+        Job::Refresh(job) => vec![refresh(&job.record, job.id, nft)],
+    };
+    crate::logging::flush();
+    done
+}
+
+/// Whether a job is one scan's block whose every responder works in-process (see
+/// [`Pool::submit`]); restored blocks come in large batches and stay with the workers.
+fn runs_in_process(job: &ApplyJob, nft: &NftHandle) -> bool {
+    let [block] = job.blocks.as_slice() else {
+        return false;
+    };
+    if block.restored {
+        return false;
+    }
+    let config = &job.generation.config;
+    let chain = responder_chain(config, block.level, false, job.lua.responders(), nft);
+    !chain.is_empty() && chain.iter().all(|r| r.in_process(&block.target))
 }
 
 /// Puts a block's nftables element back with the time its record now has left (delete and
@@ -720,6 +758,76 @@ mod tests {
         Generation::from_parts(1, config, Default::default())
     }
 
+    /// A block of `t` (an address or a network) at level All, as the manager hands it over.
+    fn block_to_apply(t: &str, id: u64, restored: bool) -> BlockToApply {
+        let target = crate::record::parse_target(t).unwrap();
+        BlockToApply {
+            id,
+            target,
+            alert: Candidate {
+                hit: crate::event::Hit::now(
+                    target.addr(),
+                    0,
+                    crate::event::Mode::Tcp,
+                    crate::event::ProbeKind::Connect,
+                ),
+                count: 0,
+                already_blocked: false,
+                actionable: true,
+            },
+            resolved: t.to_string(),
+            level: BlockLevel::All,
+            until: None,
+            restored,
+            members: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_scan_block_whose_responders_all_work_in_process_runs_on_the_managers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |kill_route: &str, hosts_deny: bool, blocks: Vec<BlockToApply>| {
+            let mut generation = batch_generation(dir.path());
+            let config = std::sync::Arc::make_mut(&mut generation.config);
+            config.kill_run_cmd = None;
+            config.kill_route = template(kill_route);
+            if !hosts_deny {
+                config.kill_hosts_deny = None;
+            }
+            ApplyJob {
+                blocks,
+                generation,
+                lua: LuaPlugins::none(),
+            }
+        };
+        let nft = NftHandle::closed();
+        let route = "/sbin/ip route add unreachable $TARGET$";
+        let one = || vec![block_to_apply("10.77.1.2", 1, false)];
+        assert!(runs_in_process(&job(route, false, one()), &nft));
+        assert!(
+            runs_in_process(
+                &job(route, false, vec![block_to_apply("fd77::4", 1, false)]),
+                &nft
+            ),
+            "the IPv6 form is done in-process too"
+        );
+        assert!(
+            !runs_in_process(&job(route, true, one()), &nft),
+            "hosts.deny is a file"
+        );
+        assert!(
+            !runs_in_process(&job("/usr/local/bin/block $TARGET$", false, one()), &nft),
+            "a command"
+        );
+        let restored = vec![block_to_apply("10.77.1.2", 1, true)];
+        assert!(!runs_in_process(&job(route, false, restored), &nft));
+        let two = vec![
+            block_to_apply("10.77.1.2", 1, false),
+            block_to_apply("10.77.1.3", 2, false),
+        ];
+        assert!(!runs_in_process(&job(route, false, two), &nft), "a batch");
+    }
+
     #[test]
     fn a_batch_gives_one_result_per_block_in_order_and_undoes_as_a_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -728,29 +836,7 @@ mod tests {
         let blocks = targets
             .iter()
             .zip(10u64..)
-            .map(|(t, id)| {
-                let target = crate::record::parse_target(t).unwrap();
-                BlockToApply {
-                    id,
-                    target,
-                    alert: Candidate {
-                        hit: crate::event::Hit::now(
-                            target.addr(),
-                            0,
-                            crate::event::Mode::Tcp,
-                            crate::event::ProbeKind::Connect,
-                        ),
-                        count: 0,
-                        already_blocked: false,
-                        actionable: true,
-                    },
-                    resolved: t.to_string(),
-                    level: BlockLevel::All,
-                    until: None,
-                    restored: true,
-                    members: Vec::new(),
-                }
-            })
+            .map(|(t, id)| block_to_apply(t, id, true))
             .collect();
         let job = ApplyJob {
             blocks,

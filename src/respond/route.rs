@@ -460,6 +460,11 @@ impl Responder for NetlinkRoute {
         true
     }
 
+    /// One rtnetlink exchange, answered by the kernel (at worst after [`ACK_TIMEOUT`]).
+    fn in_process(&self, target: &IpNet) -> bool {
+        self.form.covers(target)
+    }
+
     /// The covered targets in one batch of requests; the others through the command.
     fn respond_batch(&mut self, ctxs: &[ResponseContext<'_>]) -> Vec<Outcome> {
         let covered: Vec<(Form, IpNet)> = ctxs
