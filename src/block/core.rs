@@ -205,6 +205,38 @@ pub enum Work {
     Undo(BlockToUndo),
 }
 
+impl Work {
+    /// The result of this job had every responder done its part: an apply with the action
+    /// `action` makes for its target, an undo with `undone`. For a shell that applies
+    /// nothing (a replay of a capture) and for tests that play the pool.
+    pub fn succeeded(
+        self,
+        action: impl FnOnce(&Target) -> Action,
+        undone: Vec<(String, UndoOutcome)>,
+    ) -> crate::respond::pool::JobResult {
+        use crate::respond::pool::JobResult;
+        match self {
+            Work::Apply(BlockToApply { id, target, .. }) => JobResult::Applied {
+                id,
+                target,
+                actions: vec![action(&target)],
+                failures: 0,
+                vetoed: false,
+            },
+            Work::Refresh { id, record } => JobResult::Refreshed {
+                id,
+                target: record.target,
+                error: None,
+            },
+            Work::Undo(BlockToUndo { id, record, .. }) => JobResult::Undone {
+                id,
+                target: record.target,
+                outcomes: undone,
+            },
+        }
+    }
+}
+
 /// Things reported only once the journal holds what they report.
 pub enum Effect {
     /// An info log line.

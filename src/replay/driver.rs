@@ -699,31 +699,16 @@ impl Replay {
 /// The result of a job the replay pretends to have run: every responder "acted" (nothing
 /// is applied), so that the core goes on as it would after a block in force.
 fn done(work: Work) -> JobResult {
-    match work {
-        Work::Apply(b) => JobResult::Applied {
-            id: b.id,
-            target: b.target,
-            actions: vec![Action {
-                responder: "replay".into(),
-                detail: "not applied (replay)".into(),
-                undo: Undo::Impossible {
-                    why: "replay: nothing was applied".into(),
-                },
-            }],
-            failures: 0,
-            vetoed: false,
+    work.succeeded(
+        |_| Action {
+            responder: "replay".into(),
+            detail: "not applied (replay)".into(),
+            undo: Undo::Impossible {
+                why: "replay: nothing was applied".into(),
+            },
         },
-        Work::Refresh { id, record } => JobResult::Refreshed {
-            id,
-            target: record.target,
-            error: None,
-        },
-        Work::Undo(u) => JobResult::Undone {
-            id: u.id,
-            target: u.record.target,
-            outcomes: Vec::new(),
-        },
-    }
+        Vec::new(),
+    )
 }
 
 /// The parts of a TCP segment the replay's own bookkeeping reads.

@@ -5,7 +5,6 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::config::ignore::IgnoreList;
-use crate::respond::pool::JobResult;
 
 /// A guard that protects the addresses it is given.
 struct Protects(Vec<IpAddr>);
@@ -131,31 +130,16 @@ impl Rig {
     fn settle_with(&mut self, by: impl Fn(&Target) -> &'static str) {
         while !self.work.is_empty() {
             for w in std::mem::take(&mut self.work) {
-                let result = match w {
-                    Work::Apply(BlockToApply { id, target, .. }) => JobResult::Applied {
-                        id,
-                        target,
-                        actions: vec![Action {
-                            responder: by(&target).into(),
-                            detail: format!("ip route add blackhole {}", target_text(&target)),
-                            undo: crate::record::Undo::Command {
-                                command: "true".into(),
-                            },
-                        }],
-                        failures: 0,
-                        vetoed: false,
+                let result = w.succeeded(
+                    |target| Action {
+                        responder: by(target).into(),
+                        detail: format!("ip route add blackhole {}", target_text(target)),
+                        undo: crate::record::Undo::Command {
+                            command: "true".into(),
+                        },
                     },
-                    Work::Refresh { id, record } => JobResult::Refreshed {
-                        id,
-                        target: record.target,
-                        error: None,
-                    },
-                    Work::Undo(BlockToUndo { id, record, .. }) => JobResult::Undone {
-                        id,
-                        target: record.target,
-                        outcomes: vec![("route".into(), UndoOutcome::Done("ok".into()))],
-                    },
-                };
+                    vec![("route".into(), UndoOutcome::Done("ok".into()))],
+                );
                 self.send(Input::Result(result));
             }
         }
