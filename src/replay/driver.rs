@@ -403,7 +403,8 @@ impl Replay {
                 ifindex: frame.iface as i32,
                 pkttype: libc::PACKET_HOST,
                 checksum_trusted: !self.verify,
-                truncated: frame.truncated() && ip.len() < 60,
+                // As the live sensor: a probe cut short by the snap length is not judged.
+                truncated: frame.truncated(),
             };
             if let Some((probe, skip)) =
                 raw::handle(&pkt, now.mono, watch, &mut self.raw, &mut hits)
