@@ -44,28 +44,41 @@ where
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let n = socket.recv(&mut &mut buf[..], 0)?;
-        let mut datagram = buf.get(..n).unwrap_or_default();
+        let datagram = buf.get(..n).unwrap_or_default();
         if datagram.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "netlink: empty datagram in a dump",
             ));
         }
-        while !datagram.is_empty() {
-            let answer = NetlinkMessage::<T>::deserialize(datagram)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
-            let len = answer.header.length as usize;
-            match answer.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(inner) => each(inner),
-                _ => {}
-            }
-            // Messages are 4-byte aligned; a zero length would loop for ever.
-            if len == 0 {
-                break;
-            }
-            datagram = datagram.get((len + 3) & !3..).unwrap_or_default();
+        if for_each_message(datagram, &mut each)? {
+            return Ok(());
         }
     }
+}
+
+/// Walks the netlink messages of one datagram (a dump's answer, or notifications), calling
+/// `each` with every inner message; true once the kernel said a dump is done. A netlink
+/// error or a malformed message is an error.
+pub fn for_each_message<T>(mut datagram: &[u8], mut each: impl FnMut(T)) -> io::Result<bool>
+where
+    T: NetlinkDeserializable,
+{
+    while !datagram.is_empty() {
+        let answer = NetlinkMessage::<T>::deserialize(datagram)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+        let len = answer.header.length as usize;
+        match answer.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+            NetlinkPayload::InnerMessage(inner) => each(inner),
+            _ => {}
+        }
+        // Messages are 4-byte aligned; a zero length would loop for ever.
+        if len == 0 {
+            break;
+        }
+        datagram = datagram.get((len + 3) & !3..).unwrap_or_default();
+    }
+    Ok(false)
 }

@@ -105,14 +105,20 @@ impl RouteWatch {
         })
     }
 
-    /// Drains the notifications queued since the last call; true when there was any (or
-    /// when some were lost because the queue overflowed: the table must be read again).
+    /// Drains the notifications queued since the last call; true when one of them added or
+    /// removed a route with a next hop (or when some were lost because the queue overflowed:
+    /// the table must be read again). Routes without a gateway (the daemon's own
+    /// `unreachable` blocks, on-link routes) change no gateway: a restore adding 100,000 of
+    /// them must not make this thread dump the whole table again and again.
     pub fn changed(&mut self) -> bool {
         let mut any = false;
         // Bounded: a route storm is answered by one re-read, not by draining for ever.
         for _ in 0..1024 {
             match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(_) => any = true,
+                Ok(n) => {
+                    let datagram = self.buf.get(..n).unwrap_or_default();
+                    any |= names_a_gateway(datagram);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ENOBUFS (overflow) and anything else: read the table to be sure.
@@ -126,6 +132,20 @@ impl RouteWatch {
     }
 }
 
+/// Whether a datagram of route notifications adds or removes a route with a next hop; one
+/// that cannot be read counts as one, to be safe.
+fn names_a_gateway(datagram: &[u8]) -> bool {
+    let mut gateway = false;
+    let read = crate::netlink::for_each_message(datagram, |m: RouteNetlinkMessage| {
+        if let RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) = m {
+            let mut hops = BTreeSet::new();
+            next_hops(&r.attributes, &mut hops);
+            gateway |= !hops.is_empty();
+        }
+    });
+    gateway || read.is_err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +157,32 @@ mod tests {
 
     fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
         addrs.iter().map(|a| ip(a)).collect()
+    }
+
+    #[test]
+    fn block_routes_are_no_change_of_gateways_and_a_gateway_route_is() {
+        let ns = NetNs::with_link("routewatch");
+        let mut watch = ns.run(|| RouteWatch::open().expect("subscribe"));
+        assert!(!watch.changed(), "nothing yet");
+        // What a restore of many blocks does: unreachable and blackhole routes, no next hop.
+        for i in 1..=50 {
+            ns.ip(&["route", "add", "unreachable", &format!("10.77.254.{i}")]);
+        }
+        ns.ip(&["-6", "route", "add", "blackhole", "fd77:254::9"]);
+        ns.ip(&["route", "del", "unreachable", "10.77.254.7"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!watch.changed(), "block routes name no gateway");
+        // The positive control: a route through a next hop is a change, added or removed.
+        ns.ip(&["route", "add", "10.77.252.0/24", "via", "10.77.251.253"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(watch.changed(), "a gateway route");
+        ns.ip(&["route", "del", "10.77.252.0/24"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(watch.changed(), "its removal");
+        assert!(
+            names_a_gateway(b"\x01\x02garbage"),
+            "unreadable counts as a change"
+        );
     }
 
     #[test]
