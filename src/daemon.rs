@@ -191,7 +191,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     );
     let announcer = Announcer::new(generation.clone(), lua.clone(), blocks.requester())
         .with_events(events.sink());
-    let pipeline = Pipeline::start(filters, announcer, config.log_rate_limit)
+    let pipeline = Pipeline::start(filters, announcer, Arc::clone(&generation.config))
         .context("cannot start pipeline threads")?;
     let metrics = MetricsServer::new(
         Sources::of(&pipeline, &blocks, &events, &fleet),
@@ -558,7 +558,7 @@ impl Reloader<'_> {
     }
 
     /// Hands a valid generation (and the plugins built from it) to every running part, then
-    /// waits until the sensors and the filters hold it, so that "in force" is true for the
+    /// waits until the sensors hold it (the filters take it at once), so that "in force" is true for the
     /// next probe. The previous plugins stop once the announcer and the block manager (and
     /// any job still running) let go of them.
     fn swap(&mut self, next: Generation, lua: LuaPlugins) {
@@ -580,14 +580,9 @@ impl Reloader<'_> {
         let deadline = Instant::now() + APPLY_WAIT;
         // A sensor takes its control message at the top of its poll loop and applies it
         // before polling again.
+        // The filters took it in `reload` (under the lock the sensors judge with).
         while self.sensors.iter().any(|h| !h.control.is_empty()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
-        }
-        if !self
-            .pipeline
-            .sync(deadline.saturating_duration_since(Instant::now()))
-        {
-            log::warn!("{}", log_lines::filters_slow_to_reload());
         }
     }
 }

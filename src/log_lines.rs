@@ -437,13 +437,6 @@ pub fn refresh_failed(what: &str, err: &str) -> String {
     format!("adminalert: ERROR: cannot refresh {what}: {err}. Keeping the previous view")
 }
 
-/// Ours: probes lost because the filters were behind (the sensors' channel was full).
-pub fn probes_dropped(count: u64, seconds: u64) -> String {
-    format!(
-        "adminalert: WARNING: {count} probes dropped in the last {seconds} s because the detection pipeline was behind"
-    )
-}
-
 /// `27480` as `27,480`: summary lines are read by people counting orders of magnitude.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -822,11 +815,6 @@ pub fn keeping_generation(generation: u64) -> String {
 /// Ours: the modes file could not be read at a reload; the running modes stay.
 pub fn modes_unchanged(err: impl Display) -> String {
     format!("adminalert: WARNING: {err}; modes unchanged")
-}
-
-/// Ours: the filters did not confirm a reload in time (they take it with their next probe).
-pub fn filters_slow_to_reload() -> &'static str {
-    "adminalert: WARNING: the filters are slow to take the new configuration"
 }
 
 /// Ours: the syslog socket cannot be reached; lines go to stderr only.

@@ -53,7 +53,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Where the values come from: the counters their owners keep.
 #[derive(Clone)]
 pub struct Sources {
-    /// The filter thread's counters.
+    /// The filter stage's counters.
     pub stats: Arc<Stats>,
     /// The sensors' way in (it counts the probes the filters had no room for).
     pub sink: HitSink,

@@ -4,7 +4,7 @@
 //! During a flood of forged sources every probe touches the table: a lookup, a move to the
 //! most recent end, and, once it is full, an eviction. Kept as a `HashMap` plus a `BTreeMap`
 //! of ages, that was three tree operations and an allocation per probe (issue 19 measured
-//! the trigger table as most of the filter thread's 3.5 µs a probe). Here the entries live in
+//! the trigger table as most of the filters' 3.5 µs a probe). Here the entries live in
 //! one vector, linked from the oldest to the newest by indices: a touch and an eviction are
 //! a few index writes, and an evicted entry's slot, with whatever memory its value holds, is
 //! handed to the newcomer, so a full table allocates nothing more.

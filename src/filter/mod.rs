@@ -35,7 +35,8 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// One stage of the filter chain. Filters run on the pipeline's filter thread, in order, and may
+/// One stage of the filter chain. Filters run on the thread of the sensor that saw the probe
+/// (see [`crate::pipeline`]), in order, and may
 /// annotate the candidate (trigger count, already blocked) as well as pass or drop it.
 pub trait Filter: Send {
     /// Short name for logs and counters.

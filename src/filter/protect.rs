@@ -12,8 +12,8 @@
 //!   not be cut by one.
 //!
 //! One refresher thread, owned by a [`Protector`], reads the kernel and the file and
-//! publishes an immutable [`Snapshot`]; it is the only writer. The [`ProtectFilter`] on the
-//! filter thread, and anyone else holding a [`ProtectView`] (the block manager, for blocks
+//! publishes an immutable [`Snapshot`]; it is the only writer. The [`ProtectFilter`] in the
+//! filter chain, and anyone else holding a [`ProtectView`] (the block manager, for blocks
 //! made by hand or pulled from a fleet), read it without any I/O. The view and snapshot types
 //! live in [`crate::protected`], so that the block manager reads them without importing a
 //! filter.

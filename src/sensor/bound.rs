@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, UdpSocket};
@@ -315,7 +315,8 @@ impl Sensor for BoundSensor {
                 Ok(SensorControl::Stop) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => {}
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(CONTROL_INTERVAL)) {
+            let wait = sink.tick_and_wait(Instant::now(), CONTROL_INTERVAL);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("{}", log_lines::poll_failed(e));
                     std::thread::sleep(CONTROL_INTERVAL);

@@ -13,30 +13,43 @@ pub mod raw;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::Config;
 use crate::event::{Hit, Mode};
 
-/// Where a sensor delivers probes: a bounded channel that never blocks the sensor. A full
-/// channel counts the probe as dropped so the loss is visible instead of silent.
+/// What judges a sensor's probes on the sensor's own thread: the filter stage
+/// ([`crate::pipeline`]), called once per batch, so a probe costs no hand-off to another
+/// thread before it is judged.
+pub trait Judge: Send + Sync {
+    /// Takes every hit out of `hits`, leaving the vector empty with its memory kept for the
+    /// sensor's next batch.
+    fn judge(&self, hits: &mut Vec<Hit>);
+
+    /// Hands on what the judge held back and is due at `now`; returns when it wants the next
+    /// call at the latest (`None`: nothing held).
+    fn tick(&self, now: Instant) -> Option<Instant>;
+}
+
+/// Where a sensor delivers probes; it never blocks the sensor on anything downstream.
 ///
-/// The pipeline's channel carries batches ([`HitSink::batched`]): a sensor that reads many
-/// packets at a time (the raw sensor's ring) hands them on in one message, so the filter
-/// thread wakes once per batch rather than once per probe. A channel of single hits
-/// ([`HitSink::new`]) serves tests and tools.
+/// The daemon's sink judges the probes in place ([`HitSink::judged`]): the filters run on the
+/// sensor's thread, a batch at a time (a raw sensor hands over every probe it read at one
+/// wake-up). A bounded channel of single hits ([`HitSink::new`]) serves tests and tools; when
+/// it is full the probe is counted as dropped, so the loss is visible instead of silent.
 #[derive(Clone)]
 pub struct HitSink {
     tx: HitTx,
     dropped: Arc<AtomicU64>,
 }
 
-/// The two kinds of channel a [`HitSink`] may feed.
+/// The two ways a [`HitSink`] delivers.
 #[derive(Clone)]
 enum HitTx {
     One(Sender<Hit>),
-    Batches(Sender<Vec<Hit>>),
+    Judged(Arc<dyn Judge>),
 }
 
 impl HitSink {
@@ -48,10 +61,10 @@ impl HitSink {
         }
     }
 
-    /// Wraps a channel of batches (the pipeline's input).
-    pub fn batched(tx: Sender<Vec<Hit>>) -> HitSink {
+    /// Judges probes in place, on the calling sensor's thread (the pipeline's input).
+    pub fn judged(judge: Arc<dyn Judge>) -> HitSink {
         HitSink {
-            tx: HitTx::Batches(tx),
+            tx: HitTx::Judged(judge),
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -60,21 +73,46 @@ impl HitSink {
     pub fn emit(&self, hit: Hit) -> bool {
         match &self.tx {
             HitTx::One(tx) => self.sent(tx.try_send(hit), 1) == 1,
-            HitTx::Batches(tx) => self.sent(tx.try_send(vec![hit]), 1) == 1,
+            HitTx::Judged(judge) => {
+                judge.judge(&mut vec![hit]);
+                true
+            }
         }
     }
 
-    /// Delivers probes in one message (one per probe on a channel of single hits); returns
+    /// Delivers every probe of `hits` (leaving it empty, its memory kept for the next batch):
+    /// one call of the judge, or one message per probe on a channel of single hits. Returns
     /// how many were delivered, the others counted as dropped.
-    pub fn emit_batch(&self, hits: Vec<Hit>) -> usize {
+    pub fn emit_batch(&self, hits: &mut Vec<Hit>) -> usize {
         let n = hits.len();
         if n == 0 {
             return 0;
         }
         match &self.tx {
-            HitTx::One(tx) => hits.into_iter().map(|h| self.sent(tx.try_send(h), 1)).sum(),
-            HitTx::Batches(tx) => self.sent(tx.try_send(hits), n),
+            HitTx::One(tx) => hits.drain(..).map(|h| self.sent(tx.try_send(h), 1)).sum(),
+            HitTx::Judged(judge) => {
+                judge.judge(hits);
+                n
+            }
         }
+    }
+
+    /// Hands on what the judge held back and is due at `now` (the alerts that are only
+    /// logged wait a few milliseconds to go together); returns when the sensor must call
+    /// again at the latest. A sensor that batches calls it at every wake-up and never sleeps
+    /// past the time returned.
+    pub fn tick(&self, now: Instant) -> Option<Instant> {
+        match &self.tx {
+            HitTx::One(_) => None,
+            HitTx::Judged(judge) => judge.tick(now),
+        }
+    }
+
+    /// [`HitSink::tick`], and how long the sensor may then sleep: `longest`, or less when
+    /// something held back falls due sooner.
+    pub fn tick_and_wait(&self, now: Instant, longest: Duration) -> Duration {
+        self.tick(now)
+            .map_or(longest, |t| t.saturating_duration_since(now).min(longest))
     }
 
     /// Counts `n` probes of a send as delivered or dropped.
@@ -141,23 +179,32 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_one_message_and_counts_all_its_probes_when_dropped() {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let sink = HitSink::batched(tx);
+    fn a_batch_is_judged_in_one_call_and_left_empty() {
+        #[derive(Default)]
+        struct Counting(std::sync::Mutex<Vec<usize>>);
+        impl Judge for Counting {
+            fn judge(&self, hits: &mut Vec<Hit>) {
+                crate::sync::lock(&self.0).push(hits.len());
+                hits.clear();
+            }
+            fn tick(&self, _now: Instant) -> Option<Instant> {
+                None
+            }
+        }
+        let judge = Arc::new(Counting::default());
+        let sink = HitSink::judged(Arc::clone(&judge) as Arc<dyn Judge>);
         let hit = Hit::now("10.77.0.2".parse().unwrap(), 1, Mode::Atcp, ProbeKind::Syn);
-        assert_eq!(sink.emit_batch(vec![hit.clone(); 3]), 3);
-        assert_eq!(
-            sink.emit_batch(vec![hit.clone(); 5]),
-            0,
-            "the channel is full"
-        );
-        assert_eq!(sink.emit_batch(Vec::new()), 0);
-        assert_eq!(sink.dropped(), 5);
-        assert_eq!(rx.try_recv().map(|b| b.len()), Ok(3));
+        let mut batch = vec![hit.clone(); 3];
+        assert_eq!(sink.emit_batch(&mut batch), 3);
+        assert!(batch.is_empty() && batch.capacity() >= 3, "memory kept");
+        assert_eq!(sink.emit_batch(&mut batch), 0, "an empty batch is no call");
+        assert!(sink.emit(hit.clone()));
+        assert_eq!(*crate::sync::lock(&judge.0), vec![3, 1]);
+        assert_eq!(sink.dropped(), 0);
         // On a channel of single hits, a batch is one message per probe.
         let (tx, rx) = crossbeam_channel::bounded(2);
         let one = HitSink::new(tx);
-        assert_eq!(one.emit_batch(vec![hit; 3]), 2);
+        assert_eq!(one.emit_batch(&mut vec![hit; 3]), 2);
         assert_eq!((rx.len(), one.dropped()), (2, 1));
     }
 }

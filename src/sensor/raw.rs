@@ -260,6 +260,8 @@ impl RawSensor {
         let mut next_refresh = Instant::now() + REFRESH;
         let mut next_report = Instant::now() + DROP_REPORT;
         let mut kernel_drops = 0u64;
+        // The batch handed to the pipeline, its memory reused from wake-up to wake-up.
+        let mut hits = Vec::with_capacity(BATCH);
         loop {
             crate::heartbeat::beat();
             loop {
@@ -301,10 +303,15 @@ impl RawSensor {
                 }
                 next_report = now + DROP_REPORT;
             }
-            let wait = next_refresh
-                .saturating_duration_since(now)
-                .min(CONTROL_TICK);
-            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO);
+            let wait = sink.tick_and_wait(
+                now,
+                next_refresh
+                    .saturating_duration_since(now)
+                    .min(CONTROL_TICK),
+            );
+            // Whole milliseconds, rounded up: a wait of less than one must not spin.
+            let millis = wait.as_micros().div_ceil(1000);
+            let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::ZERO);
             let mut fds = [PollFd::new(self.capture.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
@@ -316,7 +323,6 @@ impl RawSensor {
                 }
             }
             // Every block the kernel has handed over, in one batch for the pipeline.
-            let mut hits = Vec::new();
             for _ in 0..capture::BLOCK_COUNT {
                 // A probe is judged against listeners at most one second old.
                 if Instant::now() >= next_refresh {
@@ -333,10 +339,10 @@ impl RawSensor {
                     Err(e) => log::error!("{}", log_lines::capture_read_failed(e)),
                 }
                 if hits.len() >= BATCH {
-                    sink.emit_batch(std::mem::take(&mut hits));
+                    sink.emit_batch(&mut hits);
                 }
             }
-            sink.emit_batch(hits);
+            sink.emit_batch(&mut hits);
         }
     }
 }
