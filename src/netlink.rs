@@ -31,15 +31,7 @@ where
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     socket2::SockRef::from(&socket).set_read_timeout(Some(RECV_TIMEOUT))?;
-
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-    message.finalize();
-    let mut out = vec![0u8; message.buffer_len()];
-    message.serialize(&mut out);
-    socket.send(&out, 0)?;
+    socket.send(&dump_request(request), 0)?;
 
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
@@ -55,6 +47,19 @@ where
             return Ok(());
         }
     }
+}
+
+/// The bytes of `request` as a dump request: `nlmsghdr` (its type from the request,
+/// `NLM_F_REQUEST | NLM_F_DUMP`, sequence number 1) and the request's own bytes.
+pub fn dump_request<T: NetlinkSerializable>(request: T) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let mut out = vec![0u8; message.buffer_len()];
+    message.serialize(&mut out);
+    out
 }
 
 /// Walks the netlink messages of one datagram (a dump's answer, or notifications), calling
@@ -81,4 +86,24 @@ where
         datagram = datagram.get((len + 3) & !3..).unwrap_or_default();
     }
     Ok(false)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// One netlink message as the kernel sends it in a dump (`NLM_F_MULTI`): header, `body`,
+    /// padding to 4 bytes. For tests of parsers on hand-made datagrams.
+    pub(crate) fn message(seq: u32, kind: u16, body: &[u8]) -> Vec<u8> {
+        let len = (16 + body.len()) as u32;
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
 }

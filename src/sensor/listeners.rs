@@ -391,6 +391,7 @@ fn parse_endpoint(text: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::netlink::tests::message as diag_msg;
 
     // Captured on a Debian 12 host: sshd on 22 (v4 and v6), cupsd on 127.0.0.1:631, an
     // outgoing SSH connection from port 45678 (ESTABLISHED), a TIME_WAIT on 8080.
@@ -453,21 +454,6 @@ pub(crate) mod tests {
     #[test]
     fn empty_tables_mean_no_listeners() {
         assert_eq!(Listeners::from_tables("", "", "", ""), Listeners::default());
-    }
-
-    fn diag_msg(seq: u32, kind: u16, body: &[u8]) -> Vec<u8> {
-        let len = (NLMSG_HDRLEN + body.len()) as u32;
-        let mut m = Vec::new();
-        m.extend_from_slice(&len.to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(body);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m
     }
 
     /// An inet_diag_msg (72 bytes) for a socket on local port `port`.

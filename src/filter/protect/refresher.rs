@@ -86,6 +86,7 @@ struct Refresher {
     gateways: Gateways,
     resolv: ResolvFile,
     peers: PeerTable,
+    sessions: sessions::Reader,
     watch: Option<RouteWatch>,
     routes_dirty: bool,
     last_routes: Option<Instant>,
@@ -109,6 +110,7 @@ pub(super) fn run(
         view,
         gateways: Gateways::default(),
         peers: PeerTable::default(),
+        sessions: sessions::Reader::default(),
         watch: None,
         routes_dirty: false,
         last_routes: None,
@@ -230,7 +232,7 @@ impl Refresher {
             self.peers.clear();
             return false;
         }
-        let result = sessions::read(MAX_PEERS);
+        let result = self.sessions.read(MAX_PEERS);
         // Stamped after the read: an upper bound of when each new session was established.
         let seen_at = SystemTime::now();
         let Some(s) = self.settled(Source::Sessions, result) else {
