@@ -71,7 +71,10 @@ pub fn flush() {
 /// `\u{NN}`. Everything else (and so every 1.2 log line made of ordinary text) is unchanged;
 /// a backslash is left as it is, so ordinary paths and messages stay byte-compatible.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Every control character starts with a byte below 0x20, 0x7f, or 0xc2 (C1 is
+    // U+0080-U+009F): a byte scan clears almost every line without decoding it.
+    let maybe = text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
+    if !maybe || !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -630,6 +633,8 @@ mod tests {
     fn control_characters_are_escaped_and_ordinary_text_is_untouched() {
         let plain = "attackalert: Host 192.0.2.7 has been blocked via dropped route using command: \"/sbin/ip route add unreachable 192.0.2.7\" (C:\\x)";
         assert!(matches!(escape_controls(plain), Cow::Borrowed(_)));
+        // A lead byte shared with the C1 controls, on a printable character: untouched.
+        assert!(matches!(escape_controls("© é"), Cow::Borrowed(_)));
         assert_eq!(
             escape_controls("a\nb\rc\td\u{1b}[31me\u{7f}f\u{0}g\u{85}h é"),
             "a\\nb\\rc\\td\\x1b[31me\\x7ff\\x00g\\u{85}h é"
