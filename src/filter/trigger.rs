@@ -27,6 +27,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
+
 use super::lru::Lru;
 use super::{DropReason, Filter, Verdict};
 use crate::config::Config;
@@ -59,8 +61,11 @@ struct Probe {
 struct Source {
     /// Last probe of any kind; a source silent for longer than the window starts afresh.
     last_seen: Instant,
-    /// Distinct probes within the window, at most `needed()` of them.
-    probes: Vec<Probe>,
+    /// Distinct probes within the window, at most `needed()` of them. Inline up to
+    /// [`INLINE_PROBES`]: under a flood of forged sources every probe is a new source, and a
+    /// heap block of its own per source was a malloc, a cache miss and, as the thread's heap
+    /// grew page by page, an `mprotect` call.
+    probes: SmallVec<[Probe; INLINE_PROBES]>,
     /// The trigger was reached; later probes pass until the source goes quiet for a window.
     fired: bool,
     /// The actionable threshold was reached (sticky like `fired`).
@@ -71,10 +76,10 @@ struct Source {
 }
 
 impl Source {
-    fn new(now: Instant, needed: usize) -> Source {
+    fn new(now: Instant) -> Source {
         Source {
             last_seen: now,
-            probes: Vec::with_capacity(needed.min(8)),
+            probes: SmallVec::new(),
             fired: false,
             actionable: false,
             proven: Vec::new(),
@@ -91,6 +96,9 @@ impl Source {
         self.proven.clear();
     }
 }
+
+/// Probes a source keeps without a heap block: the shipped triggers need at most 3.
+const INLINE_PROBES: usize = 4;
 
 /// Proven hosts remembered per prefix at most.
 const PROVEN_HOSTS: usize = 16;
@@ -219,7 +227,7 @@ impl TriggerTable {
             }
             None => self
                 .sources
-                .insert_with(key, || Source::new(now, needed), |s| s.reset(now)),
+                .insert_with(key, || Source::new(now), |s| s.reset(now)),
         };
         record_probe(s, proto, port, now, needed);
         judge(s, src, proven, log_needed, forgeable_needed)
