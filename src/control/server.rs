@@ -13,12 +13,12 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
-use nix::poll::{PollFd, PollFlags, poll};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{
@@ -35,8 +35,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time the answer may take to be written to a client that stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the accept loop looks at the stop flag when nobody connects.
-const ACCEPT_POLL_MS: u16 = 100;
+/// How long the accept loop waits after a failed poll or accept (out of descriptors and
+/// the like) before it tries again.
+const RETRY_WAIT: Duration = Duration::from_millis(100);
 
 /// The running server; dropping it (or [`ControlServer::stop`]) stops accepting and removes
 /// the socket file.
@@ -44,7 +45,10 @@ pub struct ControlServer {
     path: PathBuf,
     /// Device and inode of the socket we bound, so that stop removes only our own file.
     identity: (u64, u64),
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the accept thread: its end of the pair turns readable (end of file),
+    /// which wakes its poll. An idle daemon's accept thread sleeps until a client or this,
+    /// instead of waking ten times a second to look at a flag.
+    stop: Option<UnixStream>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -86,7 +90,7 @@ impl ControlServer {
         let Some(accept) = self.accept.take() else {
             return;
         };
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if accept.join().is_err() {
             log::warn!("control socket: the accept thread panicked");
         }
@@ -116,17 +120,14 @@ fn launch(
     let meta = std::fs::metadata(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let accept = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept_loop(listener, calls, stop))?
-    };
+    let (stop, stopped) = UnixStream::pair()?;
+    let accept = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || accept_loop(listener, calls, stopped))?;
     Ok(ControlServer {
         path: path.to_path_buf(),
         identity: (meta.dev(), meta.ino()),
-        stop,
+        stop: Some(stop),
         accept: Some(accept),
     })
 }
@@ -197,18 +198,25 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(listener: UnixListener, calls: Sender<ControlCall>, stop: Arc<AtomicBool>) {
+/// Accepts clients until `stopped` turns readable (the server dropped its end).
+fn accept_loop(listener: UnixListener, calls: Sender<ControlCall>, stopped: UnixStream) {
     let active = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, ACCEPT_POLL_MS) {
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => {
                 log::warn!("control socket: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_POLL_MS)));
+                std::thread::sleep(RETRY_WAIT);
                 continue;
             }
+        }
+        if fds[1].any().unwrap_or(true) {
+            return;
         }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -216,7 +224,7 @@ fn accept_loop(listener: UnixListener, calls: Sender<ControlCall>, stop: Arc<Ato
             Err(e) => {
                 // Out of descriptors and the like: wait rather than spin.
                 log::warn!("control socket: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_POLL_MS)));
+                std::thread::sleep(RETRY_WAIT);
                 continue;
             }
         };
