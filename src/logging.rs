@@ -430,6 +430,30 @@ mod tests {
     }
 
     /// An appender connected to the receiver at `path`, as `init` makes it.
+    /// A syslog receiver bound in a fresh temp dir (kept alive by the first value) and an
+    /// appender connected to it.
+    fn syslogd() -> (tempfile::TempDir, PathBuf, UnixDatagram, SyslogAppender) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let appender = appender_at(&path);
+        (dir, path, rx, appender)
+    }
+
+    /// Flushes `appender` as the end of a `batched` run does (`log::logger().flush()`, the
+    /// installed logger's: this one is not installed), then `rx` holds exactly `lines`.
+    fn flushed_in_order(
+        appender: &SyslogAppender,
+        rx: &UnixDatagram,
+        lines: impl IntoIterator<Item = String>,
+    ) {
+        appender.flush();
+        for line in lines {
+            assert_eq!(receive(rx), line);
+        }
+        assert!(nothing_waiting(rx));
+    }
+
     fn appender_at(path: &Path) -> SyslogAppender {
         SyslogAppender {
             path: path.to_path_buf(),
@@ -475,10 +499,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_syslog_lines_arrives_whole_and_in_order_when_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, _path, rx, appender) = syslogd();
         // Positive control: outside a batch a line is there at once.
         log(&appender, "alone").unwrap();
         assert_eq!(receive(&rx), "alone");
@@ -490,21 +511,16 @@ mod tests {
             }
             assert!(nothing_waiting(&rx), "a line went before the batch ended");
         });
-        // `batched` ends with `log::logger().flush()`, the installed logger's; this appender
-        // is not installed, so flush it as that would.
-        appender.flush();
-        for i in 0..8 {
-            assert_eq!(receive(&rx), format!("attackalert: line {i}"));
-        }
-        assert!(nothing_waiting(&rx));
+        flushed_in_order(
+            &appender,
+            &rx,
+            (0..8).map(|i| format!("attackalert: line {i}")),
+        );
     }
 
     #[test]
     fn a_batch_longer_than_one_sendmmsg_arrives_whole_and_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, _path, rx, appender) = syslogd();
         let lines = 2 * SYSLOG_BATCH + 22;
         std::thread::scope(|s| {
             // The receiving queue holds 10 datagrams: read while the batch is sent.
@@ -524,10 +540,7 @@ mod tests {
 
     #[test]
     fn a_line_of_another_thread_goes_after_the_pending_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, _path, rx, appender) = syslogd();
         batched(|| {
             for i in 0..3 {
                 log(&appender, &format!("batch {i}")).unwrap();
@@ -548,10 +561,7 @@ mod tests {
 
     #[test]
     fn a_batch_reaches_a_syslogd_restarted_while_it_was_gathered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let old = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, path, old, appender) = syslogd();
         // Positive control: the appender's socket is connected to the first receiver.
         log(&appender, "before").unwrap();
         assert_eq!(receive(&old), "before");
@@ -569,19 +579,12 @@ mod tests {
             assert!(nothing_waiting(&new));
             new
         });
-        appender.flush();
-        for i in 0..6 {
-            assert_eq!(receive(&new), format!("line {i}"));
-        }
-        assert!(nothing_waiting(&new));
+        flushed_in_order(&appender, &new, (0..6).map(|i| format!("line {i}")));
     }
 
     #[test]
     fn a_batch_for_a_syslogd_that_is_gone_is_dropped_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, path, rx, appender) = syslogd();
         drop(rx);
         std::fs::remove_file(&path).unwrap();
         // No syslogd: lines are dropped without an error, as one by one they always were.
@@ -605,10 +608,7 @@ mod tests {
 
     #[test]
     fn a_datagram_syslogd_cannot_take_fails_after_one_retry_and_the_order_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let appender = appender_at(&path);
+        let (_dir, _path, rx, appender) = syslogd();
         // Larger than a unix datagram may be (the send buffer, 208 KiB by default), and
         // larger than a batch: it sends what waits before it, then fails with EMSGSIZE.
         let huge = "x".repeat(1 << 20);
