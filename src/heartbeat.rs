@@ -2,7 +2,7 @@
 //! the daemon's work are alive and moving, rather than just that the process exists.
 //!
 //! Two kinds of thread enrol:
-//! - *loops* (sensors, filter, announcer, block manager) wake at least every [`INTERVAL`]
+//! - *loops* (sensors, which run the filters, announcer, block manager) wake at least every [`INTERVAL`]
 //!   and [`beat`] once per turn; one that has not beaten for [`LOOP_STALL`], or whose thread
 //!   has ended (a panic included), is stalled.
 //! - *workers* (the responder pool) sit idle between jobs, which is fine; each step of a job
