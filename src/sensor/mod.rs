@@ -207,4 +207,28 @@ mod tests {
         assert_eq!(one.emit_batch(&mut vec![hit; 3]), 2);
         assert_eq!((rx.len(), one.dropped()), (2, 1));
     }
+
+    #[test]
+    fn a_sensor_sleeps_no_longer_than_what_the_judge_holds_back_allows() {
+        struct Holding(Option<Duration>);
+        impl Judge for Holding {
+            fn judge(&self, hits: &mut Vec<Hit>) {
+                hits.clear();
+            }
+            fn tick(&self, now: Instant) -> Option<Instant> {
+                self.0.map(|d| now + d)
+            }
+        }
+        let now = Instant::now();
+        let longest = Duration::from_millis(250);
+        let held = HitSink::judged(Arc::new(Holding(Some(Duration::from_millis(7)))));
+        assert_eq!(held.tick_and_wait(now, longest), Duration::from_millis(7));
+        let nothing = HitSink::judged(Arc::new(Holding(None)));
+        assert_eq!(nothing.tick_and_wait(now, longest), longest);
+        let later = HitSink::judged(Arc::new(Holding(Some(Duration::from_secs(9)))));
+        assert_eq!(later.tick_and_wait(now, longest), longest);
+        // A channel of single hits holds nothing back.
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        assert_eq!(HitSink::new(tx).tick_and_wait(now, longest), longest);
+    }
 }
