@@ -23,11 +23,33 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// namespace) and calls `each` with every answer until the kernel says it is done. A netlink
 /// error, a malformed answer or a timeout is an error; what `each` saw until then stays seen,
 /// so callers build their result aside and use it only on `Ok`.
-pub fn dump<T>(protocol: isize, request: T, mut each: impl FnMut(T)) -> io::Result<()>
+pub fn dump<T>(protocol: isize, request: T, each: impl FnMut(T)) -> io::Result<()>
+where
+    T: NetlinkSerializable + NetlinkDeserializable,
+{
+    dump_with(protocol, request, false, each)
+}
+
+/// [`dump`], with the kernel's strict checking of the request asked for when `strict`
+/// (`NETLINK_GET_STRICT_CHK`, Linux 4.20): then a route dump honours the filters its
+/// header names (route type, table, protocol) and sends only what matches. Refused by an
+/// older kernel: `Err` with `ErrorKind::Unsupported`, so the caller can dump unfiltered.
+pub fn dump_with<T>(
+    protocol: isize,
+    request: T,
+    strict: bool,
+    mut each: impl FnMut(T),
+) -> io::Result<()>
 where
     T: NetlinkSerializable + NetlinkDeserializable,
 {
     let mut socket = Socket::new(protocol)?;
+    if strict && socket.set_netlink_get_strict_chk(true).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "netlink: no strict checking of dump requests",
+        ));
+    }
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     socket2::SockRef::from(&socket).set_read_timeout(Some(RECV_TIMEOUT))?;

@@ -10,7 +10,9 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia,
+};
 use netlink_sys::Socket;
 use netlink_sys::protocols::NETLINK_ROUTE;
 
@@ -30,18 +32,31 @@ impl Gateways {
     }
 }
 
-/// Dumps every route of the calling thread's network namespace and returns its gateways.
+/// Dumps the unicast routes of the calling thread's network namespace (the only ones with
+/// a next hop) and returns their gateways.
+///
+/// The kernel is asked to leave the other types out (strict checking, Linux 4.20): a host
+/// with 100,000 blocks holds 100,000 `unreachable` routes, and a full dump of them cost
+/// seconds of CPU (IPv6 re-walks its tree from the start for every datagram of a dump,
+/// under the lock the daemon's own route adds wait for), for no gateway. A kernel without
+/// strict checking gets the plain dump.
 pub fn read() -> io::Result<Gateways> {
     let mut routes = Vec::new();
-    crate::netlink::dump(
-        NETLINK_ROUTE,
-        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
-        |answer| {
-            if let RouteNetlinkMessage::NewRoute(route) = answer {
-                routes.push(route);
-            }
-        },
-    )?;
+    let mut keep = |answer| {
+        if let RouteNetlinkMessage::NewRoute(route) = answer {
+            routes.push(route);
+        }
+    };
+    let mut unicast = RouteMessage::default();
+    unicast.header.kind = RouteType::Unicast;
+    let request = RouteNetlinkMessage::GetRoute(unicast);
+    match crate::netlink::dump_with(NETLINK_ROUTE, request, true, &mut keep) {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            let all = RouteNetlinkMessage::GetRoute(RouteMessage::default());
+            crate::netlink::dump(NETLINK_ROUTE, all, &mut keep)?;
+        }
+        other => other?,
+    }
     Ok(gateways_of(&routes))
 }
 
@@ -95,6 +110,17 @@ impl RouteWatch {
     /// Subscribes to the IPv4 and IPv6 route groups of the calling thread's namespace.
     pub fn open() -> io::Result<RouteWatch> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
+        // Room for a restore's burst between two ticks (each of its route adds is a
+        // notification of ~100 bytes): an overflow costs a whole re-read of the table.
+        // Past rmem_max only with CAP_NET_ADMIN; the ordinary size is the fallback.
+        let forced = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &WATCH_BUFFER,
+        );
+        if forced.is_err() {
+            let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(WATCH_BUFFER);
+        }
         socket.bind_auto()?;
         socket.add_membership(libc::RTNLGRP_IPV4_ROUTE)?;
         socket.add_membership(libc::RTNLGRP_IPV6_ROUTE)?;
@@ -113,7 +139,7 @@ impl RouteWatch {
     pub fn changed(&mut self) -> bool {
         let mut any = false;
         // Bounded: a route storm is answered by one re-read, not by draining for ever.
-        for _ in 0..1024 {
+        for _ in 0..WATCH_DRAIN {
             match self.socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => {
                     let datagram = self.buf.get(..n).unwrap_or_default();
@@ -133,8 +159,13 @@ impl RouteWatch {
 }
 
 /// Whether a datagram of route notifications adds or removes a route with a next hop; one
-/// that cannot be read counts as one, to be safe.
+/// that cannot be read counts as one, to be safe. Only a unicast route has a next hop: the
+/// others (the daemon's own `unreachable` blocks among them) are told apart by one byte of
+/// their header, without parsing their attributes.
 fn names_a_gateway(datagram: &[u8]) -> bool {
+    if !datagram_may_name_a_gateway(datagram) {
+        return false;
+    }
     let mut gateway = false;
     let read = crate::netlink::for_each_message(datagram, |m: RouteNetlinkMessage| {
         if let RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) = m {
@@ -145,6 +176,42 @@ fn names_a_gateway(datagram: &[u8]) -> bool {
     });
     gateway || read.is_err()
 }
+
+/// False only when every message of `datagram` is a route notification of a type other
+/// than unicast (read from `struct rtmsg`'s `rtm_type`); anything short or odd is true.
+fn datagram_may_name_a_gateway(mut datagram: &[u8]) -> bool {
+    const HEADER: usize = 16; // struct nlmsghdr
+    const RTM_TYPE: usize = HEADER + 7; // struct rtmsg: family, dst, src, tos, table, protocol, scope, type
+    while !datagram.is_empty() {
+        let (Some(len), Some(kind), Some(&rtm_type)) = (
+            datagram
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes),
+            datagram
+                .get(4..6)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_ne_bytes),
+            datagram.get(RTM_TYPE),
+        ) else {
+            return true;
+        };
+        let is_route = kind == libc::RTM_NEWROUTE || kind == libc::RTM_DELROUTE;
+        if !is_route || rtm_type == libc::RTN_UNICAST {
+            return true;
+        }
+        let len = len as usize;
+        if len < RTM_TYPE + 1 {
+            return true;
+        }
+        datagram = datagram.get((len + 3) & !3..).unwrap_or_default();
+    }
+    false
+}
+
+/// Receive buffer of the route watch, and datagrams drained per tick at most.
+const WATCH_BUFFER: usize = 4 << 20;
+const WATCH_DRAIN: usize = 16_384;
 
 #[cfg(test)]
 mod tests {
@@ -274,5 +341,77 @@ mod tests {
         let g = gateways_of([&default, &other]);
         assert_eq!(g.default, set(&["10.77.1.1"]));
         assert_eq!(g.routers, set(&["fe80::1"]));
+    }
+
+    /// Route messages of one dump of the namespace, (unicast, other types).
+    fn dumped(strict: bool) -> (usize, usize) {
+        let mut request = RouteMessage::default();
+        if strict {
+            request.header.kind = RouteType::Unicast;
+        }
+        let (mut unicast, mut other) = (0, 0);
+        crate::netlink::dump_with(
+            NETLINK_ROUTE,
+            RouteNetlinkMessage::GetRoute(request),
+            strict,
+            |m| {
+                if let RouteNetlinkMessage::NewRoute(r) = m {
+                    if r.header.kind == RouteType::Unicast {
+                        unicast += 1;
+                    } else {
+                        other += 1;
+                    }
+                }
+            },
+        )
+        .expect("route dump");
+        (unicast, other)
+    }
+
+    #[test]
+    fn the_kernel_leaves_the_block_routes_out_of_the_dump_the_gateways_come_from() {
+        let ns = NetNs::with_link("routes-strict");
+        ns.ip(&["route", "add", "default", "via", "10.77.251.254"]);
+        for i in 1..=200 {
+            ns.ip(&["route", "add", "unreachable", &format!("10.77.254.{i}")]);
+        }
+        ns.ip(&["-6", "route", "add", "unreachable", "fd77:254::9"]);
+        let (plain, strict) = ns.run(|| (dumped(false), dumped(true)));
+        // Control: the plain dump carries every block route.
+        assert!(plain.1 >= 201, "{plain:?}");
+        assert_eq!(strict.1, 0, "only unicast routes come back");
+        assert_eq!(strict.0, plain.0, "every unicast route does");
+        let g = ns.run(read).expect("route dump");
+        assert_eq!(g.default, set(&["10.77.251.254"]));
+    }
+
+    #[test]
+    fn a_notification_of_a_block_route_is_told_apart_by_its_type_byte() {
+        // struct rtmsg of an IPv4 /32: family, dst_len, src_len, tos, table, protocol,
+        // scope, type; then one RTA_DST attribute.
+        let rtmsg = |rtm_type: u8| {
+            let mut b = vec![2, 32, 0, 0, 254, 4, 0, rtm_type, 0, 0, 0, 0];
+            b.extend_from_slice(&8u16.to_ne_bytes());
+            b.extend_from_slice(&1u16.to_ne_bytes()); // RTA_DST
+            b.extend_from_slice(&[10, 77, 254, 9]);
+            b
+        };
+        let msg =
+            |kind: u16, rtm_type: u8| crate::netlink::tests::message(0, kind, &rtmsg(rtm_type));
+        let unreachable = msg(libc::RTM_NEWROUTE, libc::RTN_UNREACHABLE);
+        let blackhole = msg(libc::RTM_DELROUTE, libc::RTN_BLACKHOLE);
+        assert!(!datagram_may_name_a_gateway(&unreachable));
+        assert!(!datagram_may_name_a_gateway(
+            &[unreachable.clone(), blackhole].concat()
+        ));
+        assert!(!names_a_gateway(&unreachable));
+        // Control: a unicast route in the same datagram must be looked at.
+        let unicast = msg(libc::RTM_NEWROUTE, libc::RTN_UNICAST);
+        assert!(datagram_may_name_a_gateway(
+            &[unreachable.clone(), unicast].concat()
+        ));
+        // Anything else, or cut short, is looked at too.
+        assert!(datagram_may_name_a_gateway(&msg(libc::RTM_NEWLINK, 0)));
+        assert!(datagram_may_name_a_gateway(&unreachable[..20]));
     }
 }
