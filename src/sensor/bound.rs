@@ -458,9 +458,19 @@ mod tests {
                 "both families of the only port are taken: {:?}",
                 r.map(|s| s.bound_ports(Mode::Tcp))
             );
-            // Control, same set-up: once the port is free the same config opens.
+            // Control, same set-up: once the port is free the same config opens. A process
+            // another test forks at this moment holds a copy of the listeners until it
+            // execs (microseconds): retry briefly rather than fail on that.
             drop(held);
-            let sensor = BoundSensor::open(&[Mode::Tcp], &config).unwrap();
+            let mut opened = BoundSensor::open(&[Mode::Tcp], &config);
+            for _ in 0..50 {
+                if opened.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                opened = BoundSensor::open(&[Mode::Tcp], &config);
+            }
+            let sensor = opened.unwrap();
             assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([port]));
         });
     }
