@@ -255,14 +255,6 @@ const SUMMARY_SOURCES: usize = 100_000;
 /// sustained flood is held to the rate.
 pub const LOG_BURST: u32 = 10;
 
-/// A source as the summary counts it: IPv4 and its mapped IPv6 form are one source.
-fn source_key(src: std::net::IpAddr) -> u128 {
-    match src.to_canonical() {
-        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        std::net::IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
 /// The log budget (`LOG_RATE_LIMIT`) for probes that are not acted on: a token bucket of
 /// detection lines a second (a burst of [`LOG_BURST`]), and the counts of the summary line.
 /// During a flood of forged one-packet sources the log stays readable, and the announcing
@@ -271,7 +263,7 @@ struct LogBudget {
     bucket: TokenBucket,
     probes: u64,
     logged: u64,
-    /// As `u128` (IPv4 as its mapped form): one hash write a probe under a flood.
+    /// As [`crate::filter::addr_key`]: IPv4 and its mapped IPv6 form are one source.
     sources: std::collections::HashSet<u128>,
     capped: bool,
     since: Instant,
@@ -300,8 +292,8 @@ impl LogBudget {
     fn admit(&mut self, src: std::net::IpAddr, now: Instant) -> bool {
         self.probes += 1;
         if self.sources.len() < SUMMARY_SOURCES {
-            self.sources.insert(source_key(src));
-        } else if !self.sources.contains(&source_key(src)) {
+            self.sources.insert(crate::filter::addr_key(src));
+        } else if !self.sources.contains(&crate::filter::addr_key(src)) {
             self.capped = true;
         }
         let ok = self.bucket.take(now);

@@ -159,19 +159,14 @@ impl TriggerTable {
     }
 
     /// The key of `src` (canonical): the network address of its prefix.
-    ///
-    /// Held as one `u128` (an IPv4 prefix as its IPv4-mapped IPv6 form): hashed with one
-    /// write instead of an enum tag, a length and the octets, on every probe of a flood.
+    /// Held as one `u128` ([`super::addr_key`]).
     fn key(&self, src: IpAddr) -> u128 {
         let len = if src.is_ipv4() {
             self.prefix_v4
         } else {
             self.prefix_v6
         };
-        match ipnet::IpNet::new(src, len).map_or(src, |n| n.network()) {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        }
+        super::addr_key(ipnet::IpNet::new(src, len).map_or(src, |n| n.network()))
     }
 
     /// Distinct probes a source must send to fire: 0 and 1 both mean the first.
