@@ -84,13 +84,13 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     }
 
     /// Adds `key` (not held yet) as the most recently used entry. When the map is full, the
-    /// least recently used entry is evicted and its value handed to `recycle` to become the
-    /// newcomer's (its memory reused); otherwise the value is `make()`.
+    /// least recently used entry is evicted and its key and value handed to `recycle`, the
+    /// value to become the newcomer's (its memory reused); otherwise the value is `make()`.
     pub fn insert_with(
         &mut self,
         key: K,
         make: impl FnOnce() -> V,
-        recycle: impl FnOnce(&mut V),
+        recycle: impl FnOnce(K, &mut V),
     ) -> &mut V {
         debug_assert!(!self.index.contains_key(&key));
         let i = if self.slots.len() >= self.capacity && self.oldest != NIL {
@@ -98,8 +98,8 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
             self.unlink(i);
             let slot = &mut self.slots[i as usize];
             self.index.remove(&slot.key);
-            slot.key = key;
-            recycle(&mut slot.value);
+            let evicted = std::mem::replace(&mut slot.key, key);
+            recycle(evicted, &mut slot.value);
             i
         } else {
             if self.slots.len() == self.slots.capacity() {
@@ -246,7 +246,13 @@ mod tests {
     }
 
     fn add(l: &mut Lru<u32, String>, k: u32) {
-        l.insert_with(k, || format!("v{k}"), |v| *v = format!("v{k}"));
+        l.insert_with(k, || format!("v{k}"), |_, v| *v = format!("v{k}"));
+    }
+
+    #[test]
+    fn a_slot_adds_its_key_and_two_links_to_the_value() {
+        // What the trigger table's per-source size (see trigger.rs) is counted from.
+        assert_eq!(std::mem::size_of::<Slot<u128, [u64; 7]>>(), 16 + 8 + 56);
     }
 
     #[test]
@@ -263,7 +269,8 @@ mod tests {
         l.insert_with(
             4,
             || unreachable!("full: a slot is reused"),
-            |v| {
+            |old, v| {
+                assert_eq!(old, 2, "the least recently used key is evicted");
                 recycled = Some(v.clone());
                 *v = "v4".into();
             },

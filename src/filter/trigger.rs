@@ -23,6 +23,7 @@
 //! table is a [`Lru`]: under a flood, a probe costs one hash lookup and a few index writes,
 //! and a full table allocates nothing (an evicted source's memory goes to the newcomer).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,19 +49,63 @@ pub struct Observation {
     pub actionable: bool,
 }
 
-/// One distinct probe and when it was last seen.
-#[derive(Debug, Clone, Copy)]
-struct Probe {
-    proto: Proto,
-    port: u16,
-    seen: Instant,
+/// A time in the table: milliseconds since its [`Clock`]'s epoch (the precision of
+/// `SCAN_TRIGGER_WINDOW` that matters), at most [`STAMP_MAX`].
+type Stamp = u64;
+
+/// Stamps need 40 bits: 34 years of milliseconds.
+const STAMP_BITS: u32 = 40;
+const STAMP_MAX: Stamp = (1 << STAMP_BITS) - 1;
+
+/// Turns the `Instant`s passed in into [`Stamp`]s. An `Instant` is 16 bytes; a source's
+/// times as stamps let a probe fit in 8 bytes and a whole source in a cache line or so,
+/// which is what a flood of forged one-packet sources pays for: every probe is a new source.
+#[derive(Debug, Default)]
+struct Clock {
+    /// The first time seen (times before it count as the epoch itself).
+    epoch: Option<Instant>,
 }
 
-/// Per-source state.
+impl Clock {
+    fn stamp(&mut self, now: Instant) -> Stamp {
+        let epoch = *self.epoch.get_or_insert(now);
+        let ms = now.saturating_duration_since(epoch).as_millis();
+        Stamp::try_from(ms).unwrap_or(STAMP_MAX).min(STAMP_MAX)
+    }
+}
+
+/// One distinct probe and when it was last seen, packed in 8 bytes: the stamp in the low
+/// [`STAMP_BITS`], the port above it, the protocol in the top bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probe(u64);
+
+impl Probe {
+    const UDP: u64 = 1 << 63;
+
+    fn new(proto: Proto, port: u16, seen: Stamp) -> Probe {
+        let proto = match proto {
+            Proto::Tcp => 0,
+            Proto::Udp => Self::UDP,
+        };
+        Probe(proto | u64::from(port) << STAMP_BITS | seen.min(STAMP_MAX))
+    }
+
+    fn seen(self) -> Stamp {
+        self.0 & STAMP_MAX
+    }
+
+    /// The same (protocol, port), whenever seen.
+    fn same_port(self, other: Probe) -> bool {
+        self.0 >> STAMP_BITS == other.0 >> STAMP_BITS
+    }
+}
+
+/// Per-source state, kept small (80 bytes with its key and links in the table's slot, 176
+/// before): a flood of forged sources writes one of these per probe.
 #[derive(Debug)]
 struct Source {
     /// Last probe of any kind; a source silent for longer than the window starts afresh.
-    last_seen: Instant,
+    last_seen: Stamp,
     /// Distinct probes within the window, at most `needed()` of them. Inline up to
     /// [`INLINE_PROBES`]: under a flood of forged sources every probe is a new source, and a
     /// heap block of its own per source was a malloc, a cache miss and, as the thread's heap
@@ -70,32 +115,36 @@ struct Source {
     fired: bool,
     /// The actionable threshold was reached (sticky like `fired`).
     actionable: bool,
-    /// Hosts of this prefix a completed handshake came from: they are not forged. At most
-    /// [`PROVEN_HOSTS`]; a prefix with more is a scanner proven many times over.
-    proven: Vec<IpAddr>,
+    /// Some host of this prefix completed a handshake: its hosts are in the table's
+    /// `proven` map (rare, so kept out of the slot).
+    has_proven: bool,
 }
 
 impl Source {
-    fn new(now: Instant) -> Source {
+    fn new(now: Stamp) -> Source {
         Source {
             last_seen: now,
             probes: SmallVec::new(),
             fired: false,
             actionable: false,
-            proven: Vec::new(),
+            has_proven: false,
         }
     }
 
     /// Starts afresh at `now` (a source quiet for a window, or an evicted one's slot taken
-    /// by a newcomer), keeping the vectors' memory.
-    fn reset(&mut self, now: Instant) {
+    /// by a newcomer), keeping the vector's memory. The caller forgets its proven hosts.
+    fn reset(&mut self, now: Stamp) {
         self.last_seen = now;
         self.probes.clear();
         self.fired = false;
         self.actionable = false;
-        self.proven.clear();
+        self.has_proven = false;
     }
 }
+
+/// Proven hosts of the prefixes that have some (see [`Source::has_proven`]), each list at
+/// most [`PROVEN_HOSTS`] long; an entry lives as long as its source does in the table.
+type ProvenHosts = HashMap<u128, Vec<IpAddr>>;
 
 /// Probes a source keeps without a heap block: the shipped triggers need at most 3.
 const INLINE_PROBES: usize = 4;
@@ -116,6 +165,9 @@ pub struct TriggerTable {
     prefix_v6: u8,
     /// Per prefix (its network address), the least recently seen evicted first.
     sources: Lru<u128, Source>,
+    /// The hosts of a prefix a completed handshake came from: they are not forged.
+    proven: ProvenHosts,
+    clock: Clock,
 }
 
 impl TriggerTable {
@@ -130,6 +182,8 @@ impl TriggerTable {
             prefix_v4: 32,
             prefix_v6: 128,
             sources: Lru::new(capacity),
+            proven: ProvenHosts::new(),
+            clock: Clock::default(),
         }
     }
 
@@ -206,26 +260,38 @@ impl TriggerTable {
         let key = self.key(src);
         let needed = self.needed();
         let (log_needed, forgeable_needed) = (self.log_needed(), self.forgeable_needed());
-        let window = self.window;
-        let expired =
-            |seen: Instant| !window.is_zero() && now.saturating_duration_since(seen) > window;
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let now = self.clock.stamp(now);
+        let expired = |seen: Stamp| window != 0 && now.saturating_sub(seen) > window;
 
+        let proven_hosts = &mut self.proven;
         let s = match self.sources.touch(&key) {
             Some(s) => {
                 if expired(s.last_seen) {
+                    forget_proven(proven_hosts, key, s);
                     s.reset(now);
                 } else {
-                    s.probes.retain(|p| !expired(p.seen));
+                    s.probes.retain(|p| !expired(p.seen()));
                     s.last_seen = now;
                 }
                 s
             }
-            None => self
-                .sources
-                .insert_with(key, || Source::new(now), |s| s.reset(now)),
+            None => self.sources.insert_with(
+                key,
+                || Source::new(now),
+                |evicted, s| {
+                    forget_proven(proven_hosts, evicted, s);
+                    s.reset(now);
+                },
+            ),
         };
-        record_probe(s, proto, port, now, needed);
-        judge(s, src, proven, log_needed, forgeable_needed)
+        record_probe(s, Probe::new(proto, port, now), needed);
+        let hosts = if proven || s.has_proven {
+            Some(proven_hosts.entry(key).or_default())
+        } else {
+            None
+        };
+        judge(s, hosts, src, proven, log_needed, forgeable_needed)
     }
 
     /// Changes the settings and keeps every source's probes: a reload does not reset a slow
@@ -244,6 +310,7 @@ impl TriggerTable {
             self.prefix_v4 = v4;
             self.prefix_v6 = v6;
             self.sources.clear();
+            self.proven.clear();
         }
     }
 
@@ -262,11 +329,16 @@ impl TriggerTable {
 
     fn reconfigure_tail(&mut self, window: Duration, capacity: usize) {
         self.window = window;
+        while self.sources.len() > capacity.max(1) {
+            if let Some((key, s)) = self.sources.pop_oldest() {
+                forget_proven(&mut self.proven, key, &s);
+            }
+        }
         self.sources.set_capacity(capacity);
         let needed = self.needed();
         for s in self.sources.values_mut() {
             if s.probes.len() > needed {
-                s.probes.sort_by_key(|p| std::cmp::Reverse(p.seen));
+                s.probes.sort_by_key(|p| std::cmp::Reverse(p.seen()));
                 s.probes.truncate(needed);
             }
         }
@@ -297,19 +369,33 @@ fn count_of(s: &Source) -> u32 {
     u32::try_from(s.probes.len()).unwrap_or(u32::MAX)
 }
 
+/// Forgets the proven hosts of `key` as its source goes (evicted or quiet for a window).
+fn forget_proven(proven: &mut ProvenHosts, key: u128, s: &Source) {
+    if s.has_proven {
+        proven.remove(&key);
+    }
+}
+
 /// Marks the thresholds a source (prefix) has reached, sticky until it goes quiet for a
 /// window, and whether `host`'s probe may be acted on: at the trigger when `host` proved
 /// itself, at the forgeable trigger otherwise (the prefix's ports counted either way).
+/// `hosts` are the prefix's proven hosts, when it has some or this probe proves one.
 fn judge(
     s: &mut Source,
+    hosts: Option<&mut Vec<IpAddr>>,
     host: IpAddr,
     proven: bool,
     log_needed: usize,
     forgeable_needed: usize,
 ) -> Observation {
-    let host_proven = proven || s.proven.contains(&host);
-    if proven && !s.proven.contains(&host) && s.proven.len() < PROVEN_HOSTS {
-        s.proven.push(host);
+    let mut host_proven = proven;
+    if let Some(hosts) = hosts {
+        let known = hosts.contains(&host);
+        host_proven |= known;
+        if proven && !known && hosts.len() < PROVEN_HOSTS {
+            hosts.push(host);
+        }
+        s.has_proven = !hosts.is_empty();
     }
     let held = s.probes.len();
     if held >= log_needed {
@@ -330,25 +416,13 @@ fn judge(
 /// Adds or refreshes one (proto, port) in a source's probes. A repeated port only refreshes
 /// its time. Once the set is full, a new port replaces the oldest one, so the set follows the
 /// scanner without growing.
-fn record_probe(s: &mut Source, proto: Proto, port: u16, now: Instant, needed: usize) {
-    if let Some(p) = s
-        .probes
-        .iter_mut()
-        .find(|p| p.port == port && p.proto == proto)
-    {
-        p.seen = now;
+fn record_probe(s: &mut Source, probe: Probe, needed: usize) {
+    if let Some(p) = s.probes.iter_mut().find(|p| p.same_port(probe)) {
+        *p = probe;
     } else if s.probes.len() < needed {
-        s.probes.push(Probe {
-            proto,
-            port,
-            seen: now,
-        });
-    } else if let Some(oldest) = s.probes.iter_mut().min_by_key(|p| p.seen) {
-        *oldest = Probe {
-            proto,
-            port,
-            seen: now,
-        };
+        s.probes.push(probe);
+    } else if let Some(oldest) = s.probes.iter_mut().min_by_key(|p| p.seen()) {
+        *oldest = probe;
     }
 }
 
@@ -701,6 +775,76 @@ mod tests {
         // The survivors are the most recent ones.
         assert!(t.contains(IpAddr::V4(Ipv4Addr::from(999_999))));
         assert!(!t.contains(IpAddr::V4(Ipv4Addr::from(998_999))));
+    }
+
+    #[test]
+    fn a_source_is_small() {
+        // A forged flood writes one per probe: key, links and state in 80 bytes.
+        assert!(
+            std::mem::size_of::<Source>() <= 56,
+            "{}",
+            std::mem::size_of::<Source>()
+        );
+        assert_eq!(std::mem::size_of::<Probe>(), 8);
+    }
+
+    #[test]
+    fn a_probe_keeps_its_port_protocol_and_time() {
+        let p = Probe::new(Proto::Udp, 65535, 12_345);
+        assert_eq!(p.seen(), 12_345);
+        assert!(p.same_port(Probe::new(Proto::Udp, 65535, 0)));
+        assert!(!p.same_port(Probe::new(Proto::Tcp, 65535, 12_345)));
+        assert!(!p.same_port(Probe::new(Proto::Udp, 65534, 12_345)));
+        // Past 34 years the stamp stays at its most.
+        assert_eq!(Probe::new(Proto::Tcp, 1, u64::MAX).seen(), STAMP_MAX);
+        assert!(Probe::new(Proto::Tcp, 1, u64::MAX).same_port(Probe::new(Proto::Tcp, 1, 0)));
+    }
+
+    #[test]
+    fn an_evicted_prefix_forgets_its_proven_hosts() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, HOUR, 2).with_forgeable(5);
+        let host = ip("10.0.0.1");
+        // Proven once: its next probe (the second port) is acted on at the trigger.
+        assert!(!t.observe_evidence(host, Proto::Tcp, 1, true, t0).fired);
+        assert!(
+            t.observe_evidence(host, Proto::Tcp, 2, false, t0)
+                .actionable
+        );
+        assert_eq!(t.proven.len(), 1);
+        // Two other sources evict it: its proof goes with it.
+        t.observe_evidence(ip("10.0.0.2"), Proto::Tcp, 1, false, t0);
+        t.observe_evidence(ip("10.0.0.3"), Proto::Tcp, 1, false, t0);
+        assert!(!t.contains(host));
+        assert!(t.proven.is_empty(), "{:?}", t.proven);
+        // Back, forged: counted afresh and not acted on at the trigger.
+        t.observe_evidence(host, Proto::Tcp, 1, false, t0);
+        let o = t.observe_evidence(host, Proto::Tcp, 2, false, t0);
+        assert!(o.fired && !o.actionable, "{o:?}");
+    }
+
+    #[test]
+    fn a_prefix_quiet_for_a_window_forgets_its_proven_hosts() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, Duration::from_secs(60), 10).with_forgeable(5);
+        let host = ip("10.0.0.1");
+        t.observe_evidence(host, Proto::Tcp, 1, true, t0);
+        assert!(
+            t.observe_evidence(host, Proto::Tcp, 2, false, t0)
+                .actionable
+        );
+        let later = secs(t0, 61);
+        t.observe_evidence(host, Proto::Tcp, 1, false, later);
+        assert!(t.proven.is_empty());
+        let o = t.observe_evidence(host, Proto::Tcp, 2, false, later);
+        assert!(o.fired && !o.actionable, "{o:?}");
+        // Shrinking the table forgets the proofs of the sources it drops.
+        t.observe_evidence(ip("10.0.0.9"), Proto::Tcp, 1, true, later);
+        assert_eq!(t.proven.len(), 1);
+        t.observe_evidence(host, Proto::Tcp, 3, false, later);
+        t.reconfigure(2, Duration::from_secs(60), 1);
+        assert!(t.contains(host));
+        assert!(t.proven.is_empty() && t.len() == 1);
     }
 
     #[test]
