@@ -260,7 +260,11 @@ impl TriggerTable {
         let key = self.key(src);
         let needed = self.needed();
         let (log_needed, forgeable_needed) = (self.log_needed(), self.forgeable_needed());
-        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        // A window under a millisecond (but not zero: never) is one.
+        let window = match self.window.as_millis() {
+            0 if !self.window.is_zero() => 1,
+            ms => u64::try_from(ms).unwrap_or(u64::MAX),
+        };
         let now = self.clock.stamp(now);
         let expired = |seen: Stamp| window != 0 && now.saturating_sub(seen) > window;
 
@@ -711,6 +715,22 @@ mod tests {
                 fired: false,
                 actionable: false
             }
+        );
+    }
+
+    #[test]
+    fn a_window_under_a_millisecond_still_expires() {
+        let t0 = Instant::now();
+        let mut t = TriggerTable::new(2, Duration::from_micros(500), 10);
+        let src = ip("10.0.0.1");
+        t.observe(src, Proto::Tcp, 1, t0);
+        // Positive control: at once, the second port fires.
+        assert!(t.observe(src, Proto::Tcp, 2, t0).fired);
+        let later = t0 + Duration::from_millis(5);
+        t.observe(src, Proto::Tcp, 3, later);
+        assert!(
+            !t.observe(src, Proto::Tcp, 4, later + Duration::from_millis(5))
+                .fired
         );
     }
 

@@ -458,19 +458,9 @@ mod tests {
                 "both families of the only port are taken: {:?}",
                 r.map(|s| s.bound_ports(Mode::Tcp))
             );
-            // Control, same set-up: once the port is free the same config opens. A process
-            // another test forks at this moment holds a copy of the listeners until it
-            // execs (microseconds): retry briefly rather than fail on that.
+            // Control, same set-up: once the port is free the same config opens.
             drop(held);
-            let mut opened = BoundSensor::open(&[Mode::Tcp], &config);
-            for _ in 0..50 {
-                if opened.is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                opened = BoundSensor::open(&[Mode::Tcp], &config);
-            }
-            let sensor = opened.unwrap();
+            let sensor = once_closed(|| BoundSensor::open(&[Mode::Tcp], &config)).unwrap();
             assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([port]));
         });
     }
@@ -533,6 +523,21 @@ mod tests {
         config.tcp_ports = vec![b];
         sensor.apply(&config);
         assert_eq!(sensor.bound_ports(Mode::Tcp), BTreeSet::from([b]));
-        assert!(std::net::TcpListener::bind(("127.0.0.1", a)).is_ok());
+        assert!(once_closed(|| std::net::TcpListener::bind(("127.0.0.1", a))).is_ok());
+    }
+
+    /// `bind` retried for up to a second: a process another test forks while our listeners
+    /// are open holds a copy of them until it execs (microseconds, but seen in full runs),
+    /// so a port just closed may still be taken for a moment.
+    fn once_closed<T, E>(mut bind: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        let mut result = bind();
+        for _ in 0..50 {
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            result = bind();
+        }
+        result
     }
 }
