@@ -10,7 +10,11 @@
 #       (BLOCK_TCP=0), counted until the log goes quiet, at RATE per second (the CPU
 #       comparison with 1.2), then HIGH_PROBES at HIGH_RATE per second (does every probe
 #       get logged?), and for ours HIGH_PROBES at HIGH_RATE again with every line also
-#       copied to stderr; each with a freshly started daemon. Also the achieved send rate,
+#       copied to stderr; each with a freshly started daemon. Then both rates again with the
+#       sources drawn from all of 10.0.0.0/8 ("wide", as hping3 --rand-source draws from all
+#       of IPv4) instead of 10.78.0.0/16: with 65,024 addresses a flood of 100,000 repeats
+#       sources, and a source that probes 3 ports reaches the forgeable trigger and is logged
+#       in full (two lines a probe); with 16.6 million hardly any does. Also the achieved send rate,
 #       the probes that reached the defender's stack, CPU per daemon thread, and our
 #       daemon's own drop reports (probes, alerts, kernel capture drops)
 #   (c) peak RSS (VmHWM) of the daemon over the run (highest of the run's daemons)
@@ -213,13 +217,13 @@ tcp_mib() { # $1 = name
 # Floods the running daemon with $3 probes at $4/s, waits for its log to go quiet, records
 # the figures under "$1 $2" and prints them. "Reached" counts the segments the defender's
 # TCP stack received meanwhile (AF_PACKET sees each before IP does); bad checksums too.
-flood() { # $1 = tag, $2 = phase, $3 = probes, $4 = rate
+flood() { # $1 = tag, $2 = phase, $3 = probes, $4 = rate, $5 = wide (optional: sources from 10/8)
   local tag=$1 key="$1 $2" t0 t1 out in0 cs0 th0 start threads last cpu ev reached csum
   in0=$(tcp_mib InSegs); cs0=$(tcp_mib InCsumErrors)
   th0=$(thread_ticks "$DAEMON_PID")
   t0=$(cpu_ticks "$DAEMON_PID")
   start=$(date +%s.%N)
-  out=$(ip netns exec "$ATT" "$SYNFLOOD" "$3" "$4" $DEF4)
+  out=$(SYNFLOOD_WIDE=$([ "${5:-}" = wide ] && echo 1 || echo 0) ip netns exec "$ATT" "$SYNFLOOD" "$3" "$4" $DEF4)
   wait_quiet "$tag"
   t1=$(cpu_ticks "$DAEMON_PID")
   # Where the daemon's CPU went, per thread (threads that used some), and when the last
@@ -351,6 +355,15 @@ for run in $(seq "$RUNS"); do
       p=$(peak_kib "$DAEMON_PID"); [ "$p" -gt "$peak" ] && peak=$p
       stop_daemon
     done
+    # The same floods with sources drawn from all of 10.0.0.0/8 (16.6 million addresses, as
+    # hping3 --rand-source draws from all of IPv4): hardly any source sends twice, so hardly
+    # any reaches the forgeable trigger and gets its own lines.
+    start_daemon "$tag" quiet
+    flood "$tag" wcmp "$PROBES" "$RATE" wide
+    stop_daemon
+    start_daemon "$tag" quiet
+    flood "$tag" whi "$HIGH_PROBES" "$HIGH_RATE" wide
+    stop_daemon
     RSS[$tag]+="$peak "
     echo "   peak RSS of the run's daemons: $peak KiB"
     scan_in_flood "$tag"
@@ -372,6 +385,7 @@ per_probe() { # $1 = key
 
 RESULT=$ROOT/benches/raw_capture.results.md
 O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
+OW="ours wcmp"; XW="old wcmp"; OWH="ours whi"; XWH="old whi"
 {
   echo "## Raw capture: -atcp against PortSentry $OLD_VERSION"
   echo
@@ -404,6 +418,10 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "| ... daemon CPU s | $(m "${CPU[$OE]:-}") | |"
   echo "| ... detection lines logged (syslog receiver / stderr) | $(m "${LINES[$OE]:-}") / $(m "${ERRL[$OE]:-}") | |"
   echo "| ... drops ours reported: probes / alerts / kernel capture | $(m "${DROP_P[$OE]:-}") / $(m "${DROP_A[$OE]:-}") / $(m "${DROP_K[$OE]:-}") | |"
+  echo "| (b) wide: sources from all of 10.0.0.0/8 (as hping3 --rand-source, hardly one repeats), $PROBES at $RATE/s: daemon CPU per probe, µs | $(per_probe "$OW") | $(per_probe "$XW") |"
+  echo "| ... detection lines logged | $(m "${LINES[$OW]:-}") | $(m "${LINES[$XW]:-}") |"
+  echo "| ... $HIGH_PROBES at $HIGH_RATE/s (achieved /s: $(m "${SENT_RATE[$OWH]:-}") / $(m "${SENT_RATE[$XWH]:-}")): daemon CPU per probe, µs | $(per_probe "$OWH") | $(per_probe "$XWH") |"
+  echo "| ... detection lines logged | $(m "${LINES[$OWH]:-}") | $(m "${LINES[$XWH]:-}") |"
   echo "| (c) peak RSS, KiB (highest of the run's daemons: $HIGH_PROBES forged sources) | $(m "${RSS[ours]:-}") | $(m "${RSS[old]:-}") |"
   echo "| ... idle RSS, KiB, -tcp -udp / -atcp (ours) | $(m "${IDLE_RSS[-tcp -udp]:-}") / $(m "${IDLE_RSS[-atcp]:-}") | |"
   echo "| (e) reaction, first SYN of a source to its route, $REACTION_PROBES sources at 10/s: p50 ms | $(m "${REACT_P50[ours]:-}") | $(m "${REACT_P50[old]:-}") |"
@@ -414,10 +432,10 @@ O="ours cmp"; X="old cmp"; OH="ours hi"; XH="old hi"; OE="ours hierr"
   echo "| ... log lines written | $(m "${SCAN_LINES[ours]:-}") | $(m "${SCAN_LINES[old]:-}") |"
   echo "| ... daemon CPU s | $(m "${SCAN_CPU[ours]:-}") | $(m "${SCAN_CPU[old]:-}") |"
   echo
-  echo "Raw figures per run (cmp: $RATE/s, hi: $HIGH_RATE/s, hierr: $HIGH_RATE/s with stderr; old = 1.2):"
+  echo "Raw figures per run (cmp: $RATE/s, hi: $HIGH_RATE/s, hierr: $HIGH_RATE/s with stderr, wcmp and whi: the same rates with wide sources; old = 1.2):"
   echo "bulk CPU ours [$(l "${BULK_CPU[ours]:-}")] 1.2 [$(l "${BULK_CPU[old]:-}")];"
   echo "upload CPU ours [$(l "${BULK_OUT_CPU[ours]:-}")] 1.2 [$(l "${BULK_OUT_CPU[old]:-}")];"
-  for k in "$O" "$X" "$OH" "$XH" "$OE"; do
+  for k in "$O" "$X" "$OH" "$XH" "$OE" "$OW" "$XW" "$OWH" "$XWH"; do
     [ -n "${CPU[$k]:-}" ] || continue
     line="$k: rate [$(l "${SENT_RATE[$k]}")], reached [$(l "${REACHED[$k]}")], CPU [$(l "${CPU[$k]}")], lines [$(l "${LINES[$k]}")]"
     if [ "${k%% *}" = ours ]; then

@@ -1,7 +1,9 @@
 //! Benchmark helper for `benches/raw_capture.sh` (not part of the daemon): sends N TCP SYN
 //! probes with forged sources to one IPv4 destination, paced at RATE per second.
 //!
-//! Usage (root, inside the benchmark's attacker namespace): `synflood N RATE DST [LOG]`.
+//! Usage (root, inside the benchmark's attacker namespace): `synflood N RATE DST [LOG]`;
+//! with `SYNFLOOD_WIDE=1` in the environment the sources are drawn from all of 10.0.0.0/8
+//! but 10.77.0.0/16 (see [`probe`]).
 //! Prints the elapsed seconds and the achieved rate: `<seconds> <probes per second>`. With
 //! LOG (the reaction-time measure), every probe is paced on its own and a line
 //! `<source> <unix time of the send, µs>` is written to LOG per probe.
@@ -64,8 +66,18 @@ fn fold(mut sum: u32) -> u16 {
 }
 
 /// Builds one 40-byte IPv4 + TCP SYN probe from `src` to `dst`.
-fn probe(rng: &mut XorShift, dst: Ipv4Addr, ports: &[u16]) -> [u8; 40] {
-    let src = Ipv4Addr::new(10, 78, rng.range(0, 255) as u8, rng.range(1, 254) as u8);
+fn probe(rng: &mut XorShift, dst: Ipv4Addr, ports: &[u16], wide: bool) -> [u8; 40] {
+    let src = if wide {
+        // All of 10.0.0.0/8 but the lab's own 10.77.0.0/16: 16.7 million sources, so that a
+        // flood of 100,000 repeats almost none, as `hping3 --rand-source` over all of IPv4.
+        let second = match rng.range(0, 254) as u8 {
+            77 => 255,
+            b => b,
+        };
+        Ipv4Addr::new(10, second, rng.range(0, 255) as u8, rng.range(1, 254) as u8)
+    } else {
+        Ipv4Addr::new(10, 78, rng.range(0, 255) as u8, rng.range(1, 254) as u8)
+    };
     let sport = rng.range(1024, 65534) as u16;
     let dport = ports[rng.range(0, ports.len() as u32 - 1) as usize];
     let seq = rng.next() as u32;
@@ -142,10 +154,11 @@ fn run() -> Result<(), String> {
     .map_err(|e| format!("raw socket (needs root): {e}"))?;
     let to = SockAddr::from(SocketAddrV4::new(dst, 0));
     let mut rng = XorShift(SEED);
+    let wide = std::env::var_os("SYNFLOOD_WIDE").is_some_and(|v| v == "1");
 
     let start = Instant::now();
     for i in 0..n {
-        let packet = probe(&mut rng, dst, &ports);
+        let packet = probe(&mut rng, dst, &ports, wide);
         // ENOBUFS: the device queue is full for a moment; retry this packet.
         loop {
             match socket.send_to(&packet, &to) {
@@ -195,7 +208,7 @@ mod tests {
         let dst = Ipv4Addr::new(10, 77, 250, 1);
         let ports: Vec<u16> = (1..1024).filter(|p| *p != 113 && *p != 139).collect();
         for _ in 0..1000 {
-            let p = probe(&mut rng, dst, &ports);
+            let p = probe(&mut rng, dst, &ports, false);
             assert_eq!(fold(sum16(&p[..20])), 0, "IP header checksum");
             let src = &p[12..16];
             let pseudo = sum16(src) + sum16(&dst.octets()) + 6 + 20;
@@ -207,5 +220,20 @@ mod tests {
             assert_eq!(&p[16..20], &dst.octets());
             assert_eq!(p[33], 0x02, "SYN only");
         }
+    }
+
+    #[test]
+    fn wide_sources_stay_in_ten_slash_eight_outside_the_lab_and_rarely_repeat() {
+        let mut rng = XorShift(SEED);
+        let dst = Ipv4Addr::new(10, 77, 250, 1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let p = probe(&mut rng, dst, &[80], true);
+            assert_eq!(p[12], 10);
+            assert_ne!(p[13], 77, "never the lab's own /16");
+            seen.insert([p[12], p[13], p[14], p[15]]);
+        }
+        // 16.6 million sources: 100,000 draws repeat about 300.
+        assert!(seen.len() > 99_000, "{}", seen.len());
     }
 }
