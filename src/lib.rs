@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod distinct;
 pub mod docs;
 pub mod event;
 pub mod event_log;

@@ -451,13 +451,20 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// Ours: probes below the forgeable trigger in the last interval, and how many of their
-/// lines `LOG_RATE_LIMIT` held back. `sources` is a lower bound when `capped`.
-pub fn not_acted_on(probes: u64, sources: u64, capped: bool, logged: u64, seconds: u64) -> String {
+/// lines `LOG_RATE_LIMIT` held back. `sources` is an estimate when `estimated` (a flood's
+/// count, see [`crate::distinct`]).
+pub fn not_acted_on(
+    probes: u64,
+    sources: u64,
+    estimated: bool,
+    logged: u64,
+    seconds: u64,
+) -> String {
     format!(
         "adminalert: {} probes from {}{} sources not acted on in the last {seconds} s: below the \
          trigger ({} logged, {} lines held back by LOG_RATE_LIMIT)",
         thousands(probes),
-        if capped { "more than " } else { "" },
+        if estimated { "about " } else { "" },
         thousands(sources),
         thousands(logged),
         thousands(probes.saturating_sub(logged))
@@ -1087,6 +1094,11 @@ mod tests {
             not_acted_on(19_990, 19_990, false, 10, 10),
             "adminalert: 19,990 probes from 19,990 sources not acted on in the last 10 s: below \
              the trigger (10 logged, 19,980 lines held back by LOG_RATE_LIMIT)"
+        );
+        assert_eq!(
+            not_acted_on(31_000, 28_500, true, 15, 10),
+            "adminalert: 31,000 probes from about 28,500 sources not acted on in the last 10 s: \
+             below the trigger (15 logged, 30,985 lines held back by LOG_RATE_LIMIT)"
         );
     }
 

@@ -30,6 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 
 use crate::announce::{Announcer, Decision};
 use crate::config::Config;
+use crate::distinct::DistinctCount;
 use crate::event::{Candidate, Hit};
 use crate::filter::{DropReason, Filter};
 use crate::generation::Generation;
@@ -247,9 +248,6 @@ impl DropReport {
     }
 }
 
-/// Sources remembered per summary interval at most, for the "from N sources" count.
-const SUMMARY_SOURCES: usize = 100_000;
-
 /// Lines of probes not acted on that may be written at once before `LOG_RATE_LIMIT` holds
 /// (when the rate is lower): a quiet host's few probes a minute are all logged, while a
 /// sustained flood is held to the rate.
@@ -263,9 +261,8 @@ struct LogBudget {
     bucket: TokenBucket,
     probes: u64,
     logged: u64,
-    /// As [`crate::filter::addr_key`]: IPv4 and its mapped IPv6 form are one source.
-    sources: std::collections::HashSet<u128>,
-    capped: bool,
+    /// Keyed as [`crate::filter::addr_key`]: IPv4 and its mapped IPv6 form are one source.
+    sources: DistinctCount,
     since: Instant,
 }
 
@@ -275,8 +272,7 @@ impl LogBudget {
             bucket: TokenBucket::per_second(rate, now).with_burst(LOG_BURST),
             probes: 0,
             logged: 0,
-            sources: std::collections::HashSet::new(),
-            capped: false,
+            sources: DistinctCount::default(),
             since: now,
         }
     }
@@ -291,11 +287,7 @@ impl LogBudget {
     /// Counts a probe not acted on; true when its line fits in the budget.
     fn admit(&mut self, src: std::net::IpAddr, now: Instant) -> bool {
         self.probes += 1;
-        if self.sources.len() < SUMMARY_SOURCES {
-            self.sources.insert(crate::filter::addr_key(src));
-        } else if !self.sources.contains(&crate::filter::addr_key(src)) {
-            self.capped = true;
-        }
+        self.sources.insert(crate::filter::addr_key(src));
         let ok = self.bucket.take(now);
         self.logged += u64::from(ok);
         ok
@@ -307,18 +299,12 @@ impl LogBudget {
         let secs = now.duration_since(self.since).as_secs().max(1);
         self.since = now;
         let line = (self.probes > self.logged).then(|| {
-            log_lines::not_acted_on(
-                self.probes,
-                self.sources.len() as u64,
-                self.capped,
-                self.logged,
-                secs,
-            )
+            let sources = self.sources.count();
+            log_lines::not_acted_on(self.probes, sources.n, sources.estimated, self.logged, secs)
         });
         self.probes = 0;
         self.logged = 0;
         self.sources.clear();
-        self.capped = false;
         line
     }
 }
