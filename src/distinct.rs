@@ -62,10 +62,10 @@ impl DistinctCount {
         if let Some(r) = self.registers.get_mut(register) {
             *r = (*r).max(rank);
         }
-        if !self.over && !self.exact.contains(&key) {
+        if !self.over {
             if self.exact.len() < EXACT {
                 self.exact.insert(key);
-            } else {
+            } else if !self.exact.contains(&key) {
                 self.over = true;
             }
         }
