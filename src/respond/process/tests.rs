@@ -152,11 +152,15 @@ fn grandchildren_holding_the_output_are_not_waited_for() {
     // The issue's case: one daemonized grandchild (own session, output elsewhere), one
     // background child holding stdout. Both lines come back at once; the background child,
     // still in the group, is killed; the setsid one cannot be reached and is left alone.
-    // (The short sleep lets `setsid` leave the group before the shell exits.)
+    // The shell waits (2 s at most) until `setsid` has left the group, its session id
+    // (field 6 of /proc/PID/stat) its own pid: a fixed 0.2 s sleep lost that race when the
+    // whole suite loaded both cores, and the group kill then took the setsid child too.
     let started = Instant::now();
     let r = sh(
-        "echo before; setsid sleep 300 >/dev/null 2>&1 & echo \"setsid $!\"; \
-         sleep 300 & echo \"bg $!\"; sleep 0.2; echo after",
+        "echo before; setsid sleep 300 >/dev/null 2>&1 & s=$!; echo \"setsid $s\"; \
+         sleep 300 & echo \"bg $!\"; \
+         for i in $(seq 200); do [ \"$(cut -d' ' -f6 /proc/$s/stat 2>/dev/null)\" = \"$s\" ] && break; sleep 0.01; done; \
+         echo after",
         Duration::from_secs(10),
     );
     let elapsed = started.elapsed();
