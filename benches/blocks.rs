@@ -370,8 +370,11 @@ fn dump_smaps(pid: u32, label: &str) {
 /// past 5,000 blocks), the daemon's own re-applied figure
 /// (ms after its start), CPU µs per block (daemon and children), peak RSS MiB. A responder
 /// not configured counts as done at once. Also the daemon's RSS once every block is back
-/// (MiB), and its RSS idle before (the same daemon with an empty journal, MiB).
-fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
+/// (MiB), and its RSS idle before (the same daemon with an empty journal, MiB); then the
+/// anonymous part of each (`RssAnon`, MiB): RSS also counts the pages of the binary's code
+/// that the restore ran for the first time (shared, clean, dropped by the kernel at need),
+/// which are no memory per block.
+fn restore_shipped_once(n: usize, keys: &str) -> [f64; 11] {
     let lab = Lab::new();
     let conf = lab_config(&lab, keys);
     write_journal(&lab, n, Some(Duration::from_secs(3600)));
@@ -432,10 +435,11 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
     // Settled: the journal replay's buffers are freed, the records remain.
     std::thread::sleep(Duration::from_secs(2));
     let rss = rss_mib(d.daemon_pid());
+    let anon = status_mib(d.daemon_pid(), "RssAnon");
     dump_smaps(d.daemon_pid(), &format!("{n}-{}", keys.len()));
     drop(d);
     drop(lab);
-    let idle = idle_rss_mib(keys);
+    let (idle, idle_anon) = idle_rss_mib(keys);
     let since_listening = |t: Option<Duration>| {
         t.map_or(f64::NAN, |t| {
             (t.as_secs_f64() - listening.as_secs_f64()).max(0.0) * 1000.0
@@ -454,31 +458,50 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 9] {
         peak,
         rss,
         idle,
+        anon,
+        idle_anon,
     ]
 }
 
-/// RSS of a daemon with the responders of `keys` and no block at all, in a lab of its own,
-/// 3 s after it listens.
-fn idle_rss_mib(keys: &str) -> f64 {
+/// RSS and its anonymous part (MiB) of a daemon with the responders of `keys` and no block
+/// at all, in a lab of its own, 3 s after it listens.
+fn idle_rss_mib(keys: &str) -> (f64, f64) {
     let lab = Lab::new();
     let conf = lab_config(&lab, keys);
     let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
     wait_syslog(&d, "is now active and listening", 30);
     std::thread::sleep(Duration::from_secs(3));
-    rss_mib(d.daemon_pid())
+    (
+        rss_mib(d.daemon_pid()),
+        status_mib(d.daemon_pid(), "RssAnon"),
+    )
 }
 
 /// [`restore_shipped_once`] for each of [`SHIPPED`], `runs` times: the medians.
 fn restore_shipped(n: usize, runs: usize, out: &mut String) {
     for (label, keys) in SHIPPED {
-        let all: Vec<[f64; 9]> = (0..runs).map(|_| restore_shipped_once(n, keys)).collect();
-        let [routes, deny, nft, every, own, cpu, peak, rss, idle] = medians(&all);
+        let all: Vec<[f64; 11]> = (0..runs).map(|_| restore_shipped_once(n, keys)).collect();
+        let [
+            routes,
+            deny,
+            nft,
+            every,
+            own,
+            cpu,
+            peak,
+            rss,
+            idle,
+            anon,
+            idle_anon,
+        ] = medians(&all);
         let per_block = (rss - idle) * 1024.0 * 1024.0 / n as f64;
+        let anon_per_block = (anon - idle_anon) * 1024.0 * 1024.0 / n as f64;
         let line = format!(
             "restore {n:>6} blocks, {label} (median of {runs}): after listening, routes \
              {routes:.0} ms, hosts.deny {deny:.0} ms, nftables {nft:.0} ms, all {every:.0} ms; \
              re-applied {own:.0} ms after start (daemon's figure); CPU {cpu:.0} us/block; peak \
              RSS {peak:.1} MiB, RSS after {rss:.1} MiB vs {idle:.1} MiB idle = {per_block:.0} \
+             bytes/block; anonymous {anon:.1} MiB vs {idle_anon:.1} MiB = {anon_per_block:.0} \
              bytes/block"
         );
         println!("{line}");
