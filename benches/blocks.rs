@@ -432,8 +432,10 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 11] {
     let reapplied = wait_syslog(&d, "re-applied in", 600);
     let cpu = cpu_seconds(d.daemon_pid());
     let peak = peak_rss_mib(d.daemon_pid());
-    // Settled: the journal replay's buffers are freed, the records remain.
-    std::thread::sleep(Duration::from_secs(2));
+    // Settled: the journal replay's buffers are freed, the records remain, and the
+    // responder workers beyond the first have ended for lack of work (their allocator
+    // caches handed back).
+    std::thread::sleep(portsentry::respond::pool::IDLE_EXIT + Duration::from_secs(2));
     let rss = rss_mib(d.daemon_pid());
     let anon = status_mib(d.daemon_pid(), "RssAnon");
     dump_smaps(d.daemon_pid(), &format!("{n}-{}", keys.len()));
@@ -464,13 +466,14 @@ fn restore_shipped_once(n: usize, keys: &str) -> [f64; 11] {
 }
 
 /// RSS and its anonymous part (MiB) of a daemon with the responders of `keys` and no block
-/// at all, in a lab of its own, 3 s after it listens.
+/// at all, in a lab of its own, settled as the restored one is measured: its idle responder
+/// workers have ended too.
 fn idle_rss_mib(keys: &str) -> (f64, f64) {
     let lab = Lab::new();
     let conf = lab_config(&lab, keys);
     let d = Daemon::spawn(&lab, &["-c", &conf, "-tcp", "--quiet"]);
     wait_syslog(&d, "is now active and listening", 30);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(portsentry::respond::pool::IDLE_EXIT + Duration::from_secs(2));
     (
         rss_mib(d.daemon_pid()),
         status_mib(d.daemon_pid(), "RssAnon"),

@@ -91,6 +91,14 @@ impl Registry {
         }
     }
 
+    /// Takes `beat`'s entry out: a worker the pool let go because it had nothing to do is no
+    /// worker gone wrong, and the registry must not grow as the pool's threads come and go.
+    pub fn retire(&self, beat: Beat) {
+        crate::sync::lock(&self.entries).retain(|e| !Arc::ptr_eq(e, &beat.entry));
+        // Dropped after its entry left: marking it ended reaches nobody.
+        drop(beat);
+    }
+
     /// Whether every enrolled thread is alive and moving at `now`; otherwise what is not, in
     /// words for the log. An empty registry is healthy (nothing enrolled, nothing stuck).
     pub fn check(&self, now: Instant) -> Result<(), String> {
@@ -214,6 +222,14 @@ pub fn enroll(name: &str, kind: Kind) -> Enrolled {
     let beat = registry().enroll_at(name, kind, Instant::now());
     CURRENT.with(|c| *c.borrow_mut() = Some(beat));
     Enrolled(())
+}
+
+/// The calling worker ends because the pool no longer needs it (not a failure): its entry
+/// leaves the registry instead of counting as ended.
+pub fn retire() {
+    if let Ok(Some(beat)) = CURRENT.try_with(|c| c.borrow_mut().take()) {
+        registry().retire(beat);
+    }
 }
 
 fn with_current(f: impl FnOnce(&Beat)) {
@@ -345,6 +361,34 @@ mod tests {
                 .is_err_and(|e| e.contains("\"respond-0\" has ended")),
             "{:?}",
             r.check(t0 + S * 2)
+        );
+    }
+
+    #[test]
+    fn a_retired_worker_leaves_the_registry_instead_of_counting_as_ended() {
+        let r = Registry::new();
+        let t0 = r.epoch;
+        let mut w = workers(&r, 2, t0);
+        let stuck = w.pop().unwrap();
+        r.retire(w.pop().unwrap());
+        assert_eq!(crate::sync::lock(&r.entries).len(), 1, "its entry is gone");
+        // The one left is the whole pool now: stuck, it wedges the pool...
+        stuck.busy_at(t0, S);
+        assert!(
+            r.check(t0 + S * 2)
+                .is_err_and(|e| e.contains("\"respond-1\" on one step")),
+            "{:?}",
+            r.check(t0 + S * 2)
+        );
+        // ...whereas an ended one counted as stuck beside it (control).
+        let ended = r.enroll_at("respond-9", Kind::Worker, t0);
+        drop(ended);
+        stuck.idle();
+        assert_eq!(r.check(t0 + S * 2), Ok(()), "one of two stuck is no wedge");
+        stuck.busy_at(t0, S);
+        assert!(
+            r.check(t0 + S * 2)
+                .is_err_and(|e| e.contains("\"respond-9\" has ended"))
         );
     }
 

@@ -427,7 +427,9 @@ impl Manager {
             self.submit_batches();
             self.commit();
             self.write_blocked_file(false);
-            if std::mem::take(&mut self.release_memory) {
+            // Workers that ended for lack of work left their allocator caches behind.
+            let workers_ended = self.pool.reap();
+            if std::mem::take(&mut self.release_memory) || workers_ended {
                 crate::memory::release_free();
             }
             if self.core.stopped() {

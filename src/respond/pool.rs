@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use super::hosts_deny::HostsDenyResponder;
 use super::lua::LuaPlugins;
@@ -317,9 +317,16 @@ pub fn responder_chain(
     }
 }
 
+/// How long a worker beyond the first waits for a job before it ends. A thread's allocator
+/// cache and the pages it pins go with it (the manager then hands the free pages back): after
+/// the restore of 20,000 blocks the eight workers kept about 2 MiB that way, a hundred bytes
+/// a block. Starting a thread again costs a fraction of a millisecond; a scan's block whose
+/// responders all work in-process never waits for one (it runs on the manager's thread).
+pub const IDLE_EXIT: Duration = Duration::from_secs(5);
+
 /// How a worker thread is started: [`spawn_named`] in the daemon; tests make it fail.
-type Spawner<'a> =
-    dyn FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> + 'a;
+type Spawner =
+    dyn FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> + Send;
 
 /// Starts a named thread, returning the error (`EAGAIN` when the system is out of threads)
 /// instead of panicking as `std::thread::spawn` does.
@@ -327,14 +334,41 @@ fn spawn_named(name: String, f: Box<dyn FnOnce() + Send>) -> std::io::Result<Joi
     std::thread::Builder::new().name(name).spawn(f)
 }
 
-/// The running workers.
-pub struct Pool {
-    jobs: Option<Sender<Job>>,
-    /// Where the results of the jobs run on the caller's thread go (see [`Pool::submit`]).
+/// What every worker shares.
+struct Shared {
+    jobs: Receiver<Job>,
     results: Sender<JobResult>,
-    threads: Vec<JoinHandle<()>>,
     timings: Arc<Timings>,
     nft: NftHandle,
+    /// [`IDLE_EXIT`] (shorter in tests).
+    idle_exit: Duration,
+    /// Workers waiting (or about to) less jobs sent and not yet taken: every job sent counts
+    /// one off, and starts a worker when none was spare; a worker counts itself back on
+    /// when it is done with a job; one that ends for lack of work must take itself off while
+    /// the count is above zero (below, a job is owed to whoever waits). So no job is left
+    /// without a worker on its way, and a burst gets a worker per job.
+    spare: AtomicIsize,
+}
+
+impl Shared {
+    /// Takes one spare worker off for ending, if one is spare.
+    fn leave(&self) -> bool {
+        self.spare
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 0).then(|| n - 1)
+            })
+            .is_ok()
+    }
+}
+
+/// The running workers, each in a slot (`respond-N` is slot N): the first one started stays
+/// for good, the others end after [`IDLE_EXIT`] without work and are started again when
+/// jobs come in faster than the workers alive take them.
+pub struct Pool {
+    jobs: Option<Sender<Job>>,
+    shared: Arc<Shared>,
+    slots: Mutex<Vec<Option<JoinHandle<()>>>>,
+    spawn: Mutex<Box<Spawner>>,
 }
 
 impl Pool {
@@ -347,7 +381,7 @@ impl Pool {
         results: Sender<JobResult>,
         nft: NftHandle,
     ) -> std::io::Result<Pool> {
-        Pool::start_with(workers, results, nft, &mut spawn_named)
+        Pool::start_with(workers, results, nft, Box::new(spawn_named), IDLE_EXIT)
     }
 
     /// [`Pool::start`] with the way threads are started passed in, so that running out of
@@ -356,62 +390,89 @@ impl Pool {
         workers: usize,
         results: Sender<JobResult>,
         nft: NftHandle,
-        spawn: &mut Spawner<'_>,
+        spawn: Box<Spawner>,
+        idle_exit: Duration,
     ) -> std::io::Result<Pool> {
         let (tx, rx) = unbounded::<Job>();
-        let timings = Arc::new(Timings::default());
-        let mut threads = Vec::new();
+        let pool = Pool {
+            jobs: Some(tx),
+            shared: Arc::new(Shared {
+                jobs: rx,
+                results,
+                timings: Arc::new(Timings::default()),
+                nft,
+                idle_exit,
+                spare: AtomicIsize::new(0),
+            }),
+            slots: Mutex::new(Vec::new()),
+            spawn: Mutex::new(spawn),
+        };
         let mut last_error = None;
-        for n in 0..workers.max(1) {
-            let rx = rx.clone();
-            let done = results.clone();
-            let timings = Arc::clone(&timings);
-            let nft = nft.clone();
-            let name = format!("respond-{n}");
-            let enrolled_as = name.clone();
-            match spawn(
-                name,
-                Box::new(move || {
-                    let _enrolled = heartbeat::enroll(&enrolled_as, Kind::Worker);
-                    work(&rx, &done, &timings, &nft)
-                }),
-            ) {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    log::error!("{}", log_lines::responder_thread_failed(n, &e));
-                    last_error = Some(e);
+        {
+            let mut slots = crate::sync::lock(&pool.slots);
+            for n in 0..workers.max(1) {
+                let permanent = slots.iter().all(Option::is_none);
+                match pool.start_worker(n, permanent) {
+                    Ok(h) => {
+                        // Spare from now on, before its thread runs: a job sent in the
+                        // meantime is then counted as meant for it.
+                        pool.shared.spare.fetch_add(1, Ordering::SeqCst);
+                        slots.push(Some(h));
+                    }
+                    Err(e) => {
+                        log::error!("{}", log_lines::responder_thread_failed(n, &e));
+                        last_error = Some(e);
+                    }
                 }
             }
+            // The slots of the threads that would not start are not used again.
+            slots.retain(Option::is_some);
         }
-        match (threads.is_empty(), last_error) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(Pool {
-                jobs: Some(tx),
-                results,
-                threads,
-                timings,
-                nft,
+        match (pool.workers(), last_error) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(pool),
+        }
+    }
+
+    /// Starts the worker of slot `n`; the caller counts it as spare once it is started (at
+    /// start, or for the job it was started for).
+    fn start_worker(&self, n: usize, permanent: bool) -> std::io::Result<JoinHandle<()>> {
+        let shared = Arc::clone(&self.shared);
+        let name = format!("respond-{n}");
+        let enrolled_as = name.clone();
+        let mut spawn = crate::sync::lock(&self.spawn);
+        (*spawn)(
+            name,
+            Box::new(move || {
+                let _enrolled = heartbeat::enroll(&enrolled_as, Kind::Worker);
+                work(&shared, permanent)
             }),
-        }
+        )
     }
 
     /// How long the workers' jobs and responders take (read by the metrics).
     pub fn timings(&self) -> Arc<Timings> {
-        Arc::clone(&self.timings)
+        Arc::clone(&self.shared.timings)
     }
 
     /// The nftables backend the workers share.
     pub fn nft(&self) -> &NftHandle {
-        &self.nft
+        &self.shared.nft
     }
 
-    /// How many jobs run at once.
+    /// How many jobs run at once: the slots, whether their worker is alive now or not.
     pub fn workers(&self) -> usize {
-        self.threads.len()
+        crate::sync::lock(&self.slots).len()
     }
 
-    /// Hands a job to the next free worker. The manager keeps at most [`Pool::workers`]
-    /// jobs in flight, so this never queues behind a hanging one.
+    /// Workers alive now (ended ones not yet [`Pool::reap`]ed included).
+    pub fn alive(&self) -> usize {
+        crate::sync::lock(&self.slots).iter().flatten().count()
+    }
+
+    /// Hands a job to the next free worker, starting one in a free slot when none waits.
+    /// The manager keeps at most [`Pool::workers`] jobs in flight, so this never queues
+    /// behind a hanging one.
     ///
     /// A scan's block whose responders all work in-process (an `ip route` form done over
     /// rtnetlink) is run here instead, on the manager's thread, its results sent the way a
@@ -420,34 +481,109 @@ impl Pool {
     /// to its route (issue 19).
     pub fn submit(&self, job: Job) {
         if let Job::Apply(apply) = &job
-            && runs_in_process(apply, &self.nft)
+            && runs_in_process(apply, &self.shared.nft)
         {
-            for result in run(job, &self.timings, &self.nft) {
-                let _ = self.results.send(result);
+            for result in run(job, &self.shared.timings, &self.shared.nft) {
+                let _ = self.shared.results.send(result);
             }
             heartbeat::idle();
             return;
+        }
+        if self.shared.spare.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            self.start_spare_slot();
         }
         if let Some(tx) = &self.jobs {
             let _ = tx.send(job);
         }
     }
 
+    /// Starts a worker for a job in the first free slot. With none free (every worker busy,
+    /// or one ending and not yet reaped), or when the thread cannot start, the job waits in
+    /// the queue for the next worker done, the first of which never ends.
+    fn start_spare_slot(&self) {
+        self.reap();
+        let mut slots = crate::sync::lock(&self.slots);
+        let Some(n) = slots.iter().position(Option::is_none) else {
+            return;
+        };
+        match self.start_worker(n, false) {
+            Ok(h) => {
+                // Waiting for the job just counted off.
+                self.shared.spare.fetch_add(1, Ordering::SeqCst);
+                slots[n] = Some(h);
+            }
+            Err(e) => log::warn!("{}", log_lines::responder_thread_failed(n, &e)),
+        }
+    }
+
+    /// Joins the workers that ended for lack of work; true when there were some, whose
+    /// memory the allocator now holds free (see [`crate::memory::release_free`]).
+    pub fn reap(&self) -> bool {
+        let mut ended = Vec::new();
+        for slot in crate::sync::lock(&self.slots).iter_mut() {
+            if slot.as_ref().is_some_and(JoinHandle::is_finished)
+                && let Some(h) = slot.take()
+            {
+                ended.push(h);
+            }
+        }
+        // Joined outside the lock: a thread's end (its allocator cache given back) is
+        // complete only once join returns.
+        let any = !ended.is_empty();
+        for h in ended {
+            let _ = h.join();
+        }
+        any
+    }
+
     /// Lets the workers finish what they hold, then joins them.
     pub fn stop(mut self) {
         self.jobs = None;
-        for h in self.threads.drain(..) {
+        let handles: Vec<JoinHandle<()>> = crate::sync::lock(&self.slots)
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for h in handles {
             let _ = h.join();
         }
     }
 }
 
-fn work(jobs: &Receiver<Job>, results: &Sender<JobResult>, timings: &Timings, nft: &NftHandle) {
-    for job in jobs {
-        let done = run(job, timings, nft);
+/// A worker's life: take a job, run it, send its results, offer itself as spare, again
+/// (it starts counted already, see [`Pool::start_worker`]). Only the `permanent` one waits
+/// for ever; the others end after [`IDLE_EXIT`] without a job, if they can take their spare
+/// place back (otherwise a job is on its way to them).
+fn work(shared: &Shared, permanent: bool) {
+    let mut offer = false;
+    loop {
+        if offer {
+            shared.spare.fetch_add(1, Ordering::SeqCst);
+        }
+        offer = true;
+        let job = loop {
+            let got = if permanent {
+                shared
+                    .jobs
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                shared.jobs.recv_timeout(shared.idle_exit)
+            };
+            match got {
+                Ok(job) => break job,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    if shared.leave() {
+                        heartbeat::retire();
+                        return;
+                    }
+                }
+            }
+        };
+        let done = run(job, &shared.timings, &shared.nft);
         heartbeat::idle();
         for result in done {
-            if results.send(result).is_err() {
+            if shared.results.send(result).is_err() {
                 return;
             }
         }
@@ -976,8 +1112,10 @@ mod tests {
         let (results, _rx) = unbounded::<JobResult>();
         let out_of_threads = || std::io::Error::from_raw_os_error(libc::EAGAIN);
         // Every other thread fails to start, as when a flood exhausted them.
-        let mut started = Vec::new();
-        let mut spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&started);
+        let spawn = move |name: String, f: Box<dyn FnOnce() + Send>| {
+            let mut started = crate::sync::lock(&seen);
             if started.len() % 2 == 1 {
                 started.push(None);
                 return Err(out_of_threads());
@@ -985,22 +1123,145 @@ mod tests {
             started.push(Some(name.clone()));
             spawn_named(name, f)
         };
-        let pool = Pool::start_with(4, results.clone(), NftHandle::default(), &mut spawn)
-            .expect("a pool with two of its four workers");
+        let pool = Pool::start_with(
+            4,
+            results.clone(),
+            NftHandle::default(),
+            Box::new(spawn),
+            IDLE_EXIT,
+        )
+        .expect("a pool with two of its four workers");
         assert_eq!(pool.workers(), 2);
-        let names: Vec<Option<String>> = pool
-            .threads
+        let names: Vec<Option<String>> = crate::sync::lock(&pool.slots)
             .iter()
+            .flatten()
             .map(|h| h.thread().name().map(str::to_string))
             .collect();
         assert_eq!(names, [Some("respond-0".into()), Some("respond-2".into())]);
-        assert_eq!(started.iter().flatten().count(), 2);
+        assert_eq!(crate::sync::lock(&started).iter().flatten().count(), 2);
         pool.stop();
         // None at all: the manager is told, and refuses to start rather than panic.
-        let mut never = |_: String, _: Box<dyn FnOnce() + Send>| Err(out_of_threads());
-        let err = Pool::start_with(4, results, NftHandle::default(), &mut never)
+        let never = |_: String, _: Box<dyn FnOnce() + Send>| {
+            Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+        };
+        let err = Pool::start_with(4, results, NftHandle::default(), Box::new(never), IDLE_EXIT)
             .err()
             .expect("no worker, no pool");
         assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+    }
+
+    /// A block of `target` through a command that sleeps `secs` and logs that it ran.
+    fn slow_block(dir: &std::path::Path, target: &str, id: u64, secs: f64) -> Job {
+        let mut generation = batch_generation(dir);
+        let config = Arc::make_mut(&mut generation.config);
+        config.kill_hosts_deny = None;
+        config.kill_run_cmd = template(&format!(
+            "sleep {secs}; echo $TARGET$ >> {}",
+            dir.join("ran-slow").display()
+        ));
+        Job::Apply(Box::new(ApplyJob {
+            blocks: vec![block_to_apply(target, id, false)],
+            generation,
+            lua: LuaPlugins::none(),
+        }))
+    }
+
+    #[test]
+    fn idle_workers_end_and_are_started_again_for_a_burst_the_first_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (results, done) = unbounded::<JobResult>();
+        let idle = Duration::from_millis(200);
+        let pool =
+            Pool::start_with(3, results, NftHandle::closed(), Box::new(spawn_named), idle).unwrap();
+        assert_eq!((pool.workers(), pool.alive()), (3, 3));
+        // A burst of three slow jobs runs on three workers at once (positive control for
+        // the count below, and for what the burst after the idle time must do again).
+        let burst = |first_id: u64| {
+            let t0 = Instant::now();
+            for i in 0..3 {
+                pool.submit(slow_block(
+                    dir.path(),
+                    &format!("10.77.2.{i}"),
+                    first_id + i,
+                    0.4,
+                ));
+            }
+            for _ in 0..3 {
+                done.recv_timeout(Duration::from_secs(10))
+                    .expect("a result");
+            }
+            t0.elapsed()
+        };
+        let spare = || pool.shared.spare.load(Ordering::SeqCst);
+        let took = burst(1);
+        assert!(
+            took < Duration::from_millis(1100),
+            "three at once: {took:?}"
+        );
+        // Once every result is in, each worker is spare again (it offers itself right
+        // after sending; give the last one a moment).
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(spare(), 3);
+        // Past the idle time, the two that are not the first end, and are reaped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.alive() > 1 && Instant::now() < deadline {
+            pool.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            (pool.workers(), pool.alive()),
+            (3, 1),
+            "only the first stays"
+        );
+        assert!(!pool.reap(), "nothing more to join");
+        assert_eq!(
+            spare(),
+            1,
+            "the ones that ended took their spare places back"
+        );
+        // The next burst starts them again: still three at once.
+        let took = burst(10);
+        assert!(
+            took < Duration::from_millis(1100),
+            "three at once again: {took:?}"
+        );
+        assert_eq!(pool.alive(), 3);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(spare(), 3);
+        let undone = std::fs::read_to_string(dir.path().join("ran-slow")).unwrap();
+        assert_eq!(undone.lines().count(), 6, "{undone}");
+        pool.stop();
+    }
+
+    #[test]
+    fn a_job_is_never_left_behind_by_a_worker_ending_as_it_arrives() {
+        // Jobs sent around the moment idle workers give up: each must still run.
+        let dir = tempfile::tempdir().unwrap();
+        let (results, done) = unbounded::<JobResult>();
+        let idle = Duration::from_millis(5);
+        let pool =
+            Pool::start_with(4, results, NftHandle::closed(), Box::new(spawn_named), idle).unwrap();
+        for i in 0..60u64 {
+            pool.submit(slow_block(dir.path(), "10.77.3.1", i, 0.0));
+            std::thread::sleep(Duration::from_micros(500 * (i % 16)));
+            if i % 4 == 0 {
+                pool.reap();
+            }
+        }
+        for i in 0..60 {
+            done.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("job {i} of 60 never ran"));
+        }
+        // The count of spare workers did not drift through the races: once quiet, the
+        // first worker alone is left, and it alone is spare (a count too high would let
+        // a burst queue behind one worker, too low would start threads for nothing).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.alive() > 1 && Instant::now() < deadline {
+            pool.reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.alive(), 1);
+        assert_eq!(pool.shared.spare.load(Ordering::SeqCst), 1);
+        pool.stop();
     }
 }
