@@ -7,8 +7,9 @@
 //!   has ended (a panic included), is stalled.
 //! - *workers* (the responder pool) sit idle between jobs, which is fine; each step of a job
 //!   says how long it may take ([`busy`]). A worker past its step's limit is stuck; when
-//!   every worker is stuck (or gone) the pool can make no block any more and is wedged. One
-//!   stuck worker out of several only slows blocks down, and the log says so already.
+//!   every worker is stuck (or gone), as many as the pool has slots ([`Registry::set_worker_slots`]:
+//!   idle workers end and start again), the pool can make no block any more and is wedged.
+//!   One stuck worker out of several only slows blocks down, and the log says so already.
 //!
 //! There is one registry per process, as there is one `NOTIFY_SOCKET`: threads enrol with one
 //! line where they start ([`enroll`]) and beat through a thread-local, so no constructor of
@@ -16,7 +17,7 @@
 //! rules are unit-tested without threads.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,9 @@ struct Entry {
 pub struct Registry {
     epoch: Instant,
     entries: Mutex<Vec<Arc<Entry>>>,
+    /// The responder pool's size: its idle workers end and start again, so the workers
+    /// enrolled at one moment may be fewer than the jobs it can run at once.
+    worker_slots: AtomicUsize,
 }
 
 impl Default for Registry {
@@ -66,6 +70,7 @@ impl Registry {
         Registry {
             epoch: Instant::now(),
             entries: Mutex::new(Vec::new()),
+            worker_slots: AtomicUsize::new(0),
         }
     }
 
@@ -89,6 +94,12 @@ impl Registry {
             entry,
             epoch: self.epoch,
         }
+    }
+
+    /// The pool can run `slots` jobs at once: it is wedged only when that many workers are
+    /// stuck, not when the one worker left after a quiet spell is.
+    pub fn set_worker_slots(&self, slots: usize) {
+        self.worker_slots.store(slots, Ordering::Relaxed);
     }
 
     /// Takes `beat`'s entry out: a worker the pool let go because it had nothing to do is no
@@ -138,7 +149,8 @@ impl Registry {
                 }
             }
         }
-        if workers > 0 && stuck.len() == workers {
+        let slots = workers.max(self.worker_slots.load(Ordering::Relaxed));
+        if workers > 0 && stuck.len() >= slots {
             return Err(format!(
                 "every responder worker is stuck: {}",
                 stuck.join(", ")
@@ -380,6 +392,11 @@ mod tests {
             "{:?}",
             r.check(t0 + S * 2)
         );
+        // A pool of three whose other two workers ended for lack of work is not wedged
+        // by its one stuck worker: new jobs start new workers.
+        r.set_worker_slots(3);
+        assert_eq!(r.check(t0 + S * 2), Ok(()));
+        r.set_worker_slots(0);
         // ...whereas an ended one counted as stuck beside it (control).
         let ended = r.enroll_at("respond-9", Kind::Worker, t0);
         drop(ended);

@@ -381,7 +381,9 @@ impl Pool {
         results: Sender<JobResult>,
         nft: NftHandle,
     ) -> std::io::Result<Pool> {
-        Pool::start_with(workers, results, nft, Box::new(spawn_named), IDLE_EXIT)
+        let pool = Pool::start_with(workers, results, nft, Box::new(spawn_named), IDLE_EXIT)?;
+        heartbeat::registry().set_worker_slots(pool.workers());
+        Ok(pool)
     }
 
     /// [`Pool::start`] with the way threads are started passed in, so that running out of

@@ -538,7 +538,9 @@ fn a_thousand_slow_clients_on_the_metrics_port_leave_detection_unaffected() {
         "descriptors back: {fds0} -> {:?}",
         threads_and_fds(pid)
     );
-    assert_eq!(threads_and_fds(pid).0, threads0);
+    // No thread per client; fewer is fine: idle responder workers end after 5 s.
+    let threads2 = threads_and_fds(pid).0;
+    assert!(threads2 <= threads0, "threads {threads0} -> {threads2}");
     let rss1 = rss(pid);
     assert!(rss1 < rss0 + 20 * 1024, "memory {rss0} kB -> {rss1} kB");
 }
