@@ -359,6 +359,12 @@ mod tests {
         assert_eq!(r.check(t0 + S * 100), Ok(()));
     }
 
+    /// Asserts that `r` is unhealthy at `at` for a reason naming `needle`.
+    fn assert_unhealthy(r: &Registry, at: Instant, needle: &str) {
+        let got = r.check(at);
+        assert!(got.as_ref().is_err_and(|e| e.contains(needle)), "{got:?}");
+    }
+
     #[test]
     fn workers_that_ended_count_as_stuck() {
         let r = Registry::new();
@@ -368,12 +374,7 @@ mod tests {
         drop(w);
         assert_eq!(r.check(t0), Ok(()));
         w1.busy_at(t0, S);
-        assert!(
-            r.check(t0 + S * 2)
-                .is_err_and(|e| e.contains("\"respond-0\" has ended")),
-            "{:?}",
-            r.check(t0 + S * 2)
-        );
+        assert_unhealthy(&r, t0 + S * 2, "\"respond-0\" has ended");
     }
 
     #[test]
@@ -386,12 +387,7 @@ mod tests {
         assert_eq!(crate::sync::lock(&r.entries).len(), 1, "its entry is gone");
         // The one left is the whole pool now: stuck, it wedges the pool...
         stuck.busy_at(t0, S);
-        assert!(
-            r.check(t0 + S * 2)
-                .is_err_and(|e| e.contains("\"respond-1\" on one step")),
-            "{:?}",
-            r.check(t0 + S * 2)
-        );
+        assert_unhealthy(&r, t0 + S * 2, "\"respond-1\" on one step");
         // A pool of three whose other two workers ended for lack of work is not wedged
         // by its one stuck worker: new jobs start new workers.
         r.set_worker_slots(3);

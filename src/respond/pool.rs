@@ -1168,13 +1168,18 @@ mod tests {
         }))
     }
 
+    /// A pool of `n` workers whose idle ones end after `idle`, and where its results go.
+    fn pool_ending_after(n: usize, idle: Duration) -> (Pool, Receiver<JobResult>) {
+        let (results, done) = unbounded::<JobResult>();
+        let pool = Pool::start_with(n, results, NftHandle::closed(), Box::new(spawn_named), idle)
+            .expect("a pool");
+        (pool, done)
+    }
+
     #[test]
     fn idle_workers_end_and_are_started_again_for_a_burst_the_first_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let (results, done) = unbounded::<JobResult>();
-        let idle = Duration::from_millis(200);
-        let pool =
-            Pool::start_with(3, results, NftHandle::closed(), Box::new(spawn_named), idle).unwrap();
+        let (pool, done) = pool_ending_after(3, Duration::from_millis(200));
         assert_eq!((pool.workers(), pool.alive()), (3, 3));
         // A burst of three slow jobs runs on three workers at once (positive control for
         // the count below, and for what the burst after the idle time must do again).
@@ -1239,10 +1244,7 @@ mod tests {
     fn a_job_is_never_left_behind_by_a_worker_ending_as_it_arrives() {
         // Jobs sent around the moment idle workers give up: each must still run.
         let dir = tempfile::tempdir().unwrap();
-        let (results, done) = unbounded::<JobResult>();
-        let idle = Duration::from_millis(5);
-        let pool =
-            Pool::start_with(4, results, NftHandle::closed(), Box::new(spawn_named), idle).unwrap();
+        let (pool, done) = pool_ending_after(4, Duration::from_millis(5));
         for i in 0..60u64 {
             pool.submit(slow_block(dir.path(), "10.77.3.1", i, 0.0));
             std::thread::sleep(Duration::from_micros(500 * (i % 16)));
