@@ -468,7 +468,8 @@ impl Pool {
     }
 
     /// Workers alive now (ended ones not yet [`Pool::reap`]ed included).
-    pub fn alive(&self) -> usize {
+    #[cfg(test)]
+    fn alive(&self) -> usize {
         crate::sync::lock(&self.slots).iter().flatten().count()
     }
 
@@ -1168,6 +1169,15 @@ mod tests {
         }))
     }
 
+    /// Joins ended workers until only one is alive (10 s at most; the caller asserts).
+    fn reap_until_one_is_left(pool: &Pool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.alive() > 1 && Instant::now() < deadline {
+            pool.reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A pool of `n` workers whose idle ones end after `idle`, and where its results go.
     fn pool_ending_after(n: usize, idle: Duration) -> (Pool, Receiver<JobResult>) {
         let (results, done) = unbounded::<JobResult>();
@@ -1210,11 +1220,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(spare(), 3);
         // Past the idle time, the two that are not the first end, and are reaped.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pool.alive() > 1 && Instant::now() < deadline {
-            pool.reap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        reap_until_one_is_left(&pool);
         assert_eq!(
             (pool.workers(), pool.alive()),
             (3, 1),
@@ -1259,11 +1265,7 @@ mod tests {
         // The count of spare workers did not drift through the races: once quiet, the
         // first worker alone is left, and it alone is spare (a count too high would let
         // a burst queue behind one worker, too low would start threads for nothing).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pool.alive() > 1 && Instant::now() < deadline {
-            pool.reap();
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        reap_until_one_is_left(&pool);
         assert_eq!(pool.alive(), 1);
         assert_eq!(pool.shared.spare.load(Ordering::SeqCst), 1);
         pool.stop();
