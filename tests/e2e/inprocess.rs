@@ -118,7 +118,7 @@ fn a_kill_route_of_another_form_still_runs_as_a_command_and_check_config_says_wh
         marker.display()
     );
     let targets = targets(&lab);
-    let (blocked, after, _, _, _) = block_and_unblock(
+    let (blocked, after, lines, _, made) = block_and_unblock(
         &lab,
         &kill,
         Some("/sbin/ip route del unreachable $TARGET$"),
@@ -126,7 +126,7 @@ fn a_kill_route_of_another_form_still_runs_as_a_command_and_check_config_says_wh
     );
     assert!(
         blocked.contains(&format!("unreachable {} ", targets[0])),
-        "{blocked}"
+        "{blocked}\nblock answered success: {made:?}\ndaemon: {lines:#?}"
     );
     assert!(!after.contains(&targets[0]), "{after}");
     assert_eq!(
